@@ -1,0 +1,131 @@
+"""Names, defaults and allowed values for the cloud run, in one place (read by config, constructs and tests)."""
+from __future__ import annotations
+
+STACK_NAME = "VitEmbedDriveData"
+PROJECT_TAG = "vit-embedding-drivedata"
+
+# --- where and on what -------------------------------------------------------------------------------------------
+DEFAULT_REGION = "ap-northeast-1"  # the nuScenes bucket's region: no cross-region transfer
+DEFAULT_INSTANCE_TYPE = "g6e.xlarge"
+INSTANCE_FAMILIES: tuple[str, ...] = ("g5", "g6", "g6e")
+INSTANCE_SIZES: tuple[str, ...] = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge")
+VALID_INSTANCE_TYPES: tuple[str, ...] = tuple(f"{f}.{s}" for f in INSTANCE_FAMILIES for s in INSTANCE_SIZES)
+MARKETS: tuple[str, ...] = ("on-demand", "spot")
+SHUTDOWN_BEHAVIORS: tuple[str, ...] = ("terminate", "stop")
+
+# Deep Learning Base OSS AMI (NVIDIA driver, Docker, NVIDIA Container Toolkit), resolved at deploy time.
+DEFAULT_AMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+ROOT_DEVICE_NAME = "/dev/sda1"  # Ubuntu AMIs
+DEFAULT_ROOT_VOLUME_GB = 200  # DLAMI (~75 GB) + job image (~15 GB) + model cache + headroom
+MIN_ROOT_VOLUME_GB = 100
+MAX_ROOT_VOLUME_GB = 2000
+DEFAULT_MAX_RUN_HOURS = 4.0
+MAX_MAX_RUN_HOURS = 168.0  # one week: anything longer is almost certainly a typo
+IMDS_HOP_LIMIT = 2  # the container reaches IMDSv2 through the docker bridge (one extra hop)
+
+# --- network -----------------------------------------------------------------------------------------------------
+VPC_CIDR = "10.42.0.0/16"
+MAX_AZS = 2
+EGRESS_PORTS: tuple[tuple[int, str], ...] = (
+    (443, "HTTPS: S3, CloudWatch Logs, SSM, PyPI, container registries"),
+    (80, "HTTP: Ubuntu apt mirrors (packages are GPG-signed) for s3fs"),
+)
+
+# --- data --------------------------------------------------------------------------------------------------------
+NUSCENES_BUCKET = "motional-nuscenes"
+NUSCENES_REGION = "ap-northeast-1"  # the s3fs mount always talks to the bucket's own regional endpoint
+NUSCENES_MOUNT = "/mnt/nuscenes"
+NUSCENES_PREFIX = "public/v1.0"
+DATASETS: tuple[str, ...] = ("trainval", "mini")
+DEFAULT_DATASET = "trainval"
+TRAINVAL_PARTS = 10
+
+
+def dataset_sources(dataset: str) -> tuple[tuple[str, ...], str | None]:
+    """``(sources, nuscenes_meta)`` on the s3fs mount for a named dataset."""
+    root = f"{NUSCENES_MOUNT}/{NUSCENES_PREFIX}"
+    if dataset == "mini":
+        return (f"{root}/v1.0-mini.tgz",), None
+    parts = tuple(f"{root}/v1.0-trainval{i:02d}_keyframes.tgz" for i in range(1, TRAINVAL_PARTS + 1))
+    return parts, f"{root}/v1.0-trainval_meta.tgz"
+
+
+# --- job pass-through (mirrors job/config.py; a test keeps them in step) ------------------------------------------
+CAMERA_CHANNELS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+POOLS: tuple[str, ...] = ("mean", "cls")
+RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
+INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
+DEFAULT_MODEL = "ViT-L-14"
+DEFAULT_PRETRAINED = "openclip"
+DEFAULT_POOL = "mean"
+DEFAULT_RESIZE_MODE = "pad"
+DEFAULT_INDEX_TYPE = "auto"
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# --- storage and logs --------------------------------------------------------------------------------------------
+RUNS_PREFIX = "runs"
+STATUS_OBJECT = "_STATUS"
+BOOTSTRAP_LOG_OBJECT = "_bootstrap.log"
+DEFAULT_ARTIFACT_RETENTION_DAYS = 365
+IA_TRANSITION_DAYS = 30
+NONCURRENT_VERSION_DAYS = 30
+ABORT_MULTIPART_DAYS = 7
+ACCESS_LOG_RETENTION_DAYS = 90
+DEFAULT_LOG_RETENTION_DAYS = 30
+# The values CloudWatch Logs accepts (same order as aws_logs.RetentionDays, INFINITE left out).
+LOG_RETENTION_DAYS: tuple[int, ...] = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+LOG_GROUP_PREFIX = "/vit-embed"
+
+# --- on the instance ---------------------------------------------------------------------------------------------
+INSTANCE_ETC = "/etc/vit-embed"
+RUN_ENV_FILE = f"{INSTANCE_ETC}/run.env"
+JOB_ARGS_FILE = f"{INSTANCE_ETC}/job.args"
+SCRIPT_PATH = "/opt/vit-embed/run.sh"
+SOURCE_ZIP_PATH = "/opt/vit-embed/src.zip"
+NOTEBOOK = "notebooks/umap_visualize.ipynb"
+
+# Paths the repository asset leaves out (the instance only needs pyproject.toml, job/ and docker/).
+SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
+    ".git",
+    ".venv",
+    "venv",
+    "node_modules",
+    "cdk.out",
+    "cdk",
+    "app.py",
+    "cdk.json",
+    "cdk.context.json",
+    "package.json",
+    "package-lock.json",
+    "Makefile",
+    ".gitignore",
+    ".github",
+    ".env",
+    "tests",
+    "notebooks",
+    "bench",
+    "docs",
+    ".ci",
+    "runs",
+    "vectors",
+    "indexes",
+    "build",
+    "dist",
+    "test-artifacts",
+    ".whl",
+    ".gl",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+)

@@ -1,0 +1,68 @@
+"""Storage: the artifacts bucket (runs/<run-id>/ in the OUTDIR layout) and its server-access-log bucket."""
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from . import constants as C
+
+
+class Storage(Construct):
+    """Encrypted, versioned, TLS-only, non-public buckets; old runs age out through lifecycle rules."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        retain: bool = True,
+        artifact_retention_days: int = C.DEFAULT_ARTIFACT_RETENTION_DAYS,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
+        common = dict(
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=removal,
+            auto_delete_objects=not retain,
+        )
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            versioned=False,
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(C.ACCESS_LOG_RETENTION_DAYS)),
+                s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(C.ABORT_MULTIPART_DAYS)),
+            ],
+            **common,
+        )
+        runs_rule = s3.LifecycleRule(
+            id="age-out-runs",
+            prefix=f"{C.RUNS_PREFIX}/",
+            transitions=[
+                s3.Transition(storage_class=s3.StorageClass.INFREQUENT_ACCESS, transition_after=Duration.days(C.IA_TRANSITION_DAYS))
+            ]
+            if not artifact_retention_days or artifact_retention_days > C.IA_TRANSITION_DAYS
+            else None,
+            expiration=Duration.days(artifact_retention_days) if artifact_retention_days else None,
+        )
+        self.artifacts = s3.Bucket(
+            self,
+            "Artifacts",
+            versioned=True,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="artifacts/",
+            lifecycle_rules=[
+                runs_rule,
+                s3.LifecycleRule(
+                    id="expire-noncurrent-versions",
+                    noncurrent_version_expiration=Duration.days(C.NONCURRENT_VERSION_DAYS),
+                    expired_object_delete_marker=True,
+                ),
+                s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(C.ABORT_MULTIPART_DAYS)),
+            ],
+            **common,
+        )

@@ -1,0 +1,355 @@
+"""Archive reader: a ``.tgz`` / ``.tar`` (local or ``s3://``) read as one sequential stream, member by member.
+
+Nothing is extracted to disk and nothing is downloaded first. Layers, bottom up:
+
+* raw bytes: a local file, or ``RangeReader`` for object stores: consecutive ranged GETs of
+  ``block_size`` bytes, ``prefetch`` of them in flight, each retried with exponential backoff;
+* gzip (detected by its magic bytes, not the name): isal's ``igzip_threaded`` (decompresses in its
+  own thread, outside the GIL) or the standard library's ``gzip``;
+* ``tarfile`` in stream mode (``r|``): members in archive order; the bytes of members nobody reads
+  are decompressed and dropped.
+
+A damaged archive (truncated, broken gzip, a corrupt tar header) raises ``ArchiveError`` from
+``ArchiveReader.members()``; members already handed out stay valid. The standard library's
+``tarfile`` stops silently at a corrupt header in the middle of a stream; the reader checks that
+what follows the last member is tar padding and reports it otherwise.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import gzip
+import io
+import logging
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import fsutil
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".tgz", ".tar.gz", ".tar")
+DECODERS: tuple[str, ...] = ("isal", "gzip")
+TAR_BUFSIZE = 1 << 20
+GZIP_BLOCK = 256 << 10  # isal's decompress-thread block: also the most a broken stream loses before the error
+S3_BLOCK = 16 << 20
+S3_PREFETCH = 4
+RETRIES = 5
+BACKOFF_S = 0.5
+_TRAILER_CHECK = 16 << 20  # bytes after the last member read to check it is only padding
+
+
+class ArchiveError(IOError):
+    """The archive cannot be read on from here; ``member`` is where it broke (None: between members)."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+def is_archive_name(url: str) -> bool:
+    """True for names the job reads as tar archives (``.tgz``, ``.tar.gz``, ``.tar``)."""
+    return url.lower().rstrip("/").endswith(ARCHIVE_SUFFIXES)
+
+
+def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backoff: float | None = None,
+          on_retry: Callable[[], None] | None = None) -> Any:
+    """Call ``fn``; on a transient error try again ``retries`` times, sleeping backoff·2^k between tries.
+
+    Missing objects and denied access are not transient and raise at once. Defaults: RETRIES, BACKOFF_S.
+    """
+    retries = RETRIES if retries is None else retries
+    backoff = BACKOFF_S if backoff is None else backoff
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception as exc:  # botocore / aiohttp / OS errors all look different
+            if attempt == retries:
+                raise
+            delay = backoff * (2 ** attempt)
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc,
+                        attempt + 1, retries, delay)
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RangeReader(io.RawIOBase):
+    """Sequential reads of a remote object as ranged GETs, ``prefetch`` blocks ahead, each retried."""
+
+    def __init__(self, fs: Any, path: str, size: int, *, block_size: int = S3_BLOCK, prefetch: int = S3_PREFETCH,
+                 retries: int | None = None, backoff: float | None = None) -> None:
+        super().__init__()
+        self.fs, self.path, self.size = fs, path, size
+        self.block_size, self.prefetch = block_size, max(1, prefetch)
+        self.retries, self.backoff = retries, backoff
+        self.retried = 0
+        self._pool = cf.ThreadPoolExecutor(self.prefetch, thread_name_prefix="range")
+        self._futures: collections.deque[cf.Future] = collections.deque()
+        self._next = 0
+        self._buf = b""
+        self._off = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _count_retry(self) -> None:
+        self.retried += 1
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        def get() -> bytes:
+            data = self.fs.cat_file(self.path, start=start, end=end)
+            if len(data) != end - start:
+                raise IOError(f"short read: {len(data)} of {end - start} bytes at {start}")
+            return data
+
+        return retry(get, f"GET {self.path} bytes {start}-{end}", retries=self.retries, backoff=self.backoff,
+                     on_retry=self._count_retry)
+
+    def _top_up(self) -> None:
+        while len(self._futures) < self.prefetch and self._next < self.size:
+            end = min(self.size, self._next + self.block_size)
+            self._futures.append(self._pool.submit(self._fetch, self._next, end))
+            self._next = end
+
+    def readinto(self, b: Any) -> int:
+        if self._off >= len(self._buf):
+            self._top_up()
+            if not self._futures:
+                return 0
+            self._buf, self._off = self._futures.popleft().result(), 0
+            self._top_up()
+        n = min(len(b), len(self._buf) - self._off)
+        b[:n] = self._buf[self._off: self._off + n]
+        self._off += n
+        return n
+
+    def close(self) -> None:
+        for f in self._futures:
+            f.cancel()
+        self._futures.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
+
+
+class _Counting(io.RawIOBase):
+    """Counts the bytes read through it."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.inner.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.count += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        # read1: at most one underlying read, so a stream that breaks loses only that read's bytes
+        # (a looping read(n) would drop everything decompressed since the call began).
+        data = self.inner.read1(n) if n > 0 and hasattr(self.inner, "read1") else self.inner.read(n)
+        self.count += len(data)
+        return data
+
+
+@dataclass
+class ArchiveStats:
+    """What reading one archive cost and found (goes into the manifest)."""
+
+    url: str
+    compressed: bool | None = None
+    decoder: str | None = None
+    bytes_read: int = 0  # from storage (compressed)
+    bytes_decompressed: int = 0
+    members: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        mb_s = self.bytes_decompressed / 1e6 / self.seconds if self.seconds else None
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out["decompressed_mb_per_s"] = round(mb_s, 1) if mb_s is not None else None
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class Member:
+    """One archive member; read it (``read()`` / ``reader``) before asking for the next."""
+
+    name: str  # as stored (``./samples/...`` kept as is)
+    size: int
+    isfile: bool
+    _tar: tarfile.TarFile
+    _info: tarfile.TarInfo
+    _stats: "ArchiveStats | None" = None
+
+    def read(self) -> bytes:
+        """All the member's bytes; raises ArchiveError if the stream breaks inside it."""
+        data = self.reader().read()
+        if len(data) != self.size:
+            err = ArchiveError(f"archive truncated: member ends after {len(data)} of {self.size} bytes", self.name)
+            if self._stats is not None:
+                self._stats.error = str(err)
+            raise err
+        return data
+
+    def reader(self) -> "_MemberReader":
+        """A file object over the member's bytes (for parsing big members as they stream)."""
+        f = self._tar.extractfile(self._info) if self.isfile else None
+        if f is None:
+            raise ArchiveError(f"archive member unreadable: not a regular file (tar type {self._info.type!r})",
+                               self.name)
+        return _MemberReader(f, self.name, self._stats)
+
+
+class _MemberReader:
+    """``read(n)`` over one member that reports a broken stream as ArchiveError (and in the stats)."""
+
+    def __init__(self, f: Any, name: str, stats: "ArchiveStats | None") -> None:
+        self._f, self._name, self._stats = f, name, stats
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except Exception as exc:
+            err = exc if isinstance(exc, ArchiveError) else ArchiveError(_describe(exc), self._name)
+            if self._stats is not None:
+                self._stats.error = str(err)
+            raise err from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """``"<category>: <detail>"`` for an exception raised while streaming an archive."""
+    msg = str(exc) or type(exc).__name__
+    kind = f"{type(exc).__module__}.{type(exc).__name__}".lower()
+    if isinstance(exc, EOFError) or "unexpected end of data" in msg:
+        return f"archive truncated: {msg}"
+    if isinstance(exc, gzip.BadGzipFile) or "gzip" in kind or "zlib" in kind or "isal" in kind or "crc" in msg.lower():
+        return f"broken gzip stream: {msg}"
+    if isinstance(exc, tarfile.TarError):
+        return f"corrupt tar archive: {msg}"
+    return f"archive read error: {type(exc).__name__}: {msg}"
+
+
+def open_raw(url: str, anon: bool | None = None, *, block_size: int = S3_BLOCK,
+             prefetch: int = S3_PREFETCH) -> tuple[Any, int | None]:
+    """(binary file object positioned at 0, size or None) for a local path or object-store URL."""
+    fs, path = fsutil.url_to_fs(url, anon)
+    if fsutil.is_local(fs):
+        f = open(path, "rb", buffering=TAR_BUFSIZE)
+        return f, None
+    info = retry(lambda: fs.info(path), f"HEAD {url}")
+    return io.BufferedReader(RangeReader(fs, path, int(info["size"]), block_size=block_size, prefetch=prefetch),
+                             buffer_size=TAR_BUFSIZE), int(info["size"])
+
+
+def open_decompressed(raw: Any, decoder: str = "isal") -> tuple[Any, bool]:
+    """(stream of tar bytes, whether it was gzip) for a raw archive stream (gzip detected by magic)."""
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw, buffer_size=TAR_BUFSIZE)
+    head = buffered.peek(2)[:2]
+    if head != GZIP_MAGIC:
+        return buffered, False
+    if decoder == "isal":
+        try:
+            from isal import igzip_threaded
+        except ImportError:  # pragma: no cover - isal is a dependency
+            decoder = "gzip"
+        else:
+            return igzip_threaded.open(buffered, "rb", threads=1, block_size=GZIP_BLOCK), True
+    if decoder == "gzip":
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), True
+    raise ValueError(f"unknown gzip decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+
+
+class ArchiveReader:
+    """Reads one archive sequentially; ``members()`` yields its members in order."""
+
+    def __init__(self, url: str, *, anon: bool | None = None, decoder: str = "isal",
+                 block_size: int = S3_BLOCK, prefetch: int = S3_PREFETCH) -> None:
+        self.url = url
+        self.anon = anon
+        self.decoder = decoder
+        self.block_size, self.prefetch = block_size, prefetch
+        self.stats = ArchiveStats(url=url)
+
+    def members(self, stop: threading.Event | None = None) -> Iterator[Member]:
+        """Every member, in order. Raises ArchiveError where the archive breaks; stops early on ``stop``."""
+        t0 = time.perf_counter()
+        raw = counted_raw = stream = counted = tar = None
+        current: str | None = None
+        try:
+            try:
+                raw, _ = open_raw(self.url, self.anon, block_size=self.block_size, prefetch=self.prefetch)
+            except FileNotFoundError:
+                raise ArchiveError(f"archive missing: {self.url} does not exist") from None
+            except Exception as exc:
+                raise ArchiveError(f"archive unreadable: cannot open {self.url} ({type(exc).__name__}: {exc})") from exc
+            counted_raw = _Counting(raw)
+            stream, gz = open_decompressed(io.BufferedReader(counted_raw, buffer_size=TAR_BUFSIZE), self.decoder)
+            self.stats.compressed = gz
+            self.stats.decoder = self.decoder if gz else None
+            counted = _Counting(stream)
+            try:
+                tar = tarfile.open(fileobj=counted, mode="r|", bufsize=TAR_BUFSIZE)
+            except Exception as exc:
+                raise ArchiveError(f"not a tar archive: {_describe(exc)}") from exc
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    info = tar.next()
+                except Exception as exc:
+                    raise ArchiveError(_describe(exc), current) from exc
+                if info is None:
+                    break
+                tar.members.clear()  # stream mode would keep every TarInfo (hundreds of thousands) alive
+                current = info.name
+                self.stats.members += 1
+                yield Member(info.name, info.size, info.isreg(), tar, info, self.stats)
+            self._check_trailer(tar, counted, current)
+            self.stats.complete = True
+        except ArchiveError as exc:
+            self.stats.error = str(exc)
+            raise
+        finally:
+            if isinstance(raw, io.BufferedReader) and isinstance(raw.raw, RangeReader):
+                self.stats.retries = raw.raw.retried
+            self.stats.bytes_read = counted_raw.count if counted_raw is not None else 0
+            self.stats.bytes_decompressed = counted.count if counted is not None else 0
+            self.stats.seconds += time.perf_counter() - t0
+            for closable in (tar, stream, raw):
+                try:
+                    if closable is not None:
+                        closable.close()
+                except Exception:  # noqa: BLE001 - closing a broken stream must not hide the real error
+                    pass
+
+    def _check_trailer(self, tar: tarfile.TarFile, counted: _Counting, last: str | None) -> None:
+        """After the last member only zero padding may follow (and the gzip trailer must check out)."""
+        buffered = getattr(tar.fileobj, "buf", b"")  # tarfile._Stream keeps read-ahead here
+        try:
+            rest = counted.read(_TRAILER_CHECK)
+        except Exception as exc:
+            raise ArchiveError(_describe(exc), None) from exc
+        if (buffered and buffered.strip(b"\0")) or rest.strip(b"\0"):
+            raise ArchiveError(f"corrupt tar archive: bad header after member {last or '(none)'}; "
+                               "the rest of the archive is unreadable")
+        if len(rest) == _TRAILER_CHECK:
+            raise ArchiveError("corrupt tar archive: unexpected data after the end of the archive")

@@ -1,0 +1,337 @@
+"""Model stage: a registry of OpenCLIP models and weights, loading, pooling, and the batch encoders.
+
+Names follow open_clip (``ViT-L-14``, ``ViT-B-32`` …) plus the product brief's aliases
+(``vit_l_14``). Weights (``--pretrained``) can be an open_clip tag, the alias ``openclip`` (our
+default tag for the architecture), a local checkpoint file, an ``s3://`` (or any fsspec URL)
+checkpoint, ``hf-hub:org/repo``, or ``none`` (seeded random init).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+# The product brief's spellings, mapped onto open_clip architecture names.
+MODEL_ALIASES: dict[str, str] = {
+    "vit_l_14": "ViT-L-14",
+    "vit-l/14": "ViT-L-14",
+    "vit_b_32": "ViT-B-32",
+    "vit-b/32": "ViT-B-32",
+    "vit_b_16": "ViT-B-16",
+    "vit-b/16": "ViT-B-16",
+    "vit_h_14": "ViT-H-14",
+}
+
+# ``--pretrained openclip`` resolves to these tags. For ViT-L-14: DataComp-XL (MIT licensed weights,
+# ImageNet zero-shot 79.2% vs 75.3% for LAION-2B and 75.5% for OpenAI's); see the README for why.
+DEFAULT_TAGS: dict[str, str] = {
+    "ViT-L-14": "datacomp_xl_s13b_b90k",
+    "ViT-B-32": "laion2b_s34b_b79k",
+    "ViT-B-16": "laion2b_s34b_b88k",
+    "ViT-H-14": "laion2b_s32b_b79k",
+}
+POOL_TYPES: dict[str, str] = {"mean": "avg", "cls": "tok"}
+
+
+def available_models() -> list[str]:
+    """open_clip architecture names plus our aliases."""
+    import open_clip
+
+    return sorted(open_clip.list_models()) + sorted(MODEL_ALIASES)
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias or open_clip name (``ViT-L/14`` too) to the open_clip architecture name."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        return name
+    key = name.strip()
+    if key.lower() in MODEL_ALIASES:
+        return MODEL_ALIASES[key.lower()]
+    models = open_clip.list_models()
+    for candidate in (key, key.replace("/", "-")):
+        if candidate in models:
+            return candidate
+    aliases = sorted(a for a in MODEL_ALIASES if "/" not in a)
+    raise ConfigError(
+        f"unknown model {name!r}; valid choices: {', '.join(aliases + sorted(DEFAULT_TAGS))} or any of the "
+        f"{len(models)} open_clip architectures (list them with: python -m job models)"
+    )
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """What ``--pretrained`` resolved to."""
+
+    kind: str  # "none" | "tag" | "file" | "url" | "hf-hub"
+    value: str | None  # tag name, file path, URL, hub id; None for "none"
+
+    def describe(self) -> str:
+        return "random init (seeded)" if self.kind == "none" else f"{self.kind}:{self.value}"
+
+
+def resolve_pretrained(model: str, pretrained: str) -> WeightsSpec:
+    """Classify ``--pretrained`` and validate tags against open_clip's registry for ``model``."""
+    import open_clip
+
+    p = pretrained.strip()
+    if p.lower() in ("none", "random", ""):
+        return WeightsSpec("none", None)
+    if p.startswith("hf-hub:"):
+        return WeightsSpec("hf-hub", p)
+    if "://" in p:
+        return WeightsSpec("url", p)
+    if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+        if not os.path.isfile(p):
+            raise ConfigError(f"checkpoint file {p!r} does not exist")
+        return WeightsSpec("file", p)
+    if model.startswith("hf-hub:"):
+        raise ConfigError(f"--pretrained {p!r} cannot be combined with an hf-hub model; use --pretrained none or omit it")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    tag = DEFAULT_TAGS.get(model) if p.lower() == "openclip" else p
+    if p.lower() == "openclip" and tag is None:
+        if not tags:
+            raise ConfigError(f"model {model!r} has no open_clip pretrained weights; use --pretrained none or a file")
+        tag = tags[0]
+    if tag not in tags:
+        raise ConfigError(
+            f"unknown pretrained tag {p!r} for {model}; valid choices: openclip, none, a checkpoint file, "
+            f"s3://…, hf-hub:…, or one of {', '.join(tags) or '(none known)'}"
+        )
+    return WeightsSpec("tag", tag)
+
+
+def _fetch_url(url: str, cache_dir: str | None) -> str:
+    """Download a checkpoint URL (``s3://`` …) once into the cache and return the local path."""
+    from . import fsutil
+
+    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vit-embedding-drivedata")
+    os.makedirs(cache, exist_ok=True)
+    digest = hashlib.sha1(url.encode()).hexdigest()[:16]
+    local = os.path.join(cache, f"{digest}-{url.rsplit('/', 1)[-1]}")
+    if not os.path.exists(local):
+        fs, path = fsutil.url_to_fs(url)
+        if not fs.exists(path):
+            raise ConfigError(f"checkpoint {url} does not exist")
+        log.info("downloading checkpoint %s", url)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        fs.get(path, tmp)
+        os.replace(tmp, local)
+    return local
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names, shapes, bytes), whatever the weights' origin."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available; valid choices here: auto, cpu")
+    return torch.device(device)
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ConfigError("--precision fp16 is not supported on the CPU; valid choices there: auto, fp32, bf16")
+    return dtype
+
+
+@dataclass
+class LoadedModel:
+    """A ready model plus everything the other stages need to know about it."""
+
+    model: torch.nn.Module
+    name: str
+    weights: WeightsSpec
+    weights_sha256: str
+    pool: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    embed_dim: int
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: Any
+    load_seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry for the model."""
+        return {
+            "name": self.name,
+            "pretrained": self.weights.describe(),
+            "weights_sha256": self.weights_sha256,
+            "pool": self.pool,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "embed_dim": self.embed_dim,
+            "device": str(self.device),
+            "precision": str(self.dtype).replace("torch.", ""),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def _create(name: str, weights: WeightsSpec, cfg: ModelConfig) -> torch.nn.Module:
+    import open_clip
+
+    kwargs: dict[str, Any] = {}
+    if cfg.image_size:
+        kwargs["force_image_size"] = cfg.image_size
+    if cfg.cache_dir:
+        kwargs["cache_dir"] = cfg.cache_dir
+    torch.manual_seed(cfg.seed)
+    try:
+        if weights.kind == "none":
+            return open_clip.create_model(name, pretrained=None, **kwargs)
+        if weights.kind == "hf-hub":
+            return open_clip.create_model(weights.value, **kwargs)
+        if weights.kind == "url":
+            return open_clip.create_model(name, pretrained=_fetch_url(weights.value, cfg.cache_dir), **kwargs)
+        return open_clip.create_model(name, pretrained=weights.value, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:  # torch.load/safetensors/hub raise many types; all mean "these weights don't load"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not load weights {weights.describe()} for {name}: {first}") from exc
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Create the model with its weights on the chosen device and precision, in eval mode.
+
+    Pooling is set on the visual tower (``pool_type`` ``avg`` for mean over patch tokens, ``tok``
+    for the CLS token); ``ln_post`` and ``proj`` apply in both cases.
+    """
+    import open_clip
+
+    from .config import POOLS, PRECISIONS, check_choice
+
+    check_choice("pool", cfg.pool, POOLS)
+    check_choice("precision", cfg.precision, PRECISIONS)
+    name = resolve_model_name(cfg.model)
+    weights = resolve_pretrained(name, cfg.pretrained)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    t0 = time.perf_counter()
+    model = _create(name, weights, cfg)
+    model.eval().requires_grad_(False)
+    visual = model.visual
+    if not hasattr(visual, "pool_type") or getattr(visual, "attn_pool", None) is not None:
+        raise ConfigError(f"model {name} has no mean/cls pooling switch (attentional pooling); use a ViT CLIP model")
+    visual.pool_type = POOL_TYPES[cfg.pool]
+    sha = weights_hash(model)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    size = pp.get("size", visual.image_size)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    model = model.to(device)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    tokenizer = open_clip.get_tokenizer(name if not name.startswith("hf-hub:") else name)
+    embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])
+    return LoadedModel(
+        model=model,
+        name=name,
+        weights=weights,
+        weights_sha256=sha,
+        pool=cfg.pool,
+        image_size=size,
+        mean=tuple(float(x) for x in pp["mean"]),
+        std=tuple(float(x) for x in pp["std"]),
+        interpolation=str(pp.get("interpolation", "bicubic")),
+        embed_dim=embed_dim,
+        device=device,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        load_seconds=time.perf_counter() - t0,
+    )
+
+
+class ImageEncoder:
+    """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        dev = lm.device
+        self._mean = torch.tensor(lm.mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(lm.std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed a (n, H, W, 3) uint8 batch; returns (n, dim) float32, unit length."""
+        x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+        if self.lm.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory().to(self.lm.device, non_blocking=True)
+        else:
+            x = x.to(self.lm.device)
+        x = x.permute(0, 3, 1, 2).float()
+        x = ((x - self._mean) * self._inv_std).to(self.lm.dtype)
+        if self.lm.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.lm.model.encode_image(x).float()
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        return feats.cpu().numpy()
+
+
+@torch.inference_mode()
+def encode_text(lm: LoadedModel, texts: Sequence[str]) -> np.ndarray:
+    """Embed text queries with the same model's text tower; (n, dim) float32, unit length."""
+    tokens = lm.tokenizer(list(texts)).to(lm.device)
+    feats = lm.model.encode_text(tokens).float()
+    return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+
+
+
+
+def _models_command(cfg: Any, args: Any) -> int:
+    import open_clip
+
+    if args.tags_for:
+        name = resolve_model_name(args.tags_for)
+        default = DEFAULT_TAGS.get(name)
+        for tag in open_clip.list_pretrained_tags_by_model(name):
+            print(f"{tag}{'  (openclip: our default)' if tag == default else ''}")
+        return 0
+    for alias, target in sorted(MODEL_ALIASES.items()):
+        print(f"{alias} -> {target}")
+    for name in open_clip.list_models():
+        print(name)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``models`` subcommand (the registry: architectures, aliases, pretrained tags)."""
+    from .cli import add_common_options
+
+    p = sub.add_parser("models", help="list model names and aliases, or a model's pretrained tags",
+                       description="List the models --model accepts, or with --tags MODEL the tags --pretrained accepts.")
+    p.add_argument("--tags", dest="tags_for", metavar="MODEL", default=None, help="list this model's pretrained tags")
+    add_common_options(p)
+    p.set_defaults(handler=_models_command)

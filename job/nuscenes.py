@@ -1,0 +1,494 @@
+"""nuScenes tables: load the six tables a camera image needs, join them, and look up one image's metadata.
+
+The join follows the official devkit: ``sample_data → sample → scene → log`` for where and when,
+``sample_data → calibrated_sensor → sensor`` for the channel. Rows are matched by
+``sample_data.filename``, the image's path relative to the dataroot
+(``samples/CAM_FRONT/<logfile>__CAM_FRONT__<timestamp_us>.jpg``).
+
+The trainval ``sample_data.json`` holds ~2.6M rows (~1 GB of JSON, all sensors). It is never held
+whole: it is parsed in slices of ``CHUNK_BYTES`` as the bytes arrive (from a file, an S3 object or
+an archive member), only the rows the run can use (camera images that pass the channel and
+keyframe filters) are kept, and those are stored column-wise in pyarrow/numpy arrays with a hash
+index instead of a dict of Python objects. msgspec parses when it is installed (fast, typed),
+the standard library otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+try:  # msgspec: ~10x faster than json and decodes straight into slim typed rows
+    import msgspec
+except ImportError:  # pragma: no cover - exercised only where msgspec is missing
+    msgspec = None  # type: ignore[assignment]
+
+# The metadata columns every row of a nuScenes run carries (all nullable: images without a
+# sample_data row keep nulls).
+META_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("sample_data_token", pa.string()),
+    pa.field("sample_token", pa.string()),
+    pa.field("scene_token", pa.string()),
+    pa.field("scene_name", pa.string()),
+    pa.field("scene_description", pa.string()),
+    pa.field("channel", pa.string()),
+    pa.field("timestamp", pa.int64()),  # µs since the epoch, as in the tables
+    pa.field("is_key_frame", pa.bool_()),
+    pa.field("location", pa.string()),
+    pa.field("logfile", pa.string()),
+    pa.field("date_captured", pa.string()),  # YYYY-MM-DD, as in log.json
+    pa.field("split", pa.string()),  # the table version the row came from: v1.0-mini, v1.0-trainval, v1.0-test
+)
+META_NAMES: tuple[str, ...] = tuple(f.name for f in META_FIELDS)
+
+# Tables the join reads; the others (ego_pose, sample_annotation, instance, …) are never parsed.
+NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "calibrated_sensor", "sensor")
+LAYOUT_DIRS: frozenset[str] = frozenset({"samples", "sweeps"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+CHUNK_BYTES = 32 << 20
+_VERSION_RE = re.compile(r"^v\d+\.\d+-[A-Za-z0-9_\-]+$")
+# Preference when a dataroot holds several table versions (mini is a subset of trainval).
+_VERSION_PRIORITY = ("v1.0-trainval", "v1.0-test", "v1.0-mini")
+
+
+class TablesError(ValueError):
+    """The tables are missing, incomplete or unreadable; the message names the file."""
+
+
+# --------------------------------------------------------------------------- paths
+
+def is_image_name(name: str) -> bool:
+    """True for file names the job decodes as images (by extension)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_version_dir(name: str) -> bool:
+    """True for a tables folder name like ``v1.0-mini`` / ``v1.0-trainval``."""
+    return bool(_VERSION_RE.match(name))
+
+
+def dataroot_relative(path: str) -> str:
+    """The path relative to the nuScenes dataroot, whatever folder the files sat under.
+
+    ``./samples/CAM_FRONT/x.jpg`` and ``nuscenes/samples/CAM_FRONT/x.jpg`` both become
+    ``samples/CAM_FRONT/x.jpg``; paths outside the nuScenes layout are only cleaned of ``./``.
+    """
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    for i, p in enumerate(parts[:-1]):
+        if p in LAYOUT_DIRS or p == "maps" or is_version_dir(p):
+            return "/".join(parts[i:])
+    return "/".join(parts)
+
+
+def layout_of(path: str) -> tuple[str, str] | None:
+    """``(folder, channel)`` for a dataroot-relative ``samples|sweeps/<CHANNEL>/<file>``, else None."""
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] in LAYOUT_DIRS:
+        return parts[0], parts[1]
+    return None
+
+
+def table_of(path: str) -> tuple[str, str] | None:
+    """``(version, table)`` for a dataroot-relative ``v1.0-*/<table>.json``, else None."""
+    parts = path.split("/")
+    if len(parts) == 2 and is_version_dir(parts[0]) and parts[1].endswith(".json"):
+        return parts[0], parts[1][: -len(".json")]
+    return None
+
+
+def version_order(versions: Iterable[str]) -> list[str]:
+    """Versions in lookup priority: trainval, test, mini, then the others by name."""
+    def key(v: str) -> tuple[int, str]:
+        return (_VERSION_PRIORITY.index(v) if v in _VERSION_PRIORITY else len(_VERSION_PRIORITY), v)
+
+    return sorted(set(versions), key=key)
+
+
+# --------------------------------------------------------------------------- JSON parsing
+
+if msgspec is not None:
+    class _SampleDataRow(msgspec.Struct):
+        """The sample_data fields the join uses; the others are skipped by the decoder."""
+
+        token: str
+        sample_token: str
+        calibrated_sensor_token: str
+        filename: str
+        timestamp: int
+        is_key_frame: bool
+
+    _SD_DECODER = msgspec.json.Decoder(list[_SampleDataRow])
+    _ANY_DECODER = msgspec.json.Decoder()
+
+
+def _decode_any(data: bytes) -> Any:
+    if msgspec is not None:
+        return _ANY_DECODER.decode(data)
+    return json.loads(data)
+
+
+def _decode_sample_data(data: bytes) -> list[tuple[str, str, str, str, int, bool]]:
+    """(token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame) per row."""
+    if msgspec is not None:
+        return [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp, r.is_key_frame)
+                for r in _SD_DECODER.decode(data)]
+    return [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"], int(r["timestamp"]),
+             bool(r["is_key_frame"])) for r in json.loads(data)]
+
+
+def iter_array_slices(read: Callable[[int], bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Cut a JSON array of flat objects, read ``chunk_bytes`` at a time, into smaller valid JSON arrays.
+
+    Each slice ends at the last ``},`` seen so far (an object boundary: nuScenes rows hold no
+    nested objects, and no string value contains ``},``), so at most one slice plus one read is
+    in memory at a time. Parsing each slice stays exact; a malformed file still fails to parse.
+    """
+    buf = bytearray()
+    started = False
+    while True:
+        data = read(chunk_bytes)
+        buf += data
+        if not started:
+            stripped = buf.lstrip()
+            if stripped:
+                if not stripped.startswith(b"["):
+                    raise TablesError("not a JSON array")
+                del buf[: len(buf) - len(stripped) + 1]
+                started = True
+        if not data:
+            tail = bytes(buf).rstrip()
+            if tail.endswith(b"]"):
+                tail = tail[:-1]
+            elif started:
+                raise TablesError("JSON array is not closed (file truncated?)")
+            if tail.strip():
+                yield b"[" + tail + b"]"
+            return
+        cut = buf.rfind(b"},")
+        if started and cut >= 0:
+            yield b"[" + bytes(buf[: cut + 1]) + b"]"
+            del buf[: cut + 2]
+
+
+def _reader(source: bytes | Callable[[int], bytes]) -> Callable[[int], bytes]:
+    if callable(source):
+        return source
+    view = memoryview(source)
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        out = bytes(view[pos: pos + n])
+        pos += len(out)
+        return out
+
+    return read
+
+
+# --------------------------------------------------------------------------- tables
+
+@dataclass
+class _Scene:
+    token: str
+    name: str
+    description: str
+    location: str | None
+    logfile: str | None
+    date_captured: str | None
+
+
+class NuScenesTables:
+    """The joined tables of one version, indexed by image filename.
+
+    Per image row it stores tokens, timestamp and keyframe flag as arrays, and small integer codes
+    for channel and scene; ``lookup(path)`` rebuilds the metadata dict for one image.
+    """
+
+    def __init__(self, version: str, filenames: pa.Array, sd_tokens: pa.Array, sample_tokens: pa.Array,
+                 timestamps: np.ndarray, key_frames: np.ndarray, channel_codes: np.ndarray, channels: list[str | None],
+                 scene_codes: np.ndarray, scenes: list[_Scene]) -> None:
+        self.version = version
+        self._filenames = filenames
+        self._sd_tokens = sd_tokens
+        self._sample_tokens = sample_tokens
+        self._timestamps = timestamps
+        self._key_frames = key_frames
+        self._channel_codes = channel_codes
+        self._channels = channels
+        self._scene_codes = scene_codes
+        self._scenes = scenes
+        # Hash index: sorted 64-bit string hashes → row, verified against the filename on lookup.
+        keys = np.fromiter((hash(f) for f in filenames.to_pylist()), dtype=np.int64, count=len(filenames))
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
+
+    def __len__(self) -> int:
+        return len(self._filenames)
+
+    @property
+    def scenes(self) -> list[_Scene]:
+        return list(self._scenes)
+
+    def _row(self, path: str) -> int | None:
+        h = hash(path)
+        i = int(np.searchsorted(self._keys, h))
+        while i < len(self._keys) and self._keys[i] == h:
+            row = int(self._order[i])
+            if self._filenames[row].as_py() == path:
+                return row
+            i += 1
+        return None
+
+    def __contains__(self, path: str) -> bool:
+        return self._row(path) is not None
+
+    def scene_of(self, path: str) -> _Scene | None:
+        """The scene an image belongs to, or None if it has no row (or its sample is unknown)."""
+        row = self._row(path)
+        if row is None:
+            return None
+        code = int(self._scene_codes[row])
+        return self._scenes[code] if code >= 0 else None
+
+    def lookup(self, path: str) -> dict[str, Any] | None:
+        """Metadata columns for the image at dataroot-relative ``path``, or None without a row."""
+        row = self._row(path)
+        if row is None:
+            return None
+        code = int(self._scene_codes[row])
+        scene = self._scenes[code] if code >= 0 else None
+        return {
+            "sample_data_token": self._sd_tokens[row].as_py(),
+            "sample_token": self._sample_tokens[row].as_py(),
+            "scene_token": scene.token if scene else None,
+            "scene_name": scene.name if scene else None,
+            "scene_description": scene.description if scene else None,
+            "channel": self._channels[int(self._channel_codes[row])],
+            "timestamp": int(self._timestamps[row]),
+            "is_key_frame": bool(self._key_frames[row]),
+            "location": scene.location if scene else None,
+            "logfile": scene.logfile if scene else None,
+            "date_captured": scene.date_captured if scene else None,
+            "split": self.version,
+        }
+
+    def nbytes(self) -> int:
+        """Approximate memory held by the per-image arrays."""
+        arrays = (self._filenames, self._sd_tokens, self._sample_tokens)
+        return int(sum(a.nbytes for a in arrays) + self._timestamps.nbytes + self._key_frames.nbytes
+                   + self._channel_codes.nbytes + self._scene_codes.nbytes + self._keys.nbytes + self._order.nbytes)
+
+
+class MetaIndex:
+    """Lookups over one or more table versions (first hit wins, in ``version_order``)."""
+
+    def __init__(self, tables: Sequence[NuScenesTables] = ()) -> None:
+        self.tables: list[NuScenesTables] = []
+        for t in tables:
+            self.add(t)
+
+    def add(self, tables: NuScenesTables) -> None:
+        if any(t.version == tables.version for t in self.tables):
+            return
+        both = self.tables + [tables]
+        order = version_order(t.version for t in both)
+        self.tables = sorted(both, key=lambda t: order.index(t.version))  # one assignment: readers never see a half-sorted list
+
+    def __bool__(self) -> bool:
+        return bool(self.tables)
+
+    @property
+    def versions(self) -> list[str]:
+        return [t.version for t in self.tables]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(t) for t in self.tables)
+
+    def lookup(self, path: str) -> dict[str, Any] | None:
+        for t in self.tables:
+            meta = t.lookup(path)
+            if meta is not None:
+                return meta
+        return None
+
+    def scene_of(self, path: str) -> _Scene | None:
+        for t in self.tables:
+            if path in t:
+                return t.scene_of(path)
+        return None
+
+    def scene_keys(self) -> set[str]:
+        """Every scene name and token known to the tables (for validating ``--scenes``)."""
+        out: set[str] = set()
+        for t in self.tables:
+            for s in t.scenes:
+                out.update((s.name, s.token))
+        return out
+
+
+@dataclass
+class TablesBuilder:
+    """Collects the six tables of one version as they arrive (in any order) and joins them.
+
+    ``keep(filename)`` decides which sample_data rows are kept (default: image files only), so the
+    big table never lives whole in memory.
+    """
+
+    version: str
+    keep: Callable[[str], bool] = is_image_name
+    chunk_bytes: int = CHUNK_BYTES
+    _small: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _sd: dict[str, list[Any]] | None = None
+    sample_data_rows_read: int = 0
+    seconds: float = 0.0
+
+    def wants(self, table: str) -> bool:
+        """True while ``table`` is needed and not yet added."""
+        if table == "sample_data":
+            return self._sd is None
+        return table in NEEDED_TABLES and table not in self._small
+
+    def missing(self) -> list[str]:
+        return [t for t in NEEDED_TABLES if self.wants(t)]
+
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def add(self, table: str, source: bytes | Callable[[int], bytes]) -> None:
+        """Parse one table from its bytes or a ``read(n)`` function; tables not needed are ignored."""
+        if not self.wants(table):
+            return
+        t0 = time.perf_counter()
+        try:
+            if table == "sample_data":
+                self._add_sample_data(_reader(source))
+            else:
+                data = source if isinstance(source, bytes) else b"".join(iter(lambda: source(self.chunk_bytes), b""))
+                rows = _decode_any(data)
+                if not isinstance(rows, list):
+                    raise TablesError("not a JSON array")
+                self._small[table] = rows
+        except TablesError as exc:
+            raise TablesError(f"{self.version}/{table}.json: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TablesError(f"{self.version}/{table}.json: cannot parse ({type(exc).__name__}: {exc})") from None
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _add_sample_data(self, read: Callable[[int], bytes]) -> None:
+        cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key")}
+        for piece in iter_array_slices(read, self.chunk_bytes):
+            rows = _decode_sample_data(piece)
+            self.sample_data_rows_read += len(rows)
+            kept = [r for r in rows if self.keep(r[3])]
+            del rows
+            if not kept:
+                continue
+            tok, smp, cs, fn, ts, kf = zip(*kept)
+            cols["filename"].append(pa.array(fn, pa.string()))
+            cols["token"].append(pa.array(tok, pa.string()))
+            cols["sample_token"].append(pa.array(smp, pa.string()))
+            cols["cs"].append(pa.array(cs, pa.string()))
+            cols["timestamp"].append(np.asarray(ts, dtype=np.int64))
+            cols["key"].append(np.asarray(kf, dtype=bool))
+        self._sd = cols
+
+    def build(self) -> NuScenesTables:
+        """Join the tables; raises TablesError naming what is missing."""
+        missing = self.missing()
+        if missing:
+            raise TablesError(f"{self.version}: missing table(s) {', '.join(m + '.json' for m in missing)}")
+        t0 = time.perf_counter()
+        assert self._sd is not None
+        sd = self._sd
+
+        def cat_str(chunks: list[pa.Array]) -> pa.Array:
+            return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+
+        def cat_np(chunks: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+
+        filenames = cat_str(sd["filename"])
+        sd_tokens = cat_str(sd["token"])
+        sample_tokens = cat_str(sd["sample_token"])
+        cs_tokens = cat_str(sd["cs"])
+        timestamps = cat_np(sd["timestamp"], np.int64)
+        key_frames = cat_np(sd["key"], bool)
+        self._sd = {}  # free the chunk lists
+
+        sensors = {r["token"]: r.get("channel") for r in self._small["sensor"]}
+        cs_channel = {r["token"]: sensors.get(r.get("sensor_token")) for r in self._small["calibrated_sensor"]}
+        channels: list[str | None] = sorted({c for c in cs_channel.values() if c}) + [None]
+        ch_code = {c: i for i, c in enumerate(channels)}
+        none_code = len(channels) - 1
+        channel_codes = np.fromiter((ch_code.get(cs_channel.get(t), none_code) for t in cs_tokens.to_pylist()),
+                                    dtype=np.int16, count=len(cs_tokens))
+        del cs_tokens
+
+        logs = {r["token"]: r for r in self._small["log"]}
+        scenes: list[_Scene] = []
+        scene_code: dict[str, int] = {}
+        for r in self._small["scene"]:
+            lg = logs.get(r.get("log_token"), {})
+            scene_code[r["token"]] = len(scenes)
+            scenes.append(_Scene(token=r["token"], name=r.get("name"), description=r.get("description"),
+                                 location=lg.get("location"), logfile=lg.get("logfile"),
+                                 date_captured=lg.get("date_captured")))
+        sample_scene = {r["token"]: scene_code.get(r.get("scene_token"), -1) for r in self._small["sample"]}
+        scene_codes = np.fromiter((sample_scene.get(t, -1) for t in sample_tokens.to_pylist()),
+                                  dtype=np.int32, count=len(sample_tokens))
+        self._small = {}
+        tables = NuScenesTables(self.version, filenames, sd_tokens, sample_tokens, timestamps, key_frames,
+                                channel_codes, channels, scene_codes, scenes)
+        self.seconds += time.perf_counter() - t0
+        log.info("nuScenes %s: %d image rows kept of %d sample_data rows (%.1fs, %.0f MB)", self.version,
+                 len(tables), self.sample_data_rows_read, self.seconds, tables.nbytes() / 1e6)
+        return tables
+
+
+# --------------------------------------------------------------------------- loading from files
+
+def load_tables_dir(fs: Any, path: str, version: str | None = None, *,
+                    keep: Callable[[str], bool] = is_image_name) -> NuScenesTables:
+    """Load a ``v1.0-*`` tables folder from any fsspec file system (local or s3)."""
+    version = version or path.rstrip("/").rsplit("/", 1)[-1]
+    builder = TablesBuilder(version, keep=keep)
+    for table in NEEDED_TABLES:
+        p = f"{path.rstrip('/')}/{table}.json"
+        try:
+            with fs.open(p, "rb", block_size=8 << 20) as f:
+                builder.add(table, f.read)
+        except FileNotFoundError:
+            raise TablesError(f"{version}: missing table {table}.json in {path}") from None
+    return builder.build()
+
+
+def find_version_dirs(fs: Any, root: str) -> list[str]:
+    """``v1.0-*`` folders holding sample_data.json directly under ``root`` (a dataroot), best first."""
+    root = root.rstrip("/")
+    try:
+        entries = fs.ls(root, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = {}
+    for e in entries:
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        if e.get("type") == "directory" and is_version_dir(name):
+            if fs.exists(f"{root}/{name}/sample_data.json"):
+                found[name] = f"{root}/{name}"
+    return [found[v] for v in version_order(found)]
+
+
+def meta_of(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A full metadata dict (every column, nulls where unknown)."""
+    return {k: (meta or {}).get(k) for k in META_NAMES}

@@ -1,0 +1,329 @@
+"""Write stage: parquet shards committed atomically, resume bookkeeping, and readers for a run's outputs.
+
+A run folder (local or ``s3://``) looks like::
+
+    OUTDIR/embeddings.parquet/part-00000.parquet ...   one row per embedded image
+    OUTDIR/failures.parquet/part-00000.parquet ...     path, reason for images that could not be embedded
+    OUTDIR/_run.json                                   the options that shape the vectors (checked on resume)
+    OUTDIR/manifest.json                               written last: counts, timings, versions
+
+    OUTDIR/thumbnails.parquet/part-00000.parquet ...   id, path, jpeg (with --thumbnails)
+
+A shard's thumbnails and failures parts are committed before its embeddings part; a shard counts as
+done only once its embeddings part exists, so a kill in between leaves orphans the next run removes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fsutil
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+FAILURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
+THUMBNAILS_SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("path", pa.string()), pa.field("jpeg", pa.binary())])
+_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+RUN_STATE = "_run.json"
+
+
+def path_id(path: str) -> int:
+    """Stable non-negative int64 id of a relative image path.
+
+    Ids depend only on the path, so the same image gets the same id whichever source (folder,
+    ``s3://`` prefix, ``.tgz`` stream) or order delivered it, and across resumed runs.
+    """
+    return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of the embeddings table for vectors of ``dim`` floats plus optional metadata columns."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            *meta_fields,
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each output of a run lives. ``embeddings`` may be renamed (``job embed --out X.parquet``)."""
+
+    run_dir: str
+    embeddings_name: str = "embeddings.parquet"
+
+    @property
+    def embeddings(self) -> str:
+        return fsutil.join(self.run_dir, self.embeddings_name)
+
+    @property
+    def failures(self) -> str:
+        return fsutil.join(self.run_dir, "failures.parquet")
+
+    @property
+    def manifest(self) -> str:
+        return fsutil.join(self.run_dir, "manifest.json")
+
+    @property
+    def state(self) -> str:
+        return fsutil.join(self.run_dir, RUN_STATE)
+
+    @property
+    def npy(self) -> str:
+        return fsutil.join(self.run_dir, self.embeddings_name.rsplit(".", 1)[0] + ".npy")
+
+    @property
+    def index_dir(self) -> str:
+        return fsutil.join(self.run_dir, "index")
+
+    @property
+    def umap(self) -> str:
+        return fsutil.join(self.run_dir, "umap2d.parquet")
+
+    @property
+    def thumbnails(self) -> str:
+        return fsutil.join(self.run_dir, "thumbnails.parquet")
+
+
+def _list_parts(folder_url: str) -> dict[int, str]:
+    fs, path = fsutil.url_to_fs(folder_url)
+    if not fs.exists(path):
+        return {}
+    parts: dict[int, str] = {}
+    for p in fs.ls(path, detail=False):
+        m = _PART_RE.search(p)
+        if m:
+            parts[int(m.group(1))] = p
+    return parts
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Collects embedded rows and failures, and commits them as numbered shards.
+
+    ``add``/``add_failure`` buffer rows; a shard is committed when it holds ``shard_size`` images
+    or ``shard_seconds`` have passed, and on ``close``.
+    """
+
+    def __init__(
+        self,
+        layout: RunLayout,
+        schema: pa.Schema,
+        *,
+        shard_size: int = 4096,
+        shard_seconds: float = 120.0,
+        start_shard: int = 0,
+        thumbnails: bool = False,
+    ) -> None:
+        self.layout = layout
+        self.schema = schema
+        self.shard_size = shard_size
+        self.shard_seconds = shard_seconds
+        self.next_shard = start_shard
+        self._rows: dict[str, list[Any]] = {f.name: [] for f in schema}
+        self._vectors: list[np.ndarray] = []
+        self._failures: list[tuple[str, str]] = []
+        self.thumbnails = thumbnails
+        self._thumbs: list[tuple[int, str, bytes | None]] = []
+        self._opened = time.monotonic()
+        self.committed_rows = 0
+        self.committed_failures = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows["id"]) + len(self._failures)
+
+    def add(
+        self,
+        path: str,
+        vector: np.ndarray,
+        width: int,
+        height: int,
+        meta: Mapping[str, Any] | None,
+        thumbnail: bytes | None = None,
+    ) -> None:
+        """Buffer one embedded image (and its thumbnail when the writer keeps them)."""
+        self._rows["id"].append(path_id(path))
+        if self.thumbnails:
+            self._thumbs.append((path_id(path), path, thumbnail))
+        self._rows["path"].append(path)
+        self._vectors.append(vector)
+        self._rows["width"].append(width)
+        self._rows["height"].append(height)
+        for f in self.schema:
+            if f.name not in ("id", "path", "embedding", "width", "height"):
+                self._rows[f.name].append(None if meta is None else meta.get(f.name))
+        self._maybe_flush()
+
+    def add_failure(self, path: str, reason: str) -> None:
+        """Buffer one image that could not be embedded."""
+        self._failures.append((path, reason))
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self.pending >= self.shard_size or (
+            self.pending and time.monotonic() - self._opened >= self.shard_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what is buffered as the next shard (failures part first, embeddings part last)."""
+        if not self.pending:
+            return
+        n = self.next_shard
+        name = f"part-{n:05d}.parquet"
+        dim = self.schema.field("embedding").type.list_size
+        vecs = np.stack(self._vectors).astype(np.float32, copy=False) if self._vectors else np.zeros((0, dim), np.float32)
+        columns = {}
+        for f in self.schema:
+            if f.name == "embedding":
+                columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim)
+            else:
+                columns[f.name] = pa.array(self._rows[f.name], type=f.type)
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        failures = pa.Table.from_pylist([{"path": p, "reason": r} for p, r in self._failures], schema=FAILURES_SCHEMA)
+        if self.thumbnails:
+            thumbs = pa.Table.from_pylist([{"id": i, "path": p, "jpeg": j} for i, p, j in self._thumbs],
+                                          schema=THUMBNAILS_SCHEMA)
+            fsutil.atomic_write_bytes(fsutil.join(self.layout.thumbnails, name), _table_bytes(thumbs))
+        fsutil.atomic_write_bytes(fsutil.join(self.layout.failures, name), _table_bytes(failures))
+        fsutil.atomic_write_bytes(fsutil.join(self.layout.embeddings, name), _table_bytes(table))
+        log.debug("committed shard %d: %d rows, %d failures", n, table.num_rows, failures.num_rows)
+        self.committed_rows += table.num_rows
+        self.committed_failures += failures.num_rows
+        self.next_shard += 1
+        self._rows = {f.name: [] for f in self.schema}
+        self._vectors = []
+        self._failures = []
+        self._thumbs = []
+        self._opened = time.monotonic()
+
+    def close(self) -> None:
+        """Commit the last partial shard."""
+        self.flush()
+
+
+@dataclass
+class ResumeState:
+    """What earlier attempts at this run already committed."""
+
+    done_paths: set[str]
+    next_shard: int
+    rows: int
+    failures: int
+
+
+def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bool = False) -> ResumeState:
+    """Check or create the run folder and return what is already done there.
+
+    A folder holding a run with other vector-shaping options is refused (unless ``overwrite``),
+    orphaned failure parts and temporary files of a killed run are removed, and the paths of all
+    committed shards are collected so they are not embedded again.
+    """
+    fs, root = fsutil.url_to_fs(layout.run_dir)
+    if overwrite and fs.exists(root):
+        for url in (layout.embeddings, layout.failures, layout.thumbnails, layout.state, layout.manifest, layout.npy,
+                    layout.index_dir, layout.umap):
+            sub_fs, sub = fsutil.url_to_fs(url)
+            if sub_fs.exists(sub):
+                sub_fs.rm(sub, recursive=True)
+    identity = dict(identity)
+    if fsutil.exists(layout.state):
+        previous = fsutil.read_json(layout.state)
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise ConfigError(
+                f"{layout.run_dir} holds a run made with other options ({', '.join(changed)}); "
+                "use another --out or pass --overwrite"
+            )
+    else:
+        fsutil.write_json(layout.state, identity)
+    for folder in (layout.embeddings, layout.failures, layout.thumbnails):
+        sub_fs, sub = fsutil.url_to_fs(folder)
+        if sub_fs.exists(sub):
+            for p in sub_fs.ls(sub, detail=False):
+                if ".tmp-" in p.rsplit("/", 1)[-1]:
+                    sub_fs.rm(p)
+    emb_parts = _list_parts(layout.embeddings)
+    fail_parts = _list_parts(layout.failures)
+    for n, p in list(fail_parts.items()) + list(_list_parts(layout.thumbnails).items()):
+        if n not in emb_parts:
+            log.info("removing orphaned part %s of an interrupted shard", p)
+            fs.rm(p)
+    done: set[str] = set()
+    rows = failures = 0
+    for n, p in sorted(emb_parts.items()):
+        t = pq.read_table(p, columns=["path"], filesystem=fs)
+        done.update(t.column("path").to_pylist())
+        rows += t.num_rows
+        if n in fail_parts:
+            f = pq.read_table(fail_parts[n], columns=["path"], filesystem=fs)
+            done.update(f.column("path").to_pylist())
+            failures += f.num_rows
+    next_shard = max(emb_parts) + 1 if emb_parts else 0
+    if emb_parts:
+        log.info("resuming: %d shards already committed (%d rows, %d failures)", len(emb_parts), rows, failures)
+    return ResumeState(done_paths=done, next_shard=next_shard, rows=rows, failures=failures)
+
+
+def read_table(url: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """Read a parquet file or dataset folder (local or URL) as one table."""
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        raise ConfigError(f"{url} does not exist")
+    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs)
+
+
+def embeddings_url(run_or_file: str) -> str:
+    """Accept a run folder or the embeddings parquet itself; return the parquet's URL."""
+    stripped = run_or_file.rstrip("/")
+    if stripped.endswith(".parquet"):
+        return stripped
+    return RunLayout(stripped).embeddings
+
+
+def read_embeddings(run_or_file: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """The embeddings table of a run folder (or of an embeddings parquet path)."""
+    return read_table(embeddings_url(run_or_file), columns)
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column as a contiguous (n, dim) float32 array, without per-row copies."""
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def write_npy(url: str, matrix: np.ndarray) -> None:
+    """Atomically write a float32 matrix as ``.npy``."""
+    buf = io.BytesIO()
+    np.save(buf, matrix.astype(np.float32, copy=False))
+    fsutil.atomic_write_bytes(url, buf.getvalue())
+
+
+def read_manifest(run_dir: str) -> dict[str, Any]:
+    """The manifest of a finished run; a clear error if it is missing."""
+    url = RunLayout(run_dir.rstrip("/")).manifest
+    if not fsutil.exists(url):
+        raise ConfigError(f"{run_dir} has no manifest.json: the run did not finish (or this is not a run folder)")
+    return fsutil.read_json(url)

@@ -1,0 +1,507 @@
+"""CDK app: synthesize with default and non-default context; assert on resource properties, nag and config errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aws_cdk")
+pytest.importorskip("cdk_nag")
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from aws_cdk.assertions import Match, Template  # noqa: E402
+
+from cdk import constants as C  # noqa: E402
+from cdk.config import CONTEXT_KEYS, ConfigError, from_context  # noqa: E402
+from cdk.factory import cdk_json_context, create_app  # noqa: E402
+
+pytestmark = pytest.mark.cdk
+
+# No credentials, no metadata service, a fixed region: synth must not need AWS.
+_FAKE_ENV = {
+    "AWS_REGION": "ap-northeast-1",
+    "AWS_DEFAULT_REGION": "ap-northeast-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "CDK_DISABLE_CLI_TELEMETRY": "true",
+    "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
+}
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+CUSTOM = {
+    "run_id": "mini-custom",
+    "dataset": "mini",
+    "instance_type": "g5.2xlarge",
+    "market": "spot",
+    "max_run_hours": "1.5",
+    "nat_gateway": "true",
+    "availability_zone": "ap-northeast-1c",
+    "retain_artifacts": "false",
+    "artifact_retention_days": "14",
+    "log_retention_days": "7",
+    "root_volume_gb": "300",
+    "channels": "CAM_FRONT,CAM_BACK",
+    "include_sweeps": "true",
+    "pool": "cls",
+    "resize_mode": "crop",
+    "index_type": "hnsw",
+    "image": "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0",
+    "sources": "s3://my-extracted-nuscenes/mini/,/mnt/nuscenes/public/v1.0/v1.0-mini.tgz",
+}
+IMPORTED = {
+    "run_id": "imported-vpc",
+    "vpc_id": "vpc-0123456789abcdef0",
+    "subnet_id": "subnet-0123456789abcdef0",
+    "shutdown_behavior": "stop",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fake_aws_env():
+    mp = pytest.MonkeyPatch()
+    for k, v in _FAKE_ENV.items():
+        mp.setenv(k, v)
+    for k in _CREDENTIAL_VARS:
+        mp.delenv(k, raising=False)
+    yield
+    mp.undo()
+
+
+class Synth:
+    """One synthesized app: its config, template (dict and assertions view) and cloud assembly folder."""
+
+    def __init__(self, overrides: dict, outdir: Path) -> None:
+        ctx = {**cdk_json_context(), **overrides}
+        app, stack = create_app(ctx, outdir=str(outdir))
+        assembly = app.synth()  # runs cdk-nag; raises on any unacknowledged finding
+        self.config = stack.config
+        self.outdir = outdir
+        self.json = assembly.get_stack_artifact(stack.artifact_id).template
+        self.template = Template.from_json(self.json)
+
+    def resources(self, type_: str) -> list[dict]:
+        return [r for r in self.json["Resources"].values() if r["Type"] == type_]
+
+    def one(self, type_: str) -> dict:
+        found = self.resources(type_)
+        assert len(found) == 1, f"expected one {type_}, found {len(found)}"
+        return found[0]
+
+    def user_data(self) -> str:
+        """The instance's user-data with CloudFormation references shown as <Ref:...>."""
+        parts = self.one("AWS::EC2::Instance")["Properties"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+        return "".join(p if isinstance(p, str) else f"<{json.dumps(p, sort_keys=True)}>" for p in parts)
+
+    def policy_statements(self) -> list[dict]:
+        return [s for p in self.resources("AWS::IAM::Policy") for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+    def statement(self, sid: str) -> dict:
+        found = [s for s in self.policy_statements() if s.get("Sid") == sid]
+        assert len(found) == 1, f"expected one statement {sid}, found {found}"
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory) -> Synth:
+    return Synth({"run_id": "default-run"}, tmp_path_factory.mktemp("cdk-default"))
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory) -> Synth:
+    return Synth(CUSTOM, tmp_path_factory.mktemp("cdk-custom"))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> Synth:
+    return Synth(IMPORTED, tmp_path_factory.mktemp("cdk-imported"))
+
+
+def _json_str(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# --- configuration ------------------------------------------------------------------------------------------------
+
+
+def test_default_config_matches_issue(default):
+    cfg = default.config
+    assert cfg.region == "ap-northeast-1"
+    assert cfg.instance_type == "g6e.xlarge"
+    assert cfg.market == "on-demand"
+    assert cfg.shutdown_behavior == "terminate"
+    assert cfg.dataset == "trainval"
+    assert cfg.run_prefix == "runs/default-run/"
+
+
+def test_cdk_json_keys_are_known():
+    ctx = cdk_json_context()
+    unknown = [k for k in ctx if not k.startswith("@aws-cdk") and k not in CONTEXT_KEYS]
+    assert not unknown, f"cdk.json sets keys the app never reads: {unknown}"
+
+
+def test_default_run_id_is_dataset_and_timestamp():
+    cfg = from_context({"dataset": "mini"}.get)
+    assert cfg.run_id.startswith("mini-") and len(cfg.run_id) == len("mini-20250101-120000")
+
+
+@pytest.mark.parametrize(
+    ("context", "needle"),
+    [
+        ({"instance_type": "p4d.24xlarge"}, "valid values: g5.xlarge, g5.2xlarge"),
+        ({"instance_type": "g6e.medium"}, "g6e.xlarge"),
+        ({"max_run_hours": "-1"}, "valid values: 0.1 to 168"),
+        ({"max_run_hours": "soon"}, "is not a number"),
+        ({"max_run_hours": "nan"}, "out of range"),
+        ({"dataset": "test"}, "valid values: trainval, mini"),
+        ({"market": "reserved"}, "valid values: on-demand, spot"),
+        ({"shutdown_behavior": "hibernate"}, "valid values: terminate, stop"),
+        ({"market": "spot", "shutdown_behavior": "stop"}, "needs shutdown_behavior=terminate"),
+        ({"pool": "max"}, "valid values: mean, cls"),
+        ({"resize_mode": "stretch"}, "valid values: pad, crop, squash"),
+        ({"index_type": "lsh"}, "valid values: auto, flat, ivfpq, hnsw"),
+        ({"channels": "CAM_FRONT,LIDAR_TOP"}, "valid values: CAM_FRONT, CAM_FRONT_LEFT"),
+        ({"include_sweeps": "maybe"}, "valid values: true, false"),
+        ({"root_volume_gb": "20"}, "valid values: 100 to 2000"),
+        ({"log_retention_days": "10"}, "valid values: 1, 3, 5, 7, 14"),
+        ({"region": "tokyo"}, "expected something like ap-northeast-1"),
+        ({"vpc_id": "vpc-0123456789abcdef0"}, "vpc_id and subnet_id go together"),
+        ({"availability_zone": "us-east-1a"}, "not in region ap-northeast-1"),
+        ({"sources": "/home/me/nuscenes"}, "not reachable from the instance"),
+        ({"nuscenes_meta": "s3://b/meta.tgz"}, "only used with custom sources"),
+        ({"run_id": "bad run id"}, "run_id"),
+    ],
+)
+def test_bad_context_fails_with_one_line_listing_valid_values(context, needle):
+    with pytest.raises(ConfigError) as err:
+        from_context(context.get)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_context_fails_synth_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in _CREDENTIAL_VARS}
+    env.update(_FAKE_ENV)
+    env["CDK_CONTEXT_JSON"] = json.dumps({"instance_type": "t3.micro"})
+    env["CDK_OUTDIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cdk context error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "instance_type='t3.micro'" in errors[0] and "g6e.xlarge" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_choices_mirror_job_config():
+    path = REPO / "job" / "config.py"
+    if not path.exists():
+        pytest.skip("job/config.py not present")
+    spec = importlib.util.spec_from_file_location("_job_config_for_cdk_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(spec.name, None)
+    for name in ("CAMERA_CHANNELS", "POOLS", "RESIZE_MODES", "INDEX_TYPES"):
+        if hasattr(mod, name):
+            assert tuple(getattr(C, name)) == tuple(getattr(mod, name)), name
+
+
+# --- network ------------------------------------------------------------------------------------------------------
+
+
+def test_no_inbound_rules_anywhere(default, custom, imported):
+    for s in (default, custom, imported):
+        s.template.resource_count_is("AWS::EC2::SecurityGroupIngress", 0)
+        for sg in s.resources("AWS::EC2::SecurityGroup"):
+            assert not sg["Properties"].get("SecurityGroupIngress"), sg
+
+
+def test_egress_is_https_and_apt_http_only(default):
+    sg = default.one("AWS::EC2::SecurityGroup")["Properties"]
+    ports = sorted((r["IpProtocol"], r["FromPort"], r["ToPort"], r["CidrIp"]) for r in sg["SecurityGroupEgress"])
+    assert ports == [("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 443, 443, "0.0.0.0/0")]
+
+
+def test_default_vpc_public_subnets_no_nat_s3_gateway_endpoint(default):
+    t = default.template
+    t.resource_count_is("AWS::EC2::VPC", 1)
+    t.resource_count_is("AWS::EC2::NatGateway", 0)
+    t.resource_count_is("AWS::EC2::InternetGateway", 1)
+    t.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway", "ServiceName": Match.any_value()})
+    assert "s3" in _json_str(default.one("AWS::EC2::VPCEndpoint")["Properties"]["ServiceName"])
+    t.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
+    for subnet in default.resources("AWS::EC2::Subnet"):
+        assert subnet["Properties"]["MapPublicIpOnLaunch"] is True
+    # The default security group is stripped of its rules too.
+    t.has_resource_properties("Custom::VpcRestrictDefaultSG", Match.any_value())
+
+
+def test_nat_option_puts_instance_in_private_subnet(custom):
+    t = custom.template
+    t.resource_count_is("AWS::EC2::NatGateway", 1)
+    t.has_resource_properties("AWS::EC2::Subnet", {"MapPublicIpOnLaunch": False, "AvailabilityZone": "ap-northeast-1c"})
+    subnet_ref = custom.one("AWS::EC2::Instance")["Properties"]["SubnetId"]["Ref"]
+    assert custom.json["Resources"][subnet_ref]["Properties"]["MapPublicIpOnLaunch"] is False
+
+
+def test_imported_vpc_creates_no_network(imported):
+    t = imported.template
+    for type_ in ("AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::NatGateway", "AWS::EC2::InternetGateway"):
+        t.resource_count_is(type_, 0)
+    props = imported.one("AWS::EC2::Instance")["Properties"]
+    assert props["SubnetId"] == IMPORTED["subnet_id"]
+    assert "AvailabilityZone" not in props
+    t.has_resource_properties("AWS::EC2::SecurityGroup", {"VpcId": IMPORTED["vpc_id"]})
+
+
+# --- storage ------------------------------------------------------------------------------------------------------
+
+
+def _artifacts_bucket(s: Synth) -> tuple[str, dict]:
+    found = [(k, r) for k, r in s.json["Resources"].items() if r["Type"] == "AWS::S3::Bucket" and "LoggingConfiguration" in r["Properties"]]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_buckets_encrypted_private_versioned_logged(default):
+    t = default.template
+    t.resource_count_is("AWS::S3::Bucket", 2)
+    for b in default.resources("AWS::S3::Bucket"):
+        p = b["Properties"]
+        assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        assert p["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert b["DeletionPolicy"] == "Retain"  # retain_artifacts defaults to true
+    _, art = _artifacts_bucket(default)
+    assert art["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+    logs_ref = art["Properties"]["LoggingConfiguration"]["DestinationBucketName"]["Ref"]
+    assert default.json["Resources"][logs_ref]["Type"] == "AWS::S3::Bucket"
+
+
+def test_buckets_enforce_tls(default):
+    policies = default.resources("AWS::S3::BucketPolicy")
+    assert len(policies) == 2
+    for p in policies:
+        deny = [s for s in p["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+        assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and s["Action"] == "s3:*" for s in deny)
+
+
+def test_lifecycle_ages_out_old_runs(default, custom):
+    rules = {r["Id"]: r for r in _artifacts_bucket(default)[1]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    runs = rules["age-out-runs"]
+    assert runs["Prefix"] == "runs/" and runs["ExpirationInDays"] == C.DEFAULT_ARTIFACT_RETENTION_DAYS
+    assert runs["Transitions"][0]["StorageClass"] == "STANDARD_IA"
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == C.NONCURRENT_VERSION_DAYS
+    assert rules["abort-multipart"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == C.ABORT_MULTIPART_DAYS
+    custom_runs = {r["Id"]: r for r in _artifacts_bucket(custom)[1]["Properties"]["LifecycleConfiguration"]["Rules"]}["age-out-runs"]
+    assert custom_runs["ExpirationInDays"] == 14 and "Transitions" not in custom_runs
+
+
+def test_retain_false_deletes_buckets_with_objects(custom):
+    for b in custom.resources("AWS::S3::Bucket"):
+        assert b["DeletionPolicy"] == "Delete"
+    custom.template.resource_count_is("Custom::S3AutoDeleteObjects", 2)
+
+
+def test_log_group_retention(default, custom):
+    default.template.has_resource_properties("AWS::Logs::LogGroup", {"LogGroupName": "/vit-embed/VitEmbedDriveData", "RetentionInDays": 30})
+    custom.template.has_resource_properties("AWS::Logs::LogGroup", {"LogGroupName": "/vit-embed/VitEmbedDriveData", "RetentionInDays": 7})
+
+
+# --- compute ------------------------------------------------------------------------------------------------------
+
+
+def test_instance_defaults(default):
+    default.template.resource_count_is("AWS::EC2::Instance", 1)
+    default.template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {
+            "InstanceType": "g6e.xlarge",
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+            "Monitoring": True,
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": "/dev/sda1",
+                    "Ebs": {"VolumeType": "gp3", "Encrypted": True, "VolumeSize": 200, "DeleteOnTermination": True},
+                }
+            ],
+        },
+    )
+    props = default.one("AWS::EC2::Instance")["Properties"]
+    assert "LaunchTemplate" not in props  # on-demand: no market options
+    assert "KeyName" not in props  # no SSH key: Session Manager only
+
+
+def test_ami_from_public_ssm_parameter(default):
+    params = default.json["Parameters"]
+    ami = [p for p in params.values() if p["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"]
+    assert [p["Default"] for p in ami] == [C.DEFAULT_AMI_SSM_PARAMETER]
+
+
+def test_spot_and_custom_sizes(custom):
+    custom.template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {
+            "InstanceType": "g5.2xlarge",
+            "BlockDeviceMappings": [Match.object_like({"Ebs": Match.object_like({"VolumeSize": 300, "Encrypted": True})})],
+            "LaunchTemplate": Match.object_like({"LaunchTemplateId": Match.any_value()}),
+        },
+    )
+    custom.template.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "InstanceMarketOptions": {
+                        "MarketType": "spot",
+                        "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+                    }
+                }
+            )
+        },
+    )
+
+
+def test_stop_behaviour_configurable(imported):
+    imported.template.has_resource_properties("AWS::EC2::Instance", {"InstanceInitiatedShutdownBehavior": "stop"})
+
+
+# --- IAM ----------------------------------------------------------------------------------------------------------
+
+
+def test_role_writes_only_its_run_prefix(default):
+    bucket_id, _ = _artifacts_bucket(default)
+    write = default.statement("WriteOwnRunPrefix")
+    assert write["Effect"] == "Allow"
+    assert "s3:PutObject" in write["Action"] and "s3:*" not in write["Action"]
+    assert write["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/runs/default-run/*"]]}
+    listing = default.statement("ListOwnRunPrefix")
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Resource"] == {"Fn::GetAtt": [bucket_id, "Arn"]}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["runs/default-run/", "runs/default-run/*"]}}
+    # No other statement touches the artifacts bucket.
+    others = [s for s in default.policy_statements() if s.get("Sid") not in ("WriteOwnRunPrefix", "ListOwnRunPrefix")]
+    assert bucket_id not in _json_str(others)
+
+
+def test_role_reads_source_buckets_only(default, custom):
+    read = default.statement("ReadSourceBuckets")
+    assert read["Action"] == "s3:GetObject"
+    assert "motional-nuscenes/*" in _json_str(read["Resource"])
+    custom_read = _json_str(custom.statement("ReadSourceBuckets")["Resource"])
+    assert "my-extracted-nuscenes/*" in custom_read and "motional-nuscenes/*" in custom_read
+
+
+def test_role_logs_scoped_to_its_group(default):
+    logs_stmt = default.statement("ShipContainerLogs")
+    assert sorted(logs_stmt["Action"]) == ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+    assert "JobLogs" in _json_str(logs_stmt["Resource"])
+
+
+def test_no_wildcard_resources_without_ecr(default, custom):
+    for s in default.policy_statements():
+        assert s.get("Resource") != "*", s
+    ecr_login = custom.statement("EcrLogin")
+    assert ecr_login["Action"] == "ecr:GetAuthorizationToken" and ecr_login["Resource"] == "*"
+    assert "repository/vit-embed" in _json_str(custom.statement("EcrPull")["Resource"])
+
+
+def test_role_has_ssm_core_and_reads_only_its_assets(default):
+    (role,) = [r for r in default.resources("AWS::IAM::Role") if "ec2.amazonaws.com" in _json_str(r["Properties"]["AssumeRolePolicyDocument"])]
+    assert "AmazonSSMManagedInstanceCore" in _json_str(role["Properties"]["ManagedPolicyArns"])
+    asset_reads = [s for s in default.policy_statements() if "cdk-hnb659fds-assets" in _json_str(s.get("Resource"))]
+    resources = [r for s in asset_reads for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
+    assert len(resources) == 2  # exactly the run script and the job source objects
+    assert all(s["Action"] == "s3:GetObject" for s in asset_reads)
+    for r in resources:
+        key = r["Fn::Join"][1][-1]
+        assert key.endswith((".sh", ".zip")) and "*" not in key
+
+
+# --- user-data ----------------------------------------------------------------------------------------------------
+
+
+def test_user_data_default(default):
+    ud = default.user_data()
+    assert ud.startswith("#!/bin/bash\nset -euo pipefail\n")
+    assert "shutdown -h +240 " in ud  # hard stop scheduled before anything else can fail
+    assert ud.index("shutdown -h +240") < ud.index("aws s3 cp")
+    assert "RUN_ID=default-run\nRUN_PREFIX=runs/default-run/\n" in ud
+    assert "MAX_RUN_MINUTES=240\n" in ud and "MARKET=on-demand\n" in ud and "IMAGE=\n" in ud
+    assert "NUSCENES_BUCKET=motional-nuscenes\nNUSCENES_REGION=ap-northeast-1\nNUSCENES_MOUNT=/mnt/nuscenes\n" in ud
+    for i in range(1, 11):
+        assert f"--source\n/mnt/nuscenes/public/v1.0/v1.0-trainval{i:02d}_keyframes.tgz\n" in ud
+    assert "--nuscenes-meta\n/mnt/nuscenes/public/v1.0/v1.0-trainval_meta.tgz\n" in ud
+    for flag, value in (("--model", "ViT-L-14"), ("--pretrained", "openclip"), ("--pool", "mean"), ("--resize-mode", "pad"), ("--index-type", "auto")):
+        assert f"{flag}\n{value}\n" in ud
+    assert "--include-sweeps" not in ud
+    assert f"'{C.SCRIPT_PATH}'" in ud and f"'{C.SOURCE_ZIP_PATH}'" in ud  # both assets downloaded
+    assert f"{C.SCRIPT_PATH}' {C.RUN_ENV_FILE} {C.JOB_ARGS_FILE}" in ud
+    assert ud.count("--region ap-northeast-1") >= 2  # asset downloads name the region (no CLI config on the AMI)
+
+
+def test_user_data_custom(custom):
+    ud = custom.user_data()
+    assert "shutdown -h +90 " in ud and "MARKET=spot\n" in ud
+    assert "IMAGE=123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0\n" in ud
+    assert "ECR_REGISTRY=123456789012.dkr.ecr.ap-northeast-1.amazonaws.com\n" in ud
+    assert "--source\ns3://my-extracted-nuscenes/mini/\n--source\n/mnt/nuscenes/public/v1.0/v1.0-mini.tgz\n" in ud
+    assert "trainval" not in ud and "--nuscenes-meta" not in ud
+    assert "--channels\nCAM_FRONT,CAM_BACK\n" in ud and "--include-sweeps\n" in ud
+    assert "--pool\ncls\n" in ud and "--resize-mode\ncrop\n" in ud and "--index-type\nhnsw\n" in ud
+    assert f"'{C.SOURCE_ZIP_PATH}'" not in ud  # prebuilt image: no source asset downloaded
+
+
+def test_mini_switch(tmp_path):
+    cfg = from_context({"dataset": "mini", "run_id": "m"}.get)
+    args = cfg.job_args()
+    assert args[:2] == ["--source", "/mnt/nuscenes/public/v1.0/v1.0-mini.tgz"]
+    assert "--nuscenes-meta" not in args
+
+
+def test_source_asset_leaves_out_local_state(default):
+    assets = json.loads(next(default.outdir.glob("*.assets.json")).read_text())["files"]
+    dirs = [default.outdir / a["source"]["path"] for a in assets.values() if a["source"].get("packaging") == "zip"]
+    src = [d for d in dirs if (d / "docker" / "Dockerfile").exists()]
+    assert len(src) == 1, dirs
+    names = {p.name for p in src[0].iterdir()}
+    assert {"pyproject.toml", "docker", ".dockerignore"} <= names
+    assert not names & {".venv", "node_modules", "cdk.out", "tests", ".git", "cdk", "notebooks"}
+
+
+# --- outputs and nag ----------------------------------------------------------------------------------------------
+
+
+def test_outputs(default):
+    outputs = default.json["Outputs"]
+    for key in ("ArtifactsBucket", "RunPrefix", "LogGroup", "InstanceId", "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
+        assert key in outputs, key
+    follow = _json_str(outputs["FollowLogsCommand"]["Value"])
+    assert "aws logs tail " in follow and "--follow --region ap-northeast-1" in follow
+    notebook = _json_str(outputs["NotebookCommand"]["Value"])
+    assert "RUN_URI=s3://" in notebook and "/runs/default-run/ jupyter lab notebooks/umap_visualize.ipynb" in notebook
+    assert "/runs/default-run/" in _json_str(outputs["RunPrefix"]["Value"])
+
+
+@pytest.mark.parametrize("which", ["default", "custom", "imported"])
+def test_cdk_nag_zero_unacknowledged_findings(which, request):
+    s: Synth = request.getfixturevalue(which)
+    report = json.loads((s.outdir / "validation-report.json").read_text())
+    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
+    assert nag["conclusion"] == "success"
+    assert nag["violations"] == []
+    for ack in nag["suppressedViolations"]:
+        assert len(ack["reason"]) >= 60, ack["ruleName"]
