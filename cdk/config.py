@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from . import constants as C
 
@@ -92,7 +92,6 @@ class RunConfig:
     artifact_retention_days: int = C.DEFAULT_ARTIFACT_RETENTION_DAYS
     log_retention_days: int = C.DEFAULT_LOG_RETENTION_DAYS
     stack_name: str = C.STACK_NAME
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def run_prefix(self) -> str:
@@ -102,11 +101,6 @@ class RunConfig:
     @property
     def max_run_minutes(self) -> int:
         return max(1, math.ceil(self.max_run_hours * 60))
-
-    @property
-    def has_instance_store(self) -> bool:
-        """Every g5 / g6 / g6e size carries local NVMe; kept as a property so a future family can differ."""
-        return self.instance_type.split(".")[0] in C.INSTANCE_FAMILIES
 
     @property
     def source_buckets(self) -> tuple[str, ...]:

@@ -136,6 +136,10 @@ class EmbeddingRunStack(Stack):
         region = cfg.region
         instance_id = self.job.instance_id
         CfnOutput(self, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/")
+        CfnOutput(
+            self, "AccessLogBucket", value=self.storage.access_logs.bucket_name,
+            description="server access logs of the artifacts bucket (kept by cdk destroy, like the artifacts)",
+        )
         CfnOutput(self, "RunPrefix", value=run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
         CfnOutput(self, "LogGroup", value=group, description="CloudWatch Logs group with the job container's log")
         CfnOutput(self, "InstanceId", value=instance_id, description="the job instance (powers itself off when done)")

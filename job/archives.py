@@ -182,9 +182,9 @@ class ArchiveStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        mb_s = self.bytes_decompressed / 1e6 / self.seconds if self.seconds else None
+        # ``seconds`` is wall time from open to end, waits on the consumer included (not a throughput)
         out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out["decompressed_mb_per_s"] = round(mb_s, 1) if mb_s is not None else None
+        out["seconds"] = round(self.seconds, 3)
         out.update(self.extra)
         return out
 
@@ -308,8 +308,10 @@ class ArchiveReader:
             counted = _Counting(stream)
             try:
                 tar = tarfile.open(fileobj=counted, mode="r|", bufsize=TAR_BUFSIZE)
-            except Exception as exc:
+            except tarfile.ReadError as exc:
                 raise ArchiveError(f"not a tar archive: {_describe(exc)}") from exc
+            except Exception as exc:
+                raise ArchiveError(_describe(exc)) from exc
             while True:
                 if stop is not None and stop.is_set():
                     return

@@ -51,6 +51,8 @@ class EmbedStats:
     model_s: float = 0.0
     loop_s: float = 0.0
     wall_s: float = 0.0
+    decoder: str = "cpu"
+    decoder_rates: dict[str, float] = field(default_factory=dict)
     reasons: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -92,6 +94,64 @@ class DecodePool:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_bytes(r: ImageRecord) -> bytes | None:
+    if r.data is not None:
+        return r.data
+    try:
+        with open(r.url, "rb") as f:  # type: ignore[arg-type]
+            return f.read()
+    except OSError:
+        return None
+
+
+class GpuDecodeStage:
+    """Reads bytes ahead in threads and decodes each chunk on the GPU (nvJPEG)."""
+
+    def __init__(self, size: int, resize_mode: str, device: Any, threads: int = 8) -> None:
+        from .decode_gpu import GpuDecoder
+
+        self.decoder = GpuDecoder(size, resize_mode, device)
+        self._io = cf.ThreadPoolExecutor(max_workers=threads)
+
+    def map(self, chunks: Iterable[list[ImageRecord]]) -> Iterator[tuple[list[ImageRecord], DecodeResult, Any]]:
+        pending: collections.deque = collections.deque()
+        it = iter(chunks)
+        for recs in itertools.islice(it, 4):
+            pending.append((recs, [self._io.submit(_read_bytes, r) for r in recs]))
+        while pending:
+            recs, futs = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, [self._io.submit(_read_bytes, r) for r in nxt]))
+            blobs = [f.result() if r.error is None else None for r, f in zip(recs, futs)]
+            result, pixels = self.decoder(blobs)
+            result.failed = [(p, why) for p, why in result.failed if recs[p].error is None]
+            yield recs, result, pixels
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True, cancel_futures=True)
+
+
+def choose_decoder(cfg: JobConfig, lm: Any, first: list[ImageRecord], workers: int) -> tuple[str, dict[str, float]]:
+    """``--decode auto``: on CUDA, measure both decoders on the first chunk and take the faster."""
+    if cfg.decode.decoder != "auto":
+        return cfg.decode.decoder, {}
+    if lm.device.type != "cuda":
+        return "cpu", {}
+    from .decode_gpu import gpu_decode_available, measure_decoders
+
+    if not gpu_decode_available():
+        return "cpu", {}
+    samples = [b for b in (_read_bytes(r) for r in first if r.error is None) if b]
+    if not samples:
+        return "cpu", {}
+    rates = measure_decoders(samples, lm.image_size, cfg.decode.resize_mode, lm.device, workers)
+    choice = "gpu" if rates["gpu"] > rates["cpu"] else "cpu"
+    log.info("decode auto: cpu %.0f images/s (%d workers), gpu %.0f images/s -> %s",
+             rates["cpu"], workers, rates["gpu"], choice)
+    return choice, rates
 
 
 def _chunks(records: Iterable[ImageRecord], n: int) -> Iterator[list[ImageRecord]]:
@@ -140,15 +200,12 @@ def embed(cfg: JobConfig) -> dict[str, Any]:
     state = prepare_run(layout, identity, overwrite=cfg.output.overwrite)
     schema = embedding_schema(lm.embed_dim, source.meta_fields)
     writer = ShardWriter(layout, schema, shard_size=cfg.output.shard_size, shard_seconds=cfg.output.shard_seconds,
-                         start_shard=state.next_shard, thumbnails=cfg.project.thumbnails)
-    encoder = ImageEncoder(lm)
+                         start_shard=state.next_shard, thumbnails=cfg.project.thumbnails,
+                         identity=identity)
+    encoder = ImageEncoder(lm, compile_model=cfg.model.compile)
     workers = default_workers() if cfg.decode.workers is None else cfg.decode.workers
-    pool = DecodePool(workers, lm.image_size, cfg.decode.resize_mode, lm.interpolation, cfg.project.thumbnails)
     stats = EmbedStats()
     seen_now: set[str] = set()
-    log.info("embedding %s with %s (%s, pool %s, %s, %s) on %s, %d decode workers, batch %d",
-             source.description, lm.name, lm.weights.describe(), lm.pool, cfg.decode.resize_mode,
-             str(lm.dtype).replace("torch.", ""), lm.device, workers, cfg.decode.batch_size)
 
     def fresh(records: Iterable[ImageRecord]) -> Iterator[ImageRecord]:
         for r in records:
@@ -162,9 +219,40 @@ def embed(cfg: JobConfig) -> dict[str, Any]:
     bar = tqdm(total=total() if callable(total) else total, unit="img", disable=not cfg.progress, dynamic_ncols=True, desc="embed",
                initial=state.rows + state.failures)
     t_loop = time.perf_counter()
+    chunks = _chunks(fresh(source.records(skip=state.done_paths)), cfg.decode.batch_size)
+    first = next(chunks, [])
+    decoder, rates = choose_decoder(cfg, lm, first, workers)
+    if cfg.project.thumbnails and decoder == "gpu":
+        log.info("thumbnails are made by the CPU decoder; using --decode cpu")
+        decoder = "cpu"
+    stats.decoder, stats.decoder_rates = decoder, rates
+    log.info("embedding %s with %s (%s, pool %s, %s, %s) on %s, %s decode%s, batch %d",
+             source.description, lm.name, lm.weights.describe(), lm.pool, cfg.decode.resize_mode,
+             str(lm.dtype).replace("torch.", ""), lm.device, decoder,
+             f" ({workers} workers)" if decoder == "cpu" else "", cfg.decode.batch_size)
+    stage: Any
+    if decoder == "gpu":
+        stage = GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device)
+        decoded = stage.map(itertools.chain([first] if first else [], chunks))
+    else:
+        stage = DecodePool(workers, lm.image_size, cfg.decode.resize_mode, lm.interpolation, cfg.project.thumbnails)
+        decoded = ((recs, res, res.pixels) for recs, res in stage.map(itertools.chain([first] if first else [], chunks)))
+    in_flight: tuple[list[ImageRecord], DecodeResult, Any] | None = None
+
+    def collect(records: list[ImageRecord], result: DecodeResult, fetch: Any) -> None:
+        t0 = time.perf_counter()
+        vectors = fetch()
+        stats.model_s += time.perf_counter() - t0
+        for j, pos in enumerate(result.ok_positions):
+            rec = records[pos]
+            w, h = result.sizes[j]
+            writer.add(rec.path, vectors[j], w, h, rec.meta, thumbnail=result.thumbs[j])
+        stats.embedded += len(result.ok_positions)
+        bar.update(len(result.ok_positions))
+
     try:
         t_wait = time.perf_counter()
-        for records, result in pool.map(_chunks(fresh(source.records(skip=state.done_paths)), cfg.decode.batch_size)):
+        for records, result, pixels in decoded:
             stats.decode_wait_s += time.perf_counter() - t_wait
             for r in records:
                 if r.error is not None:
@@ -175,21 +263,21 @@ def embed(cfg: JobConfig) -> dict[str, Any]:
                 writer.add_failure(records[pos].path, reason)
                 stats.failed += 1
                 stats.reasons[reason.split(":", 1)[0]] += 1
+            bar.update(len(records) - len(result.ok_positions))
             if result.ok_positions:
                 t0 = time.perf_counter()
-                vectors = encoder(result.pixels)
+                fetch = encoder.submit(pixels)
                 stats.model_s += time.perf_counter() - t0
-                for j, pos in enumerate(result.ok_positions):
-                    rec = records[pos]
-                    w, h = result.sizes[j]
-                    writer.add(rec.path, vectors[j], w, h, rec.meta, thumbnail=result.thumbs[j])
-                stats.embedded += len(result.ok_positions)
-            bar.update(len(records))
+                if in_flight is not None:
+                    collect(*in_flight)
+                in_flight = (records, result, fetch)
             t_wait = time.perf_counter()
+        if in_flight is not None:
+            collect(*in_flight)
         writer.close()
     finally:
         bar.close()
-        pool.close()
+        stage.close()
     stats.loop_s = time.perf_counter() - t_loop
     stats.wall_s = time.perf_counter() - t_start
     return _finish(cfg, layout, lm, source, stats, state, started)
@@ -240,6 +328,9 @@ def _finish(cfg: JobConfig, layout: RunLayout, lm: Any, source: Source, stats: E
             "wall_s": round(stats.wall_s, 3),
         },
         "images_per_s": round(rate, 2),
+        "decoder": {"used": stats.decoder, **({"measured_images_per_s": {k: round(v, 1) for k, v in
+                                                                          stats.decoder_rates.items()}}
+                                               if stats.decoder_rates else {})},
         "versions": _versions(),
     }
     log.info("embedded %d images this attempt (%d failed, %d already done) in %.1f s: %.1f images/s",

@@ -13,6 +13,7 @@ written beside it, together with the recall that was then measured on other held
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -47,9 +48,11 @@ REFINE_CHOICES = ("SQ8", "SQfp16", "Flat", "none")
 EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
+PLATEAU_STEPS = 3  # stop raising a parameter after this many steps without any recall gain
 
 
 def _faiss() -> Any:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import faiss
 
     return faiss
@@ -417,17 +420,22 @@ def tune(index: Any, ev: EvalSet, target: float) -> tuple[dict[str, int], list[d
     met = True
     for name, values in space:
         best = None
+        seen: list[tuple[int, float]] = []
         for v in values:
             params = {**chosen, name: v}
             set_search_params(index, params)
             r = evaluate(index, ev)
             trials.append({"params": format_params(params), **_rounded(r)})
+            seen.append((v, r["recall@10"]))
             if r["recall@10"] >= target:
                 best = v
                 break
+            if len(seen) > PLATEAU_STEPS and max(rc for _, rc in seen[-PLATEAU_STEPS:]) <= seen[-PLATEAU_STEPS - 1][1]:
+                break  # recall stopped improving: the codes, not this parameter, limit it
         if best is None:
             met = False
-            best = values[-1]
+            top = max(rc for _, rc in seen)
+            best = next(v for v, rc in seen if rc >= top)  # cheapest value reaching the plateau
         chosen[name] = best
     set_search_params(index, chosen)
     return chosen, trials, met
@@ -652,6 +660,9 @@ def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexO
     nq = min(ov.queries, n)
     perm = rng.permutation(n)
     q_rows = np.sort(perm[:nq])
+    if plan.train_size > n - nq >= plan.train_size // 2:
+        # train on what the held-out queries leave (and size the PQ codebooks for that sample)
+        plan = plan_index(n, d, icfg, dataclasses.replace(ov, train_size=n - nq))
     rest = perm[nq:] if n - nq >= plan.train_size // 2 else perm
     train_rows = np.sort(rest[: plan.train_size]) if plan.train_size else None
     index, info = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
@@ -669,8 +680,8 @@ def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexO
     elif search_space(index):
         params, trials, target_met = tune(index, ev_tune, icfg.target_recall)
         if not target_met:
-            log.warning("index: recall@10 target %.3f not reached; using the most thorough setting %s",
-                        icfg.target_recall, format_params(params))
+            log.warning("index: recall@10 target %.3f not reached (recall stops improving at %s); "
+                        "use more memory (--max-memory) or another --type", icfg.target_recall, format_params(params))
     else:
         params = {}
     measured = evaluate(index, ev_test, min_seconds=0.2)

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -277,27 +277,54 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 class ImageEncoder:
     """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device."""
 
-    def __init__(self, lm: LoadedModel) -> None:
+    def __init__(self, lm: LoadedModel, compile_model: bool = False) -> None:
         self.lm = lm
         dev = lm.device
+        self._encode = lm.model.encode_image
+        if compile_model:
+            if dev.type != "cuda":
+                log.info("--compile only pays off on CUDA; running eagerly on %s", dev)
+            else:
+                # fixed batch shapes after the first call; the last partial batch recompiles once
+                self._encode = torch.compile(lm.model.encode_image, mode="max-autotune", dynamic=False)
         self._mean = torch.tensor(lm.mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(lm.std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Embed a (n, H, W, 3) uint8 batch; returns (n, dim) float32, unit length."""
+    def submit(self, batch: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
+        """Start embedding a (n, H, W, 3) uint8 batch; the returned function waits for the (n, dim) result.
+
+        On CUDA the input goes through pinned memory and the result comes back with a non-blocking
+        copy, so the caller can hand the GPU the next batch before it collects this one.
+        """
         x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
-        if self.lm.device.type == "cuda" and x.device.type == "cpu":
+        cuda = self.lm.device.type == "cuda"
+        if cuda and x.device.type == "cpu":
             x = x.pin_memory().to(self.lm.device, non_blocking=True)
         else:
             x = x.to(self.lm.device)
         x = x.permute(0, 3, 1, 2).float()
         x = ((x - self._mean) * self._inv_std).to(self.lm.dtype)
-        if self.lm.device.type == "cuda":
+        if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.lm.model.encode_image(x).float()
-        feats = torch.nn.functional.normalize(feats, dim=-1)
-        return feats.cpu().numpy()
+        feats = torch.nn.functional.normalize(self._encode(x).float(), dim=-1)
+        if not cuda:
+            out = feats.numpy()
+            return lambda: out
+        host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(feats, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return host.numpy()
+
+        return wait
+
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed a (n, H, W, 3) uint8 batch; returns (n, dim) float32, unit length."""
+        return self.submit(batch)()
 
 
 @torch.inference_mode()

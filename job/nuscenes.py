@@ -54,7 +54,7 @@ META_NAMES: tuple[str, ...] = tuple(f.name for f in META_FIELDS)
 NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "calibrated_sensor", "sensor")
 LAYOUT_DIRS: frozenset[str] = frozenset({"samples", "sweeps"})
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 _VERSION_RE = re.compile(r"^v\d+\.\d+-[A-Za-z0-9_\-]+$")
 # Preference when a dataroot holds several table versions (mini is a subset of trainval).
 _VERSION_PRIORITY = ("v1.0-trainval", "v1.0-test", "v1.0-mini")
@@ -175,8 +175,11 @@ def iter_array_slices(read: Callable[[int], bytes], chunk_bytes: int = CHUNK_BYT
             return
         cut = buf.rfind(b"},")
         if started and cut >= 0:
-            yield b"[" + bytes(buf[: cut + 1]) + b"]"
+            piece = bytearray(b"[")
+            piece += memoryview(buf)[: cut + 1]
+            piece += b"]"
             del buf[: cut + 2]
+            yield bytes(piece) if msgspec is None else piece  # msgspec parses a bytearray in place
 
 
 def _reader(source: bytes | Callable[[int], bytes]) -> Callable[[int], bytes]:

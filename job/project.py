@@ -246,7 +246,7 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
 
 
 def _handle(cfg: JobConfig, args: argparse.Namespace) -> int:
-    layout = RunLayout(cfg.output.run_dir.rstrip("/"))
+    layout = RunLayout(args.run.rstrip("/"))
     if not fsutil.exists(layout.embeddings):
         raise ConfigError(f"{layout.run_dir} has no embeddings.parquet; run `python -m job run` or `job embed` first")
     params = UmapParams(
@@ -287,7 +287,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(id, x, y). Uses cuML on a GPU when installed, else umap-learn. Runs larger than "
                     "--fit-sample are fitted on a random sample and the rest placed with transform.",
     )
-    p.add_argument("--run", dest="_run_dir", required=True, metavar="OUTDIR",
+    p.add_argument("--run", required=True, metavar="OUTDIR",
                    help="run folder (local or s3://) holding embeddings.parquet")
     p.add_argument("--fit-sample", type=_positive(int), default=100_000,
                    help="fit UMAP on at most this many points, transform the rest (default 100000)")

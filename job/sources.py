@@ -768,7 +768,10 @@ class MultiSource:
             out.setdefault("images", 0)
             if self.nuscenes:
                 out.setdefault("images_without_metadata", 0)
-                out["metadata"] = {**self._meta_info, "versions": p.meta.versions, "image_rows": p.meta.rows}
+                in_stream = [pt.url for pt in self.parts if isinstance(pt, Archive) and pt.counts["tables_found"]]
+                info = dict(self._meta_info)
+                info["from"] = list(info.get("from", [])) + in_stream
+                out["metadata"] = {**info, "versions": p.meta.versions, "image_rows": p.meta.rows}
             out["warnings"] = list(p.warnings)
             out["errors"] = list(p.errors)
             archives = [pt for pt in self.parts if isinstance(pt, Archive) and pt.reader is not None]

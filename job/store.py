@@ -134,6 +134,7 @@ class ShardWriter:
         shard_seconds: float = 120.0,
         start_shard: int = 0,
         thumbnails: bool = False,
+        identity: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout = layout
         self.schema = schema
@@ -144,6 +145,7 @@ class ShardWriter:
         self._vectors: list[np.ndarray] = []
         self._failures: list[tuple[str, str]] = []
         self.thumbnails = thumbnails
+        self._identity = dict(identity) if identity is not None else None
         self._thumbs: list[tuple[int, str, bytes | None]] = []
         self._opened = time.monotonic()
         self.committed_rows = 0
@@ -190,6 +192,11 @@ class ShardWriter:
         """Commit what is buffered as the next shard (failures part first, embeddings part last)."""
         if not self.pending:
             return
+        if self._identity is not None:
+            # the run's options are recorded with its first shard, so a run that fails early leaves nothing
+            if not fsutil.exists(self.layout.state):
+                fsutil.write_json(self.layout.state, self._identity)
+            self._identity = None
         n = self.next_shard
         name = f"part-{n:05d}.parquet"
         dim = self.schema.field("embedding").type.list_size
@@ -234,7 +241,7 @@ class ResumeState:
 
 
 def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bool = False) -> ResumeState:
-    """Check or create the run folder and return what is already done there.
+    """Check the run folder and return what is already done there (``ShardWriter`` records ``identity``).
 
     A folder holding a run with other vector-shaping options is refused (unless ``overwrite``),
     orphaned failure parts and temporary files of a killed run are removed, and the paths of all
@@ -256,8 +263,6 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
                 f"{layout.run_dir} holds a run made with other options ({', '.join(changed)}); "
                 "use another --out or pass --overwrite"
             )
-    else:
-        fsutil.write_json(layout.state, identity)
     for folder in (layout.embeddings, layout.failures, layout.thumbnails):
         sub_fs, sub = fsutil.url_to_fs(folder)
         if sub_fs.exists(sub):

@@ -161,6 +161,7 @@ def test_s3_ranged_reads_with_retry(tmp_path, s3_bucket, monkeypatch):
         return real(self, path, start=start, end=end, **kw)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "cat_file", flaky)
+    s3fs.S3FileSystem.clear_instance_cache()  # cached instances carry their own bound sync methods
     monkeypatch.setattr(archives, "BACKOFF_S", 0.01)
     reader = ArchiveReader(url, block_size=16 << 10, prefetch=3)
     got = _read_all(reader)

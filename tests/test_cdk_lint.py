@@ -117,27 +117,7 @@ def cli_synth(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def custom_synth(tmp_path_factory) -> Path:
-    """A non-default variant (spot, NAT, buckets deleted on destroy, prebuilt image) synthesized in-process."""
-    pytest.importorskip("aws_cdk")
-    from cdk.factory import cdk_json_context, create_app
-
-    out = tmp_path_factory.mktemp("cdk-lint-custom")
-    ctx = {
-        **cdk_json_context(),
-        "run_id": "lint-custom",
-        "market": "spot",
-        "nat_gateway": "true",
-        "retain_artifacts": "false",
-        "image": "public.ecr.aws/example/vit-embed:1",
-    }
-    app, _ = create_app(ctx, outdir=str(out))
-    app.synth()
-    return out
-
-
-def _cfn_lint_errors(template: Path) -> list[str]:
+def cfn_lint_errors(template: Path) -> list[str]:
     pytest.importorskip("cfnlint")
     from cfnlint.api import ManualArgs, lint_file
 
@@ -153,11 +133,9 @@ def test_cli_synth_offline_and_nag_clean(cli_synth):
 
 
 def test_cfn_lint_default_template(cli_synth):
-    assert _cfn_lint_errors(cli_synth / "EmbeddingRun.template.json") == []
+    assert cfn_lint_errors(cli_synth / "EmbeddingRun.template.json") == []
 
-
-def test_cfn_lint_custom_template(custom_synth):
-    assert _cfn_lint_errors(custom_synth / "EmbeddingRun.template.json") == []
+# cfn-lint on the non-default variants runs in test_cdk_stack.py, on the templates synthesized there.
 
 
 # --- the instance script in a sandbox -----------------------------------------------------------------------------

@@ -214,6 +214,22 @@ def test_choices_mirror_job_config():
             assert tuple(getattr(C, name)) == tuple(getattr(mod, name)), name
 
 
+@pytest.mark.parametrize("context", [{}, {k: v for k, v in CUSTOM.items() if k != "image"}])
+def test_job_cli_accepts_the_stack_arguments(context):
+    """The arguments user-data hands to ``python -m job run`` parse with the job's own CLI."""
+    try:
+        from job.cli import build_parser, config_from_args
+    except ImportError as exc:  # the job's dependencies (torch, ...) are not installed here
+        pytest.skip(f"job CLI not importable: {exc}")
+    cfg = from_context({"run_id": "cli-check", **context}.get)
+    args = build_parser().parse_args(["run", *cfg.job_args(), "--out", "/data/out", "--publish", f"s3://b/{cfg.run_prefix}", "--device", "cuda"])
+    job_cfg = config_from_args(args)
+    assert job_cfg.output.publish == f"s3://b/{cfg.run_prefix}"
+    assert job_cfg.source.channels == cfg.channels
+    assert job_cfg.source.keyframes_only is not cfg.include_sweeps
+    assert job_cfg.model.pool == cfg.pool and job_cfg.decode.resize_mode == cfg.resize_mode
+
+
 # --- network ------------------------------------------------------------------------------------------------------
 
 
@@ -487,13 +503,24 @@ def test_source_asset_leaves_out_local_state(default):
 
 def test_outputs(default):
     outputs = default.json["Outputs"]
-    for key in ("ArtifactsBucket", "RunPrefix", "LogGroup", "InstanceId", "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
+    for key in ("ArtifactsBucket", "AccessLogBucket", "RunPrefix", "LogGroup", "InstanceId", "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
         assert key in outputs, key
     follow = _json_str(outputs["FollowLogsCommand"]["Value"])
     assert "aws logs tail " in follow and "--follow --region ap-northeast-1" in follow
     notebook = _json_str(outputs["NotebookCommand"]["Value"])
     assert "RUN_URI=s3://" in notebook and "/runs/default-run/ jupyter lab notebooks/umap_visualize.ipynb" in notebook
     assert "/runs/default-run/" in _json_str(outputs["RunPrefix"]["Value"])
+
+
+@pytest.mark.parametrize("which", ["default", "custom", "imported"])
+def test_cfn_lint_zero_errors(which, request):
+    pytest.importorskip("cfnlint")
+    from cfnlint.api import ManualArgs, lint_file
+
+    s: Synth = request.getfixturevalue(which)
+    matches = lint_file(next(s.outdir.glob("*.template.json")), ManualArgs(regions=["ap-northeast-1"]))
+    errors = [f"{m.rule.id} {m.message}" for m in matches if m.rule.id.startswith("E")]
+    assert errors == []
 
 
 @pytest.mark.parametrize("which", ["default", "custom", "imported"])

@@ -108,7 +108,7 @@ def test_bad_options_exit_2_and_write_nothing(image_dir: Path, tmp_path: Path, c
     assert exc_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    assert not out.exists()
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize("make_dir", ["missing", "empty", "file"])
@@ -196,3 +196,12 @@ def test_help_on_every_command(capsys) -> None:
             main([cmd, "--help"])
         assert exc_info.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_empty_source_leaves_no_run_behind(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("x")
+    out = tmp_path / "out"
+    assert main(["embed", *TEST_MODEL, "--image-dir", str(src), "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists() or not any(out.rglob("*"))

@@ -1,0 +1,300 @@
+"""Search stage: top-k neighbours of an image, a text or an indexed id, with nuScenes metadata per hit.
+
+``Searcher.open(run)`` loads a run's index (``OUTDIR/index/index.faiss``), checks that it matches the
+run's embeddings, and answers queries by vector, id, text or image; text and image queries load the
+run's own model (from ``manifest.json``) and refuse other weights.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import fsutil
+from .config import DEVICES, ConfigError, JobConfig, ModelConfig
+from .index import INDEX_FILE, RECALL_K, ids_digest, load_index, meta_url, parse_params, set_search_params
+from .store import RunLayout, embedding_matrix, embeddings_url, read_table
+
+log = logging.getLogger(__name__)
+
+SHOWN_COLUMNS = ("scene_name", "channel", "location", "timestamp")
+
+
+def _time_text(us: Any) -> str | None:
+    if us is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(int(us) / 1e6, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+class Searcher:
+    """An index, the metadata of every vector in it, and (lazily) the model that made the vectors."""
+
+    def __init__(self, index: Any, meta: dict[str, Any], table: pa.Table, *, emb_url: str,
+                 manifest: dict[str, Any] | None, device: str | None = None) -> None:
+        self.index = index
+        self.meta = meta
+        self.table = table  # metadata columns (no embedding), one row per vector
+        self.emb_url = emb_url
+        self.manifest = manifest
+        self.device = device
+        self.d = int(index.d)
+        ids = table.column("id").to_numpy().astype(np.int64, copy=False)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._order]
+        self._lm: Any = None
+
+    # ------------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, run: str | None = None, *, index: str | None = None, embeddings: str | None = None,
+             device: str | None = None, search_params: str | None = None) -> "Searcher":
+        """Open a run folder (local or ``s3://``), or an index file whose ``.json`` names its embeddings."""
+        manifest = None
+        if run:
+            run = run.rstrip("/")
+            man_url = RunLayout(run).manifest
+            manifest = fsutil.read_json(man_url) if fsutil.exists(man_url) else None
+            emb_name = ((manifest or {}).get("config") or {}).get("output", {}).get("embeddings_name")
+            layout = RunLayout(run, emb_name or "embeddings.parquet")
+            index = index or fsutil.join(layout.index_dir, INDEX_FILE)
+            embeddings = embeddings or layout.embeddings
+        if not index:
+            raise ConfigError("give --run OUTDIR, or --index FILE (its .json names the embeddings)")
+        murl = meta_url(index)
+        if not fsutil.exists(murl):
+            hint = f"python -m job index --run {run}" if run else "python -m job index"
+            raise ConfigError(f"no index at {index} (missing {murl}); build it with: {hint}")
+        meta = fsutil.read_json(murl)
+        embeddings = embeddings_url(embeddings or meta.get("embeddings") or "")
+        if manifest is None:
+            parent = embeddings.rpartition("/")[0] or "."
+            man_url = fsutil.join(parent, "manifest.json")
+            manifest = fsutil.read_json(man_url) if fsutil.exists(man_url) else None
+        idx = load_index(index)
+        table = read_table(embeddings)
+        cols = [c for c in table.column_names if c != "embedding"]
+        table = table.select(cols)
+        _check_match(idx, meta, table, index, embeddings)
+        if search_params:
+            set_search_params(idx, parse_params(search_params))
+        elif meta.get("search_params"):
+            set_search_params(idx, parse_params(meta["search_params"]))
+        return cls(idx, meta, table, emb_url=embeddings, manifest=manifest, device=device)
+
+    # ------------------------------------------------------------------------------------- queries
+    def by_vector(self, q: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
+        """Top-k hits of one query vector (normalised here), best first."""
+        return self.by_vectors(np.asarray(q, np.float32).reshape(1, -1), k)[0]
+
+    def by_vectors(self, qs: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
+        """Top-k hits for each row of ``qs``."""
+        qs = np.ascontiguousarray(np.asarray(qs, np.float32).reshape(len(qs), -1))
+        if qs.shape[1] != self.d:
+            raise ConfigError(f"query vectors have dimension {qs.shape[1]}, the index holds {self.d}-d vectors")
+        self._check_k(k)
+        if not np.isfinite(qs).all():
+            raise ConfigError("query vector contains NaN or inf")
+        norms = np.linalg.norm(qs, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ConfigError("query vector is all zeros")
+        # The search parameters were tuned for top-10 (re-ranking depth scales with k): never ask for less.
+        kk = min(max(k, RECALL_K), self.index.ntotal)
+        scores, labels = self.index.search(qs / norms, kk)
+        return [self._hits(s[:k], lab[:k]) for s, lab in zip(scores, labels)]
+
+    def by_id(self, id_: int, k: int = 10) -> list[dict[str, Any]]:
+        """Top-k neighbours of an indexed image (the image itself comes first)."""
+        return self.by_vector(self.vector(id_), k)
+
+    def by_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
+        """Top-k images for a text query, embedded with the run's own text tower."""
+        from .model import encode_text
+
+        if not text.strip():
+            raise ConfigError("--text is empty")
+        lm = self.model()
+        return self.by_vector(encode_text(lm, [text])[0], k)
+
+    def by_image(self, image: str | bytes, k: int = 10) -> list[dict[str, Any]]:
+        """Top-k images for an image file (local path, URL, or bytes), preprocessed as the run did."""
+        from .decode import DecodeError, decode_image
+        from .model import ImageEncoder
+
+        if isinstance(image, (bytes, bytearray)):
+            data = bytes(image)
+        else:
+            fs, path = fsutil.url_to_fs(image)
+            if not fs.exists(path):
+                raise ConfigError(f"image {image} does not exist")
+            data = fs.cat_file(path)
+        lm = self.model()
+        resize_mode = ((self.manifest or {}).get("config") or {}).get("decode", {}).get("resize_mode", "pad")
+        try:
+            arr = decode_image(data, lm.image_size, resize_mode, lm.interpolation)[0]
+        except DecodeError as exc:
+            raise ConfigError(f"image {image if isinstance(image, str) else '(bytes)'}: {exc}") from None
+        return self.by_vector(ImageEncoder(lm)(arr[None].copy())[0], k)
+
+    # ------------------------------------------------------------------------------------- helpers
+    def row_of(self, id_: int) -> int:
+        """Row number of ``id_`` in the embeddings table."""
+        pos = int(np.searchsorted(self._sorted_ids, id_))
+        if pos >= len(self._sorted_ids) or self._sorted_ids[pos] != id_:
+            raise ConfigError(f"id {id_} is not in {self.emb_url}")
+        return int(self._order[pos])
+
+    def vector(self, id_: int) -> np.ndarray:
+        """The stored embedding of ``id_`` (reads only the matching row's embedding)."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        self.row_of(id_)
+        fs, path = fsutil.url_to_fs(self.emb_url)
+        t = ds.dataset(path, filesystem=fs, format="parquet").to_table(
+            columns=["embedding"], filter=pc.field("id") == pa.scalar(int(id_), pa.int64()))
+        return embedding_matrix(t)[0]
+
+    def model(self) -> Any:
+        """The run's model (loaded once), checked against the weights hash in the manifest."""
+        if self._lm is not None:
+            return self._lm
+        from .model import load_model
+
+        if not self.manifest or "config" not in self.manifest:
+            raise ConfigError(f"no manifest.json with the model config beside {self.emb_url}; "
+                              "text and image queries need the run's model (search by --id works)")
+        mcfg = dict(self.manifest["config"]["model"])
+        if self.device:
+            mcfg["device"] = self.device
+        elif mcfg.get("device") == "cuda":
+            mcfg["device"] = "auto"
+        mcfg["compile"] = False
+        if mcfg.get("precision") == "fp16" and mcfg["device"] != "cuda":
+            mcfg["precision"] = "auto"  # fp16 is GPU-only; the weights (and their hash) are the same
+        fields = set(ModelConfig.__dataclass_fields__)
+        lm = load_model(ModelConfig(**{k: v for k, v in mcfg.items() if k in fields}))
+        want = (self.manifest.get("model") or {}).get("weights_sha256")
+        if want and lm.weights_sha256 != want:
+            raise ConfigError(f"the run was embedded with weights {want[:12]}…, but {mcfg['model']} / "
+                              f"{mcfg['pretrained']} loads {lm.weights_sha256[:12]}… here: the run's weights are "
+                              "not available on this machine")
+        if lm.embed_dim != self.d:
+            raise ConfigError(f"model {lm.name} makes {lm.embed_dim}-d vectors, the index holds {self.d}-d vectors")
+        self._lm = lm
+        return lm
+
+    def _check_k(self, k: int) -> None:
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        if k > self.index.ntotal:
+            raise ConfigError(f"k={k} is larger than the index ({self.index.ntotal} vectors); use -k {self.index.ntotal} or less")
+
+    def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+        keep = labels >= 0
+        labels, scores = labels[keep], scores[keep]
+        if not len(labels):
+            return []
+        pos = np.searchsorted(self._sorted_ids, labels)
+        pos = np.clip(pos, 0, len(self._sorted_ids) - 1)
+        if not (self._sorted_ids[pos] == labels).all():
+            raise ConfigError("the index returned ids that are not in the embeddings; rebuild the index")
+        rows = self._order[pos]
+        meta = self.table.take(pa.array(rows)).to_pylist()
+        out = []
+        for rank, (score, m) in enumerate(zip(scores.tolist(), meta), 1):
+            hit = {"rank": rank, "score": round(float(score), 6), **m}
+            hit["time"] = _time_text(m.get("timestamp"))
+            out.append(hit)
+        return out
+
+
+def hits_table(hits: Sequence[dict[str, Any]]) -> pa.Table:
+    """Hits as a pyarrow table (``.to_pandas()`` for a DataFrame)."""
+    return pa.Table.from_pylist(list(hits))
+
+
+def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: str, emb_url: str) -> None:
+    """Refuse an index that was not built from these embeddings."""
+    rebuild = f"rebuild it: python -m job index --embeddings {emb_url} --index-out {index_url}"
+    n = table.num_rows
+    if index.ntotal != n or meta.get("n") not in (None, n):
+        raise ConfigError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
+    if meta.get("d") not in (None, index.d):
+        raise ConfigError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
+    digest = meta.get("ids_sha256")
+    if digest and digest != ids_digest(table.column("id").to_numpy()):
+        raise ConfigError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def format_hits(hits: Sequence[dict[str, Any]]) -> str:
+    """Human-readable table of hits."""
+    head = f"{'rank':>4}  {'score':>7}  {'scene':<12} {'channel':<16} {'location':<24} {'time (UTC)':<23}  {'id':<19}  path"
+    lines = [head]
+    for h in hits:
+        lines.append(f"{h['rank']:>4}  {h['score']:>7.4f}  {str(h.get('scene_name') or '-'):<12} "
+                     f"{str(h.get('channel') or '-'):<16} {str(h.get('location') or '-'):<24} "
+                     f"{str(h.get('time') or '-'):<23}  {h.get('id'):<19}  {h.get('path')}")
+    return "\n".join(lines)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return None
+    return v
+
+
+def _search_command(cfg: JobConfig, args: argparse.Namespace) -> int:
+    s = Searcher.open(args.run, index=args.index, embeddings=args.embeddings,
+                      device=None if args.device in (None, "auto") else args.device,
+                      search_params=args.search_params)
+    if args.id is not None:
+        hits, query = s.by_id(args.id, args.k), {"id": args.id}
+    elif args.text is not None:
+        hits, query = s.by_text(args.text, args.k), {"text": args.text}
+    else:
+        hits, query = s.by_image(args.image, args.k), {"image": args.image}
+    if args.json:
+        clean = [{k: _json_safe(v) for k, v in h.items()} for h in hits]
+        print(json.dumps({"query": query, "k": args.k, "index": s.meta.get("factory"),
+                          "search_params": s.meta.get("search_params"), "hits": clean}, default=str))
+    else:
+        print(format_hits(hits))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``search`` subcommand."""
+    from .cli import _choice, _positive_int, add_common_options
+
+    p = sub.add_parser("search", help="nearest images to an image, a text or an indexed id",
+                       description="Top-k images of a run by image, text (the run's OpenCLIP text tower) or id.")
+    add_common_options(p)
+    g = p.add_argument_group("where")
+    g.add_argument("--run", default=None, metavar="OUTDIR", help="run folder (local or s3://) with index/ and embeddings")
+    g.add_argument("--index", default=None, metavar="FILE", help="an index file instead of OUTDIR/index/index.faiss")
+    g.add_argument("--embeddings", default=None, metavar="PARQUET", help="embeddings (default: from the index .json)")
+    q = p.add_argument_group("query (one of)").add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", default=None, metavar="PATH", help="an image file (local or s3://)")
+    q.add_argument("--text", default=None, help='a text query, e.g. "night, rain, intersection"')
+    q.add_argument("--id", type=int, default=None, help="the id of an indexed image")
+    p.add_argument("-k", "--k", type=_positive_int, default=10, help="number of hits (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--device", type=_choice("device", DEVICES), default="auto",
+                   help="where the text/image model runs: auto, cpu, cuda")
+    p.add_argument("--search-params", default=None, help="override the stored search parameters, e.g. efSearch=256")
+    p.set_defaults(handler=_search_command)

@@ -1,0 +1,263 @@
+"""Faiss index: planning, every type builds/round-trips/finds in-index vectors, recall target, s3, bad input."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from job import fsutil
+from job.cli import main
+from job.config import ConfigError, IndexConfig, JobConfig
+from job.index import (
+    IndexOverrides,
+    build_index_file,
+    build_run_index,
+    default_nlist,
+    default_pq_bits,
+    default_pq_m,
+    exact_neighbours,
+    load_index,
+    parse_memory,
+    plan_index,
+    recall_at,
+)
+from job.store import RunLayout, ShardWriter, embedding_schema
+
+N, D = 3000, 32
+META_FIELDS = [pa.field("scene_name", pa.string()), pa.field("channel", pa.string()),
+               pa.field("location", pa.string()), pa.field("timestamp", pa.int64())]
+
+
+def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in Gaussian clusters on the sphere around a shared direction (CLIP-like)."""
+    rng = np.random.default_rng(seed)
+    mu = rng.standard_normal(d)
+    centres = rng.standard_normal((max(1, n // 100), d))
+    lab = rng.integers(0, len(centres), n)
+    x = (0.7 * mu / np.linalg.norm(mu) + 0.6 * centres[lab] / np.linalg.norm(centres[lab], axis=1, keepdims=True)
+         + 0.35 * rng.standard_normal((n, d)) / np.sqrt(d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_run(run_dir: str, x: np.ndarray, *, shard_size: int = 1000) -> RunLayout:
+    layout = RunLayout(run_dir)
+    w = ShardWriter(layout, embedding_schema(x.shape[1], META_FIELDS), shard_size=shard_size)
+    for i, v in enumerate(x):
+        w.add(f"samples/CAM_FRONT/frame_{i:05d}.jpg", v, 1600, 900,
+              {"scene_name": f"scene-{i // 100:04d}", "channel": "CAM_FRONT", "location": "boston-seaport",
+               "timestamp": 1_532_402_927_000_000 + i * 500_000})
+    w.close()
+    return layout
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return clustered(N, D)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, vectors: np.ndarray) -> RunLayout:
+    return write_run(str(tmp_path_factory.mktemp("run")), vectors)
+
+
+def _ids(layout: RunLayout) -> np.ndarray:
+    return pq.read_table(layout.embeddings, columns=["id"]).column("id").to_numpy()
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def test_derived_parameters() -> None:
+    assert default_nlist(1_400_000) == 4096
+    assert default_nlist(200_000) == 2048
+    assert default_nlist(1000) == 16 and 1000 >= 39 * 16
+    assert default_nlist(10) == 1
+    assert default_pq_m(768) == 96 and default_pq_m(512) == 64 and 100 % default_pq_m(100) == 0
+    assert default_pq_bits(200_000) == 8 and default_pq_bits(2000) == 5
+    assert parse_memory("4G") == 4 * 2**30 and parse_memory("512MB") == 512 * 2**20
+    assert parse_memory("1.5GiB") == int(1.5 * 2**30) and parse_memory("1000") == 1000
+    with pytest.raises(ConfigError, match="--max-memory"):
+        parse_memory("lots")
+
+
+def test_auto_reasons_like_autofaiss() -> None:
+    small = plan_index(2424, 768, IndexConfig("auto"))
+    assert small.kind == "flat" and "exact" in small.reason
+    big = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="16G"))
+    assert big.kind == "hnsw" and big.factory == "IDMap,HNSW32,Flat" and "budget" in big.reason
+    tight = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="2G"))
+    assert tight.kind == "ivfpq" and tight.factory == "IDMap,IVF4096,PQ192x8,Refine(SQ8)"
+    assert tight.estimated_bytes <= 2 * 2**30 and "too big" in tight.reason
+    tighter = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="300M"))
+    assert tighter.factory == "IVF4096,PQ192x8" and tighter.params["refine"] == "none"
+    with pytest.raises(ConfigError, match="raise --max-memory"):
+        plan_index(1_400_000, 768, IndexConfig("auto", max_memory="10M"))
+    assert plan_index(200_000, 768, IndexConfig("hnsw"), IndexOverrides(hnsw_m=16)).factory == "IDMap,HNSW16,Flat"
+    ivf = plan_index(200_000, 768, IndexConfig("ivfpq"), IndexOverrides(nlist=1024, pq_m=48, refine="none"))
+    assert ivf.factory == "IVF1024,PQ48x8"
+    with pytest.raises(ConfigError, match="does not divide"):
+        plan_index(200_000, 768, IndexConfig("ivfpq"), IndexOverrides(pq_m=100))
+
+
+# ------------------------------------------------------------------------------------------ every type
+
+
+@pytest.mark.parametrize("kind,factory", [("flat", None), ("hnsw", None), ("ivfpq", None), ("auto", None),
+                                          ("flat", "IVF16,Flat")])
+def test_every_type_builds_roundtrips_and_finds_itself(run: RunLayout, vectors: np.ndarray, tmp_path: Path,
+                                                        kind: str, factory: str | None) -> None:
+    out = str(tmp_path / "idx" / "nuscenes.faiss")
+    meta = build_index_file(run.embeddings, out, IndexConfig(kind, factory=factory), progress=False)
+    side = json.loads((tmp_path / "idx" / "nuscenes.json").read_text())
+    assert side == json.loads(json.dumps(meta))
+    for key in ("type", "factory", "params", "n", "d", "build_seconds", "bytes", "recall@1", "recall@10",
+                "search_params"):
+        assert key in side
+    assert side["n"] == N and side["d"] == D and side["bytes"] == os.path.getsize(out)
+    assert not [p for p in os.listdir(tmp_path / "idx") if ".tmp-" in p]
+    if factory:
+        assert "IVF16,Flat" in side["factory"] and side["search_params"].startswith("nprobe=")
+
+    index = load_index(out)  # round trip from disk; the tuned search parameters travel with it
+    assert index.ntotal == N
+    ids = _ids(run)
+    rows = np.random.default_rng(1).choice(N, 200, replace=False)
+    scores, labels = index.search(vectors[rows], 10)  # the operating point the parameters were tuned for
+    assert set(labels.ravel().tolist()) <= set(ids.tolist())  # faiss ids are the embeddings' ids
+    assert (labels[:, 0] == ids[rows]).all(), "an in-index vector must be its own nearest neighbour"
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_recall_on_clustered_data_meets_target(tmp_path: Path, kind: str) -> None:
+    x = clustered(6000, D, seed=3)
+    layout = write_run(str(tmp_path / "run"), x, shard_size=4000)
+    meta = build_index_file(layout.embeddings, str(tmp_path / "i.faiss"), IndexConfig(kind, target_recall=0.97),
+                            progress=False)
+    assert meta["target_met"] and meta["recall@10"] >= 0.95
+    # Independent check on fresh queries near the data (not in the index), against exact search.
+    index = load_index(str(tmp_path / "i.faiss"))
+    rng = np.random.default_rng(9)
+    xq = x[rng.choice(len(x), 300, replace=False)] + 0.05 * rng.standard_normal((300, D)).astype(np.float32) / np.sqrt(D)
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    ids = _ids(layout)
+    truth = ids[exact_neighbours(xq, x, 10)]
+    _, found = index.search(xq, 10)
+    assert recall_at(found, truth, 10) >= 0.95
+
+
+def test_fixed_search_params_and_overrides(run: RunLayout, tmp_path: Path) -> None:
+    ov = IndexOverrides(hnsw_m=8, ef_construction=20, search_params="efSearch=40")
+    meta = build_index_file(run.embeddings, str(tmp_path / "h.faiss"), IndexConfig("hnsw"), ov, progress=False)
+    assert meta["factory"] == "IDMap,HNSW8,Flat" and meta["search_params"] == "efSearch=40"
+    assert meta["params"] == {"hnsw_m": 8, "ef_construction": 20} and meta["tuning"] == []
+
+
+def test_build_run_index_for_the_runner(run: RunLayout) -> None:
+    cfg = JobConfig(index=IndexConfig("auto"), progress=False)
+    meta = build_run_index(cfg, run)
+    assert meta["type"] == "flat" and meta["recall@10"] == 1.0
+    assert os.path.exists(os.path.join(run.index_dir, "index.faiss"))
+    assert json.load(open(os.path.join(run.index_dir, "index.json")))["n"] == N
+
+
+@pytest.mark.s3
+def test_s3_run_folder(s3_bucket: str, vectors: np.ndarray) -> None:
+    from job.search import Searcher
+
+    layout = write_run(f"s3://{s3_bucket}/runs/a", vectors[:500], shard_size=200)
+    meta = build_run_index(JobConfig(index=IndexConfig("hnsw"), progress=False), layout)
+    assert fsutil.exists(f"s3://{s3_bucket}/runs/a/index/index.faiss")
+    assert fsutil.read_json(f"s3://{s3_bucket}/runs/a/index/index.json")["n"] == 500 == meta["n"]
+    s = Searcher.open(f"s3://{s3_bucket}/runs/a")
+    target = int(_ids_s3(layout)[7])
+    hits = s.by_id(target, 3)
+    assert hits[0]["id"] == target and hits[0]["path"] == "samples/CAM_FRONT/frame_00007.jpg"
+    assert hits[0]["scene_name"] == "scene-0000" and hits[0]["time"].startswith("2018-07-24")
+
+
+def _ids_s3(layout: RunLayout) -> np.ndarray:
+    from job.store import read_embeddings
+
+    return read_embeddings(layout.embeddings, ["id"]).column("id").to_numpy()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        rc = main(argv + ["--no-progress", "--log-level", "ERROR"])
+    except SystemExit as exc:  # argparse rejects bad choices itself, also with code 2
+        rc = int(exc.code or 0)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _write_table(path: Path, x: np.ndarray, ids: np.ndarray | None = None) -> None:
+    ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": ids, "path": [f"{i}.jpg" for i in range(len(x))], "embedding": emb}), path)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"),
+    ("empty", "no vectors"),
+    ("nan", "NaN"),
+    ("zero", "zero vector"),
+    ("duplicate", "more than once"),
+    ("dimension", "dimension 32"),
+    ("not-embeddings", "no embedding column"),
+    ("factory", "Faiss cannot build"),
+    ("pq-m", "does not divide"),
+    ("memory", "--max-memory"),
+    ("params", "not understood"),
+    ("type", "unknown index type"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], vectors: np.ndarray,
+                                              case: str, message: str) -> None:
+    emb = tmp_path / "vectors" / "embeddings.parquet"
+    x = vectors[:300].copy()
+    extra: list[str] = []
+    if case == "empty":
+        _write_table(emb, x[:0])
+    elif case == "nan":
+        x[17, 3] = np.nan
+        _write_table(emb, x)
+    elif case == "zero":
+        x[5] = 0
+        _write_table(emb, x)
+    elif case == "duplicate":
+        _write_table(emb, x, np.r_[np.arange(299), 3].astype(np.int64))
+    elif case == "dimension":
+        _write_table(emb, x)
+        (emb.parent / "manifest.json").write_text(json.dumps({"model": {"embed_dim": 768}}))
+    elif case == "not-embeddings":
+        emb.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [1, 2], "path": ["a", "b"]}), emb)
+    elif case != "missing":
+        _write_table(emb, x)
+        extra = {"factory": ["--factory", "IVF16,PQ7"], "pq-m": ["--type", "ivfpq", "--pq-m", "5"],
+                 "memory": ["--max-memory", "lots"], "params": ["--search-params", "nprobes=3"],
+                 "type": ["--type", "annoy"]}[case]
+    out = tmp_path / "indexes" / "nuscenes_vitl14.faiss"
+    rc, err = _cli(["index", "--embeddings", str(emb), "--index-out", str(out), *extra], capsys)
+    assert rc == 2, err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists() or not list(out.parent.iterdir()), "nothing may be half-written"
+
+
+def test_seed_compatible_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], vectors: np.ndarray) -> None:
+    emb = tmp_path / "vectors" / "embeddings.parquet"
+    _write_table(emb, vectors[:500])
+    out = tmp_path / "indexes" / "nuscenes_vitl14.faiss"
+    rc = main(["index", "--embeddings", str(emb), "--index-out", str(out), "--type", "flat", "--no-progress"])
+    assert rc == 0
+    assert out.exists() and (tmp_path / "indexes" / "nuscenes_vitl14.json").exists()
+    assert "IDMap,Flat" in capsys.readouterr().out

@@ -1,0 +1,136 @@
+"""``notebooks/umap_visualize.ipynb`` executed headless (nbclient) against a real small run of the job.
+
+The run is made once per module by ``python -m job run`` from a generated nuScenes fixture (72 keyframes,
+ViT-B-32 with seeded random weights at 64 px so it is quick). The notebook is executed from the local run
+folder and from a copy on ``s3://`` (moto in server mode, without umap2d.parquet so the notebook computes
+the map itself). Every figure is also saved as PNG under ``test-artifacts/notebook/<mode>/`` (git-ignored)
+together with the executed notebook, so a person can look at them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from job.store import path_id
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "umap_visualize.ipynb"
+ARTIFACTS = ROOT / "test-artifacts" / "notebook"
+FIGURES = ("umap_by_channel", "umap_by_location", "umap_by_scene", "umap_by_weather", "gallery_neighbours",
+           "text_night__rain", "text_construction_zone", "text_bus")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder made by the job itself (embed + thumbnails + UMAP projection)."""
+    from nuscenes_fixture import make_nuscenes_fixture
+
+    base = tmp_path_factory.mktemp("nbrun")
+    info = make_nuscenes_fixture(base / "nuscenes", n_logs=2, scenes_per_log=2, samples_per_scene=3,
+                                 sweeps_per_sample=0)
+    out = base / "run"
+    cmd = [sys.executable, "-m", "job", "run", "--source", str(info.root), "--out", str(out),
+           "--model", "ViT-B-32", "--pretrained", "none", "--image-size", "64", "--no-index", "--thumbnails",
+           "--workers", "0", "--no-progress", "--log-level", "WARNING"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["counts"]["embedded"] == len(info.keyframes)
+    assert (out / "umap2d.parquet").exists() and (out / "thumbnails.parquet").exists()
+    return out
+
+
+def execute(run_uri: str, mode: str, **params: str) -> tuple[nbformat.NotebookNode, dict, Path]:
+    """Run the notebook with RUN_URI etc. in the kernel's environment; returns (notebook, results, figures dir)."""
+    figures = ARTIFACTS / mode
+    shutil.rmtree(figures, ignore_errors=True)
+    figures.mkdir(parents=True)
+    env = dict(os.environ, RUN_URI=run_uri, FIGURES_DIR=str(figures), RESULTS_JSON=str(figures / "results.json"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               **params)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    try:
+        client.execute(env=env)
+    finally:
+        nbformat.write(nb, figures / "executed.ipynb")
+    results = json.loads((figures / "results.json").read_text()) if (figures / "results.json").exists() else {}
+    return nb, results, figures
+
+
+def _image_outputs(nb: nbformat.NotebookNode) -> list[bytes]:
+    import base64
+
+    return [base64.b64decode(o["data"]["image/png"]) for cell in nb.cells if cell.cell_type == "code"
+            for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+
+
+def _check_figures(nb: nbformat.NotebookNode, results: dict, figures: Path) -> None:
+    images = _image_outputs(nb)
+    assert len(images) >= len(FIGURES)
+    assert all(img.startswith(b"\x89PNG") and len(img) > 5_000 for img in images)
+    for name in FIGURES:
+        png = figures / f"{name}.png"
+        assert png.exists() and png.stat().st_size > 5_000, name
+        assert results["figures"][name.replace("umap_by_", "").replace("gallery_neighbours", "gallery")] == str(png)
+    first = nb.cells[1]
+    assert "parameters" in first.metadata.get("tags", []) and "run_uri" in first.source
+
+
+def test_notebook_from_local_run(job_run: Path) -> None:
+    nb, results, figures = execute(str(job_run), "local")
+    _check_figures(nb, results, figures)
+    assert results["n"] == 72 and results["projection"]["precomputed"] is True
+    gallery = results["gallery"]
+    assert gallery["hit_ids"][0] == gallery["query_id"]  # the query is its own nearest neighbour
+    assert gallery["scores"][0] == pytest.approx(1.0, abs=1e-3) and len(gallery["hit_ids"]) == 9
+    assert set(results["text"]) == {"night, rain", "construction zone", "bus"}
+
+
+@pytest.mark.s3
+def test_notebook_from_s3_run(job_run: Path, s3_bucket: str) -> None:
+    import fsspec
+
+    from job import fsutil
+
+    uri = f"s3://{s3_bucket}/runs/nb-test/"
+    fs, root = fsutil.url_to_fs(uri)
+    for p in job_run.rglob("*"):
+        if p.is_file() and not p.relative_to(job_run).as_posix().startswith("umap2d"):
+            fs.put_file(str(p), f"{root.rstrip('/')}/{p.relative_to(job_run).as_posix()}")
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    embeddings = sorted((job_run / "embeddings.parquet").iterdir())[0]
+    import pyarrow.parquet as pq
+
+    query_path = pq.read_table(embeddings, columns=["path"]).column("path")[7].as_py()
+    nb, results, figures = execute(uri, "s3", QUERY=query_path.rsplit("/", 1)[-1], K="5", UMAP_EPOCHS="50")
+    _check_figures(nb, results, figures)
+    assert results["projection"]["precomputed"] is False
+    assert "umap2d.parquet is missing" in results["projection"]["note"]
+    gallery = results["gallery"]
+    assert gallery["query_id"] == path_id(query_path) and gallery["hit_ids"][0] == path_id(query_path)
+    assert len(gallery["hit_ids"]) == 6
+
+
+def test_notebook_refuses_a_failed_run(tmp_path: Path, job_run: Path) -> None:
+    run = tmp_path / "failed"
+    shutil.copytree(job_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    with pytest.raises(CellExecutionError, match="refusing .*status='failed'"):
+        execute(str(run), "refused-failed")
+    (run / "manifest.json").unlink()
+    with pytest.raises(CellExecutionError, match="no manifest.json"):
+        execute(str(run), "refused-unfinished")
