@@ -34,6 +34,10 @@ test-fast: setup
 
 bench: $(STAMP)
 	$(PY) bench/embed_bench.py
+	$(PY) bench/archive_bench.py
+	$(PY) bench/index_bench.py
+	$(PY) bench/umap_bench.py
+	$(PY) bench/gpu_throughput.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache

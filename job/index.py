@@ -13,6 +13,7 @@ written beside it, together with the recall that was then measured on other held
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -501,6 +502,16 @@ def _gpu_count() -> int:
         return 0
 
 
+def _single_threaded_blas() -> Any:
+    """BLAS on one thread while training: k-means calls thousands of small GEMMs, and OpenBLAS's own
+    OpenMP team on top of faiss's made PQ training ~60x slower on a busy 2-core machine (see the benchmark)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _create(plan: IndexPlan, d: int) -> Any:
     faiss = _faiss()
     try:
@@ -545,7 +556,8 @@ def build_index(x: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, progress: bo
             ivf.clustering_index = gpu_kmeans
             device = f"gpu x{gpus} (k-means)"
         log.info("training %s on %d vectors (%s)", plan.factory, len(xt), device)
-        index.train(xt)
+        with _single_threaded_blas():
+            index.train(xt)
         trained_on = len(xt)
         if gpu_kmeans is not None:
             ivf.clustering_index = None
@@ -646,29 +658,45 @@ def load_vectors(emb_url: str) -> tuple[np.ndarray, np.ndarray]:
 def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexOverrides = IndexOverrides(),
                      *, progress: bool = True) -> dict[str, Any]:
     """``job index``: read, check, plan, build, tune, measure, then write the index and its ``.json``."""
-    faiss = _faiss()
     t_start = time.perf_counter()
     emb_url = embeddings_url(emb_url)
     x, ids = load_vectors(emb_url)
+    return build_from_arrays(x, ids, index_url, icfg, ov, progress=progress, emb_url=emb_url, t_start=t_start)
+
+
+def held_out(x: np.ndarray, ids: np.ndarray, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, EvalSet]:
+    """(query rows, the other rows shuffled, exact neighbours of the queries) for tuning and measuring."""
+    n = len(x)
+    perm = np.random.default_rng(seed).permutation(n)
+    nq = min(queries, n)
+    q_rows = perm[:nq]  # random order: the first half tunes, the second half measures
+    return q_rows, perm[nq:], make_eval_set(x, ids, q_rows, RECALL_K)
+
+
+def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: IndexConfig,
+                      ov: IndexOverrides = IndexOverrides(), *, progress: bool = True, emb_url: str | None = None,
+                      t_start: float | None = None,
+                      evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None) -> dict[str, Any]:
+    """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``."""
+    faiss = _faiss()
+    t_start = time.perf_counter() if t_start is None else t_start
     n, d = x.shape
     plan = plan_index(n, d, icfg, ov)
     log.info("index: %s -> %s; %s", plan.factory, index_url, plan.reason)
     fixed = parse_params(ov.search_params)
 
     # Held-out queries: never in the training sample; half tune, half measure.
-    rng = np.random.default_rng(ov.seed)
-    nq = min(ov.queries, n)
-    perm = rng.permutation(n)
-    q_rows = np.sort(perm[:nq])
+    q_rows, rest, ev_all = evaluation or held_out(x, ids, ov.queries, ov.seed)
+    nq = len(q_rows)
     if plan.train_size > n - nq >= plan.train_size // 2:
         # train on what the held-out queries leave (and size the PQ codebooks for that sample)
         plan = plan_index(n, d, icfg, dataclasses.replace(ov, train_size=n - nq))
-    rest = perm[nq:] if n - nq >= plan.train_size // 2 else perm
+    if n - nq < plan.train_size // 2:
+        rest = np.concatenate([rest, q_rows])  # tiny sets: the queries have to help train
     train_rows = np.sort(rest[: plan.train_size]) if plan.train_size else None
     index, info = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
 
     t_tune = time.perf_counter()
-    ev_all = make_eval_set(x, ids, q_rows, RECALL_K)
     half = max(1, nq // 2) if nq >= 20 else nq
     ev_tune = EvalSet(ev_all.xq[:half], ev_all.qids[:half], ev_all.truth[:half])
     ev_test = EvalSet(ev_all.xq[half:], ev_all.qids[half:], ev_all.truth[half:]) if nq >= 20 else ev_all
@@ -692,7 +720,7 @@ def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexO
     size = save_index(index, index_url)
     meta: dict[str, Any] = {
         "index": index_url.rstrip("/").rsplit("/", 1)[-1],
-        "embeddings": emb_url,
+        "embeddings": emb_url or "",
         "type": plan.kind,
         "factory": plan.factory,
         "metric": "inner_product",

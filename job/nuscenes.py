@@ -136,21 +136,41 @@ def _decode_any(data: bytes) -> Any:
     return json.loads(data)
 
 
-def _decode_sample_data(data: bytes) -> list[tuple[str, str, str, str, int, bool]]:
-    """(token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame) per row."""
+def _decode_sample_data(data: bytes, keep: Callable[[str], bool]) -> tuple[int, list[tuple[Any, ...]]]:
+    """(rows parsed, kept rows as (token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame))."""
     if msgspec is not None:
-        return [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp, r.is_key_frame)
-                for r in _SD_DECODER.decode(data)]
-    return [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"], int(r["timestamp"]),
-             bool(r["is_key_frame"])) for r in json.loads(data)]
+        rows = _SD_DECODER.decode(data)
+        return len(rows), [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp,
+                            r.is_key_frame) for r in rows if keep(r.filename)]
+    rows = json.loads(data)
+    return len(rows), [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"],
+                        int(r["timestamp"]), bool(r["is_key_frame"])) for r in rows if keep(r["filename"])]
+
+
+_WS = frozenset(b" \t\r\n")
+
+
+def _last_boundary(buf: bytearray) -> tuple[int, int] | None:
+    """(index of ``}``, index of ``,``) of the last ``}<whitespace>,`` in ``buf``: the end of a row."""
+    pos = len(buf)
+    while True:
+        comma = buf.rfind(b",", 0, pos)
+        if comma < 0:
+            return None
+        j = comma - 1
+        while j >= 0 and buf[j] in _WS:
+            j -= 1
+        if j >= 0 and buf[j] == 0x7D:  # "}"
+            return j, comma
+        pos = comma
 
 
 def iter_array_slices(read: Callable[[int], bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """Cut a JSON array of flat objects, read ``chunk_bytes`` at a time, into smaller valid JSON arrays.
 
-    Each slice ends at the last ``},`` seen so far (an object boundary: nuScenes rows hold no
-    nested objects, and no string value contains ``},``), so at most one slice plus one read is
-    in memory at a time. Parsing each slice stays exact; a malformed file still fails to parse.
+    Each slice ends at the last ``}`` followed by ``,`` seen so far (an object boundary: nuScenes
+    rows hold no nested objects, and no string value contains ``}`` then ``,``), so at most one
+    slice plus one read is in memory at a time. Parsing each slice stays exact; a malformed file still fails to parse.
     """
     buf = bytearray()
     started = False
@@ -173,12 +193,13 @@ def iter_array_slices(read: Callable[[int], bytes], chunk_bytes: int = CHUNK_BYT
             if tail.strip():
                 yield b"[" + tail + b"]"
             return
-        cut = buf.rfind(b"},")
-        if started and cut >= 0:
+        cut = _last_boundary(buf) if started else None
+        if cut is not None:
+            close, comma = cut
             piece = bytearray(b"[")
-            piece += memoryview(buf)[: cut + 1]
+            piece += memoryview(buf)[: close + 1]
             piece += b"]"
-            del buf[: cut + 2]
+            del buf[: comma + 1]
             yield bytes(piece) if msgspec is None else piece  # msgspec parses a bytearray in place
 
 
@@ -216,9 +237,10 @@ class NuScenesTables:
     for channel and scene; ``lookup(path)`` rebuilds the metadata dict for one image.
     """
 
-    def __init__(self, version: str, filenames: pa.Array, sd_tokens: pa.Array, sample_tokens: pa.Array,
+    def __init__(self, version: str, filenames: pa.ChunkedArray, sd_tokens: pa.ChunkedArray,
+                 sample_tokens: pa.ChunkedArray,
                  timestamps: np.ndarray, key_frames: np.ndarray, channel_codes: np.ndarray, channels: list[str | None],
-                 scene_codes: np.ndarray, scenes: list[_Scene]) -> None:
+                 scene_codes: np.ndarray, scenes: list[_Scene], keys: np.ndarray | None = None) -> None:
         self.version = version
         self._filenames = filenames
         self._sd_tokens = sd_tokens
@@ -230,7 +252,8 @@ class NuScenesTables:
         self._scene_codes = scene_codes
         self._scenes = scenes
         # Hash index: sorted 64-bit string hashes → row, verified against the filename on lookup.
-        keys = np.fromiter((hash(f) for f in filenames.to_pylist()), dtype=np.int64, count=len(filenames))
+        if keys is None:
+            keys = np.fromiter((hash(f) for f in filenames.to_pylist()), dtype=np.int64, count=len(filenames))
         self._order = np.argsort(keys, kind="stable")
         self._keys = keys[self._order]
 
@@ -389,12 +412,11 @@ class TablesBuilder:
             self.seconds += time.perf_counter() - t0
 
     def _add_sample_data(self, read: Callable[[int], bytes]) -> None:
-        cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key")}
+        cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key",
+                                                      "hash")}
         for piece in iter_array_slices(read, self.chunk_bytes):
-            rows = _decode_sample_data(piece)
-            self.sample_data_rows_read += len(rows)
-            kept = [r for r in rows if self.keep(r[3])]
-            del rows
+            n, kept = _decode_sample_data(piece, self.keep)
+            self.sample_data_rows_read += n
             if not kept:
                 continue
             tok, smp, cs, fn, ts, kf = zip(*kept)
@@ -404,6 +426,7 @@ class TablesBuilder:
             cols["cs"].append(pa.array(cs, pa.string()))
             cols["timestamp"].append(np.asarray(ts, dtype=np.int64))
             cols["key"].append(np.asarray(kf, dtype=bool))
+            cols["hash"].append(np.fromiter((hash(f) for f in fn), dtype=np.int64, count=len(fn)))
         self._sd = cols
 
     def build(self) -> NuScenesTables:
@@ -415,27 +438,30 @@ class TablesBuilder:
         assert self._sd is not None
         sd = self._sd
 
-        def cat_str(chunks: list[pa.Array]) -> pa.Array:
-            return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+        def cat_str(chunks: list[pa.Array]) -> pa.ChunkedArray:
+            return pa.chunked_array(chunks, type=pa.string())  # no copy: the chunks are the storage
 
         def cat_np(chunks: list[np.ndarray], dtype: Any) -> np.ndarray:
             return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
 
-        filenames = cat_str(sd["filename"])
-        sd_tokens = cat_str(sd["token"])
-        sample_tokens = cat_str(sd["sample_token"])
-        cs_tokens = cat_str(sd["cs"])
-        timestamps = cat_np(sd["timestamp"], np.int64)
-        key_frames = cat_np(sd["key"], bool)
-        self._sd = {}  # free the chunk lists
+        self._sd = {}
+        # pop each column's chunks as it is joined: at most one numeric column exists twice
+        filenames = cat_str(sd.pop("filename"))
+        sd_tokens = cat_str(sd.pop("token"))
+        sample_tokens = cat_str(sd.pop("sample_token"))
+        cs_tokens = cat_str(sd.pop("cs"))
+        timestamps = cat_np(sd.pop("timestamp"), np.int64)
+        key_frames = cat_np(sd.pop("key"), bool)
+        keys = cat_np(sd.pop("hash"), np.int64)
 
+        # Joins as vectorised lookups (pyarrow index_in + numpy take): no per-row Python objects.
         sensors = {r["token"]: r.get("channel") for r in self._small["sensor"]}
-        cs_channel = {r["token"]: sensors.get(r.get("sensor_token")) for r in self._small["calibrated_sensor"]}
-        channels: list[str | None] = sorted({c for c in cs_channel.values() if c}) + [None]
+        cs_rows = self._small["calibrated_sensor"]
+        cs_channel = [sensors.get(r.get("sensor_token")) for r in cs_rows]
+        channels: list[str | None] = sorted({c for c in cs_channel if c}) + [None]
         ch_code = {c: i for i, c in enumerate(channels)}
-        none_code = len(channels) - 1
-        channel_codes = np.fromiter((ch_code.get(cs_channel.get(t), none_code) for t in cs_tokens.to_pylist()),
-                                    dtype=np.int16, count=len(cs_tokens))
+        cs_codes = np.array([ch_code[c] for c in cs_channel] + [len(channels) - 1], dtype=np.int16)
+        channel_codes = cs_codes[_index_in(cs_tokens, [r["token"] for r in cs_rows])]
         del cs_tokens
 
         logs = {r["token"]: r for r in self._small["log"]}
@@ -447,16 +473,24 @@ class TablesBuilder:
             scenes.append(_Scene(token=r["token"], name=r.get("name"), description=r.get("description"),
                                  location=lg.get("location"), logfile=lg.get("logfile"),
                                  date_captured=lg.get("date_captured")))
-        sample_scene = {r["token"]: scene_code.get(r.get("scene_token"), -1) for r in self._small["sample"]}
-        scene_codes = np.fromiter((sample_scene.get(t, -1) for t in sample_tokens.to_pylist()),
-                                  dtype=np.int32, count=len(sample_tokens))
+        samples = self._small["sample"]
+        sample_codes = np.array([scene_code.get(r.get("scene_token"), -1) for r in samples] + [-1], dtype=np.int32)
+        scene_codes = sample_codes[_index_in(sample_tokens, [r["token"] for r in samples])]
         self._small = {}
         tables = NuScenesTables(self.version, filenames, sd_tokens, sample_tokens, timestamps, key_frames,
-                                channel_codes, channels, scene_codes, scenes)
+                                channel_codes, channels, scene_codes, scenes, keys=keys)
         self.seconds += time.perf_counter() - t0
         log.info("nuScenes %s: %d image rows kept of %d sample_data rows (%.1fs, %.0f MB)", self.version,
                  len(tables), self.sample_data_rows_read, self.seconds, tables.nbytes() / 1e6)
         return tables
+
+
+def _index_in(values: pa.ChunkedArray, tokens: list[str]) -> np.ndarray:
+    """Position of each value in ``tokens``; ``len(tokens)`` (a sentinel slot) where it is absent."""
+    import pyarrow.compute as pc
+
+    idx = pc.index_in(values, value_set=pa.array(tokens, pa.string()))
+    return idx.fill_null(len(tokens)).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- loading from files

@@ -43,6 +43,7 @@ from .archives import ArchiveError, ArchiveReader, is_archive_name, retry
 from .config import CAMERA_CHANNELS, ConfigError, SourceConfig
 from .nuscenes import (
     IMAGE_EXTENSIONS,
+    LAYOUT_DIRS,
     META_FIELDS,
     MetaIndex,
     NuScenesTables,
@@ -52,7 +53,6 @@ from .nuscenes import (
     find_version_dirs,
     is_image_name,
     is_version_dir,
-    layout_of,
     load_tables_dir,
     table_of,
 )
@@ -121,16 +121,15 @@ class Selection:
         (a plain folder of pictures) is wanted. LIDAR/RADAR files are not images by extension and
         their channels are not cameras, so they are never wanted.
         """
-        if not is_image_name(rel):
+        parts = rel.split("/")  # hot path: called for every sample_data row (2.6M for trainval)
+        name = parts[-1]
+        dot = name.rfind(".")
+        if dot < 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
             return False
-        first = rel.split("/", 1)[0]
-        if first == "maps" or is_version_dir(first):
-            return False
-        lay = layout_of(rel)
-        if lay is None:
-            return True
-        folder, channel = lay
-        return channel in self.channels and (folder == "samples" or not self.keyframes_only)
+        first = parts[0]
+        if len(parts) == 3 and first in LAYOUT_DIRS:
+            return parts[1] in self.channels and (first == "samples" or not self.keyframes_only)
+        return len(parts) == 1 or not (first == "maps" or is_version_dir(first))
 
 
 # --------------------------------------------------------------------------- shared state of one pass
@@ -628,6 +627,8 @@ class MultiSource:
         self.description = (names[0] if len(names) == 1 else f"{len(names)} sources ({', '.join(names)})")
         self._pass: _Pass | None = None
         self._meta_info: dict[str, Any] = {}
+        self._tables: list[NuScenesTables] | None = None
+        self._warnings: list[str] = []
 
     @property
     def total(self) -> int | None:
@@ -636,6 +637,14 @@ class MultiSource:
             return None
         n = sum(pt.total or 0 for pt in self.parts)
         return min(n, self.cfg.limit) if self.cfg.limit else n
+
+    def prepare(self) -> None:
+        """Load the tables known up front and check ``--scenes`` (before the runner writes anything)."""
+        p = _Pass(self.sel, frozenset(), None, self.scenes, MetaIndex(), self.nuscenes)
+        self._load_tables(p)
+        self._check_scenes(p)
+        self._tables = list(p.meta.tables)
+        self._warnings = list(p.warnings)
 
     def _load_tables(self, p: _Pass) -> None:
         t0 = time.perf_counter()
@@ -679,10 +688,11 @@ class MultiSource:
                               "a dataroot or a meta .tgz) or a source that carries them")
 
     def records(self, skip: AbstractSet[str] = frozenset()) -> Iterator[ImageRecord]:
-        p = _Pass(self.sel, skip, self.cfg.limit, self.scenes, MetaIndex(), self.nuscenes)
+        if self._tables is None:
+            self.prepare()
+        p = _Pass(self.sel, skip, self.cfg.limit, self.scenes, MetaIndex(self._tables or []), self.nuscenes)
+        p.warnings.extend(self._warnings)
         self._pass = p
-        self._load_tables(p)
-        self._check_scenes(p)
         if self.nuscenes and not p.meta and not any(pt.may_carry_tables for pt in self.parts):
             p.warn("no nuScenes tables found; metadata columns stay empty (pass --nuscenes-meta)")
         sequential = self.cfg.limit is not None or len(self.parts) == 1
@@ -807,7 +817,12 @@ def _expand(uri: str, anon: bool | None) -> list[str]:
 
 
 def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
-    """Build the source that ``cfg.sources`` names (validates every input; local paths touch no network)."""
+    """Build the source that ``cfg.sources`` names.
+
+    Validates every input and loads the nuScenes tables known up front (``--nuscenes-meta``, a
+    dataroot's ``v1.0-*``, ``*_meta.tgz`` sources), so bad input fails here with a ConfigError,
+    before the runner writes anything. Local paths touch no network.
+    """
     if not cfg.sources:
         raise ConfigError(f"no --source given; valid: {VALID_KINDS}")
     bad = [c for c in cfg.channels if c not in CAMERA_CHANNELS]
@@ -845,4 +860,6 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
                                   "or a meta .tgz (local or s3://)")
         elif fsspec.utils.get_protocol(m) not in ("s3", "s3a"):
             raise ConfigError(f"--nuscenes-meta {m!r}: unsupported scheme; valid: a local path or s3://")
-    return MultiSource(parts, meta_archives, cfg, sel)
+    source = MultiSource(parts, meta_archives, cfg, sel)
+    source.prepare()
+    return source

@@ -94,6 +94,10 @@ def test_array_slices_are_valid_json():
     slices = list(ns.iter_array_slices(read, 64))
     assert len(slices) > 5
     assert [r for s in slices for r in json.loads(s)] == rows
+    odd = b"[\n" + b"\n ,".join(json.dumps(r).encode() for r in rows) + b"\n]\n"  # "}<ws>," boundaries
+    pos = 0
+    data = odd
+    assert [r for s in ns.iter_array_slices(read, 50) for r in json.loads(s)] == rows
     chunks = iter([b" [ ] ", b""])
     assert list(ns.iter_array_slices(lambda n: next(chunks))) == []
 

@@ -248,7 +248,7 @@ def test_scatter_map_small_and_shaded(tmp_path: Path, n: int) -> None:
     import pandas as pd
 
     rng = np.random.default_rng(0)
-    scenes = rng.integers(0, 40, n)
+    scenes = np.arange(n) % 40
     df = pd.DataFrame({"x": rng.normal(size=n) + scenes % 5, "y": rng.normal(size=n) + scenes // 8,
                        "scene_name": [f"scene-{s:04d}" for s in scenes]})
     fig = viz.scatter_map(df, "scene_name", top=8)
@@ -267,3 +267,19 @@ def test_shade_mixes_class_colours() -> None:
     np.testing.assert_allclose(img[1, 0, :3], [0.5, 0, 0.5])  # bottom-left pixel: one red, one blue point
     np.testing.assert_allclose(img[0, 1, :3], [0, 0, 1])
     assert img[1, 0, 3] == pytest.approx(1.0) and 0 < img[0, 1, 3] < 1 and img[0, 0, 3] == 0
+
+
+def test_index_search_is_used_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = str(tmp_path / "run")
+    paths = make_run(run_dir, n=10)
+    run = viz.open_run(run_dir)
+
+    class FakeSearcher:
+        def by_vector(self, q, k):
+            return [{"id": path_id(paths[3]), "score": 0.9, "rank": 1}, {"id": path_id(paths[1]), "score": 0.5, "rank": 2}]
+
+    monkeypatch.setattr(viz, "_searcher", lambda r: FakeSearcher())
+    rows, scores, how = viz.neighbours(run, run.vectors[0], 2, use_index=True)
+    assert how == "faiss index" and rows.tolist() == [3, 1] and scores.tolist() == pytest.approx([0.9, 0.5])
+    rows, _, how = viz.neighbours(run, run.vectors[0], 2)
+    assert how == "exact cosine" and rows[0] == 0

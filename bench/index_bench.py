@@ -1,0 +1,228 @@
+"""Faiss index benchmark: flat, ivfpq, hnsw and auto on clustered synthetic CLIP-like vectors.
+
+    python bench/index_bench.py                      # 200k and 1.4M x 768 (~20-30 min on 2 cores)
+    python bench/index_bench.py --sizes 20000 --json out.json
+
+For each size: build time, peak extra memory (RSS) while building, size on disk, recall@1/@10 against
+exact search on held-out queries (own id removed), and queries/s in batch and one at a time, with
+ratios against flat. Indexes are built by ``job.index.build_from_arrays``, the code ``job index`` runs.
+
+The generator (``clustered``) imitates CLIP image embeddings of driving video: unit vectors in a cone
+around a shared direction (random pairs have cosine ~0.45, as CLIP image embeddings do), grouped in
+n/300 clusters (scenes x cameras) of log-normal sizes; inside a cluster points move along a random
+16-dimensional subspace (consecutive frames) plus a little isotropic noise, so nearest neighbours have
+cosine ~0.89 and the 10th ~0.86.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from job.config import IndexConfig  # noqa: E402
+from job.index import (  # noqa: E402
+    EvalSet,
+    IndexOverrides,
+    build_from_arrays,
+    evaluate,
+    held_out,
+    load_index,
+    plan_index,
+)
+
+log = logging.getLogger("bench")
+
+
+def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536) -> np.ndarray:
+    """n CLIP-like unit vectors: 0.7·shared + 0.6·cluster centre + 0.45·16-d within-cluster walk + 0.25·noise."""
+    rng = np.random.default_rng(seed)
+    ncl = max(1, n // 300)
+    rank = 16
+    mu = rng.standard_normal(d).astype(np.float32)
+    mu /= np.linalg.norm(mu)
+    centres = rng.standard_normal((ncl, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    sizes = rng.lognormal(0.0, 1.0, ncl)
+    labels = rng.choice(ncl, size=n, p=sizes / sizes.sum())
+    basis_seed = int(rng.integers(1 << 31))
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        lab = labels[s:e]
+        z = rng.standard_normal((e - s, rank)).astype(np.float32)
+        walk = np.empty((e - s, d), np.float32)
+        for k in np.unique(lab):
+            rows = np.nonzero(lab == k)[0]
+            basis = np.random.default_rng(basis_seed + int(k)).standard_normal((rank, d)).astype(np.float32)
+            walk[rows] = z[rows] @ (basis / np.sqrt(d))
+        x = 0.7 * mu + 0.6 * centres[lab] + 0.45 / np.sqrt(rank) * walk
+        x += 0.25 / np.sqrt(d) * rng.standard_normal((e - s, d)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:e] = x
+    return out
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.end = self._proc.memory_info().rss
+        self.peak = max(self.peak, self.end)
+
+
+def one_at_a_time_qps(index: Any, xq: np.ndarray, seconds: float = 2.0) -> float:
+    """Queries/s sending one query per call (latency-bound use, e.g. the CLI)."""
+    t0 = time.perf_counter()
+    done = 0
+    while time.perf_counter() - t0 < seconds and done < len(xq) * 4:
+        index.search(xq[done % len(xq)][None], 10)
+        done += 1
+    return done / (time.perf_counter() - t0)
+
+
+def bench_size(n: int, d: int, types: list[str], queries: int, workdir: str, max_memory: str | None) -> list[dict]:
+    t0 = time.perf_counter()
+    x = clustered(n, d)
+    ids = np.arange(n, dtype=np.int64) * 7919 + 12345  # not 0..n-1, like the embeddings' path hashes
+    log.info("n=%d: generated in %.1f s", n, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    evaluation = held_out(x, ids, queries)
+    log.info("n=%d: exact neighbours of %d held-out queries in %.1f s", n, queries, time.perf_counter() - t0)
+    ev = evaluation[2]
+    test = EvalSet(ev.xq[len(ev.xq) // 2:], ev.qids[len(ev.qids) // 2:], ev.truth[len(ev.truth) // 2:])
+    rows: list[dict] = []
+    built: dict[str, dict] = {}
+    for kind in types:
+        icfg = IndexConfig(kind, max_memory=max_memory if kind == "auto" else None)
+        plan = plan_index(n, d, icfg, IndexOverrides(queries=queries))
+        key = plan.factory
+        if kind == "auto" and key in built:
+            row = {**built[key], "type": "auto", "reason": plan.reason, "reused": built[key]["type"]}
+            log.info("n=%d auto: %s (same index as %s; not rebuilt)", n, plan.reason, built[key]["type"])
+            rows.append(row)
+            continue
+        path = os.path.join(workdir, f"{kind}-{n}.faiss")
+        gc.collect()
+        with PeakRSS() as mem:
+            meta = build_from_arrays(x, ids, path, icfg, IndexOverrides(queries=queries), progress=False,
+                                     evaluation=evaluation)
+        index_mem = mem.end - mem.start
+        index = load_index(path)
+        from job.index import parse_params, set_search_params
+
+        set_search_params(index, parse_params(meta["search_params"]))
+        batch = evaluate(index, test, min_seconds=3.0)
+        single = one_at_a_time_qps(index, test.xq)
+        row = {
+            "n": n, "d": d, "type": kind, "factory": meta["factory"], "search_params": meta["search_params"],
+            "reason": meta["reason"], "build_s": meta["build_seconds"], "timings": meta["timings"],
+            "peak_extra_rss_bytes": int(mem.peak - mem.start), "index_rss_bytes": int(index_mem),
+            "disk_bytes": meta["bytes"], "recall@1": round(batch["recall@1"], 4),
+            "recall@10": round(batch["recall@10"], 4), "qps_batch": round(batch["qps"], 1),
+            "qps_single": round(single, 1), "target_met": meta["target_met"],
+        }
+        rows.append(row)
+        built[key] = row
+        log.info("n=%d %s: %s", n, kind, json.dumps({k: v for k, v in row.items() if k not in ("reason",)}))
+        del index
+        os.remove(path)
+        gc.collect()
+    flat = next((r for r in rows if r["type"] == "flat"), None)
+    for r in rows:
+        if flat:
+            r["qps_vs_flat"] = round(r["qps_batch"] / flat["qps_batch"], 2)
+            r["qps_single_vs_flat"] = round(r["qps_single"] / flat["qps_single"], 2)
+            r["build_vs_flat"] = round(r["build_s"] / max(flat["build_s"], 1e-9), 2)
+            r["disk_vs_flat"] = round(r["disk_bytes"] / flat["disk_bytes"], 3)
+    del x
+    gc.collect()
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    import faiss
+    import psutil
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| n | type | index (search params) | build s | peak extra RAM | disk | recall@1 | recall@10 | "
+            "queries/s batch (x flat) | queries/s one by one (x flat) |")
+    out = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        label = r["factory"] + (f" ({r['search_params']})" if r["search_params"] else "")
+        out.append(f"| {r['n']:,} | {r['type']} | {label} | {r['build_s']:.1f} | "
+                   f"{r['peak_extra_rss_bytes'] / 2**30:.2f} GiB | {r['disk_bytes'] / 2**30:.2f} GiB | "
+                   f"{r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['qps_batch']:,.0f} ({r.get('qps_vs_flat', 1):.1f}x) | "
+                   f"{r['qps_single']:,.0f} ({r.get('qps_single_vs_flat', 1):.1f}x) |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="200000,1400000", help="comma-separated vector counts")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--types", default="flat,hnsw,ivfpq,auto")
+    p.add_argument("--queries", type=int, default=1000, help="held-out queries (half tune, half measure)")
+    p.add_argument("--max-memory", default=None, help="budget for auto (default: half the available memory)")
+    p.add_argument("--workdir", default=None, help="where index files are written (default: a temp dir)")
+    p.add_argument("--json", default=None, help="write all results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    info = machine()
+    log.info("machine: %s", info)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        for n in (int(s) for s in args.sizes.split(",")):
+            rows += bench_size(n, args.dim, args.types.split(","), args.queries, work, args.max_memory)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    print(markdown(rows))
+    for r in rows:
+        if r["type"] == "auto":
+            print(f"auto at n={r['n']:,}: {r['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
