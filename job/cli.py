@@ -115,7 +115,8 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
                         "crop: open_clip's centre crop (drops ~44%% of a 1600x900 frame's width); squash: stretch")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per model batch (default 64)")
     g.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="decode processes (default: one per CPU core; 0 decodes in the main process)")
+                   help="decode processes (default: one per core with a GPU, a quarter of the cores on CPU; "
+                        "0 decodes in the main process)")
     g.add_argument("--decode", dest="decoder", type=_choice("decoder", DECODERS), default="auto",
                    help="where JPEGs are decoded: auto, cpu (worker processes), gpu (nvJPEG)")
 

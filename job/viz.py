@@ -162,7 +162,9 @@ def weather_labels(descriptions: Iterable[str | None]) -> list[str]:
 # --------------------------------------------------------------------------------------------- projection
 
 
-def projection(run: Run, *, max_points: int = 50_000, seed: int = 0, n_epochs: int | None = None) -> tuple[pd.DataFrame, str]:
+def projection(
+    run: Run, *, max_points: int = 50_000, seed: int = 0, n_epochs: int | None = None
+) -> tuple[pd.DataFrame, str]:
     """The run's 2-D map joined with its metadata, and a sentence saying where it came from.
 
     Uses ``umap2d.parquet`` when the run has it; otherwise computes UMAP here, on a random sample of
@@ -359,7 +361,9 @@ def _searcher(run: Run) -> Any | None:
     return s
 
 
-def exact_neighbours(vectors: np.ndarray, query: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+def exact_neighbours(
+    vectors: np.ndarray, query: np.ndarray, k: int, chunk: int = 262_144
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows and cosine scores of the ``k`` nearest unit vectors to ``query`` (one vector), best first."""
     q = np.asarray(query, np.float32).reshape(-1)
     q = q / (np.linalg.norm(q) or 1.0)
@@ -432,7 +436,9 @@ def load_text_model(run: Run, device: str = "auto") -> Any:
     return lm
 
 
-def text_search(run: Run, lm: Any, texts: Sequence[str], k: int = 8, *, use_index: bool = False) -> dict[str, pd.DataFrame]:
+def text_search(
+    run: Run, lm: Any, texts: Sequence[str], k: int = 8, *, use_index: bool = False
+) -> dict[str, pd.DataFrame]:
     """Top-k images for each text query, scored by cosine with the CLIP text embedding."""
     from .model import encode_text
 
@@ -508,7 +514,9 @@ def _short(text: str, n: int = 26) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def gallery_figure(run: Run, hits: pd.DataFrame, title: str, *, query_first: bool = False, cols: int | None = None) -> Any:
+def gallery_figure(
+    run: Run, hits: pd.DataFrame, title: str, *, query_first: bool = False, cols: int | None = None
+) -> Any:
     """A grid of thumbnails with score, scene and channel under each; the query (if first) framed in red."""
     from matplotlib.figure import Figure
 

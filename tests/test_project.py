@@ -276,7 +276,8 @@ def test_index_search_is_used_when_asked(tmp_path: Path, monkeypatch: pytest.Mon
 
     class FakeSearcher:
         def by_vector(self, q, k):
-            return [{"id": path_id(paths[3]), "score": 0.9, "rank": 1}, {"id": path_id(paths[1]), "score": 0.5, "rank": 2}]
+            return [{"id": path_id(paths[3]), "score": 0.9, "rank": 1},
+                    {"id": path_id(paths[1]), "score": 0.5, "rank": 2}]
 
     monkeypatch.setattr(viz, "_searcher", lambda r: FakeSearcher())
     rows, scores, how = viz.neighbours(run, run.vectors[0], 2, use_index=True)
