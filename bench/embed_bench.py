@@ -11,7 +11,6 @@ Prints images/s for both and the ratio, plus the cosine agreement of the two pat
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os

@@ -50,24 +50,20 @@ def dataset_sources(dataset: str) -> tuple[tuple[str, ...], str | None]:
     return parts, f"{root}/v1.0-trainval_meta.tgz"
 
 
-# --- job pass-through (mirrors job/config.py; a test keeps them in step) ------------------------------------------
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_LEFT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
+# --- job pass-through: the job's own choices, so the stack validates exactly what the job accepts ---------------
+from job.cli import LOG_LEVELS  # noqa: E402, F401  (re-exported; job.cli and job.config import nothing heavy)
+from job.config import (  # noqa: E402, F401  (re-exported)
+    CAMERA_CHANNELS,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_RESIZE_MODE,
+    INDEX_TYPES,
+    POOLS,
+    RESIZE_MODES,
 )
-POOLS: tuple[str, ...] = ("mean", "cls")
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
-INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
-DEFAULT_MODEL = "ViT-L-14"
-DEFAULT_PRETRAINED = "openclip"
-DEFAULT_POOL = "mean"
-DEFAULT_RESIZE_MODE = "pad"
-DEFAULT_INDEX_TYPE = "auto"
-LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+DEFAULT_POOL = POOLS[0]
+DEFAULT_INDEX_TYPE = INDEX_TYPES[0]
 
 # --- storage and logs --------------------------------------------------------------------------------------------
 RUNS_PREFIX = "runs"

@@ -162,7 +162,7 @@ def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> No
                    type=_choice("index type", INDEX_TYPES), default="auto",
                    help=f"Faiss index: {', '.join(INDEX_TYPES)} (default auto)")
     g.add_argument("--factory", default=None, help="any Faiss index-factory string (overrides the type)")
-    g.add_argument("--max-memory", default=None, help="memory budget for auto, e.g. 4G (default: what the machine has)")
+    g.add_argument("--max-memory", default=None, help="memory budget for auto, e.g. 4G (default: half the memory available now)")
     g.add_argument("--target-recall", type=float, default=0.95,
                    help="tune nprobe/efSearch to reach this recall@10 (default 0.95)")
 

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from . import fsutil
@@ -220,21 +219,22 @@ def embed(cfg: JobConfig) -> dict[str, Any]:
             seen_now.add(r.path)
             yield r
 
-    total = getattr(source, "total", None)
-    bar = tqdm(total=total() if callable(total) else total, unit="img", disable=not cfg.progress, dynamic_ncols=True, desc="embed",
-               initial=state.rows + state.failures)
     t_loop = time.perf_counter()
     chunks = _chunks(fresh(source.records(skip=state.done_paths)), cfg.decode.batch_size)
     first = next(chunks, [])
-    decoder, rates = choose_decoder(cfg, lm, first, workers)
-    if cfg.project.thumbnails and decoder == "gpu":
-        log.info("thumbnails are made by the CPU decoder; using --decode cpu")
-        decoder = "cpu"
+    if cfg.project.thumbnails and cfg.decode.decoder != "cpu" and lm.device.type == "cuda":
+        log.info("thumbnails are made by the CPU decoder: decoding on the CPU")
+        decoder, rates = "cpu", {}
+    else:
+        decoder, rates = choose_decoder(cfg, lm, first, workers)
     stats.decoder, stats.decoder_rates = decoder, rates
     log.info("embedding %s with %s (%s, pool %s, %s, %s) on %s, %s decode%s, batch %d",
              source.description, lm.name, lm.weights.describe(), lm.pool, cfg.decode.resize_mode,
              str(lm.dtype).replace("torch.", ""), lm.device, decoder,
              f" ({workers} workers)" if decoder == "cpu" else "", cfg.decode.batch_size)
+    total = getattr(source, "total", None)
+    bar = tqdm(total=total() if callable(total) else total, initial=state.rows + state.failures, unit="img",
+               desc="embed", disable=not cfg.progress, dynamic_ncols=True)
     stage: Any
     if decoder == "gpu":
         stage = GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device)

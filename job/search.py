@@ -11,15 +11,24 @@ import datetime as dt
 import json
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from . import fsutil
 from .config import DEVICES, ConfigError, JobConfig, ModelConfig
-from .index import INDEX_FILE, RECALL_K, ids_digest, load_index, meta_url, parse_params, set_search_params
-from .store import RunLayout, embedding_matrix, embeddings_url, read_table
+from .index import (
+    INDEX_FILE,
+    RECALL_K,
+    ids_digest,
+    load_index,
+    meta_url,
+    parse_params,
+    set_search_params,
+)
+from .store import RunLayout, embedding_matrix, embeddings_url
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ class Searcher:
     # ------------------------------------------------------------------------------------- opening
     @classmethod
     def open(cls, run: str | None = None, *, index: str | None = None, embeddings: str | None = None,
-             device: str | None = None, search_params: str | None = None) -> "Searcher":
+             device: str | None = None, search_params: str | None = None) -> Searcher:
         """Open a run folder (local or ``s3://``), or an index file whose ``.json`` names its embeddings."""
         manifest = None
         if run:
@@ -79,9 +88,12 @@ class Searcher:
             man_url = fsutil.join(parent, "manifest.json")
             manifest = fsutil.read_json(man_url) if fsutil.exists(man_url) else None
         idx = load_index(index)
-        table = read_table(embeddings)
-        cols = [c for c in table.column_names if c != "embedding"]
-        table = table.select(cols)
+        from .index import open_dataset
+
+        dataset = open_dataset(embeddings)
+        table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "embedding"])
+        if "id" not in table.column_names:
+            raise ConfigError(f"{embeddings} has no id column; it is not an embeddings table")
         _check_match(idx, meta, table, index, embeddings)
         if search_params:
             set_search_params(idx, parse_params(search_params))
@@ -112,6 +124,7 @@ class Searcher:
 
     def by_id(self, id_: int, k: int = 10) -> list[dict[str, Any]]:
         """Top-k neighbours of an indexed image (the image itself comes first)."""
+        self._check_k(k)
         return self.by_vector(self.vector(id_), k)
 
     def by_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
@@ -120,6 +133,7 @@ class Searcher:
 
         if not text.strip():
             raise ConfigError("--text is empty")
+        self._check_k(k)
         lm = self.model()
         return self.by_vector(encode_text(lm, [text])[0], k)
 
@@ -128,6 +142,7 @@ class Searcher:
         from .decode import DecodeError, decode_image
         from .model import ImageEncoder
 
+        self._check_k(k)
         if isinstance(image, (bytes, bytearray)):
             data = bytes(image)
         else:
@@ -242,9 +257,9 @@ def format_hits(hits: Sequence[dict[str, Any]]) -> str:
     head = f"{'rank':>4}  {'score':>7}  {'scene':<12} {'channel':<16} {'location':<24} {'time (UTC)':<23}  {'id':<19}  path"
     lines = [head]
     for h in hits:
-        lines.append(f"{h['rank']:>4}  {h['score']:>7.4f}  {str(h.get('scene_name') or '-'):<12} "
-                     f"{str(h.get('channel') or '-'):<16} {str(h.get('location') or '-'):<24} "
-                     f"{str(h.get('time') or '-'):<23}  {h.get('id'):<19}  {h.get('path')}")
+        lines.append(f"{h['rank']:>4}  {h['score']:>7.4f}  {h.get('scene_name') or '-'!s:<12} "
+                     f"{h.get('channel') or '-'!s:<16} {h.get('location') or '-'!s:<24} "
+                     f"{h.get('time') or '-'!s:<23}  {h.get('id'):<19}  {h.get('path')}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,6 @@
 """CDK app: synthesize with default and non-default context; assert on resource properties, nag and config errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -196,22 +195,6 @@ def test_bad_context_fails_synth_with_one_line(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "instance_type='t3.micro'" in errors[0] and "g6e.xlarge" in errors[0]
     assert "Traceback" not in proc.stderr
-
-
-def test_choices_mirror_job_config():
-    path = REPO / "job" / "config.py"
-    if not path.exists():
-        pytest.skip("job/config.py not present")
-    spec = importlib.util.spec_from_file_location("_job_config_for_cdk_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.modules.pop(spec.name, None)
-    for name in ("CAMERA_CHANNELS", "POOLS", "RESIZE_MODES", "INDEX_TYPES"):
-        if hasattr(mod, name):
-            assert tuple(getattr(C, name)) == tuple(getattr(mod, name)), name
 
 
 @pytest.mark.parametrize("context", [{}, {k: v for k, v in CUSTOM.items() if k != "image"}])

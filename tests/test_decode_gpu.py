@@ -27,7 +27,6 @@ def test_same_geometry_as_cpu_path(mode: str) -> None:
 def test_bad_and_non_jpeg_inputs() -> None:
     import io
 
-    from PIL import Image
 
     from conftest import photo_like
 

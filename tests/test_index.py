@@ -164,7 +164,7 @@ def test_build_run_index_for_the_runner(run: RunLayout) -> None:
     meta = build_run_index(cfg, run)
     assert meta["type"] == "flat" and meta["recall@10"] == 1.0
     assert os.path.exists(os.path.join(run.index_dir, "index.faiss"))
-    assert json.load(open(os.path.join(run.index_dir, "index.json")))["n"] == N
+    assert json.loads(Path(run.index_dir, "index.json").read_text())["n"] == N
 
 
 @pytest.mark.s3
@@ -262,3 +262,9 @@ def test_seed_compatible_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert rc == 0
     assert out.exists() and (tmp_path / "indexes" / "nuscenes_vitl14.json").exists()
     assert "IDMap,Flat" in capsys.readouterr().out
+    # search finds the embeddings through the index's .json (no run folder, no manifest: ids only)
+    rc = main(["search", "--index", str(out), "--id", "42", "-k", "3", "--json", "--log-level", "ERROR"])
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert rc == 0 and hits[0]["id"] == 42 and hits[0]["path"] == "42.jpg"
+    rc = main(["search", "--index", str(out), "--text", "rain", "--log-level", "ERROR"])
+    assert rc == 2 and "no manifest.json" in capsys.readouterr().err

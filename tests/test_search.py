@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TEST_MODEL, jpeg_bytes
+
 from job import fsutil
 from job.cli import main
 from job.config import ConfigError
