@@ -121,7 +121,7 @@ def one_at_a_time_qps(index: Any, xq: np.ndarray, seconds: float = 2.0) -> float
 
 
 def bench_size(n: int, d: int, types: list[str], queries: int, workdir: str, max_memory: str | None,
-               rounds: int = 2) -> list[dict]:
+               rounds: int = 3) -> list[dict]:
     """Build every type (files kept), then measure all of them in interleaved rounds (best round counts)."""
     t0 = time.perf_counter()
     x = clustered(n, d)

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> None:
     """Our loggers at ``level``; libraries (open_clip logs through the root logger) at WARNING unless DEBUG."""
     numeric = getattr(logging, level)
-    logging.basicConfig(level=min(numeric, logging.WARNING) if numeric > logging.DEBUG else logging.DEBUG,
+    logging.basicConfig(level=logging.DEBUG if numeric <= logging.DEBUG else max(numeric, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
     logging.getLogger("job").setLevel(numeric)

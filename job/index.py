@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 AUTO_FLAT_MAX = 50_000  # up to here exact search is fast (~2k queries/s on 2 cores at d=768): no approximation
+AUTO_HNSW_MAX = 1_000_000  # beyond, IVF-PQ + SQ8 re-ranking beat HNSW32 in the benchmark (docs/benchmarks.md)
 MIN_POINTS_PER_LIST = 39  # faiss k-means wants >= 39 training points per centroid
 DEFAULT_TRAIN_MAX = 200_000  # IVF/PQ training sample cap (beyond 40 points per list)
 ADD_BATCH = 65_536
@@ -219,25 +220,31 @@ def _plan_auto(n: int, d: int, icfg: IndexConfig, ov: IndexOverrides) -> IndexPl
                          f"({_fmt_bytes(flat_b)} <= budget {budget_s})", flat_b)
     hp = _hnsw_params(ov)
     hnsw_b = estimate_bytes("hnsw", n, d, hp)
-    if hnsw_b <= budget:
+    if n <= AUTO_HNSW_MAX and hnsw_b <= budget:
         return IndexPlan("hnsw", f"IDMap,HNSW{hp['hnsw_m']},Flat", hp,
-                         f"auto: {n} vectors: HNSW{hp['hnsw_m']} over full vectors needs {_fmt_bytes(hnsw_b)} <= "
-                         f"budget {budget_s}; best speed at high recall, no training", hnsw_b)
-    tried = [f"HNSW{hp['hnsw_m']} {_fmt_bytes(hnsw_b)}"]
-    # Compressed: IVF-PQ, re-ranked on SQ8 codes if that fits, else the largest PQ that fits.
+                         f"auto: {n} vectors <= {AUTO_HNSW_MAX}: HNSW{hp['hnsw_m']} over full vectors needs "
+                         f"{_fmt_bytes(hnsw_b)} <= budget {budget_s}; fastest at high recall, no training", hnsw_b)
+    if n > AUTO_HNSW_MAX:
+        why_not = (f"{n} vectors > {AUTO_HNSW_MAX}: HNSW{hp['hnsw_m']} would need {_fmt_bytes(hnsw_b)}, minutes of "
+                   "build per million vectors on few cores and a deep search (efSearch 512) on clustered data")
+    else:
+        why_not = f"HNSW{hp['hnsw_m']} needs {_fmt_bytes(hnsw_b)} > budget {budget_s}"
+    tried: list[str] = []
+    # Compressed: IVF-PQ re-ranked on SQ8 codes if that fits, else PQ codes alone, as large as fit.
     for refine in ("SQ8", "none"):
         p, train = _ivfpq_params(n, d, ov, refine=refine)
-        candidates = [p["pq_m"]] if ov.pq_m else [m for m in (d // 4, d // 8, d // 16, d // 32, d // 64, 8, 4)
-                                                  if m >= 1 and d % m == 0]
+        sizes = (d // 8, d // 16, d // 32, d // 64, 8, 4) if refine != "none" else (d // 4, d // 8, d // 16, d // 32,
+                                                                                   d // 64, 8, 4)
+        candidates = [p["pq_m"]] if ov.pq_m else [m for m in sizes if m >= 1 and d % m == 0]
         for m in dict.fromkeys(candidates):
             q = {**p, "pq_m": m}
             b = estimate_bytes("ivfpq", n, d, q)
             if b <= budget:
-                why = ("PQ codes for the candidate list, re-ranked on 8-bit scalar codes" if refine != "none" else
+                how = ("PQ codes find candidates, 8-bit scalar codes re-rank them" if refine != "none" else
                        "PQ codes only, no re-ranking (recall is limited by the PQ size; give more memory for more)")
                 return IndexPlan("ivfpq", _ivfpq_factory(q), q,
-                                 f"auto: {n} vectors: too big for {', '.join(tried)} within budget {budget_s}; "
-                                 f"IVF{q['nlist']} with {why}: {_fmt_bytes(b)}", b, train)
+                                 f"auto: {why_not}; {_ivfpq_factory(q)}: {how}, {_fmt_bytes(b)} <= budget {budget_s}",
+                                 b, train)
             tried.append(f"{_ivfpq_factory(q)} {_fmt_bytes(b)}")
     raise ConfigError(f"no index fits in --max-memory {_fmt_bytes(budget)} for {n}x{d} vectors "
                       f"(smallest tried: {tried[-1]}); raise --max-memory")

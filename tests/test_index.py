@@ -88,11 +88,14 @@ def test_derived_parameters() -> None:
 def test_auto_reasons_like_autofaiss() -> None:
     small = plan_index(2424, 768, IndexConfig("auto"))
     assert small.kind == "flat" and "exact" in small.reason
+    mid = plan_index(200_000, 768, IndexConfig("auto", max_memory="16G"))
+    assert mid.kind == "hnsw" and mid.factory == "IDMap,HNSW32,Flat" and "budget" in mid.reason
+    no_room = plan_index(200_000, 768, IndexConfig("auto", max_memory="400M"))
+    assert no_room.factory == "IDMap,IVF2048,PQ96x8,Refine(SQ8)" and "> budget" in no_room.reason
     big = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="16G"))
-    assert big.kind == "hnsw" and big.factory == "IDMap,HNSW32,Flat" and "budget" in big.reason
-    tight = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="2G"))
-    assert tight.kind == "ivfpq" and tight.factory == "IDMap,IVF4096,PQ192x8,Refine(SQ8)"
-    assert tight.estimated_bytes <= 2 * 2**30 and "too big" in tight.reason
+    assert big.kind == "ivfpq" and big.factory == "IDMap,IVF4096,PQ96x8,Refine(SQ8)" and "> 1000000" in big.reason
+    tight = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="1.1G"))
+    assert tight.factory == "IDMap,IVF4096,PQ48x8,Refine(SQ8)" and tight.estimated_bytes <= 1.1 * 2**30
     tighter = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="300M"))
     assert tighter.factory == "IVF4096,PQ192x8" and tighter.params["refine"] == "none"
     with pytest.raises(ConfigError, match="raise --max-memory"):
