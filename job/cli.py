@@ -58,24 +58,25 @@ def _choice(name: str, choices: Sequence[str], *, upper: bool = False) -> Callab
     return parse
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
-    return n
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``, with a one-line message otherwise."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} must be a positive integer" if minimum == 1 else f"{value!r} must be {minimum} or more")
+        return n
+
+    parse.__name__ = "integer"
+    return parse
 
 
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
-    return n
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -115,8 +116,8 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
                         "crop: open_clip's centre crop (drops ~44%% of a 1600x900 frame's width); squash: stretch")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per model batch (default 64)")
     g.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="decode processes (default: one per core with a GPU, a quarter of the cores on CPU; "
-                        "0 decodes in the main process)")
+                   help="decode processes (default: one per core with a GPU; 0, i.e. inline, when the CPU runs "
+                        "the model)")
     g.add_argument("--decode", dest="decoder", type=_choice("decoder", DECODERS), default="auto",
                    help="where JPEGs are decoded: auto, cpu (worker processes), gpu (nvJPEG)")
 

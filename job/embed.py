@@ -26,22 +26,18 @@ log = logging.getLogger(__name__)
 
 
 def default_workers(device_type: str = "cuda") -> int:
-    """Decode processes: every usable core when a GPU runs the model, a quarter of them when the CPU does.
+    """Decode processes: every usable core when a GPU runs the model; none (decode inline) on the CPU.
 
-    On the CPU the model costs ~10-50x more per image than the reduced-scale decode, so the cores
-    are better left to torch's own threads.
+    On the CPU the model costs 10-30x more per image than the reduced-scale decode, and a decode
+    process competing with torch's threads for the same cores costs more than it saves (measured:
+    docs/benchmarks.md), so decoding runs between batches in the main process.
     """
+    if device_type != "cuda":
+        return 0
     try:
-        cores = max(1, len(os.sched_getaffinity(0)))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        cores = max(1, os.cpu_count() or 1)
-    return cores if device_type == "cuda" else max(1, cores // 4)
-
-
-@dataclass
-class _Chunk:
-    records: list[ImageRecord]
-    result: DecodeResult | cf.Future | None
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

@@ -263,23 +263,9 @@ def _handle(cfg: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{value!r} must be positive")
-        return v
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """``job project --run OUTDIR``."""
-    from .cli import add_common_options
+    from .cli import _positive_int, add_common_options
 
     p = subparsers.add_parser(
         "project",
@@ -290,12 +276,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", required=True, metavar="OUTDIR",
                    help="run folder (local or s3://) holding embeddings.parquet")
-    p.add_argument("--fit-sample", type=_positive(int), default=100_000,
+    p.add_argument("--fit-sample", type=_positive_int, default=100_000,
                    help="fit UMAP on at most this many points, transform the rest (default 100000)")
-    p.add_argument("--n-neighbors", type=_positive(int), default=N_NEIGHBORS,
+    p.add_argument("--n-neighbors", type=_positive_int, default=N_NEIGHBORS,
                    help=f"UMAP neighbourhood size (default {N_NEIGHBORS})")
     p.add_argument("--min-dist", type=float, default=MIN_DIST, help=f"UMAP min_dist (default {MIN_DIST})")
-    p.add_argument("--n-epochs", type=_positive(int), default=None,
+    p.add_argument("--n-epochs", type=_positive_int, default=None,
                    help="UMAP optimisation epochs (default: umap-learn's, 200 above 10k points)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (cuML on a GPU if installed), umap-learn, cuml")
