@@ -118,7 +118,8 @@ class DecodeResult:
     failed: list[tuple[int, str]]
 
 
-def _read(data: bytes | None, url: str | None) -> bytes:
+def read_bytes(data: bytes | None, url: str | None) -> bytes:
+    """``data`` itself, or the contents of the local path or fsspec URL ``url``."""
     if data is not None:
         return data
     assert url is not None
@@ -136,7 +137,7 @@ def decode_batch(task: DecodeTask) -> DecodeResult:
     arrays, ok, sizes, thumbs, failed = [], [], [], [], []
     for pos, data, url in task.items:
         try:
-            raw = _read(data, url)
+            raw = read_bytes(data, url)
             arr, wh, thumb = decode_image(raw, task.size, task.resize_mode, task.interpolation, task.thumbnails)
         except DecodeError as exc:
             failed.append((pos, str(exc)))

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from . import fsutil
 from .config import ConfigError, JobConfig
-from .decode import DecodeResult, DecodeTask, decode_batch
+from .decode import DecodeResult, DecodeTask, decode_batch, read_bytes
 from .sources import ImageRecord, Source, open_source
 from .store import RunLayout, ShardWriter, embedding_matrix, embedding_schema, prepare_run, write_npy
 
@@ -97,11 +97,9 @@ class DecodePool:
 
 
 def _read_bytes(r: ImageRecord) -> bytes | None:
-    if r.data is not None:
-        return r.data
+    """The record's bytes, or None when the file cannot be read (the decoder then reports it)."""
     try:
-        with open(r.url, "rb") as f:  # type: ignore[arg-type]
-            return f.read()
+        return read_bytes(r.data, r.url)
     except OSError:
         return None
 

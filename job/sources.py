@@ -134,7 +134,7 @@ class Selection:
 
 # --------------------------------------------------------------------------- shared state of one pass
 
-_ADMIT, _DROP, _UNKNOWN, _STOP = "admit", "drop", "unknown", "stop"
+_ADMIT, _DROP, _UNKNOWN, _STOP, _SKIP = "admit", "drop", "unknown", "stop", "skip"
 
 
 class _Pass:
@@ -197,6 +197,14 @@ class _Pass:
                 return _STOP
             self.counted += 1
         return _ADMIT
+
+    def take(self, rel: str) -> str:
+        """``admit`` plus resume: _SKIP (counted) for an admitted image a resumed run already committed."""
+        d = self.admit(rel)
+        if d == _ADMIT and rel in self.skip:
+            self.count("skipped_done")
+            return _SKIP
+        return d
 
     def meta_for(self, rel: str) -> dict[str, Any] | None:
         if not self.nuscenes:
@@ -299,15 +307,11 @@ class LocalDir(_Part):
         for rel, full in self.paths:  # type: ignore[misc]
             if p.stop.is_set():
                 return
-            d = p.admit(rel)
+            d = p.take(rel)
             if d == _STOP:
                 return
-            if d == _DROP:
-                continue
-            if rel in p.skip:
-                p.count("skipped_done")
-                continue
-            yield p.record(rel, url=full)
+            if d == _ADMIT:
+                yield p.record(rel, url=full)
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "dataroot": self.dataroot, "listed": self.total}
@@ -362,15 +366,11 @@ class S3Prefix(_Part):
             for rel, key in self.paths:
                 if p.stop.is_set():
                     return
-                d = p.admit(rel)
+                d = p.take(rel)
                 if d == _STOP:
                     return
-                if d == _DROP:
-                    continue
-                if rel in p.skip:
-                    p.count("skipped_done")
-                    continue
-                yield rel, key
+                if d == _ADMIT:
+                    yield rel, key
 
         window: list[tuple[str, cf.Future]] = []
         with cf.ThreadPoolExecutor(S3_READERS, thread_name_prefix="s3get") as pool:
@@ -519,15 +519,11 @@ class Archive(_Part):
                         looking = False
                         yield from self._drain(spool, p)
                     continue
-                d = p.admit(rel)
+                d = p.take(rel)
                 if d == _STOP:
                     return
-                if d == _DROP:
-                    continue
-                if rel in p.skip:
-                    p.count("skipped_done")
-                    continue
-                yield p.record(rel, data=m.read())
+                if d == _ADMIT:
+                    yield p.record(rel, data=m.read())
         except ArchiveError as exc:
             members.close()
             self.counts["errors"] += 1

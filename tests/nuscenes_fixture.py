@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 from PIL import Image
+
+from conftest import jpeg_bytes
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 OTHER_SENSORS = (("LIDAR_TOP", "lidar", ".pcd.bin", "pcd"), ("RADAR_FRONT", "radar", ".pcd", "pcd"))
@@ -82,17 +83,8 @@ def _token(*parts: Any) -> str:
 
 
 def _jpeg(width: int, height: int, seed: int) -> bytes:
-    """A small smooth JPEG, different for every seed."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        fx, fy, ph = rng.uniform(0.5, 4), rng.uniform(0.5, 4), rng.uniform(0, 6.28)
-        img[..., c] = 127 + 90 * np.sin(xx / width * fx * 6.28 + ph) * np.cos(yy / height * fy * 6.28)
-    img += rng.normal(0, 4, img.shape)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    """A small photo-like JPEG, different for every seed (the test suite's one image generator)."""
+    return jpeg_bytes(width, height, seed=seed, quality=85)
 
 
 def _logfile(i: int, location: str) -> tuple[str, str, str]:
