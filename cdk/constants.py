@@ -51,13 +51,14 @@ def dataset_sources(dataset: str) -> tuple[tuple[str, ...], str | None]:
 
 
 # --- job pass-through: the job's own choices, so the stack validates exactly what the job accepts ---------------
-from job.cli import LOG_LEVELS  # noqa: E402, F401  (re-exported; job.cli and job.config import nothing heavy)
+
 from job.config import (  # noqa: E402, F401  (re-exported)
     CAMERA_CHANNELS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEFAULT_RESIZE_MODE,
     INDEX_TYPES,
+    LOG_LEVELS,
     POOLS,
     RESIZE_MODES,
 )

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from .errors import UsageError
+
 CAMERA_CHANNELS: tuple[str, ...] = (
     "CAM_FRONT",
     "CAM_FRONT_LEFT",
@@ -19,6 +21,10 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 DECODERS: tuple[str, ...] = ("auto", "cpu", "gpu")
 INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
+REFINE_CHOICES: tuple[str, ...] = ("SQ8", "SQfp16", "Flat", "none")
+EVAL_QUERIES = 1_000  # held-out queries: half tune the search parameters, half measure recall
+
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openclip"
@@ -26,15 +32,11 @@ DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
 
 
-class ConfigError(ValueError):
-    """Bad user input: the CLI prints the one-line message and exits with code 2."""
-
-
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a one-line ConfigError listing them."""
+    """Return ``value`` if it is one of ``choices``, else raise a one-line UsageError listing them."""
     choices = list(choices)
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+        raise UsageError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
     return value
 
 
@@ -90,6 +92,22 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class IndexOverrides:
+    """Parameters ``job index`` can set by hand; None means derived from n and d."""
+
+    nlist: int | None = None
+    pq_m: int | None = None
+    pq_bits: int | None = None
+    refine: str | None = None
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
+    train_size: int | None = None
+    search_params: str | None = None  # fixed search parameters instead of tuning, e.g. "efSearch=128"
+    queries: int = EVAL_QUERIES
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """Faiss index options (``job index`` and the index step of ``job run``)."""
 
@@ -98,6 +116,7 @@ class IndexConfig:
     max_memory: str | None = None
     target_recall: float = 0.95
     enabled: bool = True
+    overrides: IndexOverrides = field(default_factory=IndexOverrides)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Iterator
 import pyarrow.parquet as pq
 
 from . import fsutil
-from .config import ConfigError, JobConfig
+from .errors import UsageError
+from .config import JobConfig
 from .decode import DecodeResult, DecodeTask, decode_batch, read_bytes
 from .sources import ImageRecord, Source, open_source
 from .store import RunLayout, ShardWriter, embedding_matrix, embedding_schema, prepare_run, write_npy
@@ -189,11 +190,11 @@ def embed(cfg: JobConfig) -> dict[str, Any]:
     started = dt.datetime.now(dt.timezone.utc)
     layout = RunLayout(cfg.output.run_dir, cfg.output.embeddings_name)
     if not cfg.source.sources:
-        raise ConfigError("no input: give --image-dir DIR or --source URI (a folder, s3:// prefix or .tgz archives)")
+        raise UsageError("no input: give --image-dir DIR or --source URI (a folder, s3:// prefix or .tgz archives)")
     source: Source = open_source(cfg.source)  # validates inputs before anything is written
     lm = load_model(cfg.model)
     if cfg.decode.decoder == "gpu" and lm.device.type != "cuda":
-        raise ConfigError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
+        raise UsageError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
     identity = {**cfg.embedding_identity(), "weights_sha256": lm.weights_sha256, "image_size": lm.image_size}
     state = prepare_run(layout, identity, overwrite=cfg.output.overwrite)
     schema = embedding_schema(lm.embed_dim, source.meta_fields)
@@ -287,7 +288,7 @@ def _finish(cfg: JobConfig, layout: RunLayout, lm: Any, source: Source, stats: E
     embedded_total = _count_rows(layout.embeddings)
     failed_total = _count_rows(layout.failures)
     if embedded_total == 0:
-        raise ConfigError(f"no image could be embedded from {source.description} "
+        raise UsageError(f"no image could be embedded from {source.description} "
                           f"({failed_total} failed; see {layout.failures})")
     if cfg.output.npy:
         from .store import read_embeddings

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from . import fsutil
-from .config import ConfigError, IndexConfig, JobConfig
+from .errors import UsageError
+from .config import EVAL_QUERIES, REFINE_CHOICES, IndexConfig, IndexOverrides, JobConfig
 from .store import RunLayout, embeddings_url
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,9 @@ AUTO_HNSW_MAX = 1_000_000  # beyond, IVF-PQ + SQ8 re-ranking beat HNSW32 in the 
 MIN_POINTS_PER_LIST = 39  # faiss k-means wants >= 39 training points per centroid
 DEFAULT_TRAIN_MAX = 200_000  # IVF/PQ training sample cap (beyond 40 points per list)
 ADD_BATCH = 65_536
-EVAL_QUERIES = 1_000  # held-out queries: half tune the search parameters, half measure recall
 RECALL_K = 10
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
-REFINE_CHOICES = ("SQ8", "SQfp16", "Flat", "none")
 
 # Search-time parameters, each tried in increasing cost order.
 EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -93,11 +92,11 @@ def parse_memory(value: str | int | None) -> int | None:
         return value
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(value))
     if not m:
-        raise ConfigError(f"--max-memory {value!r} is not a size; use e.g. 512M, 4G, 1.5GB or a number of bytes")
+        raise UsageError(f"--max-memory {value!r} is not a size; use e.g. 512M, 4G, 1.5GB or a number of bytes")
     scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
     n = int(float(m.group(1)) * scale)
     if n <= 0:
-        raise ConfigError(f"--max-memory {value!r} must be more than 0 bytes")
+        raise UsageError(f"--max-memory {value!r} must be more than 0 bytes")
     return n
 
 
@@ -117,22 +116,6 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-@dataclass(frozen=True)
-class IndexOverrides:
-    """Parameters ``job index`` can set by hand; None means derived from n and d."""
-
-    nlist: int | None = None
-    pq_m: int | None = None
-    pq_bits: int | None = None
-    refine: str | None = None
-    hnsw_m: int | None = None
-    ef_construction: int | None = None
-    train_size: int | None = None
-    search_params: str | None = None  # fixed search parameters instead of tuning, e.g. "efSearch=128"
-    queries: int = EVAL_QUERIES
-    seed: int = 0
 
 
 @dataclass
@@ -173,11 +156,11 @@ def _ivfpq_factory(p: dict[str, Any]) -> str:
 def _ivfpq_params(n: int, d: int, ov: IndexOverrides, refine: str | None = None) -> tuple[dict[str, Any], int]:
     nlist = ov.nlist or default_nlist(n)
     if nlist > n:
-        raise ConfigError(f"--nlist {nlist} is more than the {n} vectors; use at most {n} (default {default_nlist(n)})")
+        raise UsageError(f"--nlist {nlist} is more than the {n} vectors; use at most {n} (default {default_nlist(n)})")
     pq_m = ov.pq_m or default_pq_m(d)
     if d % pq_m:
         divisors = [m for m in range(1, d + 1) if d % m == 0 and m <= d // 2]
-        raise ConfigError(f"--pq-m {pq_m} does not divide the dimension {d}; valid choices: "
+        raise UsageError(f"--pq-m {pq_m} does not divide the dimension {d}; valid choices: "
                           + ", ".join(map(str, divisors[-12:])))
     train = min(n, ov.train_size or default_train_size(n, nlist))
     bits = ov.pq_bits or default_pq_bits(train)
@@ -204,7 +187,7 @@ def plan_index(n: int, d: int, icfg: IndexConfig, ov: IndexOverrides = IndexOver
         p, train = _ivfpq_params(n, d, ov)
         return IndexPlan("ivfpq", _ivfpq_factory(p), p, "--type ivfpq", estimate_bytes("ivfpq", n, d, p), train)
     if kind != "auto":
-        raise ConfigError(f"unknown index type {kind!r}; valid choices: auto, flat, ivfpq, hnsw")
+        raise UsageError(f"unknown index type {kind!r}; valid choices: auto, flat, ivfpq, hnsw")
     return _plan_auto(n, d, icfg, ov)
 
 
@@ -246,7 +229,7 @@ def _plan_auto(n: int, d: int, icfg: IndexConfig, ov: IndexOverrides) -> IndexPl
                                  f"auto: {why_not}; {_ivfpq_factory(q)}: {how}, {_fmt_bytes(b)} <= budget {budget_s}",
                                  b, train)
             tried.append(f"{_ivfpq_factory(q)} {_fmt_bytes(b)}")
-    raise ConfigError(f"no index fits in --max-memory {_fmt_bytes(budget)} for {n}x{d} vectors "
+    raise UsageError(f"no index fits in --max-memory {_fmt_bytes(budget)} for {n}x{d} vectors "
                       f"(smallest tried: {tried[-1]}); raise --max-memory")
 
 
@@ -307,13 +290,13 @@ def parse_params(text: str | None) -> dict[str, int]:
         k, sep, v = part.partition("=")
         k = k.strip()
         if not sep or k not in ("nprobe", "efSearch", "k_factor"):
-            raise ConfigError(f"search parameter {part.strip()!r} not understood; use nprobe=N, efSearch=N, k_factor=N")
+            raise UsageError(f"search parameter {part.strip()!r} not understood; use nprobe=N, efSearch=N, k_factor=N")
         try:
             out[k] = int(v)
         except ValueError:
-            raise ConfigError(f"search parameter {part.strip()!r}: {v.strip()!r} is not an integer") from None
+            raise UsageError(f"search parameter {part.strip()!r}: {v.strip()!r} is not an integer") from None
         if out[k] <= 0:
-            raise ConfigError(f"search parameter {part.strip()!r} must be positive")
+            raise UsageError(f"search parameter {part.strip()!r} must be positive")
     return out
 
 
@@ -333,7 +316,7 @@ def set_search_params(index: Any, params: dict[str, int]) -> None:
             applied.add("k_factor")
     unused = set(params) - applied
     if unused:
-        raise ConfigError(f"search parameter(s) {', '.join(sorted(unused))} do not apply to this index "
+        raise UsageError(f"search parameter(s) {', '.join(sorted(unused))} do not apply to this index "
                           f"(it takes: {', '.join(k for k, _ in search_space(index)) or 'none'})")
 
 
@@ -461,9 +444,9 @@ def check_vectors(x: np.ndarray, ids: np.ndarray, *, expected_dim: int | None = 
     """Refuse empty input, NaN/inf or zero vectors, duplicate ids, a wrong dimension; normalise if needed."""
     n, d = x.shape
     if n == 0:
-        raise ConfigError(f"{where or 'the embeddings'} hold no vectors; embed some images first")
+        raise UsageError(f"{where or 'the embeddings'} hold no vectors; embed some images first")
     if expected_dim is not None and d != expected_dim:
-        raise ConfigError(f"{where or 'the embeddings'} have dimension {d}, but the run's model outputs "
+        raise UsageError(f"{where or 'the embeddings'} have dimension {d}, but the run's model outputs "
                           f"{expected_dim}-d vectors; these embeddings do not belong to this run")
     step = 65_536
     renorm = False
@@ -473,12 +456,12 @@ def check_vectors(x: np.ndarray, ids: np.ndarray, *, expected_dim: int | None = 
         if not finite.all():
             bad = s + int(np.argmin(finite))
             count = sum(int((~np.isfinite(x[t : t + step]).all(axis=1)).sum()) for t in range(0, n, step))
-            raise ConfigError(f"{where or 'the embeddings'}: {count} vector(s) contain NaN or inf "
+            raise UsageError(f"{where or 'the embeddings'}: {count} vector(s) contain NaN or inf "
                               f"(first: row {bad}, id {int(ids[bad])}); re-embed those images")
         norms = np.linalg.norm(blk, axis=1)
         if (norms < 1e-6).any():
             bad = s + int(np.argmin(norms))
-            raise ConfigError(f"{where or 'the embeddings'}: row {bad} (id {int(ids[bad])}) is a zero vector")
+            raise UsageError(f"{where or 'the embeddings'}: row {bad} (id {int(ids[bad])}) is a zero vector")
         renorm |= bool((np.abs(norms - 1.0) > 1e-3).any())
     if renorm:
         log.warning("%s: vectors are not unit length; normalising them so inner product is cosine", where or "embeddings")
@@ -487,7 +470,7 @@ def check_vectors(x: np.ndarray, ids: np.ndarray, *, expected_dim: int | None = 
     if len(uniq) != n:
         srt = np.sort(ids)
         dup = int(srt[np.nonzero(srt[1:] == srt[:-1])[0][0]])
-        raise ConfigError(f"{where or 'the embeddings'}: id {dup} appears more than once; ids must be unique")
+        raise UsageError(f"{where or 'the embeddings'}: id {dup} appears more than once; ids must be unique")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -526,7 +509,7 @@ def _create(plan: IndexPlan, d: int) -> Any:
         index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Faiss cannot build {plan.factory!r} for dimension {d}: {msg[:200]}") from None
+        raise UsageError(f"Faiss cannot build {plan.factory!r} for dimension {d}: {msg[:200]}") from None
     if not _supports_ids(index):
         index = faiss.IndexIDMap(index)
         plan.factory = f"IDMap,{plan.factory}"
@@ -625,13 +608,13 @@ def load_index(url: str, *, mmap: bool = False) -> Any:
     faiss = _faiss()
     fs, path = fsutil.url_to_fs(url)
     if not fs.exists(path):
-        raise ConfigError(f"index {url} does not exist; build it with: python -m job index")
+        raise UsageError(f"index {url} does not exist; build it with: python -m job index")
     try:
         if fsutil.is_local(fs):
             return faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0)
         return faiss.deserialize_index(np.frombuffer(fs.cat_file(path), dtype=np.uint8))
     except RuntimeError as exc:
-        raise ConfigError(f"{url} is not a readable Faiss index ({str(exc).strip().splitlines()[-1][:160]})") from None
+        raise UsageError(f"{url} is not a readable Faiss index ({str(exc).strip().splitlines()[-1][:160]})") from None
 
 
 def _expected_dim(emb_url: str) -> int | None:
@@ -653,11 +636,11 @@ def open_dataset(url: str) -> Any:
 
     fs, path = fsutil.url_to_fs(url)
     if not fs.exists(path):
-        raise ConfigError(f"{url} does not exist")
+        raise UsageError(f"{url} does not exist")
     try:
         return ds.dataset(path, filesystem=fs, format="parquet")
     except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-        raise ConfigError(f"{url} is not a parquet dataset ({str(exc).splitlines()[0][:160]})") from None
+        raise UsageError(f"{url} is not a parquet dataset ({str(exc).splitlines()[0][:160]})") from None
 
 
 def load_vectors(emb_url: str) -> tuple[np.ndarray, np.ndarray]:
@@ -668,14 +651,14 @@ def load_vectors(emb_url: str) -> tuple[np.ndarray, np.ndarray]:
     names = dataset.schema.names
     n = dataset.count_rows() if names else 0
     if n == 0:
-        raise ConfigError(f"{emb_url} holds no vectors; embed some images first")
+        raise UsageError(f"{emb_url} holds no vectors; embed some images first")
     missing = [c for c in ("id", "embedding") if c not in names]
     if missing:
-        raise ConfigError(f"{emb_url} has no {', '.join(missing)} column; it is not an embeddings table "
+        raise UsageError(f"{emb_url} has no {', '.join(missing)} column; it is not an embeddings table "
                           f"(columns: {', '.join(names)})")
     typ = dataset.schema.field("embedding").type
     if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
-        raise ConfigError(f"{emb_url}: column 'embedding' is {typ}, expected fixed_size_list<float>[d]")
+        raise UsageError(f"{emb_url}: column 'embedding' is {typ}, expected fixed_size_list<float>[d]")
     d = typ.list_size
     x = np.empty((n, d), np.float32)
     ids = np.empty(n, np.int64)
@@ -683,12 +666,12 @@ def load_vectors(emb_url: str) -> tuple[np.ndarray, np.ndarray]:
     for batch in dataset.to_batches(columns=["id", "embedding"]):
         m = batch.num_rows
         if pos + m > n:
-            raise ConfigError(f"{emb_url} changed while it was read; try again")
+            raise UsageError(f"{emb_url} changed while it was read; try again")
         ids[pos : pos + m] = batch.column(0).to_numpy(zero_copy_only=False)
         x[pos : pos + m] = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(m, d)
         pos += m
     if pos != n:
-        raise ConfigError(f"{emb_url} changed while it was read; try again")
+        raise UsageError(f"{emb_url} changed while it was read; try again")
     return check_vectors(x, ids, expected_dim=_expected_dim(emb_url), where=emb_url), ids
 
 
@@ -808,13 +791,13 @@ def build_run_index(cfg: JobConfig, layout: RunLayout) -> dict[str, Any]:
 
 def _index_command(cfg: JobConfig, args: argparse.Namespace) -> int:
     if args.refine is not None and args.refine not in REFINE_CHOICES:
-        raise ConfigError(f"unknown --refine {args.refine!r}; valid choices: {', '.join(REFINE_CHOICES)}")
+        raise UsageError(f"unknown --refine {args.refine!r}; valid choices: {', '.join(REFINE_CHOICES)}")
     if args.run:
         emb = args.embeddings or RunLayout(args.run.rstrip("/")).embeddings
         out = args.index_out or fsutil.join(RunLayout(args.run.rstrip("/")).index_dir, INDEX_FILE)
     else:
         if not args.embeddings:
-            raise ConfigError("give --embeddings PARQUET (with --index-out FILE) or --run OUTDIR")
+            raise UsageError("give --embeddings PARQUET (with --index-out FILE) or --run OUTDIR")
         emb = args.embeddings
         out = args.index_out or fsutil.join(embeddings_url(emb).rpartition("/")[0] or ".", "index", INDEX_FILE)
     ov = IndexOverrides(nlist=args.nlist, pq_m=args.pq_m, pq_bits=args.pq_bits, refine=args.refine,

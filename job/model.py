@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import ConfigError, ModelConfig
+from .errors import UsageError
+from .config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def resolve_model_name(name: str) -> str:
         if candidate in models:
             return candidate
     aliases = sorted(a for a in MODEL_ALIASES if "/" not in a)
-    raise ConfigError(
+    raise UsageError(
         f"unknown model {name!r}; valid choices: {', '.join(aliases + sorted(DEFAULT_TAGS))} or any of the "
         f"{len(models)} open_clip architectures (list them with: python -m job models)"
     )
@@ -94,18 +95,18 @@ def resolve_pretrained(model: str, pretrained: str) -> WeightsSpec:
         return WeightsSpec("url", p)
     if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
         if not os.path.isfile(p):
-            raise ConfigError(f"checkpoint file {p!r} does not exist")
+            raise UsageError(f"checkpoint file {p!r} does not exist")
         return WeightsSpec("file", p)
     if model.startswith("hf-hub:"):
-        raise ConfigError(f"--pretrained {p!r} cannot be combined with an hf-hub model; use --pretrained none or omit it")
+        raise UsageError(f"--pretrained {p!r} cannot be combined with an hf-hub model; use --pretrained none or omit it")
     tags = open_clip.list_pretrained_tags_by_model(model)
     tag = DEFAULT_TAGS.get(model) if p.lower() == "openclip" else p
     if p.lower() == "openclip" and tag is None:
         if not tags:
-            raise ConfigError(f"model {model!r} has no open_clip pretrained weights; use --pretrained none or a file")
+            raise UsageError(f"model {model!r} has no open_clip pretrained weights; use --pretrained none or a file")
         tag = tags[0]
     if tag not in tags:
-        raise ConfigError(
+        raise UsageError(
             f"unknown pretrained tag {p!r} for {model}; valid choices: openclip, none, a checkpoint file, "
             f"s3://…, hf-hub:…, or one of {', '.join(tags) or '(none known)'}"
         )
@@ -123,7 +124,7 @@ def _fetch_url(url: str, cache_dir: str | None) -> str:
     if not os.path.exists(local):
         fs, path = fsutil.url_to_fs(url)
         if not fs.exists(path):
-            raise ConfigError(f"checkpoint {url} does not exist")
+            raise UsageError(f"checkpoint {url} does not exist")
         log.info("downloading checkpoint %s", url)
         tmp = f"{local}.tmp-{os.getpid()}"
         fs.get(path, tmp)
@@ -147,7 +148,7 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available; valid choices here: auto, cpu")
+        raise UsageError("--device cuda asked for, but no CUDA device is available; valid choices here: auto, cpu")
     return torch.device(device)
 
 
@@ -159,7 +160,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("--precision fp16 is not supported on the CPU; valid choices there: auto, fp32, bf16")
+        raise UsageError("--precision fp16 is not supported on the CPU; valid choices there: auto, fp32, bf16")
     return dtype
 
 
@@ -217,11 +218,11 @@ def _create(name: str, weights: WeightsSpec, cfg: ModelConfig) -> torch.nn.Modul
         if weights.kind == "url":
             return open_clip.create_model(name, pretrained=_fetch_url(weights.value, cfg.cache_dir), **kwargs)
         return open_clip.create_model(name, pretrained=weights.value, **kwargs)
-    except ConfigError:
+    except UsageError:
         raise
     except Exception as exc:  # torch.load/safetensors/hub raise many types; all mean "these weights don't load"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"could not load weights {weights.describe()} for {name}: {first}") from exc
+        raise UsageError(f"could not load weights {weights.describe()} for {name}: {first}") from exc
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -245,7 +246,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model.eval().requires_grad_(False)
     visual = model.visual
     if not hasattr(visual, "pool_type") or getattr(visual, "attn_pool", None) is not None:
-        raise ConfigError(f"model {name} has no mean/cls pooling switch (attentional pooling); use a ViT CLIP model")
+        raise UsageError(f"model {name} has no mean/cls pooling switch (attentional pooling); use a ViT CLIP model")
     visual.pool_type = POOL_TYPES[cfg.pool]
     sha = weights_hash(model)
     pp = open_clip.get_model_preprocess_cfg(model)

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import fsutil
-from .config import ConfigError, JobConfig
+from .errors import UsageError
+from .config import JobConfig
 from .store import RunLayout, embedding_matrix, read_embeddings, read_manifest
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,11 @@ def cuml_available() -> bool:
 def pick_backend(backend: str) -> str:
     """``auto`` is cuML when available, else umap-learn; asking for cuML without it is an error."""
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown UMAP backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown UMAP backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if backend == "auto":
         return "cuml" if cuml_available() else "umap-learn"
     if backend == "cuml" and not cuml_available():
-        raise ConfigError("--backend cuml asked for, but cuML or a CUDA device is missing; valid choices here: "
+        raise UsageError("--backend cuml asked for, but cuML or a CUDA device is missing; valid choices here: "
                           "auto, umap-learn")
     return backend
 
@@ -225,7 +226,7 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
     """
     p = params or UmapParams(fit_sample=cfg.project.fit_sample, seed=cfg.project.seed)
     if p.fit_sample < 1:
-        raise ConfigError(f"--fit-sample {p.fit_sample} must be a positive integer")
+        raise UsageError(f"--fit-sample {p.fit_sample} must be a positive integer")
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         table = read_embeddings(layout.embeddings, columns=["id", "embedding"])
@@ -249,7 +250,7 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
 def _handle(cfg: JobConfig, args: argparse.Namespace) -> int:
     layout = RunLayout(args.run.rstrip("/"))
     if not fsutil.exists(layout.embeddings):
-        raise ConfigError(f"{layout.run_dir} has no embeddings.parquet; run `python -m job run` or `job embed` first")
+        raise UsageError(f"{layout.run_dir} has no embeddings.parquet; run `python -m job run` or `job embed` first")
     params = UmapParams(
         n_neighbors=args.n_neighbors, min_dist=args.min_dist, n_epochs=args.n_epochs,
         fit_sample=cfg.project.fit_sample, seed=cfg.project.seed, backend=args.backend,

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from . import fsutil
-from .config import ConfigError, JobConfig
+from .errors import UsageError
+from .config import JobConfig
 from .store import RunLayout
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def publish_run(run_dir: str, dest: str, *, threads: int = 16) -> dict[str, Any]
     src_fs, src = fsutil.url_to_fs(run_dir)
     layout = RunLayout(run_dir)
     if not fsutil.exists(layout.manifest):
-        raise ConfigError(f"{run_dir} has no manifest.json: only a finished run can be published")
+        raise UsageError(f"{run_dir} has no manifest.json: only a finished run can be published")
     files = [p for p in src_fs.find(src) if not p.rsplit("/", 1)[-1].startswith(".")]
     rel = sorted(p[len(src.rstrip("/")) + 1:] for p in files)
     body = [r for r in rel if r != "manifest.json" and ".tmp-" not in r]

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import fsutil
-from .config import DEVICES, ConfigError, JobConfig, ModelConfig
+from .errors import UsageError
+from .config import DEVICES, JobConfig, ModelConfig
 from .index import (
     INDEX_FILE,
     RECALL_K,
@@ -76,11 +77,11 @@ class Searcher:
             index = index or fsutil.join(layout.index_dir, INDEX_FILE)
             embeddings = embeddings or layout.embeddings
         if not index:
-            raise ConfigError("give --run OUTDIR, or --index FILE (its .json names the embeddings)")
+            raise UsageError("give --run OUTDIR, or --index FILE (its .json names the embeddings)")
         murl = meta_url(index)
         if not fsutil.exists(murl):
             hint = f"python -m job index --run {run}" if run else "python -m job index"
-            raise ConfigError(f"no index at {index} (missing {murl}); build it with: {hint}")
+            raise UsageError(f"no index at {index} (missing {murl}); build it with: {hint}")
         meta = fsutil.read_json(murl)
         embeddings = embeddings_url(embeddings or meta.get("embeddings") or "")
         if manifest is None:
@@ -93,7 +94,7 @@ class Searcher:
         dataset = open_dataset(embeddings)
         table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "embedding"])
         if "id" not in table.column_names:
-            raise ConfigError(f"{embeddings} has no id column; it is not an embeddings table")
+            raise UsageError(f"{embeddings} has no id column; it is not an embeddings table")
         _check_match(idx, meta, table, index, embeddings)
         if search_params:
             set_search_params(idx, parse_params(search_params))
@@ -110,13 +111,13 @@ class Searcher:
         """Top-k hits for each row of ``qs``."""
         qs = np.ascontiguousarray(np.asarray(qs, np.float32).reshape(len(qs), -1))
         if qs.shape[1] != self.d:
-            raise ConfigError(f"query vectors have dimension {qs.shape[1]}, the index holds {self.d}-d vectors")
+            raise UsageError(f"query vectors have dimension {qs.shape[1]}, the index holds {self.d}-d vectors")
         self._check_k(k)
         if not np.isfinite(qs).all():
-            raise ConfigError("query vector contains NaN or inf")
+            raise UsageError("query vector contains NaN or inf")
         norms = np.linalg.norm(qs, axis=1, keepdims=True)
         if (norms == 0).any():
-            raise ConfigError("query vector is all zeros")
+            raise UsageError("query vector is all zeros")
         # The search parameters were tuned for top-10 (re-ranking depth scales with k): never ask for less.
         kk = min(max(k, RECALL_K), self.index.ntotal)
         scores, labels = self.index.search(qs / norms, kk)
@@ -132,7 +133,7 @@ class Searcher:
         from .model import encode_text
 
         if not text.strip():
-            raise ConfigError("--text is empty")
+            raise UsageError("--text is empty")
         self._check_k(k)
         lm = self.model()
         return self.by_vector(encode_text(lm, [text])[0], k)
@@ -148,14 +149,14 @@ class Searcher:
         else:
             fs, path = fsutil.url_to_fs(image)
             if not fs.exists(path):
-                raise ConfigError(f"image {image} does not exist")
+                raise UsageError(f"image {image} does not exist")
             data = fs.cat_file(path)
         lm = self.model()
         resize_mode = ((self.manifest or {}).get("config") or {}).get("decode", {}).get("resize_mode", "pad")
         try:
             arr = decode_image(data, lm.image_size, resize_mode, lm.interpolation)[0]
         except DecodeError as exc:
-            raise ConfigError(f"image {image if isinstance(image, str) else '(bytes)'}: {exc}") from None
+            raise UsageError(f"image {image if isinstance(image, str) else '(bytes)'}: {exc}") from None
         return self.by_vector(ImageEncoder(lm)(arr[None].copy())[0], k)
 
     # ------------------------------------------------------------------------------------- helpers
@@ -163,7 +164,7 @@ class Searcher:
         """Row number of ``id_`` in the embeddings table."""
         pos = int(np.searchsorted(self._sorted_ids, id_))
         if pos >= len(self._sorted_ids) or self._sorted_ids[pos] != id_:
-            raise ConfigError(f"id {id_} is not in {self.emb_url}")
+            raise UsageError(f"id {id_} is not in {self.emb_url}")
         return int(self._order[pos])
 
     def vector(self, id_: int) -> np.ndarray:
@@ -184,7 +185,7 @@ class Searcher:
         from .model import load_model
 
         if not self.manifest or "config" not in self.manifest:
-            raise ConfigError(f"no manifest.json with the model config beside {self.emb_url}; "
+            raise UsageError(f"no manifest.json with the model config beside {self.emb_url}; "
                               "text and image queries need the run's model (search by --id works)")
         mcfg = dict(self.manifest["config"]["model"])
         if self.device:
@@ -198,19 +199,19 @@ class Searcher:
         lm = load_model(ModelConfig(**{k: v for k, v in mcfg.items() if k in fields}))
         want = (self.manifest.get("model") or {}).get("weights_sha256")
         if want and lm.weights_sha256 != want:
-            raise ConfigError(f"the run was embedded with weights {want[:12]}…, but {mcfg['model']} / "
+            raise UsageError(f"the run was embedded with weights {want[:12]}…, but {mcfg['model']} / "
                               f"{mcfg['pretrained']} loads {lm.weights_sha256[:12]}… here: the run's weights are "
                               "not available on this machine")
         if lm.embed_dim != self.d:
-            raise ConfigError(f"model {lm.name} makes {lm.embed_dim}-d vectors, the index holds {self.d}-d vectors")
+            raise UsageError(f"model {lm.name} makes {lm.embed_dim}-d vectors, the index holds {self.d}-d vectors")
         self._lm = lm
         return lm
 
     def _check_k(self, k: int) -> None:
         if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+            raise UsageError(f"k must be a positive integer, got {k!r}")
         if k > self.index.ntotal:
-            raise ConfigError(f"k={k} is larger than the index ({self.index.ntotal} vectors); use -k {self.index.ntotal} or less")
+            raise UsageError(f"k={k} is larger than the index ({self.index.ntotal} vectors); use -k {self.index.ntotal} or less")
 
     def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
         keep = labels >= 0
@@ -220,7 +221,7 @@ class Searcher:
         pos = np.searchsorted(self._sorted_ids, labels)
         pos = np.clip(pos, 0, len(self._sorted_ids) - 1)
         if not (self._sorted_ids[pos] == labels).all():
-            raise ConfigError("the index returned ids that are not in the embeddings; rebuild the index")
+            raise UsageError("the index returned ids that are not in the embeddings; rebuild the index")
         rows = self._order[pos]
         meta = self.table.take(pa.array(rows)).to_pylist()
         out = []
@@ -241,12 +242,12 @@ def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: s
     rebuild = f"rebuild it: python -m job index --embeddings {emb_url} --index-out {index_url}"
     n = table.num_rows
     if index.ntotal != n or meta.get("n") not in (None, n):
-        raise ConfigError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
+        raise UsageError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
     if meta.get("d") not in (None, index.d):
-        raise ConfigError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
+        raise UsageError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
     digest = meta.get("ids_sha256")
     if digest and digest != ids_digest(table.column("id").to_numpy()):
-        raise ConfigError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
+        raise UsageError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
 
 
 # ------------------------------------------------------------------------------------------- CLI

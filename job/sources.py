@@ -39,8 +39,9 @@ import fsspec
 import pyarrow as pa
 
 from . import fsutil
+from .errors import UsageError
 from .archives import ArchiveError, ArchiveReader, is_archive_name, retry
-from .config import CAMERA_CHANNELS, ConfigError, SourceConfig
+from .config import CAMERA_CHANNELS, SourceConfig
 from .nuscenes import (
     IMAGE_EXTENSIONS,
     LAYOUT_DIRS,
@@ -269,16 +270,16 @@ class LocalDir(_Part):
     def __init__(self, root: str, sel: Selection) -> None:
         self.url = os.path.abspath(os.path.expanduser(root))
         if not os.path.exists(self.url):
-            raise ConfigError(f"source {root!r} does not exist; valid: {VALID_KINDS}")
+            raise UsageError(f"source {root!r} does not exist; valid: {VALID_KINDS}")
         if not os.path.isdir(self.url):
-            raise ConfigError(f"source {root!r} is a file but not a .tgz/.tar archive; valid: {VALID_KINDS}")
+            raise UsageError(f"source {root!r} is a file but not a .tgz/.tar archive; valid: {VALID_KINDS}")
         self.dataroot, sub = _split_dataroot(self.url)
         present = os.listdir(self.dataroot) if not sub else []
         dirs = _layout_subdirs(sub, sel, present)
         self.layout = dirs is not None
         self.paths = self._walk(dirs, sel)
         if not self.paths:
-            raise ConfigError(f"source {root!r} holds no wanted image files "
+            raise UsageError(f"source {root!r} holds no wanted image files "
                               f"({', '.join(sorted(IMAGE_EXTENSIONS))}; channels {','.join(sorted(sel.channels))}"
                               f"{', keyframes only' if sel.keyframes_only else ''})")
         self.total = len(self.paths)
@@ -330,9 +331,9 @@ class S3Prefix(_Part):
         try:
             present = [e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(self.dataroot, detail=False)] if not sub else []
         except FileNotFoundError:
-            raise ConfigError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
+            raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
         except Exception as exc:
-            raise ConfigError(f"cannot list source {url!r}: {type(exc).__name__}: {exc}") from None
+            raise UsageError(f"cannot list source {url!r}: {type(exc).__name__}: {exc}") from None
         dirs = _layout_subdirs(sub, sel, present)
         tops = [f"{self.dataroot}/{d}" for d in dirs] if dirs is not None else [path.rstrip("/")]
         found: list[tuple[str, str]] = []
@@ -347,7 +348,7 @@ class S3Prefix(_Part):
                     found.append((rel, key))
         found.sort()
         if not found:
-            raise ConfigError(f"source {url!r} holds no wanted image files; valid: {VALID_KINDS}")
+            raise UsageError(f"source {url!r} holds no wanted image files; valid: {VALID_KINDS}")
         self.paths = found
         self.total = len(found)
         self.retried = 0
@@ -443,18 +444,18 @@ class Archive(_Part):
         fs, path = fsutil.url_to_fs(url, anon)
         if fsutil.is_local(fs):
             if not os.path.exists(path):
-                raise ConfigError(f"source {url!r} does not exist; valid: {VALID_KINDS}")
+                raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}")
             if not os.path.isfile(path):
-                raise ConfigError(f"source {url!r} is a folder named like an archive; valid: {VALID_KINDS}")
+                raise UsageError(f"source {url!r} is a folder named like an archive; valid: {VALID_KINDS}")
         else:
             try:
                 info = fs.info(path)
             except FileNotFoundError:
-                raise ConfigError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
+                raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
             except Exception as exc:
-                raise ConfigError(f"cannot read source {url!r}: {type(exc).__name__}: {exc}") from None
+                raise UsageError(f"cannot read source {url!r}: {type(exc).__name__}: {exc}") from None
             if info.get("type") == "directory":
-                raise ConfigError(f"source {url!r} is a prefix named like an archive; valid: {VALID_KINDS}")
+                raise UsageError(f"source {url!r} is a prefix named like an archive; valid: {VALID_KINDS}")
         self.reader: ArchiveReader | None = None
         self.counts: Counter[str] = Counter()
 
@@ -650,7 +651,7 @@ class MultiSource:
                 for t in _tables_from_location(self.cfg.nuscenes_meta, self.cfg.anon, self.sel):
                     p.add_tables(t)
             except (TablesError, FileNotFoundError) as exc:
-                raise ConfigError(f"--nuscenes-meta {self.cfg.nuscenes_meta!r}: {exc}") from None
+                raise UsageError(f"--nuscenes-meta {self.cfg.nuscenes_meta!r}: {exc}") from None
             origin.append(self.cfg.nuscenes_meta)
         else:
             for url in self.meta_archives:
@@ -676,11 +677,11 @@ class MultiSource:
             unknown = sorted(s for s in self.scenes if s not in p.meta.scene_keys())
             if unknown and not any(pt.may_carry_tables for pt in self.parts):
                 names = sorted(s.name for t in p.meta.tables for s in t.scenes)
-                raise ConfigError(f"unknown scene(s) {', '.join(unknown)}; valid: "
+                raise UsageError(f"unknown scene(s) {', '.join(unknown)}; valid: "
                                   f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
             return
         if not any(pt.may_carry_tables for pt in self.parts):
-            raise ConfigError("--scenes needs the nuScenes tables: give --nuscenes-meta (a v1.0-* folder, "
+            raise UsageError("--scenes needs the nuScenes tables: give --nuscenes-meta (a v1.0-* folder, "
                               "a dataroot or a meta .tgz) or a source that carries them")
 
     def records(self, skip: AbstractSet[str] = frozenset()) -> Iterator[ImageRecord]:
@@ -792,10 +793,10 @@ class MultiSource:
 # --------------------------------------------------------------------------- building
 
 def _expand(uri: str, anon: bool | None) -> list[str]:
-    """The URIs a (possibly globbed) ``--source`` names; ConfigError when it names nothing usable."""
+    """The URIs a (possibly globbed) ``--source`` names; UsageError when it names nothing usable."""
     protocol = fsspec.utils.get_protocol(uri)
     if protocol not in ("file", "local", "s3", "s3a"):
-        raise ConfigError(f"unsupported source {uri!r} (scheme {protocol}://); valid: {VALID_KINDS}")
+        raise UsageError(f"unsupported source {uri!r} (scheme {protocol}://); valid: {VALID_KINDS}")
     if not glob.has_magic(uri):
         return [uri]
     if protocol in ("file", "local"):
@@ -806,9 +807,9 @@ def _expand(uri: str, anon: bool | None) -> list[str]:
         try:
             matches = sorted(f"{protocol}://{m}" for m in fs.glob(path))
         except Exception as exc:
-            raise ConfigError(f"cannot list {uri!r}: {type(exc).__name__}: {exc}") from None
+            raise UsageError(f"cannot list {uri!r}: {type(exc).__name__}: {exc}") from None
     if not matches:
-        raise ConfigError(f"source {uri!r} matches nothing; valid: {VALID_KINDS}")
+        raise UsageError(f"source {uri!r} matches nothing; valid: {VALID_KINDS}")
     return matches
 
 
@@ -816,14 +817,14 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
     """Build the source that ``cfg.sources`` names.
 
     Validates every input and loads the nuScenes tables known up front (``--nuscenes-meta``, a
-    dataroot's ``v1.0-*``, ``*_meta.tgz`` sources), so bad input fails here with a ConfigError,
+    dataroot's ``v1.0-*``, ``*_meta.tgz`` sources), so bad input fails here with a UsageError,
     before the runner writes anything. Local paths touch no network.
     """
     if not cfg.sources:
-        raise ConfigError(f"no --source given; valid: {VALID_KINDS}")
+        raise UsageError(f"no --source given; valid: {VALID_KINDS}")
     bad = [c for c in cfg.channels if c not in CAMERA_CHANNELS]
     if bad:
-        raise ConfigError(f"channel(s) {', '.join(bad)} are not cameras; valid: {', '.join(CAMERA_CHANNELS)}")
+        raise UsageError(f"channel(s) {', '.join(bad)} are not cameras; valid: {', '.join(CAMERA_CHANNELS)}")
     sel = Selection(frozenset(cfg.channels), cfg.keyframes_only)
     urls: list[str] = []
     for uri in cfg.sources:
@@ -846,16 +847,16 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
         else:
             parts.append(S3Prefix(u, sel, cfg.anon))
     if not parts:
-        raise ConfigError("only nuScenes metadata archives given (" + ", ".join(meta_archives) +
+        raise UsageError("only nuScenes metadata archives given (" + ", ".join(meta_archives) +
                           "); add the image archives, e.g. v1.0-trainval01_keyframes.tgz")
     if cfg.nuscenes_meta:
         m = cfg.nuscenes_meta
         if fsspec.utils.get_protocol(m) in ("file", "local"):
             if not os.path.exists(os.path.expanduser(m.split("://", 1)[-1])):
-                raise ConfigError(f"--nuscenes-meta {m!r} does not exist; valid: a v1.0-* folder, a dataroot "
+                raise UsageError(f"--nuscenes-meta {m!r} does not exist; valid: a v1.0-* folder, a dataroot "
                                   "or a meta .tgz (local or s3://)")
         elif fsspec.utils.get_protocol(m) not in ("s3", "s3a"):
-            raise ConfigError(f"--nuscenes-meta {m!r}: unsupported scheme; valid: a local path or s3://")
+            raise UsageError(f"--nuscenes-meta {m!r}: unsupported scheme; valid: a local path or s3://")
     source = MultiSource(parts, meta_archives, cfg, sel)
     source.prepare()
     return source

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UsageError
 from . import fsutil
-from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
         previous = fsutil.read_json(layout.state)
         if previous != identity:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise ConfigError(
+            raise UsageError(
                 f"{layout.run_dir} holds a run made with other options ({', '.join(changed)}); "
                 "use another --out or pass --overwrite"
             )
@@ -295,7 +295,7 @@ def read_table(url: str, columns: Iterable[str] | None = None) -> pa.Table:
     """Read a parquet file or dataset folder (local or URL) as one table."""
     fs, path = fsutil.url_to_fs(url)
     if not fs.exists(path):
-        raise ConfigError(f"{url} does not exist")
+        raise UsageError(f"{url} does not exist")
     return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs)
 
 
@@ -330,5 +330,5 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
     """The manifest of a finished run; a clear error if it is missing."""
     url = RunLayout(run_dir.rstrip("/")).manifest
     if not fsutil.exists(url):
-        raise ConfigError(f"{run_dir} has no manifest.json: the run did not finish (or this is not a run folder)")
+        raise UsageError(f"{run_dir} has no manifest.json: the run did not finish (or this is not a run folder)")
     return fsutil.read_json(url)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from . import fsutil
-from .config import CAMERA_CHANNELS, ConfigError
+from .errors import UsageError
+from .config import CAMERA_CHANNELS
 from .store import RunLayout, embedding_matrix, read_embeddings, read_table
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ OTHER_COLOR = "#d0d0d0"
 _CHANNEL_RE = re.compile(r"(CAM_[A-Z_]+?)(?:__|/|$)")
 
 
-class RunNotReady(ConfigError):
+class RunNotReady(UsageError):
     """The run folder holds no finished, successful run; the notebook refuses it."""
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from job import fsutil
 from job.cli import main
-from job.config import ConfigError, IndexConfig, JobConfig
+from job.config import UsageError, IndexConfig, JobConfig
 from job.index import (
     IndexOverrides,
     build_index_file,
@@ -81,7 +81,7 @@ def test_derived_parameters() -> None:
     assert default_pq_bits(200_000) == 8 and default_pq_bits(2000) == 5
     assert parse_memory("4G") == 4 * 2**30 and parse_memory("512MB") == 512 * 2**20
     assert parse_memory("1.5GiB") == int(1.5 * 2**30) and parse_memory("1000") == 1000
-    with pytest.raises(ConfigError, match="--max-memory"):
+    with pytest.raises(UsageError, match="--max-memory"):
         parse_memory("lots")
 
 
@@ -98,12 +98,12 @@ def test_auto_reasons_like_autofaiss() -> None:
     assert tight.factory == "IDMap,IVF4096,PQ48x8,Refine(SQ8)" and tight.estimated_bytes <= 1.1 * 2**30
     tighter = plan_index(1_400_000, 768, IndexConfig("auto", max_memory="300M"))
     assert tighter.factory == "IVF4096,PQ192x8" and tighter.params["refine"] == "none"
-    with pytest.raises(ConfigError, match="raise --max-memory"):
+    with pytest.raises(UsageError, match="raise --max-memory"):
         plan_index(1_400_000, 768, IndexConfig("auto", max_memory="10M"))
     assert plan_index(200_000, 768, IndexConfig("hnsw"), IndexOverrides(hnsw_m=16)).factory == "IDMap,HNSW16,Flat"
     ivf = plan_index(200_000, 768, IndexConfig("ivfpq"), IndexOverrides(nlist=1024, pq_m=48, refine="none"))
     assert ivf.factory == "IVF1024,PQ48x8"
-    with pytest.raises(ConfigError, match="does not divide"):
+    with pytest.raises(UsageError, match="does not divide"):
         plan_index(200_000, 768, IndexConfig("ivfpq"), IndexOverrides(pq_m=100))
 
 

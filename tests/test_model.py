@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import jpeg_bytes
-from job.config import ConfigError, ModelConfig
+from job.config import UsageError, ModelConfig
 from job.decode import decode_image
 from job.model import (
     DEFAULT_TAGS,
@@ -36,7 +36,7 @@ def test_model_aliases(name: str, expected: str) -> None:
 
 
 def test_unknown_model_lists_choices() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model .ViT-Q-99.; valid choices: .*vit_l_14.*ViT-L-14.*python -m job models"):
+    with pytest.raises(UsageError, match=r"unknown model .ViT-Q-99.; valid choices: .*vit_l_14.*ViT-L-14.*python -m job models"):
         resolve_model_name("ViT-Q-99")
 
 
@@ -50,9 +50,9 @@ def test_pretrained_kinds(tmp_path) -> None:
     ckpt = tmp_path / "w.pt"
     ckpt.write_bytes(b"x")
     assert resolve_pretrained("ViT-L-14", str(ckpt)).kind == "file"
-    with pytest.raises(ConfigError, match=r"unknown pretrained tag 'laion9000' for ViT-L-14; valid choices: .*openai"):
+    with pytest.raises(UsageError, match=r"unknown pretrained tag 'laion9000' for ViT-L-14; valid choices: .*openai"):
         resolve_pretrained("ViT-L-14", "laion9000")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         resolve_pretrained("ViT-L-14", str(tmp_path / "missing.pt"))
 
 
@@ -87,7 +87,7 @@ def test_checkpoint_from_s3(s3_bucket, tmp_path) -> None:
                                 cache_dir=str(tmp_path / "cache")))
     assert lm.weights.kind == "url"
     assert torch.equal(lm.model.visual.proj, model.visual.proj)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         load_model(ModelConfig(model="ViT-B-32", pretrained=f"s3://{s3_bucket}/weights/nope.pt",
                                cache_dir=str(tmp_path / "cache")))
 
@@ -95,7 +95,7 @@ def test_checkpoint_from_s3(s3_bucket, tmp_path) -> None:
 def test_broken_checkpoint_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="could not load weights file:"):
+    with pytest.raises(UsageError, match="could not load weights file:"):
         load_model(ModelConfig(model="ViT-B-32", pretrained=str(bad)))
 
 
@@ -146,9 +146,9 @@ def test_text_tower(small) -> None:
 
 def test_device_and_precision_errors() -> None:
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device"):
+        with pytest.raises(UsageError, match="no CUDA device"):
             load_model(ModelConfig(**SMALL, device="cuda"))
-    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+    with pytest.raises(UsageError, match="fp16 is not supported on the CPU"):
         load_model(ModelConfig(**SMALL, device="cpu", precision="fp16"))
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from job import fsutil, viz
 from job.cli import main
-from job.config import ConfigError, JobConfig, OutputConfig, ProjectConfig
+from job.config import UsageError, JobConfig, OutputConfig, ProjectConfig
 from job.project import UMAP_SCHEMA, UmapParams, compute_umap, pick_backend, project_run
 from job.store import RunLayout, ShardWriter, embedding_schema, path_id, read_table
 
@@ -98,7 +98,7 @@ def test_tiny_runs_get_a_pca_layout(n: int) -> None:
 
 def test_backend_choice() -> None:
     assert pick_backend("umap-learn") == "umap-learn"
-    with pytest.raises(ConfigError, match="valid choices"):
+    with pytest.raises(UsageError, match="valid choices"):
         pick_backend("tsne")
 
 
@@ -131,7 +131,7 @@ def test_cuml_is_used_when_present_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_asking_for_cuml_without_it_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cuml", None)  # import fails
-    with pytest.raises(ConfigError, match="cuML"):
+    with pytest.raises(UsageError, match="cuML"):
         pick_backend("cuml")
 
 

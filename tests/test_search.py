@@ -11,7 +11,7 @@ from conftest import TEST_MODEL, jpeg_bytes
 
 from job import fsutil
 from job.cli import main
-from job.config import ConfigError
+from job.config import UsageError
 from job.search import Searcher, format_hits, hits_table
 
 N_IMAGES = 10
@@ -138,16 +138,16 @@ def test_other_weights_are_refused(run_dir: Path, tmp_path: Path) -> None:
     manifest["model"]["weights_sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     s = Searcher.open(str(other), device="cpu")
-    with pytest.raises(ConfigError, match="weights are not available"):
+    with pytest.raises(UsageError, match="weights are not available"):
         s.by_text("a road", 3)
     assert s.by_id(_ids(run_dir)[0], 2)[0]["id"] == _ids(run_dir)[0]  # id queries need no model
 
 
 def test_by_vector_checks_dimension(run_dir: Path) -> None:
     s = Searcher.open(str(run_dir))
-    with pytest.raises(ConfigError, match="dimension 3"):
+    with pytest.raises(UsageError, match="dimension 3"):
         s.by_vector(np.ones(3, np.float32), 2)
-    with pytest.raises(ConfigError, match="NaN"):
+    with pytest.raises(UsageError, match="NaN"):
         s.by_vector(np.full(s.d, np.nan, np.float32), 2)
 
 

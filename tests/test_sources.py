@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from job import archives, sources
-from job.config import ConfigError, SourceConfig
+from job.config import UsageError, SourceConfig
 from job.nuscenes import META_FIELDS
 from job.sources import ImageRecord, open_source
 from nuscenes_fixture import (
@@ -360,25 +360,25 @@ def test_config_errors(tmp_path, nuscenes_dataroot, image_dir):
         "https://example.com/v1.0-mini.tgz": "unsupported source",
     }
     for uri, msg in cases.items():
-        with pytest.raises(ConfigError, match=msg) as err:
+        with pytest.raises(UsageError, match=msg) as err:
             open_source(SourceConfig(sources=(uri,)))
         assert "\n" not in str(err.value)
         if "unsupported" in msg or "exist" in msg:
             assert "valid" in str(err.value)
-    with pytest.raises(ConfigError, match="not cameras"):
+    with pytest.raises(UsageError, match="not cameras"):
         open_source(SourceConfig(sources=(str(image_dir),), channels=("LIDAR_TOP",)))
-    with pytest.raises(ConfigError, match="--scenes needs the nuScenes tables"):
+    with pytest.raises(UsageError, match="--scenes needs the nuScenes tables"):
         open_source(SourceConfig(sources=(str(image_dir),), scenes=("scene-0061",)))
-    with pytest.raises(ConfigError, match="unknown scene"):
+    with pytest.raises(UsageError, match="unknown scene"):
         open_source(SourceConfig(sources=(str(nuscenes_dataroot.root),), scenes=("scene-9999",)))
-    with pytest.raises(ConfigError, match="--nuscenes-meta"):
+    with pytest.raises(UsageError, match="--nuscenes-meta"):
         open_source(SourceConfig(sources=(str(image_dir),), nuscenes_meta=str(tmp_path / "nope")))
-    with pytest.raises(ConfigError, match="holds no nuScenes tables"):
+    with pytest.raises(UsageError, match="holds no nuScenes tables"):
         open_source(SourceConfig(sources=(str(image_dir),), nuscenes_meta=str(tmp_path / "empty")))
 
 
 def test_only_meta_archive_is_an_error(packed):
-    with pytest.raises(ConfigError, match="only nuScenes metadata archives"):
+    with pytest.raises(UsageError, match="only nuScenes metadata archives"):
         open_source(SourceConfig(sources=(str(packed["meta"][0]),)))
 
 

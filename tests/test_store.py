@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from job.config import ConfigError
+from job.config import UsageError
 from job.store import (
     RunLayout,
     ShardWriter,
@@ -78,12 +78,12 @@ def test_prepare_run_refuses_other_options(tmp_path: Path) -> None:
     w = ShardWriter(layout, embedding_schema(8), identity={"pool": "mean", "model": "x"})
     w.add("a.jpg", _vec(0), 1, 1, None)
     w.close()
-    with pytest.raises(ConfigError, match=r"other options \(pool\); use another --out or pass --overwrite"):
+    with pytest.raises(UsageError, match=r"other options \(pool\); use another --out or pass --overwrite"):
         prepare_run(layout, {"pool": "cls", "model": "x"})
     state = prepare_run(layout, {"pool": "cls", "model": "x"}, overwrite=True)
     assert state.done_paths == set() and not (tmp_path / "run" / "embeddings.parquet").exists()
 
 
 def test_read_manifest_missing_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no manifest.json"):
+    with pytest.raises(UsageError, match="no manifest.json"):
         read_manifest(str(tmp_path))

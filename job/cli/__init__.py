@@ -8,19 +8,20 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .config import (
+from ..errors import UsageError
+from ..config import (
     CAMERA_CHANNELS,
     DECODERS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SOURCE,
+    LOG_LEVELS,
     DEVICES,
     INDEX_TYPES,
     POOLS,
     PRECISIONS,
     RESIZE_MODES,
-    ConfigError,
     DecodeConfig,
     IndexConfig,
     JobConfig,
@@ -33,10 +34,10 @@ from .config import (
 )
 
 log = logging.getLogger("job")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 # Modules that contribute subcommands: each has ``register(subparsers)`` setting ``handler=fn(cfg, args)``.
-COMMAND_MODULES: tuple[str, ...] = ("job.embed", "job.model", "job.index", "job.search", "job.project", "job.publish")
+COMMAND_MODULES: tuple[str, ...] = ("job.embed", "job.model", "job.cli.cmd_index", "job.search", "job.project", "job.publish")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +52,7 @@ def _choice(name: str, choices: Sequence[str], *, upper: bool = False) -> Callab
         v = value.upper() if upper else value.lower()
         try:
             return check_choice(name, v, choices)
-        except ConfigError as exc:
+        except UsageError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = name
@@ -182,7 +183,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     for c in channels:
         check_choice("channel", c, CAMERA_CHANNELS + ("LIDAR_TOP",))
     if "LIDAR_TOP" in channels:
-        raise ConfigError("channel 'LIDAR_TOP' is not a camera; valid choices: " + ", ".join(CAMERA_CHANNELS))
+        raise UsageError("channel 'LIDAR_TOP' is not a camera; valid choices: " + ", ".join(CAMERA_CHANNELS))
     run_dir, emb_name = a.get("out") or d.output.run_dir, d.output.embeddings_name
     if run_dir.rstrip("/").endswith(".parquet"):
         # ``--out vectors/embeddings.parquet``: the run folder is its parent.
@@ -241,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         progress=not a.get("no_progress", False),
     )
     if not 0.0 < cfg.index.target_recall <= 1.0:
-        raise ConfigError(f"--target-recall {cfg.index.target_recall} must be in (0, 1]")
+        raise UsageError(f"--target-recall {cfg.index.target_recall} must be in (0, 1]")
     return cfg
 
 
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         return int(args.handler(cfg, args) or 0)
-    except ConfigError as exc:
+    except UsageError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,29 @@
+"""The job's error types: one for bad input (exit 2), one for bad data or a failed step (exit 1).
+
+Library code raises these and never ``SystemExit``; only the CLI turns them into exit codes.
+"""
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Base of the job's own errors; ``exit_code`` is what the CLI returns for it."""
+
+    exit_code = 1
+
+
+class UsageError(JobError, ValueError):
+    """Bad user input (an option, a path that holds no run, a wrong choice): exit 2, nothing written."""
+
+    exit_code = 2
+
+
+class DataError(JobError, RuntimeError):
+    """The data or a step failed (no image could be embedded, an index that does not match): exit 1, reason logged."""
+
+    exit_code = 1
+
+
+class Interrupted(JobError):
+    """A graceful stop was asked for (SIGTERM/SIGINT); committed work is kept and the same command resumes."""
+
+    exit_code = 130
