@@ -4,7 +4,7 @@ Measures, in one run on this machine:
 
 1. gzip decompression alone, MB/s of decompressed output: isal threaded (what the job uses),
    isal single-thread, the standard library's gzip;
-2. the tar stream through ``job.archives.ArchiveReader`` (every camera member's bytes read),
+2. the tar stream through ``job.sources.archive_reader.ArchiveReader`` (every camera member's bytes read),
    MB/s and images/s, isal vs stdlib gzip;
 3. images/s through ``job.sources.open_source`` — records only, and records + JPEG decode to a 224
    model input (``job.decode.decode_image``, one process) — from the ``.tgz`` and from the folder.
@@ -113,7 +113,7 @@ def bench_decompress(tgz: Path) -> dict[str, float]:
 
 
 def bench_reader(tgz: Path) -> dict[str, tuple[float, float]]:
-    from job.archives import ArchiveReader
+    from job.sources.archive_reader import ArchiveReader
 
     out = {}
     for decoder in ("isal", "gzip"):

@@ -33,7 +33,7 @@ from conftest import jpeg_bytes  # noqa: E402
 from job.config import ModelConfig  # noqa: E402
 from job.decode import DecodeTask, decode_batch  # noqa: E402
 from job.decode_gpu import GpuDecoder  # noqa: E402
-from job.embed import DecodePool  # noqa: E402
+from job.decode import DecodePool  # noqa: E402
 from job.model import ImageEncoder, load_model  # noqa: E402
 from job.sources import ImageRecord  # noqa: E402
 
@@ -84,7 +84,7 @@ def end_to_end(model: str, blobs: list[bytes], decoder: str, batch: int, workers
     # warm-up on the first chunk
     if decoder == "gpu":
         dec = GpuDecoder(lm.image_size, "pad", lm.device)
-        enc.submit(dec([r.data for r in chunks[0]])[1])()
+        enc.submit(dec([r.data for r in chunks[0]]).pixels)()
     else:
         pool = DecodePool(workers, lm.image_size, "pad", "bicubic", False)
         enc(decode_batch(DecodeTask([(0, chunks[0][0].data, None)], lm.image_size, "pad")).pixels)
@@ -93,7 +93,7 @@ def end_to_end(model: str, blobs: list[bytes], decoder: str, batch: int, workers
     pending = None
     if decoder == "gpu":
         for c in chunks:
-            f = enc.submit(dec([r.data for r in c])[1])
+            f = enc.submit(dec([r.data for r in c]).pixels)
             if pending:
                 out.append(pending())
             pending = f

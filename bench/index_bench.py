@@ -32,10 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job.config import IndexConfig
+from job.config import IndexConfig, IndexOverrides
 from job.index import (
     EvalSet,
-    IndexOverrides,
     build_from_arrays,
     evaluate,
     held_out,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +23,9 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 DECODERS: tuple[str, ...] = ("auto", "cpu", "gpu")
 INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
 REFINE_CHOICES: tuple[str, ...] = ("SQ8", "SQfp16", "Flat", "none")
+UMAP_BACKENDS: tuple[str, ...] = ("auto", "umap-learn", "cuml")
+N_NEIGHBORS = 15  # umap-learn's defaults
+MIN_DIST = 0.1
 EVAL_QUERIES = 1_000  # held-out queries: half tune the search parameters, half measure recall
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -82,8 +86,7 @@ class SourceConfig:
 class OutputConfig:
     """Where results go and how they are committed."""
 
-    run_dir: str = "runs/latest"
-    embeddings_name: str = "embeddings.parquet"
+    out: str = "runs/latest"  # a run folder, or an embeddings path ending in .parquet (runfolder.RunLayout)
     shard_size: int = 4096
     shard_seconds: float = 120.0
     npy: bool = False
@@ -117,6 +120,24 @@ class IndexConfig:
     target_recall: float = 0.95
     enabled: bool = True
     overrides: IndexOverrides = field(default_factory=IndexOverrides)
+    embeddings: str | None = None  # ``job index --embeddings``
+    index_out: str | None = None  # ``job index --index-out``
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """``job search``: where to search and what (one of text, image, id)."""
+
+    run: str | None = None
+    index: str | None = None
+    embeddings: str | None = None
+    text: str | None = None
+    image: str | None = None
+    id: int | None = None
+    k: int = 10
+    device: str = "auto"
+    search_params: str | None = None
+    json: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,10 @@ class ProjectConfig:
     fit_sample: int = 100_000
     thumbnails: bool = False
     seed: int = 0
+    n_neighbors: int = N_NEIGHBORS
+    min_dist: float = MIN_DIST
+    n_epochs: int | None = None  # None: umap-learn's default (200 above 10k points, 500 below)
+    backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     log_level: str = "INFO"
     progress: bool = True
 
@@ -169,3 +195,81 @@ def split_list(values: Sequence[str] | None) -> tuple[str, ...]:
     for v in values or ():
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return tuple(out)
+
+
+_PARAMS_RE = re.compile(r"^\s*[A-Za-z_]+\s*=\s*\d+\s*(,\s*[A-Za-z_]+\s*=\s*\d+\s*)*$")
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: str | int | None) -> int | None:
+    """``4G``, ``512M``, ``1.5GiB`` or a byte count -> bytes; None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    m = _MEMORY_RE.match(value)
+    if not m:
+        raise UsageError(f"--max-memory {value!r} is not a size; valid forms: 4G, 512M, 1.5GiB, 1000000")
+    return int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
+
+
+def _at_least(option: str, value: float | None, minimum: float) -> None:
+    if value is not None and value < minimum:
+        raise UsageError(f"{option} {value!r} must be {minimum!r} or more")
+
+
+def _check_index(ix: IndexConfig) -> None:
+    check_choice("index type", ix.index_type, INDEX_TYPES)
+    if not 0.0 < ix.target_recall <= 1.0:
+        raise UsageError(f"--target-recall {ix.target_recall} must be in (0, 1]")
+    parse_memory(ix.max_memory)
+    ov = ix.overrides
+    for option, value in (("--nlist", ov.nlist), ("--pq-m", ov.pq_m), ("--pq-bits", ov.pq_bits),
+                          ("--hnsw-m", ov.hnsw_m), ("--ef-construction", ov.ef_construction),
+                          ("--train-size", ov.train_size), ("--queries", ov.queries)):
+        _at_least(option, value, 1)
+    if ov.refine is not None:
+        check_choice("--refine", ov.refine, REFINE_CHOICES)
+    _check_search_params(ov.search_params)
+
+
+def _check_search_params(text: str | None) -> None:
+    if text is not None and not _PARAMS_RE.match(text):
+        raise UsageError(f"--search-params {text!r} is not NAME=INT[,NAME=INT…]; "
+                         "e.g. efSearch=128 or nprobe=32,k_factor=8")
+
+
+def _check_project(pc: ProjectConfig) -> None:
+    _at_least("--fit-sample", pc.fit_sample, 2)
+    _at_least("--n-neighbors", pc.n_neighbors, 2)
+    _at_least("--min-dist", pc.min_dist, 0.0)
+    _at_least("--n-epochs", pc.n_epochs, 1)
+    check_choice("UMAP backend", pc.backend, UMAP_BACKENDS)
+
+
+def validate(cfg: JobConfig) -> JobConfig:
+    """Check every option of ``cfg`` at once (UsageError naming the bad value); returns ``cfg``.
+
+    The CLI calls this before anything is read or written, so ``job run --fit-sample 0`` fails at
+    once instead of after the embedding.
+    """
+    m, d, o, s = cfg.model, cfg.decode, cfg.output, cfg.search
+    check_choice("pool", m.pool, POOLS)
+    check_choice("device", m.device, DEVICES)
+    check_choice("precision", m.precision, PRECISIONS)
+    _at_least("--image-size", m.image_size, 1)
+    check_choice("resize mode", d.resize_mode, RESIZE_MODES)
+    check_choice("decoder", d.decoder, DECODERS)
+    _at_least("--batch-size", d.batch_size, 1)
+    _at_least("--workers", d.workers, 0)
+    for ch in cfg.source.channels:
+        check_choice("channel", ch, CAMERA_CHANNELS)
+    _at_least("--limit", cfg.source.limit, 1)
+    _at_least("--shard-size", o.shard_size, 1)
+    if not o.shard_seconds > 0:
+        raise UsageError(f"--shard-seconds {o.shard_seconds!r} must be more than 0")
+    _check_index(cfg.index)
+    _check_project(cfg.project)
+    _at_least("-k", s.k, 1)
+    _check_search_params(s.search_params)
+    check_choice("device", s.device, DEVICES)
+    check_choice("log level", cfg.log_level, LOG_LEVELS)
+    return cfg

@@ -13,10 +13,14 @@ This module imports neither torch nor open_clip: decode workers stay light.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import io
+import itertools
 import logging
+import multiprocessing as mp
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 THUMB_WIDTH = 128
+
+
+R = TypeVar("R", bound="Item")
 
 
 class DecodeError(ValueError):
@@ -112,10 +119,26 @@ class DecodeResult:
     """A worker's answer: stacked arrays for the images that decoded, reasons for those that did not."""
 
     ok_positions: list[int]
-    pixels: np.ndarray  # (n_ok, size, size, 3) uint8
+    pixels: Any  # (n_ok, size, size, 3) uint8: a numpy array (CPU decode) or a CUDA tensor (nvJPEG)
     sizes: list[tuple[int, int]]
     thumbs: list[bytes | None]
     failed: list[tuple[int, str]]
+
+
+class Item(Protocol):
+    """What the decode stages need of a source record."""
+
+    data: bytes | None
+    url: str | None
+    error: str | None
+
+
+def item_bytes(r: Item) -> bytes | None:
+    """The record's bytes, or None when the file cannot be read (the decoder then reports it)."""
+    try:
+        return read_bytes(r.data, r.url)
+    except OSError:
+        return None
 
 
 def read_bytes(data: bytes | None, url: str | None) -> bytes:
@@ -151,3 +174,43 @@ def decode_batch(task: DecodeTask) -> DecodeResult:
         thumbs.append(thumb)
     pixels = np.stack(arrays) if arrays else np.zeros((0, task.size, task.size, 3), np.uint8)
     return DecodeResult(ok, pixels, sizes, thumbs, failed)
+
+
+class DecodePool:
+    """CPU decode stage: chunks of records decoded in worker processes (or inline with 0), in order."""
+
+    def __init__(self, workers: int, size: int, resize_mode: str, interpolation: str, thumbnails: bool) -> None:
+        self.workers = workers
+        self.size, self.resize_mode, self.interpolation, self.thumbnails = size, resize_mode, interpolation, thumbnails
+        self._executor: cf.ProcessPoolExecutor | None = None
+        if workers > 0:
+            # forkserver: sources may run reader threads, which must not be forked mid-flight.
+            ctx = mp.get_context("forkserver")
+            self._executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def _task(self, records: Sequence[Item]) -> DecodeTask:
+        items = [(i, r.data, r.url) for i, r in enumerate(records) if r.error is None]
+        return DecodeTask(items, self.size, self.resize_mode, self.interpolation, self.thumbnails)
+
+    def map(self, chunks: Iterable[list[R]]) -> Iterator[tuple[list[R], DecodeResult]]:
+        """Yield (records, decoded) per chunk, keeping at most 2×workers+1 chunks in flight."""
+        if self._executor is None:
+            for recs in chunks:
+                yield recs, decode_batch(self._task(recs))
+            return
+        pending: collections.deque[tuple[list[R], cf.Future[DecodeResult]]] = collections.deque()
+        it = iter(chunks)
+        for recs in itertools.islice(it, 2 * self.workers + 1):
+            pending.append((recs, self._executor.submit(decode_batch, self._task(recs))))
+        while pending:
+            recs, fut = pending.popleft()
+            result = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, self._executor.submit(decode_batch, self._task(nxt))))
+            yield recs, result
+
+    def close(self) -> None:
+        """Stop the workers."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)

@@ -8,14 +8,19 @@ failure reason exactly as with ``--decode cpu``.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
+import itertools
 import logging
 import time
-from typing import Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from .decode import DecodeError, DecodeResult, _geometry, decode_image
+from .decode import DecodeError, DecodeResult, Item, _geometry, decode_image, item_bytes
+
+R = TypeVar("R", bound=Item)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,8 @@ class GpuDecoder:
     def __init__(self, size: int, resize_mode: str, device: torch.device) -> None:
         self.size, self.resize_mode, self.device = size, resize_mode, device
 
-    def __call__(self, blobs: Sequence[bytes | None]) -> tuple[DecodeResult, torch.Tensor]:
-        """Decode a batch; returns the result bookkeeping and the (n_ok, size, size, 3) GPU tensor."""
+    def __call__(self, blobs: Sequence[bytes | None]) -> DecodeResult:
+        """Decode a batch; ``pixels`` of the result is the (n_ok, size, size, 3) uint8 GPU tensor."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         ok, sizes, failed, outs = [], [], [], []
@@ -105,7 +110,7 @@ class GpuDecoder:
         pixels = torch.stack(outs) if outs else torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8,
                                                              device=self.device)
         failed.sort()
-        return DecodeResult(ok, np.zeros((0,), np.uint8), sizes, [None] * len(ok), failed), pixels
+        return DecodeResult(ok, pixels, sizes, [None] * len(ok), failed)
 
 
 def measure_decoders(samples: Sequence[bytes], size: int, resize_mode: str, device: torch.device,
@@ -126,3 +131,48 @@ def measure_decoders(samples: Sequence[bytes], size: int, resize_mode: str, devi
     torch.cuda.synchronize(device)
     gpu_rate = len(samples) / max(time.perf_counter() - t0, 1e-9)
     return {"cpu": cpu_rate, "gpu": gpu_rate}
+
+
+class GpuDecodeStage:
+    """GPU decode stage: reads bytes ahead in threads and decodes each chunk on the GPU (nvJPEG)."""
+
+    def __init__(self, size: int, resize_mode: str, device: torch.device, threads: int = 8) -> None:
+        self.decoder = GpuDecoder(size, resize_mode, device)
+        self._io = cf.ThreadPoolExecutor(max_workers=threads)
+
+    def map(self, chunks: Iterable[list[R]]) -> Iterator[tuple[list[R], DecodeResult]]:
+        """Yield (records, decoded) per chunk, reading up to four chunks ahead."""
+        pending: collections.deque[tuple[list[R], list[cf.Future[bytes | None]]]] = collections.deque()
+        it = iter(chunks)
+        for recs in itertools.islice(it, 4):
+            pending.append((recs, [self._io.submit(item_bytes, r) for r in recs]))
+        while pending:
+            recs, futs = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, [self._io.submit(item_bytes, r) for r in nxt]))
+            blobs = [f.result() if r.error is None else None for r, f in zip(recs, futs)]
+            result = self.decoder(blobs)
+            result.failed = [(p, why) for p, why in result.failed if recs[p].error is None]
+            yield recs, result
+
+    def close(self) -> None:
+        """Stop the reader threads."""
+        self._io.shutdown(wait=True, cancel_futures=True)
+
+
+def choose_decoder(requested: str, first: Sequence[Item], size: int, resize_mode: str, device: Any,
+                   workers: int) -> tuple[str, dict[str, float]]:
+    """``--decode auto``: on CUDA, measure both decoders on the first chunk and take the faster."""
+    if requested != "auto":
+        return requested, {}
+    if device.type != "cuda" or not gpu_decode_available():
+        return "cpu", {}
+    samples = [b for b in (item_bytes(r) for r in first if r.error is None) if b]
+    if not samples:
+        return "cpu", {}
+    rates = measure_decoders(samples, size, resize_mode, device, workers)
+    choice = "gpu" if rates["gpu"] > rates["cpu"] else "cpu"
+    log.info("decode auto: cpu %.0f images/s (%d workers), gpu %.0f images/s -> %s",
+             rates["cpu"], workers, rates["gpu"], choice)
+    return choice, rates

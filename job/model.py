@@ -7,6 +7,7 @@ checkpoint, ``hf-hub:org/repo``, or ``none`` (seeded random init).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -17,8 +18,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import UsageError
 from .config import ModelConfig
+from .errors import DataError, UsageError
+from .runfolder import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,9 @@ def resolve_pretrained(model: str, pretrained: str) -> WeightsSpec:
         if not tags:
             raise UsageError(f"model {model!r} has no open_clip pretrained weights; use --pretrained none or a file")
         tag = tags[0]
-    if tag not in tags:
+    # open_clip itself matches tags case-insensitively with '-' and '_' alike (laion2b-s34b-b79k)
+    tag = next((t for t in tags if t.lower().replace("-", "_") == str(tag).lower().replace("-", "_")), None)
+    if tag is None:
         raise UsageError(
             f"unknown pretrained tag {p!r} for {model}; valid choices: openclip, none, a checkpoint file, "
             f"s3://…, hf-hub:…, or one of {', '.join(tags) or '(none known)'}"
@@ -336,30 +340,22 @@ def encode_text(lm: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
 
+def load_run_model(manifest: Manifest, *, device: str | None = None) -> LoadedModel:
+    """The model that made a run's vectors, on this machine, checked against the run's weights hash.
 
-
-def _models_command(cfg: Any, args: Any) -> int:
-    import open_clip
-
-    if args.tags_for:
-        name = resolve_model_name(args.tags_for)
-        default = DEFAULT_TAGS.get(name)
-        for tag in open_clip.list_pretrained_tags_by_model(name):
-            print(f"{tag}{'  (openclip: our default)' if tag == default else ''}")
-        return 0
-    for alias, target in sorted(MODEL_ALIASES.items()):
-        print(f"{alias} -> {target}")
-    for name in open_clip.list_models():
-        print(name)
-    return 0
-
-
-def register(sub: Any) -> None:
-    """Add the ``models`` subcommand (the registry: architectures, aliases, pretrained tags)."""
-    from .cli import add_common_options
-
-    p = sub.add_parser("models", help="list model names and aliases, or a model's pretrained tags",
-                       description="List the models --model accepts, or with --tags MODEL the tags --pretrained accepts.")
-    p.add_argument("--tags", dest="tags_for", metavar="MODEL", default=None, help="list this model's pretrained tags")
-    add_common_options(p)
-    p.set_defaults(handler=_models_command)
+    Search and the notebook helpers both load a run's model through here. The device is ``device``
+    (default: auto); fp16 runs load in the default precision off CUDA (same weights, same hash).
+    A different hash (other weights under the same name) or output size is a DataError.
+    """
+    mc = manifest.model_config()
+    dev = device or "auto"
+    precision = mc.precision if (mc.precision != "fp16" or dev == "cuda") else "auto"
+    lm = load_model(dataclasses.replace(mc, device=dev, precision=precision, compile=False))
+    want = manifest.model.weights_sha256
+    if want and lm.weights_sha256 != want:
+        raise DataError(f"the run was embedded with weights {want[:12]}…, but {mc.model} / {mc.pretrained} loads "
+                        f"{lm.weights_sha256[:12]}… here: the run's weights are not available on this machine")
+    if lm.embed_dim != manifest.model.embed_dim:
+        raise DataError(f"model {lm.name} makes {lm.embed_dim}-d vectors, the run holds "
+                        f"{manifest.model.embed_dim}-d vectors")
+    return lm

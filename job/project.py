@@ -8,7 +8,6 @@ linearly, which is what keeps ~1.4M images within a few GiB).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -19,19 +18,16 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from . import fsutil
+from .config import MIN_DIST, N_NEIGHBORS, UMAP_BACKENDS, JobConfig, ProjectConfig
 from .errors import UsageError
-from .config import JobConfig
-from .store import RunLayout, embedding_matrix, read_embeddings, read_manifest
+from .runfolder import RunLayout, embedding_matrix, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 UMAP_SCHEMA = pa.schema(
     [pa.field("id", pa.int64(), nullable=False), pa.field("x", pa.float32()), pa.field("y", pa.float32())]
 )
-BACKENDS: tuple[str, ...] = ("auto", "umap-learn", "cuml")
-N_NEIGHBORS = 15
-MIN_DIST = 0.1
+BACKENDS = UMAP_BACKENDS
 TRANSFORM_CHUNK = 50_000
 
 
@@ -46,6 +42,12 @@ class UmapParams:
     seed: int = 0
     backend: str = "auto"
 
+    @classmethod
+    def from_config(cls, pc: ProjectConfig) -> UmapParams:
+        """The knobs of ``job run``/``job project`` (validated in ``config``)."""
+        return cls(n_neighbors=pc.n_neighbors, min_dist=pc.min_dist, n_epochs=pc.n_epochs,
+                   fit_sample=pc.fit_sample, seed=pc.seed, backend=pc.backend)
+
 
 class PeakMemory:
     """Samples this process's resident memory in a thread; ``peak_mb`` is the highest value seen."""
@@ -57,16 +59,11 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     def _rss(self) -> int:
-        try:
-            import psutil
+        import psutil
 
-            return int(psutil.Process().memory_info().rss)
-        except ImportError:  # pragma: no cover - psutil ships with the dev extras
-            import resource
+        return int(psutil.Process().memory_info().rss)
 
-            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.peak = self._rss()
 
         def loop() -> None:
@@ -209,13 +206,7 @@ def umap_table(ids: np.ndarray, coords: np.ndarray) -> pa.Table:
 
 def write_umap(url: str, table: pa.Table) -> None:
     """Atomically write the projection table."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    fsutil.atomic_write_bytes(url, buf.getvalue())
+    write_table(url, table)
 
 
 def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = None) -> dict[str, Any]:
@@ -224,12 +215,10 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
     Called by ``job run`` as its projection step and by ``job project``. Needs the embeddings only
     (not the manifest), so the runner can call it before it writes manifest.json.
     """
-    p = params or UmapParams(fit_sample=cfg.project.fit_sample, seed=cfg.project.seed)
-    if p.fit_sample < 1:
-        raise UsageError(f"--fit-sample {p.fit_sample} must be a positive integer")
+    p = params or UmapParams.from_config(cfg.project)
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        table = read_embeddings(layout.embeddings, columns=["id", "embedding"])
+        table = read_table(layout.embeddings, columns=["id", "embedding"])
         ids = table.column("id").to_numpy()
         matrix = embedding_matrix(table)
         del table
@@ -238,54 +227,10 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
         coords, info = compute_umap(matrix, p)
         write_umap(layout.umap, umap_table(ids, coords))
     info.update(
-        path="umap2d.parquet",
+        path=layout.umap.rpartition("/")[2],
         seconds=round(time.perf_counter() - t0, 2),
         peak_memory_mb=round(mem.peak_mb, 1),
     )
     log.info("wrote %s (%d points) in %.1f s, peak memory %.0f MiB", layout.umap, info["n"], info["seconds"],
              info["peak_memory_mb"])
     return info
-
-
-def _handle(cfg: JobConfig, args: argparse.Namespace) -> int:
-    layout = RunLayout(args.run.rstrip("/"))
-    if not fsutil.exists(layout.embeddings):
-        raise UsageError(f"{layout.run_dir} has no embeddings.parquet; run `python -m job run` or `job embed` first")
-    params = UmapParams(
-        n_neighbors=args.n_neighbors, min_dist=args.min_dist, n_epochs=args.n_epochs,
-        fit_sample=cfg.project.fit_sample, seed=cfg.project.seed, backend=args.backend,
-    )
-    pick_backend(params.backend)  # bad choice -> one-line error before any reading
-    info = project_run(cfg, layout, params)
-    if fsutil.exists(layout.manifest):
-        manifest = read_manifest(layout.run_dir)
-        manifest["projection"] = info
-        fsutil.write_json(layout.manifest, manifest)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """``job project --run OUTDIR``."""
-    from .cli import _positive_int, add_common_options
-
-    p = subparsers.add_parser(
-        "project",
-        help="2-D UMAP map of a run's embeddings (OUTDIR/umap2d.parquet)",
-        description="Project a run's embeddings to 2-D with UMAP (cosine) and write OUTDIR/umap2d.parquet "
-                    "(id, x, y). Uses cuML on a GPU when installed, else umap-learn. Runs larger than "
-                    "--fit-sample are fitted on a random sample and the rest placed with transform.",
-    )
-    p.add_argument("--run", required=True, metavar="OUTDIR",
-                   help="run folder (local or s3://) holding embeddings.parquet")
-    p.add_argument("--fit-sample", type=_positive_int, default=100_000,
-                   help="fit UMAP on at most this many points, transform the rest (default 100000)")
-    p.add_argument("--n-neighbors", type=_positive_int, default=N_NEIGHBORS,
-                   help=f"UMAP neighbourhood size (default {N_NEIGHBORS})")
-    p.add_argument("--min-dist", type=float, default=MIN_DIST, help=f"UMAP min_dist (default {MIN_DIST})")
-    p.add_argument("--n-epochs", type=_positive_int, default=None,
-                   help="UMAP optimisation epochs (default: umap-learn's, 200 above 10k points)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto (cuML on a GPU if installed), umap-learn, cuml")
-    p.add_argument("--seed", type=int, default=0, help="sample and layout seed (default 0)")
-    add_common_options(p)
-    p.set_defaults(handler=_handle)

@@ -6,9 +6,7 @@ run's own model (from ``manifest.json``) and refuse other weights.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -18,10 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import fsutil
-from .errors import UsageError
-from .config import DEVICES, JobConfig, ModelConfig
+from .errors import DataError, UsageError
 from .index import (
-    INDEX_FILE,
     RECALL_K,
     ids_digest,
     load_index,
@@ -29,7 +25,7 @@ from .index import (
     parse_params,
     set_search_params,
 )
-from .store import RunLayout, embedding_matrix, embeddings_url
+from .runfolder import Manifest, RunLayout, embedding_matrix, find_manifest, open_run
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ class Searcher:
     """An index, the metadata of every vector in it, and (lazily) the model that made the vectors."""
 
     def __init__(self, index: Any, meta: dict[str, Any], table: pa.Table, *, emb_url: str,
-                 manifest: dict[str, Any] | None, device: str | None = None) -> None:
+                 manifest: Manifest | None, device: str | None = None) -> None:
         self.index = index
         self.meta = meta
         self.table = table  # metadata columns (no embedding), one row per vector
@@ -67,15 +63,12 @@ class Searcher:
     def open(cls, run: str | None = None, *, index: str | None = None, embeddings: str | None = None,
              device: str | None = None, search_params: str | None = None) -> Searcher:
         """Open a run folder (local or ``s3://``), or an index file whose ``.json`` names its embeddings."""
-        manifest = None
+        manifest: Manifest | None = None
         if run:
-            run = run.rstrip("/")
-            man_url = RunLayout(run).manifest
-            manifest = fsutil.read_json(man_url) if fsutil.exists(man_url) else None
-            emb_name = ((manifest or {}).get("config") or {}).get("output", {}).get("embeddings_name")
-            layout = RunLayout(run, emb_name or "embeddings.parquet")
-            index = index or fsutil.join(layout.index_dir, INDEX_FILE)
-            embeddings = embeddings or layout.embeddings
+            ref = open_run(run)
+            manifest = ref.manifest
+            index = index or ref.layout.index
+            embeddings = embeddings or ref.layout.embeddings
         if not index:
             raise UsageError("give --run OUTDIR, or --index FILE (its .json names the embeddings)")
         murl = meta_url(index)
@@ -83,11 +76,10 @@ class Searcher:
             hint = f"python -m job index --run {run}" if run else "python -m job index"
             raise UsageError(f"no index at {index} (missing {murl}); build it with: {hint}")
         meta = fsutil.read_json(murl)
-        embeddings = embeddings_url(embeddings or meta.get("embeddings") or "")
+        emb_layout = RunLayout.locate(embeddings or meta.get("embeddings") or "")
+        embeddings = emb_layout.embeddings
         if manifest is None:
-            parent = embeddings.rpartition("/")[0] or "."
-            man_url = fsutil.join(parent, "manifest.json")
-            manifest = fsutil.read_json(man_url) if fsutil.exists(man_url) else None
+            manifest = find_manifest(emb_layout)
         idx = load_index(index)
         from .index import open_dataset
 
@@ -152,7 +144,7 @@ class Searcher:
                 raise UsageError(f"image {image} does not exist")
             data = fs.cat_file(path)
         lm = self.model()
-        resize_mode = ((self.manifest or {}).get("config") or {}).get("decode", {}).get("resize_mode", "pad")
+        resize_mode = self.manifest.resize_mode if self.manifest else "pad"
         try:
             arr = decode_image(data, lm.image_size, resize_mode, lm.interpolation)[0]
         except DecodeError as exc:
@@ -179,33 +171,18 @@ class Searcher:
         return embedding_matrix(t)[0]
 
     def model(self) -> Any:
-        """The run's model (loaded once), checked against the weights hash in the manifest."""
-        if self._lm is not None:
-            return self._lm
-        from .model import load_model
+        """The run's model (loaded once through ``model.load_run_model``, with its checks)."""
+        if self._lm is None:
+            from .model import load_run_model
 
-        if not self.manifest or "config" not in self.manifest:
-            raise UsageError(f"no manifest.json with the model config beside {self.emb_url}; "
-                              "text and image queries need the run's model (search by --id works)")
-        mcfg = dict(self.manifest["config"]["model"])
-        if self.device:
-            mcfg["device"] = self.device
-        elif mcfg.get("device") == "cuda":
-            mcfg["device"] = "auto"
-        mcfg["compile"] = False
-        if mcfg.get("precision") == "fp16" and mcfg["device"] != "cuda":
-            mcfg["precision"] = "auto"  # fp16 is GPU-only; the weights (and their hash) are the same
-        fields = set(ModelConfig.__dataclass_fields__)
-        lm = load_model(ModelConfig(**{k: v for k, v in mcfg.items() if k in fields}))
-        want = (self.manifest.get("model") or {}).get("weights_sha256")
-        if want and lm.weights_sha256 != want:
-            raise UsageError(f"the run was embedded with weights {want[:12]}…, but {mcfg['model']} / "
-                              f"{mcfg['pretrained']} loads {lm.weights_sha256[:12]}… here: the run's weights are "
-                              "not available on this machine")
-        if lm.embed_dim != self.d:
-            raise UsageError(f"model {lm.name} makes {lm.embed_dim}-d vectors, the index holds {self.d}-d vectors")
-        self._lm = lm
-        return lm
+            if self.manifest is None:
+                raise UsageError(f"no manifest beside {self.emb_url}; text and image queries need the run's model "
+                                 "(search by --id works)")
+            self._lm = load_run_model(self.manifest, device=self.device)
+            if self._lm.embed_dim != self.d:
+                raise DataError(f"model {self._lm.name} makes {self._lm.embed_dim}-d vectors, the index holds "
+                                f"{self.d}-d vectors")
+        return self._lm
 
     def _check_k(self, k: int) -> None:
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -221,7 +198,7 @@ class Searcher:
         pos = np.searchsorted(self._sorted_ids, labels)
         pos = np.clip(pos, 0, len(self._sorted_ids) - 1)
         if not (self._sorted_ids[pos] == labels).all():
-            raise UsageError("the index returned ids that are not in the embeddings; rebuild the index")
+            raise DataError("the index returned ids that are not in the embeddings; rebuild the index")
         rows = self._order[pos]
         meta = self.table.take(pa.array(rows)).to_pylist()
         out = []
@@ -242,15 +219,15 @@ def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: s
     rebuild = f"rebuild it: python -m job index --embeddings {emb_url} --index-out {index_url}"
     n = table.num_rows
     if index.ntotal != n or meta.get("n") not in (None, n):
-        raise UsageError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
+        raise DataError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
     if meta.get("d") not in (None, index.d):
-        raise UsageError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
+        raise DataError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
     digest = meta.get("ids_sha256")
     if digest and digest != ids_digest(table.column("id").to_numpy()):
-        raise UsageError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
+        raise DataError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
 
 
-# ------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------------------- output
 
 
 def format_hits(hits: Sequence[dict[str, Any]]) -> str:
@@ -274,43 +251,8 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-def _search_command(cfg: JobConfig, args: argparse.Namespace) -> int:
-    s = Searcher.open(args.run, index=args.index, embeddings=args.embeddings,
-                      device=None if args.device in (None, "auto") else args.device,
-                      search_params=args.search_params)
-    if args.id is not None:
-        hits, query = s.by_id(args.id, args.k), {"id": args.id}
-    elif args.text is not None:
-        hits, query = s.by_text(args.text, args.k), {"text": args.text}
-    else:
-        hits, query = s.by_image(args.image, args.k), {"image": args.image}
-    if args.json:
-        clean = [{k: _json_safe(v) for k, v in h.items()} for h in hits]
-        print(json.dumps({"query": query, "k": args.k, "index": s.meta.get("factory"),
-                          "search_params": s.meta.get("search_params"), "hits": clean}, default=str))
-    else:
-        print(format_hits(hits))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``search`` subcommand."""
-    from .cli import _choice, _positive_int, add_common_options
-
-    p = sub.add_parser("search", help="nearest images to an image, a text or an indexed id",
-                       description="Top-k images of a run by image, text (the run's OpenCLIP text tower) or id.")
-    add_common_options(p)
-    g = p.add_argument_group("where")
-    g.add_argument("--run", default=None, metavar="OUTDIR", help="run folder (local or s3://) with index/ and embeddings")
-    g.add_argument("--index", default=None, metavar="FILE", help="an index file instead of OUTDIR/index/index.faiss")
-    g.add_argument("--embeddings", default=None, metavar="PARQUET", help="embeddings (default: from the index .json)")
-    q = p.add_argument_group("query (one of)").add_mutually_exclusive_group(required=True)
-    q.add_argument("--image", default=None, metavar="PATH", help="an image file (local or s3://)")
-    q.add_argument("--text", default=None, help='a text query, e.g. "night, rain, intersection"')
-    q.add_argument("--id", type=int, default=None, help="the id of an indexed image")
-    p.add_argument("-k", "--k", type=_positive_int, default=10, help="number of hits (default 10)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--device", type=_choice("device", DEVICES), default="auto",
-                   help="where the text/image model runs: auto, cpu, cuda")
-    p.add_argument("--search-params", default=None, help="override the stored search parameters, e.g. efSearch=256")
-    p.set_defaults(handler=_search_command)
+def hits_json(query: dict[str, Any], k: int, meta: dict[str, Any], hits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON object ``job search --json`` prints."""
+    clean = [{key: _json_safe(v) for key, v in h.items()} for h in hits]
+    return {"query": query, "k": k, "index": meta.get("factory"), "search_params": meta.get("search_params"),
+            "hits": clean}

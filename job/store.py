@@ -1,13 +1,4 @@
-"""Write stage: parquet shards committed atomically, resume bookkeeping, and readers for a run's outputs.
-
-A run folder (local or ``s3://``) looks like::
-
-    OUTDIR/embeddings.parquet/part-00000.parquet ...   one row per embedded image
-    OUTDIR/failures.parquet/part-00000.parquet ...     path, reason for images that could not be embedded
-    OUTDIR/_run.json                                   the options that shape the vectors (checked on resume)
-    OUTDIR/manifest.json                               written last: counts, timings, versions
-
-    OUTDIR/thumbnails.parquet/part-00000.parquet ...   id, path, jpeg (with --thumbnails)
+"""Write stage: parquet shards committed atomically, and resume bookkeeping (the layout is ``runfolder``'s).
 
 A shard's thumbnails and failures parts are committed before its embeddings part; a shard counts as
 done only once its embeddings part exists, so a kill in between leaves orphans the next run removes.
@@ -15,26 +6,23 @@ done only once its embeddings part exists, so a kill in between leaves orphans t
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import UsageError
 from . import fsutil
+from .errors import UsageError
+from .runfolder import RunLayout, list_parts, table_bytes
 
 log = logging.getLogger(__name__)
 
 FAILURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
 THUMBNAILS_SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("path", pa.string()), pa.field("jpeg", pa.binary())])
-_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
-RUN_STATE = "_run.json"
 
 
 def path_id(path: str) -> int:
@@ -58,64 +46,6 @@ def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = ()) -> pa.Schem
             *meta_fields,
         ]
     )
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where each output of a run lives. ``embeddings`` may be renamed (``job embed --out X.parquet``)."""
-
-    run_dir: str
-    embeddings_name: str = "embeddings.parquet"
-
-    @property
-    def embeddings(self) -> str:
-        return fsutil.join(self.run_dir, self.embeddings_name)
-
-    @property
-    def failures(self) -> str:
-        return fsutil.join(self.run_dir, "failures.parquet")
-
-    @property
-    def manifest(self) -> str:
-        return fsutil.join(self.run_dir, "manifest.json")
-
-    @property
-    def state(self) -> str:
-        return fsutil.join(self.run_dir, RUN_STATE)
-
-    @property
-    def npy(self) -> str:
-        return fsutil.join(self.run_dir, self.embeddings_name.rsplit(".", 1)[0] + ".npy")
-
-    @property
-    def index_dir(self) -> str:
-        return fsutil.join(self.run_dir, "index")
-
-    @property
-    def umap(self) -> str:
-        return fsutil.join(self.run_dir, "umap2d.parquet")
-
-    @property
-    def thumbnails(self) -> str:
-        return fsutil.join(self.run_dir, "thumbnails.parquet")
-
-
-def _list_parts(folder_url: str) -> dict[int, str]:
-    fs, path = fsutil.url_to_fs(folder_url)
-    if not fs.exists(path):
-        return {}
-    parts: dict[int, str] = {}
-    for p in fs.ls(path, detail=False):
-        m = _PART_RE.search(p)
-        if m:
-            parts[int(m.group(1))] = p
-    return parts
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 class ShardWriter:
@@ -212,9 +142,9 @@ class ShardWriter:
         if self.thumbnails:
             thumbs = pa.Table.from_pylist([{"id": i, "path": p, "jpeg": j} for i, p, j in self._thumbs],
                                           schema=THUMBNAILS_SCHEMA)
-            fsutil.atomic_write_bytes(fsutil.join(self.layout.thumbnails, name), _table_bytes(thumbs))
-        fsutil.atomic_write_bytes(fsutil.join(self.layout.failures, name), _table_bytes(failures))
-        fsutil.atomic_write_bytes(fsutil.join(self.layout.embeddings, name), _table_bytes(table))
+            fsutil.atomic_write_bytes(fsutil.join(self.layout.thumbnails, name), table_bytes(thumbs))
+        fsutil.atomic_write_bytes(fsutil.join(self.layout.failures, name), table_bytes(failures))
+        fsutil.atomic_write_bytes(fsutil.join(self.layout.embeddings, name), table_bytes(table))
         log.debug("committed shard %d: %d rows, %d failures", n, table.num_rows, failures.num_rows)
         self.committed_rows += table.num_rows
         self.committed_failures += failures.num_rows
@@ -249,8 +179,7 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
     """
     fs, root = fsutil.url_to_fs(layout.run_dir)
     if overwrite and fs.exists(root):
-        for url in (layout.embeddings, layout.failures, layout.thumbnails, layout.state, layout.manifest, layout.npy,
-                    layout.index_dir, layout.umap):
+        for url in layout.owned():
             sub_fs, sub = fsutil.url_to_fs(url)
             if sub_fs.exists(sub):
                 sub_fs.rm(sub, recursive=True)
@@ -269,9 +198,9 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
             for p in sub_fs.ls(sub, detail=False):
                 if ".tmp-" in p.rsplit("/", 1)[-1]:
                     sub_fs.rm(p)
-    emb_parts = _list_parts(layout.embeddings)
-    fail_parts = _list_parts(layout.failures)
-    for n, p in list(fail_parts.items()) + list(_list_parts(layout.thumbnails).items()):
+    emb_parts = list_parts(layout.embeddings)
+    fail_parts = list_parts(layout.failures)
+    for n, p in list(fail_parts.items()) + list(list_parts(layout.thumbnails).items()):
         if n not in emb_parts:
             log.info("removing orphaned part %s of an interrupted shard", p)
             fs.rm(p)
@@ -290,45 +219,3 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
         log.info("resuming: %d shards already committed (%d rows, %d failures)", len(emb_parts), rows, failures)
     return ResumeState(done_paths=done, next_shard=next_shard, rows=rows, failures=failures)
 
-
-def read_table(url: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """Read a parquet file or dataset folder (local or URL) as one table."""
-    fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
-        raise UsageError(f"{url} does not exist")
-    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs)
-
-
-def embeddings_url(run_or_file: str) -> str:
-    """Accept a run folder or the embeddings parquet itself; return the parquet's URL."""
-    stripped = run_or_file.rstrip("/")
-    if stripped.endswith(".parquet"):
-        return stripped
-    return RunLayout(stripped).embeddings
-
-
-def read_embeddings(run_or_file: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """The embeddings table of a run folder (or of an embeddings parquet path)."""
-    return read_table(embeddings_url(run_or_file), columns)
-
-
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """The ``embedding`` column as a contiguous (n, dim) float32 array, without per-row copies."""
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-
-
-def write_npy(url: str, matrix: np.ndarray) -> None:
-    """Atomically write a float32 matrix as ``.npy``."""
-    buf = io.BytesIO()
-    np.save(buf, matrix.astype(np.float32, copy=False))
-    fsutil.atomic_write_bytes(url, buf.getvalue())
-
-
-def read_manifest(run_dir: str) -> dict[str, Any]:
-    """The manifest of a finished run; a clear error if it is missing."""
-    url = RunLayout(run_dir.rstrip("/")).manifest
-    if not fsutil.exists(url):
-        raise UsageError(f"{run_dir} has no manifest.json: the run did not finish (or this is not a run folder)")
-    return fsutil.read_json(url)

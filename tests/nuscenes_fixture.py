@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from PIL import Image
-
 from conftest import jpeg_bytes
+from PIL import Image
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 OTHER_SENSORS = (("LIDAR_TOP", "lidar", ".pcd.bin", "pcd"), ("RADAR_FRONT", "radar", ".pcd", "pcd"))
@@ -201,17 +200,7 @@ def make_nuscenes_fixture(
                         else:
                             files[rel] = hashlib.sha256(rel.encode()).digest() * 8  # fake point cloud
                             non_images.append(rel)
-    maps = []
-    for li, lg in enumerate(tables["log"]):
-        if lg["location"] not in {m.get("location") for m in tables["map"]}:
-            tok = _token("map", lg["location"])
-            rel = f"maps/{tok}.png"
-            buf = io.BytesIO()
-            Image.new("L", (32, 32), 200).save(buf, "PNG")
-            files[rel] = buf.getvalue()
-            maps.append(rel)
-            tables["map"].append({"token": tok, "log_tokens": [lg["token"]], "category": "semantic_prior",
-                                  "filename": rel, "location": lg["location"]})
+    maps = _add_maps(tables, files)
     for rel, data in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +212,22 @@ def make_nuscenes_fixture(
         (tdir / f"{name}.json").write_text(json.dumps(rows_out, indent=0))
     return FixtureInfo(root=root, version=split, tables=tables, keyframes=sorted(keyframes), sweeps=sorted(sweeps),
                        non_images=sorted(non_images), maps=sorted(maps), expected=expected, scenes=scenes_info)
+
+
+def _add_maps(tables: dict[str, list[dict[str, Any]]], files: dict[str, bytes]) -> list[str]:
+    """One map image (and ``map`` row) per location; returns the map files' paths."""
+    maps = []
+    for lg in tables["log"]:
+        if lg["location"] not in {m.get("location") for m in tables["map"]}:
+            tok = _token("map", lg["location"])
+            rel = f"maps/{tok}.png"
+            buf = io.BytesIO()
+            Image.new("L", (32, 32), 200).save(buf, "PNG")
+            files[rel] = buf.getvalue()
+            maps.append(rel)
+            tables["map"].append({"token": tok, "log_tokens": [lg["token"]], "category": "semantic_prior",
+                                  "filename": rel, "location": lg["location"]})
+    return maps
 
 
 def add_orphan_image(info: FixtureInfo, channel: str = "CAM_FRONT", *, keyframe: bool = True) -> str:

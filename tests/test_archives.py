@@ -7,10 +7,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from job import archives
-from job.archives import ArchiveError, ArchiveReader
 from nuscenes_fixture import pack, upload_file
+
+from job.sources import archive_reader as archives
+from job.sources.archive_reader import ArchiveError, ArchiveReader
 
 
 def _files(n: int = 12, size: int = 3000) -> dict[str, bytes]:

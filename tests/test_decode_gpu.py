@@ -15,7 +15,8 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("mode", ["pad", "crop", "squash"])
 def test_same_geometry_as_cpu_path(mode: str) -> None:
     blobs = [jpeg_bytes(1600, 900, seed=s) for s in range(3)]
-    result, pixels = GpuDecoder(224, mode, CPU)(blobs)
+    result = GpuDecoder(224, mode, CPU)(blobs)
+    pixels = result.pixels
     assert result.ok_positions == [0, 1, 2] and result.sizes == [(1600, 900)] * 3
     assert pixels.shape == (3, 224, 224, 3) and pixels.dtype == torch.uint8
     for b, got in zip(blobs, pixels):
@@ -33,7 +34,8 @@ def test_bad_and_non_jpeg_inputs() -> None:
     png = io.BytesIO()
     photo_like(320, 180, 1).save(png, "PNG")
     blobs = [jpeg_bytes(320, 180, seed=1), b"", None, b"plain text", png.getvalue(), jpeg_bytes(320, 180, seed=2)[:900]]
-    result, pixels = GpuDecoder(64, "pad", CPU)(blobs)
+    result = GpuDecoder(64, "pad", CPU)(blobs)
+    pixels = result.pixels
     assert result.ok_positions == [0, 4]
     assert pixels.shape == (2, 64, 64, 3)
     reasons = dict(result.failed)
@@ -45,7 +47,8 @@ def test_bad_and_non_jpeg_inputs() -> None:
 @pytest.mark.skipif(not gpu_decode_available(), reason="needs CUDA and nvJPEG")
 def test_cuda_decode_matches_cpu() -> None:
     blobs = [jpeg_bytes(1600, 900, seed=s) for s in range(8)]
-    result, pixels = GpuDecoder(224, "pad", torch.device("cuda"))(blobs)
+    result = GpuDecoder(224, "pad", torch.device("cuda"))(blobs)
+    pixels = result.pixels
     assert pixels.is_cuda and result.ok_positions == list(range(8))
     for b, got in zip(blobs, pixels.cpu()):
         ref, _, _ = decode_image(b, 224, "pad")

@@ -12,9 +12,9 @@ import pytest
 
 from job import fsutil
 from job.cli import main
-from job.config import UsageError, IndexConfig, JobConfig
+from job.config import IndexConfig, IndexOverrides, JobConfig
+from job.errors import DataError, UsageError
 from job.index import (
-    IndexOverrides,
     build_index_file,
     build_run_index,
     default_nlist,
@@ -22,6 +22,8 @@ from job.index import (
     default_pq_m,
     exact_neighbours,
     load_index,
+    load_vectors,
+    open_dataset,
     parse_memory,
     plan_index,
     recall_at,
@@ -186,9 +188,7 @@ def test_s3_run_folder(s3_bucket: str, vectors: np.ndarray) -> None:
 
 
 def _ids_s3(layout: RunLayout) -> np.ndarray:
-    from job.store import read_embeddings
-
-    return read_embeddings(layout.embeddings, ["id"]).column("id").to_numpy()
+    return open_dataset(layout.embeddings).to_table(columns=["id"]).column("id").to_numpy()
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -203,6 +203,18 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return rc, err
 
 
+def _manifest(*, embed_dim: int) -> dict[str, object]:
+    """A finished run's manifest.json, as the embed step writes it (only model.embed_dim matters here)."""
+    return {
+        "schema_version": 2, "status": "complete", "started": "2024-01-01T00:00:00+00:00",
+        "finished": "2024-01-01T00:01:00+00:00", "host": "test", "run_dir": ".", "config": {},
+        "outputs": {"embeddings": "embeddings.parquet", "failures": "failures.parquet", "state": "_run.json"},
+        "model": {"name": "ViT-L-14", "pretrained": "openclip", "weights_sha256": "0" * 64, "pool": "mean",
+                  "image_size": 224, "embed_dim": embed_dim},
+        "counts": {"seen": 300, "embedded": 300, "failed": 0},
+    }
+
+
 def _write_table(path: Path, x: np.ndarray, ids: np.ndarray | None = None) -> None:
     ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
@@ -213,9 +225,6 @@ def _write_table(path: Path, x: np.ndarray, ids: np.ndarray | None = None) -> No
 @pytest.mark.parametrize("case,message", [
     ("missing", "does not exist"),
     ("empty", "no vectors"),
-    ("nan", "NaN"),
-    ("zero", "zero vector"),
-    ("duplicate", "more than once"),
     ("dimension", "dimension 32"),
     ("not-embeddings", "no embedding column"),
     ("factory", "Faiss cannot build"),
@@ -231,17 +240,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     extra: list[str] = []
     if case == "empty":
         _write_table(emb, x[:0])
-    elif case == "nan":
-        x[17, 3] = np.nan
-        _write_table(emb, x)
-    elif case == "zero":
-        x[5] = 0
-        _write_table(emb, x)
-    elif case == "duplicate":
-        _write_table(emb, x, np.r_[np.arange(299), 3].astype(np.int64))
     elif case == "dimension":
         _write_table(emb, x)
-        (emb.parent / "manifest.json").write_text(json.dumps({"model": {"embed_dim": 768}}))
+        (emb.parent / "manifest.json").write_text(json.dumps(_manifest(embed_dim=768)))
     elif case == "not-embeddings":
         emb.parent.mkdir(parents=True)
         pq.write_table(pa.table({"id": [1, 2], "path": ["a", "b"]}), emb)
@@ -257,6 +258,40 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     assert not out.parent.exists() or not list(out.parent.iterdir()), "nothing may be half-written"
 
 
+@pytest.mark.parametrize("case,message", [
+    ("nan", "NaN"),
+    ("zero", "zero vector"),
+    ("duplicate", "more than once"),
+])
+def test_data_faults_are_data_errors_and_write_nothing(tmp_path: Path, vectors: np.ndarray, case: str,
+                                                       message: str) -> None:
+    emb = tmp_path / "vectors" / "embeddings.parquet"
+    x = vectors[:300].copy()
+    ids = None
+    if case == "nan":
+        x[17, 3] = np.nan
+    elif case == "zero":
+        x[5] = 0
+    else:
+        ids = np.r_[np.arange(299), 3].astype(np.int64)
+    _write_table(emb, x, ids)
+    out = tmp_path / "indexes" / "nuscenes_vitl14.faiss"
+    with pytest.raises(DataError, match=message) as info:
+        build_index_file(str(emb), str(out), IndexConfig("flat"), progress=False)
+    assert len(str(info.value).splitlines()) == 1
+    assert not out.parent.exists() or not list(out.parent.iterdir()), "nothing may be half-written"
+
+
+def test_load_vectors_checks_the_expected_dimension(tmp_path: Path, vectors: np.ndarray) -> None:
+    emb = tmp_path / "vectors" / "embeddings.parquet"
+    _write_table(emb, vectors[:50])
+    with pytest.raises(UsageError, match="dimension 32, but the run's model outputs 768-d vectors"):
+        load_vectors(str(emb), expected_dim=768)
+    x, ids = load_vectors(str(emb), expected_dim=D)
+    assert x.shape == (50, D) and ids.tolist() == list(range(50))
+    assert load_vectors(str(emb))[0].shape == (50, D)  # no expectation: any dimension
+
+
 def test_seed_compatible_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], vectors: np.ndarray) -> None:
     emb = tmp_path / "vectors" / "embeddings.parquet"
     _write_table(emb, vectors[:500])
@@ -270,4 +305,4 @@ def test_seed_compatible_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert rc == 0 and hits[0]["id"] == 42 and hits[0]["path"] == "42.jpg"
     rc = main(["search", "--index", str(out), "--text", "rain", "--log-level", "ERROR"])
-    assert rc == 2 and "no manifest.json" in capsys.readouterr().err
+    assert rc == 2 and "no manifest" in capsys.readouterr().err

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import jpeg_bytes
-from job.config import UsageError, ModelConfig
+from job.config import ModelConfig
+from job.errors import UsageError
 from job.decode import decode_image
 from job.model import (
     DEFAULT_TAGS,

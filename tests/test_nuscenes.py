@@ -7,10 +7,11 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pytest
+from nuscenes_fixture import add_orphan_image, make_nuscenes_fixture, pack_trainval_archives
 
 from job import nuscenes as ns
+from job.nuscenes import jsonstream
 from job.store import embedding_schema
-from nuscenes_fixture import add_orphan_image, make_nuscenes_fixture, pack_trainval_archives
 
 
 def _builder_from_dir(d: Path, version: str, **kw) -> ns.TablesBuilder:
@@ -74,7 +75,7 @@ def test_compact_json_and_stdlib_fallback(nuscenes_dataroot, tmp_path, monkeypat
         rows = json.loads((info.root / info.version / f"{t}.json").read_text())
         (d / f"{t}.json").write_text(json.dumps(rows, separators=(",", ":")))
     fast = _builder_from_dir(d, "v1.0-mini", chunk_bytes=300).build()
-    monkeypatch.setattr(ns, "msgspec", None)
+    monkeypatch.setattr(jsonstream, "msgspec", None)
     slow = _builder_from_dir(d, "v1.0-mini", chunk_bytes=300).build()
     for p in info.images:
         assert fast.lookup(p) == slow.lookup(p) == info.expected[p]
@@ -161,24 +162,28 @@ def test_dataroot_relative(raw, rel):
 
 
 def test_path_helpers():
-    assert ns.layout_of("samples/CAM_FRONT/a.jpg") == ("samples", "CAM_FRONT")
-    assert ns.layout_of("sweeps/LIDAR_TOP/a.pcd.bin") == ("sweeps", "LIDAR_TOP")
-    assert ns.layout_of("CAM_FRONT/a.jpg") is None
+    assert ns.is_version_dir("v1.0-trainval") and ns.is_version_dir("v1.0-mini") and not ns.is_version_dir("samples")
+    assert ns.version_order(["v1.0-mini", "v2.0-x", "v1.0-trainval"]) == ["v1.0-trainval", "v1.0-mini", "v2.0-x"]
     assert ns.table_of("v1.0-trainval/sample_data.json") == ("v1.0-trainval", "sample_data")
     assert ns.table_of("maps/expansion/boston-seaport.json") is None
     assert not ns.is_image_name("samples/LIDAR_TOP/x.pcd.bin") and ns.is_image_name("a/B.JPG")
 
 
-def test_meta_fields_fit_the_embedding_schema():
+def test_meta_fields_fit_the_embedding_schema(nuscenes_dataroot):
     assert ns.META_NAMES == ("sample_data_token", "sample_token", "scene_token", "scene_name", "scene_description",
                              "channel", "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split")
     schema = embedding_schema(8, ns.META_FIELDS)
     assert schema.field("timestamp").type == pa.int64() and schema.field("is_key_frame").type == pa.bool_()
     assert all(schema.field(n).nullable for n in ns.META_NAMES)
-    # a row of metadata converts to arrow with these types
-    row = {"sample_data_token": "a", "timestamp": 1531883530412470, "is_key_frame": True}
-    table = pa.Table.from_pylist([ns.meta_of(row), ns.meta_of(None)], schema=pa.schema(list(ns.META_FIELDS)))
-    assert table.column("timestamp").to_pylist() == [1531883530412470, None]
+    # what a lookup returns converts to arrow with these types; a partial row or none at all gives nulls
+    info = nuscenes_dataroot
+    tables = ns.load_tables_dir(fsspec.filesystem("file"), str(info.root / info.version))
+    full = tables.lookup(info.keyframes[0])
+    assert full is not None and set(full) == set(ns.META_NAMES)
+    partial = {"sample_data_token": "a", "timestamp": 1531883530412470, "is_key_frame": True}
+    table = pa.Table.from_pylist([full, partial, {}], schema=pa.schema(list(ns.META_FIELDS)))
+    assert table.column("timestamp").to_pylist() == [full["timestamp"], 1531883530412470, None]
+    assert table.column("scene_name").to_pylist() == [full["scene_name"], None, None]
 
 
 def test_trainval_packing_layout(tmp_path):

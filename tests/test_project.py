@@ -15,9 +15,11 @@ from PIL import Image
 
 from job import fsutil, viz
 from job.cli import main
-from job.config import UsageError, JobConfig, OutputConfig, ProjectConfig
+from job.config import JobConfig, OutputConfig, ProjectConfig
+from job.errors import UsageError
 from job.project import UMAP_SCHEMA, UmapParams, compute_umap, pick_backend, project_run
-from job.store import RunLayout, ShardWriter, embedding_schema, path_id, read_table
+from job.runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, read_manifest, read_table, write_manifest
+from job.store import ShardWriter, embedding_schema, path_id
 
 CAMS = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT")
 DESCRIPTIONS = ("Night, after rain, peds", "Rain, bus stop", "Construction zone", "Night, big street")
@@ -51,17 +53,18 @@ def make_run(run_dir: str, n: int = 48, dim: int = 32, *, thumbnails: bool = Tru
         paths.append(path)
     writer.close()
     if manifest:
-        cfg = JobConfig(output=OutputConfig(run_dir=run_dir))
-        fsutil.write_json(layout.manifest, {
-            "status": status, "config": cfg.to_dict(), "counts": {"seen": n, "embedded": n, "failed": 0},
-            "model": {"name": "ViT-B-32", "pretrained": "random init (seeded)", "embed_dim": dim},
-            "outputs": {"embeddings": "embeddings.parquet"},
-        })
+        cfg = JobConfig(output=OutputConfig(out=run_dir))
+        write_manifest(layout, Manifest(
+            status=status, started="", finished="", host="test", run_dir=run_dir, config=cfg.to_dict(),
+            counts=Counts(seen=n, embedded=n, failed=0),
+            model=ModelInfo(name="ViT-B-32", pretrained="random init (seeded)", weights_sha256="", pool="mean",
+                            image_size=224, embed_dim=dim),
+            outputs=Outputs(embeddings="embeddings.parquet", failures="failures.parquet", state="_run.json")))
     return paths
 
 
 def _cfg(run_dir: str, fit_sample: int = 100_000) -> JobConfig:
-    return JobConfig(output=OutputConfig(run_dir=run_dir), project=ProjectConfig(fit_sample=fit_sample))
+    return JobConfig(output=OutputConfig(out=run_dir), project=ProjectConfig(fit_sample=fit_sample))
 
 
 # ------------------------------------------------------------------------------------------------ compute
@@ -164,9 +167,8 @@ def test_project_command_updates_the_manifest(tmp_path: Path) -> None:
 def test_project_command_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["project", "--run", str(tmp_path / "nothing")]) == 2
     assert "no embeddings.parquet" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["project", "--run", str(tmp_path), "--fit-sample", "0"])
-    assert exc.value.code == 2
+    assert main(["project", "--run", str(tmp_path), "--fit-sample", "0"]) == 2
+    assert "--fit-sample 0 must be 2 or more" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["project", "--run", str(tmp_path), "--backend", "tsne"])
 
@@ -222,9 +224,9 @@ def test_thumbnails_fall_back_to_source_images(tmp_path: Path) -> None:
     paths = make_run(run_dir, n=6, thumbnails=False)
     (src / paths[0]).parent.mkdir(parents=True)
     Image.new("RGB", (1600, 900), (10, 200, 10)).save(src / paths[0])
-    manifest = fsutil.read_json(RunLayout(run_dir).manifest)
-    manifest["config"]["source"]["sources"] = ["s3://not-here.tgz", str(src)]
-    fsutil.write_json(RunLayout(run_dir).manifest, manifest)
+    manifest = read_manifest(RunLayout(run_dir))
+    manifest.config["source"]["sources"] = ["s3://not-here.tgz", str(src)]
+    write_manifest(RunLayout(run_dir), manifest)
     run = viz.open_run(run_dir)
     ims = viz.thumbnails(run, [path_id(paths[0]), path_id(paths[1])])
     assert ims[path_id(paths[0])].getpixel((5, 5))[1] > 150  # the green source image, shrunk
@@ -279,7 +281,7 @@ def test_index_search_is_used_when_asked(tmp_path: Path, monkeypatch: pytest.Mon
             return [{"id": path_id(paths[3]), "score": 0.9, "rank": 1},
                     {"id": path_id(paths[1]), "score": 0.5, "rank": 2}]
 
-    monkeypatch.setattr(viz, "_searcher", lambda r: FakeSearcher())
+    monkeypatch.setattr(viz.gallery, "_searcher", lambda r: FakeSearcher())
     rows, scores, how = viz.neighbours(run, run.vectors[0], 2, use_index=True)
     assert how == "faiss index" and rows.tolist() == [3, 1] and scores.tolist() == pytest.approx([0.9, 0.5])
     rows, _, how = viz.neighbours(run, run.vectors[0], 2)

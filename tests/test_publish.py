@@ -11,7 +11,7 @@ import pytest
 from conftest import TEST_MODEL
 from job.cli import main
 from job.publish import publish_run
-from job.store import read_embeddings
+from job.runfolder import RunLayout, read_table
 
 pytestmark = pytest.mark.s3
 
@@ -30,7 +30,7 @@ def test_embed_then_publish(image_dir: Path, tmp_path: Path, s3_bucket: str) -> 
     assert "runs/r1/manifest.json" in keys
     assert sum(k.startswith("runs/r1/embeddings.parquet/part-") for k in keys) == 3
     assert info["files"] == len(keys)
-    remote = read_embeddings(f"s3://{s3_bucket}/runs/r1/")
+    remote = read_table(RunLayout(f"s3://{s3_bucket}/runs/r1").embeddings)
     assert sorted(remote.column("path").to_pylist()) == sorted(pq.read_table(out / "embeddings.parquet")
                                                              .column("path").to_pylist())
 
@@ -49,7 +49,7 @@ def test_run_folder_on_s3_and_resume(image_dir: Path, s3_bucket: str) -> None:
     assert main(args) == 0
     keys = _keys(s3_bucket, "runs/direct/")
     assert "runs/direct/manifest.json" in keys and "runs/direct/_run.json" in keys
-    assert read_embeddings(out).num_rows == 12
+    assert read_table(RunLayout(str(out)).embeddings).num_rows == 12
     assert main(args) == 0
     manifest = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key="runs/direct/manifest.json")["Body"].read())
     assert manifest["counts"]["embedded_this_attempt"] == 0 and manifest["counts"]["embedded"] == 12

@@ -11,7 +11,7 @@ from conftest import TEST_MODEL, jpeg_bytes
 
 from job import fsutil
 from job.cli import main
-from job.config import UsageError
+from job.errors import DataError, UsageError
 from job.search import Searcher, format_hits, hits_table
 
 N_IMAGES = 10
@@ -124,7 +124,7 @@ def test_index_not_matching_embeddings_is_refused(run_dir: Path, tmp_path: Path,
     pq.write_table(t.slice(0, t.num_rows - 1), parts[0])  # one vector fewer than the index holds
     rc = main(["search", "--run", str(other), "--id", str(t.column("id")[0].as_py()), "--log-level", "ERROR"])
     err = capsys.readouterr().err
-    assert rc == 2 and "holds 10 vectors" in err and "rebuild" in err
+    assert rc == 1 and "holds 10 vectors" in err and "rebuild" in err  # a data fault, not a usage error
 
     shutil.rmtree(other / "index")
     rc = main(["search", "--run", str(other), "--id", "1", "--log-level", "ERROR"])
@@ -138,8 +138,13 @@ def test_other_weights_are_refused(run_dir: Path, tmp_path: Path) -> None:
     manifest["model"]["weights_sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     s = Searcher.open(str(other), device="cpu")
-    with pytest.raises(UsageError, match="weights are not available"):
+    with pytest.raises(DataError, match="weights are not available"):
         s.by_text("a road", 3)
+    # the notebook helpers load the run's model through the same function, with the same check
+    from job import viz
+
+    with pytest.raises(DataError, match="weights are not available"):
+        viz.load_text_model(viz.open_run(str(other)), "cpu")
     assert s.by_id(_ids(run_dir)[0], 2)[0]["id"] == _ids(run_dir)[0]  # id queries need no model
 
 

@@ -9,11 +9,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from job import archives, sources
-from job.config import UsageError, SourceConfig
-from job.nuscenes import META_FIELDS
-from job.sources import ImageRecord, open_source
 from nuscenes_fixture import (
     CAMERAS,
     add_orphan_image,
@@ -24,6 +19,12 @@ from nuscenes_fixture import (
     upload_file,
     upload_tree,
 )
+
+from job import sources
+from job.config import SourceConfig, UsageError
+from job.nuscenes import META_FIELDS
+from job.sources import ImageRecord, Selection, fanin, open_source
+from job.sources import archive_reader as archives
 
 
 def _records(cfg: SourceConfig, skip=frozenset()) -> tuple[list[ImageRecord], object]:
@@ -150,6 +151,16 @@ def test_lidar_radar_and_maps_never_yielded(nuscenes_dataroot, packed):
         assert paths == set(nuscenes_dataroot.images)
         assert not paths & set(nuscenes_dataroot.non_images) and not any(p.startswith("maps/") for p in paths)
     assert src.stats()["members_skipped"] > len(nuscenes_dataroot.non_images)
+
+
+def test_selection_follows_the_nuscenes_layout():
+    sel = Selection(frozenset({"CAM_FRONT"}), keyframes_only=True)
+    assert sel.wants("samples/CAM_FRONT/a.jpg") and not sel.wants("samples/CAM_BACK/a.jpg")
+    assert not sel.wants("sweeps/CAM_FRONT/a.jpg")
+    assert Selection(frozenset({"CAM_FRONT"}), keyframes_only=False).wants("sweeps/CAM_FRONT/a.jpg")
+    assert not sel.wants("sweeps/LIDAR_TOP/a.pcd.bin") and not sel.wants("samples/LIDAR_TOP/a.jpg")
+    assert not sel.wants("maps/x.png") and not sel.wants("v1.0-mini/x.png")
+    assert sel.wants("CAM_FRONT/frame_000.jpg") and sel.wants("a.jpg")  # a plain folder of pictures
 
 
 @pytest.mark.parametrize("kind", ["folder", "archive"])
@@ -310,7 +321,7 @@ def test_many_archives_each_record_exactly_once(tmp_path, monkeypatch):
     info = make_nuscenes_fixture(tmp_path / "ds", n_logs=4, scenes_per_log=2, samples_per_scene=2,
                                  sweeps_per_sample=1, split="v1.0-trainval")
     arch = pack_trainval_archives(info, tmp_path / "a", parts=4)
-    monkeypatch.setattr(sources, "QUEUE_SIZE", 4)  # force the readers to block on the consumer
+    monkeypatch.setattr(fanin, "QUEUE_SIZE", 4)  # force the readers to block on the consumer
     seen_threads = set()
     real = sources.Archive.produce
 

@@ -7,12 +7,12 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TEST_MODEL
+from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive, pack_trainval_archives, upload_file, upload_tree
+
 from job.cli import main
 from job.nuscenes import META_NAMES
 from job.store import path_id
-from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive, pack_trainval_archives, upload_file, upload_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 

@@ -8,17 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from job.config import UsageError
-from job.store import (
-    RunLayout,
-    ShardWriter,
-    embedding_matrix,
-    embedding_schema,
-    path_id,
-    prepare_run,
-    read_embeddings,
-    read_manifest,
-)
+from job.errors import UsageError
+from job.runfolder import RunLayout, embedding_matrix, read_manifest, read_table
+from job.store import ShardWriter, embedding_schema, path_id, prepare_run
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
 
@@ -44,7 +36,7 @@ def test_shards_commit_by_size_with_metadata(tmp_path: Path) -> None:
     w.close()
     parts = sorted((tmp_path / "run" / "embeddings.parquet").glob("part-*.parquet"))
     assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    t = read_embeddings(str(tmp_path / "run"))
+    t = read_table(RunLayout(str(tmp_path / "run")).embeddings)
     assert t.num_rows == 7 and t.schema.field("scene_name").type == pa.string()
     rows = {r["path"]: r for r in t.to_pylist()}
     assert rows["p1.jpg"]["scene_name"] == "scene-1" and rows["p2.jpg"]["scene_name"] is None
@@ -86,4 +78,4 @@ def test_prepare_run_refuses_other_options(tmp_path: Path) -> None:
 
 def test_read_manifest_missing_is_clear(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no manifest.json"):
-        read_manifest(str(tmp_path))
+        read_manifest(RunLayout(str(tmp_path)))

@@ -7,224 +7,34 @@ The join follows the official devkit: ``sample_data → sample → scene → log
 
 The trainval ``sample_data.json`` holds ~2.6M rows (~1 GB of JSON, all sensors). It is never held
 whole: it is parsed in slices of ``CHUNK_BYTES`` as the bytes arrive (from a file, an S3 object or
-an archive member), only the rows the run can use (camera images that pass the channel and
-keyframe filters) are kept, and those are stored column-wise in pyarrow/numpy arrays with a hash
-index instead of a dict of Python objects. msgspec parses when it is installed (fast, typed),
-the standard library otherwise.
+an archive member, see ``jsonstream``), only the rows the run can use (camera images that pass the
+channel and keyframe filters) are kept, and those are stored column-wise in pyarrow/numpy arrays
+with a hash index instead of a dict of Python objects.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from .jsonstream import CHUNK_BYTES, decode_any, decode_sample_data, iter_array_slices, reader_of
+from .paths import is_image_name, is_version_dir, version_order
+from .schema import NEEDED_TABLES, TablesError
+
 log = logging.getLogger(__name__)
 
-try:  # msgspec: ~10x faster than json and decodes straight into slim typed rows
-    import msgspec
-except ImportError:  # pragma: no cover - exercised only where msgspec is missing
-    msgspec = None  # type: ignore[assignment]
-
-# The metadata columns every row of a nuScenes run carries (all nullable: images without a
-# sample_data row keep nulls).
-META_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("sample_data_token", pa.string()),
-    pa.field("sample_token", pa.string()),
-    pa.field("scene_token", pa.string()),
-    pa.field("scene_name", pa.string()),
-    pa.field("scene_description", pa.string()),
-    pa.field("channel", pa.string()),
-    pa.field("timestamp", pa.int64()),  # µs since the epoch, as in the tables
-    pa.field("is_key_frame", pa.bool_()),
-    pa.field("location", pa.string()),
-    pa.field("logfile", pa.string()),
-    pa.field("date_captured", pa.string()),  # YYYY-MM-DD, as in log.json
-    pa.field("split", pa.string()),  # the table version the row came from: v1.0-mini, v1.0-trainval, v1.0-test
-)
-META_NAMES: tuple[str, ...] = tuple(f.name for f in META_FIELDS)
-
-# Tables the join reads; the others (ego_pose, sample_annotation, instance, …) are never parsed.
-NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "calibrated_sensor", "sensor")
-LAYOUT_DIRS: frozenset[str] = frozenset({"samples", "sweeps"})
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-CHUNK_BYTES = 8 << 20
-_VERSION_RE = re.compile(r"^v\d+\.\d+-[A-Za-z0-9_\-]+$")
-# Preference when a dataroot holds several table versions (mini is a subset of trainval).
-_VERSION_PRIORITY = ("v1.0-trainval", "v1.0-test", "v1.0-mini")
-
-
-class TablesError(ValueError):
-    """The tables are missing, incomplete or unreadable; the message names the file."""
-
-
-# --------------------------------------------------------------------------- paths
-
-def is_image_name(name: str) -> bool:
-    """True for file names the job decodes as images (by extension)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_version_dir(name: str) -> bool:
-    """True for a tables folder name like ``v1.0-mini`` / ``v1.0-trainval``."""
-    return bool(_VERSION_RE.match(name))
-
-
-def dataroot_relative(path: str) -> str:
-    """The path relative to the nuScenes dataroot, whatever folder the files sat under.
-
-    ``./samples/CAM_FRONT/x.jpg`` and ``nuscenes/samples/CAM_FRONT/x.jpg`` both become
-    ``samples/CAM_FRONT/x.jpg``; paths outside the nuScenes layout are only cleaned of ``./``.
-    """
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-    for i, p in enumerate(parts[:-1]):
-        if p in LAYOUT_DIRS or p == "maps" or is_version_dir(p):
-            return "/".join(parts[i:])
-    return "/".join(parts)
-
-
-def layout_of(path: str) -> tuple[str, str] | None:
-    """``(folder, channel)`` for a dataroot-relative ``samples|sweeps/<CHANNEL>/<file>``, else None."""
-    parts = path.split("/")
-    if len(parts) == 3 and parts[0] in LAYOUT_DIRS:
-        return parts[0], parts[1]
-    return None
-
-
-def table_of(path: str) -> tuple[str, str] | None:
-    """``(version, table)`` for a dataroot-relative ``v1.0-*/<table>.json``, else None."""
-    parts = path.split("/")
-    if len(parts) == 2 and is_version_dir(parts[0]) and parts[1].endswith(".json"):
-        return parts[0], parts[1][: -len(".json")]
-    return None
-
-
-def version_order(versions: Iterable[str]) -> list[str]:
-    """Versions in lookup priority: trainval, test, mini, then the others by name."""
-    def key(v: str) -> tuple[int, str]:
-        return (_VERSION_PRIORITY.index(v) if v in _VERSION_PRIORITY else len(_VERSION_PRIORITY), v)
-
-    return sorted(set(versions), key=key)
-
-
-# --------------------------------------------------------------------------- JSON parsing
-
-if msgspec is not None:
-    class _SampleDataRow(msgspec.Struct):
-        """The sample_data fields the join uses; the others are skipped by the decoder."""
-
-        token: str
-        sample_token: str
-        calibrated_sensor_token: str
-        filename: str
-        timestamp: int
-        is_key_frame: bool
-
-    _SD_DECODER = msgspec.json.Decoder(list[_SampleDataRow])
-    _ANY_DECODER = msgspec.json.Decoder()
-
-
-def _decode_any(data: bytes) -> Any:
-    if msgspec is not None:
-        return _ANY_DECODER.decode(data)
-    return json.loads(data)
-
-
-def _decode_sample_data(data: bytes, keep: Callable[[str], bool]) -> tuple[int, list[tuple[Any, ...]]]:
-    """(rows parsed, kept rows as (token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame))."""
-    if msgspec is not None:
-        rows = _SD_DECODER.decode(data)
-        return len(rows), [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp,
-                            r.is_key_frame) for r in rows if keep(r.filename)]
-    rows = json.loads(data)
-    return len(rows), [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"],
-                        int(r["timestamp"]), bool(r["is_key_frame"])) for r in rows if keep(r["filename"])]
-
-
-_WS = frozenset(b" \t\r\n")
-
-
-def _last_boundary(buf: bytearray) -> tuple[int, int] | None:
-    """(index of ``}``, index of ``,``) of the last ``}<whitespace>,`` in ``buf``: the end of a row."""
-    pos = len(buf)
-    while True:
-        comma = buf.rfind(b",", 0, pos)
-        if comma < 0:
-            return None
-        j = comma - 1
-        while j >= 0 and buf[j] in _WS:
-            j -= 1
-        if j >= 0 and buf[j] == 0x7D:  # "}"
-            return j, comma
-        pos = comma
-
-
-def iter_array_slices(read: Callable[[int], bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Cut a JSON array of flat objects, read ``chunk_bytes`` at a time, into smaller valid JSON arrays.
-
-    Each slice ends at the last ``}`` followed by ``,`` seen so far (an object boundary: nuScenes
-    rows hold no nested objects, and no string value contains ``}`` then ``,``), so at most one
-    slice plus one read is in memory at a time. Parsing each slice stays exact; a malformed file still fails to parse.
-    """
-    buf = bytearray()
-    started = False
-    while True:
-        data = read(chunk_bytes)
-        buf += data
-        if not started:
-            stripped = buf.lstrip()
-            if stripped:
-                if not stripped.startswith(b"["):
-                    raise TablesError("not a JSON array")
-                del buf[: len(buf) - len(stripped) + 1]
-                started = True
-        if not data:
-            tail = bytes(buf).rstrip()
-            if tail.endswith(b"]"):
-                tail = tail[:-1]
-            elif started:
-                raise TablesError("JSON array is not closed (file truncated?)")
-            if tail.strip():
-                yield b"[" + tail + b"]"
-            return
-        cut = _last_boundary(buf) if started else None
-        if cut is not None:
-            close, comma = cut
-            piece = bytearray(b"[")
-            piece += memoryview(buf)[: close + 1]
-            piece += b"]"
-            del buf[: comma + 1]
-            yield bytes(piece) if msgspec is None else piece  # msgspec parses a bytearray in place
-
-
-def _reader(source: bytes | Callable[[int], bytes]) -> Callable[[int], bytes]:
-    if callable(source):
-        return source
-    view = memoryview(source)
-    pos = 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        out = bytes(view[pos: pos + n])
-        pos += len(out)
-        return out
-
-    return read
-
-
-# --------------------------------------------------------------------------- tables
 
 @dataclass
 class _Scene:
+    """One scene with its log's place and date (None where the tables leave a field out)."""
+
     token: str
-    name: str
-    description: str
+    name: str | None
+    description: str | None
     location: str | None
     logfile: str | None
     date_captured: str | None
@@ -358,7 +168,7 @@ class MetaIndex:
         out: set[str] = set()
         for t in self.tables:
             for s in t.scenes:
-                out.update((s.name, s.token))
+                out.update(k for k in (s.name, s.token) if k is not None)
         return out
 
 
@@ -397,10 +207,10 @@ class TablesBuilder:
         t0 = time.perf_counter()
         try:
             if table == "sample_data":
-                self._add_sample_data(_reader(source))
+                self._add_sample_data(reader_of(source))
             else:
                 data = source if isinstance(source, bytes) else b"".join(iter(lambda: source(self.chunk_bytes), b""))
-                rows = _decode_any(data)
+                rows = decode_any(data)
                 if not isinstance(rows, list):
                     raise TablesError("not a JSON array")
                 self._small[table] = rows
@@ -415,7 +225,7 @@ class TablesBuilder:
         cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key",
                                                       "hash")}
         for piece in iter_array_slices(read, self.chunk_bytes):
-            n, kept = _decode_sample_data(piece, self.keep)
+            n, kept = decode_sample_data(piece, self.keep)
             self.sample_data_rows_read += n
             if not kept:
                 continue
@@ -474,7 +284,7 @@ class TablesBuilder:
                                  location=lg.get("location"), logfile=lg.get("logfile"),
                                  date_captured=lg.get("date_captured")))
         samples = self._small["sample"]
-        sample_codes = np.array([scene_code.get(r.get("scene_token"), -1) for r in samples] + [-1], dtype=np.int32)
+        sample_codes = np.array([scene_code.get(r.get("scene_token", ""), -1) for r in samples] + [-1], dtype=np.int32)
         scene_codes = sample_codes[_index_in(sample_tokens, [r["token"] for r in samples])]
         self._small = {}
         tables = NuScenesTables(self.version, filenames, sd_tokens, sample_tokens, timestamps, key_frames,
@@ -525,7 +335,3 @@ def find_version_dirs(fs: Any, root: str) -> list[str]:
                 found[name] = f"{root}/{name}"
     return [found[v] for v in version_order(found)]
 
-
-def meta_of(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A full metadata dict (every column, nulls where unknown)."""
-    return {k: (meta or {}).get(k) for k in META_NAMES}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import gzip
 import io
 import logging
@@ -25,14 +26,13 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 
-from . import fsutil
+from .. import fsutil
 
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-ARCHIVE_SUFFIXES: tuple[str, ...] = (".tgz", ".tar.gz", ".tar")
 DECODERS: tuple[str, ...] = ("isal", "gzip")
 TAR_BUFSIZE = 1 << 20
 GZIP_BLOCK = 256 << 10  # isal's decompress-thread block: also the most a broken stream loses before the error
@@ -51,9 +51,8 @@ class ArchiveError(IOError):
         self.member = member
 
 
-def is_archive_name(url: str) -> bool:
-    """True for names the job reads as tar archives (``.tgz``, ``.tar.gz``, ``.tar``)."""
-    return url.lower().rstrip("/").endswith(ARCHIVE_SUFFIXES)
+class ArchiveMissing(ArchiveError):
+    """The archive does not exist: a wrong path or key, not a damaged archive."""
 
 
 def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backoff: float | None = None,
@@ -107,7 +106,7 @@ class RangeReader(io.RawIOBase):
         def get() -> bytes:
             data = self.fs.cat_file(self.path, start=start, end=end)
             if len(data) != end - start:
-                raise IOError(f"short read: {len(data)} of {end - start} bytes at {start}")
+                raise OSError(f"short read: {len(data)} of {end - start} bytes at {start}")
             return data
 
         return retry(get, f"GET {self.path} bytes {start}-{end}", retries=self.retries, backoff=self.backoff,
@@ -144,8 +143,7 @@ class _Counting(io.RawIOBase):
 
     def __init__(self, inner: Any) -> None:
         super().__init__()
-        self.inner = inner
-        self.count = 0
+        self.inner, self.count = inner, 0
 
     def readable(self) -> bool:
         return True
@@ -198,7 +196,7 @@ class Member:
     isfile: bool
     _tar: tarfile.TarFile
     _info: tarfile.TarInfo
-    _stats: "ArchiveStats | None" = None
+    _stats: ArchiveStats | None = None
 
     def read(self) -> bytes:
         """All the member's bytes; raises ArchiveError if the stream breaks inside it."""
@@ -210,7 +208,7 @@ class Member:
             raise err
         return data
 
-    def reader(self) -> "_MemberReader":
+    def reader(self) -> _MemberReader:
         """A file object over the member's bytes (for parsing big members as they stream)."""
         f = self._tar.extractfile(self._info) if self.isfile else None
         if f is None:
@@ -222,7 +220,7 @@ class Member:
 class _MemberReader:
     """``read(n)`` over one member that reports a broken stream as ArchiveError (and in the stats)."""
 
-    def __init__(self, f: Any, name: str, stats: "ArchiveStats | None") -> None:
+    def __init__(self, f: Any, name: str, stats: ArchiveStats | None) -> None:
         self._f, self._name, self._stats = f, name, stats
 
     def read(self, n: int = -1) -> bytes:
@@ -253,8 +251,7 @@ def open_raw(url: str, anon: bool | None = None, *, block_size: int = S3_BLOCK,
     """(binary file object positioned at 0, size or None) for a local path or object-store URL."""
     fs, path = fsutil.url_to_fs(url, anon)
     if fsutil.is_local(fs):
-        f = open(path, "rb", buffering=TAR_BUFSIZE)
-        return f, None
+        return open(path, "rb", buffering=TAR_BUFSIZE), None
     info = retry(lambda: fs.info(path), f"HEAD {url}")
     return io.BufferedReader(RangeReader(fs, path, int(info["size"]), block_size=block_size, prefetch=prefetch),
                              buffer_size=TAR_BUFSIZE), int(info["size"])
@@ -283,13 +280,11 @@ class ArchiveReader:
 
     def __init__(self, url: str, *, anon: bool | None = None, decoder: str = "isal",
                  block_size: int = S3_BLOCK, prefetch: int = S3_PREFETCH) -> None:
-        self.url = url
-        self.anon = anon
-        self.decoder = decoder
+        self.url, self.anon, self.decoder = url, anon, decoder
         self.block_size, self.prefetch = block_size, prefetch
         self.stats = ArchiveStats(url=url)
 
-    def members(self, stop: threading.Event | None = None) -> Iterator[Member]:
+    def members(self, stop: threading.Event | None = None) -> Generator[Member, None, None]:
         """Every member, in order. Raises ArchiveError where the archive breaks; stops early on ``stop``."""
         t0 = time.perf_counter()
         raw = counted_raw = stream = counted = tar = None
@@ -298,7 +293,7 @@ class ArchiveReader:
             try:
                 raw, _ = open_raw(self.url, self.anon, block_size=self.block_size, prefetch=self.prefetch)
             except FileNotFoundError:
-                raise ArchiveError(f"archive missing: {self.url} does not exist") from None
+                raise ArchiveMissing(f"archive missing: {self.url} does not exist") from None
             except Exception as exc:
                 raise ArchiveError(f"archive unreadable: cannot open {self.url} ({type(exc).__name__}: {exc})") from exc
             counted_raw = _Counting(raw)
@@ -312,21 +307,19 @@ class ArchiveReader:
                 raise ArchiveError(f"not a tar archive: {_describe(exc)}") from exc
             except Exception as exc:
                 raise ArchiveError(_describe(exc)) from exc
-            while True:
-                if stop is not None and stop.is_set():
-                    return
+            while stop is None or not stop.is_set():
                 try:
                     info = tar.next()
                 except Exception as exc:
                     raise ArchiveError(_describe(exc), current) from exc
                 if info is None:
-                    break
-                tar.members.clear()  # stream mode would keep every TarInfo (hundreds of thousands) alive
+                    self._check_trailer(tar, counted, current)
+                    self.stats.complete = True
+                    return
+                tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every TarInfo (100k+) alive
                 current = info.name
                 self.stats.members += 1
                 yield Member(info.name, info.size, info.isreg(), tar, info, self.stats)
-            self._check_trailer(tar, counted, current)
-            self.stats.complete = True
         except ArchiveError as exc:
             self.stats.error = str(exc)
             raise
@@ -336,12 +329,9 @@ class ArchiveReader:
             self.stats.bytes_read = counted_raw.count if counted_raw is not None else 0
             self.stats.bytes_decompressed = counted.count if counted is not None else 0
             self.stats.seconds += time.perf_counter() - t0
-            for closable in (tar, stream, raw):
-                try:
-                    if closable is not None:
-                        closable.close()
-                except Exception:  # noqa: BLE001 - closing a broken stream must not hide the real error
-                    pass
+            for closable in (c for c in (tar, stream, raw) if c is not None):
+                with contextlib.suppress(Exception):  # closing a broken stream must not hide the real error
+                    closable.close()
 
     def _check_trailer(self, tar: tarfile.TarFile, counted: _Counting, last: str | None) -> None:
         """After the last member only zero padding may follow (and the gzip trailer must check out)."""

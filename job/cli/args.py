@@ -1,0 +1,104 @@
+"""``config_from_args``: the one checked JobConfig of an invocation, from whatever options its subcommand defined."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..config import (
+    CAMERA_CHANNELS,
+    DEFAULT_SOURCE,
+    DecodeConfig,
+    IndexConfig,
+    IndexOverrides,
+    JobConfig,
+    ModelConfig,
+    OutputConfig,
+    ProjectConfig,
+    SearchConfig,
+    SourceConfig,
+    check_choice,
+    split_list,
+    validate,
+)
+from ..errors import UsageError
+
+
+class _Args:
+    """The parsed namespace with defaults for options a subcommand does not define."""
+
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.a = vars(ns)
+
+    def get(self, name: str, default: Any) -> Any:
+        v = self.a.get(name)
+        return default if v is None else v
+
+
+def _channels(a: _Args) -> tuple[str, ...]:
+    channels = tuple(c.upper() for c in split_list(a.get("channels", None))) or CAMERA_CHANNELS
+    for c in channels:
+        check_choice("channel", c, CAMERA_CHANNELS + ("LIDAR_TOP",))
+    if "LIDAR_TOP" in channels:
+        raise UsageError("channel 'LIDAR_TOP' is not a camera; valid choices: " + ", ".join(CAMERA_CHANNELS))
+    return channels
+
+
+def _source(a: _Args) -> SourceConfig:
+    given = list(a.get("source", [])) + list(a.get("image_dir", []))
+    sources = split_list(given) if given else ((DEFAULT_SOURCE,) if a.get("_default_source", False) else ())
+    return SourceConfig(sources=sources, anon=a.get("anon", None), nuscenes_meta=a.get("nuscenes_meta", None),
+                        channels=_channels(a), keyframes_only=bool(a.get("keyframes_only", True)),
+                        scenes=split_list(a.get("scenes", None)), limit=a.get("limit", None))
+
+
+def _index(a: _Args) -> IndexConfig:
+    d, o = IndexConfig(), IndexOverrides()
+    own = a.get("command", "") == "index"  # ``job search`` has a --search-params of its own
+    overrides = IndexOverrides(
+        nlist=a.get("nlist", None), pq_m=a.get("pq_m", None), pq_bits=a.get("pq_bits", None),
+        refine=a.get("refine", None), hnsw_m=a.get("hnsw_m", None), ef_construction=a.get("ef_construction", None),
+        train_size=a.get("train_size", None), search_params=a.get("search_params", None) if own else None,
+        queries=a.get("queries", o.queries), seed=a.get("seed", o.seed))
+    return IndexConfig(index_type=a.get("index_type", d.index_type), factory=a.get("factory", None),
+                       max_memory=a.get("max_memory", None), target_recall=a.get("target_recall", d.target_recall),
+                       enabled=not a.get("no_index", False), overrides=overrides,
+                       embeddings=a.get("embeddings", None) if own else None,
+                       index_out=a.get("index_out", None))
+
+
+def config_from_args(ns: argparse.Namespace) -> JobConfig:
+    """Build and validate the JobConfig (UsageError on any bad value, before anything is read or written)."""
+    a, d = _Args(ns), JobConfig()
+    command = a.get("command", "")
+    out = a.get("out", None) or a.get("run", None) or d.output.out
+    cfg = JobConfig(
+        model=ModelConfig(
+            model=a.get("model", d.model.model), pretrained=a.get("pretrained", d.model.pretrained),
+            pool=a.get("pool", d.model.pool), image_size=a.get("image_size", None),
+            device=a.get("device", d.model.device) if command != "search" else d.model.device,
+            precision=a.get("precision", d.model.precision), seed=a.get("seed", d.model.seed),
+            compile=bool(a.get("compile", False)), cache_dir=a.get("cache_dir", None)),
+        decode=DecodeConfig(resize_mode=a.get("resize_mode", d.decode.resize_mode), workers=a.get("workers", None),
+                            decoder=a.get("decoder", d.decode.decoder),
+                            batch_size=a.get("batch_size", d.decode.batch_size)),
+        source=_source(a),
+        output=OutputConfig(out=out, shard_size=a.get("shard_size", d.output.shard_size),
+                            shard_seconds=a.get("shard_seconds", d.output.shard_seconds),
+                            npy=bool(a.get("npy", False)), overwrite=bool(a.get("overwrite", False)),
+                            publish=a.get("publish", None) or a.get("to", None)),
+        index=_index(a),
+        project=ProjectConfig(
+            enabled=not a.get("no_project", False), fit_sample=a.get("fit_sample", d.project.fit_sample),
+            thumbnails=bool(a.get("thumbnails", False)), seed=a.get("seed", d.project.seed),
+            n_neighbors=a.get("n_neighbors", d.project.n_neighbors), min_dist=a.get("min_dist", d.project.min_dist),
+            n_epochs=a.get("n_epochs", None), backend=a.get("backend", d.project.backend)),
+        search=SearchConfig(
+            run=a.get("run", None) if command == "search" else None, index=a.get("index", None), embeddings=a.get("embeddings", None) if command == "search" else None,
+            text=a.get("text", None), image=a.get("image", None), id=a.get("id", None), k=a.get("k", d.search.k),
+            device=a.get("device", d.search.device) if command == "search" else d.search.device,
+            search_params=a.get("search_params", None) if command == "search" else None,
+            json=bool(a.get("json", False))),
+        log_level=a.get("log_level", d.log_level),
+        progress=not a.get("no_progress", False),
+    )
+    return validate(cfg)

@@ -1,0 +1,75 @@
+"""Index stage: plan, build, tune and load Faiss indexes over a run's embeddings (cosine = inner product)."""
+from __future__ import annotations
+
+from ..runfolder import INDEX_FILE
+from .build import (
+    build_from_arrays,
+    build_index,
+    build_index_file,
+    build_run_index,
+    load_index,
+    meta_url,
+    save_index,
+)
+from .plan import (
+    IndexPlan,
+    default_nlist,
+    default_pq_bits,
+    default_pq_m,
+    default_train_size,
+    estimate_bytes,
+    parse_memory,
+    plan_index,
+)
+from .tune import (
+    RECALL_K,
+    EvalSet,
+    current_search_params,
+    evaluate,
+    exact_neighbours,
+    format_params,
+    held_out,
+    make_eval_set,
+    parse_params,
+    recall_at,
+    search_space,
+    set_search_params,
+    tune,
+)
+from .vectors import check_vectors, ids_digest, load_vectors, open_dataset
+
+__all__ = [
+    "INDEX_FILE",
+    "RECALL_K",
+    "EvalSet",
+    "IndexPlan",
+    "build_from_arrays",
+    "build_index",
+    "build_index_file",
+    "build_run_index",
+    "check_vectors",
+    "current_search_params",
+    "default_nlist",
+    "default_pq_bits",
+    "default_pq_m",
+    "default_train_size",
+    "estimate_bytes",
+    "evaluate",
+    "exact_neighbours",
+    "format_params",
+    "held_out",
+    "ids_digest",
+    "load_index",
+    "load_vectors",
+    "make_eval_set",
+    "meta_url",
+    "open_dataset",
+    "parse_memory",
+    "parse_params",
+    "plan_index",
+    "recall_at",
+    "save_index",
+    "search_space",
+    "set_search_params",
+    "tune",
+]

@@ -1,0 +1,327 @@
+"""Index building: create, train and fill a Faiss index from a plan, tune it, and write it with its ``.json``.
+
+Every index uses ``METRIC_INNER_PRODUCT`` over unit vectors (cosine). The tuned search parameters are
+stored in the index file and in the ``.json`` written beside it, together with the recall that was then
+measured on other held-out queries.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import time
+import uuid
+from typing import Any, cast
+
+import numpy as np
+
+from .. import fsutil
+from ..config import IndexConfig, IndexOverrides, JobConfig
+from ..errors import UsageError
+from ..runfolder import RunLayout
+from ._faiss import load_faiss
+from .plan import HNSW_EF_CONSTRUCTION, IndexPlan, default_nlist, default_train_size, fmt_bytes, plan_index
+from .tune import (
+    EvalSet,
+    _walk,
+    current_search_params,
+    evaluate,
+    format_params,
+    held_out,
+    parse_params,
+    search_space,
+    set_search_params,
+    tune,
+)
+from .vectors import ids_digest, load_vectors
+
+log = logging.getLogger(__name__)
+
+ADD_BATCH = 65_536
+KMEANS_ITERATIONS = 10  # coarse k-means; faiss' 25 costs 2.5x the training time, tuned nprobe absorbs the gap
+TUNE_SPLIT_MIN = 20  # fewer held-out queries than this: tune and measure on the same ones
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not enabled, leave=False)
+
+
+def _gpu_count() -> int:
+    faiss = load_faiss()
+    try:
+        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except RuntimeError:  # pragma: no cover
+        return 0
+
+
+def _single_threaded_blas() -> Any:
+    """BLAS on one thread while training: k-means calls thousands of small GEMMs, and OpenBLAS's own
+    OpenMP team on top of faiss's made PQ training ~60x slower on a busy 2-core machine (see the benchmark)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _supports_ids(index: Any) -> bool:
+    """True where add_with_ids works natively: IVF, possibly behind pre-transforms, or an IDMap."""
+    faiss = load_faiss()
+    for ix in _walk(index):
+        if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)):
+            return True
+        if not isinstance(ix, faiss.IndexPreTransform):
+            return False
+    return False
+
+
+def _create(plan: IndexPlan, d: int) -> Any:
+    faiss = load_faiss()
+    try:
+        index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"Faiss cannot build {plan.factory!r} for dimension {d}: {msg[:200]}") from None
+    if not _supports_ids(index):
+        index = faiss.IndexIDMap(index)
+        plan.factory = f"IDMap,{plan.factory}"
+    for ix in _walk(index):
+        if isinstance(ix, faiss.IndexHNSW):
+            ix.hnsw.efConstruction = int(plan.params.get("ef_construction", HNSW_EF_CONSTRUCTION))
+        if isinstance(ix, (faiss.IndexIVFPQ, faiss.IndexPQ)):
+            # Polysemous training (Hamming-filtered search, which we never use) cost ~250 s of a 250 s
+            # IVF-PQ training at 19k x 768; the factory's "np" suffix does the same.
+            ix.do_polysemous_training = False
+    return index
+
+
+def _train(index: Any, x: np.ndarray, plan: IndexPlan, seed: int, train_rows: np.ndarray | None) -> tuple[int, str]:
+    """Train on a sample (k-means assignment on the GPUs when there are any); returns (sample size, device)."""
+    faiss = load_faiss()
+    n, d = x.shape
+    device = "cpu"
+    if train_rows is None:
+        rng = np.random.default_rng(seed)
+        size = min(n, plan.train_size or default_train_size(n, default_nlist(n)))
+        train_rows = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
+    xt = np.ascontiguousarray(x[train_rows])
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.max_points_per_centroid = max(256, math.ceil(len(xt) / max(1, ivf.nlist)))
+        ivf.cp.seed = seed
+        ivf.cp.niter = KMEANS_ITERATIONS
+    gpus = _gpu_count()
+    gpu_kmeans = None
+    if gpus and ivf is not None:
+        # The k-means of the coarse quantizer is the expensive part: run its assignment on the GPUs.
+        gpu_kmeans = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(d))
+        ivf.clustering_index = gpu_kmeans
+        device = f"gpu x{gpus} (k-means)"
+    log.info("training %s on %d vectors (%s)", plan.factory, len(xt), device)
+    with _single_threaded_blas():
+        index.train(xt)
+    if gpu_kmeans is not None:
+        ivf.clustering_index = None
+        del gpu_kmeans
+    return len(xt), device
+
+
+def build_index(x: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, progress: bool = True,
+                seed: int = 0, train_rows: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+    """Create, train (on a sample) and fill the index; returns it with timings and the device used."""
+    n, d = x.shape
+    index = _create(plan, d)
+    timings: dict[str, float] = {}
+    device = "cpu"
+    trained_on = 0
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        trained_on, device = _train(index, x, plan, seed, train_rows)
+    timings["train_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with _progress(n, "adding to index", progress) as bar:
+        for s in range(0, n, ADD_BATCH):
+            e = min(n, s + ADD_BATCH)
+            index.add_with_ids(np.ascontiguousarray(x[s:e]), np.ascontiguousarray(ids[s:e], dtype=np.int64))
+            bar.update(e - s)
+    timings["add_s"] = time.perf_counter() - t1
+    if index.ntotal != n:
+        raise RuntimeError(f"index holds {index.ntotal} vectors after adding {n}")
+    return index, {"timings": timings, "device": device, "train_size": trained_on}
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def meta_url(index_url: str) -> str:
+    """``indexes/x.faiss`` → ``indexes/x.json`` (the description beside the index)."""
+    base = index_url.rstrip("/")
+    head, _, tail = base.rpartition("/")
+    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    return f"{head}/{stem}.json" if head else f"{stem}.json"
+
+
+def save_index(index: Any, url: str) -> int:
+    """Write the index atomically (local: temp file + rename; object store: one PUT); returns its size."""
+    faiss = load_faiss()
+    fs, path = fsutil.url_to_fs(url)
+    if fsutil.is_local(fs):
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            faiss.write_index(index, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return os.path.getsize(path)
+    buf = faiss.serialize_index(index)
+    # a view, not a copy of a possibly large index; atomic_write_bytes only hands it to a write
+    fsutil.atomic_write_bytes(url, cast(bytes, memoryview(buf)))
+    return int(buf.nbytes)
+
+
+def load_index(url: str, *, mmap: bool = False) -> Any:
+    """Read an index from a local path or URL."""
+    faiss = load_faiss()
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        raise UsageError(f"index {url} does not exist; build it with: python -m job index")
+    try:
+        if fsutil.is_local(fs):
+            return faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0)
+        return faiss.deserialize_index(np.frombuffer(fs.cat_file(path), dtype=np.uint8))
+    except RuntimeError as exc:
+        raise UsageError(f"{url} is not a readable Faiss index ({str(exc).strip().splitlines()[-1][:160]})") from None
+
+
+# ----------------------------------------------------------------------------------------------- the step
+
+
+def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexOverrides | None = None,
+                     *, progress: bool = True, expected_dim: int | None = None) -> dict[str, Any]:
+    """``job index``: read, check, plan, build, tune, measure, then write the index and its ``.json``.
+
+    ``ov`` defaults to ``icfg.overrides``; ``expected_dim`` (the run's model output size, when known) refuses
+    embeddings of another dimension.
+    """
+    t_start = time.perf_counter()
+    emb_url = _embeddings_url(emb_url)
+    x, ids = load_vectors(emb_url, expected_dim=expected_dim)
+    return build_from_arrays(x, ids, index_url, icfg, ov, progress=progress, emb_url=emb_url, t_start=t_start)
+
+
+def _tune_and_measure(index: Any, ev_all: EvalSet, icfg: IndexConfig,
+                      fixed: dict[str, int],
+                      ) -> tuple[dict[str, int], list[dict[str, Any]], bool, EvalSet, dict[str, float]]:
+    """Fixed or tuned search parameters (on half the queries), then recall and speed on the other half."""
+    nq = len(ev_all.xq)
+    half = max(1, nq // 2) if nq >= TUNE_SPLIT_MIN else nq
+    ev_tune = EvalSet(ev_all.xq[:half], ev_all.qids[:half], ev_all.truth[:half])
+    ev_test = EvalSet(ev_all.xq[half:], ev_all.qids[half:], ev_all.truth[half:]) if nq >= TUNE_SPLIT_MIN else ev_all
+    trials: list[dict[str, Any]] = []
+    target_met: bool | None = None
+    if fixed:
+        set_search_params(index, fixed)
+        params = current_search_params(index)
+    elif search_space(index):
+        params, trials, target_met = tune(index, ev_tune, icfg.target_recall)
+        if not target_met:
+            log.warning("index: recall@10 target %.3f not reached (recall stops improving at %s); "
+                        "use more memory (--max-memory) or another --type", icfg.target_recall, format_params(params))
+    else:
+        params = {}
+    measured = evaluate(index, ev_test, min_seconds=0.2)
+    if target_met is None:
+        target_met = bool(measured["recall@10"] >= icfg.target_recall) if not math.isnan(measured["recall@10"]) else True
+    return params, trials, target_met, ev_test, measured
+
+
+def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: IndexConfig,
+                      ov: IndexOverrides | None = None, *, progress: bool = True, emb_url: str | None = None,
+                      t_start: float | None = None,
+                      evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None) -> dict[str, Any]:
+    """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``."""
+    faiss = load_faiss()
+    ov = icfg.overrides if ov is None else ov
+    t_start = time.perf_counter() if t_start is None else t_start
+    n, d = x.shape
+    plan = plan_index(n, d, icfg, ov)
+    log.info("index: %s -> %s; %s", plan.factory, index_url, plan.reason)
+    fixed = parse_params(ov.search_params)
+
+    # Held-out queries: never in the training sample; half tune, half measure.
+    q_rows, rest, ev_all = evaluation or held_out(x, ids, ov.queries, ov.seed)
+    nq = len(q_rows)
+    if plan.train_size > n - nq >= plan.train_size // 2:
+        # train on what the held-out queries leave (and size the PQ codebooks for that sample)
+        plan = plan_index(n, d, icfg, dataclasses.replace(ov, train_size=n - nq))
+    if n - nq < plan.train_size // 2:
+        rest = np.concatenate([rest, q_rows])  # tiny sets: the queries have to help train
+    train_rows = np.sort(rest[: plan.train_size]) if plan.train_size else None
+    index, info = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
+
+    t_tune = time.perf_counter()
+    params, trials, target_met, ev_test, measured = _tune_and_measure(index, ev_all, icfg, fixed)
+    timings = {**info["timings"], "tune_s": time.perf_counter() - t_tune}
+
+    size = save_index(index, index_url)
+    meta: dict[str, Any] = {
+        "index": index_url.rstrip("/").rsplit("/", 1)[-1],
+        "embeddings": emb_url or "",
+        "type": plan.kind,
+        "factory": plan.factory,
+        "metric": "inner_product",
+        "params": plan.params,
+        "train_size": int(info["train_size"]),
+        "search_params": format_params(params),
+        "reason": plan.reason,
+        "n": int(n),
+        "d": int(d),
+        "ids_sha256": ids_digest(ids),
+        "bytes": int(size),
+        "estimated_memory_bytes": int(plan.estimated_bytes),
+        "build_seconds": round(time.perf_counter() - t_start, 3),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "device": info["device"],
+        "threads": int(faiss.omp_get_max_threads()),
+        "recall@1": _nan_none(round(measured["recall@1"], 4)),
+        "recall@10": _nan_none(round(measured["recall@10"], 4)),
+        "recall_queries": len(ev_test.xq),
+        "recall_method": "held-out in-index vectors as queries (not in the training sample), own id removed, "
+                         "k-recall@k against exact inner-product search",
+        "qps": round(measured["qps"], 1),
+        "target_recall": icfg.target_recall,
+        "target_met": bool(target_met),
+        "tuning": trials,
+        "faiss_version": faiss.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    fsutil.write_json(meta_url(index_url), meta)
+    log.info("index: %d x %d, %s, %s on disk, recall@1 %.3f recall@10 %.3f at %s, %.0f queries/s, built in %.1f s",
+             n, d, plan.factory, fmt_bytes(size), measured["recall@1"], measured["recall@10"],
+             meta["search_params"] or "exact", measured["qps"], meta["build_seconds"])
+    return meta
+
+
+def _nan_none(v: float) -> float | None:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _embeddings_url(run_or_file: str) -> str:
+    return RunLayout.locate(run_or_file).embeddings
+
+
+def build_run_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> dict[str, Any]:
+    """Index step of ``job run``: OUTDIR/index/index.faiss + index.json; returns the json for the manifest."""
+    return build_index_file(layout.embeddings, layout.index, cfg.index,
+                            cfg.index.overrides, progress=cfg.progress, expected_dim=expected_dim)

@@ -1,0 +1,230 @@
+"""Index measuring: search-time parameters (nprobe / efSearch / k_factor), recall against exact search, tuning.
+
+Search-time parameters are tuned on held-out queries (in-index vectors, own id removed) until
+recall@10 against exact inner-product search reaches the target; recall is then measured on other
+held-out queries.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ._faiss import load_faiss
+
+RECALL_K = 10
+
+# Search-time parameters, each tried in increasing cost order.
+EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
+PLATEAU_STEPS = 3  # stop raising a parameter after this many steps without any recall gain
+SEARCH_PARAM_NAMES = ("nprobe", "efSearch", "k_factor")
+
+
+# ----------------------------------------------------------------------------------------------- structure
+
+
+def _walk(index: Any) -> list[Any]:
+    """The index and every sub-index it wraps, downcast (IDMap → PreTransform → Refine → IVF/HNSW)."""
+    faiss = load_faiss()
+    out = []
+    todo = [index]
+    while todo:
+        ix = faiss.downcast_index(todo.pop(0))
+        out.append(ix)
+        if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+            todo.append(ix.index)
+        elif isinstance(ix, faiss.IndexRefine):
+            todo.append(ix.base_index)
+    return out
+
+
+def search_space(index: Any) -> list[tuple[str, list[int]]]:
+    """The search-time parameters of an index, each with its candidate values (cheapest first)."""
+    faiss = load_faiss()
+    space: list[tuple[str, list[int]]] = []
+    for ix in _walk(index):
+        if isinstance(ix, faiss.IndexIVF):
+            space.append(("nprobe", [v for v in NPROBE_VALUES if v < ix.nlist] + [int(ix.nlist)]))
+        elif isinstance(ix, faiss.IndexHNSW):
+            space.append(("efSearch", list(EF_SEARCH_VALUES)))
+        elif isinstance(ix, faiss.IndexRefine):
+            space.append(("k_factor", list(K_FACTOR_VALUES)))
+    # k_factor last: first find the coverage (nprobe/efSearch) with full re-ranking, then cut re-ranking
+    return sorted(space, key=lambda kv: kv[0] == "k_factor")
+
+
+def format_params(params: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def parse_params(text: str | None) -> dict[str, int]:
+    """``"nprobe=16,efSearch=64"`` → dict; a clear error for anything else."""
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        k, sep, v = part.partition("=")
+        k = k.strip()
+        if not sep or k not in SEARCH_PARAM_NAMES:
+            raise UsageError(f"search parameter {part.strip()!r} not understood; use nprobe=N, efSearch=N, k_factor=N")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise UsageError(f"search parameter {part.strip()!r}: {v.strip()!r} is not an integer") from None
+        if out[k] <= 0:
+            raise UsageError(f"search parameter {part.strip()!r} must be positive")
+    return out
+
+
+def set_search_params(index: Any, params: dict[str, int]) -> None:
+    """Set nprobe / efSearch / k_factor wherever they apply inside the index."""
+    faiss = load_faiss()
+    applied = set()
+    for ix in _walk(index):
+        if isinstance(ix, faiss.IndexIVF) and "nprobe" in params:
+            ix.nprobe = min(int(params["nprobe"]), int(ix.nlist))
+            applied.add("nprobe")
+        elif isinstance(ix, faiss.IndexHNSW) and "efSearch" in params:
+            ix.hnsw.efSearch = int(params["efSearch"])
+            applied.add("efSearch")
+        elif isinstance(ix, faiss.IndexRefine) and "k_factor" in params:
+            ix.k_factor = float(params["k_factor"])
+            applied.add("k_factor")
+    unused = set(params) - applied
+    if unused:
+        raise UsageError(f"search parameter(s) {', '.join(sorted(unused))} do not apply to this index "
+                         f"(it takes: {', '.join(k for k, _ in search_space(index)) or 'none'})")
+
+
+def current_search_params(index: Any) -> dict[str, int]:
+    faiss = load_faiss()
+    out: dict[str, int] = {}
+    for ix in _walk(index):
+        if isinstance(ix, faiss.IndexIVF):
+            out["nprobe"] = int(ix.nprobe)
+        elif isinstance(ix, faiss.IndexHNSW):
+            out["efSearch"] = int(ix.hnsw.efSearch)
+        elif isinstance(ix, faiss.IndexRefine):
+            out["k_factor"] = int(ix.k_factor)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- recall
+
+
+def exact_neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the exact top-k by inner product (brute force, no index copy)."""
+    faiss = load_faiss()
+    _, idx = faiss.knn(np.ascontiguousarray(xq), xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return idx
+
+
+def _drop_self(labels: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the first k labels that are not the query's own id (queries are in-index vectors)."""
+    out = np.full((labels.shape[0], k), -1, np.int64)
+    for i, (row, sid) in enumerate(zip(labels, self_ids, strict=True)):
+        kept = row[row != sid][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """k-recall@k: share of the exact top-k that the index returned in its top-k (autofaiss' measure)."""
+    k = min(k, truth.shape[1])
+    if k == 0 or len(truth) == 0:
+        return float("nan")
+    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist()) - {-1}) for f, t in zip(found, truth, strict=True))
+    return hits / (k * len(truth))
+
+
+@dataclass
+class EvalSet:
+    """Held-out queries (in-index vectors) and their exact neighbours as ids, self excluded."""
+
+    xq: np.ndarray
+    qids: np.ndarray
+    truth: np.ndarray  # (nq, k) ids
+
+
+def make_eval_set(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> EvalSet:
+    xq = x[rows]
+    k_eff = min(k, len(x) - 1)
+    nn = exact_neighbours(xq, x, k_eff + 1)
+    truth = _drop_self(np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1), ids[rows], k_eff)
+    return EvalSet(xq, ids[rows], truth)
+
+
+def held_out(x: np.ndarray, ids: np.ndarray, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, EvalSet]:
+    """(query rows, the other rows shuffled, exact neighbours of the queries) for tuning and measuring."""
+    n = len(x)
+    perm = np.random.default_rng(seed).permutation(n)
+    nq = min(queries, n)
+    q_rows = perm[:nq]  # random order: the first half tunes, the second half measures
+    return q_rows, perm[nq:], make_eval_set(x, ids, q_rows, RECALL_K)
+
+
+def evaluate(index: Any, ev: EvalSet, *, min_seconds: float = 0.0) -> dict[str, float]:
+    """recall@1, recall@10 and queries/s of ``index`` on ``ev`` (self hits removed)."""
+    k = ev.truth.shape[1]
+    if k == 0:
+        return {"recall@1": float("nan"), "recall@10": float("nan"), "qps": float("nan")}
+    kk = min(k + 1, index.ntotal)
+    t0 = time.perf_counter()
+    reps = 0
+    while True:
+        _, labels = index.search(ev.xq, kk)
+        reps += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            break
+    found = _drop_self(labels, ev.qids, k)
+    return {
+        "recall@1": recall_at(found, ev.truth, 1),
+        "recall@10": recall_at(found, ev.truth, RECALL_K),
+        "qps": reps * len(ev.xq) / max(elapsed, 1e-9),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+
+
+def tune(index: Any, ev: EvalSet, target: float) -> tuple[dict[str, int], list[dict[str, Any]], bool]:
+    """Cheapest search parameters reaching ``target`` recall@10 on ``ev``; one parameter at a time.
+
+    Coverage parameters (nprobe / efSearch) are tuned first with the re-ranking factor at its
+    maximum, then the re-ranking factor is lowered as far as the target allows.
+    """
+    space = search_space(index)
+    chosen = {name: values[-1] if name == "k_factor" else values[0] for name, values in space}
+    trials: list[dict[str, Any]] = []
+    met = True
+    for name, values in space:
+        best = None
+        seen: list[tuple[int, float]] = []
+        for v in values:
+            params = {**chosen, name: v}
+            set_search_params(index, params)
+            r = evaluate(index, ev)
+            trials.append({"params": format_params(params), **_rounded(r)})
+            seen.append((v, r["recall@10"]))
+            if r["recall@10"] >= target:
+                best = v
+                break
+            if len(seen) > PLATEAU_STEPS and max(rc for _, rc in seen[-PLATEAU_STEPS:]) <= seen[-PLATEAU_STEPS - 1][1]:
+                break  # recall stopped improving: the codes, not this parameter, limit it
+        if best is None:
+            met = False
+            top = max(rc for _, rc in seen)
+            best = next(v for v, rc in seen if rc >= top)  # cheapest value reaching the plateau
+        chosen[name] = best
+    set_search_params(index, chosen)
+    return chosen, trials, met
+
+
+def _rounded(r: dict[str, float]) -> dict[str, float]:
+    return {k: (round(v, 4) if k != "qps" else round(v, 1)) for k, v in r.items()}

@@ -1,0 +1,329 @@
+"""The run-folder contract: where each output of a run lives, the typed manifest, and the one table reader/writer.
+
+A run folder (local or ``s3://``) holds one or more *outputs*. The default output's files have plain names;
+``job embed --out DIR/a.parquet`` makes an output whose sidecars are named after it, so any number of
+outputs live side by side and ``--overwrite`` of one never touches another::
+
+    default output (stem "embeddings")       output "a" (--out DIR/a.parquet)
+    embeddings.parquet/part-00000.parquet    a.parquet/part-00000.parquet     one row per embedded image
+    failures.parquet/part-00000.parquet      a.failures.parquet/...           path, reason
+    thumbnails.parquet/part-00000.parquet    a.thumbnails.parquet/...         id, path, jpeg (--thumbnails)
+    _run.json                                a._run.json                      vector-shaping options (resume check)
+    embeddings.npy                           a.npy                            with --npy
+    index/index.faiss + index.json           a.index/...                      Faiss index
+    umap2d.parquet                           a.umap2d.parquet                 id, x, y
+    manifest.json                            a.manifest.json                  written last: the run is complete
+
+Everything else reads a run through :func:`open_run`/:class:`Manifest`; JSON key names live only here.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fsutil
+from .config import ModelConfig
+from .errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+DEFAULT_STEM = "embeddings"
+INDEX_FILE = "index.faiss"
+PARQUET = ".parquet"
+_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+
+# Attribute name -> JSON key, for the few keys whose JSON spelling differs from the attribute. Readers use
+# attributes only, so a key can be renamed here alone (tests/test_runfolder.py proves it).
+MANIFEST_KEYS: dict[str, str] = {"failure_reasons": "failure_reasons_this_attempt"}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of one output of a run lives (see the module docstring)."""
+
+    run_dir: str
+    stem: str = DEFAULT_STEM
+
+    @classmethod
+    def for_output(cls, out: str) -> RunLayout:
+        """``--out``: a run folder, or an embeddings path ending in ``.parquet`` (its folder is the run folder)."""
+        out = out.rstrip("/")
+        if out.endswith(PARQUET):
+            parent, _, name = out.rpartition("/")
+            return cls(parent or ".", name[: -len(PARQUET)])
+        return cls(out)
+
+    def _side(self, default: str, suffix: str) -> str:
+        name = default if self.stem == DEFAULT_STEM else f"{self.stem}.{suffix}"
+        return fsutil.join(self.run_dir, name)
+
+    @property
+    def embeddings_name(self) -> str:
+        return self.stem + PARQUET
+
+    @property
+    def embeddings(self) -> str:
+        return fsutil.join(self.run_dir, self.embeddings_name)
+
+    @property
+    def failures(self) -> str:
+        return self._side("failures.parquet", "failures.parquet")
+
+    @property
+    def thumbnails(self) -> str:
+        return self._side("thumbnails.parquet", "thumbnails.parquet")
+
+    @property
+    def state(self) -> str:
+        return self._side("_run.json", "_run.json")
+
+    @property
+    def npy(self) -> str:
+        return fsutil.join(self.run_dir, self.stem + ".npy")
+
+    @property
+    def index_dir(self) -> str:
+        return self._side("index", "index")
+
+    @property
+    def index(self) -> str:
+        return fsutil.join(self.index_dir, INDEX_FILE)
+
+    @property
+    def umap(self) -> str:
+        return self._side("umap2d.parquet", "umap2d.parquet")
+
+    @property
+    def manifest(self) -> str:
+        return self._side("manifest.json", "manifest.json")
+
+    def owned(self) -> list[str]:
+        """Every path this output owns (what ``--overwrite`` removes); never another output's files."""
+        return [self.embeddings, self.failures, self.thumbnails, self.state, self.npy, self.index_dir, self.umap,
+                self.manifest]
+
+    @classmethod
+    def locate(cls, uri: str) -> RunLayout:
+        """The output a user named: a run folder, its embeddings ``.parquet``, or its ``manifest.json``."""
+        uri = uri.rstrip("/")
+        name = uri.rpartition("/")[2]
+        if name == "manifest.json":
+            return cls(uri.rpartition("/")[0] or ".")
+        if name.endswith(".manifest.json"):
+            return cls(uri.rpartition("/")[0] or ".", name[: -len(".manifest.json")])
+        return cls.for_output(uri)
+
+
+class _Part(msgspec.Struct, kw_only=True, rename=MANIFEST_KEYS, forbid_unknown_fields=False):
+    """Base of the manifest's parts: keyword-only, JSON keys from MANIFEST_KEYS."""
+
+
+class Outputs(_Part):
+    """File names of the output's parts, relative to the run folder."""
+
+    embeddings: str
+    failures: str
+    state: str
+    thumbnails: str | None = None
+    npy: str | None = None
+    index: str | None = None
+    umap: str | None = None
+
+
+class ModelInfo(_Part):
+    """The model that made the vectors, as loaded."""
+
+    name: str
+    pretrained: str
+    weights_sha256: str
+    pool: str
+    image_size: int
+    embed_dim: int
+    mean: list[float] = []
+    std: list[float] = []
+    interpolation: str = "bicubic"
+    device: str = "cpu"
+    precision: str = "fp32"
+    load_seconds: float = 0.0
+
+
+class Counts(_Part):
+    """Images seen, embedded and failed (all attempts), and this attempt's share."""
+
+    seen: int
+    embedded: int
+    failed: int
+    embedded_this_attempt: int = 0
+    failed_this_attempt: int = 0
+    resumed_from_earlier_attempts: int = 0
+    duplicate_paths_skipped: int = 0
+
+
+class Manifest(_Part):
+    """``manifest.json``: written last, so its presence means the output is complete."""
+
+    status: str
+    started: str
+    finished: str
+    host: str
+    run_dir: str
+    outputs: Outputs
+    config: dict[str, Any]
+    model: ModelInfo
+    counts: Counts
+    source: dict[str, Any] = {}
+    failure_reasons: dict[str, int] = {}
+    timings: dict[str, float] = {}
+    images_per_s: float = 0.0
+    decoder: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+    index: dict[str, Any] | None = None
+    projection: dict[str, Any] | None = None
+    published: dict[str, Any] | None = None
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def model_config(self) -> ModelConfig:
+        """The ModelConfig that made the vectors (to load the same model again)."""
+        fields = set(ModelConfig.__dataclass_fields__)
+        return ModelConfig(**{k: v for k, v in (self.config.get("model") or {}).items() if k in fields})
+
+    @property
+    def resize_mode(self) -> str:
+        return str((self.config.get("decode") or {}).get("resize_mode", "pad"))
+
+    @property
+    def sources(self) -> list[str]:
+        return list((self.config.get("source") or {}).get("sources") or [])
+
+    def to_json(self) -> bytes:
+        """Indented, key-sorted JSON."""
+        return msgspec.json.format(msgspec.json.encode(self, order="sorted"), indent=2) + b"\n"
+
+
+def manifest_from_json(data: bytes, where: str) -> Manifest:
+    """Parse and check a manifest; a DataError naming the file and the fault when it is not one."""
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DataError(f"{where} is not valid JSON ({exc})") from None
+    version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{where} has manifest schema version {version!r}; this job reads version {SCHEMA_VERSION} "
+                        "(re-run the job, or use the version that wrote it)")
+    try:
+        return msgspec.convert(raw, type=Manifest, strict=False)
+    except msgspec.ValidationError as exc:
+        raise DataError(f"{where} is not a valid manifest ({exc})") from None
+
+
+def write_manifest(layout: RunLayout, manifest: Manifest) -> None:
+    """Commit the manifest; it is always the last file of an output."""
+    fsutil.atomic_write_bytes(layout.manifest, manifest.to_json())
+
+
+def read_manifest(layout: RunLayout) -> Manifest:
+    """The manifest of a finished output; a UsageError if there is none (unfinished run or not a run folder)."""
+    if not fsutil.exists(layout.manifest):
+        raise UsageError(f"{layout.run_dir} has no {layout.manifest.rpartition('/')[2]}: the run did not finish "
+                         "(or this is not a run folder)")
+    fs, path = fsutil.url_to_fs(layout.manifest)
+    return manifest_from_json(fs.cat_file(path), layout.manifest)
+
+
+def find_manifest(layout: RunLayout) -> Manifest | None:
+    """The manifest when the output has one, else None (an output still being written, or bare embeddings)."""
+    return read_manifest(layout) if fsutil.exists(layout.manifest) else None
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run's output as found from a URI: its layout, and its manifest when it is complete."""
+
+    layout: RunLayout
+    manifest: Manifest | None
+
+    @property
+    def embed_dim(self) -> int | None:
+        return self.manifest.model.embed_dim if self.manifest else None
+
+
+def open_run(uri: str, *, require_manifest: bool = False) -> RunRef:
+    """Find the output ``uri`` names and check it holds embeddings (UsageError otherwise)."""
+    layout = RunLayout.locate(uri)
+    manifest = find_manifest(layout)
+    if manifest is not None and manifest.outputs.embeddings != layout.embeddings_name:
+        layout = RunLayout(layout.run_dir, manifest.outputs.embeddings[: -len(PARQUET)])
+    if require_manifest and manifest is None:
+        read_manifest(layout)  # raises the one-line message
+    if not fsutil.exists(layout.embeddings):
+        raise UsageError(f"{uri} holds no {layout.embeddings_name}; run `python -m job run` or `job embed` first")
+    return RunRef(layout, manifest)
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def list_parts(folder_url: str) -> dict[int, str]:
+    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by shard number."""
+    fs, path = fsutil.url_to_fs(folder_url)
+    if not fs.exists(path):
+        return {}
+    parts: dict[int, str] = {}
+    for p in fs.ls(path, detail=False):
+        m = _PART_RE.search(p)
+        if m:
+            parts[int(m.group(1))] = p
+    return parts
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A table as zstd parquet bytes (to commit with ``fsutil.atomic_write_bytes``)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_table(url: str, table: pa.Table) -> None:
+    """Atomically write one parquet file."""
+    fsutil.atomic_write_bytes(url, table_bytes(table))
+
+
+def read_table(url: str, columns: Iterable[str] | None = None, **kwargs: Any) -> pa.Table:
+    """Read a parquet file or dataset folder (local or URL) as one table."""
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        raise UsageError(f"{url} does not exist")
+    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs, **kwargs)
+
+
+def count_rows(url: str) -> int:
+    """Rows of a parquet dataset folder from the parts' footers (0 when there is none)."""
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        return 0
+    return sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in fs.ls(path, detail=False)
+               if p.endswith(PARQUET))
+
+
+def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    """A vector column as a contiguous (n, dim) float32 array, without per-row copies."""
+    col = table.column(column).combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def write_npy(url: str, matrix: np.ndarray) -> None:
+    """Atomically write a float32 matrix as ``.npy``."""
+    buf = io.BytesIO()
+    np.save(buf, matrix.astype(np.float32, copy=False))
+    fsutil.atomic_write_bytes(url, buf.getvalue())

@@ -1,0 +1,104 @@
+"""Thread fan-in: the parts of one pass read by reader threads into one bounded queue, consumed as one stream."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import AbstractSet, Iterator, Sequence, cast
+
+from .base import ImageRecord, _Part, _Pass
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256  # records between the reader threads and the consumer
+_DONE = object()  # what a reader thread puts last
+
+
+class _FanIn:
+    """``n_threads`` readers take the parts in order, one at a time each; a broken part becomes one failure record."""
+
+    def __init__(self, parts: Sequence[_Part], p: _Pass, skip: AbstractSet[str], n_threads: int) -> None:
+        self.p, self.skip = p, skip
+        self.q: queue.Queue[object] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.todo = list(parts)
+        self.todo_lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._work, name=f"source-{i}", daemon=True) for i in range(n_threads)]
+
+    def records(self) -> Iterator[ImageRecord]:
+        """Every record the readers produce, until all of them ended; stops them when the consumer stops."""
+        for t in self.threads:
+            t.start()
+        done = 0
+        try:
+            while done < len(self.threads):
+                item = self.q.get()
+                if item is _DONE:
+                    done += 1
+                    continue
+                yield cast(ImageRecord, item)
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.p.stop.set()
+        while any(t.is_alive() for t in self.threads):
+            try:
+                self.q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        for t in self.threads:
+            t.join(timeout=1)
+
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` unless the pass stops first (then False)."""
+        while not self.p.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next_part(self) -> _Part | None:
+        with self.todo_lock:
+            return self.todo.pop(0) if self.todo else None
+
+    def _work(self) -> None:
+        try:
+            while not self.p.stop.is_set():
+                part = self._next_part()
+                if part is None or not self._read(part):
+                    return
+        finally:
+            self._signal_done()
+
+    def _read(self, part: _Part) -> bool:
+        """Queue the records of one part; False when the pass stopped while queueing."""
+        try:
+            for rec in part.produce(self.p):
+                if not self._put(rec):
+                    return False
+        except Exception as exc:  # noqa: BLE001 - a broken part ends as a failure, not a crash
+            log.exception("reading %s failed", part.url)
+            self.p.error(f"{part.url}: {type(exc).__name__}: {exc}")
+            if part.url not in self.skip:
+                self._put(ImageRecord(path=part.url, error=f"source error: {type(exc).__name__}: {exc}"))
+        return True
+
+    def _signal_done(self) -> None:
+        """The consumer must learn that this thread ended, even when stopping (then make room in the queue)."""
+        while True:
+            try:
+                self.q.put(_DONE, timeout=0.1)
+                break
+            except queue.Full:
+                if self.p.stop.is_set():
+                    try:
+                        self.q.get_nowait()
+                    except queue.Empty:
+                        pass
+
+
+def fan_in(parts: Sequence[_Part], p: _Pass, skip: AbstractSet[str], n_threads: int) -> Iterator[ImageRecord]:
+    """The records of ``parts`` read by ``n_threads`` threads (1: one part after the other, in order)."""
+    return _FanIn(parts, p, skip, n_threads).records()

@@ -1,0 +1,255 @@
+"""The source of one run: each ``--source`` a part, read by threads into one stream, nuScenes metadata joined.
+
+``open_source(cfg)`` turns every ``--source`` (repeatable, globs allowed) into a part:
+
+* a local or mounted folder (``LocalDir``): walked once, records carry the file path (``url``);
+* an ``s3://`` prefix of loose files (``S3Prefix``): listed once, objects read by a bounded thread
+  pool, records carry the bytes;
+* a ``.tgz`` / ``.tar`` archive, local or ``s3://`` (``Archive``): one sequential stream
+  (``archive_reader``), records carry the member bytes. ``*_meta.tgz`` archives only supply tables.
+
+Every path is relative to the nuScenes dataroot (``samples/CAM_FRONT/x.jpg``), whichever part
+delivered it, so rows, ids and metadata are identical across sources. The parts run in reader
+threads feeding one bounded queue (``fanin``): up to ``MAX_PARALLEL`` at once, or one after the
+other in the order given when ``--limit`` asks for "the first N".
+
+nuScenes metadata (``job.nuscenes``) comes from ``--nuscenes-meta``, from the ``v1.0-*`` folder of
+a dataroot source, from ``*_meta.tgz`` sources, or from the table members of an archive that
+carries them (``v1.0-mini.tgz``; see ``archive``).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from typing import AbstractSet, Any, Iterator
+
+import fsspec
+import pyarrow as pa
+
+from .. import fsutil
+from ..config import CAMERA_CHANNELS, SourceConfig
+from ..errors import DataError, UsageError
+from ..nuscenes import META_FIELDS, MetaIndex, NuScenesTables, TablesError, load_tables_dir
+from .archive import Archive, NoTablesError, is_archive_name, tables_from_archive, tables_from_location
+from .base import VALID_KINDS, ImageRecord, Selection, _Part, _Pass
+from .fanin import fan_in
+from .local import LocalDir
+from .s3 import S3Prefix
+
+MAX_PARALLEL = 4  # archives / prefixes read at the same time
+
+
+class MultiSource:
+    """The parts of one run, read by threads into one stream of records; metadata joined on the way."""
+
+    def __init__(self, parts: list[_Part], meta_archives: list[str], cfg: SourceConfig, sel: Selection) -> None:
+        self.parts = parts
+        self.meta_archives = meta_archives
+        self.cfg = cfg
+        self.sel = sel
+        self.scenes = frozenset(cfg.scenes)
+        self.nuscenes = bool(cfg.nuscenes_meta or meta_archives or any(
+            isinstance(pt, Archive) or getattr(pt, "layout", False) or pt.table_dirs() for pt in parts))
+        self.meta_fields: tuple[pa.Field, ...] = META_FIELDS if self.nuscenes else ()
+        names = [pt.url for pt in parts] + meta_archives
+        self.description = (names[0] if len(names) == 1 else f"{len(names)} sources ({', '.join(names)})")
+        self._pass: _Pass | None = None
+        self._meta_info: dict[str, Any] = {}
+        self._tables: list[NuScenesTables] | None = None
+        self._warnings: list[str] = []
+
+    @property
+    def total(self) -> int | None:
+        """Wanted images before resume (for progress bars), when every part listed its files."""
+        if self.scenes or any(pt.total is None for pt in self.parts):
+            return None
+        n = sum(pt.total or 0 for pt in self.parts)
+        return min(n, self.cfg.limit) if self.cfg.limit else n
+
+    def prepare(self) -> None:
+        """Load the tables known up front and check ``--scenes`` (before the runner writes anything)."""
+        p = _Pass(self.sel, frozenset(), None, self.scenes, MetaIndex(), self.nuscenes)
+        t0 = time.perf_counter()
+        origin = self._load_meta_option(p) if self.cfg.nuscenes_meta else self._load_found_tables(p)
+        self._meta_info = {"from": origin, "load_seconds": round(time.perf_counter() - t0, 2)}
+        self._check_scenes(p)
+        self._tables = list(p.meta.tables)
+        self._warnings = list(p.warnings)
+
+    def _load_meta_option(self, p: _Pass) -> list[str]:
+        """The tables ``--nuscenes-meta`` names: UsageError where it holds none, DataError where they are broken."""
+        m = self.cfg.nuscenes_meta
+        assert m is not None
+        try:
+            for t in tables_from_location(m, self.cfg.anon, self.sel):
+                p.add_tables(t)
+        except (NoTablesError, FileNotFoundError) as exc:
+            raise UsageError(f"--nuscenes-meta {m!r}: {exc}") from None
+        except TablesError as exc:
+            raise DataError(f"--nuscenes-meta {m!r}: {exc}") from None
+        return [m]
+
+    def _load_found_tables(self, p: _Pass) -> list[str]:
+        """The tables of ``*_meta.tgz`` sources and of dataroot sources; unusable ones only warn."""
+        origin: list[str] = []
+        for url in self.meta_archives:
+            try:
+                for t in tables_from_archive(url, self.cfg.anon, self.sel):
+                    p.add_tables(t)
+                origin.append(url)
+            except TablesError as exc:
+                p.warn(f"{url}: {exc}")
+        for pt in self.parts:
+            for fs, d in pt.table_dirs():
+                try:
+                    p.add_tables(load_tables_dir(fs, d, keep=self.sel.wants))
+                    origin.append(d)
+                except TablesError as exc:
+                    p.warn(f"{d}: unusable nuScenes tables ({exc}); metadata stays empty")
+        return origin
+
+    def _check_scenes(self, p: _Pass) -> None:
+        if not self.scenes:
+            return
+        if p.meta:
+            unknown = sorted(s for s in self.scenes if s not in p.meta.scene_keys())
+            if unknown and not any(pt.may_carry_tables for pt in self.parts):
+                names = sorted(s.name for t in p.meta.tables for s in t.scenes if s.name is not None)
+                raise UsageError(f"unknown scene(s) {', '.join(unknown)}; valid: "
+                                 f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
+            return
+        if not any(pt.may_carry_tables for pt in self.parts):
+            raise UsageError("--scenes needs the nuScenes tables: give --nuscenes-meta (a v1.0-* folder, "
+                             "a dataroot or a meta .tgz) or a source that carries them")
+
+    def records(self, skip: AbstractSet[str] = frozenset()) -> Iterator[ImageRecord]:
+        """Every wanted image not in ``skip``, with its metadata; ``--limit`` reads the parts one after the other."""
+        if self._tables is None:
+            self.prepare()
+        p = _Pass(self.sel, skip, self.cfg.limit, self.scenes, MetaIndex(self._tables or []), self.nuscenes)
+        p.warnings.extend(self._warnings)
+        self._pass = p
+        if self.nuscenes and not p.meta and not any(pt.may_carry_tables for pt in self.parts):
+            p.warn("no nuScenes tables found; metadata columns stay empty (pass --nuscenes-meta)")
+        sequential = self.cfg.limit is not None or len(self.parts) == 1
+        yield from fan_in(self.parts, p, skip, 1 if sequential else min(MAX_PARALLEL, len(self.parts)))
+        missing = p.counts["images_without_metadata"]
+        if missing and p.meta:
+            p.warn(f"{missing} image(s) have no sample_data row in the nuScenes tables; "
+                   "they are kept with empty metadata columns")
+
+    def stats(self) -> dict[str, Any]:
+        """What the source read and found, for the manifest (counts only after ``records()`` ran)."""
+        p = self._pass
+        out: dict[str, Any] = {
+            "kind": "nuscenes" if self.nuscenes else "images",
+            "parts": [pt.stats() for pt in self.parts],
+            "channels": sorted(self.sel.channels),
+            "keyframes_only": self.sel.keyframes_only,
+        }
+        if self.meta_archives:
+            out["meta_archives"] = list(self.meta_archives)
+        if p is not None:
+            out.update(self._pass_stats(p))
+        return out
+
+    def _pass_stats(self, p: _Pass) -> dict[str, Any]:
+        out: dict[str, Any] = {k: int(v) for k, v in sorted(p.counts.items())}
+        out.setdefault("images", 0)
+        if self.nuscenes:
+            out.setdefault("images_without_metadata", 0)
+            in_stream = [pt.url for pt in self.parts if isinstance(pt, Archive) and pt.counts["tables_found"]]
+            info = dict(self._meta_info)
+            info["from"] = list(info.get("from", [])) + in_stream
+            out["metadata"] = {**info, "versions": p.meta.versions, "image_rows": p.meta.rows}
+        out["warnings"] = list(p.warnings)
+        out["errors"] = list(p.errors)
+        archives = [pt for pt in self.parts if isinstance(pt, Archive) and pt.reader is not None]
+        if archives:
+            read = [pt.reader.stats for pt in archives if pt.reader is not None]
+            out["archives_read"] = len(archives)
+            out["bytes_read"] = sum(s.bytes_read for s in read)
+            out["bytes_decompressed"] = sum(s.bytes_decompressed for s in read)
+            out["members_skipped"] = sum(pt.counts["members_skipped"] for pt in archives)
+        return out
+
+
+# --------------------------------------------------------------------------- building
+
+def _expand(uri: str, anon: bool | None) -> list[str]:
+    """The URIs a (possibly globbed) ``--source`` names; UsageError when it names nothing usable."""
+    protocol = fsspec.utils.get_protocol(uri)
+    if protocol not in ("file", "local", "s3", "s3a"):
+        raise UsageError(f"unsupported source {uri!r} (scheme {protocol}://); valid: {VALID_KINDS}")
+    if not glob.has_magic(uri):
+        return [uri]
+    if protocol in ("file", "local"):
+        local = uri.split("://", 1)[1] if "://" in uri else uri
+        matches = sorted(glob.glob(os.path.expanduser(local)))
+    else:
+        fs, path = fsutil.url_to_fs(uri, anon)
+        try:
+            matches = sorted(f"{protocol}://{m}" for m in fs.glob(path))
+        except Exception as exc:
+            raise UsageError(f"cannot list {uri!r}: {type(exc).__name__}: {exc}") from None
+    if not matches:
+        raise UsageError(f"source {uri!r} matches nothing; valid: {VALID_KINDS}")
+    return matches
+
+
+def _check_meta_option(m: str) -> None:
+    """UsageError for a ``--nuscenes-meta`` that cannot name tables: a missing local path, an unsupported scheme."""
+    if fsspec.utils.get_protocol(m) in ("file", "local"):
+        if not os.path.exists(os.path.expanduser(m.split("://", 1)[-1])):
+            raise UsageError(f"--nuscenes-meta {m!r} does not exist; valid: a v1.0-* folder, a dataroot "
+                             "or a meta .tgz (local or s3://)")
+    elif fsspec.utils.get_protocol(m) not in ("s3", "s3a"):
+        raise UsageError(f"--nuscenes-meta {m!r}: unsupported scheme; valid: a local path or s3://")
+
+
+def _parts(urls: list[str], sel: Selection, anon: bool | None, decoder: str) -> tuple[list[_Part], list[str]]:
+    """(the image parts, the ``*_meta.tgz`` archives) for the expanded source URIs, in order."""
+    parts: list[_Part] = []
+    meta_archives: list[str] = []
+    for u in urls:
+        if is_archive_name(u):
+            part = Archive(u, sel, anon, decoder=decoder)
+            if part.is_meta:
+                meta_archives.append(u)
+                continue
+            parts.append(part)
+        elif fsspec.utils.get_protocol(u) in ("file", "local"):
+            parts.append(LocalDir(u.split("://", 1)[1] if "://" in u else u, sel))
+        else:
+            parts.append(S3Prefix(u, sel, anon))
+    return parts, meta_archives
+
+
+def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
+    """Build the source that ``cfg.sources`` names.
+
+    Validates every input and loads the nuScenes tables known up front (``--nuscenes-meta``, a
+    dataroot's ``v1.0-*``, ``*_meta.tgz`` sources), so bad input fails here with a UsageError,
+    before the runner writes anything. Local paths touch no network.
+    """
+    if not cfg.sources:
+        raise UsageError(f"no --source given; valid: {VALID_KINDS}")
+    bad = [c for c in cfg.channels if c not in CAMERA_CHANNELS]
+    if bad:
+        raise UsageError(f"channel(s) {', '.join(bad)} are not cameras; valid: {', '.join(CAMERA_CHANNELS)}")
+    sel = Selection(frozenset(cfg.channels), cfg.keyframes_only)
+    urls: list[str] = []
+    for uri in cfg.sources:
+        for u in _expand(uri, cfg.anon):
+            if u not in urls:
+                urls.append(u)
+    parts, meta_archives = _parts(urls, sel, cfg.anon, decoder)
+    if not parts:
+        raise UsageError("only nuScenes metadata archives given (" + ", ".join(meta_archives) +
+                         "); add the image archives, e.g. v1.0-trainval01_keyframes.tgz")
+    if cfg.nuscenes_meta:
+        _check_meta_option(cfg.nuscenes_meta)
+    source = MultiSource(parts, meta_archives, cfg, sel)
+    source.prepare()
+    return source

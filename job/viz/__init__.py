@@ -1,0 +1,36 @@
+"""Notebook helpers: open a finished run, its 2-D map, coloured scatter plots, thumbnails and galleries.
+
+Used by ``notebooks/umap_visualize.ipynb`` so its cells stay short; everything here works on a run
+folder given as a local path or an ``s3://`` URL and is unit-tested without a notebook.
+"""
+from .gallery import (
+    exact_neighbours,
+    gallery_figure,
+    hits_table,
+    load_text_model,
+    neighbours,
+    similar_images,
+    text_search,
+    thumbnails,
+)
+from .plots import SHADE_ABOVE, marker_style, projection, save_figure, scatter_map, shade, show
+from .run import (
+    CAMERA_ORDER,
+    MISSING,
+    OTHER_COLOR,
+    THUMB_WIDTH,
+    WEATHER_COLORS,
+    WEATHER_ORDER,
+    Run,
+    RunNotReady,
+    check_manifest,
+    open_run,
+    weather_labels,
+)
+
+__all__ = [
+    "CAMERA_ORDER", "MISSING", "OTHER_COLOR", "SHADE_ABOVE", "THUMB_WIDTH", "WEATHER_COLORS", "WEATHER_ORDER",
+    "Run", "RunNotReady", "check_manifest", "exact_neighbours", "gallery_figure", "hits_table", "load_text_model",
+    "marker_style", "neighbours", "open_run", "projection", "save_figure", "scatter_map", "shade", "show",
+    "similar_images", "text_search", "thumbnails", "weather_labels",
+]
