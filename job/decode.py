@@ -27,7 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 THUMB_WIDTH = 128
 
 
@@ -83,12 +84,11 @@ def decode_image(
         raise DecodeError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DecodeError(f"unreadable image: {exc}") from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    dw, dh = img.size
+    rgb: Image.Image = img if img.mode == "RGB" else img.convert("RGB")
+    dw, dh = rgb.size
     fx, fy = dw / w, dh / h
     dbox = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-    resized = img.resize((rw, rh), RESAMPLE.get(interpolation, Image.BICUBIC), box=dbox)
+    resized = rgb.resize((rw, rh), RESAMPLE.get(interpolation, Image.Resampling.BICUBIC), box=dbox)
     if (rw, rh) != (size, size):
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
         canvas.paste(resized, (px, py))
@@ -96,7 +96,7 @@ def decode_image(
     thumb = None
     if thumbnail:
         tw = min(THUMB_WIDTH, dw)
-        small = img.resize((tw, max(1, round(dh * tw / dw))), Image.BILINEAR, reducing_gap=2.0)
+        small = rgb.resize((tw, max(1, round(dh * tw / dw))), Image.Resampling.BILINEAR, reducing_gap=2.0)
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=80)
         thumb = buf.getvalue()
@@ -126,11 +126,16 @@ class DecodeResult:
 
 
 class Item(Protocol):
-    """What the decode stages need of a source record."""
+    """What the decode stages need of a source record (read-only)."""
 
-    data: bytes | None
-    url: str | None
-    error: str | None
+    @property
+    def data(self) -> bytes | None: ...
+
+    @property
+    def url(self) -> str | None: ...
+
+    @property
+    def error(self) -> str | None: ...
 
 
 def item_bytes(r: Item) -> bytes | None:

@@ -64,7 +64,8 @@ class GpuDecoder:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         ok, sizes, failed, outs = [], [], [], []
-        jpeg_pos, jpeg_data = [], []
+        jpeg_pos: list[int] = []
+        jpeg_data: list[torch.Tensor | None] = []
         for i, b in enumerate(blobs):
             if b is None or len(b) < 4:
                 failed.append((i, "empty file (0 bytes)" if not b else "not an image (unrecognised format)"))
@@ -96,7 +97,7 @@ class GpuDecoder:
                 sizes_wh = (int(img.shape[2]), int(img.shape[1]))
             else:
                 try:  # PNGs, progressive oddities, broken files: the CPU path decides
-                    arr, sizes_wh, _ = decode_image(blobs[pos], self.size, self.resize_mode)
+                    arr, sizes_wh, _ = decode_image(blobs[pos] or b"", self.size, self.resize_mode)
                 except DecodeError as exc:
                     failed.append((pos, str(exc)))
                     continue

@@ -124,11 +124,12 @@ class _Session:
     def _stage(self, first: list[ImageRecord]) -> Any:
         """The decode stage: the CPU pool, or nvJPEG when chosen (``--decode auto`` measures both)."""
         cfg, lm = self.cfg, self.lm
+        rates: dict[str, float] = {}
         if cfg.project.thumbnails and cfg.decode.decoder != "cpu" and lm.device.type == "cuda":
             log.info("thumbnails are made by the CPU decoder: decoding on the CPU")
-            decoder, rates = "cpu", {}
+            decoder = "cpu"
         elif cfg.decode.decoder == "cpu" or lm.device.type != "cuda":
-            decoder, rates = "cpu", {}
+            decoder = "cpu"
         else:
             from .decode_gpu import choose_decoder
 
@@ -174,7 +175,7 @@ class _Session:
         chunks = _chunks(self._fresh(self.source.records(skip=self.state.done_paths)), self.cfg.decode.batch_size)
         first = next(chunks, [])
         stage = self._stage(first)
-        total = self.source.total() if callable(getattr(self.source, "total", None)) else None
+        total = self.source.total
         bar = tqdm(total=total, initial=self.state.rows + self.state.failures, unit="img", desc="embed",
                    disable=not self.cfg.progress, dynamic_ncols=True)
         in_flight: tuple[list[ImageRecord], DecodeResult, Any] | None = None

@@ -1,16 +1,11 @@
-"""Model stage: a registry of OpenCLIP models and weights, loading, pooling, and the batch encoders.
-
-Names follow open_clip (``ViT-L-14``, ``ViT-B-32`` …) plus the product brief's aliases
-(``vit_l_14``). Weights (``--pretrained``) can be an open_clip tag, the alias ``openclip`` (our
-default tag for the architecture), a local checkpoint file, an ``s3://`` (or any fsspec URL)
-checkpoint, ``hf-hub:org/repo``, or ``none`` (seeded random init).
+"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.registry``), pooling,
+the batch encoders, and ``load_run_model`` for a finished run's own model.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -20,121 +15,20 @@ import torch
 
 from .config import ModelConfig
 from .errors import DataError, UsageError
+from .registry import (  # noqa: F401  (re-exported: the registry is part of the model API)
+    DEFAULT_TAGS,
+    MODEL_ALIASES,
+    WeightsSpec,
+    _fetch_url,
+    available_models,
+    resolve_model_name,
+    resolve_pretrained,
+)
 from .runfolder import Manifest
 
 log = logging.getLogger(__name__)
 
-# The product brief's spellings, mapped onto open_clip architecture names.
-MODEL_ALIASES: dict[str, str] = {
-    "vit_l_14": "ViT-L-14",
-    "vit-l/14": "ViT-L-14",
-    "vit_b_32": "ViT-B-32",
-    "vit-b/32": "ViT-B-32",
-    "vit_b_16": "ViT-B-16",
-    "vit-b/16": "ViT-B-16",
-    "vit_h_14": "ViT-H-14",
-}
-
-# ``--pretrained openclip`` resolves to these tags. For ViT-L-14: DataComp-XL (MIT licensed weights,
-# ImageNet zero-shot 79.2% vs 75.3% for LAION-2B and 75.5% for OpenAI's); see the README for why.
-DEFAULT_TAGS: dict[str, str] = {
-    "ViT-L-14": "datacomp_xl_s13b_b90k",
-    "ViT-B-32": "laion2b_s34b_b79k",
-    "ViT-B-16": "laion2b_s34b_b88k",
-    "ViT-H-14": "laion2b_s32b_b79k",
-}
 POOL_TYPES: dict[str, str] = {"mean": "avg", "cls": "tok"}
-
-
-def available_models() -> list[str]:
-    """open_clip architecture names plus our aliases."""
-    import open_clip
-
-    return sorted(open_clip.list_models()) + sorted(MODEL_ALIASES)
-
-
-def resolve_model_name(name: str) -> str:
-    """Map an alias or open_clip name (``ViT-L/14`` too) to the open_clip architecture name."""
-    import open_clip
-
-    if name.startswith("hf-hub:"):
-        return name
-    key = name.strip()
-    if key.lower() in MODEL_ALIASES:
-        return MODEL_ALIASES[key.lower()]
-    models = open_clip.list_models()
-    for candidate in (key, key.replace("/", "-")):
-        if candidate in models:
-            return candidate
-    aliases = sorted(a for a in MODEL_ALIASES if "/" not in a)
-    raise UsageError(
-        f"unknown model {name!r}; valid choices: {', '.join(aliases + sorted(DEFAULT_TAGS))} or any of the "
-        f"{len(models)} open_clip architectures (list them with: python -m job models)"
-    )
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """What ``--pretrained`` resolved to."""
-
-    kind: str  # "none" | "tag" | "file" | "url" | "hf-hub"
-    value: str | None  # tag name, file path, URL, hub id; None for "none"
-
-    def describe(self) -> str:
-        return "random init (seeded)" if self.kind == "none" else f"{self.kind}:{self.value}"
-
-
-def resolve_pretrained(model: str, pretrained: str) -> WeightsSpec:
-    """Classify ``--pretrained`` and validate tags against open_clip's registry for ``model``."""
-    import open_clip
-
-    p = pretrained.strip()
-    if p.lower() in ("none", "random", ""):
-        return WeightsSpec("none", None)
-    if p.startswith("hf-hub:"):
-        return WeightsSpec("hf-hub", p)
-    if "://" in p:
-        return WeightsSpec("url", p)
-    if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
-        if not os.path.isfile(p):
-            raise UsageError(f"checkpoint file {p!r} does not exist")
-        return WeightsSpec("file", p)
-    if model.startswith("hf-hub:"):
-        raise UsageError(f"--pretrained {p!r} cannot be combined with an hf-hub model; use --pretrained none or omit it")
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    tag = DEFAULT_TAGS.get(model) if p.lower() == "openclip" else p
-    if p.lower() == "openclip" and tag is None:
-        if not tags:
-            raise UsageError(f"model {model!r} has no open_clip pretrained weights; use --pretrained none or a file")
-        tag = tags[0]
-    # open_clip itself matches tags case-insensitively with '-' and '_' alike (laion2b-s34b-b79k)
-    tag = next((t for t in tags if t.lower().replace("-", "_") == str(tag).lower().replace("-", "_")), None)
-    if tag is None:
-        raise UsageError(
-            f"unknown pretrained tag {p!r} for {model}; valid choices: openclip, none, a checkpoint file, "
-            f"s3://…, hf-hub:…, or one of {', '.join(tags) or '(none known)'}"
-        )
-    return WeightsSpec("tag", tag)
-
-
-def _fetch_url(url: str, cache_dir: str | None) -> str:
-    """Download a checkpoint URL (``s3://`` …) once into the cache and return the local path."""
-    from . import fsutil
-
-    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vit-embedding-drivedata")
-    os.makedirs(cache, exist_ok=True)
-    digest = hashlib.sha1(url.encode()).hexdigest()[:16]
-    local = os.path.join(cache, f"{digest}-{url.rsplit('/', 1)[-1]}")
-    if not os.path.exists(local):
-        fs, path = fsutil.url_to_fs(url)
-        if not fs.exists(path):
-            raise UsageError(f"checkpoint {url} does not exist")
-        log.info("downloading checkpoint %s", url)
-        tmp = f"{local}.tmp-{os.getpid()}"
-        fs.get(path, tmp)
-        os.replace(tmp, local)
-    return local
-
 
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over every tensor of the state dict (names, shapes, bytes), whatever the weights' origin."""
@@ -172,7 +66,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 class LoadedModel:
     """A ready model plus everything the other stages need to know about it."""
 
-    model: torch.nn.Module
+    model: Any  # an open_clip CLIP model (encode_image / encode_text)
     name: str
     weights: WeightsSpec
     weights_sha256: str
@@ -220,7 +114,7 @@ def _create(name: str, weights: WeightsSpec, cfg: ModelConfig) -> torch.nn.Modul
         if weights.kind == "hf-hub":
             return open_clip.create_model(weights.value, **kwargs)
         if weights.kind == "url":
-            return open_clip.create_model(name, pretrained=_fetch_url(weights.value, cfg.cache_dir), **kwargs)
+            return open_clip.create_model(name, pretrained=_fetch_url(str(weights.value), cfg.cache_dir), **kwargs)
         return open_clip.create_model(name, pretrained=weights.value, **kwargs)
     except UsageError:
         raise
@@ -248,7 +142,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     t0 = time.perf_counter()
     model = _create(name, weights, cfg)
     model.eval().requires_grad_(False)
-    visual = model.visual
+    visual: Any = model.visual
     if not hasattr(visual, "pool_type") or getattr(visual, "attn_pool", None) is not None:
         raise UsageError(f"model {name} has no mean/cls pooling switch (attentional pooling); use a ViT CLIP model")
     visual.pool_type = POOL_TYPES[cfg.pool]
@@ -260,7 +154,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if dtype != torch.float32:
         model = model.to(dtype)
     tokenizer = open_clip.get_tokenizer(name if not name.startswith("hf-hub:") else name)
-    embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])
+    text_projection: Any = model.text_projection
+    embed_dim = int(getattr(visual, "output_dim", 0) or text_projection.shape[-1])
     return LoadedModel(
         model=model,
         name=name,
@@ -268,8 +163,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         weights_sha256=sha,
         pool=cfg.pool,
         image_size=size,
-        mean=tuple(float(x) for x in pp["mean"]),
-        std=tuple(float(x) for x in pp["std"]),
+        mean=_rgb(pp["mean"]),
+        std=_rgb(pp["std"]),
         interpolation=str(pp.get("interpolation", "bicubic")),
         embed_dim=embed_dim,
         device=device,
@@ -279,13 +174,18 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     )
 
 
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    r, g, b = (float(x) for x in values)
+    return r, g, b
+
+
 class ImageEncoder:
     """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device."""
 
     def __init__(self, lm: LoadedModel, compile_model: bool = False) -> None:
         self.lm = lm
         dev = lm.device
-        self._encode = lm.model.encode_image
+        self._encode: Callable[[torch.Tensor], torch.Tensor] = lm.model.encode_image
         if compile_model:
             if dev.type != "cuda":
                 log.info("--compile only pays off on CUDA; running eagerly on %s", dev)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,9 @@ _CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
 CUSTOM = {
     "run_id": "mini-custom",
     "dataset": "mini",
-    "instance_type": "g5.2xlarge",
+    "instance_types": "g5.2xlarge,g6.2xlarge",
     "market": "spot",
+    "spot_fallback": "on-demand",
     "max_run_hours": "1.5",
     "nat_gateway": "true",
     "availability_zone": "ap-northeast-1c",
@@ -56,11 +58,10 @@ CUSTOM = {
 IMPORTED = {
     "run_id": "imported-vpc",
     "vpc_id": "vpc-0123456789abcdef0",
-    "subnet_id": "subnet-0123456789abcdef0",
-    "shutdown_behavior": "stop",
+    "subnet_id": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
 }
-
-
+# Another region (cross-region warning), the image built by cdk deploy, spot without fallback.
+ASSET = {"run_id": "asset-run", "region": "us-east-1", "image": "asset", "market": "spot", "max_azs": "4"}
 @pytest.fixture(scope="module", autouse=True)
 def _fake_aws_env():
     mp = pytest.MonkeyPatch()
@@ -81,7 +82,9 @@ class Synth:
         assembly = app.synth()  # runs cdk-nag; raises on any unacknowledged finding
         self.config = stack.config
         self.outdir = outdir
-        self.json = assembly.get_stack_artifact(stack.artifact_id).template
+        artifact = assembly.get_stack_artifact(stack.artifact_id)
+        self.json = artifact.template
+        self.messages = artifact.messages
         self.template = Template.from_json(self.json)
 
     def resources(self, type_: str) -> list[dict]:
@@ -94,8 +97,18 @@ class Synth:
 
     def user_data(self) -> str:
         """The instance's user-data with CloudFormation references shown as <Ref:...>."""
-        parts = self.one("AWS::EC2::Instance")["Properties"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+        data = self.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+        parts = data["UserData"]["Fn::Base64"]["Fn::Join"][1]
         return "".join(p if isinstance(p, str) else f"<{json.dumps(p, sort_keys=True)}>" for p in parts)
+
+    def group(self) -> dict:
+        return self.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
+
+    def template_data(self) -> dict:
+        return self.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+
+    def warnings(self) -> list[str]:
+        return [str(m.entry.data) for m in self.messages if m.level.name == "WARNING"]
 
     def policy_statements(self) -> list[dict]:
         return [s for p in self.resources("AWS::IAM::Policy") for s in p["Properties"]["PolicyDocument"]["Statement"]]
@@ -121,8 +134,25 @@ def imported(tmp_path_factory) -> Synth:
     return Synth(IMPORTED, tmp_path_factory.mktemp("cdk-imported"))
 
 
+@pytest.fixture(scope="module")
+def asset(tmp_path_factory) -> Synth:
+    return Synth(ASSET, tmp_path_factory.mktemp("cdk-asset"))
+
+
+VARIANTS = ["default", "custom", "imported", "asset"]
+
+
 def _json_str(value) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def _subnet_azs(s: Synth, refs: list) -> list[str]:
+    """The AZ expression of each referenced subnet (a literal, or the Fn::Select index into Fn::GetAZs)."""
+    azs = []
+    for ref in refs:
+        az = s.json["Resources"][ref["Ref"]]["Properties"]["AvailabilityZone"]
+        azs.append(az if isinstance(az, str) else f"GetAZs[{az['Fn::Select'][0]}]")
+    return azs
 
 
 # --- configuration ------------------------------------------------------------------------------------------------
@@ -131,11 +161,13 @@ def _json_str(value) -> str:
 def test_default_config_matches_issue(default):
     cfg = default.config
     assert cfg.region == "ap-northeast-1"
-    assert cfg.instance_type == "g6e.xlarge"
-    assert cfg.market == "on-demand"
-    assert cfg.shutdown_behavior == "terminate"
+    assert cfg.instance_types == ("g6e.xlarge", "g6e.2xlarge") and cfg.instance_type == "g6e.xlarge"
+    assert cfg.market == "on-demand" and cfg.spot_fallback == "none"
+    assert cfg.image == "build" and cfg.image_uri is None
     assert cfg.dataset == "trainval"
     assert cfg.run_prefix == "runs/default-run/"
+    assert cfg.availability_zone is None and cfg.max_azs == C.DEFAULT_MAX_AZS >= 2
+    assert cfg.group_name == "VitEmbedDriveData-default-run"
 
 
 def test_cdk_json_keys_are_known():
@@ -147,20 +179,32 @@ def test_cdk_json_keys_are_known():
 def test_default_run_id_is_dataset_and_timestamp():
     cfg = from_context({"dataset": "mini"}.get)
     assert cfg.run_id.startswith("mini-") and len(cfg.run_id) == len("mini-20250101-120000")
+    assert cfg.run_id == f"mini-{cfg.synth_time:%Y%m%d-%H%M%S}"
+
+
+def test_deadline_is_synth_time_plus_max_run_plus_margin():
+    cfg = from_context({"run_id": "d", "max_run_hours": "2"}.get)
+    delta = (cfg.deadline - cfg.synth_time).total_seconds() / 60
+    assert 120 + C.DEADLINE_MARGIN_MINUTES <= delta < 120 + C.DEADLINE_MARGIN_MINUTES + 1
+    assert cfg.deadline.second == 0 and cfg.deadline.tzinfo is not None
 
 
 @pytest.mark.parametrize(
     ("context", "needle"),
     [
-        ({"instance_type": "p4d.24xlarge"}, "valid values: g5.xlarge, g5.2xlarge"),
-        ({"instance_type": "g6e.medium"}, "g6e.xlarge"),
+        ({"instance_types": "p4d.24xlarge"}, "valid values: g5.xlarge, g5.2xlarge"),
+        ({"instance_types": "g6e.xlarge,g6e.medium"}, "g6e.xlarge"),
+        ({"instance_types": ","}, "instance_types is empty"),
+        ({"instance_types": ",".join(C.VALID_INSTANCE_TYPES[:11])}, "valid values: 1 to 10 types"),
+        ({"instance_type": "g6e.xlarge"}, "instance_type is no longer used: use instance_types"),
+        ({"shutdown_behavior": "stop"}, "shutdown_behavior is no longer used"),
         ({"max_run_hours": "-1"}, "valid values: 0.1 to 168"),
         ({"max_run_hours": "soon"}, "is not a number"),
         ({"max_run_hours": "nan"}, "out of range"),
         ({"dataset": "test"}, "valid values: trainval, mini"),
         ({"market": "reserved"}, "valid values: on-demand, spot"),
-        ({"shutdown_behavior": "hibernate"}, "valid values: terminate, stop"),
-        ({"market": "spot", "shutdown_behavior": "stop"}, "needs shutdown_behavior=terminate"),
+        ({"spot_fallback": "reserved"}, "valid values: none, on-demand"),
+        ({"spot_fallback": "on-demand"}, "needs market=spot"),
         ({"pool": "max"}, "valid values: mean, cls"),
         ({"resize_mode": "stretch"}, "valid values: pad, crop, squash"),
         ({"index_type": "lsh"}, "valid values: auto, flat, ivfpq, hnsw"),
@@ -170,7 +214,11 @@ def test_default_run_id_is_dataset_and_timestamp():
         ({"log_retention_days": "10"}, "valid values: 1, 3, 5, 7, 14"),
         ({"region": "tokyo"}, "expected something like ap-northeast-1"),
         ({"vpc_id": "vpc-0123456789abcdef0"}, "vpc_id and subnet_id go together"),
+        ({"vpc_id": "vpc-0123456789abcdef0", "subnet_id": "subnet-0123456789abcdef0,subnet-x"}, "subnet_id"),
         ({"availability_zone": "us-east-1a"}, "not in region ap-northeast-1"),
+        ({"max_azs": "7"}, "valid values: 1 to 6"),
+        ({"max_azs": "2", "availability_zone": "ap-northeast-1a"}, "max_azs shapes a new VPC"),
+        ({"image": "Not An Image"}, "expected something like build, asset or"),
         ({"sources": "/home/me/nuscenes"}, "not reachable from the instance"),
         ({"nuscenes_meta": "s3://b/meta.tgz"}, "only used with custom sources"),
         ({"run_id": "bad run id"}, "run_id"),
@@ -187,13 +235,13 @@ def test_bad_context_fails_with_one_line_listing_valid_values(context, needle):
 def test_bad_context_fails_synth_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _CREDENTIAL_VARS}
     env.update(_FAKE_ENV)
-    env["CDK_CONTEXT_JSON"] = json.dumps({"instance_type": "t3.micro"})
+    env["CDK_CONTEXT_JSON"] = json.dumps({"instance_types": "t3.micro"})
     env["CDK_OUTDIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("cdk context error:")]
     assert len(errors) == 1, proc.stderr
-    assert "instance_type='t3.micro'" in errors[0] and "g6e.xlarge" in errors[0]
+    assert "instance_types='t3.micro'" in errors[0] and "g6e.xlarge" in errors[0]
     assert "Traceback" not in proc.stderr
 
 
@@ -213,11 +261,17 @@ def test_job_cli_accepts_the_stack_arguments(context):
     assert job_cfg.model.pool == cfg.pool and job_cfg.decode.resize_mode == cfg.resize_mode
 
 
+def test_cdk_package_does_not_import_the_job_cli():
+    for path in (REPO / "cdk").glob("*.py"):
+        text = path.read_text()
+        assert "job.cli" not in text and "from job import cli" not in text, path
+
+
 # --- network ------------------------------------------------------------------------------------------------------
 
 
-def test_no_inbound_rules_anywhere(default, custom, imported):
-    for s in (default, custom, imported):
+def test_no_inbound_rules_anywhere(default, custom, imported, asset):
+    for s in (default, custom, imported, asset):
         s.template.resource_count_is("AWS::EC2::SecurityGroupIngress", 0)
         for sg in s.resources("AWS::EC2::SecurityGroup"):
             assert not sg["Properties"].get("SecurityGroupIngress"), sg
@@ -243,21 +297,36 @@ def test_default_vpc_public_subnets_no_nat_s3_gateway_endpoint(default):
     t.has_resource_properties("Custom::VpcRestrictDefaultSG", Match.any_value())
 
 
-def test_nat_option_puts_instance_in_private_subnet(custom):
+def test_no_az_pinned_by_default(default):
+    """The group may launch in one public subnet per AZ: the first max_azs AZs of the region, none pinned."""
+    zones = default.group()["VPCZoneIdentifier"]
+    azs = _subnet_azs(default, zones)
+    assert len(azs) == len(set(azs)) == C.DEFAULT_MAX_AZS >= 2
+    assert azs == [f"GetAZs[{i}]" for i in range(C.DEFAULT_MAX_AZS)]
+    for ref in zones:
+        assert default.json["Resources"][ref["Ref"]]["Properties"]["MapPublicIpOnLaunch"] is True
+    assert "AvailabilityZones" not in default.group()  # placement comes from the subnets alone
+    assert "AvailabilityZone" not in _json_str(default.template_data())
+
+
+def test_max_azs_widens_the_group(asset):
+    azs = _subnet_azs(asset, asset.group()["VPCZoneIdentifier"])
+    assert azs == [f"GetAZs[{i}]" for i in range(4)]
+
+
+def test_pinned_az_and_nat_put_the_group_in_one_private_subnet(custom):
     t = custom.template
     t.resource_count_is("AWS::EC2::NatGateway", 1)
-    t.has_resource_properties("AWS::EC2::Subnet", {"MapPublicIpOnLaunch": False, "AvailabilityZone": "ap-northeast-1c"})
-    subnet_ref = custom.one("AWS::EC2::Instance")["Properties"]["SubnetId"]["Ref"]
-    assert custom.json["Resources"][subnet_ref]["Properties"]["MapPublicIpOnLaunch"] is False
+    zones = custom.group()["VPCZoneIdentifier"]
+    assert _subnet_azs(custom, zones) == ["ap-northeast-1c"]
+    assert custom.json["Resources"][zones[0]["Ref"]]["Properties"]["MapPublicIpOnLaunch"] is False
 
 
 def test_imported_vpc_creates_no_network(imported):
     t = imported.template
     for type_ in ("AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::NatGateway", "AWS::EC2::InternetGateway"):
         t.resource_count_is(type_, 0)
-    props = imported.one("AWS::EC2::Instance")["Properties"]
-    assert props["SubnetId"] == IMPORTED["subnet_id"]
-    assert "AvailabilityZone" not in props
+    assert imported.group()["VPCZoneIdentifier"] == IMPORTED["subnet_id"].split(",")
     t.has_resource_properties("AWS::EC2::SecurityGroup", {"VpcId": IMPORTED["vpc_id"]})
 
 
@@ -282,9 +351,9 @@ def test_buckets_encrypted_private_versioned_logged(default):
             "IgnorePublicAcls": True,
             "RestrictPublicBuckets": True,
         }
+        assert p["VersioningConfiguration"] == {"Status": "Enabled"}
         assert b["DeletionPolicy"] == "Retain"  # retain_artifacts defaults to true
     _, art = _artifacts_bucket(default)
-    assert art["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     logs_ref = art["Properties"]["LoggingConfiguration"]["DestinationBucketName"]["Ref"]
     assert default.json["Resources"][logs_ref]["Type"] == "AWS::S3::Bucket"
 
@@ -314,34 +383,33 @@ def test_retain_false_deletes_buckets_with_objects(custom):
     custom.template.resource_count_is("Custom::S3AutoDeleteObjects", 2)
 
 
-def test_log_group_retention(default, custom):
+def test_log_groups_have_retention_and_go_with_the_stack(default, custom):
     default.template.has_resource_properties("AWS::Logs::LogGroup", {"LogGroupName": "/vit-embed/VitEmbedDriveData", "RetentionInDays": 30})
     custom.template.has_resource_properties("AWS::Logs::LogGroup", {"LogGroupName": "/vit-embed/VitEmbedDriveData", "RetentionInDays": 7})
+    for s in (default, custom):
+        for group in s.resources("AWS::Logs::LogGroup"):
+            assert group["Properties"]["RetentionInDays"] > 0 and group["DeletionPolicy"] == "Delete", group
 
 
-# --- compute ------------------------------------------------------------------------------------------------------
+# --- compute: the group and its launch template -------------------------------------------------------------------
 
 
-def test_instance_defaults(default):
-    default.template.resource_count_is("AWS::EC2::Instance", 1)
-    default.template.has_resource_properties(
-        "AWS::EC2::Instance",
-        {
-            "InstanceType": "g6e.xlarge",
-            "InstanceInitiatedShutdownBehavior": "terminate",
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
-            "Monitoring": True,
-            "BlockDeviceMappings": [
-                {
-                    "DeviceName": "/dev/sda1",
-                    "Ebs": {"VolumeType": "gp3", "Encrypted": True, "VolumeSize": 200, "DeleteOnTermination": True},
-                }
-            ],
-        },
-    )
-    props = default.one("AWS::EC2::Instance")["Properties"]
-    assert "LaunchTemplate" not in props  # on-demand: no market options
-    assert "KeyName" not in props  # no SSH key: Session Manager only
+def test_launch_template_defaults(default):
+    data = default.template_data()
+    assert data["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2}
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["Monitoring"] == {"Enabled": True} and data["EbsOptimized"] is True
+    assert data["BlockDeviceMappings"] == [
+        {"DeviceName": "/dev/sda1", "Ebs": {"VolumeType": "gp3", "Encrypted": True, "VolumeSize": 200, "DeleteOnTermination": True}}
+    ]
+    assert "KeyName" not in data  # no SSH key: Session Manager only
+    assert "InstanceType" not in data and "InstanceMarketOptions" not in data  # the group's policy decides both
+    default.template.resource_count_is("AWS::EC2::Instance", 0)
+
+
+def test_imdsv2_required_everywhere(default, custom, imported, asset):
+    for s in (default, custom, imported, asset):
+        assert s.template_data()["MetadataOptions"]["HttpTokens"] == "required"
 
 
 def test_ami_from_public_ssm_parameter(default):
@@ -350,32 +418,109 @@ def test_ami_from_public_ssm_parameter(default):
     assert [p["Default"] for p in ami] == [C.DEFAULT_AMI_SSM_PARAMETER]
 
 
-def test_spot_and_custom_sizes(custom):
-    custom.template.has_resource_properties(
-        "AWS::EC2::Instance",
-        {
-            "InstanceType": "g5.2xlarge",
-            "BlockDeviceMappings": [Match.object_like({"Ebs": Match.object_like({"VolumeSize": 300, "Encrypted": True})})],
-            "LaunchTemplate": Match.object_like({"LaunchTemplateId": Match.any_value()}),
-        },
-    )
-    custom.template.has_resource_properties(
-        "AWS::EC2::LaunchTemplate",
-        {
-            "LaunchTemplateData": Match.object_like(
-                {
-                    "InstanceMarketOptions": {
-                        "MarketType": "spot",
-                        "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
-                    }
-                }
-            )
-        },
-    )
+def test_group_is_at_most_one_instance_with_fallback_types(default):
+    g = default.group()
+    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == ("0", "1", "1")
+    assert g["AutoScalingGroupName"] == "VitEmbedDriveData-default-run"
+    policy = g["MixedInstancesPolicy"]
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == ["g6e.xlarge", "g6e.2xlarge"]
+    dist = policy["InstancesDistribution"]
+    assert dist["OnDemandPercentageAboveBaseCapacity"] == 100 and dist["OnDemandBaseCapacity"] == 0
+    assert dist["OnDemandAllocationStrategy"] == "prioritized"  # the list order is the preference
+    assert g["HealthCheckType"] == "EC2" and g["CapacityRebalance"] is False
 
 
-def test_stop_behaviour_configurable(imported):
-    imported.template.has_resource_properties("AWS::EC2::Instance", {"InstanceInitiatedShutdownBehavior": "stop"})
+def test_spot_group_and_custom_sizes(custom, asset):
+    g = custom.group()
+    assert [o["InstanceType"] for o in g["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]] == ["g5.2xlarge", "g6.2xlarge"]
+    for s in (custom, asset):
+        dist = s.group()["MixedInstancesPolicy"]["InstancesDistribution"]
+        assert dist["OnDemandPercentageAboveBaseCapacity"] == 0 and dist["OnDemandBaseCapacity"] == 0
+        assert dist["SpotAllocationStrategy"] == "capacity-optimized-prioritized"
+    assert custom.template_data()["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 300
+
+
+# --- the deadline outside the instance ----------------------------------------------------------------------------
+
+
+def _group_arn_ok(resource, group_name: str) -> bool:
+    text = _json_str(resource)
+    return ":autoscaling:" in text and f":autoScalingGroup:*:autoScalingGroupName/{group_name}" in text
+
+
+def test_deadline_schedule_sets_the_group_to_zero(default):
+    cfg = default.config
+    sched = default.one("AWS::Scheduler::Schedule")["Properties"]
+    assert sched["ScheduleExpression"] == f"at({cfg.deadline:%Y-%m-%dT%H:%M:%S})"
+    assert sched["ScheduleExpressionTimezone"] == "UTC" and sched["State"] == "ENABLED"
+    assert sched["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    target = sched["Target"]
+    assert _json_str(target["Arn"]).endswith(':scheduler:::aws-sdk:autoscaling:updateAutoScalingGroup"]]}')
+    assert json.loads(target["Input"]) == {"AutoScalingGroupName": cfg.group_name, "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
+    minutes = (cfg.deadline - cfg.synth_time).total_seconds() / 60
+    assert cfg.max_run_minutes < minutes <= cfg.max_run_minutes + C.DEADLINE_MARGIN_MINUTES + 1
+
+
+def test_deadline_role_is_least_privilege(default):
+    cfg = default.config
+    role_id = default.one("AWS::Scheduler::Schedule")["Properties"]["Target"]["RoleArn"]["Fn::GetAtt"][0]
+    role = default.json["Resources"][role_id]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert "ManagedPolicyArns" not in role
+    policies = [p for p in default.resources("AWS::IAM::Policy") if {"Ref": role_id} in p["Properties"]["Roles"]]
+    (stmt,) = [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    assert stmt["Action"] == "autoscaling:UpdateAutoScalingGroup" and stmt["Effect"] == "Allow"
+    assert _group_arn_ok(stmt["Resource"], cfg.group_name)
+
+
+def test_instance_releases_only_its_own_group(default):
+    stmt = default.statement("ReleaseOwnGroup")
+    assert stmt["Action"] == "autoscaling:UpdateAutoScalingGroup"
+    assert _group_arn_ok(stmt["Resource"], default.config.group_name)
+
+
+# --- spot fallback -------------------------------------------------------------------------------------------------
+
+
+def test_no_fallback_machinery_unless_asked(default, asset):
+    for s in (default, asset):
+        s.template.resource_count_is("AWS::StepFunctions::StateMachine", 0)
+        s.template.resource_count_is("AWS::Events::Rule", 0)
+
+
+def test_spot_fallback_switches_the_group_to_on_demand(custom):
+    cfg = custom.config
+    rule = custom.one("AWS::Events::Rule")["Properties"]
+    assert rule["EventPattern"] == {
+        "source": ["aws.autoscaling"],
+        "detail-type": ["EC2 Instance Launch Unsuccessful"],
+        "detail": {"AutoScalingGroupName": [cfg.group_name]},
+    }
+    sm = custom.one("AWS::StepFunctions::StateMachine")["Properties"]
+    parts = sm["DefinitionString"]["Fn::Join"][1]
+    definition = json.loads("".join(p if isinstance(p, str) else "aws" for p in parts))
+    (state,) = definition["States"].values()
+    assert state["Type"] == "Task" and state["End"] is True
+    assert state["Resource"].endswith(":states:::aws-sdk:autoscaling:updateAutoScalingGroup")
+    assert state["Parameters"] == {
+        "AutoScalingGroupName": cfg.group_name,
+        "MixedInstancesPolicy": {
+            "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 100, "OnDemandAllocationStrategy": "prioritized"}
+        },
+    }
+    assert sm["LoggingConfiguration"]["Level"] == "ALL" and sm["TracingConfiguration"] == {"Enabled": True}
+    sm_role = sm["RoleArn"]["Fn::GetAtt"][0]
+    stmts = [s for p in custom.resources("AWS::IAM::Policy") if {"Ref": sm_role} in p["Properties"]["Roles"] for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    scaling = [s for s in stmts if "autoscaling" in _json_str(s["Action"])]
+    assert len(scaling) == 1 and scaling[0]["Action"] == "autoscaling:UpdateAutoScalingGroup"
+    assert _group_arn_ok(scaling[0]["Resource"], cfg.group_name)
+    # The rule listens before the group's first launch.
+    group_id = next(k for k, r in custom.json["Resources"].items() if r["Type"] == "AWS::AutoScaling::AutoScalingGroup")
+    rule_id = next(k for k, r in custom.json["Resources"].items() if r["Type"] == "AWS::Events::Rule")
+    assert rule_id in custom.json["Resources"][group_id].get("DependsOn", [])
 
 
 # --- IAM ----------------------------------------------------------------------------------------------------------
@@ -410,12 +555,13 @@ def test_role_logs_scoped_to_its_group(default):
     assert "JobLogs" in _json_str(logs_stmt["Resource"])
 
 
-def test_no_wildcard_resources_without_ecr(default, custom):
+def test_no_wildcard_resources_without_ecr(default, custom, asset):
     for s in default.policy_statements():
         assert s.get("Resource") != "*", s
     ecr_login = custom.statement("EcrLogin")
     assert ecr_login["Action"] == "ecr:GetAuthorizationToken" and ecr_login["Resource"] == "*"
     assert "repository/vit-embed" in _json_str(custom.statement("EcrPull")["Resource"])
+    assert "cdk-hnb659fds-container-assets" in _json_str(asset.statement("EcrPull")["Resource"])
 
 
 def test_role_has_ssm_core_and_reads_only_its_assets(default):
@@ -435,10 +581,15 @@ def test_role_has_ssm_core_and_reads_only_its_assets(default):
 
 def test_user_data_default(default):
     ud = default.user_data()
+    group = default.config.group_name
+    release = f"aws autoscaling update-auto-scaling-group --region ap-northeast-1 --auto-scaling-group-name {group} --min-size 0 --max-size 0 --desired-capacity 0"
     assert ud.startswith("#!/bin/bash\nset -euo pipefail\n")
-    assert "shutdown -h +240 " in ud  # hard stop scheduled before anything else can fail
-    assert ud.index("shutdown -h +240") < ud.index("aws s3 cp")
+    assert "shutdown -h +242 " in ud  # OS-level backstop scheduled before anything else can fail
+    assert "systemd-run --unit=vit-embed-hard-stop --on-active=240m" in ud  # releases the group, then powers off
+    assert ud.index("shutdown -h +242") < ud.index("systemd-run") < ud.index("aws s3 cp")
+    assert ud.count(release) == 2  # in the hard stop and in the bootstrap-failure trap
     assert "RUN_ID=default-run\nRUN_PREFIX=runs/default-run/\n" in ud
+    assert f"ASG_NAME={group}\n" in ud and "INSTANCE_TYPE=g6e.xlarge,g6e.2xlarge\n" in ud
     assert "MAX_RUN_MINUTES=240\n" in ud and "MARKET=on-demand\n" in ud and "IMAGE=\n" in ud
     assert "NUSCENES_BUCKET=motional-nuscenes\nNUSCENES_REGION=ap-northeast-1\nNUSCENES_MOUNT=/mnt/nuscenes\n" in ud
     for i in range(1, 11):
@@ -454,7 +605,7 @@ def test_user_data_default(default):
 
 def test_user_data_custom(custom):
     ud = custom.user_data()
-    assert "shutdown -h +90 " in ud and "MARKET=spot\n" in ud
+    assert "shutdown -h +92 " in ud and "--on-active=90m" in ud and "MARKET=spot\n" in ud
     assert "IMAGE=123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0\n" in ud
     assert "ECR_REGISTRY=123456789012.dkr.ecr.ap-northeast-1.amazonaws.com\n" in ud
     assert "--source\ns3://my-extracted-nuscenes/mini/\n--source\n/mnt/nuscenes/public/v1.0/v1.0-mini.tgz\n" in ud
@@ -477,36 +628,59 @@ def test_source_asset_leaves_out_local_state(default):
     src = [d for d in dirs if (d / "docker" / "Dockerfile").exists()]
     assert len(src) == 1, dirs
     names = {p.name for p in src[0].iterdir()}
-    assert {"pyproject.toml", "docker", ".dockerignore"} <= names
+    assert {"pyproject.toml", "docker", ".dockerignore", "job"} <= names
+    assert (src[0] / "docker" / "requirements.txt").exists()  # the image's locked requirements travel along
     assert not names & {".venv", "node_modules", "cdk.out", "tests", ".git", "cdk", "notebooks"}
 
 
-# --- outputs and nag ----------------------------------------------------------------------------------------------
+def test_image_asset_is_built_by_cdk_deploy(asset):
+    images = json.loads(next(asset.outdir.glob("*.assets.json")).read_text())["dockerImages"]
+    (image,) = images.values()
+    assert image["source"]["dockerFile"] == C.DOCKERFILE and image["source"]["platform"] == "linux/amd64"
+    context = asset.outdir / image["source"]["directory"]
+    staged = sorted(str(p.relative_to(context)) for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert {"docker/Dockerfile", "docker/requirements.txt", "job/__main__.py"} <= set(staged)
+    assert all(p.startswith(("job/", "docker/")) or p == ".dockerignore" for p in staged), staged
+    ud = asset.user_data()
+    assert "cdk-hnb659fds-container-assets" in ud and "IMAGE=<" in ud
+    assert f"'{C.SOURCE_ZIP_PATH}'" not in ud
+
+
+# --- synth warnings, outputs, linters -----------------------------------------------------------------------------
+
+
+def test_cross_region_warning(default, asset):
+    assert not [w for w in default.warnings() if "nuScenes bucket's region" in w]
+    (warning,) = [w for w in asset.warnings() if "nuScenes bucket's region" in w]
+    assert "us-east-1" in warning and "ap-northeast-1" in warning and "~43.5 GB" in warning
 
 
 def test_outputs(default):
     outputs = default.json["Outputs"]
-    for key in ("ArtifactsBucket", "AccessLogBucket", "RunPrefix", "LogGroup", "InstanceId", "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
+    for key in ("ArtifactsBucket", "AccessLogBucket", "RunPrefix", "LogGroup", "AutoScalingGroup", "DeadlineUtc", "InstanceCommand",
+                "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
         assert key in outputs, key
     follow = _json_str(outputs["FollowLogsCommand"]["Value"])
     assert "aws logs tail " in follow and "--follow --region ap-northeast-1" in follow
     notebook = _json_str(outputs["NotebookCommand"]["Value"])
     assert "RUN_URI=s3://" in notebook and "/runs/default-run/ jupyter lab notebooks/umap_visualize.ipynb" in notebook
     assert "/runs/default-run/" in _json_str(outputs["RunPrefix"]["Value"])
+    assert outputs["DeadlineUtc"]["Value"] == f"{default.config.deadline:%Y-%m-%dT%H:%M:%SZ}"
+    assert default.config.group_name in outputs["SessionCommand"]["Value"]
 
 
-@pytest.mark.parametrize("which", ["default", "custom", "imported"])
+@pytest.mark.parametrize("which", VARIANTS)
 def test_cfn_lint_zero_errors(which, request):
     pytest.importorskip("cfnlint")
     from cfnlint.api import ManualArgs, lint_file
 
     s: Synth = request.getfixturevalue(which)
-    matches = lint_file(next(s.outdir.glob("*.template.json")), ManualArgs(regions=["ap-northeast-1"]))
+    matches = lint_file(next(s.outdir.glob("*.template.json")), ManualArgs(regions=[s.config.region]))
     errors = [f"{m.rule.id} {m.message}" for m in matches if m.rule.id.startswith("E")]
     assert errors == []
 
 
-@pytest.mark.parametrize("which", ["default", "custom", "imported"])
+@pytest.mark.parametrize("which", VARIANTS)
 def test_cdk_nag_zero_unacknowledged_findings(which, request):
     s: Synth = request.getfixturevalue(which)
     report = json.loads((s.outdir / "validation-report.json").read_text())
@@ -515,3 +689,31 @@ def test_cdk_nag_zero_unacknowledged_findings(which, request):
     assert nag["violations"] == []
     for ack in nag["suppressedViolations"]:
         assert len(ack["reason"]) >= 60, ack["ruleName"]
+
+
+def _checkov() -> str:
+    local = REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+    found = str(local) if local.exists() else shutil.which("checkov")
+    if not found:
+        pytest.skip("checkov not installed: make checkov (its own venv; it pins dependencies below the lock's)")
+    return found
+
+
+@pytest.mark.parametrize("which", VARIANTS)
+def test_checkov_every_check_passes_or_is_justified(which, request):
+    s: Synth = request.getfixturevalue(which)
+    template = next(s.outdir.glob("*.template.json"))
+    proc = subprocess.run(
+        [_checkov(), "-f", str(template), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    report = json.loads(proc.stdout)
+    assert report["summary"]["passed"] > 50 and report["summary"]["parsing_errors"] == 0, report["summary"]
+    results = report["results"]
+    failed = [f"{c['check_id']} {c['resource']}" for c in results["failed_checks"]]
+    assert failed == [], failed
+    docs = (REPO / "docs" / "cloud.md").read_text()
+    for c in results["skipped_checks"]:
+        comment = c["check_result"].get("suppress_comment", "")
+        assert len(comment) >= 60, c["check_id"]
+        assert c["check_id"] in docs, f"{c['check_id']} is skipped but docs/cloud.md does not justify it"

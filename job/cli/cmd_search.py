@@ -11,6 +11,7 @@ from .options import add_common_options, choice, positive_int
 
 def _search(cfg: JobConfig, args: argparse.Namespace) -> int:
     sc = cfg.search
+    query: dict[str, object]
     s = Searcher.open(sc.run, index=sc.index, embeddings=sc.embeddings,
                       device=None if sc.device == "auto" else sc.device, search_params=sc.search_params)
     if sc.id is not None:

@@ -51,6 +51,11 @@ class Source(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    @property
+    def total(self) -> int | None:
+        """How many images ``records`` will yield, when known up front (for the progress bar)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -151,6 +156,17 @@ class _Pass:
             self.count("skipped_done")
             return _SKIP
         return d
+
+    def admitted(self, listed: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+        """The (path, location) pairs of a listed source that ``take`` admits, in order, until the pass stops."""
+        for rel, where in listed:
+            if self.stop.is_set():
+                return
+            d = self.take(rel)
+            if d == _STOP:
+                return
+            if d == _ADMIT:
+                yield rel, where
 
     def meta_for(self, rel: str) -> dict[str, Any] | None:
         if not self.nuscenes:

@@ -8,7 +8,7 @@ import fsspec
 
 from ..errors import UsageError
 from ..nuscenes import IMAGE_EXTENSIONS, dataroot_relative, find_version_dirs, is_image_name
-from .base import _ADMIT, _STOP, VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
+from .base import VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
 
 
 class LocalDir(_Part):
@@ -55,14 +55,8 @@ class LocalDir(_Part):
         return [(fs, d) for d in find_version_dirs(fs, self.dataroot)]
 
     def produce(self, p: _Pass) -> Iterator[ImageRecord]:
-        for rel, full in self.paths:
-            if p.stop.is_set():
-                return
-            d = p.take(rel)
-            if d == _STOP:
-                return
-            if d == _ADMIT:
-                yield p.record(rel, url=full)
+        for rel, full in p.admitted(self.paths):
+            yield p.record(rel, url=full)
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "dataroot": self.dataroot, "listed": self.total}

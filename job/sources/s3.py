@@ -8,7 +8,7 @@ from .. import fsutil
 from ..errors import UsageError
 from ..nuscenes import dataroot_relative, find_version_dirs
 from .archive_reader import retry
-from .base import _ADMIT, _STOP, VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
+from .base import VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
 
 S3_READERS = 16  # concurrent GETs for loose files under an s3:// prefix
 
@@ -62,21 +62,10 @@ class S3Prefix(_Part):
     def _get(self, key: str) -> bytes:
         return retry(lambda: self.fs.cat_file(key), f"GET {key}", on_retry=self._count_retry)
 
-    def _admitted(self, p: _Pass) -> Iterator[tuple[str, str]]:
-        """(path, key) of the listed images the pass admits, in order, until it stops."""
-        for rel, key in self.paths:
-            if p.stop.is_set():
-                return
-            d = p.take(rel)
-            if d == _STOP:
-                return
-            if d == _ADMIT:
-                yield rel, key
-
     def produce(self, p: _Pass) -> Iterator[ImageRecord]:
         window: list[tuple[str, cf.Future]] = []
         with cf.ThreadPoolExecutor(S3_READERS, thread_name_prefix="s3get") as pool:
-            it = self._admitted(p)
+            it = p.admitted(self.paths)
             while True:
                 while len(window) < 4 * S3_READERS:
                     nxt = next(it, None)

@@ -58,9 +58,9 @@ def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False) 
     s = _searcher(run) if use_index else None
     if s is not None:
         try:
-            ids, scores = _ids_scores(s.by_vector(np.asarray(query, np.float32), k))
+            ids, found = _ids_scores(s.by_vector(np.asarray(query, np.float32), k))
             rows = np.array([run.row(int(i)) for i in ids], np.int64)
-            return rows, np.asarray(scores, np.float32), "faiss index"
+            return rows, np.asarray(found, np.float32), "faiss index"
         except Exception as exc:  # noqa: BLE001
             log.info("index search failed (%s); using exact search", exc)
     rows, scores = exact_neighbours(run.vectors, query, k)
@@ -137,9 +137,9 @@ def _source_image(run: Run, path: str) -> Any | None:
             if not fs.exists(p):
                 continue
             with fs.open(p, "rb") as f:
-                im = Image.open(io.BytesIO(f.read()))
-                im.draft("RGB", (THUMB_WIDTH * 2, THUMB_WIDTH * 2))
-                im = im.convert("RGB")
+                raw = Image.open(io.BytesIO(f.read()))
+                raw.draft("RGB", (THUMB_WIDTH * 2, THUMB_WIDTH * 2))
+                im = raw.convert("RGB")
             im.thumbnail((THUMB_WIDTH * 2, THUMB_WIDTH * 2))
             return im
         except Exception as exc:  # noqa: BLE001 - a missing image becomes a placeholder

@@ -64,7 +64,8 @@ def marker_style(n: int) -> tuple[float, float]:
 def _palette(k: int) -> list[Any]:
     import matplotlib
 
-    base = list(matplotlib.colormaps["tab10"].colors) if k <= 10 else list(matplotlib.colormaps["tab20"].colors)
+    cmap: Any = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    base = list(cmap.colors)
     return [base[i % len(base)] for i in range(k)]
 
 
