@@ -1,42 +1,93 @@
 # ViT-Embedding-DriveData: `make run` embeds nuScenes v1.0-mini, `make test` runs the test suite.
-# Both set up the virtual environment (.venv) and the CDK CLI (node_modules) on first use.
+# Both set up the virtual environment (.venv, exactly the packages of requirements.lock) and the CDK CLI
+# (node_modules) on first use. `make lock` refreshes the lock after editing pyproject.toml's dependency lists.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/mini
 ARGS   ?=
+# The lock: every Python dependency of every extra, hash-pinned, resolved for this Python on Linux x86_64 (the
+# test machines and the job image, python:3.11-slim). docker/requirements.txt is the image's subset, same pins.
+LOCK        := requirements.lock
+IMAGE_LOCK  := docker/requirements.txt
+LOCK_PYTHON := 3.11
+LOCK_ARGS   ?=
+UV_COMPILE  := $(PY) -m uv pip compile pyproject.toml --generate-hashes --python-version $(LOCK_PYTHON) \
+               --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet
+# PEP 503 names (lower case, runs of -_. as one -): how pip freeze and the lock are compared.
+NORMALIZE   := sed -E 's/[-_.]+/-/g' | tr 'A-Z' 'a-z' | sort -u
+CHECKOV_VERSION := 3.3.30
+CHECKOV     := $(VENV)/tools/checkov/bin/checkov
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast lint lock preflight status checkov bench clean
 
 setup: $(STAMP) node_modules/.installed
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch/torchvision first, pinned: the newest builds these machines serve (CUDA build, runs on CPU too)
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,notebook,cdk]'
+# Installs exactly the lock: hash-checked, no dependency resolution, and anything a previous lock had that this one
+# does not is removed. The project itself goes in editable, without dependencies and without build isolation (its
+# build backend, setuptools, is in the lock too).
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(None if v == "$(LOCK_PYTHON)" else "$(LOCK) is resolved for Python $(LOCK_PYTHON), $(PYTHON) is " + v + ": run make with PYTHON=python$(LOCK_PYTHON)")'
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip freeze --exclude-editable | sed -E 's/[ =@].*//' | $(NORMALIZE) > $(VENV)/.have
+	sed -nE 's/^([A-Za-z0-9][A-Za-z0-9._-]*)==.*/\1/p' $(LOCK) | $(NORMALIZE) > $(VENV)/.want
+	comm -23 $(VENV)/.have $(VENV)/.want | xargs -r $(PY) -m pip uninstall --quiet --yes
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Re-resolve after editing pyproject.toml: keeps every pin that still fits (LOCK_ARGS=--upgrade to move them all,
+# LOCK_ARGS="--upgrade-package NAME" for one). Needs PyPI; then `make setup` installs the new lock.
+# (No dependency on setup: a pyproject.toml edit makes the installed lock stale, which is why you are re-locking.)
+lock:
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$$(sed -nE 's/^uv==([^ ]+).*/\1/p' $(LOCK))"
+	$(UV_COMPILE) --all-extras $(LOCK_ARGS) -o $(LOCK)
+	$(UV_COMPILE) --constraint $(LOCK) -o $(IMAGE_LOCK)
+
 run: $(STAMP)
 	$(PY) -m job run --out $(OUT) $(ARGS)
 
-test: setup
+# checkov (below) is installed once, in its own venv (~40 s), so the template tests run it too. Lint first: ruff and
+# mypy (configured in pyproject.toml) must report zero errors on job/ and cdk/.
+test: setup checkov lint
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check job cdk app.py
+	$(PY) -m mypy
+
+# What a run is doing (local or s3://): make status RUN=s3://bucket/runs/ID/ [ARGS=--watch]
+status: $(STAMP)
+	$(PY) -m job status $(RUN) $(ARGS)
+
+# Checks with your AWS credentials what a first deploy needs (types offered, GPU quota, AMI, bootstrap). Context as
+# for cdk: make preflight ARGS="-c market=spot -c region=us-east-1"
+preflight: $(STAMP)
+	$(PY) -m cdk.preflight $(ARGS)
+
+# checkov pins its own dependencies below ours (packaging, urllib3, networkx), so it lives in its own venv; the
+# tests run it on the synthesized template when it is there (tests/test_cdk_lint.py).
+checkov: $(CHECKOV)
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 
 bench: $(STAMP)
 	$(PY) bench/embed_bench.py
 	$(PY) bench/archive_bench.py
 	$(PY) bench/index_bench.py
 	$(PY) bench/umap_bench.py
+	$(PY) bench/merge_bench.py
 	$(PY) bench/gpu_throughput.py
 
 clean:

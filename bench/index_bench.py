@@ -47,8 +47,11 @@ from job.index import (
 log = logging.getLogger("bench")
 
 
-def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536) -> np.ndarray:
-    """n CLIP-like unit vectors: 0.7·shared + 0.6·cluster centre + 0.45·16-d within-cluster walk + 0.25·noise."""
+def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536, labels_out: list | None = None) -> np.ndarray:
+    """n CLIP-like unit vectors: 0.7·shared + 0.6·cluster centre + 0.45·16-d within-cluster walk + 0.25·noise.
+
+    ``labels_out``: a list that receives each row's cluster (scene x camera) label array.
+    """
     rng = np.random.default_rng(seed)
     ncl = max(1, n // 300)
     rank = 16
@@ -58,6 +61,8 @@ def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536) -> np.nd
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     sizes = rng.lognormal(0.0, 1.0, ncl)
     labels = rng.choice(ncl, size=n, p=sizes / sizes.sum())
+    if labels_out is not None:
+        labels_out.append(labels)
     basis_seed = int(rng.integers(1 << 31))
     out = np.empty((n, d), np.float32)
     for s in range(0, n, chunk):

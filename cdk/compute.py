@@ -1,27 +1,24 @@
-"""Compute: the one-shot GPU instance (Deep Learning AMI, IMDSv2, encrypted gp3 root) and the user-data that runs the job."""
+"""Compute: the GPU instance as an Auto Scaling group of at most one, over one subnet per AZ (AWS picks the AZ and
+falls back through the instance types), with the launch template (Deep Learning AMI, IMDSv2, encrypted gp3 root) and
+the user-data that runs the job once."""
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from aws_cdk import Fn
+from aws_cdk import Annotations, Aws, Duration
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from . import constants as C
-from .network import IMPORTED_SUBNET_AZ
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
-
-_SHUTDOWN = {
-    "terminate": ec2.InstanceInitiatedShutdownBehavior.TERMINATE,
-    "stop": ec2.InstanceInitiatedShutdownBehavior.STOP,
-}
 
 
 def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
@@ -32,12 +29,29 @@ def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
     return [f"cat > {path} <<'{tag}'", *lines, tag, f"chmod 0644 {path}"]
 
 
-class JobInstance(Construct):
-    """A single instance that runs ``cdk/scripts/user_data.sh`` once and powers itself off.
+def group_arn(group_name: str) -> str:
+    """ARN pattern of the named group (the middle part is a UUID AWS assigns; the name pins the group)."""
+    return f"arn:{Aws.PARTITION}:autoscaling:{Aws.REGION}:{Aws.ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/{group_name}"
 
-    ``ec2.Instance`` carries everything nag and cfn-lint look at (IMDSv2, encrypted root, monitoring, shutdown
-    behaviour). Spot needs a launch template, since AWS::EC2::Instance has no market option: a tiny one holding only
-    the spot options is attached to the instance.
+
+def release_command(group_name: str, region: str) -> str:
+    """The call that sets the group to 0 so that AWS neither keeps nor replaces the instance (min = max = 0)."""
+    return (
+        f"aws autoscaling update-auto-scaling-group --region {region} --auto-scaling-group-name {shlex.quote(group_name)} "
+        "--min-size 0 --max-size 0 --desired-capacity 0"
+    )
+
+
+class JobGroup(Construct):
+    """At most one instance that runs ``cdk/scripts/user_data.sh`` once, then sets the group to 0 and powers off.
+
+    Why an Auto Scaling group for one instance: a launch request pinned to one subnet fails when that AZ does not
+    offer the type or has no capacity right now (``InsufficientInstanceCapacity``). The group spans one subnet per
+    AZ and a list of instance types in order of preference (``MixedInstancesPolicy``), and AWS tries the other AZs
+    and types itself. The group's size is 1 to start the run; the instance sets min = max = desired = 0 when it
+    finishes (and a schedule outside it does the same at the deadline), so a finished instance is not replaced.
+    Min size 0 also means CloudFormation does not wait for capacity: the deploy finishes while AWS is still
+    looking for a GPU.
     """
 
     def __init__(
@@ -48,82 +62,62 @@ class JobInstance(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
-        instance_type: str,
+        group_name: str,
+        instance_types: Sequence[str],
         market: str,
-        shutdown_behavior: str,
         root_volume_gb: int,
         ami_ssm_parameter: str,
         run_env: Mapping[str, str],
         job_args: Sequence[str],
         max_run_minutes: int,
-        build_image: bool,
+        source_asset: s3_assets.Asset | None,
         region: str,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.group_name = group_name
         self.role = iam.Role(
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            description="vit-embed job instance: read sources, write its run prefix, logs, SSM",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+            description="vit-embed job instance: read sources, write its run prefix, logs, SSM, release its own group",
+        )
+        # The instance ends its own run: min = max = desired = 0 on its group, and nothing else.
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReleaseOwnGroup",
+                actions=["autoscaling:UpdateAutoScalingGroup"],
+                resources=[group_arn(group_name)],
+            )
         )
 
         # The real script, shipped as an asset; the source tree too when the image is built on the instance.
         self.script_asset = s3_assets.Asset(self, "RunScript", path=str(RUN_SCRIPT))
         self._grant_asset(self.script_asset)
-        self.source_asset: s3_assets.Asset | None = None
-        if build_image:
-            self.source_asset = s3_assets.Asset(
-                self, "JobSource", path=str(REPO_ROOT), exclude=list(C.SOURCE_ASSET_EXCLUDES)
-            )
-            self._grant_asset(self.source_asset)
+        if source_asset is not None:
+            self._grant_asset(source_asset)
 
-        self.user_data = ec2.UserData.for_linux()
-        ud = self.user_data
-        ud.add_commands(
-            "set -euo pipefail",
-            # Hard stop first, before anything can fail: the OS powers off after max_run_hours whatever happens.
-            f"shutdown -h +{max_run_minutes} 'vit-embed: max_run_hours reached'",
-            # If bootstrapping fails before the run script takes over, power off now rather than idle until the deadline.
-            "trap 'rc=$?; [ \"$rc\" -eq 0 ] || shutdown -h now' EXIT",
-            f"install -d -m 0755 {C.INSTANCE_ETC} {os.path.dirname(C.SCRIPT_PATH)}",
-            *_heredoc(C.RUN_ENV_FILE, [f"{k}={v}" for k, v in run_env.items()], "VIT_EMBED_ENV"),
-            f"echo \"DEADLINE_EPOCH=$(( $(date +%s) + {max_run_minutes * 60} ))\" >> {C.RUN_ENV_FILE}",
-            *_heredoc(C.JOB_ARGS_FILE, list(job_args), "VIT_EMBED_ARGS"),
-        )
-        script = ud.add_s3_download_command(
-            bucket=self.script_asset.bucket,
-            bucket_key=self.script_asset.s3_object_key,
-            local_file=C.SCRIPT_PATH,
+        self.user_data = self._user_data(
+            run_env={**run_env, "ASG_NAME": group_name},
+            job_args=job_args,
+            max_run_minutes=max_run_minutes,
+            source_asset=source_asset,
             region=region,
         )
-        if self.source_asset is not None:
-            ud.add_s3_download_command(
-                bucket=self.source_asset.bucket,
-                bucket_key=self.source_asset.s3_object_key,
-                local_file=C.SOURCE_ZIP_PATH,
-                region=region,
-            )
-        ud.add_execute_file_command(file_path=script, arguments=f"{C.RUN_ENV_FILE} {C.JOB_ARGS_FILE}")
-
-        self.instance = ec2.Instance(
+        self.launch_template = ec2.LaunchTemplate(
             self,
-            "Instance",
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_group=security_group,
-            instance_type=ec2.InstanceType(instance_type),
+            "Template",
             machine_image=ec2.MachineImage.from_ssm_parameter(ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX),
             role=self.role,
-            ssm_session_permissions=True,
+            security_group=security_group,
             user_data=self.user_data,
-            user_data_causes_replacement=True,
-            http_tokens=ec2.HttpTokens.REQUIRED,
+            require_imdsv2=True,
+            http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
             http_endpoint=True,
             http_put_response_hop_limit=C.IMDS_HOP_LIMIT,
-            instance_initiated_shutdown_behavior=_SHUTDOWN[shutdown_behavior],
+            instance_initiated_shutdown_behavior=ec2.InstanceInitiatedShutdownBehavior.TERMINATE,
             detailed_monitoring=True,
             ebs_optimized=True,
-            propagate_tags_to_volume_on_creation=True,
             block_devices=[
                 ec2.BlockDevice(
                     device_name=C.ROOT_DEVICE_NAME,
@@ -136,35 +130,82 @@ class JobInstance(Construct):
                 )
             ],
         )
-        cfn = self.instance.node.default_child
-        assert isinstance(cfn, ec2.CfnInstance)
-        if subnets.subnets and subnets.subnets[0].availability_zone == IMPORTED_SUBNET_AZ:
-            cfn.add_property_deletion_override("AvailabilityZone")  # SubnetId alone places the instance
-        if market == "spot":
-            self.spot_template = ec2.LaunchTemplate(
-                self,
-                "SpotTemplate",
-                spot_options=ec2.LaunchTemplateSpotOptions(
-                    request_type=ec2.SpotRequestType.ONE_TIME,
-                    interruption_behavior=ec2.SpotInstanceInterruption.TERMINATE,
+        spot = market == "spot"
+        self.group = autoscaling.AutoScalingGroup(
+            self,
+            "Group",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            auto_scaling_group_name=group_name,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in instance_types],
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=0,
+                    on_demand_percentage_above_base_capacity=0 if spot else 100,
+                    # The list order is the preference: try the first type, then the next.
+                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+                    spot_allocation_strategy=autoscaling.SpotAllocationStrategy.CAPACITY_OPTIMIZED_PRIORITIZED,
                 ),
-                require_imdsv2=True,
+            ),
+            min_capacity=0,
+            max_capacity=1,
+            desired_capacity=1,
+            # Replacing an unhealthy instance restarts the run; the deadline bounds how long that can go on.
+            health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(15)),
+            group_metrics=[autoscaling.GroupMetrics(autoscaling.GroupMetric.IN_SERVICE_INSTANCES, autoscaling.GroupMetric.DESIRED_CAPACITY)],
+            capacity_rebalance=False,
+        )
+        # Each run is a new group (its name holds the run id): starting at size 1 on deploy is the point.
+        Annotations.of(self.group).acknowledge_warning(
+            "@aws-cdk/aws-autoscaling:desiredCapacitySet", "one group per run: size 1 at deploy starts the run"
+        )
+
+    def _user_data(
+        self,
+        *,
+        run_env: Mapping[str, str],
+        job_args: Sequence[str],
+        max_run_minutes: int,
+        source_asset: s3_assets.Asset | None,
+        region: str,
+    ) -> ec2.UserData:
+        ud = ec2.UserData.for_linux()
+        release = release_command(run_env["ASG_NAME"], region)
+        ud.add_commands(
+            "set -euo pipefail",
+            # Hard stop first, before anything can fail: the OS powers off a little after max_run_hours whatever happens.
+            f"shutdown -h +{max_run_minutes + 2} 'vit-embed: max_run_hours reached'",
+            # ... and at max_run_hours a transient timer sets the group to 0 (so AWS does not replace the instance),
+            # then powers off. The schedule outside the instance does the same at the deadline if all of this fails.
+            f"systemd-run --unit=vit-embed-hard-stop --on-active={max_run_minutes}m --timer-property=AccuracySec=1s "
+            f"/bin/sh -c {shlex.quote(release + ' || true; systemctl poweroff')}",
+            # If bootstrapping fails before the run script takes over: release the group and power off now, rather
+            # than idle until the deadline or be replaced by an instance that fails the same way.
+            f"trap 'rc=$?; [ \"$rc\" -eq 0 ] || {{ {release} || true; shutdown -h now; }}' EXIT",
+            f"install -d -m 0755 {C.INSTANCE_ETC} {os.path.dirname(C.SCRIPT_PATH)}",
+            *_heredoc(C.RUN_ENV_FILE, [f"{k}={v}" for k, v in run_env.items()], "VIT_EMBED_ENV"),
+            f"echo \"DEADLINE_EPOCH=$(( $(date +%s) + {max_run_minutes * 60} ))\" >> {C.RUN_ENV_FILE}",
+            *_heredoc(C.JOB_ARGS_FILE, list(job_args), "VIT_EMBED_ARGS"),
+        )
+        script = ud.add_s3_download_command(
+            bucket=self.script_asset.bucket,
+            bucket_key=self.script_asset.s3_object_key,
+            local_file=C.SCRIPT_PATH,
+            region=region,
+        )
+        if source_asset is not None:
+            ud.add_s3_download_command(
+                bucket=source_asset.bucket,
+                bucket_key=source_asset.s3_object_key,
+                local_file=C.SOURCE_ZIP_PATH,
+                region=region,
             )
-            cfn.launch_template = ec2.CfnInstance.LaunchTemplateSpecificationProperty(
-                launch_template_id=self.spot_template.launch_template_id,
-                version=self.spot_template.latest_version_number,
-            )
+        ud.add_execute_file_command(file_path=script, arguments=f"{C.RUN_ENV_FILE} {C.JOB_ARGS_FILE}")
+        return ud
 
     def _grant_asset(self, asset: s3_assets.Asset) -> None:
         """Read exactly this asset object (``asset.grant_read`` would allow the whole bootstrap bucket)."""
         self.role.add_to_policy(
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)])
         )
-
-    @property
-    def instance_id(self) -> str:
-        return self.instance.instance_id
-
-
-def ecr_repository_arn(account: str, region: str, repository: str) -> str:
-    return Fn.join("", ["arn:", Fn.ref("AWS::Partition"), f":ecr:{region}:{account}:repository/{repository}"])

@@ -1,12 +1,22 @@
 """Config: the cloud run's settings, read once from CDK context (cdk.json, ``-c key=value``) and validated."""
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import constants as C
+
+CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The ``context`` block of the repository's cdk.json (what the CLI feeds the app)."""
+    return dict(json.loads(CDK_JSON.read_text()).get("context", {}))
 
 
 class ConfigError(ValueError):
@@ -16,10 +26,10 @@ class ConfigError(ValueError):
 # Every context key the app reads, with a one-line description (docs/cloud.md lists the same keys).
 CONTEXT_KEYS: dict[str, str] = {
     "region": "AWS region of the stack (default ap-northeast-1, the nuScenes bucket's region)",
-    "instance_type": "GPU instance type: any g5 / g6 / g6e size (default g6e.xlarge)",
+    "instance_types": "GPU instance types in order of preference, comma-separated: any g5 / g6 / g6e size",
     "market": "on-demand or spot",
-    "max_run_hours": "hard stop: the instance powers off after this many hours whatever happens",
-    "shutdown_behavior": "what an instance-initiated shutdown does: terminate or stop",
+    "spot_fallback": "with market=spot: none, or on-demand to launch on-demand when spot has no capacity",
+    "max_run_hours": "hard stop: the instance powers off after this many hours, the group is set to 0 soon after",
     "dataset": "trainval (10 keyframe archives + meta) or mini",
     "sources": "comma-separated job sources replacing the dataset's (s3://..., https://..., or under /mnt/nuscenes)",
     "nuscenes_meta": "nuScenes tables archive/folder for custom sources (none: the job finds tables in the source)",
@@ -31,11 +41,12 @@ CONTEXT_KEYS: dict[str, str] = {
     "channels": "comma-separated camera channels",
     "include_sweeps": "also embed non-keyframe images (true/false)",
     "log_level": "job log level",
-    "image": "prebuilt job image to pull instead of building docker/Dockerfile on the instance",
+    "image": "build (the instance builds docker/Dockerfile), asset (cdk deploy builds it with local Docker), or an image URI",
     "run_id": "name of the run prefix runs/<run_id>/ (default: <dataset>-<UTC timestamp at synth>)",
     "vpc_id": "use this existing VPC instead of creating one (needs subnet_id)",
-    "subnet_id": "subnet of vpc_id for the instance; it must route to the internet (IGW or NAT)",
-    "availability_zone": "pin the new VPC (and instance) to this AZ, e.g. where the instance type is offered",
+    "subnet_id": "subnets of vpc_id for the instance, comma-separated (one per AZ); they must route to the internet",
+    "max_azs": "number of AZs (one subnet each) the new VPC spans and the instance may launch in",
+    "availability_zone": "pin the new VPC (and instance) to this one AZ instead",
     "nat_gateway": "put the instance in a private subnet behind one NAT gateway (true/false)",
     "root_volume_gb": "encrypted gp3 root volume size in GiB",
     "ami_ssm_parameter": "public SSM parameter holding the Deep Learning AMI id",
@@ -59,6 +70,13 @@ _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
+# Keys that earlier versions read; setting one stops synth with the reason instead of being silently ignored.
+REMOVED_KEYS: dict[str, str] = {
+    "shutdown_behavior": "the instance runs in an Auto Scaling group, which replaces a stopped instance; a finished "
+    "run always terminates (and sets the group to 0 first)",
+    "instance_type": "use instance_types, a comma-separated list in order of preference (e.g. instance_types=g6e.2xlarge)",
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -66,10 +84,10 @@ class RunConfig:
 
     run_id: str
     region: str = C.DEFAULT_REGION
-    instance_type: str = C.DEFAULT_INSTANCE_TYPE
+    instance_types: tuple[str, ...] = C.DEFAULT_INSTANCE_TYPES
     market: str = "on-demand"
+    spot_fallback: str = "none"
     max_run_hours: float = C.DEFAULT_MAX_RUN_HOURS
-    shutdown_behavior: str = "terminate"
     dataset: str = C.DEFAULT_DATASET
     sources: tuple[str, ...] = ()
     nuscenes_meta: str | None = None
@@ -81,9 +99,10 @@ class RunConfig:
     channels: tuple[str, ...] = C.CAMERA_CHANNELS
     include_sweeps: bool = False
     log_level: str = "INFO"
-    image: str | None = None
+    image: str = C.IMAGE_BUILD
     vpc_id: str | None = None
-    subnet_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    max_azs: int = C.DEFAULT_MAX_AZS
     availability_zone: str | None = None
     nat_gateway: bool = False
     root_volume_gb: int = C.DEFAULT_ROOT_VOLUME_GB
@@ -92,6 +111,8 @@ class RunConfig:
     artifact_retention_days: int = C.DEFAULT_ARTIFACT_RETENTION_DAYS
     log_retention_days: int = C.DEFAULT_LOG_RETENTION_DAYS
     stack_name: str = C.STACK_NAME
+    # When the app was synthesized (UTC): the default run id and the outside deadline count from it.
+    synth_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
 
     @property
     def run_prefix(self) -> str:
@@ -99,8 +120,38 @@ class RunConfig:
         return f"{C.RUNS_PREFIX}/{self.run_id}/"
 
     @property
+    def instance_type(self) -> str:
+        """The preferred instance type (the first of ``instance_types``)."""
+        return self.instance_types[0]
+
+    @property
     def max_run_minutes(self) -> int:
         return max(1, math.ceil(self.max_run_hours * 60))
+
+    @property
+    def group_name(self) -> str:
+        """The Auto Scaling group's name: fixed, so the instance role and the deadline can name it without a
+        reference cycle, and new for every run, so each ``cdk deploy`` starts a fresh group at capacity 1."""
+        return f"{self.stack_name}-{self.run_id}"
+
+    @property
+    def deadline(self) -> _dt.datetime:
+        """When the schedule outside the instance sets the group to 0 (UTC, whole minutes)."""
+        at = self.synth_time + _dt.timedelta(minutes=self.max_run_minutes + C.DEADLINE_MARGIN_MINUTES)
+        return (at + _dt.timedelta(seconds=59)).replace(second=0, microsecond=0)
+
+    @property
+    def image_uri(self) -> str | None:
+        """The prebuilt image to pull, when ``image`` is a URI (not ``build`` or ``asset``)."""
+        return None if self.image in (C.IMAGE_BUILD, C.IMAGE_ASSET) else self.image
+
+    @property
+    def cross_region(self) -> bool:
+        """True when the stack is not in the nuScenes bucket's region but the job reads from that bucket."""
+        reads_nuscenes = not self.sources or any(
+            s.startswith((C.NUSCENES_MOUNT, f"s3://{C.NUSCENES_BUCKET}/")) for s in (*self.sources, self.nuscenes_meta or "")
+        )
+        return self.region != C.NUSCENES_REGION and reads_nuscenes
 
     @property
     def source_buckets(self) -> tuple[str, ...]:
@@ -113,8 +164,8 @@ class RunConfig:
 
     @property
     def ecr_repository(self) -> tuple[str, str, str] | None:
-        """``(account, region, repository)`` when ``image`` is an ECR image, else None."""
-        m = _ECR_IMAGE.match(self.image or "")
+        """``(account, region, repository)`` when ``image`` is an ECR image URI, else None."""
+        m = _ECR_IMAGE.match(self.image_uri or "")
         if not m:
             return None
         repo = re.split(r"[:@]", m.group(3), maxsplit=1)[0]
@@ -201,88 +252,118 @@ def _source(key: str, uri: str) -> str:
 
 
 def default_run_id(dataset: str, now: Any = None) -> str:
-    import datetime as _dt
-
     now = now or _dt.datetime.now(_dt.timezone.utc)
     return f"{dataset}-{now:%Y%m%d-%H%M%S}"
 
 
-def from_context(get: Callable[[str], Any]) -> RunConfig:
-    """Build and validate the config from a context getter (``app.node.try_get_context``)."""
-    raw = {k: get(k) for k in CONTEXT_KEYS}
-    raw = {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and v.strip() == "")}
-    kw: dict[str, Any] = {}
+def _instance_types(raw: dict[str, Any]) -> tuple[str, ...]:
+    key = "instance_types"
+    types = tuple(_choice(key, t, C.VALID_INSTANCE_TYPES) for t in _list(raw[key]))
+    if not types:
+        raise ConfigError(f"context {key} is empty; valid values: {', '.join(C.VALID_INSTANCE_TYPES[:4])}, ...")
+    if len(types) > C.MAX_INSTANCE_TYPES:
+        raise ConfigError(f"context {key} lists {len(types)} types; valid values: 1 to {C.MAX_INSTANCE_TYPES} types")
+    return tuple(dict.fromkeys(types))
 
-    if "region" in raw:
-        kw["region"] = _pattern("region", raw["region"], _REGION, "ap-northeast-1")
-    if "instance_type" in raw:
-        kw["instance_type"] = _choice("instance_type", raw["instance_type"], C.VALID_INSTANCE_TYPES)
-    if "market" in raw:
-        kw["market"] = _choice("market", raw["market"], C.MARKETS)
-    if "max_run_hours" in raw:
-        kw["max_run_hours"] = _number("max_run_hours", raw["max_run_hours"], float, 0.1, C.MAX_MAX_RUN_HOURS)
-    if "shutdown_behavior" in raw:
-        kw["shutdown_behavior"] = _choice("shutdown_behavior", raw["shutdown_behavior"], C.SHUTDOWN_BEHAVIORS)
+
+def _image(key: str, value: Any) -> str:
+    image = str(value).strip()
+    if image in (C.IMAGE_BUILD, C.IMAGE_ASSET):
+        return image
+    return _pattern(key, image, _IMAGE, f"{C.IMAGE_BUILD}, {C.IMAGE_ASSET} or 123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0")
+
+
+def _channels(key: str, value: Any) -> tuple[str, ...]:
+    chans = tuple(_choice(key, c, C.CAMERA_CHANNELS) for c in _list(value))
+    if not chans:
+        raise ConfigError(f"context {key} is empty; valid values: {', '.join(C.CAMERA_CHANNELS)}")
+    return tuple(dict.fromkeys(chans))
+
+
+def _log_retention(key: str, value: Any) -> int:
+    days = _number(key, value, _int, 1, 3653)
+    return int(_choice(key, str(days), map(str, C.LOG_RETENTION_DAYS)))
+
+
+# Keys whose value stands alone: key -> parser(key, value). The others depend on each other (below).
+_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "region": lambda k, v: _pattern(k, v, _REGION, "ap-northeast-1"),
+    "instance_types": lambda k, v: _instance_types({k: v}),
+    "market": lambda k, v: _choice(k, v, C.MARKETS),
+    "spot_fallback": lambda k, v: _choice(k, v, C.SPOT_FALLBACKS),
+    "max_run_hours": lambda k, v: _number(k, v, float, 0.1, C.MAX_MAX_RUN_HOURS),
+    "model": lambda k, v: _pattern(k, v, _SAFE_TOKEN, "ViT-L-14"),
+    "pretrained": lambda k, v: _pattern(k, v, _SAFE_TOKEN, "openclip"),
+    "pool": lambda k, v: _choice(k, v, C.POOLS),
+    "resize_mode": lambda k, v: _choice(k, v, C.RESIZE_MODES),
+    "index_type": lambda k, v: _choice(k, v, C.INDEX_TYPES),
+    "channels": _channels,
+    "include_sweeps": _bool,
+    "log_level": lambda k, v: _choice(k, str(v).upper(), C.LOG_LEVELS),
+    "image": _image,
+    "availability_zone": lambda k, v: _pattern(k, v, _AZ, "ap-northeast-1a"),
+    "nat_gateway": _bool,
+    "root_volume_gb": lambda k, v: _number(k, v, _int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
+    "ami_ssm_parameter": lambda k, v: _pattern(k, v, _SSM_PARAM, C.DEFAULT_AMI_SSM_PARAMETER),
+    "retain_artifacts": _bool,
+    "artifact_retention_days": lambda k, v: _number(k, v, _int, 0, 3650),
+    "log_retention_days": _log_retention,
+    "stack_name": lambda k, v: _pattern(k, v, _STACK_NAME, C.STACK_NAME),
+}
+
+
+def _data_fields(raw: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
+    """dataset, sources, nuscenes_meta and the run id (which defaults to the dataset and the synth time)."""
     dataset = _choice("dataset", raw.get("dataset", C.DEFAULT_DATASET), C.DATASETS)
-    kw["dataset"] = dataset
+    kw: dict[str, Any] = {"dataset": dataset}
     if "sources" in raw:
         kw["sources"] = tuple(_source("sources", s) for s in _list(raw["sources"]))
     if "nuscenes_meta" in raw:
         if "sources" not in kw:
             raise ConfigError("context nuscenes_meta is only used with custom sources; set sources too, or drop it")
         kw["nuscenes_meta"] = _source("nuscenes_meta", str(raw["nuscenes_meta"]).strip())
-    for key in ("model", "pretrained"):
-        if key in raw:
-            kw[key] = _pattern(key, raw[key], _SAFE_TOKEN, "ViT-L-14" if key == "model" else "openclip")
-    if "pool" in raw:
-        kw["pool"] = _choice("pool", raw["pool"], C.POOLS)
-    if "resize_mode" in raw:
-        kw["resize_mode"] = _choice("resize_mode", raw["resize_mode"], C.RESIZE_MODES)
-    if "index_type" in raw:
-        kw["index_type"] = _choice("index_type", raw["index_type"], C.INDEX_TYPES)
-    if "channels" in raw:
-        chans = tuple(_choice("channels", c, C.CAMERA_CHANNELS) for c in _list(raw["channels"]))
-        if not chans:
-            raise ConfigError(f"context channels is empty; valid values: {', '.join(C.CAMERA_CHANNELS)}")
-        kw["channels"] = tuple(dict.fromkeys(chans))
-    if "include_sweeps" in raw:
-        kw["include_sweeps"] = _bool("include_sweeps", raw["include_sweeps"])
-    if "log_level" in raw:
-        kw["log_level"] = _choice("log_level", str(raw["log_level"]).upper(), C.LOG_LEVELS)
-    if "image" in raw:
-        kw["image"] = _pattern("image", raw["image"], _IMAGE, "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:latest")
-    kw["run_id"] = _pattern("run_id", raw["run_id"], _RUN_ID, "trainval-20250101-120000") if "run_id" in raw else default_run_id(dataset)
+    kw["run_id"] = _pattern("run_id", raw["run_id"], _RUN_ID, "trainval-20250101-120000") if "run_id" in raw else default_run_id(dataset, now)
+    return kw
+
+
+def _network_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """An existing VPC and its subnets, or the size of the new VPC."""
+    kw: dict[str, Any] = {}
     if "vpc_id" in raw or "subnet_id" in raw:
         if not ("vpc_id" in raw and "subnet_id" in raw):
-            raise ConfigError("context vpc_id and subnet_id go together; set both (e.g. -c vpc_id=vpc-0abc... -c subnet_id=subnet-0def...)")
+            raise ConfigError("context vpc_id and subnet_id go together; set both (e.g. -c vpc_id=vpc-0abc... -c subnet_id=subnet-0def...,subnet-0123...)")
         kw["vpc_id"] = _pattern("vpc_id", raw["vpc_id"], _VPC_ID, "vpc-0123456789abcdef0")
-        kw["subnet_id"] = _pattern("subnet_id", raw["subnet_id"], _SUBNET_ID, "subnet-0123456789abcdef0")
-    if "availability_zone" in raw:
-        kw["availability_zone"] = _pattern("availability_zone", raw["availability_zone"], _AZ, "ap-northeast-1a")
-    if "nat_gateway" in raw:
-        kw["nat_gateway"] = _bool("nat_gateway", raw["nat_gateway"])
-    if "root_volume_gb" in raw:
-        kw["root_volume_gb"] = _number("root_volume_gb", raw["root_volume_gb"], _int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB)
-    if "ami_ssm_parameter" in raw:
-        kw["ami_ssm_parameter"] = _pattern("ami_ssm_parameter", raw["ami_ssm_parameter"], _SSM_PARAM, C.DEFAULT_AMI_SSM_PARAMETER)
-    if "retain_artifacts" in raw:
-        kw["retain_artifacts"] = _bool("retain_artifacts", raw["retain_artifacts"])
-    if "artifact_retention_days" in raw:
-        kw["artifact_retention_days"] = _number("artifact_retention_days", raw["artifact_retention_days"], _int, 0, 3650)
-    if "log_retention_days" in raw:
-        days = _number("log_retention_days", raw["log_retention_days"], _int, 1, 3653)
-        kw["log_retention_days"] = int(_choice("log_retention_days", str(days), map(str, C.LOG_RETENTION_DAYS)))
-    if "stack_name" in raw:
-        kw["stack_name"] = _pattern("stack_name", raw["stack_name"], _STACK_NAME, C.STACK_NAME)
+        subnets = tuple(dict.fromkeys(_pattern("subnet_id", s, _SUBNET_ID, "subnet-0123456789abcdef0") for s in _list(raw["subnet_id"])))
+        if not subnets:
+            raise ConfigError("context subnet_id is empty; expected something like subnet-0123456789abcdef0")
+        kw["subnet_ids"] = subnets
+    if "max_azs" in raw:
+        if "vpc_id" in raw or "availability_zone" in raw:
+            raise ConfigError("context max_azs shapes a new VPC; it cannot be combined with vpc_id or availability_zone")
+        kw["max_azs"] = _number("max_azs", raw["max_azs"], _int, 1, C.MAX_MAX_AZS)
+    return kw
 
+
+def from_context(get: Callable[[str], Any]) -> RunConfig:
+    """Build and validate the config from a context getter (``app.node.try_get_context``)."""
+    for key, why in REMOVED_KEYS.items():
+        if get(key) is not None:
+            raise ConfigError(f"context {key} is no longer used: {why}; remove it")
+    raw = {k: get(k) for k in CONTEXT_KEYS}
+    raw = {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and v.strip() == "")}
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    kw: dict[str, Any] = {"synth_time": now}
+    kw.update({key: parse(key, raw[key]) for key, parse in _FIELDS.items() if key in raw})
+    kw.update(_data_fields(raw, now))
+    kw.update(_network_fields(raw))
     cfg = RunConfig(**kw)
     _check_combinations(cfg)
     return cfg
 
 
 def _check_combinations(cfg: RunConfig) -> None:
-    if cfg.market == "spot" and cfg.shutdown_behavior != "terminate":
-        raise ConfigError("context market=spot needs shutdown_behavior=terminate (a one-time spot instance cannot stop); valid values: terminate")
+    if cfg.spot_fallback != "none" and cfg.market != "spot":
+        raise ConfigError(f"context spot_fallback={cfg.spot_fallback} needs market=spot; valid values with market={cfg.market}: none")
     if cfg.vpc_id and (cfg.nat_gateway or cfg.availability_zone):
         raise ConfigError("context vpc_id (an existing VPC) cannot be combined with nat_gateway or availability_zone, which shape a new VPC")
     if cfg.availability_zone and not cfg.availability_zone.startswith(cfg.region):

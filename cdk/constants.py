@@ -6,12 +6,19 @@ PROJECT_TAG = "vit-embedding-drivedata"
 
 # --- where and on what -------------------------------------------------------------------------------------------
 DEFAULT_REGION = "ap-northeast-1"  # the nuScenes bucket's region: no cross-region transfer
-DEFAULT_INSTANCE_TYPE = "g6e.xlarge"
+# In order of preference: the Auto Scaling group tries the first type first, the next where it has no capacity.
+DEFAULT_INSTANCE_TYPES: tuple[str, ...] = ("g6e.xlarge", "g6e.2xlarge")
 INSTANCE_FAMILIES: tuple[str, ...] = ("g5", "g6", "g6e")
 INSTANCE_SIZES: tuple[str, ...] = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge")
 VALID_INSTANCE_TYPES: tuple[str, ...] = tuple(f"{f}.{s}" for f in INSTANCE_FAMILIES for s in INSTANCE_SIZES)
+MAX_INSTANCE_TYPES = 10  # a fallback list longer than this is a typo, not a plan (the group accepts up to 40)
 MARKETS: tuple[str, ...] = ("on-demand", "spot")
-SHUTDOWN_BEHAVIORS: tuple[str, ...] = ("terminate", "stop")
+SPOT_FALLBACKS: tuple[str, ...] = ("none", "on-demand")
+# All G and VT instances share one vCPU quota per market (Service Quotas, service code ec2).
+GPU_QUOTA_CODES: dict[str, str] = {
+    "on-demand": "L-DB2E81BA",  # Running On-Demand G and VT instances
+    "spot": "L-3819A6DF",  # All G and VT Spot Instance Requests
+}
 
 # Deep Learning Base OSS AMI (NVIDIA driver, Docker, NVIDIA Container Toolkit), resolved at deploy time.
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
@@ -21,11 +28,19 @@ MIN_ROOT_VOLUME_GB = 100
 MAX_ROOT_VOLUME_GB = 2000
 DEFAULT_MAX_RUN_HOURS = 4.0
 MAX_MAX_RUN_HOURS = 168.0  # one week: anything longer is almost certainly a typo
+# The deadline outside the instance (an EventBridge Scheduler one-time schedule that sets the group to 0) fires this
+# long after max_run_hours, counted from synth: `cdk deploy` synthesizes right before it deploys, and the margin
+# covers the deploy itself (~5 min), a spot fallback (~2 min) and the in-guest stops that come first.
+DEADLINE_MARGIN_MINUTES = 30
 IMDS_HOP_LIMIT = 2  # the container reaches IMDSv2 through the docker bridge (one extra hop)
 
 # --- network -----------------------------------------------------------------------------------------------------
 VPC_CIDR = "10.42.0.0/16"
-MAX_AZS = 2
+# One public subnet per AZ, so the group can launch wherever the GPU type has capacity. Without an account in the
+# environment CDK cannot list a region's AZs at synth; the stack picks the first N of Fn::GetAZs (every region that
+# offers g6e has at least 3).
+DEFAULT_MAX_AZS = 3
+MAX_MAX_AZS = 6
 EGRESS_PORTS: tuple[tuple[int, str], ...] = (
     (443, "HTTPS: S3, CloudWatch Logs, SSM, PyPI, container registries"),
     (80, "HTTP: Ubuntu apt mirrors (packages are GPG-signed) for s3fs"),
@@ -39,6 +54,10 @@ NUSCENES_PREFIX = "public/v1.0"
 DATASETS: tuple[str, ...] = ("trainval", "mini")
 DEFAULT_DATASET = "trainval"
 TRAINVAL_PARTS = 10
+# What a run reads from the bucket (docs/cloud.md): trainval = 10 keyframe archives (~4.3 GB each) + the tables
+# (~0.45 GB); mini = v1.0-mini.tgz (~4 GB). Sizes from the bucket listing in FACTS.md, marked unconfirmed there.
+DATASET_READ_GB: dict[str, float] = {"trainval": 43.5, "mini": 4.0}
+NAT_USD_PER_GB = 0.062  # NAT gateway data processing in ap-northeast-1 (us-east-1: 0.045), published price
 
 
 def dataset_sources(dataset: str) -> tuple[tuple[str, ...], str | None]:
@@ -80,6 +99,16 @@ DEFAULT_LOG_RETENTION_DAYS = 30
 LOG_RETENTION_DAYS: tuple[int, ...] = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
 LOG_GROUP_PREFIX = "/vit-embed"
 
+# --- the job image ------------------------------------------------------------------------------------------------
+IMAGE_BUILD = "build"  # default: the instance builds docker/Dockerfile from the shipped source (no local Docker)
+IMAGE_ASSET = "asset"  # cdk deploy builds docker/Dockerfile locally (DockerImageAsset) and pushes it to ECR
+DOCKERFILE = "docker/Dockerfile"
+LOCK_FILE = "requirements.lock"  # every Python dependency, hash-pinned (make lock)
+IMAGE_LOCK_FILE = "docker/requirements.txt"  # the image's (runtime) subset of it, same pins (make lock)
+# Bootstrap stack the deploy needs (default qualifier) and the oldest version whose assets this app uses.
+BOOTSTRAP_STACK = "CDKToolkit"
+MIN_BOOTSTRAP_VERSION = 6
+
 # --- on the instance ---------------------------------------------------------------------------------------------
 INSTANCE_ETC = "/etc/vit-embed"
 RUN_ENV_FILE = f"{INSTANCE_ETC}/run.env"
@@ -102,6 +131,7 @@ SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     "package.json",
     "package-lock.json",
     "Makefile",
+    "requirements.lock",
     ".gitignore",
     ".github",
     ".env",

@@ -1,9 +1,15 @@
 """Nag: the cdk-nag AwsSolutions findings this design accepts, each with the reason a reviewer would accept."""
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Validations
+from aws_cdk import Acknowledgment, CfnElement, Validations
 
 from .stack import EmbeddingRunStack
+
+_GROUP_ARN = "Resource::arn:<AWS::Partition>:autoscaling:<AWS::Region>:<AWS::AccountId>:autoScalingGroup:*:autoScalingGroupName/{name}"
+_GROUP_REASON = (
+    "The wildcard is the UUID AWS assigns inside an Auto Scaling group's ARN, unknown until the group exists; the "
+    "group name {name} (unique to this run) pins the one group, and the action is only UpdateAutoScalingGroup."
+)
 
 
 def _ack(scope, rule: str, reason: str) -> None:
@@ -15,7 +21,11 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
     cfg = stack.config
     role = stack.job.role
     policy = role.node.find_child("DefaultPolicy")
-    bucket_id = stack.get_logical_id(stack.storage.artifacts.node.default_child)
+    artifacts = stack.storage.artifacts.node.default_child
+    assert isinstance(artifacts, CfnElement)
+    bucket_id = stack.get_logical_id(artifacts)
+    group_rule = "AwsSolutions-IAM5[" + _GROUP_ARN.format(name=cfg.group_name) + "]"
+    group_reason = _GROUP_REASON.format(name=cfg.group_name)
 
     _ack(
         role,
@@ -36,17 +46,38 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
             f"Read-only (s3:GetObject) on the job's source bucket {bucket}: the inputs are every archive or image "
             "under the configured sources, whose object names are not known at deploy time.",
         )
-    if cfg.ecr_repository:
+    _ack(policy, group_rule, group_reason)
+    if stack.image.repository_arn:
         _ack(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
             "ecr:GetAuthorizationToken does not support resource-level permissions; the pull actions themselves "
-            "are scoped to the one configured repository.",
+            "are scoped to the one repository the job image lives in.",
         )
+    _ack(stack.deadline.role.node.find_child("DefaultPolicy"), group_rule, group_reason)
     _ack(
-        stack.job.instance,
-        "AwsSolutions-EC29",
-        "The instance is a one-shot batch worker that powers itself off when the job ends (terminating by default); "
-        "termination protection would only make cdk destroy fail, and it does not stop an OS shutdown anyway.",
+        stack.job.group,
+        "AwsSolutions-EC26",
+        "cdk-nag 3.0.2's EBS-encryption rule throws on a group that uses a MixedInstancesPolicy (it reads only the "
+        "group's top-level LaunchTemplate). The launch template's one volume is an encrypted gp3 root, asserted by "
+        "tests/test_cdk_stack.py::test_launch_template_defaults; checkov's EBS checks pass on the same template.",
     )
-
+    _ack(
+        stack.job.group,
+        "AwsSolutions-AS3",
+        "The group exists for one run of at most one instance: its launches and terminations are the run itself, "
+        "reported in _STATUS and the job log; a notification topic nobody subscribes to would add a resource, not "
+        "oversight. Launch failures are EventBridge events (the spot fallback listens to them).",
+    )
+    if stack.fallback is not None:
+        _ack(
+            stack.fallback.state_machine.role.node.find_child("DefaultPolicy"),
+            group_rule,
+            group_reason,
+        )
+        _ack(
+            stack.fallback.state_machine.role.node.find_child("DefaultPolicy"),
+            "AwsSolutions-IAM5[Resource::*]",
+            "CDK's standard grants for Step Functions logging to CloudWatch Logs and X-Ray tracing: the log-delivery "
+            "and X-Ray APIs (logs:CreateLogDelivery, xray:PutTraceSegments, ...) have no resource-level permissions.",
+        )

@@ -1,4 +1,5 @@
-"""Network: a VPC with no inbound rule anywhere, HTTPS (and apt's HTTP) out, an S3 gateway endpoint, no NAT by default."""
+"""Network: a VPC with one subnet per AZ, no inbound rule anywhere, HTTPS (and apt's HTTP) out, an S3 gateway
+endpoint, no NAT by default."""
 from __future__ import annotations
 
 from aws_cdk import RemovalPolicy
@@ -9,17 +10,15 @@ from constructs import Construct
 from . import constants as C
 
 
-IMPORTED_SUBNET_AZ = "implied-by-subnet"
-
-
 class Network(Construct):
-    """The instance's VPC, subnet choice and security group.
+    """The instance's VPC, the subnets it may launch in (one per AZ) and its security group.
 
-    Default: a new VPC with public subnets only. The instance gets a public IP for outbound traffic through the
-    internet gateway; its security group has no inbound rule, so nothing can connect to it, and it is managed through
-    SSM Session Manager. That avoids a NAT gateway (~$45/month plus per-GB charges) for a machine that lives an hour.
-    ``nat_gateway=True`` moves it to a private subnet behind one NAT gateway instead. S3 traffic (the nuScenes
-    archives, the artifacts) goes through a free gateway endpoint either way.
+    Default: a new VPC with one public subnet in each of the stack's AZs, all of them open to the instance's Auto
+    Scaling group, so AWS launches the GPU wherever the type is offered and has capacity. The instance gets a public
+    IP for outbound traffic through the internet gateway; its security group has no inbound rule, so nothing can
+    connect to it, and it is managed through SSM Session Manager. That avoids a NAT gateway (~$45/month plus per-GB
+    charges) for a machine that lives an hour. ``nat_gateway=True`` moves it to private subnets behind one NAT gateway
+    instead. S3 traffic (the nuScenes archives, the artifacts) goes through a free gateway endpoint either way.
     """
 
     def __init__(
@@ -28,19 +27,20 @@ class Network(Construct):
         construct_id: str,
         *,
         vpc_id: str | None = None,
-        subnet_id: str | None = None,
+        subnet_ids: tuple[str, ...] = (),
         availability_zone: str | None = None,
+        max_azs: int = C.DEFAULT_MAX_AZS,
         nat_gateway: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         if vpc_id:
-            if not subnet_id:
-                raise ValueError("subnet_id is required with vpc_id")
-            # from_vpc_attributes (not from_lookup): synth stays offline.
+            if not subnet_ids:
+                raise ValueError("subnet_ids are required with vpc_id")
+            # from_vpc_attributes (not from_lookup): synth stays offline. The AZ list is a placeholder: the group
+            # is placed by subnet id alone (VPCZoneIdentifier).
             self.vpc: ec2.IVpc = ec2.Vpc.from_vpc_attributes(self, "Vpc", vpc_id=vpc_id, availability_zones=["dummy"])
-            # The AZ is implied by the subnet; the placeholder is removed from the instance (see JobInstance).
-            subnet = ec2.Subnet.from_subnet_attributes(self, "Subnet", subnet_id=subnet_id, availability_zone=IMPORTED_SUBNET_AZ)
-            self.subnets = ec2.SubnetSelection(subnets=[subnet])
+            subnets = [ec2.Subnet.from_subnet_id(self, f"Subnet{i}", s) for i, s in enumerate(subnet_ids)]
+            self.subnets = ec2.SubnetSelection(subnets=subnets)
             self.created_vpc = False
         else:
             subnet_config = [ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24)]
@@ -52,8 +52,9 @@ class Network(Construct):
                 self,
                 "Vpc",
                 ip_addresses=ec2.IpAddresses.cidr(C.VPC_CIDR),
+                # Pinned: that one AZ. Otherwise every AZ the stack lists (see EmbeddingRunStack.availability_zones).
                 availability_zones=[availability_zone] if availability_zone else None,
-                max_azs=None if availability_zone else C.MAX_AZS,
+                max_azs=None if availability_zone else max_azs,
                 nat_gateways=1 if nat_gateway else 0,
                 subnet_configuration=subnet_config,
                 restrict_default_security_group=True,
@@ -73,8 +74,8 @@ class Network(Construct):
             )
             self.vpc = vpc
             subnet_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateway else ec2.SubnetType.PUBLIC
-            # One subnet: the instance lands in the first AZ (or the pinned one).
-            self.subnets = ec2.SubnetSelection(subnets=[vpc.select_subnets(subnet_type=subnet_type).subnets[0]])
+            # Every subnet of that type, one per AZ: the group may launch in any of them.
+            self.subnets = ec2.SubnetSelection(subnet_type=subnet_type)
             self.created_vpc = True
         self.public_ip = not nat_gateway and not vpc_id
 

@@ -1,16 +1,22 @@
-"""Stack: composes network, storage and the job instance, does the grants, and prints how to follow the run."""
+"""Stack: composes network, storage, the job image, the job's Auto Scaling group, its deadline and (for spot) its
+on-demand fallback, does the grants, warns about cross-region reads, and prints how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Aws, CfnOutput, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, Aws, CfnOutput, Fn, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from . import constants as C
-from .compute import JobInstance, ecr_repository_arn
+from .compute import JobGroup
 from .config import RunConfig
+from .deadline import Deadline
+from .fallback import SpotFallback
+from .image import JobImage
 from .network import Network
 from .storage import Storage
+
+CROSS_REGION_WARNING = "vit-embed:cross-region"
 
 
 def _retention(days: int) -> logs.RetentionDays:
@@ -19,21 +25,40 @@ def _retention(days: int) -> logs.RetentionDays:
     return dict(zip(C.LOG_RETENTION_DAYS, names))[days]
 
 
+def cross_region_message(cfg: RunConfig) -> str:
+    """The synth warning for a stack outside the nuScenes bucket's region (one line, with the volume read)."""
+    volume = f"~{C.DATASET_READ_GB[cfg.dataset]:g} GB" if not cfg.sources else "the configured sources"
+    nat = (
+        f"; through the NAT gateway that is ~${C.DATASET_READ_GB[cfg.dataset] * C.NAT_USD_PER_GB:.1f} of NAT processing"
+        if cfg.nat_gateway and not cfg.sources
+        else ""
+    )
+    return (
+        f"region {cfg.region} is not the nuScenes bucket's region ({C.NUSCENES_REGION}): the run streams {volume} "
+        f"across regions (no S3 gateway endpoint applies, slower than in-region){nat}. "
+        f"Deploy with -c region={C.NUSCENES_REGION} to read in-region."
+    )
+
+
 class EmbeddingRunStack(Stack):
     """One run of ``python -m job run`` on one GPU instance; artifacts land in ``s3://<bucket>/runs/<run-id>/``."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: RunConfig, **kwargs) -> None:
+        self.config = config  # read by availability_zones, which the VPC calls during construction
         super().__init__(scope, construct_id, **kwargs)
-        cfg = self.config = config
+        cfg = config
         Tags.of(self).add("project", C.PROJECT_TAG)
         Tags.of(self).add("run-id", cfg.run_id)
+        if cfg.cross_region:
+            Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
 
         self.network = Network(
             self,
             "Network",
             vpc_id=cfg.vpc_id,
-            subnet_id=cfg.subnet_id,
+            subnet_ids=cfg.subnet_ids,
             availability_zone=cfg.availability_zone,
+            max_azs=cfg.max_azs,
             nat_gateway=cfg.nat_gateway,
         )
         self.storage = Storage(
@@ -47,8 +72,8 @@ class EmbeddingRunStack(Stack):
             retention=_retention(cfg.log_retention_days),
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.image = JobImage(self, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
 
-        ecr = cfg.ecr_repository
         run_env = {
             "REGION": cfg.region,
             "ARTIFACTS_BUCKET": bucket.bucket_name,
@@ -57,37 +82,59 @@ class EmbeddingRunStack(Stack):
             "LOG_GROUP": self.log_group.log_group_name,
             "MAX_RUN_MINUTES": str(cfg.max_run_minutes),
             "MARKET": cfg.market,
-            "INSTANCE_TYPE": cfg.instance_type,
-            "IMAGE": cfg.image or "",
-            "ECR_REGISTRY": f"{ecr[0]}.dkr.ecr.{ecr[1]}.amazonaws.com" if ecr else "",
-            "ECR_REGION": ecr[1] if ecr else "",
+            "INSTANCE_TYPE": ",".join(cfg.instance_types),  # the allowed types; the script logs the one it got
+            "IMAGE": self.image.uri,
+            "ECR_REGISTRY": self.image.registry,
+            "ECR_REGION": self.image.registry_region,
             "SOURCE_ZIP": C.SOURCE_ZIP_PATH,
             "NUSCENES_BUCKET": C.NUSCENES_BUCKET,
             "NUSCENES_REGION": C.NUSCENES_REGION,
             "NUSCENES_MOUNT": C.NUSCENES_MOUNT,
         }
-        self.job = JobInstance(
+        self.job = JobGroup(
             self,
             "Job",
             vpc=self.network.vpc,
             subnets=self.network.subnets,
             security_group=self.network.security_group,
-            instance_type=cfg.instance_type,
+            group_name=cfg.group_name,
+            instance_types=cfg.instance_types,
             market=cfg.market,
-            shutdown_behavior=cfg.shutdown_behavior,
             root_volume_gb=cfg.root_volume_gb,
             ami_ssm_parameter=cfg.ami_ssm_parameter,
             run_env=run_env,
             job_args=cfg.job_args(),
             max_run_minutes=cfg.max_run_minutes,
-            build_image=cfg.image is None,
+            source_asset=self.image.source_asset,
             region=cfg.region,
         )
-        self._grant(cfg, ecr)
+        self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, when=cfg.deadline)
+        # The schedule names the group by its fixed name: create it after the group, delete it before.
+        self.deadline.node.add_dependency(self.job.group)
+        self.fallback: SpotFallback | None = None
+        if cfg.market == "spot" and cfg.spot_fallback == "on-demand":
+            self.fallback = SpotFallback(
+                self, "SpotFallback", group_name=cfg.group_name, log_retention=_retention(cfg.log_retention_days)
+            )
+            # The rule must be listening before the group's first launch attempt.
+            self.job.group.node.add_dependency(self.fallback)
+        self._grant(cfg)
         self._outputs(cfg)
 
+    @property
+    def availability_zones(self) -> list[str]:
+        """The AZs the new VPC spans: the pinned one, or the first ``max_azs`` of the region (``Fn::GetAZs``).
+
+        CDK gives an account-agnostic stack only two AZs; every region that offers g6e has at least three, and more
+        subnets means more places the group can find capacity. Synth stays offline: no lookup, just ``Fn::Select``.
+        """
+        cfg = self.config
+        if cfg.availability_zone:
+            return [cfg.availability_zone]
+        return [Fn.select(i, Fn.get_azs()) for i in range(cfg.max_azs)]
+
     # -- IAM: least privilege for the instance role ------------------------------------------------------------------
-    def _grant(self, cfg: RunConfig, ecr: tuple[str, str, str] | None) -> None:
+    def _grant(self, cfg: RunConfig) -> None:
         role = self.job.role
         bucket = self.storage.artifacts
         run_objects = bucket.arn_for_objects(f"{cfg.run_prefix}*")
@@ -118,15 +165,7 @@ class EmbeddingRunStack(Stack):
                 resources=[self.log_group.log_group_arn],
             )
         )
-        if ecr:
-            role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]))
-            role.add_to_policy(
-                iam.PolicyStatement(
-                    sid="EcrPull",
-                    actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                    resources=[ecr_repository_arn(*ecr)],
-                )
-            )
+        self.image.grant_pull(role)
 
     # -- outputs: everything a user needs to follow the run ------------------------------------------------------------
     def _outputs(self, cfg: RunConfig) -> None:
@@ -134,7 +173,10 @@ class EmbeddingRunStack(Stack):
         run_uri = f"s3://{bucket}/{cfg.run_prefix}"
         group = self.log_group.log_group_name
         region = cfg.region
-        instance_id = self.job.instance_id
+        find_instance = (
+            f"aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names {cfg.group_name} --region {region} "
+            "--query 'AutoScalingGroups[0].Instances[].[InstanceId,InstanceType,AvailabilityZone,LifecycleState]' --output text"
+        )
         CfnOutput(self, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/")
         CfnOutput(
             self, "AccessLogBucket", value=self.storage.access_logs.bucket_name,
@@ -142,7 +184,18 @@ class EmbeddingRunStack(Stack):
         )
         CfnOutput(self, "RunPrefix", value=run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
         CfnOutput(self, "LogGroup", value=group, description="CloudWatch Logs group with the job container's log")
-        CfnOutput(self, "InstanceId", value=instance_id, description="the job instance (powers itself off when done)")
+        CfnOutput(
+            self, "AutoScalingGroup", value=self.job.group.auto_scaling_group_name,
+            description="the run's group of at most one instance (AWS picks the AZ and type; 0 when the run is over)",
+        )
+        CfnOutput(
+            self, "DeadlineUtc", value=f"{cfg.deadline:%Y-%m-%dT%H:%M:%SZ}",
+            description="when the schedule outside the instance sets the group to 0 (max_run_hours + margin, UTC)",
+        )
+        CfnOutput(
+            self, "InstanceCommand", value=find_instance,
+            description="the instance the group launched: id, type, AZ, state",
+        )
         CfnOutput(
             self, "StatusCommand", value=f"aws s3 cp {run_uri}{C.STATUS_OBJECT} - --region {region}",
             description="running / succeeded / failed with the reason",
@@ -152,7 +205,8 @@ class EmbeddingRunStack(Stack):
             description="follow the job log (appears once the image is built and the container starts)",
         )
         CfnOutput(
-            self, "SessionCommand", value=f"aws ssm start-session --target {instance_id} --region {region}",
+            self, "SessionCommand",
+            value=f"aws ssm start-session --region {region} --target $({find_instance.replace('[InstanceId,InstanceType,AvailabilityZone,LifecycleState]', 'InstanceId')})",
             description="shell on the instance while it runs (bootstrap log: /var/log/vit-embed.log)",
         )
         CfnOutput(

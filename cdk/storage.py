@@ -1,6 +1,8 @@
 """Storage: the artifacts bucket (runs/<run-id>/ in the OUTDIR layout) and its server-access-log bucket."""
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -21,7 +23,7 @@ class Storage(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
-        common = dict(
+        common: dict[str, Any] = dict(
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
@@ -32,9 +34,14 @@ class Storage(Construct):
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",
-            versioned=False,
+            # Versioned like the artifacts (a deleted or overwritten log object stays recoverable for a while).
+            versioned=True,
             lifecycle_rules=[
-                s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(C.ACCESS_LOG_RETENTION_DAYS)),
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=Duration.days(C.ACCESS_LOG_RETENTION_DAYS),
+                    noncurrent_version_expiration=Duration.days(C.NONCURRENT_VERSION_DAYS),
+                ),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(C.ABORT_MULTIPART_DAYS)),
             ],
             **common,

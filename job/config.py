@@ -17,6 +17,7 @@ CAMERA_CHANNELS: tuple[str, ...] = (
     "CAM_BACK_RIGHT",
 )
 POOLS: tuple[str, ...] = ("mean", "cls")
+TEXT_VECTORS: tuple[str, ...] = ("cls", "none")  # with --pool mean, also store the CLS output for text queries
 RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
@@ -51,12 +52,14 @@ class ModelConfig:
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     pool: str = "mean"
+    text_vectors: str = "cls"  # with pool mean: "cls" also stores the CLS-pooled vector (embedding_cls); "none" not
     image_size: int | None = None  # None: the model's own input size
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
     compile: bool = False
     cache_dir: str | None = None
+    weights_cache: str | None = None  # e.g. s3://bucket/cache/weights: tag weights fetched once per account
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class SourceConfig:
     keyframes_only: bool = True
     scenes: tuple[str, ...] = ()
     limit: int | None = None
+    shard: tuple[int, int] | None = None  # (I, N): embed the I-th of N deterministic parts (``--shard I/N``)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,20 @@ class SearchConfig:
     device: str = "auto"
     search_params: str | None = None
     json: bool = False
+    where: str | None = None  # SQL over the metadata columns (``--where``), ANDed with the shorthands below
+    channels: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()  # prefixes: "singapore" keeps every singapore-* location
+    scenes: tuple[str, ...] = ()
+    night: bool | None = None  # None: either; True/False: the scene description says night / does not
+    rain: bool | None = None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``job serve``: the search page for one run, on this address."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,7 @@ class JobConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     log_level: str = "INFO"
     progress: bool = True
 
@@ -179,6 +198,7 @@ class JobConfig:
             "model": m.model,
             "pretrained": m.pretrained,
             "pool": m.pool,
+            "text_vectors": "cls" if m.pool == "mean" and m.text_vectors == "cls" else None,  # adds a column
             "image_size": m.image_size,
             "resize_mode": d.resize_mode,
             "sources": list(s.sources),
@@ -186,7 +206,19 @@ class JobConfig:
             "keyframes_only": s.keyframes_only,
             "scenes": list(s.scenes),
             "limit": s.limit,
+            **({"shard": list(s.shard)} if s.shard else {}),
         }
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N) with 0 <= I < N; a one-line UsageError otherwise."""
+    i, sep, n = text.strip().partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise UsageError(f"--shard {text!r} is not I/N; valid: two integers with 0 <= I < N, e.g. 0/4")
+    index, count = int(i), int(n)
+    if count < 1 or index >= count:
+        raise UsageError(f"--shard {text!r} is out of range; valid: 0 <= I < N and N >= 1, e.g. 0/{max(count, 1)}")
+    return index, count
 
 
 def split_list(values: Sequence[str] | None) -> tuple[str, ...]:
@@ -237,6 +269,16 @@ def _check_search_params(text: str | None) -> None:
                          "e.g. efSearch=128 or nprobe=32,k_factor=8")
 
 
+def _check_filters(s: SearchConfig) -> None:
+    """Filter options: known channels, and a ``--where`` that parses as one SQL condition (columns: at search)."""
+    for ch in s.channels:
+        check_choice("--channel", ch, CAMERA_CHANNELS)
+    if s.where is not None:
+        from .filters import check_syntax
+
+        check_syntax(s.where)
+
+
 def _check_project(pc: ProjectConfig) -> None:
     _at_least("--fit-sample", pc.fit_sample, 2)
     _at_least("--n-neighbors", pc.n_neighbors, 2)
@@ -253,6 +295,7 @@ def validate(cfg: JobConfig) -> JobConfig:
     """
     m, d, o, s = cfg.model, cfg.decode, cfg.output, cfg.search
     check_choice("pool", m.pool, POOLS)
+    check_choice("--text-vectors", m.text_vectors, TEXT_VECTORS)
     check_choice("device", m.device, DEVICES)
     check_choice("precision", m.precision, PRECISIONS)
     _at_least("--image-size", m.image_size, 1)
@@ -263,6 +306,8 @@ def validate(cfg: JobConfig) -> JobConfig:
     for ch in cfg.source.channels:
         check_choice("channel", ch, CAMERA_CHANNELS)
     _at_least("--limit", cfg.source.limit, 1)
+    if cfg.source.shard is not None:
+        parse_shard("{}/{}".format(*cfg.source.shard))
     _at_least("--shard-size", o.shard_size, 1)
     if not o.shard_seconds > 0:
         raise UsageError(f"--shard-seconds {o.shard_seconds!r} must be more than 0")
@@ -271,5 +316,8 @@ def validate(cfg: JobConfig) -> JobConfig:
     _at_least("-k", s.k, 1)
     _check_search_params(s.search_params)
     check_choice("device", s.device, DEVICES)
+    _check_filters(s)
+    if not 1 <= cfg.serve.port <= 65535:
+        raise UsageError(f"--port {cfg.serve.port} must be in 1..65535")
     check_choice("log level", cfg.log_level, LOG_LEVELS)
     return cfg

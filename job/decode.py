@@ -20,7 +20,7 @@ import itertools
 import logging
 import multiprocessing as mp
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Generator, Iterable, Protocol, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -197,7 +197,7 @@ class DecodePool:
         items = [(i, r.data, r.url) for i, r in enumerate(records) if r.error is None]
         return DecodeTask(items, self.size, self.resize_mode, self.interpolation, self.thumbnails)
 
-    def map(self, chunks: Iterable[list[R]]) -> Iterator[tuple[list[R], DecodeResult]]:
+    def map(self, chunks: Iterable[list[R]]) -> Generator[tuple[list[R], DecodeResult], None, None]:
         """Yield (records, decoded) per chunk, keeping at most 2×workers+1 chunks in flight."""
         if self._executor is None:
             for recs in chunks:

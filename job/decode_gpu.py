@@ -13,7 +13,7 @@ import concurrent.futures as cf
 import itertools
 import logging
 import time
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Generator, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -141,7 +141,7 @@ class GpuDecodeStage:
         self.decoder = GpuDecoder(size, resize_mode, device)
         self._io = cf.ThreadPoolExecutor(max_workers=threads)
 
-    def map(self, chunks: Iterable[list[R]]) -> Iterator[tuple[list[R], DecodeResult]]:
+    def map(self, chunks: Iterable[list[R]]) -> Generator[tuple[list[R], DecodeResult], None, None]:
         """Yield (records, decoded) per chunk, reading up to four chunks ahead."""
         pending: collections.deque[tuple[list[R], list[cf.Future[bytes | None]]]] = collections.deque()
         it = iter(chunks)

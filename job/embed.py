@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable, Iterator
 
 from .config import JobConfig
 from .decode import DecodePool, DecodeResult
@@ -26,7 +26,9 @@ from .runfolder import (
     write_npy,
 )
 from .sources import ImageRecord, Source, open_source
-from .store import ResumeState, ShardWriter, embedding_schema, prepare_run
+from .status import StatusWriter
+from .stopping import StopRequest
+from .store import CLS_COLUMN, ResumeState, ShardWriter, embedding_schema, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class EmbedStats:
         self.reasons[reason.split(":", 1)[0]] += 1
 
 
-def _chunks(records: Iterable[ImageRecord], n: int) -> Iterator[list[ImageRecord]]:
+def _chunks(records: Iterable[ImageRecord], n: int) -> Generator[list[ImageRecord], None, None]:
     it = iter(records)
     while chunk := list(itertools.islice(it, n)):
         yield chunk
@@ -85,8 +87,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-class _Session:
-    """One attempt at embedding an output: the pieces, and the loop that drives them."""
+class EmbedSession:
+    """One attempt at embedding an output: the pieces (checked when built), and the loop that drives them.
+
+    ``stop`` (a StopRequest) makes the loop end cleanly after the batch in flight; ``status`` (a StatusWriter)
+    receives the progress. Both are optional.
+    """
 
     def __init__(self, cfg: JobConfig) -> None:
         from .model import ImageEncoder, load_model
@@ -94,7 +100,7 @@ class _Session:
         self.cfg = cfg
         self.t_start = time.perf_counter()
         self.started = dt.datetime.now(dt.timezone.utc)
-        self.layout = RunLayout.for_output(cfg.output.out)
+        self.layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
         if not cfg.source.sources:
             raise UsageError("no input: give --image-dir DIR or --source URI (a folder, s3:// prefix or .tgz archives)")
         self.source: Source = open_source(cfg.source)  # validates inputs before anything is written
@@ -104,14 +110,19 @@ class _Session:
         self.identity = {**cfg.embedding_identity(), "weights_sha256": self.lm.weights_sha256,
                          "image_size": self.lm.image_size}
         self.state: ResumeState = prepare_run(self.layout, self.identity, overwrite=cfg.output.overwrite)
-        self.writer = ShardWriter(self.layout, embedding_schema(self.lm.embed_dim, self.source.meta_fields),
+        self.writer = ShardWriter(self.layout, embedding_schema(self.lm.embed_dim, self.source.meta_fields,
+                                                                  text_vectors=self.lm.text_column == CLS_COLUMN),
                                   shard_size=cfg.output.shard_size, shard_seconds=cfg.output.shard_seconds,
                                   start_shard=self.state.next_shard, thumbnails=cfg.project.thumbnails,
                                   identity=self.identity)
-        self.encoder = ImageEncoder(self.lm, compile_model=cfg.model.compile)
+        self.encoder = ImageEncoder(self.lm, compile_model=cfg.model.compile,
+                                    with_cls=self.lm.text_column == CLS_COLUMN)
         self.workers = default_workers(self.lm.device.type) if cfg.decode.workers is None else cfg.decode.workers
         self.stats = EmbedStats()
         self._seen: set[str] = set()
+        self.stop: StopRequest | None = None
+        self.status: StatusWriter | None = None
+        self._total: int | None = None
 
     def _fresh(self, records: Iterable[ImageRecord]) -> Iterator[ImageRecord]:
         for r in records:
@@ -158,30 +169,43 @@ class _Session:
 
     def _collect(self, records: list[ImageRecord], result: DecodeResult, fetch: Any, bar: Any) -> None:
         t0 = time.perf_counter()
-        vectors = fetch()
+        vectors = fetch()  # (n, dim), or (n, 2, dim): image vector and CLS vector of one forward pass
+        cls = vectors[:, 1] if vectors.ndim == 3 else None
+        vectors = vectors[:, 0] if vectors.ndim == 3 else vectors
         self.stats.model_s += time.perf_counter() - t0
         for j, pos in enumerate(result.ok_positions):
             rec = records[pos]
             w, h = result.sizes[j]
-            self.writer.add(rec.path, vectors[j], w, h, rec.meta, thumbnail=result.thumbs[j])
+            self.writer.add(rec.path, vectors[j], w, h, rec.meta, thumbnail=result.thumbs[j],
+                            text_vector=None if cls is None else cls[j])
         self.stats.embedded += len(result.ok_positions)
         bar.update(len(result.ok_positions))
+        self._report()
+
+    def _report(self, *, force: bool = False) -> None:
+        if self.status is None:
+            return
+        s, st = self.stats, self.state
+        elapsed = time.perf_counter() - self._t_loop
+        self.status.progress(st.rows + st.failures + s.embedded + s.failed, self._total, st.failures + s.failed,
+                             s.embedded / elapsed if elapsed > 0 else 0.0, force=force)
 
     def run(self) -> Manifest:
         """Embed what is not done yet, commit the last shard, and return the manifest (not yet written)."""
         from tqdm.auto import tqdm
 
-        t_loop = time.perf_counter()
+        t_loop = self._t_loop = time.perf_counter()
         chunks = _chunks(self._fresh(self.source.records(skip=self.state.done_paths)), self.cfg.decode.batch_size)
         first = next(chunks, [])
         stage = self._stage(first)
-        total = self.source.total
+        total = self._total = self.source.total
         bar = tqdm(total=total, initial=self.state.rows + self.state.failures, unit="img", desc="embed",
                    disable=not self.cfg.progress, dynamic_ncols=True)
         in_flight: tuple[list[ImageRecord], DecodeResult, Any] | None = None
+        batches = stage.map(itertools.chain([first] if first else [], chunks))
         try:
             t_wait = time.perf_counter()
-            for records, result in stage.map(itertools.chain([first] if first else [], chunks)):
+            for records, result in batches:
                 self.stats.decode_wait_s += time.perf_counter() - t_wait
                 self._record_failures(records, result)
                 bar.update(len(records) - len(result.ok_positions))
@@ -192,13 +216,20 @@ class _Session:
                     if in_flight is not None:
                         self._collect(*in_flight, bar)
                     in_flight = (records, result, fetch)
+                if self.stop is not None and self.stop.requested:
+                    break  # stop reading; what is embedded is committed below
                 t_wait = time.perf_counter()
             if in_flight is not None:
                 self._collect(*in_flight, bar)
             self.writer.close()
+            self._report(force=True)
         finally:
             bar.close()
+            batches.close()
+            chunks.close()
             stage.close()
+        if self.stop is not None:
+            self.stop.check(f"after committing {self.writer.committed_rows} more rows")
         self.stats.loop_s = time.perf_counter() - t_loop
         self.stats.wall_s = time.perf_counter() - self.t_start
         return self._manifest()
@@ -250,5 +281,10 @@ def _name_in(layout: RunLayout) -> Any:
 
 
 def embed(cfg: JobConfig) -> Manifest:
-    """Embed every image of the configured source into ``cfg.output``; returns the manifest (the caller writes it)."""
-    return _Session(cfg).run()
+    """Embed every image of the configured source into ``cfg.output``; returns the manifest (the caller writes it).
+
+    SIGTERM/SIGINT stop it cleanly (``job.stopping``): committed shards stay, ``Interrupted`` is raised."""
+    with StopRequest() as stop:
+        session = EmbedSession(cfg)
+        session.stop = stop
+        return session.run()

@@ -24,6 +24,7 @@ class DataError(JobError, RuntimeError):
 
 
 class Interrupted(JobError):
-    """A graceful stop was asked for (SIGTERM/SIGINT); committed work is kept and the same command resumes."""
+    """A graceful stop (SIGTERM/SIGINT): committed shards are kept and the same command resumes. Exit 75
+    (EX_TEMPFAIL, "try again"), distinct from success, bad input and failure, so a scheduler can retry it."""
 
-    exit_code = 130
+    exit_code = 75

@@ -21,10 +21,12 @@ from .registry import (  # noqa: F401  (re-exported: the registry is part of the
     WeightsSpec,
     _fetch_url,
     available_models,
+    cached_tag_weights,
     resolve_model_name,
     resolve_pretrained,
 )
 from .runfolder import Manifest
+from .store import CLS_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,14 @@ class LoadedModel:
     dtype: torch.dtype
     tokenizer: Any
     load_seconds: float
+    text_vectors: str = "cls"  # with pool mean: also return the CLS-pooled vector (ImageEncoder(with_cls=True))
+
+    @property
+    def text_column(self) -> str | None:
+        """The embeddings column text queries search: the CLS vector (its own column with mean pooling)."""
+        if self.pool == "cls":
+            return "embedding"
+        return CLS_COLUMN if self.text_vectors == "cls" else None
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry for the model."""
@@ -115,6 +125,9 @@ def _create(name: str, weights: WeightsSpec, cfg: ModelConfig) -> torch.nn.Modul
             return open_clip.create_model(weights.value, **kwargs)
         if weights.kind == "url":
             return open_clip.create_model(name, pretrained=_fetch_url(str(weights.value), cfg.cache_dir), **kwargs)
+        if cfg.weights_cache:
+            local, preprocess = cached_tag_weights(name, str(weights.value), cfg.weights_cache, cfg.cache_dir)
+            return open_clip.create_model(name, pretrained=local, force_preprocess_cfg=preprocess, **kwargs)
         return open_clip.create_model(name, pretrained=weights.value, **kwargs)
     except UsageError:
         raise
@@ -171,6 +184,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         dtype=dtype,
         tokenizer=tokenizer,
         load_seconds=time.perf_counter() - t0,
+        text_vectors=cfg.text_vectors,
     )
 
 
@@ -179,25 +193,50 @@ def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
     return r, g, b
 
 
-class ImageEncoder:
-    """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device."""
+def mean_and_cls(visual: Any, x: torch.Tensor) -> torch.Tensor:
+    """(n, 2, dim): mean over patch tokens and the CLS token, each through ``ln_post`` and ``proj``, from ONE pass.
 
-    def __init__(self, lm: LoadedModel, compile_model: bool = False) -> None:
+    The same arithmetic as open_clip's ``VisionTransformer.forward`` with ``pool_type`` ``avg`` and ``tok``
+    (``_pool``: ``ln_post`` on every token, or on the pooled vector with ``final_ln_after_pool``), but the
+    transformer runs once and both poolings read its output.
+    """
+    tokens = visual.transformer(visual._embeds(x))
+    if getattr(visual, "final_ln_after_pool", False):
+        pooled = torch.stack([visual.ln_post(tokens[:, 1:].mean(dim=1)), visual.ln_post(tokens[:, 0])], dim=1)
+    else:
+        tokens = visual.ln_post(tokens)
+        pooled = torch.stack([tokens[:, 1:].mean(dim=1), tokens[:, 0]], dim=1)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+class ImageEncoder:
+    """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device.
+
+    ``with_cls`` (used when the model pools by mean and keeps text vectors): ``submit`` results are
+    (n, 2, dim), the mean-pooled image vector and the CLS vector of the same forward pass.
+    """
+
+    def __init__(self, lm: LoadedModel, compile_model: bool = False, *, with_cls: bool = False) -> None:
         self.lm = lm
         dev = lm.device
-        self._encode: Callable[[torch.Tensor], torch.Tensor] = lm.model.encode_image
+        self.with_cls = with_cls and lm.pool == "mean"
+        visual = lm.model.visual
+        fn: Callable[[torch.Tensor], torch.Tensor] = (
+            (lambda x: mean_and_cls(visual, x)) if self.with_cls else lm.model.encode_image)
+        self._encode = fn
         if compile_model:
             if dev.type != "cuda":
                 log.info("--compile only pays off on CUDA; running eagerly on %s", dev)
             else:
                 # fixed batch shapes after the first call; the last partial batch recompiles once
-                self._encode = torch.compile(lm.model.encode_image, mode="max-autotune", dynamic=False)
+                self._encode = torch.compile(fn, mode="max-autotune", dynamic=False)
         self._mean = torch.tensor(lm.mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(lm.std, device=dev, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     @torch.inference_mode()
     def submit(self, batch: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
-        """Start embedding a (n, H, W, 3) uint8 batch; the returned function waits for the (n, dim) result.
+        """Start embedding a (n, H, W, 3) uint8 batch; the returned function waits for the (n, dim) result
+        ((n, 2, dim) with ``with_cls``: image vector, CLS vector).
 
         On CUDA the input goes through pinned memory and the result comes back with a non-blocking
         copy, so the caller can hand the GPU the next batch before it collects this one.
@@ -228,8 +267,16 @@ class ImageEncoder:
         return wait
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Embed a (n, H, W, 3) uint8 batch; returns (n, dim) float32, unit length."""
-        return self.submit(batch)()
+        """Embed a (n, H, W, 3) uint8 batch; returns (n, dim) float32, unit length (the image vectors)."""
+        out = self.submit(batch)()
+        return out[:, 0] if out.ndim == 3 else out
+
+    def encode(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image vectors, text-aligned CLS vectors or None), both (n, dim), from one forward pass."""
+        out = self.submit(batch)()
+        if out.ndim == 3:
+            return out[:, 0], out[:, 1]
+        return out, (out if self.lm.pool == "cls" else None)
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -125,3 +126,38 @@ def _fetch_url(url: str, cache_dir: str | None) -> str:
         fs.get(path, tmp)
         os.replace(tmp, local)
     return local
+
+
+def cached_tag_weights(name: str, tag: str, cache_url: str, cache_dir: str | None) -> tuple[str, dict[str, Any]]:
+    """(local checkpoint path, preprocessing) of open_clip tag weights through a shared cache (e.g. on S3).
+
+    The cache holds one checkpoint per ``<cache_url>/<model>/<tag>/``. When it is there it is fetched
+    (once per machine, into the local cache); otherwise open_clip downloads it from its hub as usual
+    and it is stored in the shared cache for the next run. The tag's mean/std/interpolation come from
+    open_clip's registry, so a cached checkpoint embeds exactly as the tag does.
+    """
+    import open_clip
+
+    from . import fsutil
+
+    pcfg = open_clip.get_pretrained_cfg(name, tag)
+    preprocess = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
+    folder = fsutil.join(cache_url, name, tag)
+    fs, path = fsutil.url_to_fs(folder)
+    found = sorted(p for p in (fs.ls(path, detail=False) if fs.exists(path) else []) if ".tmp-" not in p)
+    if found:
+        remote = fsutil.join(folder, found[0].rstrip("/").rsplit("/", 1)[-1])
+        log.info("weights %s/%s from the shared cache %s", name, tag, remote)
+        return _fetch_url(remote, cache_dir), preprocess
+    local = open_clip.download_pretrained(pcfg, cache_dir=cache_dir)
+    if not local:
+        raise UsageError(f"open_clip has no download for {name}/{tag}")
+    remote = fsutil.join(folder, os.path.basename(local))
+    log.info("storing the weights of %s/%s in the shared cache %s", name, tag, remote)
+    try:
+        rfs, rpath = fsutil.url_to_fs(remote)
+        rfs.makedirs(path, exist_ok=True)
+        rfs.put_file(local, rpath)
+    except OSError as exc:  # the run goes on; the next one downloads again
+        log.warning("could not store the weights in %s: %s", remote, exc)
+    return local, preprocess

@@ -11,6 +11,7 @@ outputs live side by side and ``--overwrite`` of one never touches another::
     _run.json                                a._run.json                      vector-shaping options (resume check)
     embeddings.npy                           a.npy                            with --npy
     index/index.faiss + index.json           a.index/...                      Faiss index
+    index/text.faiss + text.json             a.index/text.faiss + text.json   index over the text-query vectors
     umap2d.parquet                           a.umap2d.parquet                 id, x, y
     manifest.json                            a.manifest.json                  written last: the run is complete
 
@@ -18,6 +19,7 @@ Everything else reads a run through :func:`open_run`/:class:`Manifest`; JSON key
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -38,12 +40,23 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DEFAULT_STEM = "embeddings"
 INDEX_FILE = "index.faiss"
+TEXT_INDEX_FILE = "text.faiss"  # beside INDEX_FILE: the index over the vectors text queries search
+SHARDS_DIR = "shards"
 PARQUET = ".parquet"
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 
 # Attribute name -> JSON key, for the few keys whose JSON spelling differs from the attribute. Readers use
 # attributes only, so a key can be renamed here alone (tests/test_runfolder.py proves it).
 MANIFEST_KEYS: dict[str, str] = {"failure_reasons": "failure_reasons_this_attempt"}
+
+
+def path_id(path: str) -> int:
+    """Stable non-negative int64 id of a relative image path.
+
+    Ids depend only on the path, so the same image gets the same id whichever source (folder,
+    ``s3://`` prefix, ``.tgz`` stream) or order delivered it, and across resumed runs.
+    """
+    return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,12 @@ class RunLayout:
             parent, _, name = out.rpartition("/")
             return cls(parent or ".", name[: -len(PARQUET)])
         return cls(out)
+
+    @classmethod
+    def for_run(cls, out: str, shard: tuple[int, int] | None = None) -> RunLayout:
+        """Where a run writes: ``--out``, or its ``shards/I`` folder with ``--shard I/N``."""
+        layout = cls.for_output(out)
+        return layout.shard(shard[0]) if shard else layout
 
     def _side(self, default: str, suffix: str) -> str:
         name = default if self.stem == DEFAULT_STEM else f"{self.stem}.{suffix}"
@@ -106,6 +125,10 @@ class RunLayout:
     def manifest(self) -> str:
         return self._side("manifest.json", "manifest.json")
 
+    def shard(self, index: int) -> RunLayout:
+        """The run folder of shard ``index`` (``--shard I/N``): ``OUTDIR/shards/I``, an ordinary run folder."""
+        return RunLayout(fsutil.join(self.run_dir, SHARDS_DIR, str(index)), self.stem)
+
     def owned(self) -> list[str]:
         """Every path this output owns (what ``--overwrite`` removes); never another output's files."""
         return [self.embeddings, self.failures, self.thumbnails, self.state, self.npy, self.index_dir, self.umap,
@@ -136,6 +159,7 @@ class Outputs(_Part):
     thumbnails: str | None = None
     npy: str | None = None
     index: str | None = None
+    text_index: str | None = None
     umap: str | None = None
 
 
@@ -187,6 +211,7 @@ class Manifest(_Part):
     decoder: dict[str, Any] = {}
     versions: dict[str, str] = {}
     index: dict[str, Any] | None = None
+    text_index: dict[str, Any] | None = None
     projection: dict[str, Any] | None = None
     published: dict[str, Any] | None = None
     error: str | None = None
@@ -251,10 +276,6 @@ class RunRef:
 
     layout: RunLayout
     manifest: Manifest | None
-
-    @property
-    def embed_dim(self) -> int | None:
-        return self.manifest.model.embed_dim if self.manifest else None
 
 
 def open_run(uri: str, *, require_manifest: bool = False) -> RunRef:

@@ -3,13 +3,17 @@
 ``Searcher.open(run)`` loads a run's index (``OUTDIR/index/index.faiss``), checks that it matches the
 run's embeddings, and answers queries by vector, id, text or image; text and image queries load the
 run's own model (from ``manifest.json``) and refuse other weights.
+
+Two vector spaces: image and id queries search ``embedding`` (the pooled image vectors); text queries search
+the vectors CLIP's text tower was trained against, the CLS output (``embedding_cls`` of a ``--pool mean`` run,
+indexed in ``index/text.faiss``; ``embedding`` itself with ``--pool cls``). Every query takes an SQL
+``where`` over the metadata columns (``job.filters``); the search is then restricted inside Faiss
+(``job.index.filtered``), so k hits come back whenever k rows match.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import math
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,38 +21,45 @@ import pyarrow as pa
 
 from . import fsutil
 from .errors import DataError, UsageError
-from .index import (
-    RECALL_K,
-    ids_digest,
-    load_index,
-    meta_url,
-    parse_params,
-    set_search_params,
-)
-from .runfolder import Manifest, RunLayout, embedding_matrix, find_manifest, open_run
+from .hits import format_hits, hits_json, hits_table, json_safe, time_text  # noqa: F401  (re-exported)
+from .index import RECALL_K, ids_digest, load_index, meta_url, parse_params, set_search_params
+from .runfolder import TEXT_INDEX_FILE, Manifest, RunLayout, embedding_matrix, find_manifest, open_run
+from .store import CLS_COLUMN, VECTOR_COLUMNS
 
 log = logging.getLogger(__name__)
 
 SHOWN_COLUMNS = ("scene_name", "channel", "location", "timestamp")
 
 
-def _time_text(us: Any) -> str | None:
-    if us is None:
-        return None
-    try:
-        return dt.datetime.fromtimestamp(int(us) / 1e6, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    except (OverflowError, OSError, ValueError):
-        return None
+@dataclass
+class Space:
+    """One searchable vector space of a run: its index, search parameters, and what it holds."""
+
+    index: Any
+    params: dict[str, int]
+    column: str  # the embeddings column the vectors came from
+    source: str  # the index file, or how the space was made
+    meta: dict[str, Any] = field(default_factory=dict)
+    _filtered: Any = None
+
+    def filtered(self) -> Any:
+        """The index's FilteredSearch (made on first use: it reads the id map)."""
+        if self._filtered is None:
+            from .index.filtered import FilteredSearch
+
+            self._filtered = FilteredSearch(self.index)
+        return self._filtered
 
 
 class Searcher:
-    """An index, the metadata of every vector in it, and (lazily) the model that made the vectors."""
+    """An index, the metadata of every vector in it, and (lazily) the model and the text-query space."""
 
     def __init__(self, index: Any, meta: dict[str, Any], table: pa.Table, *, emb_url: str,
-                 manifest: Manifest | None, device: str | None = None) -> None:
+                 manifest: Manifest | None, device: str | None = None, text_index_url: str | None = None,
+                 search_params: str | None = None) -> None:
         self.index = index
         self.meta = meta
-        self.table = table  # metadata columns (no embedding), one row per vector
+        self.table = table  # metadata columns (no vectors), one row per vector
         self.emb_url = emb_url
         self.manifest = manifest
         self.device = device
@@ -57,6 +68,11 @@ class Searcher:
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
         self._lm: Any = None
+        self._filter: Any = None
+        self._text: Space | None = None
+        self._text_index_url = text_index_url
+        self._search_params = search_params
+        self.image = Space(index, _current(index), "embedding", str(meta.get("index") or "index"), meta)
 
     # ------------------------------------------------------------------------------------- opening
     @classmethod
@@ -64,9 +80,11 @@ class Searcher:
              device: str | None = None, search_params: str | None = None) -> Searcher:
         """Open a run folder (local or ``s3://``), or an index file whose ``.json`` names its embeddings."""
         manifest: Manifest | None = None
+        text_url = None
         if run:
             ref = open_run(run)
             manifest = ref.manifest
+            text_url = None if index else fsutil.join(ref.layout.index_dir, TEXT_INDEX_FILE)
             index = index or ref.layout.index
             embeddings = embeddings or ref.layout.embeddings
         if not index:
@@ -84,23 +102,73 @@ class Searcher:
         from .index import open_dataset
 
         dataset = open_dataset(embeddings)
-        table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "embedding"])
+        table = dataset.to_table(columns=[c for c in dataset.schema.names if c not in VECTOR_COLUMNS])
         if "id" not in table.column_names:
             raise UsageError(f"{embeddings} has no id column; it is not an embeddings table")
         _check_match(idx, meta, table, index, embeddings)
-        if search_params:
-            set_search_params(idx, parse_params(search_params))
-        elif meta.get("search_params"):
-            set_search_params(idx, parse_params(meta["search_params"]))
-        return cls(idx, meta, table, emb_url=embeddings, manifest=manifest, device=device)
+        _apply_params(idx, search_params or meta.get("search_params"))
+        return cls(idx, meta, table, emb_url=embeddings, manifest=manifest, device=device, text_index_url=text_url,
+                   search_params=search_params)
+
+    # ------------------------------------------------------------------------------------- spaces
+    def text_space(self) -> Space:
+        """Where text queries search: the text index, else an exact search over the CLS vectors, else the image index."""
+        if self._text is None:
+            self._text = self._open_text_space()
+        return self._text
+
+    def _open_text_space(self) -> Space:
+        url = self._text_index_url
+        if url and fsutil.exists(meta_url(url)) and fsutil.exists(url):
+            meta = fsutil.read_json(meta_url(url))
+            idx = load_index(url)
+            _check_match(idx, meta, self.table, url, self.emb_url)
+            _apply_params(idx, self._search_params or meta.get("search_params"))
+            return Space(idx, _current(idx), str(meta.get("column") or CLS_COLUMN), url, meta)
+        names = _schema_names(self.emb_url)
+        if CLS_COLUMN in names:
+            from .index import load_vectors
+            from .index._faiss import load_faiss
+
+            faiss = load_faiss()
+            log.info("no %s beside the index: text queries search %s exactly", TEXT_INDEX_FILE, CLS_COLUMN)
+            x, ids = load_vectors(self.emb_url, column=CLS_COLUMN)
+            flat = faiss.IndexIDMap(faiss.IndexFlatIP(x.shape[1]))
+            flat.add_with_ids(x, ids)
+            return Space(flat, {}, CLS_COLUMN, f"exact search over {CLS_COLUMN}", {"factory": "IDMap,Flat"})
+        if self.manifest is not None and self.manifest.model.pool != "cls":
+            log.warning("this run has no %s (made before it existed, or with --text-vectors none): text queries "
+                        "search the mean-pooled image vectors, which CLIP's text tower was not trained against",
+                        CLS_COLUMN)
+        return self.image
+
+    # ------------------------------------------------------------------------------------- filters
+    def columns(self) -> list[str]:
+        """The metadata columns a ``where`` can use (stored and derived)."""
+        return list(self.meta_filter().columns)
+
+    def meta_filter(self) -> Any:
+        """The run's ``filters.MetaFilter`` (DuckDB over the metadata; made on first use)."""
+        if self._filter is None:
+            from .filters import MetaFilter
+
+            self._filter = MetaFilter(self.table)
+        return self._filter
+
+    def matching(self, where: str) -> np.ndarray:
+        """Sorted ids of the rows matching ``where`` (SQL over the metadata; UsageError naming the columns)."""
+        return self.meta_filter().ids(where)
 
     # ------------------------------------------------------------------------------------- queries
-    def by_vector(self, q: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
-        """Top-k hits of one query vector (normalised here), best first."""
-        return self.by_vectors(np.asarray(q, np.float32).reshape(1, -1), k)[0]
+    def by_vector(self, q: np.ndarray, k: int = 10, *, where: str | None = None,
+                  space: Space | None = None) -> list[dict[str, Any]]:
+        """Top-k hits of one query vector (normalised here), best first, among the rows matching ``where``."""
+        return self.by_vectors(np.asarray(q, np.float32).reshape(1, -1), k, where=where, space=space)[0]
 
-    def by_vectors(self, qs: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
-        """Top-k hits for each row of ``qs``."""
+    def by_vectors(self, qs: np.ndarray, k: int = 10, *, where: str | None = None,
+                   space: Space | None = None) -> list[list[dict[str, Any]]]:
+        """Top-k hits for each row of ``qs`` (in the image space unless ``space`` says otherwise)."""
+        space = space or self.image
         qs = np.ascontiguousarray(np.asarray(qs, np.float32).reshape(len(qs), -1))
         if qs.shape[1] != self.d:
             raise UsageError(f"query vectors have dimension {qs.shape[1]}, the index holds {self.d}-d vectors")
@@ -110,27 +178,32 @@ class Searcher:
         norms = np.linalg.norm(qs, axis=1, keepdims=True)
         if (norms == 0).any():
             raise UsageError("query vector is all zeros")
-        # The search parameters were tuned for top-10 (re-ranking depth scales with k): never ask for less.
-        kk = min(max(k, RECALL_K), self.index.ntotal)
-        scores, labels = self.index.search(qs / norms, kk)
+        qs = qs / norms
+        if where is not None:
+            ids = self.matching(where)
+            # The search parameters were tuned for top-10 (re-ranking depth scales with k): never ask for less.
+            res = space.filtered().search(qs, max(k, RECALL_K), ids, space.params)
+            scores, labels = res.scores, res.ids
+        else:
+            scores, labels = space.index.search(qs, min(max(k, RECALL_K), space.index.ntotal))
         return [self._hits(s[:k], lab[:k]) for s, lab in zip(scores, labels)]
 
-    def by_id(self, id_: int, k: int = 10) -> list[dict[str, Any]]:
-        """Top-k neighbours of an indexed image (the image itself comes first)."""
+    def by_id(self, id_: int, k: int = 10, *, where: str | None = None) -> list[dict[str, Any]]:
+        """Top-k neighbours of an indexed image (the image itself comes first when it matches ``where``)."""
         self._check_k(k)
-        return self.by_vector(self.vector(id_), k)
+        return self.by_vector(self.vector(id_), k, where=where)
 
-    def by_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
-        """Top-k images for a text query, embedded with the run's own text tower."""
+    def by_text(self, text: str, k: int = 10, *, where: str | None = None) -> list[dict[str, Any]]:
+        """Top-k images for a text query, embedded with the run's own text tower, in the text-query space."""
         from .model import encode_text
 
         if not text.strip():
             raise UsageError("--text is empty")
         self._check_k(k)
         lm = self.model()
-        return self.by_vector(encode_text(lm, [text])[0], k)
+        return self.by_vector(encode_text(lm, [text])[0], k, where=where, space=self.text_space())
 
-    def by_image(self, image: str | bytes, k: int = 10) -> list[dict[str, Any]]:
+    def by_image(self, image: str | bytes, k: int = 10, *, where: str | None = None) -> list[dict[str, Any]]:
         """Top-k images for an image file (local path, URL, or bytes), preprocessed as the run did."""
         from .decode import DecodeError, decode_image
         from .model import ImageEncoder
@@ -149,7 +222,7 @@ class Searcher:
             arr = decode_image(data, lm.image_size, resize_mode, lm.interpolation)[0]
         except DecodeError as exc:
             raise UsageError(f"image {image if isinstance(image, str) else '(bytes)'}: {exc}") from None
-        return self.by_vector(ImageEncoder(lm)(arr[None].copy())[0], k)
+        return self.by_vector(ImageEncoder(lm)(arr[None].copy())[0], k, where=where)
 
     # ------------------------------------------------------------------------------------- helpers
     def row_of(self, id_: int) -> int:
@@ -159,16 +232,23 @@ class Searcher:
             raise UsageError(f"id {id_} is not in {self.emb_url}")
         return int(self._order[pos])
 
-    def vector(self, id_: int) -> np.ndarray:
-        """The stored embedding of ``id_`` (reads only the matching row's embedding)."""
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row numbers of many ids at once (-1 for an id that is not in the embeddings)."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.clip(np.searchsorted(self._sorted_ids, ids), 0, max(0, len(self._sorted_ids) - 1))
+        found = self._sorted_ids[pos] == ids if len(self._sorted_ids) else np.zeros(len(ids), bool)
+        return np.where(found, self._order[pos], -1)
+
+    def vector(self, id_: int, column: str = "embedding") -> np.ndarray:
+        """The stored vector of ``id_`` (reads only the matching row of ``column``)."""
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
         self.row_of(id_)
         fs, path = fsutil.url_to_fs(self.emb_url)
         t = ds.dataset(path, filesystem=fs, format="parquet").to_table(
-            columns=["embedding"], filter=pc.field("id") == pa.scalar(int(id_), pa.int64()))
-        return embedding_matrix(t)[0]
+            columns=[column], filter=pc.field("id") == pa.scalar(int(id_), pa.int64()))
+        return embedding_matrix(t, column)[0]
 
     def model(self) -> Any:
         """The run's model (loaded once through ``model.load_run_model``, with its checks)."""
@@ -204,14 +284,26 @@ class Searcher:
         out = []
         for rank, (score, m) in enumerate(zip(scores.tolist(), meta), 1):
             hit = {"rank": rank, "score": round(float(score), 6), **m}
-            hit["time"] = _time_text(m.get("timestamp"))
+            hit["time"] = time_text(m.get("timestamp"))
             out.append(hit)
         return out
 
 
-def hits_table(hits: Sequence[dict[str, Any]]) -> pa.Table:
-    """Hits as a pyarrow table (``.to_pandas()`` for a DataFrame)."""
-    return pa.Table.from_pylist(list(hits))
+def _current(index: Any) -> dict[str, int]:
+    from .index import current_search_params
+
+    return current_search_params(index)
+
+
+def _apply_params(index: Any, params: str | None) -> None:
+    if params:
+        set_search_params(index, parse_params(params))
+
+
+def _schema_names(emb_url: str) -> list[str]:
+    from .index import open_dataset
+
+    return list(open_dataset(emb_url).schema.names)
 
 
 def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: str, emb_url: str) -> None:
@@ -225,34 +317,3 @@ def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: s
     digest = meta.get("ids_sha256")
     if digest and digest != ids_digest(table.column("id").to_numpy()):
         raise DataError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")
-
-
-# ------------------------------------------------------------------------------------------- output
-
-
-def format_hits(hits: Sequence[dict[str, Any]]) -> str:
-    """Human-readable table of hits."""
-    head = f"{'rank':>4}  {'score':>7}  {'scene':<12} {'channel':<16} {'location':<24} {'time (UTC)':<23}  {'id':<19}  path"
-    lines = [head]
-    for h in hits:
-        lines.append(f"{h['rank']:>4}  {h['score']:>7.4f}  {h.get('scene_name') or '-'!s:<12} "
-                     f"{h.get('channel') or '-'!s:<16} {h.get('location') or '-'!s:<24} "
-                     f"{h.get('time') or '-'!s:<23}  {h.get('id'):<19}  {h.get('path')}")
-    return "\n".join(lines)
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (dt.datetime, dt.date)):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return None
-    return v
-
-
-def hits_json(query: dict[str, Any], k: int, meta: dict[str, Any], hits: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The JSON object ``job search --json`` prints."""
-    clean = [{key: _json_safe(v) for key, v in h.items()} for h in hits]
-    return {"query": query, "k": k, "index": meta.get("factory"), "search_params": meta.get("search_params"),
-            "hits": clean}

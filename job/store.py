@@ -5,7 +5,6 @@ done only once its embeddings part exists, so a kill in between leaves orphans t
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,30 +16,27 @@ import pyarrow.parquet as pq
 
 from . import fsutil
 from .errors import UsageError
-from .runfolder import RunLayout, list_parts, table_bytes
+from .runfolder import RunLayout, list_parts, path_id, table_bytes
 
 log = logging.getLogger(__name__)
 
 FAILURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
 THUMBNAILS_SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("path", pa.string()), pa.field("jpeg", pa.binary())])
+CLS_COLUMN = "embedding_cls"  # with --pool mean: the CLS-pooled vector of the same forward pass (text queries)
+VECTOR_COLUMNS = ("embedding", CLS_COLUMN)
 
 
-def path_id(path: str) -> int:
-    """Stable non-negative int64 id of a relative image path.
+def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vectors: bool = False) -> pa.Schema:
+    """Schema of the embeddings table for vectors of ``dim`` floats plus optional metadata columns.
 
-    Ids depend only on the path, so the same image gets the same id whichever source (folder,
-    ``s3://`` prefix, ``.tgz`` stream) or order delivered it, and across resumed runs.
+    ``text_vectors`` adds ``embedding_cls`` (same type as ``embedding``) after ``embedding``.
     """
-    return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = ()) -> pa.Schema:
-    """Schema of the embeddings table for vectors of ``dim`` floats plus optional metadata columns."""
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
             pa.field("path", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            *([pa.field(CLS_COLUMN, pa.list_(pa.float32(), dim), nullable=False)] if text_vectors else []),
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
             *meta_fields,
@@ -73,6 +69,7 @@ class ShardWriter:
         self.next_shard = start_shard
         self._rows: dict[str, list[Any]] = {f.name: [] for f in schema}
         self._vectors: list[np.ndarray] = []
+        self._cls: list[np.ndarray] = []
         self._failures: list[tuple[str, str]] = []
         self.thumbnails = thumbnails
         self._identity = dict(identity) if identity is not None else None
@@ -93,17 +90,22 @@ class ShardWriter:
         height: int,
         meta: Mapping[str, Any] | None,
         thumbnail: bytes | None = None,
+        text_vector: np.ndarray | None = None,
     ) -> None:
-        """Buffer one embedded image (and its thumbnail when the writer keeps them)."""
+        """Buffer one embedded image (its thumbnail when the writer keeps them, its CLS vector when the schema has it)."""
         self._rows["id"].append(path_id(path))
         if self.thumbnails:
             self._thumbs.append((path_id(path), path, thumbnail))
         self._rows["path"].append(path)
         self._vectors.append(vector)
+        if CLS_COLUMN in self._rows:
+            if text_vector is None:
+                raise ValueError(f"the embeddings schema has {CLS_COLUMN}: every row needs its text_vector")
+            self._cls.append(text_vector)
         self._rows["width"].append(width)
         self._rows["height"].append(height)
         for f in self.schema:
-            if f.name not in ("id", "path", "embedding", "width", "height"):
+            if f.name not in ("id", "path", "width", "height", *VECTOR_COLUMNS):
                 self._rows[f.name].append(None if meta is None else meta.get(f.name))
         self._maybe_flush()
 
@@ -130,10 +132,11 @@ class ShardWriter:
         n = self.next_shard
         name = f"part-{n:05d}.parquet"
         dim = self.schema.field("embedding").type.list_size
-        vecs = np.stack(self._vectors).astype(np.float32, copy=False) if self._vectors else np.zeros((0, dim), np.float32)
         columns = {}
         for f in self.schema:
-            if f.name == "embedding":
+            if f.name in VECTOR_COLUMNS:
+                rows = self._vectors if f.name == "embedding" else self._cls
+                vecs = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
                 columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim)
             else:
                 columns[f.name] = pa.array(self._rows[f.name], type=f.type)
@@ -151,6 +154,7 @@ class ShardWriter:
         self.next_shard += 1
         self._rows = {f.name: [] for f in self.schema}
         self._vectors = []
+        self._cls = []
         self._failures = []
         self._thumbs = []
         self._opened = time.monotonic()

@@ -82,9 +82,8 @@ class Synth:
         assembly = app.synth()  # runs cdk-nag; raises on any unacknowledged finding
         self.config = stack.config
         self.outdir = outdir
-        artifact = assembly.get_stack_artifact(stack.artifact_id)
-        self.json = artifact.template
-        self.messages = artifact.messages
+        self.artifact_id = stack.artifact_id
+        self.json = assembly.get_stack_artifact(stack.artifact_id).template
         self.template = Template.from_json(self.json)
 
     def resources(self, type_: str) -> list[dict]:
@@ -108,7 +107,12 @@ class Synth:
         return self.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
 
     def warnings(self) -> list[str]:
-        return [str(m.entry.data) for m in self.messages if m.level.name == "WARNING"]
+        """The synth warnings (annotations) on the stack, from the cloud assembly's manifest."""
+        artifact = json.loads((self.outdir / "manifest.json").read_text())["artifacts"][self.artifact_id]
+        metadata = dict(artifact.get("metadata", {}))
+        if artifact.get("additionalMetadataFile"):  # newer CDK versions move it to <stack>.metadata.json
+            metadata.update(json.loads((self.outdir / artifact["additionalMetadataFile"]).read_text()))
+        return [str(e["data"]) for entries in metadata.values() for e in entries if e["type"] == "aws:cdk:warning"]
 
     def policy_statements(self) -> list[dict]:
         return [s for p in self.resources("AWS::IAM::Policy") for s in p["Properties"]["PolicyDocument"]["Statement"]]

@@ -9,10 +9,10 @@ import shlex
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -65,7 +65,7 @@ def test_every_entry_is_pinned_with_hashes(lock, image_lock):
 
 def test_lock_satisfies_every_pyproject_requirement(lock):
     """Edit a dependency list without `make lock` and this fails: the lock is the single source of versions."""
-    env = {"python_version": "%d.%d" % LOCK_PYTHON, "sys_platform": "linux", "platform_machine": "x86_64"}
+    env = {"python_version": f"{LOCK_PYTHON[0]}.{LOCK_PYTHON[1]}", "sys_platform": "linux", "platform_machine": "x86_64"}
     project = pyproject()
     groups = {"": project["dependencies"], **project["optional-dependencies"]}
     for extra, reqs in groups.items():
@@ -167,13 +167,17 @@ def test_dockerfile_install_step_resolves_to_exactly_the_image_lock(tmp_path, im
         assert sha in image_lock[name][1], f"{name}: {i['download_info']['url']} is not a locked file"
 
 
+# Job packages that run on your machine with an extra, never in the image: the notebook helpers (notebook extra)
+# and the local search page (serve extra).
+NOT_IN_IMAGE = ("viz", "serve")
+
+
 def test_job_needs_nothing_outside_the_image_lock(image_lock):
-    """Every job module the image runs imports with only the image's packages visible (the notebook helpers in
-    job.viz use the notebook extra and run on your machine, not in the image)."""
+    """Every job module the image runs imports with only the image's packages visible."""
     modules = sorted(
         ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         for p in (REPO / "job").rglob("*.py")
-        if p.name != "__main__.py" and "viz" not in p.relative_to(REPO / "job").parts
+        if p.name != "__main__.py" and not set(NOT_IN_IMAGE) & set(p.relative_to(REPO / "job").parts)
     )
     script = textwrap.dedent(
         """

@@ -24,6 +24,7 @@ SOURCE_ZIP=${SOURCE_ZIP:-/opt/vit-embed/src.zip}
 MARKET=${MARKET:-on-demand}
 INSTANCE_TYPE=${INSTANCE_TYPE:-unknown}
 KEEP_INSTANCE=${KEEP_INSTANCE:-false} # debugging only: set in RUN_ENV_FILE to skip the final power-off
+ASG_NAME=${ASG_NAME:-} # the run's Auto Scaling group (cdk/compute.py); empty outside one
 # Where things go on the instance (overridable so tests can run the script in a sandbox with stub commands).
 LOG_FILE=${LOG_FILE:-/var/log/vit-embed.log}
 SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
@@ -81,6 +82,25 @@ on_err() { # remember the first failing command as the reason
 	[ -n "$FAIL_REASON" ] || FAIL_REASON="exit ${rc} at line ${line} (${PHASE}): ${cmd}"
 }
 
+# --- capacity (Auto Scaling group) ------------------------------------------------------------------------------
+# The instance runs in a group of at most one (cdk/compute.py). Before it powers off, it sets the group to
+# min = max = desired = 0, or the group would replace it and start the run again. The deadline schedule outside the
+# instance (cdk/deadline.py) makes the same call at max_run_hours + margin if this one never happens.
+release_cmd() { # the call, for this script and for the hard-stop unit
+	printf 'aws autoscaling update-auto-scaling-group --region %q --auto-scaling-group-name %q --min-size 0 --max-size 0 --desired-capacity 0' \
+		"$REGION" "$ASG_NAME"
+}
+
+release_capacity() {
+	[ -n "$ASG_NAME" ] || return 0
+	if bash -c "$(release_cmd)"; then
+		log "set ${ASG_NAME} to 0: the instance will not be replaced"
+	else
+		log "warning: could not set ${ASG_NAME} to 0 (the deadline schedule will)"
+	fi
+}
+# --- end capacity ------------------------------------------------------------------------------------------------
+
 on_exit() {
 	local rc=$?
 	trap - EXIT ERR
@@ -97,7 +117,8 @@ on_exit() {
 		log "KEEP_INSTANCE=true: not powering off (the hard stop at max_run_hours still applies)"
 		return
 	fi
-	log "powering off; the instance-initiated shutdown behaviour decides terminate or stop"
+	release_capacity
+	log "powering off (the instance terminates)"
 	sync
 	shutdown -h now "vit-embed: run finished"
 }
@@ -122,6 +143,7 @@ schedule_hard_stop() {
 
 		[Service]
 		Type=oneshot
+		ExecStartPre=-/bin/bash -c '$(release_cmd)'
 		ExecStart=/usr/bin/systemctl poweroff
 	EOF
 	cat >"${SYSTEMD_DIR}/vit-embed-deadline.timer" <<-EOF
@@ -267,6 +289,7 @@ run_job() {
 
 main() {
 	INSTANCE_ID=$(imds instance-id || echo unknown)
+	INSTANCE_TYPE=$(imds instance-type || echo "$INSTANCE_TYPE") # the group picked one of the allowed types
 	log "run ${RUN_ID} on ${INSTANCE_ID} (${INSTANCE_TYPE}, ${MARKET}); artifacts: ${RUN_URI}"
 	write_status running ""
 	schedule_hard_stop

@@ -15,8 +15,10 @@ from ..config import (
     OutputConfig,
     ProjectConfig,
     SearchConfig,
+    ServeConfig,
     SourceConfig,
     check_choice,
+    parse_shard,
     split_list,
     validate,
 )
@@ -48,7 +50,8 @@ def _source(a: _Args) -> SourceConfig:
     sources = split_list(given) if given else ((DEFAULT_SOURCE,) if a.get("_default_source", False) else ())
     return SourceConfig(sources=sources, anon=a.get("anon", None), nuscenes_meta=a.get("nuscenes_meta", None),
                         channels=_channels(a), keyframes_only=bool(a.get("keyframes_only", True)),
-                        scenes=split_list(a.get("scenes", None)), limit=a.get("limit", None))
+                        scenes=split_list(a.get("scenes", None)), limit=a.get("limit", None),
+                        shard=parse_shard(a.get("shard", "")) if a.get("shard", None) else None)
 
 
 def _index(a: _Args) -> IndexConfig:
@@ -66,6 +69,23 @@ def _index(a: _Args) -> IndexConfig:
                        index_out=a.get("index_out", None))
 
 
+def _search(a: _Args, command: str) -> SearchConfig:
+    """``job search`` and ``job serve``: the run, the query, and the metadata filters."""
+    d = SearchConfig()
+    own = command in ("search", "serve")
+    night, rain = a.a.get("night"), a.a.get("rain")  # None: not given (either way)
+    return SearchConfig(
+        run=a.get("run", None) if own else None, index=a.get("index", None),
+        embeddings=a.get("embeddings", None) if own else None,
+        text=a.get("text", None), image=a.get("image", None), id=a.get("id", None), k=a.get("k", d.k),
+        device=a.get("device", d.device) if own else d.device,
+        search_params=a.get("search_params", None) if own else None,
+        json=bool(a.get("json", False)), where=a.get("where", None),
+        channels=tuple(c.upper() for c in split_list(a.get("channel", None))),
+        locations=split_list(a.get("location", None)), scenes=split_list(a.get("scene", None)),
+        night=night if own else None, rain=rain if own else None)
+
+
 def config_from_args(ns: argparse.Namespace) -> JobConfig:
     """Build and validate the JobConfig (UsageError on any bad value, before anything is read or written)."""
     a, d = _Args(ns), JobConfig()
@@ -74,10 +94,12 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
     cfg = JobConfig(
         model=ModelConfig(
             model=a.get("model", d.model.model), pretrained=a.get("pretrained", d.model.pretrained),
-            pool=a.get("pool", d.model.pool), image_size=a.get("image_size", None),
-            device=a.get("device", d.model.device) if command != "search" else d.model.device,
+            pool=a.get("pool", d.model.pool), text_vectors=a.get("text_vectors", d.model.text_vectors),
+            image_size=a.get("image_size", None),
+            device=a.get("device", d.model.device) if command not in ("search", "serve") else d.model.device,
             precision=a.get("precision", d.model.precision), seed=a.get("seed", d.model.seed),
-            compile=bool(a.get("compile", False)), cache_dir=a.get("cache_dir", None)),
+            compile=bool(a.get("compile", False)), cache_dir=a.get("cache_dir", None),
+            weights_cache=a.get("weights_cache", None)),
         decode=DecodeConfig(resize_mode=a.get("resize_mode", d.decode.resize_mode), workers=a.get("workers", None),
                             decoder=a.get("decoder", d.decode.decoder),
                             batch_size=a.get("batch_size", d.decode.batch_size)),
@@ -92,12 +114,8 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
             thumbnails=bool(a.get("thumbnails", False)), seed=a.get("seed", d.project.seed),
             n_neighbors=a.get("n_neighbors", d.project.n_neighbors), min_dist=a.get("min_dist", d.project.min_dist),
             n_epochs=a.get("n_epochs", None), backend=a.get("backend", d.project.backend)),
-        search=SearchConfig(
-            run=a.get("run", None) if command == "search" else None, index=a.get("index", None), embeddings=a.get("embeddings", None) if command == "search" else None,
-            text=a.get("text", None), image=a.get("image", None), id=a.get("id", None), k=a.get("k", d.search.k),
-            device=a.get("device", d.search.device) if command == "search" else d.search.device,
-            search_params=a.get("search_params", None) if command == "search" else None,
-            json=bool(a.get("json", False))),
+        search=_search(a, command),
+        serve=ServeConfig(host=a.get("host", d.serve.host), port=a.get("port", d.serve.port)),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )

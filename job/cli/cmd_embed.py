@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _embed(cfg: JobConfig, args: argparse.Namespace) -> int:
-    layout = RunLayout.for_output(cfg.output.out)
+    layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     manifest = embed(cfg)
     write_manifest(layout, manifest)
     log.info(summary(manifest, layout))
@@ -60,5 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_projection_options(r)
     r.add_argument("--thumbnails", action="store_true", help="also store a 128-px JPEG of each image (for the notebook)")
     r.add_argument("--publish", default=None, metavar="URI", help="copy the finished run here (e.g. s3://bucket/runs/ID/)")
+    r.add_argument("--shard", default=None, metavar="I/N",
+                   help="embed only the I-th of N deterministic parts into OUTDIR/shards/I/ (whole archives per shard "
+                        "when there are at least N archives, else a stable hash of the path); then `job merge`")
     add_common_options(r)
     r.set_defaults(handler=_run, _default_source=True)

@@ -5,7 +5,7 @@ import argparse
 
 from ..config import EVAL_QUERIES, REFINE_CHOICES, JobConfig
 from ..errors import UsageError
-from ..index import build_index_file, meta_url
+from ..index import build_index_file, build_run_text_index, meta_url, text_index_url
 from ..index.plan import DEFAULT_TRAIN_MAX, HNSW_EF_CONSTRUCTION, HNSW_M
 from ..runfolder import RunLayout, find_manifest, open_run, write_manifest
 from .options import add_common_options, add_index_options, positive_int
@@ -25,12 +25,19 @@ def _index_command(cfg: JobConfig, args: argparse.Namespace) -> int:
         raise UsageError("give --embeddings PARQUET (with --index-out FILE) or --run OUTDIR")
     dim = manifest.model.embed_dim if manifest is not None else None
     meta = build_index_file(emb, out, ix, ix.overrides, progress=cfg.progress, expected_dim=dim)
+    text = None
+    if out == layout.index and emb == layout.embeddings:  # the output's own index: its text-query index too
+        text = build_run_text_index(cfg, layout, expected_dim=dim)
     if manifest is not None and out == layout.index:
         manifest.index = meta
         manifest.outputs.index = out[len(layout.run_dir.rstrip("/")) + 1:]
+        manifest.text_index = text
+        manifest.outputs.text_index = text_index_url(layout)[len(layout.run_dir.rstrip("/")) + 1:] if text else None
         write_manifest(layout, manifest)
-    print(f"{out}: {meta['factory']} n={meta['n']} d={meta['d']} recall@10={meta['recall@10']} "
-          f"search={meta['search_params'] or 'exact'} -> {meta_url(out)}")
+    for url, m in ((out, meta), (text_index_url(layout), text)):
+        if m is not None:
+            print(f"{url}: {m['factory']} n={m['n']} d={m['d']} column={m['column']} recall@10={m['recall@10']} "
+                  f"search={m['search_params'] or 'exact'} -> {meta_url(url)}")
     return 0
 
 

@@ -21,6 +21,7 @@ from .plan import (
     parse_memory,
     plan_index,
 )
+from .text import build_run_text_index, has_text_vectors, text_index_url
 from .tune import (
     RECALL_K,
     EvalSet,
@@ -47,6 +48,7 @@ __all__ = [
     "build_index",
     "build_index_file",
     "build_run_index",
+    "build_run_text_index",
     "check_vectors",
     "current_search_params",
     "default_nlist",
@@ -57,6 +59,7 @@ __all__ = [
     "evaluate",
     "exact_neighbours",
     "format_params",
+    "has_text_vectors",
     "held_out",
     "ids_digest",
     "load_index",
@@ -71,5 +74,6 @@ __all__ = [
     "save_index",
     "search_space",
     "set_search_params",
+    "text_index_url",
     "tune",
 ]

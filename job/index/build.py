@@ -208,16 +208,18 @@ def load_index(url: str, *, mmap: bool = False) -> Any:
 
 
 def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexOverrides | None = None,
-                     *, progress: bool = True, expected_dim: int | None = None) -> dict[str, Any]:
+                     *, progress: bool = True, expected_dim: int | None = None,
+                     column: str = "embedding") -> dict[str, Any]:
     """``job index``: read, check, plan, build, tune, measure, then write the index and its ``.json``.
 
     ``ov`` defaults to ``icfg.overrides``; ``expected_dim`` (the run's model output size, when known) refuses
-    embeddings of another dimension.
+    embeddings of another dimension; ``column``: the vector column indexed.
     """
     t_start = time.perf_counter()
     emb_url = _embeddings_url(emb_url)
-    x, ids = load_vectors(emb_url, expected_dim=expected_dim)
-    return build_from_arrays(x, ids, index_url, icfg, ov, progress=progress, emb_url=emb_url, t_start=t_start)
+    x, ids = load_vectors(emb_url, expected_dim=expected_dim, column=column)
+    return build_from_arrays(x, ids, index_url, icfg, ov, progress=progress, emb_url=emb_url, t_start=t_start,
+                             column=column)
 
 
 def _tune_and_measure(index: Any, ev_all: EvalSet, icfg: IndexConfig,
@@ -249,7 +251,8 @@ def _tune_and_measure(index: Any, ev_all: EvalSet, icfg: IndexConfig,
 def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: IndexConfig,
                       ov: IndexOverrides | None = None, *, progress: bool = True, emb_url: str | None = None,
                       t_start: float | None = None,
-                      evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None) -> dict[str, Any]:
+                      evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None,
+                      column: str = "embedding") -> dict[str, Any]:
     """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``."""
     faiss = load_faiss()
     ov = icfg.overrides if ov is None else ov
@@ -278,6 +281,7 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
     meta: dict[str, Any] = {
         "index": index_url.rstrip("/").rsplit("/", 1)[-1],
         "embeddings": emb_url or "",
+        "column": column,
         "type": plan.kind,
         "factory": plan.factory,
         "metric": "inner_product",

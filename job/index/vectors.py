@@ -75,10 +75,12 @@ def open_dataset(url: str) -> Any:
         raise UsageError(f"{url} is not a parquet dataset ({str(exc).splitlines()[0][:160]})") from None
 
 
-def load_vectors(emb_url: str, *, expected_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_vectors(emb_url: str, *, expected_dim: int | None = None,
+                 column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
     """(vectors, ids) of an embeddings parquet, streamed into one matrix and checked (``check_vectors``).
 
     ``expected_dim``: the dimension the run's model outputs, when the caller knows it (a mismatch is refused).
+    ``column``: which vector column (``embedding``, or ``embedding_cls`` for the text-query vectors).
     """
     import pyarrow as pa
 
@@ -87,18 +89,18 @@ def load_vectors(emb_url: str, *, expected_dim: int | None = None) -> tuple[np.n
     n = dataset.count_rows() if names else 0
     if n == 0:
         raise UsageError(f"{emb_url} holds no vectors; embed some images first")
-    missing = [c for c in ("id", "embedding") if c not in names]
+    missing = [c for c in ("id", column) if c not in names]
     if missing:
         raise UsageError(f"{emb_url} has no {', '.join(missing)} column; it is not an embeddings table "
                          f"(columns: {', '.join(names)})")
-    typ = dataset.schema.field("embedding").type
+    typ = dataset.schema.field(column).type
     if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
-        raise UsageError(f"{emb_url}: column 'embedding' is {typ}, expected fixed_size_list<float>[d]")
+        raise UsageError(f"{emb_url}: column {column!r} is {typ}, expected fixed_size_list<float>[d]")
     d = typ.list_size
     x = np.empty((n, d), np.float32)
     ids = np.empty(n, np.int64)
     pos = 0
-    for batch in dataset.to_batches(columns=["id", "embedding"]):
+    for batch in dataset.to_batches(columns=["id", column]):
         m = batch.num_rows
         if pos + m > n:
             raise DataError(f"{emb_url} changed while it was read; try again")
@@ -107,4 +109,5 @@ def load_vectors(emb_url: str, *, expected_dim: int | None = None) -> tuple[np.n
         pos += m
     if pos != n:
         raise DataError(f"{emb_url} changed while it was read; try again")
-    return check_vectors(x, ids, expected_dim=expected_dim, where=emb_url), ids
+    where = emb_url if column == "embedding" else f"{emb_url} ({column})"
+    return check_vectors(x, ids, expected_dim=expected_dim, where=where), ids

@@ -33,7 +33,7 @@ ARCHIVE_SUFFIXES: tuple[str, ...] = (".tgz", ".tar.gz", ".tar")
 SPOOL_MEMORY = 64 << 20  # spooled images kept in memory before going to a temporary file
 SPOOL_LIMIT = 4 << 30  # most bytes spooled per archive while waiting for its tables
 _NO_TABLES_ARCHIVE = re.compile(r"\d*_(blobs|keyframes|sweeps)\.(tgz|tar|tar\.gz)$", re.IGNORECASE)
-_META_ARCHIVE = re.compile(r"_meta\.(tgz|tar|tar\.gz)$", re.IGNORECASE)
+META_ARCHIVE_RE = re.compile(r"_meta\.(tgz|tar|tar\.gz)$", re.IGNORECASE)
 
 
 def is_archive_name(url: str) -> bool:
@@ -87,7 +87,7 @@ class Archive(_Part):
     def __init__(self, url: str, sel: Selection, anon: bool | None, *, decoder: str = "isal") -> None:
         self.url, self.anon, self.sel, self.decoder = url, anon, sel, decoder
         name = url.rstrip("/").rsplit("/", 1)[-1]
-        self.is_meta = bool(_META_ARCHIVE.search(name))
+        self.is_meta = bool(META_ARCHIVE_RE.search(name))
         self.may_carry_tables = not _NO_TABLES_ARCHIVE.search(name)
         self._check_exists()
         self.reader: ArchiveReader | None = None

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from ..config import CAMERA_CHANNELS
 from ..nuscenes import IMAGE_EXTENSIONS, LAYOUT_DIRS, MetaIndex, NuScenesTables, is_version_dir
+from ..runfolder import path_id
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,16 @@ class Selection:
 
     channels: frozenset[str] = frozenset(CAMERA_CHANNELS)
     keyframes_only: bool = True
+    shard: tuple[int, int] | None = None  # (I, N): only paths whose stable id is I modulo N
 
     def wants(self, rel: str) -> bool:
-        """True for a dataroot-relative path the run embeds.
+        """True for a dataroot-relative path the run embeds (and, when sharded by hash, that belongs to this shard)."""
+        if not self._is_wanted_image(rel):
+            return False
+        return self.shard is None or path_id(rel) % self.shard[1] == self.shard[0]
+
+    def _is_wanted_image(self, rel: str) -> bool:
+        """True for a dataroot-relative image path the channel and keyframe filters keep.
 
         Inside the nuScenes layout (``samples|sweeps/<CHANNEL>/file``) the channel and keyframe
         filters apply; ``maps/`` and ``v1.0-*/`` never hold camera images; any other image file

@@ -31,7 +31,14 @@ from .. import fsutil
 from ..config import CAMERA_CHANNELS, SourceConfig
 from ..errors import DataError, UsageError
 from ..nuscenes import META_FIELDS, MetaIndex, NuScenesTables, TablesError, load_tables_dir
-from .archive import Archive, NoTablesError, is_archive_name, tables_from_archive, tables_from_location
+from .archive import (
+    META_ARCHIVE_RE,
+    Archive,
+    NoTablesError,
+    is_archive_name,
+    tables_from_archive,
+    tables_from_location,
+)
 from .base import VALID_KINDS, ImageRecord, Selection, _Part, _Pass
 from .fanin import fan_in
 from .local import LocalDir
@@ -58,6 +65,7 @@ class MultiSource:
         self._meta_info: dict[str, Any] = {}
         self._tables: list[NuScenesTables] | None = None
         self._warnings: list[str] = []
+        self.shard_mode: str | None = None  # "archives" | "hash" with --shard
 
     @property
     def total(self) -> int | None:
@@ -148,6 +156,8 @@ class MultiSource:
             "channels": sorted(self.sel.channels),
             "keyframes_only": self.sel.keyframes_only,
         }
+        if self.cfg.shard is not None:
+            out["shard"] = {"index": self.cfg.shard[0], "count": self.cfg.shard[1], "mode": self.shard_mode}
         if self.meta_archives:
             out["meta_archives"] = list(self.meta_archives)
         if p is not None:
@@ -238,12 +248,13 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
     bad = [c for c in cfg.channels if c not in CAMERA_CHANNELS]
     if bad:
         raise UsageError(f"channel(s) {', '.join(bad)} are not cameras; valid: {', '.join(CAMERA_CHANNELS)}")
-    sel = Selection(frozenset(cfg.channels), cfg.keyframes_only)
     urls: list[str] = []
     for uri in cfg.sources:
         for u in _expand(uri, cfg.anon):
             if u not in urls:
                 urls.append(u)
+    urls, shard_mode = _shard_urls(urls, cfg.shard)
+    sel = Selection(frozenset(cfg.channels), cfg.keyframes_only, cfg.shard if shard_mode == "hash" else None)
     parts, meta_archives = _parts(urls, sel, cfg.anon, decoder)
     if not parts:
         raise UsageError("only nuScenes metadata archives given (" + ", ".join(meta_archives) +
@@ -251,5 +262,24 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
     if cfg.nuscenes_meta:
         _check_meta_option(cfg.nuscenes_meta)
     source = MultiSource(parts, meta_archives, cfg, sel)
+    source.shard_mode = shard_mode
     source.prepare()
     return source
+
+
+def _shard_urls(urls: list[str], shard: tuple[int, int] | None) -> tuple[list[str], str | None]:
+    """(the URLs shard I of N reads, the mode): whole archives when every image source is an archive and there are
+    at least N of them (archive k, in sorted order, goes to shard k mod N), else every URL and a stable hash of the
+    path (``Selection.shard``). ``*_meta`` archives go to every shard."""
+    if shard is None:
+        return urls, None
+    index, count = shard
+    data = sorted(u for u in urls if not _is_meta_archive(u))
+    if data and all(is_archive_name(u) for u in data) and len(data) >= count:
+        mine = set(data[index::count])
+        return [u for u in urls if u in mine or _is_meta_archive(u)], "archives"
+    return urls, "hash"
+
+
+def _is_meta_archive(url: str) -> bool:
+    return is_archive_name(url) and bool(META_ARCHIVE_RE.search(url.rstrip("/").rsplit("/", 1)[-1]))

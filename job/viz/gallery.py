@@ -49,21 +49,26 @@ def exact_neighbours(
     return best_rows[order], best_scores[order]
 
 
-def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
+def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False,
+               text: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """(rows, scores, how) of the k nearest images.
 
     Exact cosine over the vectors already in memory by default (a few ms at 200k rows, ~0.3 s at
     1.4M); ``use_index`` asks the run's Faiss index instead (``job.search``), falling back to exact.
+    ``text``: the query is a text embedding, so it searches the text-query vectors (the CLS output,
+    ``run.text_vectors``, when the run has them; ``job.search`` explains why).
     """
     s = _searcher(run) if use_index else None
     if s is not None:
         try:
-            ids, found = _ids_scores(s.by_vector(np.asarray(query, np.float32), k))
+            space = s.text_space() if text else None
+            ids, found = _ids_scores(s.by_vector(np.asarray(query, np.float32), k, space=space))
             rows = np.array([run.row(int(i)) for i in ids], np.int64)
             return rows, np.asarray(found, np.float32), "faiss index"
         except Exception as exc:  # noqa: BLE001
             log.info("index search failed (%s); using exact search", exc)
-    rows, scores = exact_neighbours(run.vectors, query, k)
+    vectors = run.text_vectors if text and run.text_vectors is not None else run.vectors
+    rows, scores = exact_neighbours(vectors, query, k)
     return rows, scores, "exact cosine"
 
 
@@ -99,13 +104,17 @@ def load_text_model(run: Run, device: str = "auto") -> Any:
 def text_search(
     run: Run, lm: Any, texts: Sequence[str], k: int = 8, *, use_index: bool = False
 ) -> dict[str, pd.DataFrame]:
-    """Top-k images for each text query, scored by cosine with the CLIP text embedding."""
+    """Top-k images for each text query, scored by cosine between the CLIP text embedding and the CLS vectors.
+
+    CLIP's contrastive training aligned the text tower with the image tower's CLS output, so with
+    ``--pool mean`` the run's ``embedding_cls`` column is searched, not the mean-pooled image vectors.
+    """
     from ..model import encode_text
 
     qs = encode_text(lm, list(texts))
     out = {}
     for text, q in zip(texts, qs):
-        rows, scores, how = neighbours(run, q, k, use_index=use_index)
+        rows, scores, how = neighbours(run, q, k, use_index=use_index, text=True)
         t = hits_table(run, rows, scores)
         t.attrs.update(search=how, query=text)
         out[text] = t

@@ -13,6 +13,7 @@ import pandas as pd
 from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
 from ..runfolder import Manifest, RunLayout, embedding_matrix, read_manifest, read_table
+from ..store import CLS_COLUMN, VECTOR_COLUMNS
 from ..runfolder import open_run as open_output
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Run:
     manifest: Manifest
     meta: pd.DataFrame  # one row per embedded image, in parquet order; no embedding column
     vectors: np.ndarray  # (n, dim) float32, unit length, aligned with ``meta``
+    # what text queries search: the CLS vectors (embedding_cls) of a --pool mean run; None: ``vectors`` serve both
+    text_vectors: np.ndarray | None = None
     _row_of_id: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -133,9 +136,11 @@ def open_run(uri: str) -> Run:
     t0 = time.perf_counter()
     table = read_table(layout.embeddings)
     vectors = embedding_matrix(table)
-    meta = table.drop_columns(["embedding"]).to_pandas()
+    text_vectors = embedding_matrix(table, CLS_COLUMN) if CLS_COLUMN in table.column_names else None
+    meta = table.drop_columns([c for c in VECTOR_COLUMNS if c in table.column_names]).to_pandas()
     log.info("loaded %d rows from %s in %.1f s", len(meta), layout.embeddings, time.perf_counter() - t0)
-    return Run(uri=uri, layout=layout, manifest=manifest, meta=_derive(meta), vectors=vectors)
+    return Run(uri=uri, layout=layout, manifest=manifest, meta=_derive(meta), vectors=vectors,
+               text_vectors=text_vectors)
 
 
 def weather_labels(descriptions: Iterable[str | None]) -> list[str]:

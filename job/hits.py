@@ -1,0 +1,54 @@
+"""Search hits as text, tables and JSON (``job search``, ``job serve``); a hit is a dict of rank, score and metadata."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+
+def time_text(us: Any) -> str | None:
+    """A nuScenes timestamp (µs since the epoch) as ``YYYY-MM-DD HH:MM:SS.mmm`` UTC; None if it is not one."""
+    if us is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(int(us) / 1e6, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def hits_table(hits: Sequence[dict[str, Any]]) -> pa.Table:
+    """Hits as a pyarrow table (``.to_pandas()`` for a DataFrame)."""
+    return pa.Table.from_pylist(list(hits))
+
+
+def format_hits(hits: Sequence[dict[str, Any]]) -> str:
+    """Human-readable table of hits."""
+    head = f"{'rank':>4}  {'score':>7}  {'scene':<12} {'channel':<16} {'location':<24} {'time (UTC)':<23}  {'id':<19}  path"
+    lines = [head]
+    for h in hits:
+        lines.append(f"{h['rank']:>4}  {h['score']:>7.4f}  {h.get('scene_name') or '-'!s:<12} "
+                     f"{h.get('channel') or '-'!s:<16} {h.get('location') or '-'!s:<24} "
+                     f"{h.get('time') or '-'!s:<23}  {h.get('id'):<19}  {h.get('path')}")
+    return "\n".join(lines)
+
+
+def json_safe(v: Any) -> Any:
+    """A metadata value as JSON can hold it (no NaN, dates as ISO text, no bytes)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return None
+    return v
+
+
+def hits_json(query: dict[str, Any], k: int, meta: dict[str, Any], hits: Sequence[dict[str, Any]],
+              **extra: Any) -> dict[str, Any]:
+    """The JSON object ``job search --json`` prints (``extra``: e.g. the filter and its number of matches)."""
+    clean = [{key: json_safe(v) for key, v in h.items()} for h in hits]
+    return {"query": query, "k": k, "index": meta.get("factory"), "search_params": meta.get("search_params"),
+            **extra, "hits": clean}

@@ -1,0 +1,9 @@
+"""``job serve``: a search page for one run (text, image and id queries, metadata filters, thumbnails, the UMAP map).
+
+``app`` is the web layer (Starlette routes, errors as JSON), ``service`` what the API does without HTTP,
+``thumbs`` where the thumbnails come from; ``static/`` holds the page (plain HTML, CSS and JS: no build step).
+"""
+from .app import create_app, serve
+from .service import SearchService
+
+__all__ = ["SearchService", "create_app", "serve"]

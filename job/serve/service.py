@@ -1,0 +1,188 @@
+"""What the search page's API does, without HTTP: parse and check a query, search, shape the JSON.
+
+Ids travel as strings: they are 63-bit hashes, beyond what a JavaScript number holds exactly.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import fsutil
+from ..config import CAMERA_CHANNELS, split_list
+from ..errors import UsageError
+from ..filters import compose_where
+from ..hits import json_safe
+from ..runfolder import read_table
+from ..search import Searcher
+from .thumbs import Thumbnails
+
+log = logging.getLogger(__name__)
+
+K_MAX = 200  # hits one request may ask for
+MAP_POINTS_MAX = 50_000  # points of the UMAP map sent to the page (a seeded sample above this)
+IMAGE_BYTES_MAX = 25 << 20  # largest image a POST may carry
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass
+class Query:
+    """One checked request: what to search for, how many, and the filter."""
+
+    k: int
+    where: str | None
+    text: str | None = None
+    id: int | None = None
+    image: bytes | None = None
+
+
+def _flag(name: str, value: str | None) -> bool | None:
+    if value is None or not value.strip():
+        return None
+    v = value.strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise UsageError(f"{name}={value!r} is not a yes/no value; valid: {', '.join(_TRUE + _FALSE)} or empty")
+
+
+def _int(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not an integer") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"{name}={n} must be in {lo}..{hi}")
+    return n
+
+
+def parse_filter(params: Mapping[str, str]) -> str | None:
+    """The SQL condition of a request: ``where`` plus the channel / location / scene / night / rain shorthands."""
+    channels = tuple(c.upper() for c in split_list([params.get("channel") or ""]))
+    for ch in channels:
+        if ch not in CAMERA_CHANNELS:
+            raise UsageError(f"unknown channel {ch!r}; valid choices: {', '.join(CAMERA_CHANNELS)}")
+    where = params.get("where") or None
+    return compose_where(where, channels=channels, locations=split_list([params.get("location") or ""]),
+                         scenes=split_list([params.get("scene") or ""]), night=_flag("night", params.get("night")),
+                         rain=_flag("rain", params.get("rain")))
+
+
+class SearchService:
+    """One run opened for the page: the Searcher, the UMAP map, thumbnails; safe to call from several threads."""
+
+    def __init__(self, run: str, *, device: str | None = None, preload_model: bool = True) -> None:
+        t0 = time.perf_counter()
+        self.run = run
+        self.searcher = Searcher.open(run, device=device)
+        from ..runfolder import open_run
+
+        self.layout = open_run(run).layout
+        self.k_max = min(K_MAX, int(self.searcher.index.ntotal))
+        self.thumbs = Thumbnails(self.layout, self.searcher.manifest)
+        self._lock = threading.Lock()
+        self._map = self._load_map()
+        self.searcher.columns()  # DuckDB over the metadata, ready before the first request
+        if preload_model and self.searcher.manifest is not None:
+            self.searcher.model()
+            self.searcher.text_space()
+        log.info("opened %s in %.1f s: %d images, thumbnails from %s, map %s", run, time.perf_counter() - t0,
+                 self.searcher.index.ntotal, self.thumbs.kind, "yes" if self._map else "no")
+
+    # ------------------------------------------------------------------------------------------ queries
+    def parse(self, params: Mapping[str, str], image: bytes | None = None) -> Query:
+        """Check a request's parameters (UsageError: a 400 with the message)."""
+        k = _int("k", params.get("k") or "24", 1, self.k_max)
+        where = parse_filter(params)
+        text, id_ = params.get("text"), params.get("id")
+        given = [name for name, v in (("text", text), ("id", id_), ("image", image)) if v]
+        if len(given) != 1:
+            raise UsageError("give exactly one of text=…, id=… or an image in the request body"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if image is not None and len(image) > IMAGE_BYTES_MAX:
+            raise UsageError(f"the image is {len(image)} bytes; at most {IMAGE_BYTES_MAX} are accepted")
+        return Query(k=k, where=where, text=text or None, image=image,
+                     id=_int("id", id_, 0, 2**63 - 1) if id_ else None)
+
+    def search(self, q: Query) -> dict[str, Any]:
+        """Run a checked query; the JSON the page shows."""
+        s = self.searcher
+        t0 = time.perf_counter()
+        with self._lock:
+            matches = len(s.matching(q.where)) if q.where else int(s.index.ntotal)
+            if q.text is not None:
+                hits, query, space = s.by_text(q.text, q.k, where=q.where), {"text": q.text}, "text"
+            elif q.id is not None:
+                hits, query, space = s.by_id(q.id, q.k, where=q.where), {"id": str(q.id)}, "image"
+            else:
+                assert q.image is not None
+                hits, query, space = s.by_image(q.image, q.k, where=q.where), {"image": f"{len(q.image)} bytes"}, "image"
+        took = (time.perf_counter() - t0) * 1000
+        searched = s.text_space() if space == "text" else s.image
+        return {"query": query, "k": q.k, "where": q.where, "matches": matches, "space": space,
+                "column": searched.column, "took_ms": round(took, 1), "hits": [self._hit(h) for h in hits]}
+
+    def _hit(self, h: dict[str, Any]) -> dict[str, Any]:
+        out = {key: json_safe(v) for key, v in h.items()}
+        out["id"] = str(h["id"])
+        out["thumb"] = f"/api/thumb/{h['id']}"
+        if self._map is not None:
+            pos = int(np.searchsorted(self._map["sorted_ids"], h["id"]))
+            if pos < len(self._map["sorted_ids"]) and self._map["sorted_ids"][pos] == h["id"]:
+                r = self._map["order"][pos]
+                out["x"], out["y"] = round(float(self._map["x"][r]), 4), round(float(self._map["y"][r]), 4)
+        return out
+
+    # ------------------------------------------------------------------------------------------ the rest
+    def thumbnail(self, id_text: str) -> bytes:
+        """JPEG bytes of an image's thumbnail (UsageError for an id that is not in the run: a 404)."""
+        id_ = _int("id", id_text, 0, 2**63 - 1)
+        row = self.searcher.row_of(id_)
+        path = str(self.searcher.table.column("path")[row].as_py())
+        return self.thumbs.get(id_, path)
+
+    def _load_map(self) -> dict[str, Any] | None:
+        if not fsutil.exists(self.layout.umap):
+            return None
+        t = read_table(self.layout.umap, ["id", "x", "y"])
+        ids = t.column("id").to_numpy().astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        return {"ids": ids, "x": t.column("x").to_numpy(), "y": t.column("y").to_numpy(),
+                "order": order, "sorted_ids": ids[order]}
+
+    def map_points(self) -> dict[str, Any]:
+        """The UMAP map for the page: x, y, id and channel of every point (a seeded sample above MAP_POINTS_MAX)."""
+        if self._map is None:
+            return {"points": 0, "x": [], "y": [], "id": [], "channel": [], "channels": list(CAMERA_CHANNELS)}
+        m = self._map
+        rows = np.arange(len(m["ids"]))
+        if len(rows) > MAP_POINTS_MAX:
+            rows = np.sort(np.random.default_rng(0).choice(len(rows), MAP_POINTS_MAX, replace=False))
+        table = self.searcher.table
+        codes = [-1] * len(rows)
+        if "channel" in table.column_names:
+            at = self.searcher.rows_of(m["ids"][rows])
+            channel = table.column("channel").take(np.clip(at, 0, None)).to_pylist()
+            codes = [CAMERA_CHANNELS.index(c) if r >= 0 and c in CAMERA_CHANNELS else -1
+                     for r, c in zip(at.tolist(), channel)]
+        return {"points": int(len(m["ids"])), "x": np.round(m["x"][rows].astype(np.float64), 4).tolist(),
+                "y": np.round(m["y"][rows].astype(np.float64), 4).tolist(), "id": [str(i) for i in m["ids"][rows].tolist()],
+                "channel": codes, "channels": list(CAMERA_CHANNELS)}
+
+    def info(self) -> dict[str, Any]:
+        """What the page needs to draw its filters and header."""
+        s = self.searcher
+        mf = s.meta_filter()
+        man = s.manifest
+        text = s.text_space()
+        return {"run": self.run, "images": int(s.index.ntotal), "k_max": self.k_max,
+                "model": f"{man.model.name} / {man.model.pretrained}" if man else None,
+                "pool": man.model.pool if man else None, "index": s.meta.get("factory"),
+                "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
+                "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
+                "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,
+                "thumbnails": self.thumbs.kind}

@@ -1,0 +1,211 @@
+"""Preflight (python -m cdk.preflight): each check against moto where moto implements the call (STS, EC2 offerings,
+instance types, images, CloudFormation, SSM), botocore's Stubber where it does not (Service Quotas, the public DLAMI
+parameter)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from botocore.exceptions import NoCredentialsError  # noqa: E402
+from botocore.stub import Stubber  # noqa: E402
+
+from cdk import constants as C  # noqa: E402
+from cdk.config import from_context  # noqa: E402
+from cdk.preflight import FAIL, OK, WARN, Preflight, main  # noqa: E402
+
+REGION = "ap-northeast-1"
+BOOTSTRAP_TEMPLATE = """
+Resources:
+  StagingBucket:
+    Type: AWS::S3::Bucket
+Outputs:
+  BootstrapVersion:
+    Value: "{version}"
+"""
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto for everything it implements; fake credentials so nothing can reach AWS."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with moto.mock_aws():
+        yield
+
+
+class Clients:
+    """boto3 clients on moto, with Service Quotas and the public AMI parameter stubbed (moto has neither)."""
+
+    def __init__(self, *, quotas: dict[str, float | None] | None = None, ami: bool = True, bootstrap: str | None = "21") -> None:
+        self.session = boto3.session.Session(region_name=REGION)
+        self.cache: dict[str, object] = {}
+        self.quotas = {"on-demand": 64.0, "spot": 64.0} if quotas is None else quotas
+        self.ami = ami
+        cfn = self.client("cloudformation")
+        if bootstrap is not None and not cfn.list_stacks()["StackSummaries"]:  # once per moto account
+            cfn.create_stack(StackName=C.BOOTSTRAP_STACK, TemplateBody=BOOTSTRAP_TEMPLATE.format(version=bootstrap))
+
+    def client(self, service: str):
+        if service not in self.cache:
+            self.cache[service] = self._make(service)
+        return self.cache[service]
+
+    __call__ = client
+
+    def _make(self, service: str):
+        client = self.session.client(service, region_name=REGION)
+        if service == "service-quotas":
+            stub = Stubber(client)
+            for market, value in self.quotas.items():
+                code = C.GPU_QUOTA_CODES[market]
+                if value is None:  # never adjusted: GetServiceQuota says so, the default applies
+                    stub.add_client_error("get_service_quota", "NoSuchResourceException", "no applied value")
+                    stub.add_response(
+                        "get_aws_default_service_quota",
+                        {"Quota": {"QuotaCode": code, "Value": 8.0}},
+                        {"ServiceCode": "ec2", "QuotaCode": code},
+                    )
+                else:
+                    stub.add_response(
+                        "get_service_quota", {"Quota": {"QuotaCode": code, "Value": value}}, {"ServiceCode": "ec2", "QuotaCode": code}
+                    )
+            stub.activate()
+        elif service == "ssm" and self.ami:
+            image_id = self.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            stub = Stubber(client)
+            stub.add_response(
+                "get_parameter",
+                {"Parameter": {"Name": C.DEFAULT_AMI_SSM_PARAMETER, "Type": "String", "Value": image_id}},
+                {"Name": C.DEFAULT_AMI_SSM_PARAMETER},
+            )
+            stub.activate()
+        return client
+
+
+def run(ctx: dict | None = None, **clients) -> dict[str, object]:
+    cfg = from_context({"run_id": "pf", **(ctx or {})}.get)
+    results = Preflight(cfg, Clients(**clients)).run()
+    assert len({r.name for r in results}) == len(results)
+    return {r.name: r for r in results}
+
+
+def test_everything_in_place(aws):
+    r = run()
+    assert {name: c.status for name, c in r.items()} == {
+        "credentials": OK, "region": OK, "instance types": OK, "GPU quota": OK, "AMI": OK, "bootstrap": OK,
+    }
+    assert "account 123456789012" in r["credentials"].detail
+    # Where each type is offered (moto's offerings for the region), named per type.
+    assert "g6e.xlarge: ap-northeast-1a" in r["instance types"].detail and "g6e.2xlarge:" in r["instance types"].detail
+    assert "on-demand 64 vCPUs (L-DB2E81BA) covers g6e.xlarge 4, g6e.2xlarge 8" in r["GPU quota"].detail
+    assert C.DEFAULT_AMI_SSM_PARAMETER in r["AMI"].detail and "ami-" in r["AMI"].detail
+    assert "version 21" in r["bootstrap"].detail
+
+
+def test_missing_bootstrap_fails_with_the_command(aws):
+    r = run(bootstrap=None)
+    assert r["bootstrap"].status == FAIL
+    assert "npx cdk bootstrap aws://123456789012/ap-northeast-1" in r["bootstrap"].detail
+
+
+def test_old_bootstrap_fails(aws):
+    assert run(bootstrap="5")["bootstrap"].status == FAIL
+
+
+def test_quota_below_every_type_fails(aws):
+    r = run(quotas={"on-demand": 0.0})
+    assert r["GPU quota"].status == FAIL and "request an increase" in r["GPU quota"].detail
+
+
+def test_quota_below_some_fallback_types_warns(aws):
+    r = run(quotas={"on-demand": 4.0})
+    assert r["GPU quota"].status == WARN and "not for every fallback type" in r["GPU quota"].detail
+
+
+def test_never_adjusted_quota_reads_the_default(aws):
+    r = run(quotas={"on-demand": None})
+    assert r["GPU quota"].status == OK and "on-demand 8 vCPUs" in r["GPU quota"].detail
+
+
+def test_spot_quota_with_on_demand_fallback(aws):
+    ctx = {"market": "spot", "spot_fallback": "on-demand"}
+    r = run(ctx, quotas={"spot": 0.0, "on-demand": 8.0})
+    assert r["GPU quota"].status == WARN and "fall back to on-demand" in r["GPU quota"].detail
+    r = run(ctx, quotas={"spot": 0.0, "on-demand": 0.0})
+    assert r["GPU quota"].status == FAIL
+    r = run({"market": "spot"}, quotas={"spot": 16.0})
+    assert r["GPU quota"].status == OK and "spot 16 vCPUs (L-3819A6DF)" in r["GPU quota"].detail
+
+
+def test_types_not_offered_in_the_stack_azs_fail(aws):
+    # moto's offerings have no g6e in ap-northeast-1d: pinned there, nothing can launch.
+    r = run({"availability_zone": "ap-northeast-1d"})
+    assert r["instance types"].status == FAIL and "ap-northeast-1d" in r["instance types"].detail
+
+
+def test_unresolvable_ami_parameter_fails(aws):
+    r = run(ami=False)  # moto's SSM has no Deep Learning AMI parameter
+    assert r["AMI"].status == FAIL and "ParameterNotFound" in r["AMI"].detail
+
+
+def test_other_region_warns(aws):
+    r = run({"region": "us-east-1"})
+    assert r["region"].status == WARN and "~43.5 GB" in r["region"].detail
+
+
+def test_no_credentials_stops_after_the_first_line(aws):
+    class NoCreds(Clients):
+        def _make(self, service):
+            client = super()._make(service)
+            if service == "sts":
+                def fail(**_):
+                    raise NoCredentialsError()
+                client.get_caller_identity = fail
+            return client
+
+    cfg = from_context({"run_id": "pf"}.get)
+    results = Preflight(cfg, NoCreds(bootstrap=None)).run()
+    assert [r.status for r in results] == [FAIL, OK]
+    assert "aws configure" in results[0].detail
+
+
+def test_main_prints_one_line_per_check_and_exit_status(aws, capsys):
+    assert main(["-c", "run_id=pf"], client=Clients()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("preflight: VitEmbedDriveData in ap-northeast-1, on-demand g6e.xlarge, g6e.2xlarge")
+    checks = [line for line in out[1:-1]]
+    assert len(checks) == 6 and all(line.split()[0] in (OK, WARN, FAIL) for line in checks)
+    assert out[-1] == "0 failed, 0 warnings"
+
+    assert main(["-c", "run_id=pf", "-c", "region=us-east-1"], client=Clients(quotas={"on-demand": 0.0})) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "1 failed, 1 warnings"
+    assert [line.split()[0] for line in out[1:-1]].count(FAIL) == 1
+
+
+def test_main_bad_context_exits_2(capsys):
+    assert main(["-c", "instance_types=t3.micro"]) == 2
+    assert "cdk context error: context instance_types='t3.micro'" in capsys.readouterr().err
+
+
+def test_image_asset_needs_docker(aws, monkeypatch):
+    import cdk.preflight as pf
+
+    monkeypatch.setattr(pf.shutil, "which", lambda name: None)
+    r = run({"image": "asset"})
+    assert r["docker"].status == FAIL and "docker is not on PATH" in r["docker"].detail
