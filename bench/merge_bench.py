@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from umap_bench import synthetic_embeddings  # noqa: E402
 
+from job import fsutil  # noqa: E402
 from job.cli import main as job_main  # noqa: E402
 from job.config import JobConfig, OutputConfig, ProjectConfig  # noqa: E402
 from job.project import PeakMemory  # noqa: E402
@@ -45,8 +46,9 @@ from job.runfolder import (  # noqa: E402
     read_manifest,
     read_table,
     write_manifest,
+    write_table,
 )
-from job.store import ShardWriter, embedding_schema  # noqa: E402
+from job.store import FAILURES_SCHEMA, embedding_schema  # noqa: E402
 
 QUIET = ["--no-progress", "--log-level", "WARNING"]
 MODEL = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "0"]
@@ -79,16 +81,23 @@ def bench_fixture(work: Path, n_shards: int) -> dict:
 
 
 def _write_shard(layout: RunLayout, x: np.ndarray, ids: np.ndarray, index: int, count: int) -> None:
-    cfg = JobConfig(output=OutputConfig(out=str(layout.run_dir)))
-    identity = {"model": "synthetic", "pool": "mean", "weights_sha256": "0" * 64}
-    writer = ShardWriter(layout, embedding_schema(x.shape[1]), shard_size=1 << 30, identity={**identity,
-                                                                                            "shard": [index, count]})
+    """A finished shard run folder as ``job run --shard`` leaves it (parts of 50k rows, _run.json, manifest)."""
+    import pyarrow as pa
+
+    schema = embedding_schema(x.shape[1])
     step = 50_000
-    for s in range(0, len(x), step):
-        for j in range(s, min(s + step, len(x))):
-            writer.add(f"synthetic/{ids[j]}.jpg", x[j], 1600, 900, None)
-        writer.flush()
-    config = cfg.to_dict()
+    for k, s in enumerate(range(0, len(x), step)):
+        part_ids = ids[s:s + step]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(x[s:s + step].reshape(-1), pa.float32()), x.shape[1])
+        table = pa.Table.from_arrays(
+            [pa.array(part_ids, pa.int64()), pa.array([f"synthetic/{i}.jpg" for i in part_ids]), vectors,
+             pa.array(np.full(len(part_ids), 1600, np.int32)), pa.array(np.full(len(part_ids), 900, np.int32))],
+            schema=schema)
+        write_table(fsutil.join(layout.embeddings, f"part-{k:05d}.parquet"), table)
+        write_table(fsutil.join(layout.failures, f"part-{k:05d}.parquet"), FAILURES_SCHEMA.empty_table())
+    fsutil.write_json(layout.state, {"model": "synthetic", "pool": "mean", "weights_sha256": "0" * 64,
+                                     "shard": [index, count]})
+    config = JobConfig(output=OutputConfig(out=str(layout.run_dir))).to_dict()
     config["source"]["shard"] = [index, count]
     write_manifest(layout, Manifest(
         status="succeeded", started="", finished="", host=platform.node(), run_dir=layout.run_dir, config=config,

@@ -181,8 +181,9 @@ class JobGroup(Construct):
             f"systemd-run --unit=vit-embed-hard-stop --on-active={max_run_minutes}m --timer-property=AccuracySec=1s "
             f"/bin/sh -c {shlex.quote(release + ' || true; systemctl poweroff')}",
             # If bootstrapping fails before the run script takes over: release the group and power off now, rather
-            # than idle until the deadline or be replaced by an instance that fails the same way.
-            f"trap 'rc=$?; [ \"$rc\" -eq 0 ] || {{ {release} || true; shutdown -h now; }}' EXIT",
+            # than idle until the deadline or be replaced by an instance that fails the same way. Once the script has
+            # started (its marker file) it decides: after a spot notice it must leave the group alone.
+            f"trap 'rc=$?; [ \"$rc\" -eq 0 ] || [ -e {C.SCRIPT_STARTED_MARKER} ] || {{ {release} || true; shutdown -h now; }}' EXIT",
             f"install -d -m 0755 {C.INSTANCE_ETC} {os.path.dirname(C.SCRIPT_PATH)}",
             *_heredoc(C.RUN_ENV_FILE, [f"{k}={v}" for k, v in run_env.items()], "VIT_EMBED_ENV"),
             f"echo \"DEADLINE_EPOCH=$(( $(date +%s) + {max_run_minutes * 60} ))\" >> {C.RUN_ENV_FILE}",

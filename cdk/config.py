@@ -54,6 +54,8 @@ CONTEXT_KEYS: dict[str, str] = {
     "artifact_retention_days": "lifecycle: delete run artifacts after this many days (0: never)",
     "log_retention_days": "CloudWatch Logs retention of the job log group, in days",
     "stack_name": "CloudFormation stack name",
+    "engine": "instance (one GPU instance, the default) or batch (AWS Batch: an array job of N shards, then the merge)",
+    "shards": "with engine=batch: N, the number of shards (array children, one GPU each), 1 to 100",
 }
 
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
@@ -111,6 +113,8 @@ class RunConfig:
     artifact_retention_days: int = C.DEFAULT_ARTIFACT_RETENTION_DAYS
     log_retention_days: int = C.DEFAULT_LOG_RETENTION_DAYS
     stack_name: str = C.STACK_NAME
+    engine: str = C.ENGINE_INSTANCE
+    shards: int | None = None  # engine=batch only
     # When the app was synthesized (UTC): the default run id and the outside deadline count from it.
     synth_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
 
@@ -171,9 +175,18 @@ class RunConfig:
         repo = re.split(r"[:@]", m.group(3), maxsplit=1)[0]
         return m.group(1), m.group(2), repo
 
+    @property
+    def batch(self) -> bool:
+        """True for ``engine=batch`` (AWS Batch array job + merge) instead of the one instance."""
+        return self.engine == C.ENGINE_BATCH
+
     def job_args(self) -> list[str]:
-        """The ``python -m job run`` options the stack fixes (the script adds --out, --publish, --device)."""
-        sources, meta = (self.sources, self.nuscenes_meta) if self.sources else C.dataset_sources(self.dataset)
+        """The ``python -m job run`` options the stack fixes (the script adds --out, --publish, --device).
+
+        The dataset's archives are read on the s3fs mount by the instance, and straight from S3 on Batch.
+        """
+        root = C.NUSCENES_S3_ROOT if self.batch else f"{C.NUSCENES_MOUNT}/{C.NUSCENES_PREFIX}"
+        sources, meta = (self.sources, self.nuscenes_meta) if self.sources else C.dataset_sources(self.dataset, root)
         args: list[str] = []
         for s in sources:
             args += ["--source", s]
@@ -309,6 +322,8 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "artifact_retention_days": lambda k, v: _number(k, v, _int, 0, 3650),
     "log_retention_days": _log_retention,
     "stack_name": lambda k, v: _pattern(k, v, _STACK_NAME, C.STACK_NAME),
+    "engine": lambda k, v: _choice(k, v, C.ENGINES),
+    "shards": lambda k, v: _number(k, v, _int, 1, C.MAX_SHARDS),
 }
 
 
@@ -368,3 +383,26 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError("context vpc_id (an existing VPC) cannot be combined with nat_gateway or availability_zone, which shape a new VPC")
     if cfg.availability_zone and not cfg.availability_zone.startswith(cfg.region):
         raise ConfigError(f"context availability_zone={cfg.availability_zone!r} is not in region {cfg.region}; valid values: {cfg.region}a, {cfg.region}b, ...")
+    _check_engine(cfg)
+
+
+def _check_engine(cfg: RunConfig) -> None:
+    """What engine=batch needs (shards, a registry image, S3 sources) and what only the instance engine takes."""
+    if not cfg.batch:
+        if cfg.shards is not None:
+            raise ConfigError(f"context shards={cfg.shards} needs engine=batch; valid values with engine={cfg.engine}: none (one instance embeds everything)")
+        return
+    if cfg.shards is None:
+        raise ConfigError(f"context engine=batch needs shards=N; valid values: 1 to {C.MAX_SHARDS} (e.g. -c shards=10: one trainval archive per shard)")
+    if cfg.image == C.IMAGE_BUILD:
+        raise ConfigError(f"context image={C.IMAGE_BUILD} cannot be used with engine=batch (Batch pulls a registry image, nothing builds it); "
+                          f"valid values: {C.IMAGE_ASSET} (cdk deploy builds and pushes it), or an image URI")
+    if cfg.spot_fallback != "none":
+        raise ConfigError(f"context spot_fallback={cfg.spot_fallback} is for engine=instance; valid values with engine=batch: none "
+                          "(Batch retries a reclaimed spot shard; use market=on-demand to avoid spot)")
+    if cfg.ami_ssm_parameter != C.DEFAULT_AMI_SSM_PARAMETER:
+        raise ConfigError("context ami_ssm_parameter is for engine=instance; engine=batch runs on the ECS-optimized AL2023 GPU AMI that Batch picks")
+    mounted = [s for s in (*cfg.sources, cfg.nuscenes_meta or "") if s == C.NUSCENES_MOUNT or s.startswith(C.NUSCENES_MOUNT + "/")]
+    if mounted:
+        raise ConfigError(f"context sources: {mounted[0]!r} is on the instance engine's s3fs mount, which Batch hosts do not have; "
+                          f"valid values with engine=batch: s3://bucket/key (e.g. {C.NUSCENES_S3_ROOT}/...) or https://...")

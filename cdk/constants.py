@@ -60,9 +60,8 @@ DATASET_READ_GB: dict[str, float] = {"trainval": 43.5, "mini": 4.0}
 NAT_USD_PER_GB = 0.062  # NAT gateway data processing in ap-northeast-1 (us-east-1: 0.045), published price
 
 
-def dataset_sources(dataset: str) -> tuple[tuple[str, ...], str | None]:
-    """``(sources, nuscenes_meta)`` on the s3fs mount for a named dataset."""
-    root = f"{NUSCENES_MOUNT}/{NUSCENES_PREFIX}"
+def dataset_sources(dataset: str, root: str = f"{NUSCENES_MOUNT}/{NUSCENES_PREFIX}") -> tuple[tuple[str, ...], str | None]:
+    """``(sources, nuscenes_meta)`` for a named dataset, on the s3fs mount (or under ``root``, e.g. ``s3://…``)."""
     if dataset == "mini":
         return (f"{root}/v1.0-mini.tgz",), None
     parts = tuple(f"{root}/v1.0-trainval{i:02d}_keyframes.tgz" for i in range(1, TRAINVAL_PARTS + 1))
@@ -115,6 +114,9 @@ RUN_ENV_FILE = f"{INSTANCE_ETC}/run.env"
 JOB_ARGS_FILE = f"{INSTANCE_ETC}/job.args"
 SCRIPT_PATH = "/opt/vit-embed/run.sh"
 SOURCE_ZIP_PATH = "/opt/vit-embed/src.zip"
+# The run script creates this as soon as its traps are set (STATE_DIR in user_data.sh): from then on the script,
+# not the user-data, decides how the run ends (a spot-interrupted instance must not set its group to 0).
+SCRIPT_STARTED_MARKER = "/run/vit-embed/started"
 NOTEBOOK = "notebooks/umap_visualize.ipynb"
 
 # Paths the repository asset leaves out (the instance only needs pyproject.toml, job/ and docker/).
@@ -156,3 +158,40 @@ SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     ".ruff_cache",
     ".ipynb_checkpoints",
 )
+
+# --- engine=batch: the N shards as an AWS Batch array job, then the merge (cdk/batch.py, docs/cloud.md) -----------
+ENGINE_INSTANCE = "instance"  # default: one GPU instance in an Auto Scaling group of one runs `job run`
+ENGINE_BATCH = "batch"  # AWS Batch: an array job of N `job run --shard I/N` children, then `job merge`
+ENGINES: tuple[str, ...] = (ENGINE_INSTANCE, ENGINE_BATCH)
+MAX_SHARDS = 100  # Batch allows arrays of 10,000; more than 100 GPUs for ~1.4M images is a typo, not a plan
+# Batch reads the bucket with the job's own S3 reader (no mount on a Batch host): anonymous ranged GETs.
+NUSCENES_S3_ROOT = f"s3://{NUSCENES_BUCKET}/{NUSCENES_PREFIX}"
+# The environment variable Batch sets in each child of an array job; `--shard '$VAR/N'` reads it (job.config).
+ARRAY_INDEX_VAR = "AWS_BATCH_JOB_ARRAY_INDEX"
+SHARDS_DIR = "shards"  # job.runfolder.SHARDS_DIR: shard I writes runs/<run-id>/shards/I/ and nothing else
+WEIGHTS_CACHE_PREFIX = "cache/weights"  # job --weights-cache: tag weights fetched once per account, for every run
+# The job's exit code after a graceful stop (SIGTERM: spot reclaim, docker stop): job.errors.Interrupted.exit_code.
+# Batch retries it; tests/test_cdk_batch.py checks the two numbers agree.
+EXIT_STOPPED = 75
+# Attempts per child (Batch allows 1-10): a spot reclaim or exit 75 starts another attempt, which resumes from S3.
+BATCH_ATTEMPTS = 5
+# What Batch's status reason says when the instance under a job went away (spot reclaim, host failure).
+HOST_TERMINATED_REASON = "Host EC2*"
+# Of each type's memory, what a job asks for: ECS registers a little less than the instance has (the kernel and
+# the agent keep some), and a job that asks for more than the registered memory never leaves RUNNABLE.
+BATCH_MEMORY_FRACTION = 0.9
+# /dev/shm for the job container (the instance engine runs it with --ipc=host): decode workers and torch use it.
+BATCH_SHM_GIB = 2
+
+# vCPUs, memory and GPUs of the allowed GPU types (published EC2 specifications), to size the Batch jobs so that
+# one fits on any type of the list, and to bound the compute environment.
+_SIZE_VCPUS = {"xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96, "48xlarge": 192}
+_GIB_PER_VCPU = {"g5": 4, "g6": 4, "g6e": 8}  # g5/g6.xlarge 16 GiB, g6e.xlarge 32 GiB, and linear in the size
+_GPUS = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}  # every other size has one GPU
+
+
+def instance_spec(instance_type: str) -> tuple[int, int, int]:
+    """``(vCPUs, memory GiB, GPUs)`` of a g5 / g6 / g6e type."""
+    family, size = instance_type.split(".", 1)
+    vcpus = _SIZE_VCPUS[size]
+    return vcpus, vcpus * _GIB_PER_VCPU[family], _GPUS.get(size, 1)

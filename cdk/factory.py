@@ -6,31 +6,47 @@ from typing import Any, Mapping
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
+from .batch_stack import BatchRunStack
 from .checkov import acknowledge_checkov
 from .config import CDK_JSON, RunConfig, cdk_json_context, from_context  # noqa: F401 (re-exported)
-from .nag import acknowledge_findings
+from .nag import acknowledge_batch_findings, acknowledge_findings
 from .stack import EmbeddingRunStack
 
 
 def create_app(
     context: Mapping[str, Any] | None = None, *, outdir: str | None = None, nag: bool = True
-) -> tuple[App, EmbeddingRunStack]:
+) -> tuple[App, EmbeddingRunStack | BatchRunStack]:
     """The app with its one stack. ``context`` is added on top of what the CLI passes (tests pass cdk.json's)."""
     app = App(context=dict(context or {}), outdir=outdir)
     config: RunConfig = from_context(app.node.try_get_context)
     # Region only, no account: the stack stays environment-agnostic for the account, so synth needs no credentials
     # and makes no AWS call (AZs come from Fn::GetAZs, the AMI from an SSM parameter resolved at deploy time).
     # `make preflight` (cdk/preflight.py) is where the account is asked what synth cannot know.
-    stack = EmbeddingRunStack(
-        app,
-        "EmbeddingRun",
-        stack_name=config.stack_name,
-        config=config,
-        env=Environment(region=config.region),
-        description=f"vit-embed: one {'/'.join(config.instance_types)} run of python -m job run ({config.dataset}, run {config.run_id})",
-    )
+    stack: EmbeddingRunStack | BatchRunStack
+    if config.batch:  # -c engine=batch: N shards on AWS Batch, then the merge (cdk/batch_stack.py)
+        stack = BatchRunStack(
+            app,
+            "EmbeddingRun",
+            stack_name=config.stack_name,
+            config=config,
+            env=Environment(region=config.region),
+            description=f"vit-embed: {config.shards} shard(s) of python -m job run on AWS Batch "
+                        f"({'/'.join(config.instance_types)}), then job merge ({config.dataset}, run {config.run_id})",
+        )
+    else:
+        stack = EmbeddingRunStack(
+            app,
+            "EmbeddingRun",
+            stack_name=config.stack_name,
+            config=config,
+            env=Environment(region=config.region),
+            description=f"vit-embed: one {'/'.join(config.instance_types)} run of python -m job run ({config.dataset}, run {config.run_id})",
+        )
     if nag:
         Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-        acknowledge_findings(stack)
+        if isinstance(stack, BatchRunStack):
+            acknowledge_batch_findings(stack)
+        else:
+            acknowledge_findings(stack)
     acknowledge_checkov(stack, access_log_bucket=stack.storage.access_logs)
     return app, stack

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from aws_cdk import Acknowledgment, CfnElement, Validations
 
+from . import constants as C
+from .batch_stack import BatchRunStack
 from .stack import EmbeddingRunStack
 
 _GROUP_ARN = "Resource::arn:<AWS::Partition>:autoscaling:<AWS::Region>:<AWS::AccountId>:autoScalingGroup:*:autoScalingGroupName/{name}"
@@ -38,6 +40,12 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
         f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{cfg.run_prefix}*]",
         f"The wildcard is the run's own prefix {cfg.run_prefix}: the job writes many objects under it (parquet "
         "shards, index, manifest) whose names are not known at deploy time; nothing outside the prefix is writable.",
+    )
+    _ack(
+        policy,
+        f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{C.WEIGHTS_CACHE_PREFIX}/*]",
+        f"The shared weights cache {C.WEIGHTS_CACHE_PREFIX}/<model>/<tag>/<file>: the first run stores the tag's "
+        "checkpoint there, later runs read it (fetched once per account); no delete, and nothing else in the bucket.",
     )
     for bucket in cfg.source_buckets:
         _ack(
@@ -80,4 +88,62 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
             "AwsSolutions-IAM5[Resource::*]",
             "CDK's standard grants for Step Functions logging to CloudWatch Logs and X-Ray tracing: the log-delivery "
             "and X-Ray APIs (logs:CreateLogDelivery, xray:PutTraceSegments, ...) have no resource-level permissions.",
+        )
+
+
+def acknowledge_batch_findings(stack: BatchRunStack) -> None:
+    """engine=batch: the findings its constructs raise, each on the construct that raises it."""
+    cfg = stack.config
+    compute, submission = stack.compute, stack.submission
+    artifacts = stack.storage.artifacts.node.default_child
+    assert isinstance(artifacts, CfnElement)
+    bucket = f"<{stack.get_logical_id(artifacts)}.Arn>"
+    shard_policy = compute.shard_role.node.find_child("DefaultPolicy")
+    _ack(
+        compute.compute_environment.node.find_child("InstanceProfileRole"),
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]",
+        "The ECS agent on every Batch host needs AWS's managed policy for container instances (register with the ECS "
+        "cluster Batch creates and names, poll for tasks, pull images, ship logs); AWS keeps it current with the agent. "
+        "No data access: the containers use their own job roles, and IMDS hop limit 1 keeps them off the host's role.",
+    )
+    _ack(
+        shard_policy,
+        f"AwsSolutions-IAM5[Resource::{bucket}/{cfg.run_prefix}{C.SHARDS_DIR}/*]",
+        f"A shard writes only under {cfg.run_prefix}{C.SHARDS_DIR}/ (its own run folder shards/I/: parquet parts, "
+        "_run.json, _STATUS, manifest) whose object names are not known at deploy time; the rest of the run is the merge's.",
+    )
+    _ack(
+        shard_policy,
+        f"AwsSolutions-IAM5[Resource::{bucket}/{C.WEIGHTS_CACHE_PREFIX}/*]",
+        f"The shared weights cache {C.WEIGHTS_CACHE_PREFIX}/<model>/<tag>/<file>: the first shard stores the tag's "
+        "checkpoint there, the others read it (fetched once per account); no delete, and nothing else in the bucket.",
+    )
+    for source in cfg.source_buckets:
+        _ack(
+            shard_policy,
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{source}/*]",
+            f"Read-only (s3:GetObject) on the job's source bucket {source}: the inputs are every archive or image "
+            "under the configured sources, whose object names are not known at deploy time.",
+        )
+    _ack(
+        compute.merge_role.node.find_child("DefaultPolicy"),
+        f"AwsSolutions-IAM5[Resource::{bucket}/{cfg.run_prefix}*]",
+        f"The merge reads every shard under {cfg.run_prefix}{C.SHARDS_DIR}/ and writes the run's own datasets, index, "
+        "UMAP map and manifest under the run prefix, whose object names are not known at deploy time.",
+    )
+    if stack.image.repository_arn:
+        for container in (compute.shard_container, compute.merge_container):
+            _ack(
+                container.execution_role.node.find_child("DefaultPolicy"),
+                "AwsSolutions-IAM5[Resource::*]",
+                "ecr:GetAuthorizationToken does not support resource-level permissions; the pull actions themselves "
+                "are scoped to the one repository the job image lives in.",
+            )
+    for call in (submission.shards, submission.merge):
+        _ack(
+            call.node.find_child("CustomResourcePolicy"),
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]",
+            "batch:TerminateJob, called when the stack is deleted or the run replaced, on the job this resource "
+            "submitted: a job's ARN ends in its id, which exists only after the submission. Submitting is scoped to "
+            "this run's queue and job definitions.",
         )

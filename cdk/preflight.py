@@ -129,6 +129,10 @@ class Preflight:
             return Check(FAIL, "GPU quota", f"{have} < {need_min} needed ({sizes}); request an increase in Service Quotas > EC2")
         if quotas[cfg.market] < need_min:
             return Check(WARN, "GPU quota", f"{have}: spot cannot launch, the run will fall back to on-demand ({sizes})")
+        shards = cfg.shards if cfg.batch and cfg.shards else 1
+        if quotas[cfg.market] < need_min * shards:  # engine=batch: N machines at once
+            at_once = int(quotas[cfg.market] // need_min)
+            return Check(WARN, "GPU quota", f"{have}: {at_once} of {shards} shards at once ({sizes}); Batch queues the rest")
         if any(q < need_max for q in quotas.values()):
             return Check(WARN, "GPU quota", f"{have}: enough for {need_min} but not for every fallback type ({sizes})")
         return Check(OK, "GPU quota", f"{have} covers {sizes}")
@@ -186,7 +190,8 @@ class Preflight:
         results = [first, self.region()]
         if first.status == FAIL:
             return results
-        results += [self.offerings(), self.quota(), self.ami(), self.bootstrap()]
+        # engine=batch: Batch picks the ECS GPU AMI itself; the Deep Learning AMI parameter is not used.
+        results += [self.offerings(), self.quota(), *([] if self.cfg.batch else [self.ami()]), self.bootstrap()]
         docker = self.docker()
         if docker is not None:
             results.append(docker)

@@ -90,6 +90,8 @@ class EmbeddingRunStack(Stack):
             "NUSCENES_BUCKET": C.NUSCENES_BUCKET,
             "NUSCENES_REGION": C.NUSCENES_REGION,
             "NUSCENES_MOUNT": C.NUSCENES_MOUNT,
+            # Tag weights stored once per account and read by every later run (job --weights-cache).
+            "WEIGHTS_CACHE": f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}",
         }
         self.job = JobGroup(
             self,
@@ -145,12 +147,15 @@ class EmbeddingRunStack(Stack):
                 resources=[run_objects],
             )
         )
+        # The job writes its shards straight to the run prefix and probes keys before it writes (resume). S3 answers
+        # a HEAD of a missing key with 404 only to a caller that may list the bucket (a prefix-conditioned grant does
+        # not count; else 403, which the job cannot tell from a denial), so the listing is not conditioned.
+        role.add_to_policy(iam.PolicyStatement(sid="ListArtifacts", actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="ListOwnRunPrefix",
-                actions=["s3:ListBucket"],
-                resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [cfg.run_prefix, f"{cfg.run_prefix}*"]}},
+                sid="SharedWeightsCache",
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[bucket.arn_for_objects(f"{C.WEIGHTS_CACHE_PREFIX}/*")],
             )
         )
         source_buckets = [f"arn:{Aws.PARTITION}:s3:::{b}" for b in cfg.source_buckets]
@@ -183,7 +188,10 @@ class EmbeddingRunStack(Stack):
             description="server access logs of the artifacts bucket (kept by cdk destroy, like the artifacts)",
         )
         CfnOutput(self, "RunPrefix", value=run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
-        CfnOutput(self, "LogGroup", value=group, description="CloudWatch Logs group with the job container's log")
+        CfnOutput(
+            self, "LogGroup", value=group,
+            description="CloudWatch Logs group: streams <run-id>/<instance-id>/bootstrap (the instance script) and /job",
+        )
         CfnOutput(
             self, "AutoScalingGroup", value=self.job.group.auto_scaling_group_name,
             description="the run's group of at most one instance (AWS picks the AZ and type; 0 when the run is over)",
@@ -197,12 +205,19 @@ class EmbeddingRunStack(Stack):
             description="the instance the group launched: id, type, AZ, state",
         )
         CfnOutput(
-            self, "StatusCommand", value=f"aws s3 cp {run_uri}{C.STATUS_OBJECT} - --region {region}",
-            description="running / succeeded / failed with the reason",
+            self, "StatusCommand", value=f"AWS_REGION={region} python -m job status {run_uri} --watch",
+            description="phase, images done/total, images/s, ETA; at the end succeeded / failed / interrupted and why",
         )
         CfnOutput(
-            self, "FollowLogsCommand", value=f"aws logs tail {group} --follow --region {region}",
-            description="follow the job log (appears once the image is built and the container starts)",
+            self, "FollowLogsCommand",
+            value=f"aws logs tail {group} --log-stream-name-prefix {cfg.run_id}/ --follow --region {region}",
+            description="follow the instance script's log (within minutes of boot) and the job's",
+        )
+        CfnOutput(
+            self, "ResumeCommand",
+            value=f"aws autoscaling update-auto-scaling-group --auto-scaling-group-name {cfg.group_name} "
+                  f"--min-size 0 --max-size 1 --desired-capacity 1 --region {region}",
+            description="start a new instance for this run: it resumes from the run prefix (docs/cloud.md)",
         )
         CfnOutput(
             self, "SessionCommand",

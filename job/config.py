@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -211,8 +212,19 @@ class JobConfig:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``--shard I/N`` -> (I, N) with 0 <= I < N; a one-line UsageError otherwise."""
+    """``--shard I/N`` -> (I, N) with 0 <= I < N; a one-line UsageError otherwise.
+
+    I may name an environment variable, ``$AWS_BATCH_JOB_ARRAY_INDEX/N``: read here, because AWS Batch (like
+    Slurm's ``$SLURM_ARRAY_TASK_ID`` or a Kubernetes indexed job's ``$JOB_COMPLETION_INDEX``) hands each child of an
+    array its index in the environment and runs the command without a shell to expand it.
+    """
     i, sep, n = text.strip().partition("/")
+    if i.startswith("$"):
+        var = i[1:].strip("{}")
+        if not var or os.environ.get(var) is None:
+            raise UsageError(f"--shard {text!r}: the environment variable {var or '?'} is not set; valid: I/N, or $VAR/N "
+                             "where VAR holds I (AWS Batch sets AWS_BATCH_JOB_ARRAY_INDEX in each array child)")
+        i = os.environ[var]
     if not sep or not i.strip().isdigit() or not n.strip().isdigit():
         raise UsageError(f"--shard {text!r} is not I/N; valid: two integers with 0 <= I < N, e.g. 0/4")
     index, count = int(i), int(n)

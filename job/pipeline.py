@@ -31,7 +31,10 @@ def run_pipeline(cfg: JobConfig) -> Manifest:
     with StopRequest() as stop:
         session = EmbedSession(cfg)  # every input is checked here, before anything is written
         session.stop = stop
-        status = session.status = StatusWriter.open(layout.run_dir)
+        # A stop asked for while the model loaded ends the attempt here, before _STATUS is touched: the instance
+        # script has already recorded why (a new document opened now would replace its reason).
+        stop.check("while the model was loading")
+        status = session.status = StatusWriter.open(layout.run_dir, cfg.source.shard)
         with tracked(status):
             status.phase("embed")
             manifest = session.run()

@@ -29,16 +29,16 @@ VECTOR_COLUMNS = ("embedding", CLS_COLUMN)
 def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vectors: bool = False) -> pa.Schema:
     """Schema of the embeddings table for vectors of ``dim`` floats plus optional metadata columns.
 
-    ``text_vectors`` adds ``embedding_cls`` (same type as ``embedding``) after ``embedding``.
+    ``text_vectors`` adds ``embedding_cls`` (same type as ``embedding``) after ``height``.
     """
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
             pa.field("path", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-            *([pa.field(CLS_COLUMN, pa.list_(pa.float32(), dim), nullable=False)] if text_vectors else []),
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
+            *([pa.field(CLS_COLUMN, pa.list_(pa.float32(), dim), nullable=False)] if text_vectors else []),
             *meta_fields,
         ]
     )

@@ -1,15 +1,13 @@
-"""Linters on what the cloud run ships (cfn-lint, shellcheck, hadolint), the pinned CDK CLI, and the instance script
-run in a sandbox with stub commands (no AWS, no GPU, no Docker)."""
+"""Linters on what the cloud run ships (cfn-lint, shellcheck, hadolint), the pinned CDK CLI, and what the instance
+script must agree on with the image, the stack and the job (the script itself runs end to end in test_rehearsal.py)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import stat
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ pytestmark = pytest.mark.cdk
 
 SCRIPTS = sorted(
     p
-    for d in (REPO / "cdk" / "scripts", REPO / "docker")
+    for d in (REPO / "cdk" / "scripts", REPO / "docker", REPO / "tests" / "rehearsal" / "bin")
     for p in d.rglob("*")
-    if p.is_file() and (p.suffix == ".sh" or p.read_bytes()[:2] == b"#!")
+    if p.is_file() and (p.suffix == ".sh" or (p.read_bytes()[:2] == b"#!" and b"python" not in p.read_bytes().split(b"\n")[0]))
 )
 RUN_SCRIPT = REPO / "cdk" / "scripts" / "user_data.sh"
 CDK_CLI = REPO / "node_modules" / ".bin" / "cdk"
@@ -143,165 +141,50 @@ def test_cfn_lint_default_template(cli_synth):
 # cfn-lint on the non-default variants runs in test_cdk_stack.py, on the templates synthesized there.
 
 
-# --- the instance script in a sandbox -----------------------------------------------------------------------------
-
-_STUBS = {
-    # aws: s3 cp/ls against a local folder standing in for S3; ecr login prints a token.
-    "aws": r"""
-        echo "aws $*" >> "$SANDBOX/calls"
-        [ "$1" = s3 ] || { echo token; exit 0; }
-        to_path() { echo "$SANDBOX/s3/${1#s3://}"; }
-        case "$2" in
-          cp) src=$3 dst=$4
-              mkdir -p "$(dirname "$(to_path "$dst")")"
-              if [ "$src" = - ]; then cat > "$(to_path "$dst")"; else cp "$src" "$(to_path "$dst")"; fi ;;
-          ls) [ -e "$(to_path "$3")" ] ;;
-        esac
-    """,
-    # docker: `run ... --publish URI` plays the job; JOB_RC picks its exit code.
-    "docker": r"""
-        echo "docker $*" >> "$SANDBOX/calls"
-        [ "$1" = run ] || exit 0
-        case " $* " in *" --entrypoint nvidia-smi "*) exit 0 ;; esac
-        rc=${JOB_RC:-0}
-        if [ "$rc" = 0 ]; then
-          all="$*"; uri=${all##*--publish }; uri=${uri%% *}
-          mkdir -p "$SANDBOX/s3/${uri#s3://}" && echo '{}' > "$SANDBOX/s3/${uri#s3://}manifest.json"
-        fi
-        exit "$rc"
-    """,
-    "nvidia-smi": 'echo "nvidia-smi $*" >> "$SANDBOX/calls"; [ -z "${NO_GPU:-}" ]',
-    "shutdown": 'echo "shutdown $*" >> "$SANDBOX/calls"',
-    "systemctl": 'echo "systemctl $*" >> "$SANDBOX/calls"',
-    "s3fs": 'echo "s3fs $*" >> "$SANDBOX/calls"',
-    "chown": 'echo "chown $*" >> "$SANDBOX/calls"',
-    "mountpoint": '[ "${*: -1}" = "$NUSCENES_MOUNT_DIR" ]',
-    "lsblk": "true",
-    "curl": r"""case "$*" in *api/token*) echo tok ;; *instance-id*) echo i-0sandbox ;; *) exit 22 ;; esac""",
-}
+# --- the instance script: what must agree with the rest (it runs end to end in tests/test_rehearsal.py) ----------
 
 
-@pytest.fixture
-def sandbox(tmp_path):
-    """Run user_data.sh with stubbed system commands; returns a runner giving (returncode, status, calls)."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    for name, body in _STUBS.items():
-        path = stubs / name
-        path.write_text("#!/usr/bin/env bash\n" + textwrap.dedent(body).strip() + "\n")
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    mount = tmp_path / "nuscenes"
-    (mount / "public" / "v1.0").mkdir(parents=True)
-    (mount / "public" / "v1.0" / "v1.0-mini.tgz").write_bytes(b"")
-    (tmp_path / "src.zip").write_bytes(b"")
-    import zipfile
-
-    with zipfile.ZipFile(tmp_path / "src.zip", "w") as z:
-        z.writestr("docker/Dockerfile", "FROM scratch\n")
-    env_file = tmp_path / "run.env"
-    env_file.write_text(
-        "\n".join(
-            [
-                "REGION=ap-northeast-1",
-                "ARTIFACTS_BUCKET=bucket",
-                "RUN_ID=sandbox",
-                "RUN_PREFIX=runs/sandbox/",
-                "LOG_GROUP=/vit-embed/test",
-                "MAX_RUN_MINUTES=60",
-                "MARKET=on-demand",
-                "INSTANCE_TYPE=g6e.xlarge,g6e.2xlarge",
-                "ASG_NAME=VitEmbedDriveData-sandbox",
-                "IMAGE=",
-                f"SOURCE_ZIP={tmp_path / 'src.zip'}",
-                "NUSCENES_BUCKET=motional-nuscenes",
-                "NUSCENES_REGION=ap-northeast-1",
-                f"NUSCENES_MOUNT={mount}",
-                f"DEADLINE_EPOCH={int(time.time()) + 3600}",
-                f"LOG_FILE={tmp_path / 'bootstrap.log'}",
-                f"SYSTEMD_DIR={tmp_path / 'systemd'}",
-                f"WORK_DIR={tmp_path / 'work'}",
-                f"SCRATCH_FALLBACK={tmp_path / 'scratch'}",
-            ]
-        )
-        + "\n"
-    )
-    (tmp_path / "systemd").mkdir()
-    args_file = tmp_path / "job.args"
-    args_file.write_text(f"--source\n{mount}/public/v1.0/v1.0-mini.tgz\n--model\nViT-L-14\n")
-
-    def run(**extra_env: str):
-        env = {"PATH": f"{stubs}:{os.environ['PATH']}", "SANDBOX": str(tmp_path), "NUSCENES_MOUNT_DIR": str(mount), **extra_env}
-        proc = subprocess.run(["bash", str(RUN_SCRIPT), str(env_file), str(args_file)], env=env, capture_output=True, text=True, timeout=60)
-        status_path = tmp_path / "s3" / "bucket" / "runs" / "sandbox" / "_STATUS"
-        status = json.loads(status_path.read_text()) if status_path.exists() else None
-        calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
-        return proc, status, calls
-
-    run.root = tmp_path
-    return run
+def _script_default(name: str) -> str:
+    """The default of an overridable setting in user_data.sh (``NAME=${NAME:-default}``)."""
+    (value,) = re.findall(rf"^{name}=\$\{{{name}:-([^}}]*)\}}", RUN_SCRIPT.read_text(), re.M)
+    return value
 
 
-_RELEASE = (
-    "aws autoscaling update-auto-scaling-group --region ap-northeast-1 --auto-scaling-group-name VitEmbedDriveData-sandbox "
-    "--min-size 0 --max-size 0 --desired-capacity 0"
-)
+def test_script_agrees_with_the_image_and_the_stack():
+    from cdk import constants as C
+
+    script = RUN_SCRIPT.read_text()
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    # The log forwarder runs the job image's base (pulled once for both) ...
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert _script_default("LOG_IMAGE") == base
+    # ... the container's user owns the cache folder the script mounts ...
+    (uid,) = re.findall(r"^ARG APP_UID=(\d+)", dockerfile, re.M)
+    assert f"readonly APP_UID={uid} " in script
+    # ... the user-data's trap knows when the script has taken over ...
+    assert _script_default("STATE_DIR") + "/started" == C.SCRIPT_STARTED_MARKER
+    assert 'touch "$STATE_DIR/started"' in script
+    # ... and the graceful stop is the job's.
+    from job.errors import Interrupted
+
+    assert f"readonly EXIT_INTERRUPTED={Interrupted.exit_code} " in script
+    assert int(_script_default("STOP_GRACE_S")) > 30  # the job commits within 30 s of SIGTERM
 
 
-def _assert_powered_off(calls: str) -> None:
-    """The run ends the same way whatever happened: its group set to 0 (no replacement), then power-off."""
-    lines = calls.splitlines()
-    shutdowns = [i for i, line in enumerate(lines) if line.startswith("shutdown -h now")]
-    releases = [i for i, line in enumerate(lines) if line == _RELEASE]
-    assert shutdowns and releases, calls
-    assert releases[-1] < shutdowns[-1]
+def test_script_keeps_the_capacity_block_delimited():
+    script = RUN_SCRIPT.read_text()
+    start, end = script.index("# --- capacity (Auto Scaling group) ---"), script.index("# --- end capacity ---")
+    block = script[start:end]
+    assert "release_cmd()" in block and "release_capacity()" in block
+    assert "--min-size 0 --max-size 0 --desired-capacity 0" in block
 
 
-def test_script_success_path(sandbox):
-    proc, status, calls = sandbox()
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert status["status"] == "succeeded" and status["reason"] == "" and status["instance_id"] == "i-0sandbox"
-    assert "nvidia-smi" in calls
-    assert "s3fs motional-nuscenes" in calls and "-o ro -o public_bucket=1" in calls
-    assert "url=https://s3.ap-northeast-1.amazonaws.com" in calls
-    run_line = next(line for line in calls.splitlines() if line.startswith("docker run") and "--log-driver=awslogs" in line)
-    assert "--gpus all" in run_line and "awslogs-group=/vit-embed/test" in run_line
-    assert " run --source " in run_line and "--publish s3://bucket/runs/sandbox/ --device cuda" in run_line
-    assert "docker build" in calls  # no IMAGE: built from the shipped source
-    assert (sandbox.root / "s3" / "bucket" / "runs" / "sandbox" / "_bootstrap.log").exists()
-    timer = (sandbox.root / "systemd" / "vit-embed-deadline.timer").read_text()
-    assert "OnCalendar=" in timer and "Persistent=true" in timer
-    unit = (sandbox.root / "systemd" / "vit-embed-deadline.service").read_text()
-    assert f"ExecStartPre=-/bin/bash -c '{_RELEASE}'" in unit  # the in-guest hard stop releases the group too
-    _assert_powered_off(calls)
+def test_script_status_phases_follow_the_job_schema():
+    from job.status import SCHEMA, STATES
 
-
-def test_script_keep_instance_does_not_release_the_group(sandbox):
-    env_file = sandbox.root / "run.env"
-    env_file.write_text(env_file.read_text() + "KEEP_INSTANCE=true\n")
-    proc, status, calls = sandbox()
-    assert proc.returncode == 0 and status["status"] == "succeeded"
-    assert _RELEASE not in calls and "shutdown -h now" not in calls
-
-
-def test_script_job_failure_is_reported_and_powers_off(sandbox):
-    proc, status, calls = sandbox(JOB_RC="3")
-    assert proc.returncode != 0
-    assert status["status"] == "failed" and "exited with code 3" in status["reason"] and status["phase"] == "job"
-    _assert_powered_off(calls)
-
-
-def test_script_without_gpu_fails_loudly(sandbox):
-    proc, status, calls = sandbox(NO_GPU="1")
-    assert proc.returncode != 0
-    assert status["status"] == "failed" and "nvidia-smi failed" in status["reason"]
-    assert "docker run" not in calls
-    _assert_powered_off(calls)
-
-
-def test_script_missing_source_fails_before_build(sandbox):
-    (sandbox.root / "nuscenes" / "public" / "v1.0" / "v1.0-mini.tgz").unlink()
-    proc, status, calls = sandbox()
-    assert proc.returncode != 0
-    assert status["status"] == "failed" and "not found on the s3fs mount" in status["reason"]
-    assert "docker build" not in calls
-    _assert_powered_off(calls)
+    script = RUN_SCRIPT.read_text()
+    assert f'"schema": {SCHEMA}' in script
+    for state in STATES:
+        assert f'"{state}"' in script or f" {state} " in script, state
+    phases = re.findall(r"^\s*phase ([a-z-]+)", script, re.M)
+    assert phases == ["check-gpu", "scratch", "mount", "image", "weights", "publish"]

@@ -536,12 +536,18 @@ def test_role_writes_only_its_run_prefix(default):
     assert write["Effect"] == "Allow"
     assert "s3:PutObject" in write["Action"] and "s3:*" not in write["Action"]
     assert write["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, "/runs/default-run/*"]]}
-    listing = default.statement("ListOwnRunPrefix")
-    assert listing["Action"] == "s3:ListBucket"
+    # Listing is not conditioned on the prefix: the job probes keys in S3 (resume), and S3 answers a HEAD of a
+    # missing key with 404 only to a caller that may list the bucket (a prefix-conditioned grant gets 403).
+    listing = default.statement("ListArtifacts")
+    assert listing["Action"] == "s3:ListBucket" and "Condition" not in listing
     assert listing["Resource"] == {"Fn::GetAtt": [bucket_id, "Arn"]}
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["runs/default-run/", "runs/default-run/*"]}}
+    # The account's weights cache: read and add, never delete, and nothing else of the bucket.
+    cache = default.statement("SharedWeightsCache")
+    assert sorted(cache["Action"]) == ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"]
+    assert cache["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, f"/{C.WEIGHTS_CACHE_PREFIX}/*"]]}
     # No other statement touches the artifacts bucket.
-    others = [s for s in default.policy_statements() if s.get("Sid") not in ("WriteOwnRunPrefix", "ListOwnRunPrefix")]
+    mine = ("WriteOwnRunPrefix", "ListArtifacts", "SharedWeightsCache")
+    others = [s for s in default.policy_statements() if s.get("Sid") not in mine]
     assert bucket_id not in _json_str(others)
 
 
@@ -592,6 +598,9 @@ def test_user_data_default(default):
     assert "systemd-run --unit=vit-embed-hard-stop --on-active=240m" in ud  # releases the group, then powers off
     assert ud.index("shutdown -h +242") < ud.index("systemd-run") < ud.index("aws s3 cp")
     assert ud.count(release) == 2  # in the hard stop and in the bootstrap-failure trap
+    # ... which leaves the ending to the run script once it has started (after a spot notice it keeps the group).
+    assert f"|| [ -e {C.SCRIPT_STARTED_MARKER} ] || {{ {release} || true; shutdown -h now; }}' EXIT" in ud
+    assert "WEIGHTS_CACHE=s3://<" in ud and f">/{C.WEIGHTS_CACHE_PREFIX}\n" in ud  # the account's weights cache
     assert "RUN_ID=default-run\nRUN_PREFIX=runs/default-run/\n" in ud
     assert f"ASG_NAME={group}\n" in ud and "INSTANCE_TYPE=g6e.xlarge,g6e.2xlarge\n" in ud
     assert "MAX_RUN_MINUTES=240\n" in ud and "MARKET=on-demand\n" in ud and "IMAGE=\n" in ud
@@ -662,10 +671,15 @@ def test_cross_region_warning(default, asset):
 def test_outputs(default):
     outputs = default.json["Outputs"]
     for key in ("ArtifactsBucket", "AccessLogBucket", "RunPrefix", "LogGroup", "AutoScalingGroup", "DeadlineUtc", "InstanceCommand",
-                "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand"):
+                "FollowLogsCommand", "NotebookCommand", "StatusCommand", "SessionCommand", "ResumeCommand"):
         assert key in outputs, key
     follow = _json_str(outputs["FollowLogsCommand"]["Value"])
-    assert "aws logs tail " in follow and "--follow --region ap-northeast-1" in follow
+    assert "aws logs tail " in follow and "--log-stream-name-prefix default-run/ --follow --region ap-northeast-1" in follow
+    status = _json_str(outputs["StatusCommand"]["Value"])
+    assert "python -m job status s3://" in status and "/runs/default-run/ --watch" in status
+    resume = outputs["ResumeCommand"]["Value"]
+    assert resume == (f"aws autoscaling update-auto-scaling-group --auto-scaling-group-name {default.config.group_name} "
+                      "--min-size 0 --max-size 1 --desired-capacity 1 --region ap-northeast-1")
     notebook = _json_str(outputs["NotebookCommand"]["Value"])
     assert "RUN_URI=s3://" in notebook and "/runs/default-run/ jupyter lab notebooks/umap_visualize.ipynb" in notebook
     assert "/runs/default-run/" in _json_str(outputs["RunPrefix"]["Value"])

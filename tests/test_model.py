@@ -121,6 +121,55 @@ def test_pooling_matches_manual_computation(pool: str) -> None:
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_mean_and_cls_from_one_forward_pass(small) -> None:
+    """``with_cls``: the mean-pooled image vector and the CLS vector, both as open_clip computes them, one tower pass."""
+    batch = np.stack([decode_image(jpeg_bytes(640, 360, seed=s), 224, "pad")[0] for s in range(3)])
+    passes: list[int] = []
+    hook = small.model.visual.transformer.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        image, cls = ImageEncoder(small, with_cls=True).encode(batch)
+    finally:
+        hook.remove()
+    assert len(passes) == 1 and cls is not None
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(small.mean).view(1, 3, 1, 1)) / torch.tensor(small.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(image, _manual_pool(small.model, x, "mean").numpy(), atol=1e-5)
+        np.testing.assert_allclose(cls, _manual_pool(small.model, x, "cls").numpy(), atol=1e-5)
+    np.testing.assert_allclose(image, ImageEncoder(small)(batch), atol=1e-6)  # the image vectors do not change
+    assert np.allclose(np.linalg.norm(cls, axis=1), 1.0, atol=1e-5)
+    cls_model = load_model(ModelConfig(**SMALL, pool="cls"))
+    only, same = ImageEncoder(cls_model, with_cls=True).encode(batch)  # --pool cls: embedding serves both
+    assert same is only and only.shape == (3, small.embed_dim)
+    assert small.text_column == "embedding_cls" and cls_model.text_column == "embedding"
+    assert load_model(ModelConfig(**SMALL, text_vectors="none")).text_column is None
+
+
+def test_text_vectors_fidelity_end_to_end(image_dir, tmp_path) -> None:
+    """Same weights: ``embedding_cls`` of a --pool mean run equals ``embedding`` of a --pool cls run (cosine >= 0.9999)."""
+    import pyarrow.parquet as pq
+
+    from job.cli import main
+
+    common = ["--image-dir", str(image_dir), "--model", "ViT-B-32", "--pretrained", "none", "--workers", "0",
+              "--no-progress", "--log-level", "WARNING"]
+    assert main(["embed", *common, "--out", str(tmp_path / "mean.parquet")]) == 0
+    assert main(["embed", *common, "--pool", "cls", "--out", str(tmp_path / "cls.parquet")]) == 0
+    assert main(["embed", *common, "--text-vectors", "none", "--out", str(tmp_path / "plain.parquet")]) == 0
+    mean = pq.read_table(tmp_path / "mean.parquet").sort_by("id")
+    cls = pq.read_table(tmp_path / "cls.parquet").sort_by("id")
+    assert mean.schema.field("embedding_cls").type == mean.schema.field("embedding").type  # same dtype and size
+    assert "embedding_cls" not in cls.column_names
+    assert "embedding_cls" not in pq.read_table(tmp_path / "plain.parquet").column_names
+    a = np.stack(mean.column("embedding_cls").to_pylist())
+    b = np.stack(cls.column("embedding").to_pylist())
+    assert mean.column("id").to_pylist() == cls.column("id").to_pylist() and len(a) == 12
+    assert (a * b).sum(axis=1).min() >= 0.9999
+    assert float((np.stack(mean.column("embedding").to_pylist()) * b).sum(axis=1).max()) < 0.999  # mean differs
+    # a resumed run must keep the same choice: the column is part of the run's identity
+    assert main(["embed", *common, "--text-vectors", "none", "--out", str(tmp_path / "mean.parquet")]) == 2
+
+
 def test_mean_and_cls_differ(small) -> None:
     cls = load_model(ModelConfig(**SMALL, pool="cls"))
     batch = decode_image(jpeg_bytes(640, 360, seed=9), 224, "pad")[0][None]
@@ -160,5 +209,8 @@ def test_real_vit_l_14_architecture() -> None:
     assert lm.name == "ViT-L-14" and lm.image_size == 224 and lm.embed_dim == 768
     assert lm.model.visual.pool_type == "avg"
     assert sum(p.numel() for p in lm.model.visual.parameters()) > 300e6
-    vec = ImageEncoder(lm)(decode_image(jpeg_bytes(1600, 900, seed=1), 224, "pad")[0][None])
+    batch = decode_image(jpeg_bytes(1600, 900, seed=1), 224, "pad")[0][None]
+    vec = ImageEncoder(lm)(batch)
     assert vec.shape == (1, 768) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+    image, cls = ImageEncoder(lm, with_cls=True).encode(batch)  # mean + CLS from one pass of the real tower
+    assert cls is not None and cls.shape == (1, 768) and np.allclose(image, vec, atol=1e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,74 @@ def _ids(run_dir: Path) -> list[int]:
 def test_manifest_carries_the_index(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["index"]["n"] == N_IMAGES and manifest["index"]["type"] == "flat"
-    assert manifest["index"]["recall@10"] == 1.0
+    assert manifest["index"]["recall@10"] == 1.0 and manifest["index"]["column"] == "embedding"
+    text = manifest["text_index"]  # the text-query index: chosen, tuned and measured like the image index
+    assert text["column"] == "embedding_cls" and text["n"] == N_IMAGES and text["recall@10"] == 1.0
+    assert manifest["outputs"]["text_index"] == "index/text.faiss" and (run_dir / "index" / "text.json").exists()
+
+
+def _exact_text_ranking(run_dir: Path, text: str, column: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    from job.model import encode_text
+
+    s = Searcher.open(str(run_dir), device="cpu")
+    q = encode_text(s.model(), [text])[0]
+    t = pq.read_table(run_dir / "embeddings.parquet", columns=["id", column])
+    x = np.stack(t.column(column).to_pylist())
+    return [t.column("id")[int(i)].as_py() for i in np.argsort(-(x @ q))]
+
+
+def test_text_queries_search_the_cls_vectors(run_dir: Path, tmp_path: Path) -> None:
+    """Text search ranks by the CLS vectors (embedding_cls), image and id search by the mean-pooled ones."""
+    s = Searcher.open(str(run_dir), device="cpu")
+    assert s.text_space().source.endswith("text.faiss") and s.text_space().column == "embedding_cls"
+    text = "night, rain, intersection"
+    want = _exact_text_ranking(run_dir, text, "embedding_cls")
+    assert [h["id"] for h in s.by_text(text, N_IMAGES)] == want
+    assert want != _exact_text_ranking(run_dir, text, "embedding")  # the two spaces rank differently
+    # without text.faiss (e.g. an index built elsewhere): exact search over embedding_cls, same answer
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    (other / "index" / "text.faiss").unlink()
+    s2 = Searcher.open(str(other), device="cpu")
+    assert [h["id"] for h in s2.by_text(text, N_IMAGES)] == want and s2.text_space().column == "embedding_cls"
+    # `job index --run` rebuilds both indexes and records both in the manifest
+    assert main(["index", "--run", str(other), "--no-progress", "--log-level", "WARNING"]) == 0
+    assert (other / "index" / "text.faiss").exists()
+    assert json.loads((other / "manifest.json").read_text())["text_index"]["column"] == "embedding_cls"
+
+
+def test_notebook_text_galleries_use_the_cls_vectors(run_dir: Path) -> None:
+    from job import viz
+
+    run = viz.open_run(str(run_dir))
+    assert run.text_vectors is not None and run.text_vectors.shape == run.vectors.shape
+    assert "embedding_cls" not in run.meta.columns
+    text = "night, rain, intersection"
+    want = _exact_text_ranking(run_dir, text, "embedding_cls")
+    lm = viz.load_text_model(run, "cpu")
+    for use_index in (False, True):
+        table = viz.text_search(run, lm, [text], k=N_IMAGES, use_index=use_index)[text]
+        assert table.id.tolist() == want, use_index
+        assert table.attrs["search"] == ("faiss index" if use_index else "exact cosine")
+
+
+def test_a_run_without_text_vectors_falls_back_to_its_image_vectors(images: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "plain"
+    assert main(["run", "--source", str(images), "--out", str(out), *TEST_MODEL, "--text-vectors", "none",
+                 "--no-project", "--no-progress", "--workers", "0", "--log-level", "WARNING"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["text_index"] is None and not (out / "index" / "text.faiss").exists()
+    s = Searcher.open(str(out), device="cpu")
+    logging.getLogger().addHandler(caplog.handler)  # main() reset the root logger's handlers
+    try:
+        with caplog.at_level("WARNING", logger="job.search"):
+            hits = s.by_text("a road", 3)
+    finally:
+        logging.getLogger().removeHandler(caplog.handler)
+    assert len(hits) == 3 and s.text_space() is s.image and "no embedding_cls" in caplog.text
 
 
 def test_image_search_finds_the_same_image_first(run_dir: Path, images: Path) -> None:

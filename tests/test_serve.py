@@ -21,8 +21,8 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TEST_MODEL, _free_port
 
+from conftest import TEST_MODEL, _free_port
 from job.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,18 @@ def _meta(run: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ API
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--run", "/nonexistent/run"], "holds no embeddings.parquet"),
+    (["--run", "/nonexistent/run", "--port", "0"], "must be a positive integer"),
+    (["--run", "/nonexistent/run", "--port", "70000"], "--port 70000 must be in 1..65535"),
+])
+def test_serve_command_bad_input_exits_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["serve", *argv, "--log-level", "ERROR"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_info_and_page(server: str, served_run: Path) -> None:
@@ -187,6 +199,23 @@ def test_bad_image_upload(server: str) -> None:
     assert status == 400 and "not an image" in doc["error"]
     status, doc = get_json(f"{server}/api/search?k=3", data=b"")
     assert status == 400
+
+
+@pytest.mark.s3
+def test_an_s3_run(served_run: Path, s3_bucket: str) -> None:
+    """The same service over a run on s3:// (moto): filters, text and id queries, thumbnails, the map."""
+    from job import fsutil
+    from job.serve import SearchService
+
+    fs, _ = fsutil.url_to_fs(f"s3://{s3_bucket}/")
+    fs.put(str(served_run), f"{s3_bucket}/runs/r1", recursive=True)
+    service = SearchService(f"s3://{s3_bucket}/runs/r1", device="cpu")
+    assert service.info()["thumbnails"] == "thumbnails.parquet" and service.map_points()["points"] > 0
+    doc = service.search(service.parse({"text": "a bus", "k": "5", "channel": "CAM_BACK"}))
+    assert doc["space"] == "text" and len(doc["hits"]) == 5 and {h["channel"] for h in doc["hits"]} == {"CAM_BACK"}
+    first = doc["hits"][0]["id"]
+    assert service.search(service.parse({"id": first, "k": "1"}))["hits"][0]["id"] == first
+    assert service.thumbnail(first)[:2] == b"\xff\xd8"
 
 
 # ------------------------------------------------------------------------------------------------ browser

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Runs the embedding job once on a fresh Deep Learning AMI instance, then powers the instance off.
+# Runs (or resumes) the embedding job on a fresh Deep Learning AMI instance, then powers the instance off.
 #
-# Shipped as a CDK asset; the user-data CDK renders writes RUN_ENV_FILE and JOB_ARGS_FILE, schedules the hard stop
-# (shutdown -h +N) and then calls:  user_data.sh RUN_ENV_FILE JOB_ARGS_FILE
+# Shipped as a CDK asset; the user-data CDK renders (cdk/compute.py) writes RUN_ENV_FILE and JOB_ARGS_FILE, schedules
+# the hard stop (shutdown -h +N) and then calls:  user_data.sh RUN_ENV_FILE JOB_ARGS_FILE
 #
-# Steps: check the GPU (nvidia-smi) -> instance store as scratch -> s3fs mount of the nuScenes bucket (read-only)
-# -> build the job image from the shipped source (or pull IMAGE) -> docker run python -m job run (logs to CloudWatch)
-# -> check manifest.json -> _STATUS -> power off. _STATUS in s3://<bucket>/runs/<run-id>/ says running / succeeded /
-# failed with the reason; the EXIT trap writes the final one and powers off on success and on failure alike.
+# Phases, each recorded with its time in s3://<bucket>/runs/<run-id>/_STATUS (job/status.py's schema), together with
+# this script's log (_bootstrap.log, also streamed live to CloudWatch Logs):
+#   check-gpu (docker, the log stream, nvidia-smi) -> scratch (instance store) -> mount (s3fs, nuScenes read-only)
+#   -> image (build or pull) -> weights (the container starts: sources opened, weights loaded from the account's cache)
+#   -> the job's own phases: embed (progress at least twice a minute), index, project -> publish (manifest checked,
+#   logs copied to the run prefix).
+# The job writes every committed shard straight to the run prefix, so an instance started for the same run id (the
+# group's replacement after a spot reclaim, or a re-run) resumes from what S3 holds.
+#
+# How a run ends, and what happens to the Auto Scaling group (the "capacity" block below):
+#   succeeded, failed                 -> group set to 0 (nothing replaces the instance), power off
+#   interrupted: max_run_hours        -> the job is stopped (SIGTERM: it commits and exits 75), group set to 0, power off
+#   interrupted: spot, or a signal    -> the job is stopped the same way; the group is left as it is, so it replaces the
+#                                        instance and the new one resumes
+# The first reason recorded wins: a later trap never overwrites it.
 set -euo pipefail
 set -o errtrace
 
@@ -23,26 +34,45 @@ ECR_REGION=${ECR_REGION:-$REGION}
 SOURCE_ZIP=${SOURCE_ZIP:-/opt/vit-embed/src.zip}
 MARKET=${MARKET:-on-demand}
 INSTANCE_TYPE=${INSTANCE_TYPE:-unknown}
+WEIGHTS_CACHE=${WEIGHTS_CACHE:-} # s3://<bucket>/cache/weights: tag weights stored once per account (job --weights-cache)
 KEEP_INSTANCE=${KEEP_INSTANCE:-false} # debugging only: set in RUN_ENV_FILE to skip the final power-off
 ASG_NAME=${ASG_NAME:-} # the run's Auto Scaling group (cdk/compute.py); empty outside one
-# Where things go on the instance (overridable so tests can run the script in a sandbox with stub commands).
+# Where things are and how long things take on the instance; overridable so that tests/rehearsal/ can run this script
+# end to end on a machine without a GPU, Docker or AWS.
 LOG_FILE=${LOG_FILE:-/var/log/vit-embed.log}
 SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
 WORK_DIR=${WORK_DIR:-/opt/vit-embed}
 SCRATCH_FALLBACK=${SCRATCH_FALLBACK:-/var/lib/vit-embed}
 INSTANCE_STORE_MOUNT=${INSTANCE_STORE_MOUNT:-/mnt/scratch}
+STATE_DIR=${STATE_DIR:-/run/vit-embed} # this attempt's state; its `started` file tells the user-data we took over
+IMDS_ENDPOINT=${IMDS_ENDPOINT:-http://169.254.169.254}
+# The log forwarder: docker/Dockerfile's base image (the build pulls it anyway), `tail -F` of LOG_FILE through the
+# awslogs driver, started as soon as Docker runs, so the first phases are visible in minutes rather than at the end.
+LOG_IMAGE=${LOG_IMAGE:-public.ecr.aws/docker/library/python:3.11-slim-bookworm}
+STOP_MARGIN_S=${STOP_MARGIN_S:-300} # stop the job this long before the deadline: it commits, the logs are copied
+MIN_JOB_S=${MIN_JOB_S:-60}          # do not start the job with less time than this left before that stop
+STOP_GRACE_S=${STOP_GRACE_S:-35}    # docker stop -t: the job commits and exits within 30 s of SIGTERM
+SPOT_POLL_S=${SPOT_POLL_S:-5}       # the spot notice comes two minutes ahead
 
 readonly RUN_URI="s3://${ARTIFACTS_BUCKET}/${RUN_PREFIX}"
-readonly CONTAINER=vit-embed
-readonly APP_UID=1000 # the non-root user in docker/Dockerfile
-readonly STOP_MARGIN_S=300 # leave this long before the deadline to write _STATUS and the log
+readonly CONTAINER=vit-embed LOG_CONTAINER=vit-embed-log
+readonly APP_UID=1000        # the non-root user in docker/Dockerfile
+readonly EXIT_INTERRUPTED=75 # the job's exit code after a graceful stop (job.errors.Interrupted)
+readonly STOP_FILE=$STATE_DIR/stop # line 1: deadline | spot | signal, line 2: the reason. Written once: first wins
+readonly JOB_LOG=$WORK_DIR/job.log # the container's output (also in CloudWatch), copied to the run prefix at the end
 PHASE=starting
 FAIL_REASON=
 JOB_IMAGE=
+JOB_PID=
 SCRATCH=
 INSTANCE_ID=unknown
 STARTED_AT=$(date -u +%FT%TZ)
+ATTEMPT=$(date -u +%Y%m%dT%H%M%SZ) # + the instance id: this attempt's folder of logs, _logs/<attempt>/
+LOG_STREAMING=false
+WITH_LOGS=false
+WATCHERS=()
 
+install -d -m 0755 "$(dirname "$LOG_FILE")" "$WORK_DIR"
 exec > >(tee -a "$LOG_FILE") 2>&1
 
 log() { printf '%s vit-embed[%s]: %s\n' "$(date -u +%FT%TZ)" "$PHASE" "$*"; }
@@ -55,26 +85,75 @@ fail() {
 
 imds() { # imds PATH: GET an instance-metadata path with an IMDSv2 token
 	local token
-	token=$(curl -fsS -m 5 -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
-	curl -fsS -m 5 -H "X-aws-ec2-metadata-token: ${token}" "http://169.254.169.254/latest/meta-data/$1"
+	token=$(curl -fsS -m 5 -X PUT "${IMDS_ENDPOINT}/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+	curl -fsS -m 5 -H "X-aws-ec2-metadata-token: ${token}" "${IMDS_ENDPOINT}/latest/meta-data/$1"
 }
 
-status_json() { # status_json STATUS REASON: the _STATUS document
-	python3 -c 'import json, sys
-keys = ("status", "reason", "phase", "run_id", "run_uri", "instance_id", "instance_type", "started_at", "updated_at")
-print(json.dumps(dict(zip(keys, sys.argv[1:])), indent=1))' \
-		"$1" "$2" "$PHASE" "$RUN_ID" "$RUN_URI" "$INSTANCE_ID" "$INSTANCE_TYPE" "$STARTED_AT" "$(date -u +%FT%TZ)"
+# --- _STATUS ------------------------------------------------------------------------------------------------------
+# The document is merged with what S3 holds, because the job writes it too (its phases, its progress, its final word):
+# this attempt's document is continued, a new attempt starts a fresh one that remembers the previous outcome, and the
+# first terminal status of an attempt stays unless the script forces the stop reason it recorded before the job ended.
+read -r -d '' STATUS_PY <<'PY' || true
+import datetime, json, os, sys
+mine, stored_path, status, reason, phase, force = sys.argv[1:7]
+def load(path):
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+env = os.environ
+doc, stored = load(mine), load(stored_path)
+if doc is None:
+    doc = {"schema": 1, "status": "running", "reason": "", "started_at": env["STARTED_AT"],
+           "attempt": env["ATTEMPT"], "phases": []}
+    if stored is not None and stored.get("status") in ("running", "succeeded", "failed", "interrupted"):
+        doc["previous"] = {k: stored.get(k) for k in ("status", "reason", "phase", "updated_at")}
+elif stored is not None and (stored.get("started_at"), stored.get("attempt")) == (doc["started_at"], doc["attempt"]):
+    doc = stored
+doc.update({k.lower(): env[k] for k in ("RUN_ID", "RUN_URI", "INSTANCE_ID", "INSTANCE_TYPE", "MARKET")})
+if phase and doc.get("phase") != phase:
+    doc["phase"] = phase
+    doc.setdefault("phases", []).append({"phase": phase, "at": now})
+if status != "running" and (doc.get("status") == "running" or force):
+    doc["status"], doc["reason"] = status, reason
+doc["updated_at"] = now
+with open(mine, "w") as f:
+    json.dump(doc, f, indent=1)
+PY
+
+write_status() { # write_status running|succeeded|failed|interrupted REASON [PHASE] [force]: _STATUS + _bootstrap.log
+	# (+ _logs/<attempt>/bootstrap.log and job.log once WITH_LOGS is set: the copies that outlive the log group)
+	local stored up
+	stored=$(mktemp -p "$STATE_DIR") up=$(mktemp -d -p "$STATE_DIR")
+	# Before the job starts nobody else writes this attempt's document: read S3 only for the previous attempt's.
+	if [ -e "$STATE_DIR/job-started" ] || [ ! -e "$STATE_DIR/status.json" ]; then
+		aws s3 cp "${RUN_URI}_STATUS" "$stored" --region "$REGION" --only-show-errors >/dev/null 2>&1 || : >"$stored"
+	fi
+	if env "STARTED_AT=$STARTED_AT" "ATTEMPT=$ATTEMPT" "RUN_ID=$RUN_ID" "RUN_URI=$RUN_URI" "INSTANCE_ID=$INSTANCE_ID" \
+		"INSTANCE_TYPE=$INSTANCE_TYPE" "MARKET=$MARKET" \
+		python3 -c "$STATUS_PY" "$STATE_DIR/status.json" "$stored" "$1" "$2" "${3:-}" "${4:-}"; then
+		cp "$STATE_DIR/status.json" "$up/_STATUS"
+		cp "$LOG_FILE" "$up/_bootstrap.log"
+		if [ "$WITH_LOGS" = true ]; then # the attempt's last word: its logs too, where they outlive the stack
+			mkdir -p "$up/_logs/$ATTEMPT"
+			cp "$LOG_FILE" "$up/_logs/$ATTEMPT/bootstrap.log"
+			[ ! -e "$JOB_LOG" ] || cp "$JOB_LOG" "$up/_logs/$ATTEMPT/job.log"
+		fi
+		aws s3 cp "$up" "$RUN_URI" --recursive --region "$REGION" --only-show-errors ||
+			log "warning: could not write ${RUN_URI}_STATUS"
+	else
+		log "warning: could not build the _STATUS document"
+	fi
+	rm -rf "$stored" "$up"
 }
 
-write_status() { # write_status running|succeeded|failed [REASON]
-	status_json "$1" "${2:-}" |
-		aws s3 cp - "${RUN_URI}_STATUS" --region "$REGION" --content-type application/json --only-show-errors ||
-		log "warning: could not write ${RUN_URI}_STATUS"
-}
-
-upload_log() {
-	aws s3 cp "$LOG_FILE" "${RUN_URI}_bootstrap.log" --region "$REGION" --content-type text/plain --only-show-errors ||
-		log "warning: could not upload ${LOG_FILE}"
+phase() { # phase NAME: a new phase begins (recorded with its time)
+	PHASE=$1
+	log "phase ${PHASE}"
+	write_status running "" "$PHASE"
 }
 
 on_err() { # remember the first failing command as the reason
@@ -83,9 +162,10 @@ on_err() { # remember the first failing command as the reason
 }
 
 # --- capacity (Auto Scaling group) ------------------------------------------------------------------------------
-# The instance runs in a group of at most one (cdk/compute.py). Before it powers off, it sets the group to
-# min = max = desired = 0, or the group would replace it and start the run again. The deadline schedule outside the
-# instance (cdk/deadline.py) makes the same call at max_run_hours + margin if this one never happens.
+# The instance runs in a group of at most one (cdk/compute.py). When the run is over (succeeded, failed, or stopped at
+# max_run_hours) it sets the group to min = max = desired = 0 before it powers off, or the group would replace it and
+# start the run again. After a spot notice or a shutdown it does not: the group's replacement resumes the run. The
+# deadline schedule outside the instance (cdk/deadline.py) sets the group to 0 at max_run_hours + margin regardless.
 release_cmd() { # the call, for this script and for the hard-stop unit
 	printf 'aws autoscaling update-auto-scaling-group --region %q --auto-scaling-group-name %q --min-size 0 --max-size 0 --desired-capacity 0' \
 		"$REGION" "$ASG_NAME"
@@ -101,36 +181,107 @@ release_capacity() {
 }
 # --- end capacity ------------------------------------------------------------------------------------------------
 
+# --- stopping: the first reason wins ------------------------------------------------------------------------------
+record_stop() { # record_stop KIND REASON: true if this is the first stop reason of the attempt
+	(
+		set -o noclobber
+		printf '%s\n%s\n' "$1" "$2" >"$STOP_FILE"
+	) 2>/dev/null
+}
+
+request_stop() { # request_stop KIND REASON (from a watcher): record why, write it, then stop the job gracefully
+	record_stop "$1" "$2" || return 0
+	log "stopping (${1}): ${2}"
+	write_status interrupted "$2" "" force # before the job gets the signal: its own reason comes second
+	if [ -e "$STATE_DIR/job-started" ]; then
+		docker stop -t "$STOP_GRACE_S" "$CONTAINER" >/dev/null 2>&1 || true # SIGTERM: commit, exit 75
+	else
+		kill -TERM "$$" 2>/dev/null || true # no job yet: end the script (after the command now running)
+	fi
+}
+
+stop_at_deadline() { # background: at max_run_hours less the margin, record why and stop the job (it commits first)
+	PHASE=deadline # this subshell's log tag
+	while [ "$(date +%s)" -lt "$1" ]; do sleep 1; done
+	request_stop deadline "max_run_hours (${MAX_RUN_MINUTES} min) reached: the job was stopped and committed its shards; the same run id resumes"
+}
+
+watch_spot_interruption() { # background: a spot notice stops the job; the group then replaces the instance
+	local action
+	PHASE=spot-watch # this subshell's log tag
+	while sleep "$SPOT_POLL_S"; do
+		if action=$(imds spot/instance-action 2>/dev/null); then
+			request_stop spot "spot interruption: $(printf '%s' "$action" | tr -d '\n')"
+			return 0
+		fi
+	done
+}
+
+stop_job() { # the script is ending while the job runs (a signal): let the job commit, then wait for it
+	[ -n "$JOB_PID" ] || return 0
+	log "stopping the job container (up to ${STOP_GRACE_S}s to commit)"
+	docker stop -t "$STOP_GRACE_S" "$CONTAINER" >/dev/null 2>&1 || true
+	wait "$JOB_PID" 2>/dev/null || true
+	JOB_PID=
+}
+
+on_signal() { # the OS is shutting down, or someone stopped the script: recorded unless a reason is already there
+	record_stop signal "terminated by ${1} during ${PHASE} (the instance is shutting down); the same run id resumes" ||
+		true
+	exit 143
+}
+
 on_exit() {
-	local rc=$?
+	local rc=$? kind='' why=''
 	trap - EXIT ERR
+	trap '' TERM INT HUP PIPE # the ending runs to its end, also while the OS shuts down around it
 	set +e
-	if [ "$rc" -eq 0 ]; then
+	stop_job
+	WITH_LOGS=true
+	[ "${#WATCHERS[@]}" -eq 0 ] || kill "${WATCHERS[@]}" 2>/dev/null
+	if [ "$rc" -eq 0 ]; then # the manifest is there: complete, even if a stop came as the job finished
 		log "run succeeded: ${RUN_URI}"
-		write_status succeeded ""
+		write_status succeeded "" "" force
+	elif [ -s "$STOP_FILE" ]; then
+		kind=$(sed -n 1p "$STOP_FILE") why=$(sed -n 2p "$STOP_FILE")
+		log "run interrupted (${kind}): ${why}"
+		write_status interrupted "$why" "" force
+	elif [ "$rc" -eq "$EXIT_INTERRUPTED" ]; then
+		kind=job # stopped by a signal this script did not send: the job recorded why
+		log "the job was interrupted (exit ${rc}); its reason is in _STATUS"
+		write_status interrupted "the job was stopped (exit ${rc})"
 	else
 		log "run failed (exit ${rc}): ${FAIL_REASON:-unknown}"
 		write_status failed "${FAIL_REASON:-exit ${rc} in phase ${PHASE}}"
 	fi
-	upload_log
 	if [ "$KEEP_INSTANCE" = true ]; then
 		log "KEEP_INSTANCE=true: not powering off (the hard stop at max_run_hours still applies)"
-		return
+	else
+		case $kind in
+		spot | signal | job) log "${ASG_NAME:-the group} is left as it is: its next instance resumes ${RUN_URI}" ;;
+		*) release_capacity ;;
+		esac
+		log "powering off (the instance terminates)"
 	fi
-	release_capacity
-	log "powering off (the instance terminates)"
-	sync
-	shutdown -h now "vit-embed: run finished"
-}
-
-on_signal() {
-	[ -n "$FAIL_REASON" ] || FAIL_REASON="terminated by a signal during ${PHASE}"
-	exit 143
+	if [ "$LOG_STREAMING" = true ]; then
+		docker stop -t 5 "$LOG_CONTAINER" >/dev/null 2>&1 || true # the forwarder flushes the last lines
+	fi
+	if [ "$KEEP_INSTANCE" != true ]; then
+		sync
+		shutdown -h now "vit-embed: run ended"
+	fi
+	exit "$rc"
 }
 
 trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
 trap on_exit EXIT
-trap on_signal TERM INT HUP
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+trap 'on_signal SIGHUP' HUP
+
+rm -rf "$STATE_DIR"
+install -d -m 0700 "$STATE_DIR"
+touch "$STATE_DIR/started" # from here on this script ends the run (status, logs, capacity, power-off)
 
 schedule_hard_stop() {
 	# Backs up the user-data's `shutdown -h +N`: a persistent timer at the same absolute deadline also fires
@@ -163,31 +314,34 @@ schedule_hard_stop() {
 	log "hard stop scheduled at ${deadline} (max_run_hours)"
 }
 
-watch_spot_interruption() { # background: record a spot reclaim in _STATUS before the instance goes away
-	local action
-	while sleep 5; do
-		if action=$(imds spot/instance-action 2>/dev/null); then
-			PHASE=interrupted
-			log "spot interruption notice: ${action}"
-			write_status failed "spot interruption: ${action}"
-			upload_log
-			return 0
-		fi
-	done
+start_log_stream() { # this script's log, live, in CloudWatch Logs (stream <run-id>/<instance-id>/bootstrap)
+	if docker run -d --rm --init --name "$LOG_CONTAINER" \
+		--log-driver=awslogs \
+		--log-opt "awslogs-region=${REGION}" \
+		--log-opt "awslogs-group=${LOG_GROUP}" \
+		--log-opt "awslogs-stream=${RUN_ID}/${INSTANCE_ID}/bootstrap" \
+		-v "${LOG_FILE}:/var/log/vit-embed.log:ro" \
+		"$LOG_IMAGE" tail -F -n +1 /var/log/vit-embed.log >/dev/null; then
+		LOG_STREAMING=true
+		log "streaming this log to CloudWatch Logs ${LOG_GROUP}, stream ${RUN_ID}/${INSTANCE_ID}/bootstrap"
+	else
+		log "warning: could not stream this log to CloudWatch Logs (it is still copied to ${RUN_URI}_bootstrap.log)"
+	fi
 }
 
 check_gpu() {
-	PHASE=check-gpu
-	command -v nvidia-smi >/dev/null ||
-		fail "nvidia-smi not found: the AMI has no NVIDIA driver (ami_ssm_parameter must name a GPU Deep Learning AMI)"
-	nvidia-smi || fail "nvidia-smi failed: no working NVIDIA GPU/driver on ${INSTANCE_TYPE}"
+	phase check-gpu
 	command -v docker >/dev/null || fail "docker not found on the AMI"
 	systemctl start docker
 	docker info >/dev/null || fail "docker daemon is not running"
+	start_log_stream
+	command -v nvidia-smi >/dev/null ||
+		fail "nvidia-smi not found: the AMI has no NVIDIA driver (ami_ssm_parameter must name a GPU Deep Learning AMI)"
+	nvidia-smi || fail "nvidia-smi failed: no working NVIDIA GPU/driver on ${INSTANCE_TYPE}"
 }
 
 setup_scratch() { # SCRATCH: the instance store (NVMe) where the type has one, else a folder on the root volume
-	PHASE=scratch
+	phase scratch
 	local devs=() target=$INSTANCE_STORE_MOUNT
 	if mountpoint -q /opt/dlami/nvme; then # recent DLAMIs mount the instance store here themselves
 		SCRATCH=/opt/dlami/nvme/vit-embed
@@ -208,13 +362,13 @@ setup_scratch() { # SCRATCH: the instance store (NVMe) where the type has one, e
 			SCRATCH=$target/vit-embed
 		fi
 	fi
-	install -d -m 0755 "$SCRATCH" "$SCRATCH/out" "$SCRATCH/cache"
-	chown "$APP_UID:$APP_UID" "$SCRATCH/out" "$SCRATCH/cache" # the container's non-root user writes here
+	install -d -m 0755 "$SCRATCH" "$SCRATCH/cache"
+	chown "$APP_UID:$APP_UID" "$SCRATCH/cache" # the container's non-root user keeps downloaded weights here
 	log "scratch: ${SCRATCH} ($(df -h --output=avail "$SCRATCH" | tail -1 | tr -d ' ') free)"
 }
 
 mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (its regional endpoint)
-	PHASE=mount
+	phase mount
 	if ! command -v s3fs >/dev/null; then
 		apt-get -o DPkg::Lock::Timeout=600 update -q
 		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q s3fs
@@ -235,7 +389,7 @@ mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (i
 }
 
 prepare_image() {
-	PHASE=image
+	phase image
 	if [ -n "$IMAGE" ]; then
 		if [ -n "$ECR_REGISTRY" ]; then
 			aws ecr get-login-password --region "$ECR_REGION" |
@@ -257,51 +411,68 @@ prepare_image() {
 		fail "the GPU is not visible inside the container (NVIDIA Container Toolkit)"
 }
 
-run_job() {
-	PHASE=job
-	local remaining rc job_args=()
+run_job() { # python -m job run, writing straight to the run prefix; stopped gracefully at the deadline
+	phase weights # the container's first steps: open the sources, load the weights (from WEIGHTS_CACHE once stored)
+	local remaining rc=0 deadline_pid job_args=() extra=()
 	remaining=$((DEADLINE_EPOCH - $(date +%s) - STOP_MARGIN_S))
-	[ "$remaining" -gt 60 ] || fail "max_run_hours reached before the job could start"
+	[ "$remaining" -gt "$MIN_JOB_S" ] || fail "max_run_hours (${MAX_RUN_MINUTES} min) reached before the job could start"
 	mapfile -t job_args <"$JOB_ARGS_FILE"
-	write_status running ""
-	log "python -m job run ${job_args[*]} --out /data/out --publish ${RUN_URI} (up to ${remaining}s)"
-	set +e
-	timeout --kill-after=60 "$remaining" docker run --rm --name "$CONTAINER" --gpus all --ipc=host \
+	[ -z "$WEIGHTS_CACHE" ] || extra=(--weights-cache "$WEIGHTS_CACHE")
+	log "python -m job run ${job_args[*]} --out ${RUN_URI} ${extra[*]} (stopped in ${remaining}s at the latest)"
+	touch "$STATE_DIR/job-started"
+	# --init: tini is PID 1 and hands SIGTERM to python, which commits and exits 75; --stop-timeout: the grace period
+	# docker itself gives it at a shutdown. The output goes to CloudWatch (awslogs) and to JOB_LOG (attached).
+	docker run --rm --init --name "$CONTAINER" --stop-timeout "$STOP_GRACE_S" --gpus all --ipc=host \
 		--log-driver=awslogs \
 		--log-opt "awslogs-region=${REGION}" \
 		--log-opt "awslogs-group=${LOG_GROUP}" \
-		--log-opt "awslogs-stream=${RUN_ID}/job" \
+		--log-opt "awslogs-stream=${RUN_ID}/${INSTANCE_ID}/job" \
 		-e "AWS_REGION=${REGION}" -e "AWS_DEFAULT_REGION=${REGION}" \
 		-v "${NUSCENES_MOUNT}:${NUSCENES_MOUNT}:ro" \
-		-v "${SCRATCH}/out:/data/out" \
 		-v "${SCRATCH}/cache:/data/cache" \
-		"$JOB_IMAGE" run "${job_args[@]}" --out /data/out --publish "$RUN_URI" --device cuda
-	rc=$?
-	set -e
-	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-		docker stop -t 30 "$CONTAINER" >/dev/null 2>&1 || true
-		fail "max_run_hours (${MAX_RUN_MINUTES} min) reached: the job was stopped before it finished"
+		"$JOB_IMAGE" run "${job_args[@]}" --out "$RUN_URI" "${extra[@]}" --device cuda --no-progress \
+		>"$JOB_LOG" 2>&1 &
+	JOB_PID=$!
+	stop_at_deadline "$(($(date +%s) + remaining))" &
+	deadline_pid=$!
+	WATCHERS+=("$deadline_pid")
+	wait "$JOB_PID" || rc=$?
+	JOB_PID=
+	kill "$deadline_pid" 2>/dev/null || true
+	log "the job exited with code ${rc}"
+	[ "$rc" -ne 0 ] || return 0
+	if [ -s "$STOP_FILE" ] || [ "$rc" -eq "$EXIT_INTERRUPTED" ]; then
+		exit "$EXIT_INTERRUPTED" # the EXIT trap records why (the stop reason, or the job's own)
 	fi
-	[ "$rc" -eq 0 ] || fail "the job exited with code ${rc}; see CloudWatch Logs ${LOG_GROUP}, stream ${RUN_ID}/job"
+	fail "the job exited with code ${rc}; see CloudWatch Logs ${LOG_GROUP}, stream ${RUN_ID}/${INSTANCE_ID}/job"
+}
+
+publish() { # the run is complete once its manifest is there; the EXIT trap copies the logs next to it
+	phase publish
 	aws s3 ls "${RUN_URI}manifest.json" --region "$REGION" >/dev/null ||
-		fail "the job exited 0 but ${RUN_URI}manifest.json is missing (publish did not finish)"
+		fail "the job exited 0 but ${RUN_URI}manifest.json is missing"
 }
 
 main() {
 	INSTANCE_ID=$(imds instance-id || echo unknown)
 	INSTANCE_TYPE=$(imds instance-type || echo "$INSTANCE_TYPE") # the group picked one of the allowed types
+	ATTEMPT="${ATTEMPT}-${INSTANCE_ID}"
 	log "run ${RUN_ID} on ${INSTANCE_ID} (${INSTANCE_TYPE}, ${MARKET}); artifacts: ${RUN_URI}"
-	write_status running ""
+	if aws s3 ls "${RUN_URI}manifest.json" --region "$REGION" >/dev/null 2>&1; then
+		log "${RUN_URI}manifest.json exists: the run is complete, nothing to do"
+		exit 0
+	fi
 	schedule_hard_stop
 	if [ "$MARKET" = spot ]; then
 		watch_spot_interruption &
+		WATCHERS+=("$!")
 	fi
 	check_gpu
 	setup_scratch
 	mount_nuscenes
 	prepare_image
 	run_job
-	PHASE=finished
+	publish
 }
 
 main

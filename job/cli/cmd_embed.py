@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--publish", default=None, metavar="URI", help="copy the finished run here (e.g. s3://bucket/runs/ID/)")
     r.add_argument("--shard", default=None, metavar="I/N",
                    help="embed only the I-th of N deterministic parts into OUTDIR/shards/I/ (whole archives per shard "
-                        "when there are at least N archives, else a stable hash of the path); then `job merge`")
+                        "when there are at least N archives, else a stable hash of the path); then `job merge`. I may be $VAR, "
+                        "an environment variable holding it (AWS Batch: $AWS_BATCH_JOB_ARRAY_INDEX)")
     add_common_options(r)
     r.set_defaults(handler=_run, _default_source=True)

@@ -9,8 +9,11 @@ from .options import add_common_options, choice, int_at_least
 
 
 def _serve(cfg: JobConfig, args: argparse.Namespace) -> int:
-    from ..serve import serve
-
+    try:
+        from ..serve import serve
+    except ImportError as exc:  # the `serve` extra is not installed (e.g. in the job image)
+        raise UsageError(f"job serve needs the serve extra ({exc.name} is missing): "
+                         "pip install 'vit-embedding-drivedata[serve]' (make setup installs it)") from None
     sc = cfg.search
     if not sc.run:
         raise UsageError("give --run OUTDIR (a finished run folder, local or s3://)")

@@ -8,14 +8,14 @@ import time
 
 from ..config import JobConfig
 from ..errors import Interrupted
-from ..status import TERMINAL, format_status, read_log_tail, read_status
+from ..status import TERMINAL, format_status, read_log_tail, read_run_status
 from .options import add_common_options, number, positive_int
 
 _EXIT = {"succeeded": 0, "failed": 1, "interrupted": Interrupted.exit_code}
 
 
 def _show(run: str, as_json: bool, lines: int) -> str:
-    doc = read_status(run)
+    doc = read_run_status(run)  # a split run (shards/): every shard's status and the merge's
     tail = read_log_tail(run, lines)
     if as_json:
         print(json.dumps({**doc, "log_tail": tail}), flush=True)
@@ -41,8 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="what a run is doing: phase, progress, ETA, why it stopped",
                        description="Print a run's _STATUS (local or s3://): status, phase, images done/total, "
                                    "images/s, ETA, why it stopped, and the last lines of the instance's bootstrap "
-                                   "log. With --watch, refresh until the run ends; the exit code is then 0 "
-                                   "(succeeded), 1 (failed) or 75 (interrupted, resumable).")
+                                   "log. For a run split into shards (OUTDIR/shards/I/, e.g. on AWS Batch): every "
+                                   "shard's status and progress, the merge's, and the sums (slowest ETA). With "
+                                   "--watch, refresh until the run ends; the exit code is then 0 (succeeded), 1 "
+                                   "(failed) or 75 (interrupted, resumable).")
     p.add_argument("run", metavar="RUN_URI", help="the run folder, e.g. s3://bucket/runs/ID/ or runs/mini")
     p.add_argument("--watch", type=number, nargs="?", const=30.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 30) until the run ends")

@@ -1,27 +1,28 @@
 """Filtered search: the top-k among a set of ids (a metadata filter's matches), restricted inside Faiss.
 
-Two ways, chosen per index and per query from how selective the filter is (``bench/filter_bench.py``,
+Three ways; ``auto`` picks by index type and by the share s of vectors the filter keeps (``bench/filter_bench.py``,
 docs/benchmarks.md):
 
 * ``scan``: an exact scan of only the matching vectors in the index's own full-precision (or re-ranking) codes
-  (``IndexFlat`` itself, HNSW's flat storage, IVF-PQ's ``Refine`` codes), with a bitmap ``IDSelector``. Its cost
-  is one bit test per vector plus one dot product per match, and it is exact. Flat and HNSW indexes always
-  scan: HNSW's graph search with a selector lost most of its recall when the filter keeps whole scenes or
-  cameras (recall@10 0.39-0.52 at 200k), while the scan of 200k vectors stays within tens of milliseconds.
-* ``index``: the index's own search with the same selector in its ``SearchParameters``, the coverage parameter
-  raised by the inverse selectivity (``nprobe/s`` lists for IVF, ``efSearch/s`` for HNSW) so that about as many
-  matching candidates are scored as without a filter. IVF indexes use it for filters keeping more than
-  ``SCAN_MAX_SELECTIVITY`` of the vectors.
+  (``IndexFlat`` itself, HNSW's flat storage, IVF-PQ's ``Refine`` codes), with a bitmap ``IDSelector``: one bit
+  test per vector plus one dot product per match. Exact; flat indexes always use it, the others for selective
+  filters (when the post-filter below would have to fetch more than ``POST_MAX`` candidates).
+* ``post``: the index's ordinary search for ``POST_FACTOR·k/s`` candidates (efSearch / nprobe widened as much),
+  kept when they hold k matches; those are then the exact filtered top-k up to the index's own recall. When they do
+  not (the filter keeps scenes far from the query), the scan answers instead.
+* ``index``: the index's search with the selector in its ``SearchParameters``, the coverage raised by 1/s
+  (``nprobe/s`` lists, ``efSearch/s``). Kept for indexes without full codes (IVF-PQ without re-ranking), where it
+  falls back to every list; on filters that keep whole scenes or cameras it lost most of its recall in the
+  benchmark (HNSW and IVF alike search where the query is, not where the matches are).
 
-Either way k hits come back whenever k ids match: an index search that returns fewer falls back to the scan
-(or to all inverted lists when the index keeps no full codes).
+Either way k hits come back whenever k ids match.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,10 +31,9 @@ from ._faiss import load_faiss
 
 log = logging.getLogger(__name__)
 
-# IVF indexes answer filters keeping at most this share of the vectors by the exact scan of their re-ranking codes,
-# broader ones by IVF search with the selector (bench/filter_bench.py, docs/benchmarks.md).
-SCAN_MAX_SELECTIVITY = 0.10
-EF_SEARCH_MAX = 4096  # HNSW beam cap under a filter (beyond, the scan is cheaper anyway)
+POST_FACTOR = 2  # candidates fetched per hit wanted, per share kept: 2·k/s (twice the expected need)
+POST_MAX = 512  # beyond this many candidates (filters keeping < ~4% at k=10) the scan is the cheaper, exact way
+EF_SEARCH_MAX = 4096  # HNSW beam cap under a filter (``index`` method)
 
 
 @dataclass
@@ -77,22 +77,25 @@ class FilteredSearch:
         else:
             self.inner = top  # IVF with its own ids: select them by value
         self.scan_codes = _scan_codes(self.inner)
-        self.always_scan = isinstance(self.inner, (faiss.IndexFlat, faiss.IndexHNSW))
+        self.always_scan = isinstance(self.inner, faiss.IndexFlat)
 
     # ------------------------------------------------------------------------------------------- selectors
-    def _selector(self, ids: np.ndarray) -> tuple[Any, list[Any]]:
-        """An IDSelector over ``ids`` in the ids the inner index stores, and the arrays it points into."""
+    def _selector(self, ids: np.ndarray) -> tuple[Any, list[Any], Callable[[np.ndarray], np.ndarray]]:
+        """An IDSelector over ``ids`` in the ids the inner index stores, the arrays it points into, and a
+        membership test for labels the inner index returns."""
         faiss = load_faiss()
         if self._id_map is None:
             arr = np.ascontiguousarray(ids, np.int64)
-            return faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)), [arr]
+            return (faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)), [arr],
+                    lambda labels: np.isin(labels, arr) & (labels >= 0))
         pos = np.searchsorted(self._sorted, ids)
         pos = np.clip(pos, 0, max(0, self.n - 1))
         found = self._sorted[pos] == ids if self.n else np.zeros(len(ids), bool)
         mask = np.zeros(self.n, bool)
         mask[self._order[pos[found]]] = True
         bits = np.packbits(mask, bitorder="little")
-        return faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits)), [bits]
+        return (faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits)), [bits],
+                lambda labels: (labels >= 0) & mask[np.clip(labels, 0, None)])
 
     def _to_ids(self, labels: np.ndarray) -> np.ndarray:
         if self._id_map is None:
@@ -127,34 +130,64 @@ class FilteredSearch:
         return p
 
     # ------------------------------------------------------------------------------------------- search
+    def _choose(self, s: float, kk: int) -> str:
+        if self.always_scan:
+            return "scan"
+        if math.ceil(POST_FACTOR * kk / s) <= min(POST_MAX, self.n):
+            return "post"
+        return "scan" if self.scan_codes is not None else "index"
+
+    def _post(self, xq: np.ndarray, kk: int, s: float, params: dict[str, int], keep: list[Any],
+              member: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ordinary search for 2·k/s candidates, matches kept; None when some query got fewer than k of them.
+
+        The beam / lists grow with the depth asked (efSearch and nprobe times fetch/k): the tuned parameters
+        give their recall for the top k, not for the top fetch.
+        """
+        fetch = min(self.n, max(kk, math.ceil(POST_FACTOR * kk / s)))
+        p = self._params(self.inner, None, params, kk / fetch, kk, keep, exhaustive=False)
+        scores, labels = self.inner.search(xq, fetch, params=p)
+        ok = member(labels)
+        out_s = np.full((len(xq), kk), -np.inf, np.float32)
+        out_l = np.full((len(xq), kk), -1, np.int64)
+        for i in range(len(xq)):
+            cols = np.flatnonzero(ok[i])[:kk]
+            if len(cols) < kk:
+                return None
+            out_s[i], out_l[i] = scores[i, cols], labels[i, cols]
+        return out_s, out_l
+
     def search(self, xq: np.ndarray, k: int, ids: np.ndarray, params: dict[str, int] | None = None,
                *, method: str = "auto") -> FilteredResult:
-        """Top-``k`` of the (1, d) query ``xq`` among ``ids`` (sorted int64); ``method``: auto, scan or index."""
+        """Top-``k`` of the (n, d) queries ``xq`` among ``ids`` (sorted int64); ``method``: auto, scan, post, index."""
         m = len(ids)
         kk = min(k, m)
         if kk == 0:
             return FilteredResult(np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64), "empty")
         s = max(m / max(self.n, 1), 1e-9)
-        if method == "auto":
-            scan = self.always_scan or s <= SCAN_MAX_SELECTIVITY
-            method = "scan" if self.scan_codes is not None and scan else "index"
-        sel, keep = self._selector(ids)
-        if method == "scan":
-            if self.scan_codes is None:
-                raise UsageError(f"this {type(self.inner).__name__} index keeps no full codes to scan")
-            scores, labels = self.scan_codes.search(xq, kk, params=faiss_params(sel, keep))
-        else:
-            p = self._params(self.inner, sel, params or {}, s, k, keep, exhaustive=False)
-            scores, labels = self.inner.search(xq, kk, params=p)
-            if (labels < 0).any():  # the beam / lists held fewer than k matches: search every match
-                log.debug("filtered index search found fewer than %d of %d matches; scanning", kk, m)
-                method = "scan" if self.scan_codes is not None else "index (all lists)"
-                if self.scan_codes is not None:
-                    scores, labels = self.scan_codes.search(xq, kk, params=faiss_params(sel, keep))
-                else:
-                    p = self._params(self.inner, sel, params or {}, s, k, keep, exhaustive=True)
-                    scores, labels = self.inner.search(xq, kk, params=p)
-        return FilteredResult(scores, self._to_ids(labels), method)
+        params = params or {}
+        method = self._choose(s, kk) if method == "auto" else method
+        sel, keep, member = self._selector(ids)
+        found = None
+        if method == "post":
+            found = self._post(xq, kk, s, params, keep, member)
+            if found is None:  # the nearest candidates hold too few matches: search all of them
+                log.debug("post-filter kept fewer than %d of %d matches; scanning", kk, m)
+                method = "post/scan" if self.scan_codes is not None else "post/index"
+        elif method == "index":
+            p = self._params(self.inner, sel, params, s, k, keep, exhaustive=False)
+            found = self.inner.search(xq, kk, params=p)
+            if (found[1] < 0).any():  # the beam / lists held fewer than k matches: search every match
+                found, method = None, "index/scan" if self.scan_codes is not None else "index/all lists"
+        if found is None:
+            if method.endswith("scan"):
+                if self.scan_codes is None:
+                    raise UsageError(f"this {type(self.inner).__name__} index keeps no full codes to scan")
+                found = self.scan_codes.search(xq, kk, params=faiss_params(sel, keep))
+            else:
+                p = self._params(self.inner, sel, params, s, k, keep, exhaustive=True)
+                found = self.inner.search(xq, kk, params=p)
+        return FilteredResult(found[0], self._to_ids(found[1]), method)
 
 
 def faiss_params(sel: Any, keep: list[Any]) -> Any:

@@ -61,8 +61,8 @@ def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False,
     s = _searcher(run) if use_index else None
     if s is not None:
         try:
-            space = s.text_space() if text else None
-            ids, found = _ids_scores(s.by_vector(np.asarray(query, np.float32), k, space=space))
+            q = np.asarray(query, np.float32)
+            ids, found = _ids_scores(s.by_vector(q, k, space=s.text_space()) if text else s.by_vector(q, k))
             rows = np.array([run.row(int(i)) for i in ids], np.int64)
             return rows, np.asarray(found, np.float32), "faiss index"
         except Exception as exc:  # noqa: BLE001

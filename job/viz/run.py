@@ -13,8 +13,8 @@ import pandas as pd
 from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
 from ..runfolder import Manifest, RunLayout, embedding_matrix, read_manifest, read_table
-from ..store import CLS_COLUMN, VECTOR_COLUMNS
 from ..runfolder import open_run as open_output
+from ..store import CLS_COLUMN, VECTOR_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,275 @@
+"""Batch (``engine=batch``): the N shards as one AWS Batch array job on GPU instances, then the merge, submitted
+when the stack deploys. AWS Batch owns placement (any AZ, any allowed type), scaling from and back to zero, retries
+of reclaimed spot shards and the per-attempt timeout; the job owns resuming (``job run --shard`` skips what S3
+already holds) and ``_STATUS`` (docs/cloud.md, "Scale out")."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from aws_cdk import Aws, Duration, RemovalPolicy, Size
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from . import constants as C
+
+ROOT_DEVICE = "/dev/xvda"  # the ECS-optimized Amazon Linux 2023 AMIs
+
+
+def job_size(instance_types: Sequence[str]) -> tuple[int, int]:
+    """``(vCPUs, memory MiB)`` a one-GPU job asks for so that it fits on one GPU of every allowed type."""
+    specs = [C.instance_spec(t) for t in instance_types]
+    vcpus = min(v // g for v, _, g in specs)
+    gib = min(m / g for _, m, g in specs)
+    return vcpus, math.floor(gib * 1024 * C.BATCH_MEMORY_FRACTION)
+
+
+def max_vcpus(instance_types: Sequence[str], shards: int) -> int:
+    """The compute environment's ceiling: every shard on its own GPU of the largest per-GPU share at once."""
+    return shards * max(v // g for v, _, g in (C.instance_spec(t) for t in instance_types))
+
+
+def retry_strategies() -> list[batch.RetryStrategy]:
+    """Retry what another attempt fixes (the host went away; the job stopped gracefully, exit 75), nothing else.
+
+    Batch takes the first rule that matches. A timed-out attempt is never retried (Batch's rule), even though the
+    job answers the timeout's SIGTERM with exit 75.
+    """
+    return [
+        batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_status_reason=C.HOST_TERMINATED_REASON)),
+        batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_exit_code=str(C.EXIT_STOPPED))),
+        batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
+    ]
+
+
+class BatchCompute(Construct):
+    """One managed EC2 compute environment of the allowed GPU types (min 0 vCPUs, every subnet given: one per AZ),
+    its job queue, and the two job definitions: the shard (one GPU) and the merge (CPU and memory only).
+
+    The merge goes to the same queue: it lands on a GPU instance that has just finished a shard, image pulled,
+    instead of waiting minutes for a CPU instance to boot; it needs no GPU, and runs for minutes.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        security_group: ec2.ISecurityGroup,
+        instance_types: Sequence[str],
+        market: str,
+        shards: int,
+        root_volume_gb: int,
+        image: ecs.ContainerImage,
+        shard_command: Sequence[str],
+        merge_command: Sequence[str],
+        environment: Mapping[str, str],
+        log_group: logs.ILogGroup,
+        log_stream_prefix: str,
+        max_run_minutes: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        # Encrypted gp3 root (the image's layers and the model cache live there), IMDSv2 only with hop limit 1:
+        # containers (bridge network) cannot reach the instance role; they get their job role from the ECS agent.
+        self.launch_template = ec2.LaunchTemplate(
+            self,
+            "Template",
+            require_imdsv2=True,
+            http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
+            http_endpoint=True,
+            http_put_response_hop_limit=1,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name=ROOT_DEVICE,
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        root_volume_gb, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True, delete_on_termination=True
+                    ),
+                )
+            ],
+        )
+        spot = market == "spot"
+        self.compute_environment = batch.ManagedEc2EcsComputeEnvironment(
+            self,
+            "Gpus",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[security_group],
+            instance_types=[ec2.InstanceType(t) for t in instance_types],
+            use_optimal_instance_classes=False,
+            # The AL2023 GPU AMI ships NVIDIA driver 580 (the torch wheels' CUDA 13 needs >= 580; AL2's is older).
+            images=[batch.EcsMachineImage(image_type=batch.EcsMachineImageType.ECS_AL2023_NVIDIA)],
+            launch_template=self.launch_template,
+            spot=spot,
+            allocation_strategy=batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED
+            if spot
+            else batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
+            minv_cpus=0,  # nothing runs, nothing bills: Batch scales to zero once the jobs are done
+            maxv_cpus=max_vcpus(instance_types, shards),
+        )
+        self.queue = batch.JobQueue(
+            self,
+            "Queue",
+            priority=1,
+            compute_environments=[batch.OrderedComputeEnvironment(compute_environment=self.compute_environment, order=1)],
+        )
+
+        vcpus, memory_mib = job_size(instance_types)
+        logging = ecs.LogDriver.aws_logs(stream_prefix=log_stream_prefix, log_group=log_group)
+        self.shard_role = self._job_role("ShardRole", "vit-embed shard: read sources, write its shard of the run, weights cache")
+        self.merge_role = self._job_role("MergeRole", "vit-embed merge: read the shards, write the merged run")
+        self.shard_container = batch.EcsEc2ContainerDefinition(
+            self,
+            "ShardContainer",
+            image=image,
+            command=list(shard_command),
+            environment=dict(environment),
+            cpu=vcpus,
+            memory=Size.mebibytes(memory_mib),
+            gpu=1,
+            job_role=self.shard_role,
+            logging=logging,
+            linux_parameters=batch.LinuxParameters(self, "ShardLinux", shared_memory_size=Size.gibibytes(C.BATCH_SHM_GIB)),
+        )
+        self.merge_container = batch.EcsEc2ContainerDefinition(
+            self,
+            "MergeContainer",
+            image=image,
+            command=list(merge_command),
+            environment=dict(environment),
+            cpu=vcpus,
+            memory=Size.mebibytes(memory_mib),
+            job_role=self.merge_role,
+            logging=logging,
+            linux_parameters=batch.LinuxParameters(self, "MergeLinux", shared_memory_size=Size.gibibytes(C.BATCH_SHM_GIB)),
+        )
+        timeout = Duration.minutes(max_run_minutes)  # per attempt (per child of the array)
+        self.shard_job = batch.EcsJobDefinition(
+            self,
+            "ShardJob",
+            container=self.shard_container,
+            retry_attempts=C.BATCH_ATTEMPTS,
+            retry_strategies=retry_strategies(),
+            timeout=timeout,
+        )
+        self.merge_job = batch.EcsJobDefinition(
+            self,
+            "MergeJob",
+            container=self.merge_container,
+            retry_attempts=C.BATCH_ATTEMPTS,
+            retry_strategies=retry_strategies(),
+            timeout=timeout,
+        )
+
+    def _job_role(self, construct_id: str, description: str) -> iam.Role:
+        """A container's own role (the stack grants it exactly what it reads and writes); ECS hands it over."""
+        return iam.Role(self, construct_id, assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"), description=description)
+
+    @property
+    def execution_roles(self) -> list[iam.IRole]:
+        """The roles the ECS agent pulls the image with (one per container definition)."""
+        return [c.execution_role for c in (self.shard_container, self.merge_container)]
+
+
+class Submission(Construct):
+    """Submits the run when the stack deploys: the array of N shards (one job when N = 1), then the merge, which
+    depends on the array, so Batch starts it once every child succeeded and fails it if one fails for good.
+
+    Two SDK calls through CDK's AwsCustomResource (a Lambda CloudFormation invokes on create, update, delete). A new
+    deploy (a new run id) submits new jobs; deleting the stack or replacing the run terminates this run's jobs.
+    Its role may submit to this queue with these two job definitions, and terminate jobs.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        queue: batch.IJobQueue,
+        shard_job: batch.IJobDefinition,
+        merge_job: batch.IJobDefinition,
+        shards: int,
+        job_name: str,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="vit-embed: submit this run's Batch jobs on deploy, terminate them on delete",
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteOwnLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[self.log_group.log_group_arn]
+            )
+        )
+        job_arns = f"arn:{Aws.PARTITION}:batch:{Aws.REGION}:{Aws.ACCOUNT_ID}:job/*"
+        array = {"arrayProperties": {"size": shards}} if shards > 1 else {}
+        self.shards = self._submit(
+            "Shards",
+            {"jobName": f"{job_name}-shards", "jobQueue": queue.job_queue_arn, "jobDefinition": shard_job.job_definition_arn, **array},
+            [queue.job_queue_arn, shard_job.job_definition_arn],
+            job_arns,
+        )
+        self.merge = self._submit(
+            "Merge",
+            {
+                "jobName": f"{job_name}-merge",
+                "jobQueue": queue.job_queue_arn,
+                "jobDefinition": merge_job.job_definition_arn,
+                "dependsOn": [{"jobId": self.shards_job_id}],
+            },
+            [queue.job_queue_arn, merge_job.job_definition_arn],
+            job_arns,
+        )
+
+    def _submit(self, construct_id: str, parameters: dict, submit_to: list[str], job_arns: str) -> cr.AwsCustomResource:
+        submit = cr.AwsSdkCall(
+            service="Batch",
+            action="submitJob",
+            parameters=parameters,
+            physical_resource_id=cr.PhysicalResourceId.from_response("jobId"),
+            output_paths=["jobId", "jobName"],
+        )
+        return cr.AwsCustomResource(
+            self,
+            construct_id,
+            resource_type="Custom::BatchSubmitJob",
+            on_create=submit,
+            on_update=submit,  # a changed run (new run id, new job definition) is a new submission
+            on_delete=cr.AwsSdkCall(
+                service="Batch",
+                action="terminateJob",
+                parameters={"jobId": cr.PhysicalResourceIdReference(), "reason": "vit-embed: the run's stack was deleted or replaced"},
+                # Batch forgets finished jobs after a while; terminating one it no longer knows is nothing to do.
+                ignore_error_codes_matching="ClientException",
+            ),
+            policy=cr.AwsCustomResourcePolicy.from_statements(
+                [
+                    iam.PolicyStatement(sid="SubmitThisRun", actions=["batch:SubmitJob"], resources=submit_to),
+                    # Job ids exist only once submitted: the ARN ends in the id (acknowledged in nag.py).
+                    iam.PolicyStatement(sid="TerminateThisRun", actions=["batch:TerminateJob"], resources=[job_arns]),
+                ]
+            ),
+            role=self.role,
+            log_group=self.log_group,
+            install_latest_aws_sdk=False,  # the runtime's SDK: no download from npm at deploy time
+            timeout=Duration.minutes(2),
+        )
+
+    @property
+    def shards_job_id(self) -> str:
+        return self.shards.get_response_field("jobId")
+
+    @property
+    def merge_job_id(self) -> str:
+        return self.merge.get_response_field("jobId")
+

@@ -1,0 +1,211 @@
+"""Batch stack (``-c engine=batch -c shards=N``): the same network, buckets, log group and job image as the instance
+engine's stack, then AWS Batch (cdk/batch.py) instead of the Auto Scaling group: N shards as an array job, the
+merge after them, submitted on deploy; the grants, and how to follow the run."""
+from __future__ import annotations
+
+from aws_cdk import Annotations, Aws, CfnOutput, CfnResource, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from . import constants as C
+from .batch import BatchCompute, Submission
+from .checkov import skip
+from .config import RunConfig
+from .image import JobImage
+from .network import Network
+from .stack import CROSS_REGION_WARNING, EmbeddingRunStack, _retention, cross_region_message
+from .storage import Storage
+
+# The Lambda behind CDK's AwsCustomResource (one per stack) submits the jobs: checkov's Lambda checks, justified.
+SUBMIT_FUNCTION_ID = "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
+SUBMIT_FUNCTION_CHECKS = {
+    "CKV_AWS_115": "CDK's AwsCustomResource provider that submits this run's Batch jobs: CloudFormation calls it twice "
+    "per deploy (the shards, the merge) and once per job on delete, so a reserved-concurrency limit guards nothing.",
+    "CKV_AWS_116": "CDK's AwsCustomResource provider: CloudFormation invokes it synchronously and receives its failure "
+    "as a failed resource (the deploy rolls back); a dead-letter queue would hold events nobody replays.",
+    "CKV_AWS_117": "CDK's AwsCustomResource provider: it calls only the Batch API, so it needs no VPC; putting it in one "
+    "would need a NAT gateway or interface endpoints for a function that runs seconds per deploy.",
+}
+_RW = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+MANY_ARCHIVES_WARNING = "vit-embed:shards-above-archives"
+
+
+def shard_spec(shards: int) -> str:
+    """``--shard`` of every child: the index from Batch's environment (an array of one is not an array)."""
+    return f"${C.ARRAY_INDEX_VAR}/{shards}" if shards > 1 else "0/1"
+
+
+def shard_command(cfg: RunConfig, run_uri: str, cache_uri: str) -> list[str]:
+    """What each child runs after the image's ``python -m job``: its shard, written straight to S3."""
+    assert cfg.shards is not None
+    return ["run", "--shard", shard_spec(cfg.shards), *cfg.job_args(), "--out", run_uri, "--weights-cache", cache_uri,
+            "--device", "cuda"]
+
+
+def merge_command(cfg: RunConfig, run_uri: str) -> list[str]:
+    """What the merge runs after the image's ``python -m job``: the shards -> one run, its index and UMAP map."""
+    return ["merge", "--run", run_uri, "--index-type", cfg.index_type, "--log-level", cfg.log_level]
+
+
+def archives_message(cfg: RunConfig) -> str | None:
+    """The synth warning when N exceeds the dataset's archives (each shard then streams every archive)."""
+    if cfg.sources or cfg.shards is None:
+        return None
+    archives = C.TRAINVAL_PARTS if cfg.dataset == "trainval" else 1
+    if cfg.shards <= archives:
+        return None
+    return (f"shards={cfg.shards} > the {archives} archive(s) of dataset={cfg.dataset}: the images are split by a hash of "
+            f"their path, so every shard streams all ~{C.DATASET_READ_GB[cfg.dataset]:g} GB and embeds 1/{cfg.shards} of "
+            f"them. With shards <= {archives} each shard streams whole archives of its own.")
+
+
+class BatchRunStack(Stack):
+    """One run as N AWS Batch shards and a merge; artifacts land in ``s3://<bucket>/runs/<run-id>/``."""
+
+    # The same AZs as the instance engine: the first max_azs of the region (Fn::GetAZs), or the pinned one.
+    availability_zones = EmbeddingRunStack.availability_zones
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: RunConfig, **kwargs) -> None:
+        self.config = config  # read by availability_zones, which the VPC calls during construction
+        super().__init__(scope, construct_id, **kwargs)
+        cfg = config
+        assert cfg.shards is not None
+        Tags.of(self).add("project", C.PROJECT_TAG)
+        Tags.of(self).add("run-id", cfg.run_id)
+        if cfg.cross_region:
+            Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
+        many = archives_message(cfg)
+        if many:
+            Annotations.of(self).add_warning_v2(MANY_ARCHIVES_WARNING, many)
+
+        self.network = Network(
+            self,
+            "Network",
+            vpc_id=cfg.vpc_id,
+            subnet_ids=cfg.subnet_ids,
+            availability_zone=cfg.availability_zone,
+            max_azs=cfg.max_azs,
+            nat_gateway=cfg.nat_gateway,
+        )
+        self.storage = Storage(
+            self, "Storage", retain=cfg.retain_artifacts, artifact_retention_days=cfg.artifact_retention_days
+        )
+        bucket = self.storage.artifacts
+        self.log_group = logs.LogGroup(
+            self,
+            "JobLogs",
+            log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
+            retention=_retention(cfg.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.image = JobImage(self, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
+        self.run_uri = f"s3://{bucket.bucket_name}/{cfg.run_prefix}"
+        cache_uri = f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}"
+        self.compute = BatchCompute(
+            self,
+            "Batch",
+            vpc=self.network.vpc,
+            subnets=self.network.subnets,
+            security_group=self.network.security_group,
+            instance_types=cfg.instance_types,
+            market=cfg.market,
+            shards=cfg.shards,
+            root_volume_gb=cfg.root_volume_gb,
+            image=self._container_image(),
+            shard_command=shard_command(cfg, self.run_uri, cache_uri),
+            merge_command=merge_command(cfg, self.run_uri),
+            environment={"AWS_REGION": cfg.region, "AWS_DEFAULT_REGION": cfg.region},
+            log_group=self.log_group,
+            log_stream_prefix=cfg.run_id,
+            max_run_minutes=cfg.max_run_minutes,
+        )
+        self.submission = Submission(
+            self,
+            "Submit",
+            queue=self.compute.queue,
+            shard_job=self.compute.shard_job,
+            merge_job=self.compute.merge_job,
+            shards=cfg.shards,
+            job_name=f"{cfg.stack_name}-{cfg.run_id}".replace(".", "-")[:110],
+            log_retention=_retention(cfg.log_retention_days),
+        )
+        self._grant(cfg)
+        self._outputs(cfg)
+        for res in self.node.find_all():
+            if isinstance(res, CfnResource) and res.cfn_resource_type == "AWS::Lambda::Function" and SUBMIT_FUNCTION_ID in res.node.path:
+                for check_id, comment in SUBMIT_FUNCTION_CHECKS.items():
+                    skip(res, check_id, comment)
+
+    def _container_image(self) -> ecs.ContainerImage:
+        """The job image as Batch pulls it: the image CDK built and pushed (asset), or the given URI."""
+        if self.image.docker_asset is not None:
+            return ecs.ContainerImage.from_docker_image_asset(self.image.docker_asset)  # grants the pull itself
+        return ecs.ContainerImage.from_registry(self.image.uri)
+
+    # -- IAM: each container may touch exactly its part of the run ----------------------------------------------------
+    def _grant(self, cfg: RunConfig) -> None:
+        bucket = self.storage.artifacts
+        shard, merge = self.compute.shard_role, self.compute.merge_role
+        shard.add_to_policy(
+            iam.PolicyStatement(sid="WriteOwnShards", actions=_RW, resources=[bucket.arn_for_objects(f"{cfg.run_prefix}{C.SHARDS_DIR}/*")])
+        )
+        shard.add_to_policy(
+            iam.PolicyStatement(
+                sid="SharedWeightsCache",
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[bucket.arn_for_objects(f"{C.WEIGHTS_CACHE_PREFIX}/*")],
+            )
+        )
+        merge.add_to_policy(
+            iam.PolicyStatement(sid="WriteOwnRun", actions=_RW, resources=[bucket.arn_for_objects(f"{cfg.run_prefix}*")])
+        )
+        for role in (shard, merge):
+            # Unconditioned: S3 answers a HEAD of a missing key with 404 only to a caller that may list the bucket
+            # (a prefix-conditioned grant does not count), and the job probes keys before it writes them.
+            role.add_to_policy(iam.PolicyStatement(sid="ListArtifacts", actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
+        source_buckets = [f"arn:{Aws.PARTITION}:s3:::{b}" for b in cfg.source_buckets]
+        shard.add_to_policy(
+            iam.PolicyStatement(sid="ReadSourceBuckets", actions=["s3:GetObject"], resources=[f"{b}/*" for b in source_buckets])
+        )
+        shard.add_to_policy(iam.PolicyStatement(sid="ListSourceBuckets", actions=["s3:ListBucket"], resources=source_buckets))
+        if self.image.docker_asset is None:  # an ECR URI: the agent pulls it with the execution roles
+            for execution_role in self.compute.execution_roles:
+                self.image.grant_pull(execution_role)
+
+    # -- outputs: everything a user needs to follow the run ------------------------------------------------------------
+    def _outputs(self, cfg: RunConfig) -> None:
+        bucket = self.storage.artifacts.bucket_name
+        region = cfg.region
+        group = self.log_group.log_group_name
+        shards_id, merge_id = self.submission.shards_job_id, self.submission.merge_job_id
+        CfnOutput(self, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/")
+        CfnOutput(
+            self, "AccessLogBucket", value=self.storage.access_logs.bucket_name,
+            description="server access logs of the artifacts bucket (kept by cdk destroy, like the artifacts)",
+        )
+        CfnOutput(self, "RunPrefix", value=self.run_uri, description="this run's artifacts; shards/I/ holds shard I")
+        CfnOutput(self, "LogGroup", value=group, description="CloudWatch Logs group with the containers' logs")
+        CfnOutput(self, "JobQueue", value=self.compute.queue.job_queue_name, description="the run's AWS Batch job queue")
+        CfnOutput(self, "ShardsJobId", value=shards_id, description=f"the array job of {cfg.shards} shard(s)")
+        CfnOutput(self, "MergeJobId", value=merge_id, description="the merge job (starts once every shard succeeded)")
+        CfnOutput(
+            self, "StatusCommand", value=f"python -m job status {self.run_uri} --watch",
+            description="every shard's progress and the merge's, from S3 (the repository's venv)",
+        )
+        CfnOutput(
+            self, "JobsCommand",
+            value=f"aws batch describe-jobs --region {region} --jobs {shards_id} {merge_id} "
+                  "--query 'jobs[].[jobName,status,statusReason,arrayProperties.statusSummary]'",
+            description="what Batch says: job states, array children per state, why a job failed",
+        )
+        CfnOutput(
+            self, "FollowLogsCommand", value=f"aws logs tail {group} --follow --log-stream-name-prefix {cfg.run_id}/ --region {region}",
+            description="follow the containers' logs (one stream per attempt of each child and of the merge)",
+        )
+        CfnOutput(
+            self, "NotebookCommand", value=f"RUN_URI={self.run_uri} jupyter lab {C.NOTEBOOK}",
+            description="open the UMAP notebook against this run",
+        )

@@ -1,0 +1,291 @@
+"""A rehearsal of the cloud run: the real cdk/scripts/user_data.sh, end to end, on this machine (tests/rehearsal/).
+
+Only hardware is stood in for: nvidia-smi, the docker engine (its `run` executes the image's real entrypoint, python -m
+job, in the venv on the CPU with the same arguments, environment and mounts), the s3fs mount (a folder holding the test
+nuScenes archive) and the instance metadata service. S3, CloudWatch Logs and the Auto Scaling group are a moto server
+reached by the real clients: the aws CLI in the script, s3fs in the job, boto3 for the log driver and the checks.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TEST_MODEL
+from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
+from rehearsal.harness import VENV_BIN, Account, Instance
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+PHASES = ["check-gpu", "scratch", "mount", "image", "weights", "embed", "index", "project", "publish"]
+IMAGES = 18  # keyframes of one camera in the test archive (tests/nuscenes_fixture.py)
+SMALL = ["--batch-size", "4", "--shard-size", "8", "--n-epochs", "20"]  # a few shards, a quick UMAP
+EARLY_SHARDS = ["--batch-size", "2", "--shard-size", "2"]  # the first shard lands within a second of embedding
+
+
+def stack_args(account: Account, **context: str) -> list[str]:
+    """The job options the stack fixes (cdk.config.RunConfig.job_args) for the rehearsal's model and data: the mini
+    archive on the mount, ViT-B-32 with random weights, one camera unless ``channels`` says otherwise."""
+    from cdk import constants as C
+    from cdk.config import from_context
+
+    ctx = {"run_id": "rehearsal", "dataset": "mini", "model": TEST_MODEL[1], "pretrained": TEST_MODEL[3],
+           "channels": "CAM_FRONT", **context}
+    args = from_context(ctx.get).job_args()
+    return [str(account.mount) + a[len(C.NUSCENES_MOUNT):] if a.startswith(C.NUSCENES_MOUNT + "/") else a for a in args]
+
+
+def container_command(instance: Instance) -> list[str]:
+    """What the job container ran: the arguments after the image in the `docker run --name vit-embed` call."""
+    (line,) = [c for c in instance.docker_runs() if " --name vit-embed " in c]
+    argv = shlex.split(line)
+    return argv[argv.index(f"vit-embed:{instance.run_id}") + 1:]
+
+
+@pytest.fixture(autouse=True)
+def _no_instance_outlives_its_test():
+    yield
+    Instance.cleanup_all()
+
+
+@pytest.fixture(scope="module")
+def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
+    if not (VENV_BIN / "aws").exists():
+        pytest.skip("the aws CLI is not installed in the venv (pip install -e '.[dev]')")
+    acct = Account.create(s3_server, tmp_path_factory.mktemp("account"))
+    pack_mini_archive(nuscenes_dataroot, acct.mount / "public" / "v1.0" / "v1.0-mini.tgz")
+    return acct
+
+
+@pytest.fixture(scope="module")
+def reference(account: Account, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """An uninterrupted local run of the command the success case's container runs (same options, CPU)."""
+    from job.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    command = ["run", *stack_args(account), *SMALL, "--out", str(out), "--weights-cache",
+               f"s3://{account.bucket}/cache/weights", "--device", "cpu", "--no-progress"]
+    assert main(command) == 0
+    return command, out
+
+
+def _table(run_uri_or_dir: str, name: str):
+    import s3fs
+
+    if run_uri_or_dir.startswith("s3://"):
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)  # S3 changed since the last look
+        return pq.read_table(f"{run_uri_or_dir.removeprefix('s3://')}{name}", filesystem=fs)
+    return pq.read_table(Path(run_uri_or_dir) / name)
+
+
+def assert_same_vectors(run_uri: str, local: Path) -> None:
+    """Every image once, none missing, and the same vectors and metadata as the uninterrupted local run."""
+    got = _table(run_uri, "embeddings.parquet").sort_by("id")
+    want = _table(str(local), "embeddings.parquet").sort_by("id")
+    ids = got.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an image was embedded twice"
+    assert ids == want.column("id").to_pylist(), "images missing or extra"
+    assert got.column_names == want.column_names
+    for name in got.column_names:
+        if name.startswith("embedding"):
+            np.testing.assert_allclose(np.stack(got.column(name).to_numpy(zero_copy_only=False)),
+                                       np.stack(want.column(name).to_numpy(zero_copy_only=False)), atol=1e-5)
+        else:
+            assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+
+
+def assert_ended(instance: Instance, *, released: bool) -> None:
+    """The run ends the same way whatever happened: logs in S3, the group released or not, then power-off."""
+    calls = instance.calls()
+    assert any(c.startswith("shutdown -h now") for c in calls), calls
+    group = instance.account.capacity(instance.group)
+    assert group == ((0, 0, 0) if released else (0, 1, 1)), group
+    keys = instance.account.keys(f"{instance.run_prefix}_logs/")
+    assert any(k.endswith(f"-{instance.instance_id}/bootstrap.log") for k in keys), keys
+    assert instance.run_prefix + "_bootstrap.log" in instance.account.keys(instance.run_prefix + "_bootstrap")
+    assert not [c for c in calls if c.startswith("apt-get")]  # nothing installed from the network
+
+
+# --- success ---------------------------------------------------------------------------------------------------------
+
+
+def test_success_equals_a_local_run_and_walks_every_phase(account: Account, request, tmp_path: Path) -> None:
+    inst = Instance(account, tmp_path / "i1", "ok", stack_args(account) + SMALL, account.group("g-ok")).start()
+    command, local = request.getfixturevalue("reference")  # the local run, while the instance boots
+    assert inst.wait() == 0, inst.console_text()
+
+    # _STATUS went through every phase, in order, each with its time; progress reached the total.
+    doc = inst.status()
+    assert (doc["status"], doc["reason"]) == ("succeeded", ""), doc
+    assert [p["phase"] for p in doc["phases"]] == PHASES
+    times = [p["at"] for p in doc["phases"]]
+    assert times == sorted(times) and doc["started_at"] <= times[0]
+    assert doc["progress"]["done"] == IMAGES and doc["progress"]["failed"] == 0
+    assert (doc["run_id"], doc["instance_id"], doc["instance_type"]) == ("ok", inst.instance_id, "g6e.xlarge")
+
+    # The container: an init, a grace period, the GPU, the log driver; the run folder of record is S3.
+    (run_line,) = [c for c in inst.docker_runs() if " --name vit-embed " in c]
+    for flag in ("--init", "--stop-timeout 35", "--gpus all", "--log-driver=awslogs", f"awslogs-group={account.log_group}",
+                 f"awslogs-stream=ok/{inst.instance_id}/job"):
+        assert flag in run_line, flag
+    ran = container_command(inst)
+    assert ran[ran.index("--out") + 1] == inst.run_uri and "--publish" not in ran
+    assert ran[ran.index("--weights-cache") + 1] == f"s3://{account.bucket}/cache/weights"
+    # ... and it is the command of the local reference run, but for where it writes and the GPU stand-in.
+    swap = {inst.run_uri: "OUT", str(command[command.index("--out") + 1]): "OUT", "cuda": "cpu"}
+    assert [swap.get(a, a) for a in ran] == [swap.get(a, a) for a in command]
+
+    # The artifacts in S3 equal the local run's.
+    keys = account.keys(inst.run_prefix)
+    for name in ("manifest.json", "index/index.faiss", "index/index.json", "umap2d.parquet", "_run.json", "_STATUS"):
+        assert inst.run_prefix + name in keys, name
+    assert_same_vectors(inst.run_uri, local)
+    remote_m = json.loads(account.text(inst.run_prefix + "manifest.json"))
+    local_m = json.loads((local / "manifest.json").read_text())
+    assert remote_m["counts"] == local_m["counts"] and remote_m["model"]["weights_sha256"] == local_m["model"]["weights_sha256"]
+    for m in (remote_m, local_m):
+        m["config"]["output"].pop("out")
+    assert remote_m["config"] == local_m["config"]
+    got_map = _table(inst.run_uri, "umap2d.parquet").sort_by("id")
+    want_map = _table(str(local), "umap2d.parquet").sort_by("id")
+    assert got_map.column("id").to_pylist() == want_map.column("id").to_pylist()
+    got_index = json.loads(account.text(inst.run_prefix + "index/index.json"))
+    want_index = json.loads((local / "index" / "index.json").read_text())
+    assert [got_index[k] for k in ("n", "ids_sha256", "factory")] == [want_index[k] for k in ("n", "ids_sha256", "factory")]
+    assert got_index["n"] == IMAGES
+
+    # Logs: the bootstrap log and the job's, live in CloudWatch and copied next to the run; the group is released.
+    bootstrap = account.log_stream(f"ok/{inst.instance_id}/bootstrap")
+    assert any("phase mount" in line for line in bootstrap), bootstrap[-5:]
+    assert any(f"embedded {IMAGES} images" in line for line in account.log_stream(f"ok/{inst.instance_id}/job"))
+    (job_log,) = [k for k in account.keys(inst.run_prefix + "_logs/") if k.endswith("/job.log")]
+    assert f"embedded {IMAGES} images" in account.text(job_log)
+    assert_ended(inst, released=True)
+
+    # A replacement for a finished run (the release did not happen, say) finds the manifest and does nothing.
+    again = Instance(account, tmp_path / "i2", "ok", stack_args(account) + SMALL, account.group("g-ok-again"),
+                     instance_id="i-0rehearsal00000002").start()
+    assert again.wait() == 0, again.console_text()
+    assert not again.docker_runs() and again.status()["status"] == "succeeded"
+    assert again.status()["previous"]["status"] == "succeeded"
+    assert_ended(again, released=True)
+
+
+# --- failures --------------------------------------------------------------------------------------------------------
+
+
+def test_job_failure_keeps_the_jobs_reason_and_releases_the_group(account: Account, tmp_path: Path) -> None:
+    info = make_nuscenes_fixture(tmp_path / "broken", n_logs=1, scenes_per_log=1, samples_per_scene=2)
+    for rel in info.keyframes + info.sweeps:
+        (info.root / rel).write_bytes(b"not a jpeg")  # every image unreadable: the job fails with a DataError
+    pack_mini_archive(info, account.mount / "public" / "v1.0" / "broken.tgz")
+    args = stack_args(account, sources="/mnt/nuscenes/public/v1.0/broken.tgz") + SMALL
+    inst = Instance(account, tmp_path / "i1", "broken", args, account.group("g-broken")).start()
+    assert inst.wait() == 1, inst.console_text()
+    doc = inst.status()
+    assert doc["status"] == "failed" and doc["reason"].startswith("DataError: no image could be embedded"), doc
+    assert doc["phase"] == "embed" and "the job exited with code 1" in inst.console_text()
+    assert_ended(inst, released=True)
+
+
+def test_no_gpu_fails_before_the_job_and_keep_instance_skips_the_power_off(account: Account, tmp_path: Path) -> None:
+    inst = Instance(account, tmp_path / "i1", "nogpu", stack_args(account), account.group("g-nogpu"),
+                    env={"REHEARSAL_NO_GPU": "1"}, settings={"KEEP_INSTANCE": "true"}).start()
+    assert inst.wait() == 1, inst.console_text()
+    doc = inst.status()
+    assert doc["status"] == "failed" and doc["reason"].startswith("nvidia-smi failed"), doc
+    assert [p["phase"] for p in doc["phases"]] == ["check-gpu"]
+    assert [c for c in inst.docker_runs() if "--name vit-embed " in c] == []
+    # KEEP_INSTANCE (debugging): neither the group nor the power-off; the logs are copied all the same.
+    assert account.capacity(inst.group) == (0, 1, 1) and not any(c.startswith("shutdown") for c in inst.calls())
+    assert account.keys(inst.run_prefix + "_logs/")
+
+
+def test_missing_source_fails_before_the_build(account: Account, tmp_path: Path) -> None:
+    args = stack_args(account, sources="/mnt/nuscenes/public/v1.0/v1.0-nothing.tgz")
+    inst = Instance(account, tmp_path / "i1", "nosrc", args, account.group("g-nosrc")).start()
+    assert inst.wait() == 1
+    doc = inst.status()
+    assert doc["status"] == "failed" and "not found on the s3fs mount" in doc["reason"] and doc["phase"] == "mount"
+    assert not [c for c in inst.calls() if c.startswith("docker build")]
+    assert_ended(inst, released=True)
+
+
+def test_no_time_left_fails_before_the_job_starts(account: Account, tmp_path: Path) -> None:
+    inst = Instance(account, tmp_path / "i1", "late", stack_args(account), account.group("g-late"), deadline_s=200).start()
+    assert inst.wait() == 1
+    doc = inst.status()
+    assert doc["status"] == "failed" and doc["reason"].startswith("max_run_hours") and doc["phase"] == "weights"
+    assert not [c for c in inst.docker_runs() if "--name vit-embed " in c]
+    assert_ended(inst, released=True)
+
+
+# --- interruptions ---------------------------------------------------------------------------------------------------
+
+
+def _parts(account: Account, instance: Instance) -> list[str]:
+    return [k for k in account.keys(instance.run_prefix + "embeddings.parquet/") if k.endswith(".parquet")]
+
+
+def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Account, reference, tmp_path: Path) -> None:
+    _, local = reference
+    args = stack_args(account) + EARLY_SHARDS + ["--no-project"]
+    first = Instance(account, tmp_path / "i1", "killed", args, account.group("g-killed")).start()
+    first.wait_for(lambda: _parts(account, first), timeout=180, every=0.05)
+    first.kill()  # the whole instance, at once: no trap runs, nothing is flushed
+    assert first.status()["status"] == "running"  # nobody could say otherwise
+    assert account.keys(first.run_prefix + "manifest.json") == []
+    committed = _table(first.run_uri, "embeddings.parquet").num_rows
+    assert 2 <= committed < IMAGES
+
+    second = Instance(account, tmp_path / "i2", "killed", args, "g-killed", instance_id="i-0rehearsal00000002").start()
+    assert second.wait() == 0, second.console_text()
+    doc = second.status()
+    assert doc["status"] == "succeeded" and doc["previous"]["status"] == "running" and doc["previous"]["phase"] == "embed"
+    manifest = json.loads(account.text(second.run_prefix + "manifest.json"))
+    counts = manifest["counts"]
+    assert (counts["resumed_from_earlier_attempts"], counts["embedded_this_attempt"], counts["embedded"]) == (
+        committed, IMAGES - committed, IMAGES)
+    assert_same_vectors(second.run_uri, local)
+    assert_ended(second, released=True)
+
+
+def test_spot_notice_commits_records_interrupted_spot_and_keeps_the_group(account: Account, tmp_path: Path) -> None:
+    args = stack_args(account, include_sweeps="true", channels="CAM_FRONT,CAM_FRONT_LEFT,CAM_FRONT_RIGHT,CAM_BACK,"
+                      "CAM_BACK_LEFT,CAM_BACK_RIGHT") + EARLY_SHARDS  # 216 images: the notice lands mid-embedding
+    inst = Instance(account, tmp_path / "i1", "spot", args, account.group("g-spot"), market="spot").start()
+    inst.wait_for(lambda: _parts(account, inst), timeout=180, every=0.05)
+    inst.imds.spot_notice()
+    assert inst.wait() == 75, inst.console_text()
+    # The job stopped within 30 s of the signal (sent right after the reason was written down).
+    assert inst.logged_at("the job exited with code 75") - inst.logged_at("stopping (spot)") <= 30
+    doc = inst.status()
+    assert doc["status"] == "interrupted" and doc["reason"].startswith("spot interruption: "), doc
+    assert '"action": "terminate"' in doc["reason"]
+    assert "the job exited with code 75" in inst.console_text()
+    assert account.keys(inst.run_prefix + "manifest.json") == []
+    assert _parts(account, inst), "what was embedded before the notice is committed"
+    assert_ended(inst, released=False)  # the group replaces the instance; the new one resumes
+
+
+def test_max_run_hours_stops_the_job_commits_and_releases_the_group(account: Account, tmp_path: Path) -> None:
+    args = stack_args(account, include_sweeps="true") + EARLY_SHARDS + ["--image-size", "448"]  # ~1 image/s here
+    inst = Instance(account, tmp_path / "i1", "deadline", args, account.group("g-deadline"), deadline_s=30,
+                    settings={"STOP_MARGIN_S": "0", "MIN_JOB_S": "5"}).start()
+    assert inst.wait() == 75, inst.console_text()
+    doc = inst.status()
+    assert doc["status"] == "interrupted" and doc["reason"].startswith("max_run_hours (1 min) reached"), doc
+    assert inst.logged_at("the job exited with code 75") - inst.logged_at("stopping (deadline)") <= 30
+    assert account.keys(inst.run_prefix + "manifest.json") == []
+    if "embed" in [p["phase"] for p in doc["phases"]]:  # on a busy machine the stop may come while the model loads
+        assert _parts(account, inst), "the batch in flight when the stop came is committed"
+    assert_ended(inst, released=True)  # the run is over: nothing replaces the instance
