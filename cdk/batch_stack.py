@@ -3,10 +3,9 @@ engine's stack, then AWS Batch (cdk/batch.py) instead of the Auto Scaling group:
 merge after them, submitted on deploy; the grants, and how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Annotations, Aws, CfnOutput, CfnResource, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, Aws, CfnOutput, CfnResource, Stack, Tags
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
@@ -14,10 +13,7 @@ from . import constants as C
 from .batch import BatchCompute, Submission
 from .checkov import skip
 from .config import RunConfig
-from .image import JobImage
-from .network import Network
-from .stack import CROSS_REGION_WARNING, EmbeddingRunStack, _retention, cross_region_message
-from .storage import Storage
+from .stack import CROSS_REGION_WARNING, EmbeddingRunStack, _retention, add_shared, cross_region_message
 
 # The Lambda behind CDK's AwsCustomResource (one per stack) submits the jobs: checkov's Lambda checks, justified.
 SUBMIT_FUNCTION_ID = "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
@@ -81,27 +77,8 @@ class BatchRunStack(Stack):
         if many:
             Annotations.of(self).add_warning_v2(MANY_ARCHIVES_WARNING, many)
 
-        self.network = Network(
-            self,
-            "Network",
-            vpc_id=cfg.vpc_id,
-            subnet_ids=cfg.subnet_ids,
-            availability_zone=cfg.availability_zone,
-            max_azs=cfg.max_azs,
-            nat_gateway=cfg.nat_gateway,
-        )
-        self.storage = Storage(
-            self, "Storage", retain=cfg.retain_artifacts, artifact_retention_days=cfg.artifact_retention_days
-        )
+        self.network, self.storage, self.log_group, self.image = add_shared(self, cfg)
         bucket = self.storage.artifacts
-        self.log_group = logs.LogGroup(
-            self,
-            "JobLogs",
-            log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
-            retention=_retention(cfg.log_retention_days),
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.image = JobImage(self, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
         self.run_uri = f"s3://{bucket.bucket_name}/{cfg.run_prefix}"
         cache_uri = f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}"
         self.compute = BatchCompute(

@@ -19,6 +19,18 @@ from .storage import Storage
 CROSS_REGION_WARNING = "vit-embed:cross-region"
 
 
+def add_shared(scope: Construct, cfg: RunConfig) -> tuple[Network, Storage, logs.LogGroup, JobImage]:
+    """What both engines' stacks hold: the network, the artifacts bucket, the job log group and the job image."""
+    network = Network(scope, "Network", vpc_id=cfg.vpc_id, subnet_ids=cfg.subnet_ids,
+                      availability_zone=cfg.availability_zone, max_azs=cfg.max_azs, nat_gateway=cfg.nat_gateway)
+    storage = Storage(scope, "Storage", retain=cfg.retain_artifacts,
+                      artifact_retention_days=cfg.artifact_retention_days)
+    log_group = logs.LogGroup(scope, "JobLogs", log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
+                              retention=_retention(cfg.log_retention_days), removal_policy=RemovalPolicy.DESTROY)
+    image = JobImage(scope, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
+    return network, storage, log_group, image
+
+
 def _retention(days: int) -> logs.RetentionDays:
     """``RetentionDays`` member for a day count config already validated against LOG_RETENTION_DAYS."""
     names = [m for m in logs.RetentionDays if m is not logs.RetentionDays.INFINITE]
@@ -52,27 +64,8 @@ class EmbeddingRunStack(Stack):
         if cfg.cross_region:
             Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
 
-        self.network = Network(
-            self,
-            "Network",
-            vpc_id=cfg.vpc_id,
-            subnet_ids=cfg.subnet_ids,
-            availability_zone=cfg.availability_zone,
-            max_azs=cfg.max_azs,
-            nat_gateway=cfg.nat_gateway,
-        )
-        self.storage = Storage(
-            self, "Storage", retain=cfg.retain_artifacts, artifact_retention_days=cfg.artifact_retention_days
-        )
+        self.network, self.storage, self.log_group, self.image = add_shared(self, cfg)
         bucket = self.storage.artifacts
-        self.log_group = logs.LogGroup(
-            self,
-            "JobLogs",
-            log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
-            retention=_retention(cfg.log_retention_days),
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.image = JobImage(self, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
 
         run_env = {
             "REGION": cfg.region,
