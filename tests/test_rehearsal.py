@@ -30,6 +30,7 @@ PHASES = ["check-gpu", "scratch", "mount", "image", "weights", "embed", "index",
 IMAGES = 18  # keyframes of one camera in the test archive (tests/nuscenes_fixture.py)
 SMALL = ["--batch-size", "4", "--shard-size", "8", "--n-epochs", "20"]  # a few shards, a quick UMAP
 EARLY_SHARDS = ["--batch-size", "2", "--shard-size", "2"]  # the first shard lands within a second of embedding
+ALL_CAMERAS = "CAM_FRONT,CAM_FRONT_LEFT,CAM_FRONT_RIGHT,CAM_BACK,CAM_BACK_LEFT,CAM_BACK_RIGHT"  # with sweeps: 216 images
 
 
 def stack_args(account: Account, **context: str) -> list[str]:
@@ -260,8 +261,7 @@ def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Acc
 
 
 def test_spot_notice_commits_records_interrupted_spot_and_keeps_the_group(account: Account, tmp_path: Path) -> None:
-    args = stack_args(account, include_sweeps="true", channels="CAM_FRONT,CAM_FRONT_LEFT,CAM_FRONT_RIGHT,CAM_BACK,"
-                      "CAM_BACK_LEFT,CAM_BACK_RIGHT") + EARLY_SHARDS  # 216 images: the notice lands mid-embedding
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS  # the notice lands mid-embedding
     inst = Instance(account, tmp_path / "i1", "spot", args, account.group("g-spot"), market="spot").start()
     inst.wait_for(lambda: _parts(account, inst), timeout=180, every=0.05)
     inst.imds.spot_notice()
@@ -278,7 +278,9 @@ def test_spot_notice_commits_records_interrupted_spot_and_keeps_the_group(accoun
 
 
 def test_max_run_hours_stops_the_job_commits_and_releases_the_group(account: Account, tmp_path: Path) -> None:
-    args = stack_args(account, include_sweeps="true") + EARLY_SHARDS + ["--image-size", "448"]  # ~1 image/s here
+    # 216 images at 448 px: minutes of work on a CPU however fast (the 36 of one camera were done in 26 s on CI),
+    # so the stop at 25 s always lands while the job is still embedding.
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS + ["--image-size", "448"]
     inst = Instance(account, tmp_path / "i1", "deadline", args, account.group("g-deadline"), deadline_s=30,
                     settings={"STOP_MARGIN_S": "0", "MIN_JOB_S": "5"}).start()
     assert inst.wait() == 75, inst.console_text()
@@ -288,4 +290,5 @@ def test_max_run_hours_stops_the_job_commits_and_releases_the_group(account: Acc
     assert account.keys(inst.run_prefix + "manifest.json") == []
     if "embed" in [p["phase"] for p in doc["phases"]]:  # on a busy machine the stop may come while the model loads
         assert _parts(account, inst), "the batch in flight when the stop came is committed"
+        assert 0 < _table(inst.run_uri, "embeddings.parquet").num_rows < 6 * 2 * IMAGES
     assert_ended(inst, released=True)  # the run is over: nothing replaces the instance
