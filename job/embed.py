@@ -123,6 +123,7 @@ class EmbedSession:
         self.stop: StopRequest | None = None
         self.status: StatusWriter | None = None
         self._total: int | None = None
+        self._bar: Any = None
 
     def _fresh(self, records: Iterable[ImageRecord]) -> Iterator[ImageRecord]:
         for r in records:
@@ -183,12 +184,15 @@ class EmbedSession:
         self._report()
 
     def _report(self, *, force: bool = False) -> None:
+        estimate = None if self._total is not None else self.source.estimated_total()
+        if estimate is not None and self._bar is not None and self._bar.total != estimate:
+            self._bar.total = estimate  # a stream's estimated size: tqdm shows an ETA
         if self.status is None:
             return
         s, st = self.stats, self.state
         elapsed = time.perf_counter() - self._t_loop
         self.status.progress(st.rows + st.failures + s.embedded + s.failed, self._total, st.failures + s.failed,
-                             s.embedded / elapsed if elapsed > 0 else 0.0, force=force)
+                             s.embedded / elapsed if elapsed > 0 else 0.0, estimated_total=estimate, force=force)
 
     def run(self) -> Manifest:
         """Embed what is not done yet, commit the last shard, and return the manifest (not yet written)."""
@@ -199,8 +203,8 @@ class EmbedSession:
         first = next(chunks, [])
         stage = self._stage(first)
         total = self._total = self.source.total
-        bar = tqdm(total=total, initial=self.state.rows + self.state.failures, unit="img", desc="embed",
-                   disable=not self.cfg.progress, dynamic_ncols=True)
+        bar = self._bar = tqdm(total=total, initial=self.state.rows + self.state.failures, unit="img", desc="embed",
+                               disable=not self.cfg.progress, dynamic_ncols=True)
         in_flight: tuple[list[ImageRecord], DecodeResult, Any] | None = None
         batches = stage.map(itertools.chain([first] if first else [], chunks))
         try:

@@ -2,14 +2,15 @@
 
 ``_STATUS`` (JSON, local or ``s3://``) says what a run is doing now: ``status`` (running, succeeded, failed,
 interrupted), ``reason`` (why it stopped), the current ``phase`` and the time every phase began, and during
-embedding ``progress`` (done / total / failed, images/s, ETA), refreshed at least once a minute. The
+embedding ``progress`` (done / total / failed, images/s, ETA; ``total_estimated`` while a ``.tgz`` stream's total is
+unknown), refreshed at least once a minute. The
 instance script writes the phases before the job starts (check-gpu, scratch, mount, image, weights) and the
 final word after it ends; the job writes embed, index, project and publish. Both follow this schema
 (``tests/test_rehearsal.py`` reads what the real script writes through :func:`read_status`).
 
 Within one attempt the first terminal status wins: a later writer (a trap, a shutdown) never replaces the
 reason already recorded. A new attempt (a new instance resuming the run) starts a fresh document and keeps
-the previous one's outcome under ``previous``.
+the previous one's outcome under ``previous``. What ``job status`` prints from it: :mod:`job.status_view`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from typing import Any
 
 from . import fsutil
 from .errors import DataError, UsageError
-from .runfolder import SHARDS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,22 @@ class StatusWriter:
             self.doc.setdefault("phases", []).append({"phase": name, "at": now()})
             self._write()
 
-    def progress(self, done: int, total: int | None, failed: int, rate: float, *, force: bool = False) -> None:
-        """Embedding progress; written at most every PROGRESS_EVERY_S seconds unless ``force``."""
+    def progress(self, done: int, total: int | None, failed: int, rate: float, *,
+                 estimated_total: int | None = None, force: bool = False) -> None:
+        """Embedding progress; written at most every PROGRESS_EVERY_S seconds unless ``force``. ``total`` is exact or
+        None; a stream that learns its size at the end gives ``estimated_total`` instead, and the ETA comes from it."""
         t = time.monotonic()
         if not force and t - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = t
-        eta = (total - done) / rate if total is not None and rate > 0 and total >= done else None
+        goal = total if total is not None else None if estimated_total is None else max(estimated_total, done)
+        eta = (goal - done) / rate if goal is not None and rate > 0 and goal >= done else None
+        p: dict[str, Any] = {"done": done, "total": total, "failed": failed, "images_per_s": round(rate, 1),
+                             "eta_s": None if eta is None else round(eta), "at": now()}
+        if total is None and goal is not None:
+            p["total_estimated"] = goal
         with self._lock:
-            self.doc["progress"] = {"done": done, "total": total, "failed": failed,
-                                    "images_per_s": round(rate, 1), "eta_s": None if eta is None else round(eta),
-                                    "at": now()}
+            self.doc["progress"] = p
             self._write()
 
     def finish(self, status: str, reason: str = "") -> None:
@@ -165,181 +170,3 @@ def read_log_tail(run_dir: str, lines: int = 10) -> list[str]:
     except Exception:  # noqa: BLE001 - the log is a courtesy; the status says what matters
         return []
     return text.splitlines()[-lines:]
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def format_status(doc: dict[str, Any], log_tail: list[str]) -> str:
-    """Human-readable status: what, where, progress and ETA, why it stopped, the last log lines."""
-    if isinstance(doc.get("shards"), list):
-        return format_run_status(doc, log_tail)
-    out = [f"status  {doc['status']}" + (f" — {doc['reason']}" if doc.get("reason") else ""),
-           f"phase   {doc.get('phase', '?')} (updated {doc.get('updated_at', '?')})"]
-    host = ", ".join(str(doc[k]) for k in ("instance_type", "market") if doc.get(k))
-    for label, value in (("run", doc.get("run_id")), ("uri", doc.get("run_uri")),
-                         ("host", f"{doc['instance_id']}" + (f" ({host})" if host else "") if doc.get("instance_id")
-                          else None), ("started", doc.get("started_at"))):
-        if value:
-            out.append(f"{label:<8}{value}")
-    p = doc.get("progress")
-    if p:
-        total = p.get("total")
-        pct = f" ({100 * p['done'] / total:.1f}%)" if total else ""
-        out.append(f"images  {p['done']:,}/{total if total is not None else '?':,}{pct}, {p.get('failed', 0)} failed, "
-                   f"{p.get('images_per_s', 0)} images/s, ETA {_duration(p.get('eta_s'))}"
-                   if isinstance(total, int) else
-                   f"images  {p['done']:,} done, {p.get('failed', 0)} failed, {p.get('images_per_s', 0)} images/s")
-    phases = doc.get("phases") or []
-    if phases:
-        out.append("phases  " + " → ".join(f"{ph['phase']} {ph['at'][11:19]}" for ph in phases))
-    if doc.get("previous"):
-        prev = doc["previous"]
-        out.append(f"before  {prev.get('status')}" + (f" — {prev['reason']}" if prev.get("reason") else ""))
-    if log_tail:
-        out.append("log     " + "\n        ".join(log_tail))
-    return "\n".join(out)
-
-
-# -- a run split into shards (``job run --shard I/N`` into OUTDIR/shards/I/, then ``job merge``) ----------------------
-
-SHARD_KEYS = ("status", "reason", "phase", "progress", "started_at", "updated_at", "previous")
-
-
-def _shard_indices(run_dir: str) -> list[int]:
-    """The shard folders ``OUTDIR/shards/I/`` that exist (none: not a split run)."""
-    url = fsutil.join(run_dir.rstrip("/"), SHARDS_DIR)
-    try:
-        fs, path = fsutil.url_to_fs(url)
-        if not fs.exists(path):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    except Exception as exc:  # botocore/aiohttp errors: the bucket or the network is unreachable
-        raise DataError(f"cannot list {url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    return sorted(int(n) for n in names if n.isdigit())
-
-
-def read_run_status(run_dir: str) -> dict[str, Any]:
-    """A run folder's status: its ``_STATUS``, or for a run split into shards (``shards/`` present) every shard's
-    and the merge's together (:func:`aggregate`); the merge's is the run folder's own ``_STATUS``, once it runs."""
-    try:
-        merge: dict[str, Any] | None = read_status(run_dir)
-    except UsageError:  # no _STATUS of its own: fine for a split run whose merge has not started
-        merge = None
-        if not _shard_indices(run_dir):
-            raise
-    indices = _shard_indices(run_dir)
-    if not indices:
-        assert merge is not None
-        return merge
-    docs: dict[int, dict[str, Any] | None] = {}
-    for i in indices:
-        shard_dir = fsutil.join(run_dir.rstrip("/"), SHARDS_DIR, str(i))
-        docs[i] = read_status(shard_dir) if fsutil.exists(status_url(shard_dir)) else None
-    return aggregate(docs, merge)
-
-
-def aggregate(shards: dict[int, dict[str, Any] | None], merge: dict[str, Any] | None) -> dict[str, Any]:
-    """One status for a split run: each shard's (``pending`` until its ``_STATUS`` appears) and the merge's.
-
-    ``status`` is the merge's once it runs; before, ``failed`` when a shard failed, ``interrupted`` when no shard
-    is left running and one stopped (exit 75: resumable; AWS Batch retries it), else ``running``. ``progress`` sums
-    done/total/failed and the running shards' images/s; ``eta_s`` is the slowest running shard's. Both stay
-    unknown while a shard has not started or does not know its total (a ``.tgz`` stream learns it at the end).
-    """
-    count = max([max(shards, default=-1) + 1] + [int(d["shard"][1]) for d in shards.values() if d and d.get("shard")])
-    rows: list[dict[str, Any]] = []
-    for i in range(count):
-        d = shards.get(i)
-        rows.append({"index": i, "status": "pending"} if d is None else
-                    {"index": i, **{k: d[k] for k in SHARD_KEYS if d.get(k) is not None}})
-    states = [r["status"] for r in rows]
-    tally = ", ".join(f"{states.count(s)} {s}" for s in ("succeeded", "running", "interrupted", "failed", "pending")
-                      if states.count(s))
-    first = {s: next((r for r in rows if r["status"] == s), None) for s in ("failed", "interrupted")}
-    if merge is not None:
-        status, reason = merge["status"], f"merge: {merge['reason']}" if merge.get("reason") else ""
-        phase = f"merge: {merge.get('phase', '?')}"
-    elif first["failed"] is not None:
-        row = first["failed"]
-        status, reason, phase = "failed", f"shard {row['index']}: {row.get('reason', '')}".rstrip(": "), "shards"
-    elif "running" not in states and "pending" not in states and first["interrupted"] is not None:
-        row = first["interrupted"]
-        status, reason, phase = "interrupted", f"shard {row['index']}: {row.get('reason', '')}".rstrip(": "), "shards"
-    else:
-        status, reason = "running", ""
-        phase = "merge pending" if states.count("succeeded") == count else "shards"
-    progress = [dict(r.get("progress") or {}) for r in rows]
-    for r, p in zip(rows, progress):  # an archive stream knows its total only at the end: a finished shard did it all
-        if r["status"] == "succeeded" and p and p.get("total") is None:
-            p["total"] = p.get("done", 0)
-    running = [p for r, p in zip(rows, progress) if r["status"] == "running"]
-    etas = [int(p["eta_s"]) for p in running if p.get("eta_s") is not None]
-    totals = [int(p["total"]) for p in progress if p.get("total") is not None]
-    doc: dict[str, Any] = {
-        "schema": SCHEMA, "status": status, "reason": reason, "phase": phase,
-        "summary": f"{tally} of {count} shards",
-        "shards": rows,
-        "merge": None if merge is None else {k: merge.get(k) for k in ("status", "reason", "phase", "phases",
-                                                                       "started_at", "updated_at") if k in merge},
-        "progress": {
-            "done": sum(int(p.get("done", 0)) for p in progress),
-            "total": sum(totals) if len(totals) == count else None,
-            "failed": sum(int(p.get("failed", 0)) for p in progress),
-            "images_per_s": round(sum(float(p.get("images_per_s", 0)) for p in running), 1),
-            "eta_s": max(etas) if running and "pending" not in states and len(etas) == len(running) else None,
-        },
-    }
-    updated = [str(d["updated_at"]) for d in [*shards.values(), merge] if d and d.get("updated_at")]
-    if updated:
-        doc["updated_at"] = max(updated)
-    return doc
-
-
-def _progress_text(p: dict[str, Any]) -> str:
-    total = p.get("total")
-    if not isinstance(total, int):
-        return f"{p.get('done', 0):,} done, {p.get('failed', 0)} failed"
-    pct = f" ({100 * p.get('done', 0) / total:.1f}%)" if total else ""
-    return f"{p.get('done', 0):,}/{total:,}{pct}, {p.get('failed', 0)} failed"
-
-
-def format_run_status(doc: dict[str, Any], log_tail: list[str]) -> str:
-    """Human-readable status of a split run: the whole, then one line per shard and one for the merge."""
-    out = [f"status  {doc['status']}" + (f" — {doc['reason']}" if doc.get("reason") else ""),
-           f"phase   {doc.get('phase', '?')}; {doc.get('summary', '')} (updated {doc.get('updated_at', '?')})"]
-    p = doc.get("progress") or {}
-    line = f"images  {_progress_text(p)}"
-    if p.get("images_per_s"):
-        line += f", {p['images_per_s']} images/s"
-    if p.get("eta_s") is not None:
-        line += f", ETA {_duration(p['eta_s'])} (slowest shard)"
-    out.append(line)
-    for r in doc["shards"]:
-        text = f"shard {r['index']:<3} {r['status']:<11}"
-        if r["status"] == "running" and r.get("phase"):
-            text += f" {r['phase']}"
-        if r.get("progress"):
-            sp = r["progress"]
-            text += f" {_progress_text(sp)}"
-            if r["status"] == "running":
-                text += f", {sp.get('images_per_s', 0)} images/s, ETA {_duration(sp.get('eta_s'))}"
-        if r.get("reason"):
-            text += f" — {r['reason']}"
-        if r.get("previous"):
-            text += f" (earlier attempt: {r['previous'].get('status')})"
-        out.append(text)
-    m = doc.get("merge")
-    if m is None:
-        out.append("merge     not started (it runs once every shard succeeded)")
-    else:
-        phases = " → ".join(f"{ph['phase']} {ph['at'][11:19]}" for ph in m.get("phases") or [])
-        out.append(f"merge     {m['status']:<11} {m.get('phase', '')}" + (f" — {m['reason']}" if m.get("reason") else "")
-                   + (f" ({phases})" if phases else ""))
-    if log_tail:
-        out.append("log     " + "\n        ".join(log_tail))
-    return "\n".join(out)

@@ -9,7 +9,8 @@ import pytest
 
 from job.cli import main
 from job.errors import Interrupted
-from job.status import StatusWriter, aggregate, read_run_status
+from job.status import StatusWriter
+from job.status_view import aggregate, read_run_status
 
 
 def _shard(run: Path, i: int, n: int, *, done: int, total: int, rate: float = 2.0, end: str | None = None,

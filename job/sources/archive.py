@@ -89,9 +89,11 @@ class Archive(_Part):
         name = url.rstrip("/").rsplit("/", 1)[-1]
         self.is_meta = bool(META_ARCHIVE_RE.search(name))
         self.may_carry_tables = not _NO_TABLES_ARCHIVE.search(name)
+        self.size: int | None = None  # bytes in storage, set by _check_exists
         self._check_exists()
         self.reader: ArchiveReader | None = None
         self.counts: Counter[str] = Counter()
+        self.seen = 0  # wanted images met in the stream this pass (already done ones included)
 
     def _check_exists(self) -> None:
         """UsageError unless the URL names an archive file (not a missing path, a folder or a prefix)."""
@@ -102,6 +104,7 @@ class Archive(_Part):
                 raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}")
             if not os.path.isfile(path):
                 raise UsageError(f"source {url!r} is a folder named like an archive; valid: {VALID_KINDS}")
+            self.size = os.path.getsize(path)
             return
         try:
             info = fs.info(path)
@@ -111,8 +114,19 @@ class Archive(_Part):
             raise UsageError(f"cannot read source {url!r}: {type(exc).__name__}: {exc}") from None
         if info.get("type") == "directory":
             raise UsageError(f"source {url!r} is a prefix named like an archive; valid: {VALID_KINDS}")
+        self.size = int(info["size"]) if info.get("size") is not None else None
+
+    def read_so_far(self) -> tuple[int, int]:
+        """(wanted images met, bytes read) in this pass; the whole archive's bytes once its stream ended."""
+        r = self.reader
+        if r is None:
+            return 0, 0
+        if r.stats.complete and self.size:
+            return self.seen, self.size
+        return self.seen, min(r.position, self.size or r.position)
 
     def produce(self, p: _Pass) -> Iterator[ImageRecord]:
+        self.seen = 0
         self.reader = ArchiveReader(self.url, anon=self.anon, decoder=self.decoder)
         run = _ArchivePass(self, p)
         try:
@@ -170,11 +184,14 @@ class _ArchivePass:
             yield from self._table(m, *tb)
             if not self.finished:
                 self.counts["members_skipped"] += 1
-        elif not self.sel.wants(rel):
-            self.counts["members_skipped"] += 1
-        elif not self.collecting:
             return
-        elif not m.isfile:
+        if not self.sel.wants(rel):
+            self.counts["members_skipped"] += 1
+            return
+        self.part.seen += 1
+        if not self.collecting:
+            return
+        if not m.isfile:
             yield from self._unreadable(m, rel)
         elif self.looking:
             yield from self._hold(m, rel)

@@ -2,17 +2,16 @@
 
 Nothing is extracted to disk and nothing is downloaded first. Layers, bottom up:
 
-* raw bytes: a local file, or ``RangeReader`` for object stores: consecutive ranged GETs of
-  ``block_size`` bytes, ``prefetch`` of them in flight, each retried with exponential backoff;
-* gzip (detected by its magic bytes, not the name): isal's ``igzip_threaded`` (decompresses in its
-  own thread, outside the GIL) or the standard library's ``gzip``;
-* ``tarfile`` in stream mode (``r|``): members in archive order; the bytes of members nobody reads
-  are decompressed and dropped.
+* raw bytes: a local file, or ``RangeReader`` for object stores: consecutive ranged GETs of ``block_size`` bytes,
+  ``prefetch`` of them in flight, each retried with exponential backoff;
+* gzip (detected by its magic bytes, not the name): isal's ``igzip_threaded`` (decompresses in its own thread,
+  outside the GIL) or the standard library's ``gzip``;
+* ``tarfile`` in stream mode (``r|``): members in archive order; members nobody reads are decompressed and dropped.
 
 A damaged archive (truncated, broken gzip, a corrupt tar header) raises ``ArchiveError`` from
-``ArchiveReader.members()``; members already handed out stay valid. The standard library's
-``tarfile`` stops silently at a corrupt header in the middle of a stream; the reader checks that
-what follows the last member is tar padding and reports it otherwise.
+``ArchiveReader.members()``; members already handed out stay valid. The standard library's ``tarfile`` stops
+silently at a corrupt header in the middle of a stream; the reader checks that what follows the last member is tar
+padding and reports it otherwise.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ import logging
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
 from .. import fsutil
@@ -177,14 +176,10 @@ class ArchiveStats:
     seconds: float = 0.0
     complete: bool = False
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         # ``seconds`` is wall time from open to end, waits on the consumer included (not a throughput)
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out["seconds"] = round(self.seconds, 3)
-        out.update(self.extra)
-        return out
+        return {**self.__dict__, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -283,6 +278,12 @@ class ArchiveReader:
         self.url, self.anon, self.decoder = url, anon, decoder
         self.block_size, self.prefetch = block_size, prefetch
         self.stats = ArchiveStats(url=url)
+        self._counted_raw: _Counting | None = None
+
+    @property
+    def position(self) -> int:
+        """Bytes read from storage so far (compressed; read-ahead included), live while ``members()`` runs."""
+        return self._counted_raw.count if self._counted_raw is not None else 0
 
     def members(self, stop: threading.Event | None = None) -> Generator[Member, None, None]:
         """Every member, in order. Raises ArchiveError where the archive breaks; stops early on ``stop``."""
@@ -296,7 +297,7 @@ class ArchiveReader:
                 raise ArchiveMissing(f"archive missing: {self.url} does not exist") from None
             except Exception as exc:
                 raise ArchiveError(f"archive unreadable: cannot open {self.url} ({type(exc).__name__}: {exc})") from exc
-            counted_raw = _Counting(raw)
+            counted_raw = self._counted_raw = _Counting(raw)
             stream, gz = open_decompressed(io.BufferedReader(counted_raw, buffer_size=TAR_BUFSIZE), self.decoder)
             self.stats.compressed = gz
             self.stats.decoder = self.decoder if gz else None

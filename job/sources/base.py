@@ -57,6 +57,10 @@ class Source(Protocol):
         """How many images ``records`` will yield, when known up front (for the progress bar)."""
         ...
 
+    def estimated_total(self) -> int | None:
+        """``total``, or while ``records`` runs an estimate of it (a stream that learns its total at the end)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Selection:

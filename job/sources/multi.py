@@ -75,6 +75,27 @@ class MultiSource:
         n = sum(pt.total or 0 for pt in self.parts)
         return min(n, self.cfg.limit) if self.cfg.limit else n
 
+    def estimated_total(self) -> int | None:
+        """``total`` when known; else, while ``records()`` streams archives, an estimate from the bytes read: images
+        met so far plus the rest of the archives' bytes at the density seen so far. None where the scene filter makes
+        the density meaningless or nothing was read yet."""
+        exact = self.total
+        if exact is not None or self.scenes:
+            return exact
+        archives = [pt for pt in self.parts if isinstance(pt, Archive)]
+        if any(pt.total is None for pt in self.parts if not isinstance(pt, Archive)) or \
+                any(not pt.size for pt in archives):
+            return None
+        seen = read = 0
+        for pt in archives:
+            n, b = pt.read_so_far()
+            seen, read = seen + n, read + b
+        if read == 0:
+            return None
+        rest = sum(pt.size or 0 for pt in archives) - read
+        n = sum(pt.total or 0 for pt in self.parts if not isinstance(pt, Archive)) + seen + round(seen * rest / read)
+        return min(n, self.cfg.limit) if self.cfg.limit else n
+
     def prepare(self) -> None:
         """Load the tables known up front and check ``--scenes`` (before the runner writes anything)."""
         p = _Pass(self.sel, frozenset(), None, self.scenes, MetaIndex(), self.nuscenes)
