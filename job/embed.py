@@ -14,21 +14,13 @@ from typing import Any, Generator, Iterable, Iterator
 from .config import JobConfig
 from .decode import DecodePool, DecodeResult
 from .errors import DataError, UsageError
-from .runfolder import (
-    Counts,
-    Manifest,
-    ModelInfo,
-    Outputs,
-    RunLayout,
-    count_rows,
-    embedding_matrix,
-    read_table,
-    write_npy,
-)
+from .prompts import prompts
+from .runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout
 from .sources import ImageRecord, Source, open_source
 from .status import StatusWriter
 from .stopping import StopRequest
 from .store import CLS_COLUMN, ResumeState, ShardWriter, embedding_schema, prepare_run
+from .tables import count_rows, embedding_matrix, read_table, write_npy
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +239,7 @@ class EmbedSession:
                             f"({failed_total} failed; see {layout.failures})")
         if cfg.output.npy:
             write_npy(layout.npy, embedding_matrix(read_table(layout.embeddings, ["embedding"])))
+        self._write_text_queries(embedded_total)
         rate = stats.embedded / stats.loop_s if stats.loop_s > 0 else 0.0
         log.info("embedded %d images this attempt (%d failed, %d already done) in %.1f s: %.1f images/s",
                  stats.embedded, stats.failed, state.rows + state.failures, stats.wall_s, rate)
@@ -277,6 +270,31 @@ class EmbedSession:
                                                if stats.decoder_rates else {})},
             versions=_versions(),
         )
+
+
+    def _write_text_queries(self, rows: int) -> None:
+        """The prompts' text vectors beside the index (``RunLayout.text_queries``), the queries that tune the text
+        index; only when it will be approximate (a shard: the merged run's size), an exact one needs no tuning."""
+        from .index.plan import plan_index
+        from .model import encode_text
+
+        cfg, lm = self.cfg, self.lm
+        if lm.text_column != CLS_COLUMN:
+            return
+        try:
+            n = rows * (cfg.source.shard[1] if cfg.source.shard else 1)
+            if plan_index(n, lm.embed_dim, cfg.index).kind == "flat":
+                return
+        except UsageError:  # no index fits the memory budget: `job index` will say so; the queries cost little
+            pass
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            queries = encode_text(lm, prompts())
+        write_npy(self.layout.text_queries, queries)
+        log.info("encoded %d text prompts to tune the text index in %.1f s -> %s", len(queries),
+                 time.perf_counter() - t0, self.layout.text_queries)
 
 
 def _name_in(layout: RunLayout) -> Any:

@@ -23,9 +23,10 @@ from . import fsutil
 from .config import JobConfig
 from .errors import DataError, UsageError
 from .pipeline import finish_run, tracked
-from .runfolder import SHARDS_DIR, Counts, Manifest, Outputs, RunLayout, find_manifest, list_parts
+from .runfolder import SHARDS_DIR, Counts, Manifest, Outputs, RunLayout, find_manifest
 from .status import StatusWriter
 from .stopping import StopRequest
+from .tables import list_parts
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,10 @@ def merge_run(cfg: JobConfig) -> Manifest:
             status.phase("merge")
             _clear(root)
             made = _lay_out(shards)
+            first = root.shard(0)
+            if fsutil.exists(first.text_queries):  # the same prompts through the same model in every shard
+                _link(fsutil.url_to_fs(root.run_dir)[0], fsutil.url_to_fs(first.text_queries)[1],
+                      fsutil.url_to_fs(root.text_queries)[1])
             fsutil.write_json(root.state, shards.identity)
             log.info("merged %d shards of %s: %s", shards.count, root.run_dir,
                      ", ".join(f"{n} {kind} parts" for kind, n in sorted(made.items())))

@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from .config import MIN_DIST, N_NEIGHBORS, UMAP_BACKENDS, JobConfig, ProjectConfig
 from .errors import UsageError
-from .runfolder import RunLayout, embedding_matrix, read_table, write_table
+from .runfolder import RunLayout
+from .tables import embedding_matrix, read_table, write_table
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The run-folder contract: where each output of a run lives, the typed manifest, and the one table reader/writer.
+"""The run-folder contract: where each output of a run lives and the typed manifest (tables: :mod:`job.tables`).
 
 A run folder (local or ``s3://``) holds one or more *outputs*. The default output's files have plain names;
 ``job embed --out DIR/a.parquet`` makes an output whose sidecars are named after it, so any number of
@@ -12,6 +12,7 @@ outputs live side by side and ``--overwrite`` of one never touches another::
     embeddings.npy                           a.npy                            with --npy
     index/index.faiss + index.json           a.index/...                      Faiss index
     index/text.faiss + text.json             a.index/text.faiss + text.json   index over the text-query vectors
+    index/text_queries.npy                   a.index/text_queries.npy         prompts encoded by the text tower
     umap2d.parquet                           a.umap2d.parquet                 id, x, y
     manifest.json                            a.manifest.json                  written last: the run is complete
 
@@ -20,16 +21,11 @@ Everything else reads a run through :func:`open_run`/:class:`Manifest`; JSON key
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import fsutil
 from .config import ModelConfig
@@ -41,9 +37,9 @@ SCHEMA_VERSION = 2
 DEFAULT_STEM = "embeddings"
 INDEX_FILE = "index.faiss"
 TEXT_INDEX_FILE = "text.faiss"  # beside INDEX_FILE: the index over the vectors text queries search
+TEXT_QUERIES_FILE = "text_queries.npy"  # beside it: text-tower vectors of prompts, the queries that tune it
 SHARDS_DIR = "shards"
 PARQUET = ".parquet"
-_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 
 # Attribute name -> JSON key, for the few keys whose JSON spelling differs from the attribute. Readers use
 # attributes only, so a key can be renamed here alone (tests/test_runfolder.py proves it).
@@ -116,6 +112,10 @@ class RunLayout:
     @property
     def index(self) -> str:
         return fsutil.join(self.index_dir, INDEX_FILE)
+
+    @property
+    def text_queries(self) -> str:
+        return fsutil.join(self.index_dir, TEXT_QUERIES_FILE)
 
     @property
     def umap(self) -> str:
@@ -289,62 +289,3 @@ def open_run(uri: str, *, require_manifest: bool = False) -> RunRef:
     if not fsutil.exists(layout.embeddings):
         raise UsageError(f"{uri} holds no {layout.embeddings_name}; run `python -m job run` or `job embed` first")
     return RunRef(layout, manifest)
-
-
-# --------------------------------------------------------------------------------------------- tables
-
-
-def list_parts(folder_url: str) -> dict[int, str]:
-    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by shard number."""
-    fs, path = fsutil.url_to_fs(folder_url)
-    if not fs.exists(path):
-        return {}
-    parts: dict[int, str] = {}
-    for p in fs.ls(path, detail=False):
-        m = _PART_RE.search(p)
-        if m:
-            parts[int(m.group(1))] = p
-    return parts
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    """A table as zstd parquet bytes (to commit with ``fsutil.atomic_write_bytes``)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
-def write_table(url: str, table: pa.Table) -> None:
-    """Atomically write one parquet file."""
-    fsutil.atomic_write_bytes(url, table_bytes(table))
-
-
-def read_table(url: str, columns: Iterable[str] | None = None, **kwargs: Any) -> pa.Table:
-    """Read a parquet file or dataset folder (local or URL) as one table."""
-    fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
-        raise UsageError(f"{url} does not exist")
-    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs, **kwargs)
-
-
-def count_rows(url: str) -> int:
-    """Rows of a parquet dataset folder from the parts' footers (0 when there is none)."""
-    fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
-        return 0
-    return sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in fs.ls(path, detail=False)
-               if p.endswith(PARQUET))
-
-
-def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    """A vector column as a contiguous (n, dim) float32 array, without per-row copies."""
-    col = table.column(column).combine_chunks()
-    dim = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-
-
-def write_npy(url: str, matrix: np.ndarray) -> None:
-    """Atomically write a float32 matrix as ``.npy``."""
-    buf = io.BytesIO()
-    np.save(buf, matrix.astype(np.float32, copy=False))
-    fsutil.atomic_write_bytes(url, buf.getvalue())

@@ -23,8 +23,9 @@ from . import fsutil
 from .errors import DataError, UsageError
 from .hits import format_hits, hits_json, hits_table, json_safe, time_text  # noqa: F401  (re-exported)
 from .index import RECALL_K, ids_digest, load_index, meta_url, parse_params, set_search_params
-from .runfolder import TEXT_INDEX_FILE, Manifest, RunLayout, embedding_matrix, find_manifest, open_run
+from .runfolder import TEXT_INDEX_FILE, Manifest, RunLayout, find_manifest, open_run
 from .store import CLS_COLUMN, VECTOR_COLUMNS
+from .tables import embedding_matrix
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from . import fsutil
 from .errors import UsageError
-from .runfolder import RunLayout, list_parts, path_id, table_bytes
+from .runfolder import RunLayout, path_id
+from .tables import list_parts, table_bytes
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from job.errors import UsageError
-from job.runfolder import RunLayout, embedding_matrix, read_manifest, read_table
+from job.runfolder import RunLayout, read_manifest
 from job.store import ShardWriter, embedding_schema, path_id, prepare_run
+from job.tables import embedding_matrix, read_table
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
 

@@ -1,17 +1,22 @@
 """The text-query index: ``OUTDIR/index/text.faiss`` over ``embedding_cls``, planned, tuned and measured like the image index.
 
 CLIP's contrastive loss aligned the text tower with the CLS output of the image tower; with ``--pool mean`` the
-run stores that vector too (``embedding_cls``, same forward pass), and text queries search this index.
+run stores that vector too (``embedding_cls``, same forward pass), and text queries search this index. Text vectors
+are not like the image vectors they search (the modality gap), so it is tuned on text: the vectors of the prompts in
+``job/prompts.py`` (``index/text_queries.npy``).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import numpy as np
+
 from .. import fsutil
 from ..config import JobConfig
-from ..runfolder import TEXT_INDEX_FILE, RunLayout
+from ..runfolder import TEXT_INDEX_FILE, TEXT_QUERIES_FILE, RunLayout
 from ..store import CLS_COLUMN
+from ..tables import read_npy
 from .build import build_index_file
 from .vectors import open_dataset
 
@@ -31,11 +36,25 @@ def has_text_vectors(emb_url: str) -> bool:
 def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> dict[str, Any] | None:
     """``job run`` / ``job index --run``: the text-query index and its ``text.json``; None when there are no text vectors.
 
-    Same index options as the image index (type, memory budget, target recall), so it is chosen and tuned the
-    same way and its recall is measured and recorded the same way.
+    Same index options as the image index (type, memory budget, target recall), so it is chosen the same way; it is
+    tuned and measured with text queries (the prompts' vectors) where the embedding step wrote them.
     """
     if not has_text_vectors(layout.embeddings):
         log.info("no %s column (--pool cls, or --text-vectors none): text queries use the image index", CLS_COLUMN)
         return None
     return build_index_file(layout.embeddings, text_index_url(layout), cfg.index, cfg.index.overrides,
-                            progress=cfg.progress, expected_dim=expected_dim, column=CLS_COLUMN)
+                            progress=cfg.progress, expected_dim=expected_dim, column=CLS_COLUMN,
+                            queries=text_queries(layout, expected_dim))
+
+
+def text_queries(layout: RunLayout, dim: int | None) -> tuple[np.ndarray, str] | None:
+    """The prompts' text vectors the embedding step wrote (``RunLayout.text_queries``) and what they are; None
+    (tune on in-index vectors, as the image index) when there are none or they do not fit."""
+    q = read_npy(layout.text_queries)
+    if q is None:
+        return None
+    if q.ndim != 2 or len(q) < 2 or (dim is not None and q.shape[1] != dim):
+        log.warning("ignoring %s (shape %s, the vectors are %s-d): the text index is tuned on in-index vectors",
+                    layout.text_queries, q.shape, dim)
+        return None
+    return q, f"text-tower vectors of {len(q)} driving prompts ({TEXT_QUERIES_FILE}, job/prompts.py)"

@@ -1,8 +1,8 @@
 """Index measuring: search-time parameters (nprobe / efSearch / k_factor), recall against exact search, tuning.
 
-Search-time parameters are tuned on held-out queries (in-index vectors, own id removed) until
-recall@10 against exact inner-product search reaches the target; recall is then measured on other
-held-out queries.
+Search-time parameters are tuned on held-out queries (in-index vectors, own id removed; or, for the text index, the
+text vectors of prompts) until recall@10 against exact inner-product search reaches the target; recall is then
+measured on other held-out queries.
 """
 from __future__ import annotations
 
@@ -166,6 +166,17 @@ def held_out(x: np.ndarray, ids: np.ndarray, queries: int, seed: int = 0) -> tup
     nq = min(queries, n)
     q_rows = perm[:nq]  # random order: the first half tunes, the second half measures
     return q_rows, perm[nq:], make_eval_set(x, ids, q_rows, RECALL_K)
+
+
+def queries_eval_set(x: np.ndarray, ids: np.ndarray, queries: np.ndarray,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, EvalSet]:
+    """Like :func:`held_out` for queries from outside the index (text prompts' vectors): no row is held out, every
+    row (shuffled) may train, and the queries' exact neighbours are the truth."""
+    rng = np.random.default_rng(seed)
+    xq = np.ascontiguousarray(queries[rng.permutation(len(queries))], dtype=np.float32)
+    nn = exact_neighbours(xq, x, min(RECALL_K, len(x)))
+    truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
+    return np.empty(0, np.int64), rng.permutation(len(x)), EvalSet(xq, np.full(len(xq), -1, np.int64), truth)
 
 
 def evaluate(index: Any, ev: EvalSet, *, min_seconds: float = 0.0) -> dict[str, float]:

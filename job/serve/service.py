@@ -18,8 +18,8 @@ from ..config import CAMERA_CHANNELS, split_list
 from ..errors import UsageError
 from ..filters import compose_where
 from ..hits import json_safe
-from ..runfolder import read_table
 from ..search import Searcher
+from ..tables import read_table
 from .thumbs import Thumbnails
 
 log = logging.getLogger(__name__)

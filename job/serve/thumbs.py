@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
-from ..runfolder import Manifest, RunLayout, list_parts
+from ..runfolder import Manifest, RunLayout
+from ..tables import list_parts
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import pandas as pd
 
 from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
-from ..runfolder import Manifest, RunLayout, embedding_matrix, read_manifest, read_table
+from ..runfolder import Manifest, RunLayout, read_manifest
 from ..runfolder import open_run as open_output
 from ..store import CLS_COLUMN, VECTOR_COLUMNS
+from ..tables import embedding_matrix, read_table
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,79 @@
+"""The one reader/writer of a run's tables: parquet dataset folders of committed ``part-NNNNN.parquet`` files (written
+atomically), whole tables, vector columns as matrices, and ``.npy`` matrices; local paths and ``s3://`` alike."""
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fsutil
+from .errors import UsageError
+
+PARQUET = ".parquet"
+_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+
+
+def list_parts(folder_url: str) -> dict[int, str]:
+    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by shard number."""
+    fs, path = fsutil.url_to_fs(folder_url)
+    if not fs.exists(path):
+        return {}
+    parts: dict[int, str] = {}
+    for p in fs.ls(path, detail=False):
+        m = _PART_RE.search(p)
+        if m:
+            parts[int(m.group(1))] = p
+    return parts
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A table as zstd parquet bytes (to commit with ``fsutil.atomic_write_bytes``)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_table(url: str, table: pa.Table) -> None:
+    """Atomically write one parquet file."""
+    fsutil.atomic_write_bytes(url, table_bytes(table))
+
+
+def read_table(url: str, columns: Iterable[str] | None = None, **kwargs: Any) -> pa.Table:
+    """Read a parquet file or dataset folder (local or URL) as one table."""
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        raise UsageError(f"{url} does not exist")
+    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs, **kwargs)
+
+
+def count_rows(url: str) -> int:
+    """Rows of a parquet dataset folder from the parts' footers (0 when there is none)."""
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        return 0
+    return sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in fs.ls(path, detail=False)
+               if p.endswith(PARQUET))
+
+
+def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    """A vector column as a contiguous (n, dim) float32 array, without per-row copies."""
+    col = table.column(column).combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def write_npy(url: str, matrix: np.ndarray) -> None:
+    """Atomically write a float32 matrix as ``.npy``."""
+    buf = io.BytesIO()
+    np.save(buf, matrix.astype(np.float32, copy=False))
+    fsutil.atomic_write_bytes(url, buf.getvalue())
+
+
+def read_npy(url: str) -> np.ndarray | None:
+    """A matrix written by :func:`write_npy`, or None when there is none."""
+    fs, path = fsutil.url_to_fs(url)
+    return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) if fs.exists(path) else None
