@@ -47,10 +47,12 @@ from job.index import (
 log = logging.getLogger("bench")
 
 
-def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536, labels_out: list | None = None) -> np.ndarray:
+def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536, labels_out: list | None = None,
+              centres_out: list | None = None) -> np.ndarray:
     """n CLIP-like unit vectors: 0.7·shared + 0.6·cluster centre + 0.45·16-d within-cluster walk + 0.25·noise.
 
-    ``labels_out``: a list that receives each row's cluster (scene x camera) label array.
+    ``labels_out``: a list that receives each row's cluster (scene x camera) label array; ``centres_out``: one that
+    receives the cluster centres.
     """
     rng = np.random.default_rng(seed)
     ncl = max(1, n // 300)
@@ -63,6 +65,8 @@ def clustered(n: int, d: int = 768, seed: int = 0, chunk: int = 65_536, labels_o
     labels = rng.choice(ncl, size=n, p=sizes / sizes.sum())
     if labels_out is not None:
         labels_out.append(labels)
+    if centres_out is not None:
+        centres_out.append(centres)
     basis_seed = int(rng.integers(1 << 31))
     out = np.empty((n, d), np.float32)
     for s in range(0, n, chunk):

@@ -47,9 +47,35 @@ def test_archive_stream_estimates_its_total_from_the_bytes_read(padded: Path) ->
         assert src.total is None  # the exact total stays unknown while streaming
     assert len(seen) == N
     assert src.estimated_total() == N  # the whole archive read: exact
-    # Read-ahead (a few MiB) counts as read: the estimate runs low by what is buffered, less and less of the whole.
-    assert all(e is not None and abs(e - N) <= 0.1 * N for k, e in seen if k >= N // 4), seen
-    assert all(e is not None and abs(e - N) <= 0.05 * N for k, e in seen if k >= N // 2), seen
+    # Read-ahead (a few MiB, more on a busy machine) counts as read: the estimate runs low by what is buffered, a
+    # shrinking share of what was read. The arithmetic itself is checked exactly below.
+    errors = [abs(e - N) / N for k, e in seen if k >= N // 2 and e is not None]
+    assert len(errors) == N - N // 2 + 1 and max(errors) <= 0.25, seen
+    assert max(abs(e - N) / N for k, e in seen[-N // 16:] if e is not None) <= 0.1, seen  # the last 5
+
+
+def test_estimate_arithmetic(padded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images met so far plus the unread bytes at the density met so far, over every archive; listed parts exact."""
+    from job.sources.archive import Archive
+
+    other = tmp_path / "v1.0-test02_blobs.tgz"
+    other.write_bytes(padded.read_bytes())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"f{i}.jpg").write_bytes(jpeg_bytes(32, 18, seed=i))
+    src = open_source(SourceConfig(sources=(str(padded), str(other), str(folder))))
+    a, b = [pt for pt in src.parts if isinstance(pt, Archive)]
+    size = padded.stat().st_size
+    progress = {a.url: (0, 0), b.url: (0, 0)}
+    monkeypatch.setattr(Archive, "read_so_far", lambda self: progress[self.url])
+    assert src.estimated_total() is None  # nothing read: no density yet
+    progress[a.url] = (10, size // 4)  # a quarter of one archive: 10 images -> 40 per archive
+    assert src.estimated_total() == 5 + 10 + round(10 * (2 * size - size // 4) / (size // 4))
+    progress[a.url], progress[b.url] = (N, size), (N // 2, size // 2)
+    assert src.estimated_total() == 5 + N + N // 2 + round((N + N // 2) * (size // 2) / (size + size // 2))
+    progress[b.url] = (N, size)
+    assert src.estimated_total() == 5 + 2 * N  # everything read: exact
 
 
 def test_estimate_is_capped_by_the_limit_and_absent_with_scenes(padded: Path, nuscenes_dataroot, tmp_path: Path) -> None:
