@@ -20,7 +20,7 @@ from .sources import ImageRecord, Source, open_source
 from .status import StatusWriter
 from .stopping import StopRequest
 from .store import CLS_COLUMN, ResumeState, ShardWriter, embedding_schema, prepare_run
-from .tables import count_rows, embedding_matrix, read_table, write_npy
+from .tables import count_rows, read_vectors, write_npy
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class EmbedSession:
             raise DataError(f"no image could be embedded from {self.source.description} "
                             f"({failed_total} failed; see {layout.failures})")
         if cfg.output.npy:
-            write_npy(layout.npy, embedding_matrix(read_table(layout.embeddings, ["embedding"])))
+            write_npy(layout.npy, read_vectors(layout.embeddings)[0])
         self._write_text_queries(embedded_total)
         rate = stats.embedded / stats.loop_s if stats.loop_s > 0 else 0.0
         log.info("embedded %d images this attempt (%d failed, %d already done) in %.1f s: %.1f images/s",
@@ -270,7 +270,6 @@ class EmbedSession:
                                                if stats.decoder_rates else {})},
             versions=_versions(),
         )
-
 
     def _write_text_queries(self, rows: int) -> None:
         """The prompts' text vectors beside the index (``RunLayout.text_queries``), the queries that tune the text

@@ -21,7 +21,7 @@ import pyarrow as pa
 from .config import MIN_DIST, N_NEIGHBORS, UMAP_BACKENDS, JobConfig, ProjectConfig
 from .errors import UsageError
 from .runfolder import RunLayout
-from .tables import embedding_matrix, read_table, write_table
+from .tables import read_vectors, write_table
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,7 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
     p = params or UmapParams.from_config(cfg.project)
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        table = read_table(layout.embeddings, columns=["id", "embedding"])
-        ids = table.column("id").to_numpy()
-        matrix = embedding_matrix(table)
-        del table
+        matrix, ids = read_vectors(layout.embeddings)
         log.info("projecting %d embeddings of dim %d from %s", matrix.shape[0],
                  matrix.shape[1] if matrix.ndim == 2 else 0, layout.embeddings)
         coords, info = compute_umap(matrix, p)

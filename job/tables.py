@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import fsutil
-from .errors import UsageError
+from .errors import DataError, UsageError
 
 PARQUET = ".parquet"
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -77,3 +77,47 @@ def read_npy(url: str) -> np.ndarray | None:
     """A matrix written by :func:`write_npy`, or None when there is none."""
     fs, path = fsutil.url_to_fs(url)
     return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) if fs.exists(path) else None
+
+
+def open_dataset(url: str) -> Any:
+    """A pyarrow dataset over a parquet file or folder; a clear error if there is none."""
+    import pyarrow.dataset as ds
+
+    fs, path = fsutil.url_to_fs(url)
+    if not fs.exists(path):
+        raise UsageError(f"{url} does not exist")
+    try:
+        return ds.dataset(path, filesystem=fs, format="parquet")
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise UsageError(f"{url} is not a parquet dataset ({str(exc).splitlines()[0][:160]})") from None
+
+
+def read_vectors(url: str, column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    """(vectors (n, d) float32, ids) of an embeddings dataset, streamed batch by batch into one preallocated matrix:
+    the peak is the matrix and one batch, not the table and its copy (``embedding_matrix(read_table(…))``)."""
+    dataset = open_dataset(url)
+    names = dataset.schema.names
+    n = dataset.count_rows() if names else 0
+    if n == 0:
+        raise UsageError(f"{url} holds no vectors; embed some images first")
+    missing = [c for c in ("id", column) if c not in names]
+    if missing:
+        raise UsageError(f"{url} has no {', '.join(missing)} column; it is not an embeddings table "
+                         f"(columns: {', '.join(names)})")
+    typ = dataset.schema.field(column).type
+    if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
+        raise UsageError(f"{url}: column {column!r} is {typ}, expected fixed_size_list<float>[d]")
+    d = typ.list_size
+    x = np.empty((n, d), np.float32)
+    ids = np.empty(n, np.int64)
+    pos = 0
+    for batch in dataset.to_batches(columns=["id", column], batch_readahead=1, fragment_readahead=1):
+        m = batch.num_rows
+        if pos + m > n:
+            raise DataError(f"{url} changed while it was read; try again")
+        ids[pos : pos + m] = batch.column(0).to_numpy(zero_copy_only=False)
+        x[pos : pos + m] = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(m, d)
+        pos += m
+    if pos != n:
+        raise DataError(f"{url} changed while it was read; try again")
+    return x, ids

@@ -11,7 +11,7 @@ import pytest
 from job.errors import UsageError
 from job.runfolder import RunLayout, read_manifest
 from job.store import ShardWriter, embedding_schema, path_id, prepare_run
-from job.tables import embedding_matrix, read_table
+from job.tables import embedding_matrix, read_table, read_vectors
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
 
@@ -80,3 +80,24 @@ def test_prepare_run_refuses_other_options(tmp_path: Path) -> None:
 def test_read_manifest_missing_is_clear(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no manifest.json"):
         read_manifest(RunLayout(str(tmp_path)))
+
+
+def test_read_vectors_streams_every_part_into_one_matrix(tmp_path: Path) -> None:
+    layout = RunLayout(str(tmp_path / "run"))
+    w = ShardWriter(layout, embedding_schema(8, META, text_vectors=True), shard_size=3, identity={"a": 1})
+    for i in range(8):
+        w.add(f"p{i}.jpg", _vec(i), 16, 9, None, text_vector=_vec(100 + i))
+    w.close()
+    table = read_table(layout.embeddings, ["id", "embedding", "embedding_cls"])
+    for column in ("embedding", "embedding_cls"):
+        x, ids = read_vectors(layout.embeddings, column)
+        order = np.argsort(ids)
+        want = embedding_matrix(table, column)[np.argsort(table.column("id").to_numpy())]
+        assert x.dtype == np.float32 and x.flags.c_contiguous and np.array_equal(x[order], want)
+    assert sorted(ids.tolist()) == sorted(table.column("id").to_pylist()) and len(ids) == 8
+    with pytest.raises(UsageError, match="has no nope column"):
+        read_vectors(layout.embeddings, "nope")
+    with pytest.raises(UsageError, match="column 'path' is string, expected fixed_size_list"):
+        read_vectors(layout.embeddings, "path")
+    with pytest.raises(UsageError, match="does not exist"):
+        read_vectors(str(tmp_path / "none.parquet"))

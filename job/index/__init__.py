@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..runfolder import INDEX_FILE
+from ..tables import open_dataset
 from .build import (
     build_from_arrays,
     build_index,
@@ -37,7 +38,7 @@ from .tune import (
     set_search_params,
     tune,
 )
-from .vectors import check_vectors, ids_digest, load_vectors, open_dataset
+from .vectors import check_vectors, ids_digest, load_vectors
 
 __all__ = [
     "INDEX_FILE",

@@ -16,9 +16,8 @@ from .. import fsutil
 from ..config import JobConfig
 from ..runfolder import TEXT_INDEX_FILE, TEXT_QUERIES_FILE, RunLayout
 from ..store import CLS_COLUMN
-from ..tables import read_npy
+from ..tables import open_dataset, read_npy
 from .build import build_index_file
-from .vectors import open_dataset
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from ._faiss import load_faiss
 RECALL_K = 10
 
 # Search-time parameters, each tried in increasing cost order.
-EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # text queries go deep
 NPROBE_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
 PLATEAU_STEPS = 3  # stop raising a parameter after this many steps without any recall gain

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
 import numpy as np
 
-from .. import fsutil
 from ..errors import DataError, UsageError
+from ..tables import read_vectors
 
 log = logging.getLogger(__name__)
 
@@ -62,52 +61,14 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(ids, np.int64)).tobytes()).hexdigest()[:32]
 
 
-def open_dataset(url: str) -> Any:
-    """A pyarrow dataset over a parquet file or folder; a clear error if there is none."""
-    import pyarrow.dataset as ds
-
-    fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
-        raise UsageError(f"{url} does not exist")
-    try:
-        return ds.dataset(path, filesystem=fs, format="parquet")
-    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-        raise UsageError(f"{url} is not a parquet dataset ({str(exc).splitlines()[0][:160]})") from None
-
-
 def load_vectors(emb_url: str, *, expected_dim: int | None = None,
                  column: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, ids) of an embeddings parquet, streamed into one matrix and checked (``check_vectors``).
+    """(vectors, ids) of an embeddings parquet, streamed into one matrix (``tables.read_vectors``) and checked
+    (``check_vectors``).
 
     ``expected_dim``: the dimension the run's model outputs, when the caller knows it (a mismatch is refused).
     ``column``: which vector column (``embedding``, or ``embedding_cls`` for the text-query vectors).
     """
-    import pyarrow as pa
-
-    dataset = open_dataset(emb_url)
-    names = dataset.schema.names
-    n = dataset.count_rows() if names else 0
-    if n == 0:
-        raise UsageError(f"{emb_url} holds no vectors; embed some images first")
-    missing = [c for c in ("id", column) if c not in names]
-    if missing:
-        raise UsageError(f"{emb_url} has no {', '.join(missing)} column; it is not an embeddings table "
-                         f"(columns: {', '.join(names)})")
-    typ = dataset.schema.field(column).type
-    if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
-        raise UsageError(f"{emb_url}: column {column!r} is {typ}, expected fixed_size_list<float>[d]")
-    d = typ.list_size
-    x = np.empty((n, d), np.float32)
-    ids = np.empty(n, np.int64)
-    pos = 0
-    for batch in dataset.to_batches(columns=["id", column]):
-        m = batch.num_rows
-        if pos + m > n:
-            raise DataError(f"{emb_url} changed while it was read; try again")
-        ids[pos : pos + m] = batch.column(0).to_numpy(zero_copy_only=False)
-        x[pos : pos + m] = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(m, d)
-        pos += m
-    if pos != n:
-        raise DataError(f"{emb_url} changed while it was read; try again")
+    x, ids = read_vectors(emb_url, column)
     where = emb_url if column == "embedding" else f"{emb_url} ({column})"
     return check_vectors(x, ids, expected_dim=expected_dim, where=where), ids
