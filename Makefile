@@ -88,6 +88,9 @@ bench: $(STAMP)
 	$(PY) bench/index_bench.py
 	$(PY) bench/umap_bench.py
 	$(PY) bench/merge_bench.py
+	$(PY) bench/filter_bench.py --json bench/results/filter_bench.json
+	$(PY) bench/text_tuning_bench.py --json bench/results/text_tuning_bench.json
+	$(PY) bench/read_vectors_bench.py
 	$(PY) bench/gpu_throughput.py
 
 clean:
