@@ -52,7 +52,7 @@ def test_tuning_on_text_like_queries_delivers_the_recall_it_records(tmp_path: Pa
         set_search_params(index, parse_params(meta["search_params"]))
         got[how] = (meta["recall@10"], evaluate(index, fresh)["recall@10"], meta["search_params"])
     recorded, delivered, _ = got["in-index"]
-    assert recorded >= 0.95 and delivered < recorded - 0.1, got  # the in-index recall overstates what text gets
+    assert recorded >= 0.9 and delivered < recorded - 0.1, got  # the in-index recall overstates what text gets
     recorded, delivered, _ = got["text"]
     assert delivered >= 0.9 and abs(recorded - delivered) <= 0.05, got  # tuned on text-like queries: it holds
 
