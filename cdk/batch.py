@@ -120,52 +120,40 @@ class BatchCompute(Construct):
             compute_environments=[batch.OrderedComputeEnvironment(compute_environment=self.compute_environment, order=1)],
         )
 
-        vcpus, memory_mib = job_size(instance_types)
-        logging = ecs.LogDriver.aws_logs(stream_prefix=log_stream_prefix, log_group=log_group)
+        self._vcpus, self._memory_mib = job_size(instance_types)
+        self._logging = ecs.LogDriver.aws_logs(stream_prefix=log_stream_prefix, log_group=log_group)
+        self._image, self._environment = image, dict(environment)
+        self._timeout = Duration.minutes(max_run_minutes)  # per attempt (per child of the array)
         self.shard_role = self._job_role("ShardRole", "vit-embed shard: read sources, write its shard of the run, weights cache")
         self.merge_role = self._job_role("MergeRole", "vit-embed merge: read the shards, write the merged run")
-        self.shard_container = batch.EcsEc2ContainerDefinition(
+        self.shard_container, self.shard_job = self._job("Shard", shard_command, self.shard_role, gpu=1)
+        self.merge_container, self.merge_job = self._job("Merge", merge_command, self.merge_role, gpu=None)
+
+    def _job(self, name: str, command: Sequence[str], role: iam.Role,
+             gpu: int | None) -> tuple[batch.EcsEc2ContainerDefinition, batch.EcsJobDefinition]:
+        """A container (the run's image, size, logs and shared memory) and its job definition (retries, timeout)."""
+        container = batch.EcsEc2ContainerDefinition(
             self,
-            "ShardContainer",
-            image=image,
-            command=list(shard_command),
-            environment=dict(environment),
-            cpu=vcpus,
-            memory=Size.mebibytes(memory_mib),
-            gpu=1,
-            job_role=self.shard_role,
-            logging=logging,
-            linux_parameters=batch.LinuxParameters(self, "ShardLinux", shared_memory_size=Size.gibibytes(C.BATCH_SHM_GIB)),
+            f"{name}Container",
+            image=self._image,
+            command=list(command),
+            environment=dict(self._environment),
+            cpu=self._vcpus,
+            memory=Size.mebibytes(self._memory_mib),
+            gpu=gpu,
+            job_role=role,
+            logging=self._logging,
+            linux_parameters=batch.LinuxParameters(self, f"{name}Linux", shared_memory_size=Size.gibibytes(C.BATCH_SHM_GIB)),
         )
-        self.merge_container = batch.EcsEc2ContainerDefinition(
+        job = batch.EcsJobDefinition(
             self,
-            "MergeContainer",
-            image=image,
-            command=list(merge_command),
-            environment=dict(environment),
-            cpu=vcpus,
-            memory=Size.mebibytes(memory_mib),
-            job_role=self.merge_role,
-            logging=logging,
-            linux_parameters=batch.LinuxParameters(self, "MergeLinux", shared_memory_size=Size.gibibytes(C.BATCH_SHM_GIB)),
-        )
-        timeout = Duration.minutes(max_run_minutes)  # per attempt (per child of the array)
-        self.shard_job = batch.EcsJobDefinition(
-            self,
-            "ShardJob",
-            container=self.shard_container,
+            f"{name}Job",
+            container=container,
             retry_attempts=C.BATCH_ATTEMPTS,
             retry_strategies=retry_strategies(),
-            timeout=timeout,
+            timeout=self._timeout,
         )
-        self.merge_job = batch.EcsJobDefinition(
-            self,
-            "MergeJob",
-            container=self.merge_container,
-            retry_attempts=C.BATCH_ATTEMPTS,
-            retry_strategies=retry_strategies(),
-            timeout=timeout,
-        )
+        return container, job
 
     def _job_role(self, construct_id: str, description: str) -> iam.Role:
         """A container's own role (the stack grants it exactly what it reads and writes); ECS hands it over."""

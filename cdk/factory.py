@@ -22,26 +22,15 @@ def create_app(
     # Region only, no account: the stack stays environment-agnostic for the account, so synth needs no credentials
     # and makes no AWS call (AZs come from Fn::GetAZs, the AMI from an SSM parameter resolved at deploy time).
     # `make preflight` (cdk/preflight.py) is where the account is asked what synth cannot know.
-    stack: EmbeddingRunStack | BatchRunStack
+    kind: type[EmbeddingRunStack] | type[BatchRunStack]
     if config.batch:  # -c engine=batch: N shards on AWS Batch, then the merge (cdk/batch_stack.py)
-        stack = BatchRunStack(
-            app,
-            "EmbeddingRun",
-            stack_name=config.stack_name,
-            config=config,
-            env=Environment(region=config.region),
-            description=f"vit-embed: {config.shards} shard(s) of python -m job run on AWS Batch "
-                        f"({'/'.join(config.instance_types)}), then job merge ({config.dataset}, run {config.run_id})",
-        )
+        kind, what = BatchRunStack, (f"{config.shards} shard(s) of python -m job run on AWS Batch "
+                                     f"({'/'.join(config.instance_types)}), then job merge")
     else:
-        stack = EmbeddingRunStack(
-            app,
-            "EmbeddingRun",
-            stack_name=config.stack_name,
-            config=config,
-            env=Environment(region=config.region),
-            description=f"vit-embed: one {'/'.join(config.instance_types)} run of python -m job run ({config.dataset}, run {config.run_id})",
-        )
+        kind, what = EmbeddingRunStack, f"one {'/'.join(config.instance_types)} run of python -m job run"
+    stack = kind(app, "EmbeddingRun", stack_name=config.stack_name, config=config,
+                 env=Environment(region=config.region),
+                 description=f"vit-embed: {what} ({config.dataset}, run {config.run_id})")
     if nag:
         Validations.of(app).add_plugins(AwsSolutionsChecks(app))
         if isinstance(stack, BatchRunStack):
