@@ -8,7 +8,7 @@ from typing import Any
 from . import fsutil
 from .errors import DataError, UsageError
 from .runfolder import SHARDS_DIR
-from .status import SCHEMA, read_status, status_url
+from .status import SCHEMA, read_status
 
 
 def _duration(seconds: float | None) -> str:
@@ -69,20 +69,23 @@ def _shard_indices(run_dir: str) -> list[int]:
 def read_run_status(run_dir: str) -> dict[str, Any]:
     """A run folder's status: its ``_STATUS``, or for a run split into shards (``shards/`` present) every shard's
     and the merge's together (:func:`aggregate`); the merge's is the run folder's own ``_STATUS``, once it runs."""
+    missing: UsageError | None = None
     try:
         merge: dict[str, Any] | None = read_status(run_dir)
-    except UsageError:  # no _STATUS of its own: fine for a split run whose merge has not started
-        merge = None
-        if not _shard_indices(run_dir):
-            raise
+    except UsageError as exc:  # no _STATUS of its own: not a run, or a split run whose merge has not started
+        merge, missing = None, exc
     indices = _shard_indices(run_dir)
     if not indices:
+        if missing is not None:
+            raise missing
         assert merge is not None
         return merge
     docs: dict[int, dict[str, Any] | None] = {}
     for i in indices:
-        shard_dir = fsutil.join(run_dir.rstrip("/"), SHARDS_DIR, str(i))
-        docs[i] = read_status(shard_dir) if fsutil.exists(status_url(shard_dir)) else None
+        try:
+            docs[i] = read_status(fsutil.join(run_dir.rstrip("/"), SHARDS_DIR, str(i)))
+        except UsageError:  # that shard has not started
+            docs[i] = None
     return aggregate(docs, merge)
 
 
