@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_bench import clustered, machine  # noqa: E402
 
 from job.config import IndexConfig, IndexOverrides  # noqa: E402
-from job.index import build_from_arrays, load_index, parse_params, set_search_params  # noqa: E402
+from job.index import build_from_arrays, load_index, set_search_params  # noqa: E402
 from job.index.filtered import FilteredSearch  # noqa: E402
+from job.values import parse_search_params  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -82,7 +83,7 @@ def measure(index: Any, params: str, x: np.ndarray, ids: np.ndarray, labels: np.
     machine); the exact answers are computed before any timing (BLAS threads spinning after a matrix
     product would otherwise slow the Faiss call that follows).
     """
-    set_search_params(index, parse_params(params))
+    set_search_params(index, params)
     fs = FilteredSearch(index)
     methods = [m for m in ("auto", "scan", "post", "index") if m != "scan" or fs.scan_codes is not None]
     rows = []
@@ -105,7 +106,7 @@ def measure(index: Any, params: str, x: np.ndarray, ids: np.ndarray, labels: np.
                 times["unfiltered"].append(time.perf_counter() - t0)
                 for method in methods:
                     t0 = time.perf_counter()
-                    r = fs.search(q[None], K, keep, parse_params(params), method=method)
+                    r = fs.search(q[None], K, keep, parse_search_params(params), method=method)
                     times[method].append(time.perf_counter() - t0)
                     recalls[method].append(_recall(r.ids[0], t))
                     short[method] += int((r.ids[0] >= 0).sum() < min(K, len(keep)))
@@ -192,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 meta = build_from_arrays(x, ids, path, IndexConfig(kind), IndexOverrides(queries=200,
                                          search_params=params or None), progress=False)
-                log.info("n=%d %s: %s built in %.0f s", n, kind, meta["factory"], time.perf_counter() - t0)
+                log.info("n=%d %s: %s built in %.0f s", n, kind, meta.factory, time.perf_counter() - t0)
                 index = load_index(path)
-                label = f"{kind}: {meta['factory']}" + (f" ({params})" if params else "")
+                label = f"{kind}: {meta.factory}" + (f" ({params})" if params else "")
                 faiss.omp_set_num_threads(args.threads)  # measure as one query per call is answered
                 rows += measure(index, params, x, ids, labels, xq, n, label)
                 faiss.omp_set_num_threads(build_threads)

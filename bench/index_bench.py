@@ -39,7 +39,6 @@ from job.index import (
     evaluate,
     held_out,
     load_index,
-    parse_params,
     plan_index,
     set_search_params,
 )
@@ -156,10 +155,10 @@ def bench_size(n: int, d: int, types: list[str], queries: int, workdir: str, max
             meta = build_from_arrays(x, ids, path, icfg, IndexOverrides(queries=queries), progress=False,
                                      evaluation=evaluation)
         row = {
-            "n": n, "d": d, "type": kind, "factory": meta["factory"], "search_params": meta["search_params"],
-            "reason": meta["reason"], "build_s": meta["build_seconds"], "timings": meta["timings"],
-            "peak_extra_rss_bytes": int(mem.peak - mem.start), "disk_bytes": meta["bytes"],
-            "target_met": meta["target_met"], "tuning": meta["tuning"], "path": path,
+            "n": n, "d": d, "type": kind, "factory": meta.factory, "search_params": meta.search_params,
+            "reason": meta.reason, "build_s": meta.build_seconds, "timings": meta.timings,
+            "peak_extra_rss_bytes": int(mem.peak - mem.start), "disk_bytes": meta.size_bytes,
+            "target_met": meta.target_met, "tuning": meta.tuning, "path": path,
         }
         rows.append(row)
         built[plan.factory] = row
@@ -170,7 +169,7 @@ def bench_size(n: int, d: int, types: list[str], queries: int, workdir: str, max
     for r in range(rounds):
         for row in (row for row in rows if "same_as" not in row):
             index = load_index(row["path"])
-            set_search_params(index, parse_params(row["search_params"]))
+            set_search_params(index, row["search_params"])
             batch = evaluate(index, test, min_seconds=3.0)
             single = one_at_a_time_qps(index, test.xq)
             row["recall@1"], row["recall@10"] = round(batch["recall@1"], 4), round(batch["recall@10"], 4)

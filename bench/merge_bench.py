@@ -101,7 +101,7 @@ def _write_shard(layout: RunLayout, x: np.ndarray, ids: np.ndarray, index: int, 
 
 def bench_synthetic(work: Path, n: int, dim: int, n_shards: int, umap: bool) -> dict:
     from job.merge import merge_run
-    from job.pipeline import finish_run
+    from job.steps import finish_run
 
     t0 = time.perf_counter()
     x = synthetic_embeddings(n, dim)
@@ -125,9 +125,9 @@ def bench_synthetic(work: Path, n: int, dim: int, n_shards: int, umap: bool) -> 
         phases["index_and_umap_s"] = time.perf_counter() - t1
     out = {"n": n, "dim": dim, "shards": n_shards, "generate_s": round(gen_s, 1),
            "phases_s": {k: round(v, 2) for k, v in phases.items()},
-           "index_build_s": m.index.get("build_seconds") if m.index else None,
-           "index_factory": m.index.get("factory") if m.index else None,
-           "umap_s": m.projection.get("seconds") if m.projection else None,
+           "index_build_s": m.index.build_seconds if m.index else None,
+           "index_factory": m.index.factory if m.index else None,
+           "umap_s": m.projection.seconds if m.projection else None,
            "peak_rss_gib": round(mem.peak / 2**30, 2),
            "vectors_gib": round(n * dim * 4 / 2**30, 2)}
     return out

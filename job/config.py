@@ -1,22 +1,30 @@
-"""Config: the one frozen object every stage reads, parsed once from the command line."""
+"""Config: the one frozen object every stage reads, parsed once from the command line.
+
+Every section checks itself when it is built (``__post_init__``), so an invalid one cannot exist: the CLI builds a
+``JobConfig`` before anything is read or written, and a bad value stops the command there with one line (exit 2).
+The values' grammars (sizes, channels, ``I/N``, search parameters) live in :mod:`job.values`, one parser each.
+"""
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import UsageError
-
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_LEFT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
+from .values import (
+    CAMERA_CHANNELS,
+    at_least,
+    check_choice,
+    in_range,
+    parse_channels,
+    parse_search_params,
+    parse_shard,
+    parse_size,
+    split_list,
 )
+
+__all__ = ["CAMERA_CHANNELS", "check_choice", "parse_shard", "parse_size", "split_list"]  # re-exported
+
 POOLS: tuple[str, ...] = ("mean", "cls")
 TEXT_VECTORS: tuple[str, ...] = ("cls", "none")  # with --pool mean, also store the CLS output for text queries
 RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
@@ -38,14 +46,6 @@ DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
 
 
-def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a one-line UsageError listing them."""
-    choices = list(choices)
-    if value not in choices:
-        raise UsageError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
-    return value
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network and weights embed the images, and how its output is pooled."""
@@ -62,6 +62,13 @@ class ModelConfig:
     cache_dir: str | None = None
     weights_cache: str | None = None  # e.g. s3://bucket/cache/weights: tag weights fetched once per account
 
+    def __post_init__(self) -> None:
+        check_choice("pool", self.pool, POOLS)
+        check_choice("--text-vectors", self.text_vectors, TEXT_VECTORS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        at_least("--image-size", self.image_size, 1)
+
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -71,6 +78,12 @@ class DecodeConfig:
     workers: int | None = None  # None: one per CPU core; 0: decode in the main process
     decoder: str = "auto"
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_choice("resize mode", self.resize_mode, RESIZE_MODES)
+        check_choice("decoder", self.decoder, DECODERS)
+        at_least("--batch-size", self.batch_size, 1)
+        at_least("--workers", self.workers, 0)
 
 
 @dataclass(frozen=True)
@@ -86,17 +99,28 @@ class SourceConfig:
     limit: int | None = None
     shard: tuple[int, int] | None = None  # (I, N): embed the I-th of N deterministic parts (``--shard I/N``)
 
+    def __post_init__(self) -> None:
+        if not parse_channels(self.channels, "channel"):
+            raise UsageError(f"no camera channel selected; valid choices: {', '.join(CAMERA_CHANNELS)}")
+        at_least("--limit", self.limit, 1)
+        if self.shard is not None:
+            parse_shard(self.shard)
+
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where results go and how they are committed."""
+    """Where results go and how they are committed (a *part*: one parquet file of each table, written atomically)."""
 
     out: str = "runs/latest"  # a run folder, or an embeddings path ending in .parquet (runfolder.RunLayout)
-    shard_size: int = 4096
-    shard_seconds: float = 120.0
+    part_size: int = 4096  # ``--shard-size``: images per committed part
+    part_seconds: float = 120.0  # ``--shard-seconds``: commit a part at least this often
     npy: bool = False
     overwrite: bool = False
     publish: str | None = None
+
+    def __post_init__(self) -> None:
+        at_least("--shard-size", self.part_size, 1)
+        in_range("--shard-seconds", self.part_seconds, 0.0, 7 * 86400.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,17 @@ class IndexOverrides:
     queries: int = EVAL_QUERIES
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for option, value in (("--nlist", self.nlist), ("--pq-m", self.pq_m), ("--pq-bits", self.pq_bits),
+                              ("--hnsw-m", self.hnsw_m), ("--ef-construction", self.ef_construction),
+                              ("--train-size", self.train_size), ("--queries", self.queries)):
+            at_least(option, value, 1)
+        if self.pq_bits is not None and self.pq_bits > 16:
+            raise UsageError(f"--pq-bits {self.pq_bits} must be in 1..16")
+        if self.refine is not None:
+            check_choice("--refine", self.refine, REFINE_CHOICES)
+        parse_search_params(self.search_params)
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -121,12 +156,17 @@ class IndexConfig:
 
     index_type: str = "auto"
     factory: str | None = None
-    max_memory: str | None = None
+    max_memory: int | None = None  # bytes (``--max-memory 4G``: ``values.parse_size``); None: half the free memory
     target_recall: float = 0.95
     enabled: bool = True
     overrides: IndexOverrides = field(default_factory=IndexOverrides)
     embeddings: str | None = None  # ``job index --embeddings``
     index_out: str | None = None  # ``job index --index-out``
+
+    def __post_init__(self) -> None:
+        check_choice("index type", self.index_type, INDEX_TYPES)
+        in_range("--target-recall", self.target_recall, 0.0, 1.0, low_open=True)
+        object.__setattr__(self, "max_memory", parse_size(self.max_memory))  # "4G" from Python callers too
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,16 @@ class SearchConfig:
     night: bool | None = None  # None: either; True/False: the scene description says night / does not
     rain: bool | None = None
 
+    def __post_init__(self) -> None:
+        at_least("-k", self.k, 1)
+        parse_search_params(self.search_params)
+        check_choice("device", self.device, DEVICES)
+        parse_channels(self.channels, "--channel")
+        if self.where is not None:
+            from .filters import check_syntax  # DuckDB's parser: the columns are checked at search time
+
+            check_syntax(self.where)
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -157,6 +207,24 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+
+    def __post_init__(self) -> None:
+        in_range("--port", self.port, 1, 65535)
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """``job status``: which run, how often to refresh, how much of the instance's log."""
+
+    run: str | None = None
+    watch: float | None = None  # seconds between refreshes; None: print once
+    lines: int = 10
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.watch is not None:
+            in_range("--watch", self.watch, 0.0, 86400.0, low_open=True)
+        at_least("--lines", self.lines, 1)
 
 
 @dataclass(frozen=True)
@@ -172,6 +240,13 @@ class ProjectConfig:
     n_epochs: int | None = None  # None: umap-learn's default (200 above 10k points, 500 below)
     backend: str = "auto"
 
+    def __post_init__(self) -> None:
+        at_least("--fit-sample", self.fit_sample, 2)
+        at_least("--n-neighbors", self.n_neighbors, 2)
+        at_least("--min-dist", self.min_dist, 0.0)
+        at_least("--n-epochs", self.n_epochs, 1)
+        check_choice("UMAP backend", self.backend, UMAP_BACKENDS)
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -185,8 +260,12 @@ class JobConfig:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     log_level: str = "INFO"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("log level", self.log_level, LOG_LEVELS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -209,127 +288,3 @@ class JobConfig:
             "limit": s.limit,
             **({"shard": list(s.shard)} if s.shard else {}),
         }
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``--shard I/N`` -> (I, N) with 0 <= I < N; a one-line UsageError otherwise.
-
-    I may name an environment variable, ``$AWS_BATCH_JOB_ARRAY_INDEX/N``: read here, because AWS Batch (like
-    Slurm's ``$SLURM_ARRAY_TASK_ID`` or a Kubernetes indexed job's ``$JOB_COMPLETION_INDEX``) hands each child of an
-    array its index in the environment and runs the command without a shell to expand it.
-    """
-    i, sep, n = text.strip().partition("/")
-    if i.startswith("$"):
-        var = i[1:].strip("{}")
-        if not var or os.environ.get(var) is None:
-            raise UsageError(f"--shard {text!r}: the environment variable {var or '?'} is not set; valid: I/N, or $VAR/N "
-                             "where VAR holds I (AWS Batch sets AWS_BATCH_JOB_ARRAY_INDEX in each array child)")
-        i = os.environ[var]
-    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
-        raise UsageError(f"--shard {text!r} is not I/N; valid: two integers with 0 <= I < N, e.g. 0/4")
-    index, count = int(i), int(n)
-    if count < 1 or index >= count:
-        raise UsageError(f"--shard {text!r} is out of range; valid: 0 <= I < N and N >= 1, e.g. 0/{max(count, 1)}")
-    return index, count
-
-
-def split_list(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Flatten repeated and comma-separated CLI values: ``["a,b", "c"] -> ("a", "b", "c")``."""
-    out: list[str] = []
-    for v in values or ():
-        out.extend(p.strip() for p in v.split(",") if p.strip())
-    return tuple(out)
-
-
-_PARAMS_RE = re.compile(r"^\s*[A-Za-z_]+\s*=\s*\d+\s*(,\s*[A-Za-z_]+\s*=\s*\d+\s*)*$")
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_memory(value: str | int | None) -> int | None:
-    """``4G``, ``512M``, ``1.5GiB`` or a byte count -> bytes; None stays None."""
-    if value is None or isinstance(value, int):
-        return value
-    m = _MEMORY_RE.match(value)
-    if not m:
-        raise UsageError(f"--max-memory {value!r} is not a size; valid forms: 4G, 512M, 1.5GiB, 1000000")
-    return int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
-
-
-def _at_least(option: str, value: float | None, minimum: float) -> None:
-    if value is not None and value < minimum:
-        raise UsageError(f"{option} {value!r} must be {minimum!r} or more")
-
-
-def _check_index(ix: IndexConfig) -> None:
-    check_choice("index type", ix.index_type, INDEX_TYPES)
-    if not 0.0 < ix.target_recall <= 1.0:
-        raise UsageError(f"--target-recall {ix.target_recall} must be in (0, 1]")
-    parse_memory(ix.max_memory)
-    ov = ix.overrides
-    for option, value in (("--nlist", ov.nlist), ("--pq-m", ov.pq_m), ("--pq-bits", ov.pq_bits),
-                          ("--hnsw-m", ov.hnsw_m), ("--ef-construction", ov.ef_construction),
-                          ("--train-size", ov.train_size), ("--queries", ov.queries)):
-        _at_least(option, value, 1)
-    if ov.refine is not None:
-        check_choice("--refine", ov.refine, REFINE_CHOICES)
-    _check_search_params(ov.search_params)
-
-
-def _check_search_params(text: str | None) -> None:
-    if text is not None and not _PARAMS_RE.match(text):
-        raise UsageError(f"--search-params {text!r} is not NAME=INT[,NAME=INT…]; "
-                         "e.g. efSearch=128 or nprobe=32,k_factor=8")
-
-
-def _check_filters(s: SearchConfig) -> None:
-    """Filter options: known channels, and a ``--where`` that parses as one SQL condition (columns: at search)."""
-    for ch in s.channels:
-        check_choice("--channel", ch, CAMERA_CHANNELS)
-    if s.where is not None:
-        from .filters import check_syntax
-
-        check_syntax(s.where)
-
-
-def _check_project(pc: ProjectConfig) -> None:
-    _at_least("--fit-sample", pc.fit_sample, 2)
-    _at_least("--n-neighbors", pc.n_neighbors, 2)
-    _at_least("--min-dist", pc.min_dist, 0.0)
-    _at_least("--n-epochs", pc.n_epochs, 1)
-    check_choice("UMAP backend", pc.backend, UMAP_BACKENDS)
-
-
-def validate(cfg: JobConfig) -> JobConfig:
-    """Check every option of ``cfg`` at once (UsageError naming the bad value); returns ``cfg``.
-
-    The CLI calls this before anything is read or written, so ``job run --fit-sample 0`` fails at
-    once instead of after the embedding.
-    """
-    m, d, o, s = cfg.model, cfg.decode, cfg.output, cfg.search
-    check_choice("pool", m.pool, POOLS)
-    check_choice("--text-vectors", m.text_vectors, TEXT_VECTORS)
-    check_choice("device", m.device, DEVICES)
-    check_choice("precision", m.precision, PRECISIONS)
-    _at_least("--image-size", m.image_size, 1)
-    check_choice("resize mode", d.resize_mode, RESIZE_MODES)
-    check_choice("decoder", d.decoder, DECODERS)
-    _at_least("--batch-size", d.batch_size, 1)
-    _at_least("--workers", d.workers, 0)
-    for ch in cfg.source.channels:
-        check_choice("channel", ch, CAMERA_CHANNELS)
-    _at_least("--limit", cfg.source.limit, 1)
-    if cfg.source.shard is not None:
-        parse_shard("{}/{}".format(*cfg.source.shard))
-    _at_least("--shard-size", o.shard_size, 1)
-    if not o.shard_seconds > 0:
-        raise UsageError(f"--shard-seconds {o.shard_seconds!r} must be more than 0")
-    _check_index(cfg.index)
-    _check_project(cfg.project)
-    _at_least("-k", s.k, 1)
-    _check_search_params(s.search_params)
-    check_choice("device", s.device, DEVICES)
-    _check_filters(s)
-    if not 1 <= cfg.serve.port <= 65535:
-        raise UsageError(f"--port {cfg.serve.port} must be in 1..65535")
-    check_choice("log level", cfg.log_level, LOG_LEVELS)
-    return cfg

@@ -20,7 +20,7 @@ import itertools
 import logging
 import multiprocessing as mp
 from dataclasses import dataclass
-from typing import Any, Generator, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Generator, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -39,7 +39,7 @@ class DecodeError(ValueError):
     """An image that cannot be turned into a model input; the message is the failures-table reason."""
 
 
-def _geometry(w: int, h: int, size: int, mode: str) -> tuple[tuple[float, float, float, float], tuple[int, int], tuple[int, int]]:
+def geometry(w: int, h: int, size: int, mode: str) -> tuple[tuple[float, float, float, float], tuple[int, int], tuple[int, int]]:
     """(source box to sample, resized (w, h), paste offset) for an original of w×h pixels."""
     if mode == "crop":
         # torchvision Resize(int): short side = size, long side = int(size * long / short)
@@ -74,7 +74,7 @@ def decode_image(
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
-        box, (rw, rh), (px, py) = _geometry(w, h, size, resize_mode)
+        box, (rw, rh), (px, py) = geometry(w, h, size, resize_mode)
         if img.format == "JPEG":
             # Ask libjpeg for the smallest DCT scale that still covers the resampled region.
             need = max(rw / max(box[2] - box[0], 1e-6), rh / max(box[3] - box[1], 1e-6))
@@ -136,6 +136,15 @@ class Item(Protocol):
 
     @property
     def error(self) -> str | None: ...
+
+
+class DecodeStage(Protocol):
+    """The decode stage of the pipeline (``DecodePool`` on CPU workers, ``decode_gpu.GpuDecodeStage`` with nvJPEG):
+    chunks of records in, ``(records, DecodeResult)`` out in the same order; ``close`` stops its workers."""
+
+    def map(self, chunks: Iterable[list[R]]) -> Iterator[tuple[list[R], DecodeResult]]: ...
+
+    def close(self) -> None: ...
 
 
 def item_bytes(r: Item) -> bytes | None:

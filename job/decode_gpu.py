@@ -1,6 +1,6 @@
 """GPU decode: nvJPEG through ``torchvision.io.decode_jpeg(device='cuda')`` in batches, resize on the GPU.
 
-Same geometry as the CPU path (``job.decode._geometry``): the crop box is cut from the decoded
+Same geometry as the CPU path (``job.decode.geometry``): the crop box is cut from the decoded
 frame and resampled with antialiased bicubic interpolation, then padded (``pad``) onto a black
 square. Output stays on the GPU as a uint8 (n, size, size, 3) tensor, ready for ImageEncoder.
 Non-JPEG or broken files are retried on the CPU path so they end up as a decoded image or a
@@ -18,7 +18,7 @@ from typing import Any, Generator, Iterable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .decode import DecodeError, DecodeResult, Item, _geometry, decode_image, item_bytes
+from .decode import DecodeError, DecodeResult, Item, decode_image, geometry, item_bytes
 
 R = TypeVar("R", bound=Item)
 
@@ -39,7 +39,7 @@ def gpu_decode_available() -> bool:
 def _resize_one(img: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """img: (3, h, w) uint8 on the GPU → (size, size, 3) uint8."""
     _, h, w = img.shape
-    (x0, y0, x1, y1), (rw, rh), (px, py) = _geometry(w, h, size, mode)
+    (x0, y0, x1, y1), (rw, rh), (px, py) = geometry(w, h, size, mode)
     # integer crop that covers the box, then resample exactly the box's extent
     ix0, iy0 = int(np.floor(x0)), int(np.floor(y0))
     ix1, iy1 = int(np.ceil(x1)), int(np.ceil(y1))

@@ -17,6 +17,11 @@ class UsageError(JobError, ValueError):
     exit_code = 2
 
 
+class NotFound(UsageError):
+    """A thing the user named is not there (an id that is not in the run, a run folder without embeddings): exit 2,
+    and a 404 on the search page."""
+
+
 class DataError(JobError, RuntimeError):
     """The data or a step failed (no image could be embedded, an index that does not match): exit 1, reason logged."""
 

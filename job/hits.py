@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+
+from .documents import IndexInfo
 
 
 def time_text(us: Any) -> str | None:
@@ -19,9 +21,21 @@ def time_text(us: Any) -> str | None:
         return None
 
 
-def hits_table(hits: Sequence[dict[str, Any]]) -> pa.Table:
-    """Hits as a pyarrow table (``.to_pandas()`` for a DataFrame)."""
-    return pa.Table.from_pylist(list(hits))
+def make_hits(scores: Sequence[float], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Hits in rank order from the scores and the metadata rows of the images found: rank, score, the row, and its
+    timestamp as text (``time``). The one shape of a hit: ``job search``, the page and the notebook."""
+    out = []
+    for rank, (score, row) in enumerate(zip(scores, rows), 1):
+        hit = {"rank": rank, "score": round(float(score), 6), **row}
+        hit["time"] = time_text(row.get("timestamp"))
+        out.append(hit)
+    return out
+
+
+def hits_table(hits: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> pa.Table:
+    """Hits as a pyarrow table (``.to_pandas()`` for a DataFrame), optionally only ``columns`` (those present)."""
+    table = pa.Table.from_pylist(list(hits))
+    return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
 
 
 def format_hits(hits: Sequence[dict[str, Any]]) -> str:
@@ -46,9 +60,9 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def hits_json(query: dict[str, Any], k: int, meta: dict[str, Any], hits: Sequence[dict[str, Any]],
+def hits_json(query: dict[str, Any], k: int, meta: IndexInfo, hits: Sequence[dict[str, Any]],
               **extra: Any) -> dict[str, Any]:
     """The JSON object ``job search --json`` prints (``extra``: e.g. the filter and its number of matches)."""
     clean = [{key: json_safe(v) for key, v in h.items()} for h in hits]
-    return {"query": query, "k": k, "index": meta.get("factory"), "search_params": meta.get("search_params"),
+    return {"query": query, "k": k, "index": meta.factory, "search_params": meta.search_params,
             **extra, "hits": clean}

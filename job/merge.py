@@ -22,11 +22,12 @@ from typing import Any
 from . import fsutil
 from .config import JobConfig
 from .errors import DataError, UsageError
-from .pipeline import finish_run, tracked
+from .pipeline import tracked
 from .runfolder import SHARDS_DIR, Counts, Manifest, Outputs, RunLayout, find_manifest
 from .status import StatusWriter
+from .steps import finish_run
 from .stopping import StopRequest
-from .tables import list_parts
+from .tables import list_parts, part_url
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Shards:
 
 
 def _found(root: RunLayout) -> dict[int, str]:
-    fs, path = fsutil.url_to_fs(fsutil.join(root.run_dir, SHARDS_DIR))
+    fs, path = fsutil.url_to_fs(root.shards_dir)
     if not fs.exists(path):
         raise UsageError(f"{root.run_dir} has no {SHARDS_DIR}/ folder; run `python -m job run --shard I/N --out "
                          f"{root.run_dir} …` for each shard I first")
@@ -115,10 +116,9 @@ def _lay_out(shards: Shards) -> dict[str, int]:
         for kind, src_folder, dst_folder in (("embeddings", shard.embeddings, root.embeddings),
                                              ("failures", shard.failures, root.failures),
                                              ("thumbnails", shard.thumbnails, root.thumbnails)):
-            _, dst_path = fsutil.url_to_fs(dst_folder)
             for n, src in sorted(list_parts(src_folder).items()):
                 if n in done:  # parts of a shard's interrupted last attempt are not part of the run
-                    _link(fs, src, f"{dst_path}/part-{i:04d}{n:05d}.parquet")
+                    _link(fs, src, fsutil.url_to_fs(part_url(dst_folder, i * 100_000 + n))[1])
                     made[kind] += 1
     return dict(made)
 
@@ -150,9 +150,9 @@ def merged_manifest(shards: Shards, started: float) -> Manifest:
     return Manifest(
         status="succeeded", started=min(m.started for m in ms), finished=dt.datetime.now(dt.timezone.utc).isoformat(),
         host=platform.node(), run_dir=root.run_dir,
-        outputs=Outputs(embeddings=root.embeddings_name, failures=_rel(root, root.failures),
-                        state=_rel(root, root.state),
-                        thumbnails=_rel(root, root.thumbnails) if any(m.outputs.thumbnails for m in ms) else None),
+        outputs=Outputs(embeddings=root.embeddings_name, failures=root.rel(root.failures),
+                        state=root.rel(root.state),
+                        thumbnails=root.rel(root.thumbnails) if any(m.outputs.thumbnails for m in ms) else None),
         config=config, model=base.model, counts=counts, failure_reasons=dict(reasons),
         timings={k: round(v, 3) for k, v in timings.items()},
         images_per_s=round(counts.embedded_this_attempt / loop, 2) if loop > 0 else 0.0,
@@ -163,10 +163,6 @@ def merged_manifest(shards: Shards, started: float) -> Manifest:
                            for i, m in enumerate(ms)]},
         decoder=base.decoder, versions=base.versions,
     )
-
-
-def _rel(root: RunLayout, url: str) -> str:
-    return url[len(root.run_dir.rstrip("/")) + 1:]
 
 
 def merge_run(cfg: JobConfig) -> Manifest:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .config import MIN_DIST, N_NEIGHBORS, UMAP_BACKENDS, JobConfig, ProjectConfig
 from .errors import UsageError
-from .runfolder import RunLayout
+from .runfolder import Projection, RunLayout
 from .tables import read_vectors, write_table
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def write_umap(url: str, table: pa.Table) -> None:
     write_table(url, table)
 
 
-def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = None) -> dict[str, Any]:
+def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = None) -> Projection:
     """Project the embeddings of ``layout`` to 2-D and write ``layout.umap``; returns the manifest entry.
 
     Called by ``job run`` as its projection step and by ``job project``. Needs the embeddings only
@@ -224,11 +224,8 @@ def project_run(cfg: JobConfig, layout: RunLayout, params: UmapParams | None = N
                  matrix.shape[1] if matrix.ndim == 2 else 0, layout.embeddings)
         coords, info = compute_umap(matrix, p)
         write_umap(layout.umap, umap_table(ids, coords))
-    info.update(
-        path=layout.umap.rpartition("/")[2],
-        seconds=round(time.perf_counter() - t0, 2),
-        peak_memory_mb=round(mem.peak_mb, 1),
-    )
-    log.info("wrote %s (%d points) in %.1f s, peak memory %.0f MiB", layout.umap, info["n"], info["seconds"],
-             info["peak_memory_mb"])
-    return info
+    out = Projection(**info, path=layout.rel(layout.umap), seconds=round(time.perf_counter() - t0, 2),
+                     peak_memory_mb=round(mem.peak_mb, 1))
+    log.info("wrote %s (%d points) in %.1f s, peak memory %.0f MiB", layout.umap, out.n, out.seconds,
+             out.peak_memory_mb)
+    return out

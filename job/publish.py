@@ -41,7 +41,7 @@ def publish_run(run: RunLayout | str, dest: str, *, threads: int = 16) -> dict[s
     src_fs, src = fsutil.url_to_fs(layout.run_dir)
     src = src.rstrip("/")
     body = _files(layout)
-    manifest_rel = layout.manifest[len(layout.run_dir.rstrip("/")) + 1:]
+    manifest_rel = layout.rel(layout.manifest)
     dest = dest.rstrip("/")
     t0 = time.perf_counter()
 

@@ -23,27 +23,39 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from . import fsutil
-from .config import ModelConfig
+from .documents import (
+    JSON_KEYS,
+    MANIFEST_KEYS,
+    SCHEMA_VERSION,
+    Counts,
+    IndexInfo,
+    Manifest,
+    ModelInfo,
+    Outputs,
+    Projection,
+    decode,
+    encode,
+)
 from .errors import DataError, UsageError
+
+__all__ = ["JSON_KEYS", "MANIFEST_KEYS", "SCHEMA_VERSION", "Counts", "IndexInfo", "Manifest", "ModelInfo", "Outputs",
+           "Projection", "RunLayout", "RunRef", "find_manifest", "index_info_url", "manifest_from_json", "open_run",
+           "path_id", "read_index_info", "read_manifest", "write_index_info", "write_manifest"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 DEFAULT_STEM = "embeddings"
 INDEX_FILE = "index.faiss"
 TEXT_INDEX_FILE = "text.faiss"  # beside INDEX_FILE: the index over the vectors text queries search
 TEXT_QUERIES_FILE = "text_queries.npy"  # beside it: text-tower vectors of prompts, the queries that tune it
 SHARDS_DIR = "shards"
+STATUS_FILE = "_STATUS"  # the run folder's live status (job.status), one per run folder whatever its outputs
+BOOTSTRAP_LOG = "_bootstrap.log"  # the instance script's log (cdk/scripts/user_data.sh)
 PARQUET = ".parquet"
-
-# Attribute name -> JSON key, for the few keys whose JSON spelling differs from the attribute. Readers use
-# attributes only, so a key can be renamed here alone (tests/test_runfolder.py proves it).
-MANIFEST_KEYS: dict[str, str] = {"failure_reasons": "failure_reasons_this_attempt"}
 
 
 def path_id(path: str) -> int:
@@ -114,6 +126,18 @@ class RunLayout:
         return fsutil.join(self.index_dir, INDEX_FILE)
 
     @property
+    def index_info(self) -> str:
+        return index_info_url(self.index)
+
+    @property
+    def text_index(self) -> str:
+        return fsutil.join(self.index_dir, TEXT_INDEX_FILE)
+
+    @property
+    def text_index_info(self) -> str:
+        return index_info_url(self.text_index)
+
+    @property
     def text_queries(self) -> str:
         return fsutil.join(self.index_dir, TEXT_QUERIES_FILE)
 
@@ -125,9 +149,28 @@ class RunLayout:
     def manifest(self) -> str:
         return self._side("manifest.json", "manifest.json")
 
+    @property
+    def status(self) -> str:
+        """The run folder's ``_STATUS`` (shared by its outputs)."""
+        return fsutil.join(self.run_dir, STATUS_FILE)
+
+    @property
+    def bootstrap_log(self) -> str:
+        return fsutil.join(self.run_dir, BOOTSTRAP_LOG)
+
+    @property
+    def shards_dir(self) -> str:
+        """``OUTDIR/shards``: the folders of a run split with ``--shard I/N``."""
+        return fsutil.join(self.run_dir, SHARDS_DIR)
+
     def shard(self, index: int) -> RunLayout:
         """The run folder of shard ``index`` (``--shard I/N``): ``OUTDIR/shards/I``, an ordinary run folder."""
-        return RunLayout(fsutil.join(self.run_dir, SHARDS_DIR, str(index)), self.stem)
+        return RunLayout(fsutil.join(self.shards_dir, str(index)), self.stem)
+
+    def rel(self, url: str) -> str:
+        """``url`` relative to the run folder (what the manifest's ``outputs`` record); unchanged if outside it."""
+        prefix = self.run_dir.rstrip("/") + "/"
+        return url[len(prefix):] if url.startswith(prefix) else url
 
     def owned(self) -> list[str]:
         """Every path this output owns (what ``--overwrite`` removes); never another output's files."""
@@ -146,95 +189,6 @@ class RunLayout:
         return cls.for_output(uri)
 
 
-class _Part(msgspec.Struct, kw_only=True, rename=MANIFEST_KEYS, forbid_unknown_fields=False):
-    """Base of the manifest's parts: keyword-only, JSON keys from MANIFEST_KEYS."""
-
-
-class Outputs(_Part):
-    """File names of the output's parts, relative to the run folder."""
-
-    embeddings: str
-    failures: str
-    state: str
-    thumbnails: str | None = None
-    npy: str | None = None
-    index: str | None = None
-    text_index: str | None = None
-    umap: str | None = None
-
-
-class ModelInfo(_Part):
-    """The model that made the vectors, as loaded."""
-
-    name: str
-    pretrained: str
-    weights_sha256: str
-    pool: str
-    image_size: int
-    embed_dim: int
-    mean: list[float] = []
-    std: list[float] = []
-    interpolation: str = "bicubic"
-    device: str = "cpu"
-    precision: str = "fp32"
-    load_seconds: float = 0.0
-
-
-class Counts(_Part):
-    """Images seen, embedded and failed (all attempts), and this attempt's share."""
-
-    seen: int
-    embedded: int
-    failed: int
-    embedded_this_attempt: int = 0
-    failed_this_attempt: int = 0
-    resumed_from_earlier_attempts: int = 0
-    duplicate_paths_skipped: int = 0
-
-
-class Manifest(_Part):
-    """``manifest.json``: written last, so its presence means the output is complete."""
-
-    status: str
-    started: str
-    finished: str
-    host: str
-    run_dir: str
-    outputs: Outputs
-    config: dict[str, Any]
-    model: ModelInfo
-    counts: Counts
-    source: dict[str, Any] = {}
-    failure_reasons: dict[str, int] = {}
-    timings: dict[str, float] = {}
-    images_per_s: float = 0.0
-    decoder: dict[str, Any] = {}
-    versions: dict[str, str] = {}
-    index: dict[str, Any] | None = None
-    text_index: dict[str, Any] | None = None
-    projection: dict[str, Any] | None = None
-    published: dict[str, Any] | None = None
-    error: str | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def model_config(self) -> ModelConfig:
-        """The ModelConfig that made the vectors (to load the same model again)."""
-        fields = set(ModelConfig.__dataclass_fields__)
-        return ModelConfig(**{k: v for k, v in (self.config.get("model") or {}).items() if k in fields})
-
-    @property
-    def resize_mode(self) -> str:
-        return str((self.config.get("decode") or {}).get("resize_mode", "pad"))
-
-    @property
-    def sources(self) -> list[str]:
-        return list((self.config.get("source") or {}).get("sources") or [])
-
-    def to_json(self) -> bytes:
-        """Indented, key-sorted JSON."""
-        return msgspec.json.format(msgspec.json.encode(self, order="sorted"), indent=2) + b"\n"
-
-
 def manifest_from_json(data: bytes, where: str) -> Manifest:
     """Parse and check a manifest; a DataError naming the file and the fault when it is not one."""
     try:
@@ -245,10 +199,29 @@ def manifest_from_json(data: bytes, where: str) -> Manifest:
     if version != SCHEMA_VERSION:
         raise DataError(f"{where} has manifest schema version {version!r}; this job reads version {SCHEMA_VERSION} "
                         "(re-run the job, or use the version that wrote it)")
-    try:
-        return msgspec.convert(raw, type=Manifest, strict=False)
-    except msgspec.ValidationError as exc:
-        raise DataError(f"{where} is not a valid manifest ({exc})") from None
+    return decode(raw, Manifest, where, "manifest")
+
+
+def index_info_url(index_url: str) -> str:
+    """``indexes/x.faiss`` → ``indexes/x.json``: the :class:`IndexInfo` beside an index file."""
+    base = index_url.rstrip("/")
+    head, _, tail = base.rpartition("/")
+    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    return f"{head}/{stem}.json" if head else f"{stem}.json"
+
+
+def write_index_info(index_url: str, info: IndexInfo) -> None:
+    """Commit the description beside an index file."""
+    fsutil.atomic_write_bytes(index_info_url(index_url), encode(info))
+
+
+def read_index_info(index_url: str) -> IndexInfo:
+    """The description beside an index file: UsageError when it is missing, DataError when it is not one."""
+    url = index_info_url(index_url)
+    if not fsutil.exists(url):
+        raise UsageError(f"no index description at {url}; build the index with: python -m job index")
+    fs, path = fsutil.url_to_fs(url)
+    return decode(fs.cat_file(path), IndexInfo, url, "index description (rebuild it with: python -m job index)")
 
 
 def write_manifest(layout: RunLayout, manifest: Manifest) -> None:

@@ -13,17 +13,17 @@ indexed in ``index/text.faiss``; ``embedding`` itself with ``--pool cls``). Ever
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from . import fsutil
-from .errors import DataError, UsageError
-from .hits import format_hits, hits_json, hits_table, json_safe, time_text  # noqa: F401  (re-exported)
-from .index import RECALL_K, ids_digest, load_index, meta_url, parse_params, set_search_params
-from .runfolder import TEXT_INDEX_FILE, Manifest, RunLayout, find_manifest, open_run
+from .errors import DataError, NotFound, UsageError
+from .hits import format_hits, hits_json, hits_table, json_safe, make_hits, time_text  # noqa: F401  (re-exported)
+from .index import RECALL_K, ids_digest, load_index, set_search_params
+from .runfolder import IndexInfo, Manifest, RunLayout, find_manifest, index_info_url, open_run, read_index_info
 from .store import CLS_COLUMN, VECTOR_COLUMNS
 from .tables import embedding_matrix
 
@@ -40,7 +40,7 @@ class Space:
     params: dict[str, int]
     column: str  # the embeddings column the vectors came from
     source: str  # the index file, or how the space was made
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: IndexInfo | None = None
     _filtered: Any = None
 
     def filtered(self) -> Any:
@@ -55,7 +55,7 @@ class Space:
 class Searcher:
     """An index, the metadata of every vector in it, and (lazily) the model and the text-query space."""
 
-    def __init__(self, index: Any, meta: dict[str, Any], table: pa.Table, *, emb_url: str,
+    def __init__(self, index: Any, meta: IndexInfo, table: pa.Table, *, emb_url: str,
                  manifest: Manifest | None, device: str | None = None, text_index_url: str | None = None,
                  search_params: str | None = None) -> None:
         self.index = index
@@ -73,7 +73,7 @@ class Searcher:
         self._text: Space | None = None
         self._text_index_url = text_index_url
         self._search_params = search_params
-        self.image = Space(index, _current(index), "embedding", str(meta.get("index") or "index"), meta)
+        self.image = Space(index, _current(index), "embedding", meta.index or "index", meta)
 
     # ------------------------------------------------------------------------------------- opening
     @classmethod
@@ -85,17 +85,17 @@ class Searcher:
         if run:
             ref = open_run(run)
             manifest = ref.manifest
-            text_url = None if index else fsutil.join(ref.layout.index_dir, TEXT_INDEX_FILE)
+            text_url = None if index else ref.layout.text_index
             index = index or ref.layout.index
             embeddings = embeddings or ref.layout.embeddings
         if not index:
             raise UsageError("give --run OUTDIR, or --index FILE (its .json names the embeddings)")
-        murl = meta_url(index)
+        murl = index_info_url(index)
         if not fsutil.exists(murl):
             hint = f"python -m job index --run {run}" if run else "python -m job index"
             raise UsageError(f"no index at {index} (missing {murl}); build it with: {hint}")
-        meta = fsutil.read_json(murl)
-        emb_layout = RunLayout.locate(embeddings or meta.get("embeddings") or "")
+        meta = read_index_info(index)
+        emb_layout = RunLayout.locate(embeddings or meta.embeddings or "")
         embeddings = emb_layout.embeddings
         if manifest is None:
             manifest = find_manifest(emb_layout)
@@ -107,7 +107,7 @@ class Searcher:
         if "id" not in table.column_names:
             raise UsageError(f"{embeddings} has no id column; it is not an embeddings table")
         _check_match(idx, meta, table, index, embeddings)
-        _apply_params(idx, search_params or meta.get("search_params"))
+        _apply_params(idx, search_params or meta.search_params)
         return cls(idx, meta, table, emb_url=embeddings, manifest=manifest, device=device, text_index_url=text_url,
                    search_params=search_params)
 
@@ -120,23 +120,24 @@ class Searcher:
 
     def _open_text_space(self) -> Space:
         url = self._text_index_url
-        if url and fsutil.exists(meta_url(url)) and fsutil.exists(url):
-            meta = fsutil.read_json(meta_url(url))
+        if url and fsutil.exists(index_info_url(url)) and fsutil.exists(url):
+            meta = read_index_info(url)
             idx = load_index(url)
             _check_match(idx, meta, self.table, url, self.emb_url)
-            _apply_params(idx, self._search_params or meta.get("search_params"))
-            return Space(idx, _current(idx), str(meta.get("column") or CLS_COLUMN), url, meta)
+            _apply_params(idx, self._search_params or meta.search_params)
+            return Space(idx, _current(idx), meta.column or CLS_COLUMN, url, meta)
         names = _schema_names(self.emb_url)
         if CLS_COLUMN in names:
             from .index import load_vectors
             from .index._faiss import load_faiss
 
             faiss = load_faiss()
-            log.info("no %s beside the index: text queries search %s exactly", TEXT_INDEX_FILE, CLS_COLUMN)
+            log.info("no text index beside the image index: text queries search %s exactly", CLS_COLUMN)
             x, ids = load_vectors(self.emb_url, column=CLS_COLUMN)
             flat = faiss.IndexIDMap(faiss.IndexFlatIP(x.shape[1]))
             flat.add_with_ids(x, ids)
-            return Space(flat, {}, CLS_COLUMN, f"exact search over {CLS_COLUMN}", {"factory": "IDMap,Flat"})
+            return Space(flat, {}, CLS_COLUMN, f"exact search over {CLS_COLUMN}",
+                         IndexInfo(index="", column=CLS_COLUMN, factory="IDMap,Flat", n=len(ids), d=x.shape[1]))
         if self.manifest is not None and self.manifest.model.pool != "cls":
             log.warning("this run has no %s (made before it existed, or with --text-vectors none): text queries "
                         "search the mean-pooled image vectors, which CLIP's text tower was not trained against",
@@ -230,7 +231,7 @@ class Searcher:
         """Row number of ``id_`` in the embeddings table."""
         pos = int(np.searchsorted(self._sorted_ids, id_))
         if pos >= len(self._sorted_ids) or self._sorted_ids[pos] != id_:
-            raise UsageError(f"id {id_} is not in {self.emb_url}")
+            raise NotFound(f"id {id_} is not in {self.emb_url}")
         return int(self._order[pos])
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -280,14 +281,7 @@ class Searcher:
         pos = np.clip(pos, 0, len(self._sorted_ids) - 1)
         if not (self._sorted_ids[pos] == labels).all():
             raise DataError("the index returned ids that are not in the embeddings; rebuild the index")
-        rows = self._order[pos]
-        meta = self.table.take(pa.array(rows)).to_pylist()
-        out = []
-        for rank, (score, m) in enumerate(zip(scores.tolist(), meta), 1):
-            hit = {"rank": rank, "score": round(float(score), 6), **m}
-            hit["time"] = time_text(m.get("timestamp"))
-            out.append(hit)
-        return out
+        return make_hits(scores.tolist(), self.table.take(pa.array(self._order[pos])).to_pylist())
 
 
 def _current(index: Any) -> dict[str, int]:
@@ -298,7 +292,7 @@ def _current(index: Any) -> dict[str, int]:
 
 def _apply_params(index: Any, params: str | None) -> None:
     if params:
-        set_search_params(index, parse_params(params))
+        set_search_params(index, params)
 
 
 def _schema_names(emb_url: str) -> list[str]:
@@ -307,14 +301,14 @@ def _schema_names(emb_url: str) -> list[str]:
     return list(open_dataset(emb_url).schema.names)
 
 
-def _check_match(index: Any, meta: dict[str, Any], table: pa.Table, index_url: str, emb_url: str) -> None:
+def _check_match(index: Any, meta: IndexInfo, table: pa.Table, index_url: str, emb_url: str) -> None:
     """Refuse an index that was not built from these embeddings."""
     rebuild = f"rebuild it: python -m job index --embeddings {emb_url} --index-out {index_url}"
     n = table.num_rows
-    if index.ntotal != n or meta.get("n") not in (None, n):
+    if index.ntotal != n or meta.n not in (0, n):
         raise DataError(f"index {index_url} holds {index.ntotal} vectors but {emb_url} has {n} rows; {rebuild}")
-    if meta.get("d") not in (None, index.d):
-        raise DataError(f"index {index_url} is {index.d}-d but its .json says {meta.get('d')}; {rebuild}")
-    digest = meta.get("ids_sha256")
+    if meta.d not in (0, index.d):
+        raise DataError(f"index {index_url} is {index.d}-d but its .json says {meta.d}; {rebuild}")
+    digest = meta.ids_sha256
     if digest and digest != ids_digest(table.column("id").to_numpy()):
         raise DataError(f"index {index_url} was built from other embeddings than {emb_url} (ids differ); {rebuild}")

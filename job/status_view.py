@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import fsutil
+from .documents import StatusDoc
 from .errors import DataError, UsageError
-from .runfolder import SHARDS_DIR
+from .runfolder import RunLayout
 from .status import SCHEMA, read_status
 
 
@@ -55,7 +56,7 @@ SHARD_KEYS = ("status", "reason", "phase", "progress", "started_at", "updated_at
 
 def _shard_indices(run_dir: str) -> list[int]:
     """The shard folders ``OUTDIR/shards/I/`` that exist (none: not a split run)."""
-    url = fsutil.join(run_dir.rstrip("/"), SHARDS_DIR)
+    url = RunLayout(run_dir.rstrip("/")).shards_dir
     try:
         fs, path = fsutil.url_to_fs(url)
         if not fs.exists(path):
@@ -67,11 +68,12 @@ def _shard_indices(run_dir: str) -> list[int]:
 
 
 def read_run_status(run_dir: str) -> dict[str, Any]:
-    """A run folder's status: its ``_STATUS``, or for a run split into shards (``shards/`` present) every shard's
-    and the merge's together (:func:`aggregate`); the merge's is the run folder's own ``_STATUS``, once it runs."""
+    """What ``job status`` shows of a run folder, as JSON-able data: its ``_STATUS``, or for a run split into shards
+    (``shards/`` present) every shard's and the merge's together (:func:`aggregate`); the merge's is the run folder's
+    own ``_STATUS``, once it runs."""
     missing: UsageError | None = None
     try:
-        merge: dict[str, Any] | None = read_status(run_dir)
+        merge: StatusDoc | None = read_status(run_dir)
     except UsageError as exc:  # no _STATUS of its own: not a run, or a split run whose merge has not started
         merge, missing = None, exc
     indices = _shard_indices(run_dir)
@@ -79,17 +81,18 @@ def read_run_status(run_dir: str) -> dict[str, Any]:
         if missing is not None:
             raise missing
         assert merge is not None
-        return merge
-    docs: dict[int, dict[str, Any] | None] = {}
+        return merge.to_dict()
+    root = RunLayout(run_dir.rstrip("/"))
+    docs: dict[int, StatusDoc | None] = {}
     for i in indices:
         try:
-            docs[i] = read_status(fsutil.join(run_dir.rstrip("/"), SHARDS_DIR, str(i)))
+            docs[i] = read_status(root.shard(i).run_dir)
         except UsageError:  # that shard has not started
             docs[i] = None
     return aggregate(docs, merge)
 
 
-def aggregate(shards: dict[int, dict[str, Any] | None], merge: dict[str, Any] | None) -> dict[str, Any]:
+def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | None) -> dict[str, Any]:
     """One status for a split run: each shard's (``pending`` until its ``_STATUS`` appears) and the merge's.
 
     ``status`` is the merge's once it runs; before, ``failed`` when a shard failed, ``interrupted`` when no shard
@@ -98,6 +101,8 @@ def aggregate(shards: dict[int, dict[str, Any] | None], merge: dict[str, Any] | 
     unknown while a shard has not started; a ``.tgz`` stream's total is known at its end only, until then its
     ``total_estimated`` (from the bytes read) makes the sum a ``total_estimated`` too.
     """
+    shards = {i: None if d is None else d.to_dict() for i, d in shard_docs.items()}
+    merge = None if merge_doc is None else merge_doc.to_dict()
     count = max([max(shards, default=-1) + 1] + [int(d["shard"][1]) for d in shards.values() if d and d.get("shard")])
     rows: list[dict[str, Any]] = []
     for i in range(count):

@@ -1,7 +1,8 @@
-"""Write stage: parquet shards committed atomically, and resume bookkeeping (the layout is ``runfolder``'s).
+"""Write stage: rows committed in *parts* (one parquet file of each table, written atomically), and resume
+bookkeeping (the layout is ``runfolder``'s).
 
-A shard's thumbnails and failures parts are committed before its embeddings part; a shard counts as
-done only once its embeddings part exists, so a kill in between leaves orphans the next run removes.
+A part's thumbnails and failures files are committed before its embeddings file; a part counts as done only once
+its embeddings file exists, so a kill in between leaves orphans the next run removes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from . import fsutil
 from .errors import UsageError
 from .runfolder import RunLayout, path_id
-from .tables import list_parts, table_bytes
+from .tables import list_parts, part_url, table_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vec
     )
 
 
-class ShardWriter:
-    """Collects embedded rows and failures, and commits them as numbered shards.
+class PartWriter:
+    """Collects embedded rows and failures, and commits them as numbered parts.
 
-    ``add``/``add_failure`` buffer rows; a shard is committed when it holds ``shard_size`` images
-    or ``shard_seconds`` have passed, and on ``close``.
+    ``add``/``add_failure`` buffer rows; a part is committed when it holds ``part_size`` images
+    or ``part_seconds`` have passed, and on ``close``.
     """
 
     def __init__(
@@ -57,17 +58,17 @@ class ShardWriter:
         layout: RunLayout,
         schema: pa.Schema,
         *,
-        shard_size: int = 4096,
-        shard_seconds: float = 120.0,
-        start_shard: int = 0,
+        part_size: int = 4096,
+        part_seconds: float = 120.0,
+        start_part: int = 0,
         thumbnails: bool = False,
         identity: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout = layout
         self.schema = schema
-        self.shard_size = shard_size
-        self.shard_seconds = shard_seconds
-        self.next_shard = start_shard
+        self.part_size = part_size
+        self.part_seconds = part_seconds
+        self.next_part = start_part
         self._rows: dict[str, list[Any]] = {f.name: [] for f in schema}
         self._vectors: list[np.ndarray] = []
         self._cls: list[np.ndarray] = []
@@ -116,22 +117,21 @@ class ShardWriter:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if self.pending >= self.shard_size or (
-            self.pending and time.monotonic() - self._opened >= self.shard_seconds
+        if self.pending >= self.part_size or (
+            self.pending and time.monotonic() - self._opened >= self.part_seconds
         ):
             self.flush()
 
     def flush(self) -> None:
-        """Commit what is buffered as the next shard (failures part first, embeddings part last)."""
+        """Commit what is buffered as the next part (failures file first, embeddings file last)."""
         if not self.pending:
             return
         if self._identity is not None:
-            # the run's options are recorded with its first shard, so a run that fails early leaves nothing
+            # the run's options are recorded with its first part, so a run that fails early leaves nothing
             if not fsutil.exists(self.layout.state):
                 fsutil.write_json(self.layout.state, self._identity)
             self._identity = None
-        n = self.next_shard
-        name = f"part-{n:05d}.parquet"
+        n = self.next_part
         dim = self.schema.field("embedding").type.list_size
         columns = {}
         for f in self.schema:
@@ -146,13 +146,13 @@ class ShardWriter:
         if self.thumbnails:
             thumbs = pa.Table.from_pylist([{"id": i, "path": p, "jpeg": j} for i, p, j in self._thumbs],
                                           schema=THUMBNAILS_SCHEMA)
-            fsutil.atomic_write_bytes(fsutil.join(self.layout.thumbnails, name), table_bytes(thumbs))
-        fsutil.atomic_write_bytes(fsutil.join(self.layout.failures, name), table_bytes(failures))
-        fsutil.atomic_write_bytes(fsutil.join(self.layout.embeddings, name), table_bytes(table))
-        log.debug("committed shard %d: %d rows, %d failures", n, table.num_rows, failures.num_rows)
+            fsutil.atomic_write_bytes(part_url(self.layout.thumbnails, n), table_bytes(thumbs))
+        fsutil.atomic_write_bytes(part_url(self.layout.failures, n), table_bytes(failures))
+        fsutil.atomic_write_bytes(part_url(self.layout.embeddings, n), table_bytes(table))
+        log.debug("committed part %d: %d rows, %d failures", n, table.num_rows, failures.num_rows)
         self.committed_rows += table.num_rows
         self.committed_failures += failures.num_rows
-        self.next_shard += 1
+        self.next_part += 1
         self._rows = {f.name: [] for f in self.schema}
         self._vectors = []
         self._cls = []
@@ -161,7 +161,7 @@ class ShardWriter:
         self._opened = time.monotonic()
 
     def close(self) -> None:
-        """Commit the last partial shard."""
+        """Commit the last partial part."""
         self.flush()
 
 
@@ -170,17 +170,17 @@ class ResumeState:
     """What earlier attempts at this run already committed."""
 
     done_paths: set[str]
-    next_shard: int
+    next_part: int
     rows: int
     failures: int
 
 
 def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bool = False) -> ResumeState:
-    """Check the run folder and return what is already done there (``ShardWriter`` records ``identity``).
+    """Check the run folder and return what is already done there (``PartWriter`` records ``identity``).
 
     A folder holding a run with other vector-shaping options is refused (unless ``overwrite``),
     orphaned failure parts and temporary files of a killed run are removed, and the paths of all
-    committed shards are collected so they are not embedded again.
+    committed parts are collected so they are not embedded again.
     """
     fs, root = fsutil.url_to_fs(layout.run_dir)
     if overwrite and fs.exists(root):
@@ -207,7 +207,7 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
     fail_parts = list_parts(layout.failures)
     for n, p in list(fail_parts.items()) + list(list_parts(layout.thumbnails).items()):
         if n not in emb_parts:
-            log.info("removing orphaned part %s of an interrupted shard", p)
+            log.info("removing orphaned file %s of an interrupted part", p)
             fs.rm(p)
     done: set[str] = set()
     rows = failures = 0
@@ -219,8 +219,8 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
             f = pq.read_table(fail_parts[n], columns=["path"], filesystem=fs)
             done.update(f.column("path").to_pylist())
             failures += f.num_rows
-    next_shard = max(emb_parts) + 1 if emb_parts else 0
+    next_part = max(emb_parts) + 1 if emb_parts else 0
     if emb_parts:
-        log.info("resuming: %d shards already committed (%d rows, %d failures)", len(emb_parts), rows, failures)
-    return ResumeState(done_paths=done, next_shard=next_shard, rows=rows, failures=failures)
+        log.info("resuming: %d parts already committed (%d rows, %d failures)", len(emb_parts), rows, failures)
+    return ResumeState(done_paths=done, next_part=next_part, rows=rows, failures=failures)
 

@@ -17,8 +17,13 @@ PARQUET = ".parquet"
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 
 
+def part_url(folder_url: str, number: int) -> str:
+    """Where part ``number`` of a dataset folder lives: ``FOLDER/part-NNNNN.parquet`` (at least five digits)."""
+    return fsutil.join(folder_url, f"part-{number:05d}.parquet")
+
+
 def list_parts(folder_url: str) -> dict[int, str]:
-    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by shard number."""
+    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by part number."""
     fs, path = fsutil.url_to_fs(folder_url)
     if not fs.exists(path):
         return {}

@@ -12,6 +12,32 @@ from job.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+_WHERE = {  # each subcommand's required options, pointing at an output that must stay unwritten
+    "run": lambda src, out: ["--source", src, *TEST_MODEL, "--out", out],
+    "embed": lambda src, out: ["--source", src, *TEST_MODEL, "--out", out],
+    "index": lambda src, out: ["--run", out],
+    "merge": lambda src, out: ["--run", out],
+    "project": lambda src, out: ["--run", out],
+    "search": lambda src, out: ["--run", out, "--text", "x"],
+    "serve": lambda src, out: ["--run", out],
+    "status": lambda src, out: [out],
+    "publish": lambda src, out: ["--run", out, "--to", out + "-copy"],
+    "models": lambda src, out: [],
+}
+
+
+def _refused(argv: list[str], image_dir: Path, out: Path, capsys) -> str:
+    """Run the command; it must exit 2 with one line on stderr and leave ``out`` unwritten. Returns that line."""
+    command, *rest = argv
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([command, *_WHERE[command](str(image_dir), str(out)), *rest]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert not out.exists() and not Path(str(out) + "-copy").exists()
+    return err[0]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -20,40 +46,72 @@ REPO = Path(__file__).resolve().parents[1]
         (["run", "--min-dist", "-0.5"], "--min-dist -0.5 must be 0.0 or more"),
         (["run", "--n-epochs", "0"], "--n-epochs 0 must be 1 or more"),
         (["run", "--target-recall", "1.5"], "--target-recall 1.5 must be in (0, 1]"),
-        (["run", "--shard-seconds", "0"], "--shard-seconds 0.0 must be more than 0"),
-        (["run", "--max-memory", "lots"], "--max-memory 'lots' is not a size"),
+        (["run", "--shard-seconds", "0"], "--shard-seconds 0.0 must be in (0, 604800]"),
+        (["run", "--max-memory", "lots"], "'lots' is not a size"),
+        # the bug: both passed the config's grammar, the whole run was embedded, then the index step refused them
+        (["run", "--max-memory", "4Gi"], "'4Gi' is not a size"),
+        (["run", "--max-memory", "0"], "'0' must be more than 0 bytes"),
+        (["merge", "--max-memory", "4Gi"], "'4Gi' is not a size"),
+        (["index", "--max-memory", "0"], "'0' must be more than 0 bytes"),
         (["run", "--backend", "tsne"], "unknown UMAP backend 'tsne'"),
+        (["run", "--channels", "LIDAR_TOP"], "--channels 'LIDAR_TOP' is not a camera"),
+        (["run", "--channels", "cam_front,CAM_SIDE"], "--channels 'CAM_SIDE' is not a channel"),
+        (["run", "--image-size", "0"], "must be a positive integer"),
         (["embed", "--batch-size", "0"], "must be a positive integer"),
         (["embed", "--workers", "-1"], "must be 0 or more"),
         (["embed", "--limit", "0"], "must be a positive integer"),
         (["embed", "--shard-size", "0"], "must be a positive integer"),
         (["index", "--nlist", "0"], "must be a positive integer"),
         (["index", "--queries", "0"], "must be a positive integer"),
+        (["index", "--pq-bits", "17"], "--pq-bits 17 must be in 1..16"),
         (["index", "--search-params", "nprobe=lots"], "--search-params 'nprobe=lots' is not NAME=INT"),
         (["index", "--refine", "PQ4"], "unknown --refine 'PQ4'"),
         (["index", "--target-recall", "0"], "--target-recall 0.0 must be in (0, 1]"),
+        (["merge", "--target-recall", "2"], "--target-recall 2.0 must be in (0, 1]"),
+        (["merge", "--fit-sample", "1"], "--fit-sample 1 must be 2 or more"),
         (["project", "--fit-sample", "1"], "--fit-sample 1 must be 2 or more"),
         (["project", "--n-epochs", "0"], "--n-epochs 0 must be 1 or more"),
         (["search", "-k", "0"], "must be a positive integer"),
         (["search", "--search-params", "efSearch"], "--search-params 'efSearch' is not NAME=INT"),
+        (["search", "--channel", "CAM_TOP"], "--channel 'CAM_TOP' is not a channel"),
+        (["serve", "--port", "70000"], "--port 70000 must be in 1..65535"),
+        (["status", "--lines", "0"], "must be a positive integer"),
+        (["status", "--watch", "0"], "--watch 0.0 must be in (0, 86400]"),
     ],
 )
 def test_bad_numbers_exit_2_at_once_and_write_nothing(image_dir: Path, tmp_path: Path, capsys, argv, message) -> None:
-    out = tmp_path / "out"
-    command, *rest = argv
-    where = {
-        "run": ["--source", str(image_dir), *TEST_MODEL, "--out", str(out)],
-        "embed": ["--source", str(image_dir), *TEST_MODEL, "--out", str(out)],
-        "index": ["--run", str(out)],
-        "project": ["--run", str(out)],
-        "search": ["--run", str(out), "--text", "x"],
-    }[command]
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main([command, *where, *rest, "--no-progress"]))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not out.exists()
+    line = _refused([*argv, "--no-progress"], image_dir, tmp_path / "out", capsys)
+    assert message in line, line
+
+
+def _numeric_options() -> list[tuple[str, str]]:
+    """(subcommand, option) for every option of every subcommand that takes a number or a size."""
+    from job.cli import build_parser
+    from job.cli.options import number, size
+
+    numeric = {int, float, number, size}
+    found = []
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():  # type: ignore[union-attr]
+        for action in parser._actions:
+            kind = action.type
+            if action.option_strings and (kind in numeric or getattr(kind, "__name__", "") == "integer"):
+                found.append((name, max(action.option_strings, key=len)))
+    return found
+
+
+NUMERIC_OPTIONS = _numeric_options()
+
+
+def test_every_numeric_option_is_covered() -> None:
+    assert len(NUMERIC_OPTIONS) >= 30 and ("run", "--max-memory") in NUMERIC_OPTIONS, NUMERIC_OPTIONS
+
+
+@pytest.mark.parametrize(("command", "option"), NUMERIC_OPTIONS)
+def test_every_numeric_option_refuses_a_non_number(image_dir: Path, tmp_path: Path, capsys, command: str,
+                                                   option: str) -> None:
+    line = _refused([command, option, "lots"], image_dir, tmp_path / "out", capsys)
+    assert option in line and "lots" in line, line
 
 
 def test_data_fault_exits_1_with_its_reason(tmp_path: Path, capsys) -> None:

@@ -95,7 +95,7 @@ def test_bad_files_go_to_failures(messy_dir: Path, tmp_path: Path) -> None:
         (["--resize-mode", "zoom"], "unknown resize mode 'zoom'; valid choices: pad, crop, squash"),
         (["--precision", "int4"], "unknown precision 'int4'; valid choices: auto, fp32, fp16, bf16"),
         (["--batch-size", "0"], "must be a positive integer"),
-        (["--channels", "CAM_ROOF"], "unknown channel 'CAM_ROOF'; valid choices: CAM_FRONT"),
+        (["--channels", "CAM_ROOF"], "--channels 'CAM_ROOF' is not a channel; valid choices: CAM_FRONT"),
     ],
 )
 def test_bad_options_exit_2_and_write_nothing(image_dir: Path, tmp_path: Path, capsys, args, message) -> None:

@@ -12,8 +12,9 @@ from job.cli import main
 from job.config import IndexConfig, IndexOverrides
 from job.errors import UsageError
 from job.filters import MetaFilter, check_syntax, compose_where
-from job.index import build_from_arrays, load_index, parse_params, set_search_params
+from job.index import build_from_arrays, load_index, set_search_params
 from job.index.filtered import FilteredSearch
+from job.values import parse_search_params
 
 CAMS = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT")
 
@@ -102,7 +103,7 @@ def test_filtered_search_in_every_index_type(kind: str, data, tmp_path: Path) ->
         ix, ov = IndexConfig(kind), IndexOverrides(queries=200)
     meta = build_from_arrays(x, ids, str(tmp_path / "i.faiss"), ix, ov, progress=False)
     index = load_index(str(tmp_path / "i.faiss"))
-    params = parse_params(meta["search_params"])
+    params = parse_search_params(meta.search_params)
     set_search_params(index, params)
     fs = FilteredSearch(index)
     assert (fs.scan_codes is None) == (kind == "ivfpq-norefine")

@@ -20,6 +20,15 @@ from job.sources import open_source
 from job.status import StatusWriter
 from job.status_view import aggregate, format_run_status, format_status
 
+
+def typed(docs: dict) -> dict:
+    """Status documents as ``job.status.read_status`` returns them."""
+    import msgspec
+
+    from job.documents import StatusDoc
+
+    return {i: msgspec.convert(d, type=StatusDoc) for i, d in docs.items()}
+
 N = 80  # camera images in the padded archive
 PAD = 512 << 10  # random (incompressible, like JPEGs) LIDAR bytes after each image: ~42 MB in all
 
@@ -129,14 +138,14 @@ def test_split_run_sums_estimated_totals() -> None:
                                 "eta_s": 20}),
         2: shard(2, "running", {"done": 10, "total": 40, "failed": 0, "images_per_s": 1.0, "eta_s": 30}),
     }
-    doc = aggregate(shards, None)
+    doc = aggregate(typed(shards), None)
     p = doc["progress"]
     assert (p["done"], p["total"], p["total_estimated"], p["eta_s"]) == (80, None, 150, 30)
     text = format_run_status(doc, [])
     assert "images  80/~150 (53.3%), 0 failed, 3.0 images/s, ETA 0m30s (slowest shard)" in text
     assert any(line.startswith("shard 1") and "20/~60 (33.3%)" in line for line in text.splitlines())
     del shards[2]["progress"]["total"]  # one shard knows nothing yet: no total of any kind
-    assert "total_estimated" not in aggregate(shards, None)["progress"]
+    assert "total_estimated" not in aggregate(typed(shards), None)["progress"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from job.config import JobConfig, OutputConfig, ProjectConfig
 from job.errors import UsageError
 from job.project import UMAP_SCHEMA, UmapParams, compute_umap, pick_backend, project_run
 from job.runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, read_manifest, write_manifest
-from job.store import ShardWriter, embedding_schema, path_id
+from job.thumbs import THUMB_PX
+from job.store import PartWriter, embedding_schema, path_id
 from job.tables import read_table
 
 CAMS = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT")
@@ -41,7 +42,7 @@ def make_run(run_dir: str, n: int = 48, dim: int = 32, *, thumbnails: bool = Tru
     vectors, labels = clustered(n, dim)
     meta_fields = [pa.field(name, pa.string()) for name in ("scene_name", "scene_description", "channel", "location")]
     layout = RunLayout(run_dir)
-    writer = ShardWriter(layout, embedding_schema(dim, meta_fields), shard_size=20, thumbnails=thumbnails)
+    writer = PartWriter(layout, embedding_schema(dim, meta_fields), part_size=20, thumbnails=thumbnails)
     paths = []
     for i in range(n):
         cam = CAMS[i % len(CAMS)]
@@ -149,9 +150,8 @@ def test_project_run_writes_umap2d_and_reports(tmp_path: Path) -> None:
     table = pq.read_table(RunLayout(run).umap)
     assert table.schema.equals(UMAP_SCHEMA)
     assert sorted(table.column("id").to_pylist()) == sorted(path_id(p) for p in paths)
-    for key in ("method", "backend", "n", "fit_sample", "seconds", "peak_memory_mb"):
-        assert key in info
-    assert info["n"] == 48 and info["peak_memory_mb"] > 10
+    assert info.method.startswith("umap") and info.backend == "umap-learn" and info.fit_sample == 48
+    assert info.n == 48 and info.peak_memory_mb > 10 and info.seconds > 0
     assert not [p for p in Path(run).iterdir() if ".tmp-" in p.name]
 
 
@@ -186,15 +186,15 @@ def test_project_on_s3(s3_bucket: str) -> None:
 # ------------------------------------------------------------------------------------------------ viz helpers
 
 
-def test_open_run_refuses_unfinished_and_failed_runs(tmp_path: Path) -> None:
+def test_load_run_refuses_unfinished_and_failed_runs(tmp_path: Path) -> None:
     make_run(str(tmp_path / "unfinished"), n=8, manifest=False)
     with pytest.raises(viz.RunNotReady, match="no manifest.json"):
-        viz.open_run(str(tmp_path / "unfinished"))
+        viz.load_run(str(tmp_path / "unfinished"))
     make_run(str(tmp_path / "failed"), n=8, status="failed")
     with pytest.raises(viz.RunNotReady, match="status='failed'"):
-        viz.open_run(str(tmp_path / "failed"))
+        viz.load_run(str(tmp_path / "failed"))
     with pytest.raises(viz.RunNotReady, match="RUN_URI"):
-        viz.open_run("")
+        viz.load_run("")
 
 
 def test_weather_labels() -> None:
@@ -205,7 +205,7 @@ def test_weather_labels() -> None:
 def test_gallery_finds_the_query_first_and_reads_thumbnails(tmp_path: Path) -> None:
     run_dir = str(tmp_path / "run")
     paths = make_run(run_dir)
-    run = viz.open_run(run_dir)
+    run = viz.load_run(run_dir)
     assert run.n == 48 and set(run.meta.weather) == {"night + rain", "rain", "day, no rain", "night"}
     hits = viz.similar_images(run, paths[5], k=4)
     assert hits.id.iat[0] == path_id(paths[5]) and hits.score.iat[0] == pytest.approx(1.0, abs=1e-4)
@@ -228,17 +228,18 @@ def test_thumbnails_fall_back_to_source_images(tmp_path: Path) -> None:
     manifest = read_manifest(RunLayout(run_dir))
     manifest.config["source"]["sources"] = ["s3://not-here.tgz", str(src)]
     write_manifest(RunLayout(run_dir), manifest)
-    run = viz.open_run(run_dir)
+    run = viz.load_run(run_dir)
     ims = viz.thumbnails(run, [path_id(paths[0]), path_id(paths[1])])
     assert ims[path_id(paths[0])].getpixel((5, 5))[1] > 150  # the green source image, shrunk
     assert ims[path_id(paths[0])].width <= 2 * viz.THUMB_WIDTH
-    assert ims[path_id(paths[1])].size[0] == viz.THUMB_WIDTH  # missing everywhere: placeholder
+    missing = ims[path_id(paths[1])]  # missing everywhere: the placeholder the search page shows too
+    assert missing.size[0] == THUMB_PX and missing.getpixel((2, 2)) == missing.getpixel((THUMB_PX - 3, 2))
 
 
 def test_projection_is_computed_when_missing(tmp_path: Path) -> None:
     run_dir = str(tmp_path / "run")
     make_run(run_dir, n=40)
-    run = viz.open_run(run_dir)
+    run = viz.load_run(run_dir)
     df, note = viz.projection(run, max_points=30, n_epochs=20)
     assert len(df) == 30 and "computed here on a random sample of 30 of 40" in note
     project_run(_cfg(run_dir), RunLayout(run_dir), UmapParams(n_epochs=20))
@@ -275,7 +276,7 @@ def test_shade_mixes_class_colours() -> None:
 def test_index_search_is_used_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = str(tmp_path / "run")
     paths = make_run(run_dir, n=10)
-    run = viz.open_run(run_dir)
+    run = viz.load_run(run_dir)
 
     class FakeSearcher:
         def by_vector(self, q, k):

@@ -13,6 +13,15 @@ from job.status import StatusWriter
 from job.status_view import aggregate, read_run_status
 
 
+def typed(docs: dict) -> dict:
+    """Status documents as ``job.status.read_status`` returns them."""
+    import msgspec
+
+    from job.documents import StatusDoc
+
+    return {i: msgspec.convert(d, type=StatusDoc) for i, d in docs.items()}
+
+
 def _shard(run: Path, i: int, n: int, *, done: int, total: int, rate: float = 2.0, end: str | None = None,
            reason: str = "") -> None:
     """Write shard i's _STATUS the way `job run --shard i/n` does."""
@@ -97,9 +106,9 @@ def test_a_stopped_shard_ends_the_watch_with_its_exit_code(tmp_path: Path, capsy
 def test_an_interrupted_shard_while_others_run_is_still_a_running_run() -> None:
     """Batch retries an interrupted shard (exit 75): while others still run, the run is running."""
     docs = {0: {"status": "interrupted", "reason": "SIGTERM", "shard": [0, 2]}, 1: {"status": "running", "shard": [1, 2]}}
-    assert aggregate(docs, None)["status"] == "running"
+    assert aggregate(typed(docs), None)["status"] == "running"
     docs[1] = {"status": "succeeded", "shard": [1, 2]}
-    assert aggregate(docs, None)["status"] == "interrupted"
+    assert aggregate(typed(docs), None)["status"] == "interrupted"
 
 
 def test_a_run_without_shards_reads_as_before(tmp_path: Path) -> None:
@@ -112,7 +121,7 @@ def test_a_finished_archive_shard_counts_what_it_did_as_its_total() -> None:
     """A .tgz stream does not know its total before the end; a finished shard's total is what it embedded."""
     docs = {0: {"status": "succeeded", "shard": [0, 2], "progress": {"done": 7, "total": None, "failed": 0}},
             1: {"status": "running", "shard": [1, 2], "progress": {"done": 3, "total": None, "failed": 0, "eta_s": None}}}
-    doc = aggregate(docs, None)
+    doc = aggregate(typed(docs), None)
     assert doc["progress"]["done"] == 10 and doc["progress"]["total"] is None and doc["progress"]["eta_s"] is None
     docs[1] = {**docs[1], "status": "succeeded"}
-    assert aggregate(docs, None)["progress"]["total"] == 10
+    assert aggregate(typed(docs), None)["progress"]["total"] == 10

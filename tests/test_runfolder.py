@@ -133,7 +133,7 @@ for argv in (["index", "--run", run, "--type", "flat"], ["project", "--run", run
              ["publish", "--run", run, "--to", run + "-published"]):
     rc = main(argv + ["--no-progress", "--log-level", "WARNING"])
     assert rc == 0, (argv, rc)
-r = viz.open_run(run)
+r = viz.load_run(run)
 assert r.n == 12 and r.manifest.model.embed_dim == 512, r.summary()
 assert len(viz.text_search(r, viz.load_text_model(r, "cpu"), ["night"], k=2)["night"]) == 2
 print(json.dumps(sorted(json.load(open(run + "/manifest.json")))))
@@ -141,16 +141,16 @@ print(json.dumps(sorted(json.load(open(run + "/manifest.json")))))
 
 
 @pytest.mark.slow
-def test_manifest_keys_are_owned_by_runfolder_alone(image_dir: Path, tmp_path: Path) -> None:
-    """Rename manifest keys in runfolder.py only: embed, index --run, project --run, search, notebook helpers
+def test_manifest_keys_are_owned_by_one_module(image_dir: Path, tmp_path: Path) -> None:
+    """Rename manifest keys in job/documents.py only: embed, index --run, project --run, search, notebook helpers
     and publish all keep working, because nothing else spells a key."""
     pkg = tmp_path / "pkg"
     shutil.copytree(REPO / "job", pkg / "job", ignore=shutil.ignore_patterns("__pycache__"))
-    rf = pkg / "job" / "runfolder.py"
-    text = rf.read_text()
-    marker = 'MANIFEST_KEYS: dict[str, str] = {"failure_reasons": "failure_reasons_this_attempt"}'
-    assert marker in text
-    rf.write_text(text.replace(marker, f"MANIFEST_KEYS: dict[str, str] = {_RENAMED!r}"))
+    docs = pkg / "job" / "documents.py"
+    text = docs.read_text()
+    marker = "JSON_KEYS: dict[str, str] = {"
+    assert text.count(marker) == 1
+    docs.write_text(text.replace(marker, f"JSON_KEYS: dict[str, str] = {{**{_RENAMED!r}, "))
     env = {**os.environ, "PYTHONPATH": str(pkg)}
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "job", "embed", *TEST_MODEL, "--image-dir", str(image_dir), "--out", str(run),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_MODEL, jpeg_bytes
 
+from conftest import TEST_MODEL, jpeg_bytes
 from job import fsutil
 from job.cli import main
 from job.errors import DataError, UsageError
@@ -88,7 +88,7 @@ def test_text_queries_search_the_cls_vectors(run_dir: Path, tmp_path: Path) -> N
 def test_notebook_text_galleries_use_the_cls_vectors(run_dir: Path) -> None:
     from job import viz
 
-    run = viz.open_run(str(run_dir))
+    run = viz.load_run(str(run_dir))
     assert run.text_vectors is not None and run.text_vectors.shape == run.vectors.shape
     assert "embedding_cls" not in run.meta.columns
     text = "night, rain, intersection"
@@ -212,7 +212,7 @@ def test_other_weights_are_refused(run_dir: Path, tmp_path: Path) -> None:
     from job import viz
 
     with pytest.raises(DataError, match="weights are not available"):
-        viz.load_text_model(viz.open_run(str(other)), "cpu")
+        viz.load_text_model(viz.load_run(str(other)), "cpu")
     assert s.by_id(_ids(run_dir)[0], 2)[0]["id"] == _ids(run_dir)[0]  # id queries need no model
 
 

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+
+from job import sources
+from job.config import SourceConfig, UsageError
+from job.nuscenes import META_FIELDS
+from job.sources import ImageRecord, Selection, fanin, open_source
+from job.sources import archive_reader as archives
 from nuscenes_fixture import (
     CAMERAS,
     add_orphan_image,
@@ -19,12 +25,6 @@ from nuscenes_fixture import (
     upload_file,
     upload_tree,
 )
-
-from job import sources
-from job.config import SourceConfig, UsageError
-from job.nuscenes import META_FIELDS
-from job.sources import ImageRecord, Selection, fanin, open_source
-from job.sources import archive_reader as archives
 
 
 def _records(cfg: SourceConfig, skip=frozenset()) -> tuple[list[ImageRecord], object]:
@@ -94,9 +94,9 @@ def test_local_sources_agree(nuscenes_dataroot, packed, where):
     st = src.stats()
     assert st["images"] == len(info.keyframes) and st["images_without_metadata"] == 0 and not st["errors"]
     if where.startswith("mini") and where != "mini_first":
-        assert any(p.get("spooled_images") for p in st["parts"])  # tables came after the images
+        assert any(p.get("spooled_images") for p in st["inputs"])  # tables came after the images
     if where == "mini_first":
-        assert not any(p.get("spooled_images") for p in st["parts"])
+        assert not any(p.get("spooled_images") for p in st["inputs"])
 
 
 @pytest.mark.s3
@@ -242,7 +242,7 @@ def test_blobs_without_tables_keep_empty_metadata(nuscenes_dataroot, packed):
     assert all(r.meta is None for r in recs)
     st = src.stats()
     assert st["images_without_metadata"] == len(recs) and any("--nuscenes-meta" in w for w in st["warnings"])
-    assert not any(p.get("spooled_images") for p in st["parts"])  # blobs never wait for tables
+    assert not any(p.get("spooled_images") for p in st["inputs"])  # blobs never wait for tables
 
 
 def test_truncated_archive_keeps_earlier_records(nuscenes_dataroot, tmp_path):
@@ -260,7 +260,7 @@ def test_truncated_archive_keeps_earlier_records(nuscenes_dataroot, tmp_path):
     assert 5 < len(good) < len(big.keyframes)
     assert all(r.data == (big.root / r.path).read_bytes() and r.meta == big.expected[r.path] for r in good)
     st = src.stats()
-    assert st["errors"] and st["parts"][0]["error"] and not st["parts"][0]["complete"]
+    assert st["errors"] and st["inputs"][0]["error"] and not st["inputs"][0]["complete"]
     # resume: the failure path was committed, the archive is read again without duplicates
     again, _ = _records(SourceConfig(sources=(str(cut),)), skip={r.path for r in recs})
     assert again == []
@@ -312,7 +312,7 @@ def test_corrupt_and_unreadable_members(nuscenes_dataroot, tmp_path):
     assert by[info.keyframes[3]].error.startswith("archive member unreadable")
     assert by[info.keyframes[4]].data == junk and by[info.keyframes[4]].error is None  # the decoder reports it
     assert all(by[r].data == (info.root / r).read_bytes() for r in good)
-    assert src.stats()["parts"][0]["unreadable_members"] == 1
+    assert src.stats()["inputs"][0]["unreadable_members"] == 1
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -376,8 +376,8 @@ def test_config_errors(tmp_path, nuscenes_dataroot, image_dir):
         assert "\n" not in str(err.value)
         if "unsupported" in msg or "exist" in msg:
             assert "valid" in str(err.value)
-    with pytest.raises(UsageError, match="not cameras"):
-        open_source(SourceConfig(sources=(str(image_dir),), channels=("LIDAR_TOP",)))
+    with pytest.raises(UsageError, match="'LIDAR_TOP' is not a camera"):  # a config that cannot exist
+        SourceConfig(sources=(str(image_dir),), channels=("LIDAR_TOP",))
     with pytest.raises(UsageError, match="--scenes needs the nuScenes tables"):
         open_source(SourceConfig(sources=(str(image_dir),), scenes=("scene-0061",)))
     with pytest.raises(UsageError, match="unknown scene"):
@@ -436,7 +436,7 @@ def test_s3_prefix_read_retries_and_read_errors(nuscenes_dataroot, s3_data, monk
     assert errors == {p for p in nuscenes_dataroot.keyframes if "CAM_BACK_LEFT" in p}
     assert all(r.error.startswith("read error: PermissionError") for r in recs if r.error)
     assert len(recs) == len(nuscenes_dataroot.keyframes)
-    assert src.stats()["parts"][0]["retries"] >= len(nuscenes_dataroot.keyframes) - len(errors)
+    assert src.stats()["inputs"][0]["retries"] >= len(nuscenes_dataroot.keyframes) - len(errors)
 
 
 def test_camera_list_matches_config():

@@ -10,7 +10,7 @@ import pytest
 
 from job.errors import UsageError
 from job.runfolder import RunLayout, read_manifest
-from job.store import ShardWriter, embedding_schema, path_id, prepare_run
+from job.store import PartWriter, embedding_schema, path_id, prepare_run
 from job.tables import embedding_matrix, read_table, read_vectors
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
@@ -30,7 +30,7 @@ def test_path_id_is_stable_and_non_negative() -> None:
 
 def test_shards_commit_by_size_with_metadata(tmp_path: Path) -> None:
     layout = RunLayout(str(tmp_path / "run"))
-    w = ShardWriter(layout, embedding_schema(8, META), shard_size=3, identity={"a": 1})
+    w = PartWriter(layout, embedding_schema(8, META), part_size=3, identity={"a": 1})
     for i in range(7):
         w.add(f"p{i}.jpg", _vec(i), 16, 9, {"scene_name": f"scene-{i}", "timestamp": i} if i % 2 else None)
     w.add_failure("bad.jpg", "empty file (0 bytes)")
@@ -50,7 +50,7 @@ def test_shards_commit_by_size_with_metadata(tmp_path: Path) -> None:
 
 def test_prepare_run_removes_orphans_and_collects_done(tmp_path: Path) -> None:
     layout = RunLayout(str(tmp_path / "run"))
-    w = ShardWriter(layout, embedding_schema(8), shard_size=2, identity={"a": 1})
+    w = PartWriter(layout, embedding_schema(8), part_size=2, identity={"a": 1})
     for i in range(4):
         w.add(f"p{i}.jpg", _vec(i), 1, 1, None)
     w.add_failure("f.jpg", "broken")
@@ -61,14 +61,14 @@ def test_prepare_run_removes_orphans_and_collects_done(tmp_path: Path) -> None:
     (tmp_path / "run" / "embeddings.parquet" / "part-00003.parquet.tmp-abcd1234").write_bytes(b"partial")
     state = prepare_run(layout, {"a": 1})
     assert state.done_paths == {"p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "f.jpg"}
-    assert state.next_shard == 3 and state.rows == 4 and state.failures == 1
+    assert state.next_part == 3 and state.rows == 4 and state.failures == 1
     assert not orphan.exists()
     assert not list((tmp_path / "run").rglob("*.tmp-*"))
 
 
 def test_prepare_run_refuses_other_options(tmp_path: Path) -> None:
     layout = RunLayout(str(tmp_path / "run"))
-    w = ShardWriter(layout, embedding_schema(8), identity={"pool": "mean", "model": "x"})
+    w = PartWriter(layout, embedding_schema(8), identity={"pool": "mean", "model": "x"})
     w.add("a.jpg", _vec(0), 1, 1, None)
     w.close()
     with pytest.raises(UsageError, match=r"other options \(pool\); use another --out or pass --overwrite"):
@@ -84,7 +84,7 @@ def test_read_manifest_missing_is_clear(tmp_path: Path) -> None:
 
 def test_read_vectors_streams_every_part_into_one_matrix(tmp_path: Path) -> None:
     layout = RunLayout(str(tmp_path / "run"))
-    w = ShardWriter(layout, embedding_schema(8, META, text_vectors=True), shard_size=3, identity={"a": 1})
+    w = PartWriter(layout, embedding_schema(8, META, text_vectors=True), part_size=3, identity={"a": 1})
     for i in range(8):
         w.add(f"p{i}.jpg", _vec(i), 16, 9, None, text_vector=_vec(100 + i))
     w.close()

@@ -14,7 +14,7 @@ import pytest
 from conftest import TEST_MODEL, jpeg_bytes
 from job.cli import main
 from job.config import IndexConfig, IndexOverrides
-from job.index import build_from_arrays, evaluate, load_index, parse_params, set_search_params
+from job.index import build_from_arrays, evaluate, load_index, set_search_params
 from job.index.tune import queries_eval_set
 from job.prompts import prompts
 from job.runfolder import RunLayout
@@ -49,8 +49,8 @@ def test_tuning_on_text_like_queries_delivers_the_recall_it_records(tmp_path: Pa
         meta = build_from_arrays(x, ids, url, IndexConfig(kind, target_recall=0.95), IndexOverrides(),
                                  progress=False, evaluation=evaluation)
         index = load_index(url)
-        set_search_params(index, parse_params(meta["search_params"]))
-        got[how] = (meta["recall@10"], evaluate(index, fresh)["recall@10"], meta["search_params"])
+        set_search_params(index, meta.search_params)
+        got[how] = (meta.recall_at_10, evaluate(index, fresh)["recall@10"], meta.search_params)
     recorded, delivered, _ = got["in-index"]
     assert recorded >= 0.9 and delivered < recorded - 0.1, got  # the in-index recall overstates what text gets
     recorded, delivered, _ = got["text"]

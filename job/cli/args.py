@@ -5,7 +5,6 @@ import argparse
 from typing import Any
 
 from ..config import (
-    CAMERA_CHANNELS,
     DEFAULT_SOURCE,
     DecodeConfig,
     IndexConfig,
@@ -17,12 +16,9 @@ from ..config import (
     SearchConfig,
     ServeConfig,
     SourceConfig,
-    check_choice,
-    parse_shard,
-    split_list,
-    validate,
+    StatusConfig,
 )
-from ..errors import UsageError
+from ..values import CAMERA_CHANNELS, parse_channels, parse_shard, split_list
 
 
 class _Args:
@@ -36,20 +32,11 @@ class _Args:
         return default if v is None else v
 
 
-def _channels(a: _Args) -> tuple[str, ...]:
-    channels = tuple(c.upper() for c in split_list(a.get("channels", None))) or CAMERA_CHANNELS
-    for c in channels:
-        check_choice("channel", c, CAMERA_CHANNELS + ("LIDAR_TOP",))
-    if "LIDAR_TOP" in channels:
-        raise UsageError("channel 'LIDAR_TOP' is not a camera; valid choices: " + ", ".join(CAMERA_CHANNELS))
-    return channels
-
-
 def _source(a: _Args) -> SourceConfig:
     given = list(a.get("source", [])) + list(a.get("image_dir", []))
     sources = split_list(given) if given else ((DEFAULT_SOURCE,) if a.get("_default_source", False) else ())
     return SourceConfig(sources=sources, anon=a.get("anon", None), nuscenes_meta=a.get("nuscenes_meta", None),
-                        channels=_channels(a), keyframes_only=bool(a.get("keyframes_only", True)),
+                        channels=parse_channels(a.get("channels", None)) or CAMERA_CHANNELS, keyframes_only=bool(a.get("keyframes_only", True)),
                         scenes=split_list(a.get("scenes", None)), limit=a.get("limit", None),
                         shard=parse_shard(a.get("shard", "")) if a.get("shard", None) else None)
 
@@ -81,13 +68,14 @@ def _search(a: _Args, command: str) -> SearchConfig:
         device=a.get("device", d.device) if own else d.device,
         search_params=a.get("search_params", None) if own else None,
         json=bool(a.get("json", False)), where=a.get("where", None),
-        channels=tuple(c.upper() for c in split_list(a.get("channel", None))),
+        channels=parse_channels(a.get("channel", None), "--channel"),
         locations=split_list(a.get("location", None)), scenes=split_list(a.get("scene", None)),
         night=night if own else None, rain=rain if own else None)
 
 
 def config_from_args(ns: argparse.Namespace) -> JobConfig:
-    """Build and validate the JobConfig (UsageError on any bad value, before anything is read or written)."""
+    """Build the JobConfig; every section checks itself, so a bad value is a UsageError here, before anything is
+    read or written."""
     a, d = _Args(ns), JobConfig()
     command = a.get("command", "")
     out = a.get("out", None) or a.get("run", None) or d.output.out
@@ -104,8 +92,8 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
                             decoder=a.get("decoder", d.decode.decoder),
                             batch_size=a.get("batch_size", d.decode.batch_size)),
         source=_source(a),
-        output=OutputConfig(out=out, shard_size=a.get("shard_size", d.output.shard_size),
-                            shard_seconds=a.get("shard_seconds", d.output.shard_seconds),
+        output=OutputConfig(out=out, part_size=a.get("part_size", d.output.part_size),
+                            part_seconds=a.get("part_seconds", d.output.part_seconds),
                             npy=bool(a.get("npy", False)), overwrite=bool(a.get("overwrite", False)),
                             publish=a.get("publish", None) or a.get("to", None)),
         index=_index(a),
@@ -116,7 +104,9 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
             n_epochs=a.get("n_epochs", None), backend=a.get("backend", d.project.backend)),
         search=_search(a, command),
         serve=ServeConfig(host=a.get("host", d.serve.host), port=a.get("port", d.serve.port)),
+        status=StatusConfig(run=a.get("run", None) if command == "status" else None, watch=a.get("watch", None),
+                            lines=a.get("lines", d.status.lines), json=bool(a.get("json", False))),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )
-    return validate(cfg)
+    return cfg

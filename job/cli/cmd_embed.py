@@ -6,8 +6,9 @@ import logging
 
 from ..config import DEFAULT_SOURCE, JobConfig
 from ..embed import embed
-from ..pipeline import run_pipeline, summary
+from ..pipeline import run_pipeline
 from ..runfolder import RunLayout, write_manifest
+from ..steps import summary
 from .options import (
     add_common_options,
     add_decode_options,

@@ -5,9 +5,10 @@ import argparse
 
 from ..config import EVAL_QUERIES, REFINE_CHOICES, JobConfig
 from ..errors import UsageError
-from ..index import build_index_file, build_run_text_index, meta_url, text_index_url
+from ..index import build_index_file
 from ..index.plan import DEFAULT_TRAIN_MAX, HNSW_EF_CONSTRUCTION, HNSW_M
-from ..runfolder import RunLayout, find_manifest, open_run, write_manifest
+from ..runfolder import RunLayout, find_manifest, index_info_url, open_run, write_manifest
+from ..steps import index_step
 from .options import add_common_options, add_index_options, positive_int
 
 
@@ -16,28 +17,26 @@ def _index_command(cfg: JobConfig, args: argparse.Namespace) -> int:
     if args.run:
         ref = open_run(args.run)
         layout, manifest = ref.layout, ref.manifest
-        emb, out = ix.embeddings or layout.embeddings, ix.index_out or layout.index
+        emb = RunLayout.locate(ix.embeddings).embeddings if ix.embeddings else layout.embeddings
     elif ix.embeddings:
         layout = RunLayout.locate(ix.embeddings)
-        manifest = find_manifest(layout)
-        emb, out = layout.embeddings, ix.index_out or layout.index
+        manifest, emb = find_manifest(layout), layout.embeddings
     else:
         raise UsageError("give --embeddings PARQUET (with --index-out FILE) or --run OUTDIR")
-    dim = manifest.model.embed_dim if manifest is not None else None
-    meta = build_index_file(emb, out, ix, ix.overrides, progress=cfg.progress, expected_dim=dim)
-    text = None
-    if out == layout.index and emb == layout.embeddings:  # the output's own index: its text-query index too
-        text = build_run_text_index(cfg, layout, expected_dim=dim)
-    if manifest is not None and out == layout.index:
-        manifest.index = meta
-        manifest.outputs.index = out[len(layout.run_dir.rstrip("/")) + 1:]
-        manifest.text_index = text
-        manifest.outputs.text_index = text_index_url(layout)[len(layout.run_dir.rstrip("/")) + 1:] if text else None
-        write_manifest(layout, manifest)
-    for url, m in ((out, meta), (text_index_url(layout), text)):
+    out = ix.index_out or layout.index
+    if out == layout.index and emb == layout.embeddings:  # the output's own index (and its text-query index)
+        built = index_step(cfg, layout, manifest)
+        if manifest is not None:
+            write_manifest(layout, manifest)
+        urls = (layout.index, layout.text_index)
+    else:
+        dim = manifest.model.embed_dim if manifest is not None else None
+        built = (build_index_file(emb, out, ix, ix.overrides, progress=cfg.progress, expected_dim=dim), None)
+        urls = (out, "")
+    for url, m in zip(urls, built):
         if m is not None:
-            print(f"{url}: {m['factory']} n={m['n']} d={m['d']} column={m['column']} recall@10={m['recall@10']} "
-                  f"search={m['search_params'] or 'exact'} -> {meta_url(url)}")
+            print(f"{url}: {m.factory} n={m.n} d={m.d} column={m.column} recall@10={m.recall_at_10} "
+                  f"search={m.search_params or 'exact'} -> {index_info_url(url)}")
     return 0
 
 

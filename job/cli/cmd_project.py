@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..config import JobConfig
-from ..project import UmapParams, pick_backend, project_run
+from ..project import UmapParams, pick_backend
 from ..runfolder import open_run, write_manifest
+from ..steps import project_step
 from .options import add_common_options, add_projection_options
 
 
@@ -13,10 +14,8 @@ def _project(cfg: JobConfig, args: argparse.Namespace) -> int:
     ref = open_run(cfg.output.out)
     params = UmapParams.from_config(cfg.project)
     pick_backend(params.backend)  # cuML asked for but missing -> one-line error before any reading
-    info = project_run(cfg, ref.layout, params)
+    project_step(cfg, ref.layout, ref.manifest, params)
     if ref.manifest is not None:
-        ref.manifest.projection = info
-        ref.manifest.outputs.umap = ref.layout.umap.rpartition("/")[2]
         write_manifest(ref.layout, ref.manifest)
     return 0
 

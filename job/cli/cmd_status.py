@@ -26,14 +26,16 @@ def _show(run: str, as_json: bool, lines: int) -> str:
 
 
 def _status(cfg: JobConfig, args: argparse.Namespace) -> int:
-    state = _show(args.run, args.json, args.lines)
-    if args.watch is None:
+    sc = cfg.status
+    assert sc.run is not None  # a required positional
+    state = _show(sc.run, sc.json, sc.lines)
+    if sc.watch is None:
         return 0
     while state not in TERMINAL:
-        time.sleep(args.watch)
-        if not args.json:
+        time.sleep(sc.watch)
+        if not sc.json:
             print("-" * 72, file=sys.stdout)
-        state = _show(args.run, args.json, args.lines)
+        state = _show(sc.run, sc.json, sc.lines)
     return _EXIT[state]
 
 

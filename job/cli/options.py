@@ -20,9 +20,9 @@ from ..config import (
     DecodeConfig,
     IndexConfig,
     OutputConfig,
-    check_choice,
 )
 from ..errors import UsageError
+from ..values import check_choice, parse_size
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,6 +61,16 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"
     return parse
+
+
+def size(value: str) -> int:
+    """argparse type: a memory size (``job.values.parse_size``: 4G, 512M, 1.5GiB, bytes) in bytes."""
+    try:
+        n = parse_size(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--max-memory ")) from None
+    assert n is not None
+    return n
 
 
 positive_int = int_at_least(1)
@@ -160,10 +170,10 @@ def add_output_options(p: argparse.ArgumentParser, *, out_help: str, default_out
     g.add_argument("--overwrite", action="store_true",
                    help="start this output over instead of resuming (a run with other options is refused otherwise); "
                         "other outputs in the same folder are left alone")
-    g.add_argument("--shard-size", type=positive_int, default=o.shard_size,
-                   help=f"images per committed shard (default {o.shard_size})")
-    g.add_argument("--shard-seconds", type=number, default=o.shard_seconds,
-                   help=f"commit a shard at least this often, in seconds (default {o.shard_seconds:g})")
+    g.add_argument("--shard-size", dest="part_size", type=positive_int, default=o.part_size,
+                   help=f"images per committed part, i.e. parquet file (default {o.part_size})")
+    g.add_argument("--shard-seconds", dest="part_seconds", type=number, default=o.part_seconds,
+                   help=f"commit a part at least this often, in seconds (default {o.part_seconds:g})")
 
 
 def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> None:
@@ -174,8 +184,8 @@ def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> No
                    type=choice("index type", INDEX_TYPES), default=ix.index_type,
                    help=f"Faiss index: {', '.join(INDEX_TYPES)} (default {ix.index_type})")
     g.add_argument("--factory", default=None, help="any Faiss index-factory string (overrides the type)")
-    g.add_argument("--max-memory", default=None,
-                   help="memory budget for auto, e.g. 4G (default: half the memory available now)")
+    g.add_argument("--max-memory", type=size, default=None,
+                   help="memory budget for auto, e.g. 4G, 512M, 1.5GiB (default: half the memory available now)")
     g.add_argument("--target-recall", type=number, default=ix.target_recall,
                    help=f"tune nprobe/efSearch to reach this recall@10 (default {ix.target_recall})")
 

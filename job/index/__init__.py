@@ -9,7 +9,6 @@ from .build import (
     build_index_file,
     build_run_index,
     load_index,
-    meta_url,
     save_index,
 )
 from .plan import (
@@ -19,10 +18,9 @@ from .plan import (
     default_pq_m,
     default_train_size,
     estimate_bytes,
-    parse_memory,
     plan_index,
 )
-from .text import build_run_text_index, has_text_vectors, text_index_url
+from .text import build_run_text_index, has_text_vectors
 from .tune import (
     RECALL_K,
     EvalSet,
@@ -32,7 +30,6 @@ from .tune import (
     format_params,
     held_out,
     make_eval_set,
-    parse_params,
     recall_at,
     search_space,
     set_search_params,
@@ -66,15 +63,11 @@ __all__ = [
     "load_index",
     "load_vectors",
     "make_eval_set",
-    "meta_url",
     "open_dataset",
-    "parse_memory",
-    "parse_params",
     "plan_index",
     "recall_at",
     "save_index",
     "search_space",
     "set_search_params",
-    "text_index_url",
     "tune",
 ]

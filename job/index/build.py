@@ -21,21 +21,21 @@ import numpy as np
 from .. import fsutil
 from ..config import IndexConfig, IndexOverrides, JobConfig
 from ..errors import UsageError
-from ..runfolder import RunLayout
+from ..runfolder import IndexInfo, RunLayout, write_index_info
+from ..values import parse_search_params
 from ._faiss import load_faiss
 from .plan import HNSW_EF_CONSTRUCTION, IndexPlan, default_nlist, default_train_size, fmt_bytes, plan_index
 from .tune import (
     EvalSet,
-    _walk,
     current_search_params,
     evaluate,
     format_params,
     held_out,
-    parse_params,
     queries_eval_set,
     search_space,
     set_search_params,
     tune,
+    walk_index,
 )
 from .vectors import ids_digest, load_vectors
 
@@ -77,7 +77,7 @@ def _single_threaded_blas() -> Any:
 def _supports_ids(index: Any) -> bool:
     """True where add_with_ids works natively: IVF, possibly behind pre-transforms, or an IDMap."""
     faiss = load_faiss()
-    for ix in _walk(index):
+    for ix in walk_index(index):
         if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)):
             return True
         if not isinstance(ix, faiss.IndexPreTransform):
@@ -95,7 +95,7 @@ def _create(plan: IndexPlan, d: int) -> Any:
     if not _supports_ids(index):
         index = faiss.IndexIDMap(index)
         plan.factory = f"IDMap,{plan.factory}"
-    for ix in _walk(index):
+    for ix in walk_index(index):
         if isinstance(ix, faiss.IndexHNSW):
             ix.hnsw.efConstruction = int(plan.params.get("ef_construction", HNSW_EF_CONSTRUCTION))
         if isinstance(ix, (faiss.IndexIVFPQ, faiss.IndexPQ)):
@@ -163,14 +163,6 @@ def build_index(x: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, progress: bo
 # ----------------------------------------------------------------------------------------------- files
 
 
-def meta_url(index_url: str) -> str:
-    """``indexes/x.faiss`` → ``indexes/x.json`` (the description beside the index)."""
-    base = index_url.rstrip("/")
-    head, _, tail = base.rpartition("/")
-    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
-    return f"{head}/{stem}.json" if head else f"{stem}.json"
-
-
 def save_index(index: Any, url: str) -> int:
     """Write the index atomically (local: temp file + rename; object store: one PUT); returns its size."""
     faiss = load_faiss()
@@ -211,7 +203,7 @@ def load_index(url: str, *, mmap: bool = False) -> Any:
 
 def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexOverrides | None = None,
                      *, progress: bool = True, expected_dim: int | None = None,
-                     column: str = "embedding", queries: tuple[np.ndarray, str] | None = None) -> dict[str, Any]:
+                     column: str = "embedding", queries: tuple[np.ndarray, str] | None = None) -> IndexInfo:
     """``job index``: read, check, plan, build, tune, measure, then write the index and its ``.json``.
 
     ``ov`` defaults to ``icfg.overrides``; ``expected_dim`` (the run's model output size, when known) refuses
@@ -258,7 +250,7 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
                       ov: IndexOverrides | None = None, *, progress: bool = True, emb_url: str | None = None,
                       t_start: float | None = None,
                       evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None,
-                      column: str = "embedding", recall_method: str | None = None) -> dict[str, Any]:
+                      column: str = "embedding", recall_method: str | None = None) -> IndexInfo:
     """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``."""
     faiss = load_faiss()
     ov = icfg.overrides if ov is None else ov
@@ -266,7 +258,7 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
     n, d = x.shape
     plan = plan_index(n, d, icfg, ov)
     log.info("index: %s -> %s; %s", plan.factory, index_url, plan.reason)
-    fixed = parse_params(ov.search_params)
+    fixed = parse_search_params(ov.search_params)
 
     # Held-out queries: never in the training sample; half tune, half measure.
     q_rows, rest, ev_all = evaluation or held_out(x, ids, ov.queries, ov.seed)
@@ -277,50 +269,31 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
     if n - nq < plan.train_size // 2:
         rest = np.concatenate([rest, q_rows])  # tiny sets: the queries have to help train
     train_rows = np.sort(rest[: plan.train_size]) if plan.train_size else None
-    index, info = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
+    index, info_ = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
 
     t_tune = time.perf_counter()
     params, trials, target_met, ev_test, measured = _tune_and_measure(index, ev_all, icfg, fixed)
-    timings = {**info["timings"], "tune_s": time.perf_counter() - t_tune}
+    timings = {**info_["timings"], "tune_s": time.perf_counter() - t_tune}
 
     size = save_index(index, index_url)
-    meta: dict[str, Any] = {
-        "index": index_url.rstrip("/").rsplit("/", 1)[-1],
-        "embeddings": emb_url or "",
-        "column": column,
-        "type": plan.kind,
-        "factory": plan.factory,
-        "metric": "inner_product",
-        "params": plan.params,
-        "train_size": int(info["train_size"]),
-        "search_params": format_params(params),
-        "reason": plan.reason,
-        "n": int(n),
-        "d": int(d),
-        "ids_sha256": ids_digest(ids),
-        "bytes": int(size),
-        "estimated_memory_bytes": int(plan.estimated_bytes),
-        "build_seconds": round(time.perf_counter() - t_start, 3),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "device": info["device"],
-        "threads": int(faiss.omp_get_max_threads()),
-        "recall@1": _nan_none(round(measured["recall@1"], 4)),
-        "recall@10": _nan_none(round(measured["recall@10"], 4)),
-        "recall_queries": len(ev_test.xq),
-        "recall_method": recall_method or f"held-out in-index vectors as queries (not in the training sample), own "
-                                          f"id removed, {QUERY_METHOD}",
-        "qps": round(measured["qps"], 1),
-        "target_recall": icfg.target_recall,
-        "target_met": bool(target_met),
-        "tuning": trials,
-        "faiss_version": faiss.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
-    fsutil.write_json(meta_url(index_url), meta)
+    info = IndexInfo(
+        index=index_url.rstrip("/").rsplit("/", 1)[-1], embeddings=emb_url or "", column=column, type=plan.kind,
+        factory=plan.factory, metric="inner_product", params=plan.params, train_size=int(info_["train_size"]),
+        search_params=format_params(params), reason=plan.reason, n=int(n), d=int(d), ids_sha256=ids_digest(ids),
+        size_bytes=int(size), estimated_memory_bytes=int(plan.estimated_bytes),
+        build_seconds=round(time.perf_counter() - t_start, 3), timings={k: round(v, 3) for k, v in timings.items()},
+        device=info_["device"], threads=int(faiss.omp_get_max_threads()),
+        recall_at_1=_nan_none(round(measured["recall@1"], 4)), recall_at_10=_nan_none(round(measured["recall@10"], 4)),
+        recall_queries=len(ev_test.xq),
+        recall_method=recall_method or f"held-out in-index vectors as queries (not in the training sample), own id "
+                                       f"removed, {QUERY_METHOD}",
+        qps=round(measured["qps"], 1), target_recall=icfg.target_recall, target_met=bool(target_met), tuning=trials,
+        faiss_version=faiss.__version__, created=dt.datetime.now(dt.timezone.utc).isoformat())
+    write_index_info(index_url, info)
     log.info("index: %d x %d, %s, %s on disk, recall@1 %.3f recall@10 %.3f at %s, %.0f queries/s, built in %.1f s",
              n, d, plan.factory, fmt_bytes(size), measured["recall@1"], measured["recall@10"],
-             meta["search_params"] or "exact", measured["qps"], meta["build_seconds"])
-    return meta
+             info.search_params or "exact", measured["qps"], info.build_seconds)
+    return info
 
 
 def _nan_none(v: float) -> float | None:
@@ -331,7 +304,7 @@ def _embeddings_url(run_or_file: str) -> str:
     return RunLayout.locate(run_or_file).embeddings
 
 
-def build_run_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> dict[str, Any]:
+def build_run_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> IndexInfo:
     """Index step of ``job run``: OUTDIR/index/index.faiss + index.json; returns the json for the manifest."""
     return build_index_file(layout.embeddings, layout.index, cfg.index,
                             cfg.index.overrides, progress=cfg.progress, expected_dim=expected_dim)

@@ -7,7 +7,6 @@ autofaiss reasons), or any index-factory string (``--factory``). Pure arithmetic
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,20 +42,6 @@ def default_pq_bits(train_size: int) -> int:
 
 def default_train_size(n: int, nlist: int) -> int:
     return min(n, max(40 * nlist, DEFAULT_TRAIN_MAX))
-
-
-def parse_memory(value: str | int | None) -> int | None:
-    """``4G``, ``512MB``, ``1.5GiB``, ``2000000000`` → bytes; None stays None."""
-    if value is None or isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(value))
-    if not m:
-        raise UsageError(f"--max-memory {value!r} is not a size; use e.g. 512M, 4G, 1.5GB or a number of bytes")
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
-    n = int(float(m.group(1)) * scale)
-    if n <= 0:
-        raise UsageError(f"--max-memory {value!r} must be more than 0 bytes")
-    return n
 
 
 def available_memory() -> int:
@@ -156,9 +141,9 @@ def plan_index(n: int, d: int, icfg: IndexConfig, ov: IndexOverrides | None = No
 
 
 def _plan_auto(n: int, d: int, icfg: IndexConfig, ov: IndexOverrides) -> IndexPlan:
-    explicit = parse_memory(icfg.max_memory)
+    explicit = icfg.max_memory
     budget = explicit if explicit is not None else available_memory() // 2
-    source = f"--max-memory {icfg.max_memory}" if explicit is not None else "half the available memory"
+    source = "--max-memory" if explicit is not None else "half the available memory"
     budget_s = f"{fmt_bytes(budget)} ({source})"
     flat_b = estimate_bytes("flat", n, d, {})
     if n <= AUTO_FLAT_MAX and flat_b <= budget:

@@ -8,13 +8,11 @@ are not like the image vectors they search (the modality gap), so it is tuned on
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
-from .. import fsutil
 from ..config import JobConfig
-from ..runfolder import TEXT_INDEX_FILE, TEXT_QUERIES_FILE, RunLayout
+from ..runfolder import TEXT_QUERIES_FILE, IndexInfo, RunLayout
 from ..store import CLS_COLUMN
 from ..tables import open_dataset, read_npy
 from .build import build_index_file
@@ -22,17 +20,12 @@ from .build import build_index_file
 log = logging.getLogger(__name__)
 
 
-def text_index_url(layout: RunLayout) -> str:
-    """Where an output's text-query index lives: beside its image index."""
-    return fsutil.join(layout.index_dir, TEXT_INDEX_FILE)
-
-
 def has_text_vectors(emb_url: str) -> bool:
     """True when the embeddings hold the CLS vectors of a ``--pool mean`` run."""
     return CLS_COLUMN in open_dataset(emb_url).schema.names
 
 
-def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> dict[str, Any] | None:
+def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> IndexInfo | None:
     """``job run`` / ``job index --run``: the text-query index and its ``text.json``; None when there are no text vectors.
 
     Same index options as the image index (type, memory budget, target recall), so it is chosen the same way; it is
@@ -41,7 +34,7 @@ def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int
     if not has_text_vectors(layout.embeddings):
         log.info("no %s column (--pool cls, or --text-vectors none): text queries use the image index", CLS_COLUMN)
         return None
-    return build_index_file(layout.embeddings, text_index_url(layout), cfg.index, cfg.index.overrides,
+    return build_index_file(layout.embeddings, layout.text_index, cfg.index, cfg.index.overrides,
                             progress=cfg.progress, expected_dim=expected_dim, column=CLS_COLUMN,
                             queries=text_queries(layout, expected_dim))
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..values import parse_search_params
 from ._faiss import load_faiss
 
 RECALL_K = 10
@@ -22,13 +23,12 @@ EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 
 NPROBE_VALUES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 K_FACTOR_VALUES = (1, 2, 4, 8, 16, 32, 64)
 PLATEAU_STEPS = 3  # stop raising a parameter after this many steps without any recall gain
-SEARCH_PARAM_NAMES = ("nprobe", "efSearch", "k_factor")
 
 
 # ----------------------------------------------------------------------------------------------- structure
 
 
-def _walk(index: Any) -> list[Any]:
+def walk_index(index: Any) -> list[Any]:
     """The index and every sub-index it wraps, downcast (IDMap → PreTransform → Refine → IVF/HNSW)."""
     faiss = load_faiss()
     out = []
@@ -47,7 +47,7 @@ def search_space(index: Any) -> list[tuple[str, list[int]]]:
     """The search-time parameters of an index, each with its candidate values (cheapest first)."""
     faiss = load_faiss()
     space: list[tuple[str, list[int]]] = []
-    for ix in _walk(index):
+    for ix in walk_index(index):
         if isinstance(ix, faiss.IndexIVF):
             space.append(("nprobe", [v for v in NPROBE_VALUES if v < ix.nlist] + [int(ix.nlist)]))
         elif isinstance(ix, faiss.IndexHNSW):
@@ -62,30 +62,14 @@ def format_params(params: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in params.items())
 
 
-def parse_params(text: str | None) -> dict[str, int]:
-    """``"nprobe=16,efSearch=64"`` → dict; a clear error for anything else."""
-    out: dict[str, int] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        k, sep, v = part.partition("=")
-        k = k.strip()
-        if not sep or k not in SEARCH_PARAM_NAMES:
-            raise UsageError(f"search parameter {part.strip()!r} not understood; use nprobe=N, efSearch=N, k_factor=N")
-        try:
-            out[k] = int(v)
-        except ValueError:
-            raise UsageError(f"search parameter {part.strip()!r}: {v.strip()!r} is not an integer") from None
-        if out[k] <= 0:
-            raise UsageError(f"search parameter {part.strip()!r} must be positive")
-    return out
-
-
-def set_search_params(index: Any, params: dict[str, int]) -> None:
-    """Set nprobe / efSearch / k_factor wherever they apply inside the index."""
+def set_search_params(index: Any, params: dict[str, int] | str | None) -> None:
+    """Set nprobe / efSearch / k_factor wherever they apply inside the index (a dict, or text as
+    ``--search-params`` takes it: ``job.values.parse_search_params``)."""
+    if not isinstance(params, dict):
+        params = parse_search_params(params)
     faiss = load_faiss()
     applied = set()
-    for ix in _walk(index):
+    for ix in walk_index(index):
         if isinstance(ix, faiss.IndexIVF) and "nprobe" in params:
             ix.nprobe = min(int(params["nprobe"]), int(ix.nlist))
             applied.add("nprobe")
@@ -104,7 +88,7 @@ def set_search_params(index: Any, params: dict[str, int]) -> None:
 def current_search_params(index: Any) -> dict[str, int]:
     faiss = load_faiss()
     out: dict[str, int] = {}
-    for ix in _walk(index):
+    for ix in walk_index(index):
         if isinstance(ix, faiss.IndexIVF):
             out["nprobe"] = int(ix.nprobe)
         elif isinstance(ix, faiss.IndexHNSW):
@@ -117,11 +101,14 @@ def current_search_params(index: Any) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------- recall
 
 
-def exact_neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the exact top-k by inner product (brute force, no index copy)."""
+def exact_neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the exact top-k of each query row by inner product, best first: Faiss brute force over
+    ``xb`` in blocks, no index copy. The one exact search of the job (recall truth, the notebook's neighbours)."""
     faiss = load_faiss()
-    _, idx = faiss.knn(np.ascontiguousarray(xq), xb, k, metric=faiss.METRIC_INNER_PRODUCT)
-    return idx
+    xq = np.ascontiguousarray(np.asarray(xq, np.float32).reshape(-1, xb.shape[1]))
+    scores, rows = faiss.knn(xq, np.ascontiguousarray(xb, dtype=np.float32), min(k, len(xb)),
+                             metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, rows
 
 
 def _drop_self(labels: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
@@ -154,7 +141,7 @@ class EvalSet:
 def make_eval_set(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> EvalSet:
     xq = x[rows]
     k_eff = min(k, len(x) - 1)
-    nn = exact_neighbours(xq, x, k_eff + 1)
+    _, nn = exact_neighbours(xq, x, k_eff + 1)
     truth = _drop_self(np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1), ids[rows], k_eff)
     return EvalSet(xq, ids[rows], truth)
 
@@ -174,7 +161,7 @@ def queries_eval_set(x: np.ndarray, ids: np.ndarray, queries: np.ndarray,
     row (shuffled) may train, and the queries' exact neighbours are the truth."""
     rng = np.random.default_rng(seed)
     xq = np.ascontiguousarray(queries[rng.permutation(len(queries))], dtype=np.float32)
-    nn = exact_neighbours(xq, x, min(RECALL_K, len(x)))
+    _, nn = exact_neighbours(xq, x, min(RECALL_K, len(x)))
     truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
     return np.empty(0, np.int64), rng.permutation(len(x)), EvalSet(xq, np.full(len(xq), -1, np.int64), truth)
 

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, NotFound, UsageError
 from .service import IMAGE_BYTES_MAX, SearchService
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _usage_error(request: Request, exc: Exception) -> Response:
-    # an id that is not in the run is "not found"; every other bad value a plain bad request
-    status = 404 if request.url.path.startswith("/api/thumb/") and "is not in" in str(exc) else 400
-    return _error(status, str(exc))
+    return _error(404 if isinstance(exc, NotFound) else 400, str(exc))
 
 
 async def _data_error(request: Request, exc: Exception) -> Response:

@@ -14,22 +14,19 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
-from ..config import CAMERA_CHANNELS, split_list
 from ..errors import UsageError
 from ..filters import compose_where
 from ..hits import json_safe
 from ..search import Searcher
 from ..tables import read_table
-from .thumbs import Thumbnails
+from ..thumbs import Thumbnails
+from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
 
 log = logging.getLogger(__name__)
 
 K_MAX = 200  # hits one request may ask for
 MAP_POINTS_MAX = 50_000  # points of the UMAP map sent to the page (a seeded sample above this)
 IMAGE_BYTES_MAX = 25 << 20  # largest image a POST may carry
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
 @dataclass
 class Query:
     """One checked request: what to search for, how many, and the filter."""
@@ -41,35 +38,12 @@ class Query:
     image: bytes | None = None
 
 
-def _flag(name: str, value: str | None) -> bool | None:
-    if value is None or not value.strip():
-        return None
-    v = value.strip().lower()
-    if v in _TRUE or v in _FALSE:
-        return v in _TRUE
-    raise UsageError(f"{name}={value!r} is not a yes/no value; valid: {', '.join(_TRUE + _FALSE)} or empty")
-
-
-def _int(name: str, value: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise UsageError(f"{name}={value!r} is not an integer") from None
-    if not lo <= n <= hi:
-        raise UsageError(f"{name}={n} must be in {lo}..{hi}")
-    return n
-
-
 def parse_filter(params: Mapping[str, str]) -> str | None:
     """The SQL condition of a request: ``where`` plus the channel / location / scene / night / rain shorthands."""
-    channels = tuple(c.upper() for c in split_list([params.get("channel") or ""]))
-    for ch in channels:
-        if ch not in CAMERA_CHANNELS:
-            raise UsageError(f"unknown channel {ch!r}; valid choices: {', '.join(CAMERA_CHANNELS)}")
     where = params.get("where") or None
-    return compose_where(where, channels=channels, locations=split_list([params.get("location") or ""]),
-                         scenes=split_list([params.get("scene") or ""]), night=_flag("night", params.get("night")),
-                         rain=_flag("rain", params.get("rain")))
+    return compose_where(where, channels=parse_channels(params.get("channel"), "channel"),
+                         locations=split_list(params.get("location")), scenes=split_list(params.get("scene")),
+                         night=parse_flag(params.get("night"), "night"), rain=parse_flag(params.get("rain"), "rain"))
 
 
 class SearchService:
@@ -96,7 +70,7 @@ class SearchService:
     # ------------------------------------------------------------------------------------------ queries
     def parse(self, params: Mapping[str, str], image: bytes | None = None) -> Query:
         """Check a request's parameters (UsageError: a 400 with the message)."""
-        k = _int("k", params.get("k") or "24", 1, self.k_max)
+        k = parse_int(params.get("k") or "24", "k", 1, self.k_max)
         where = parse_filter(params)
         text, id_ = params.get("text"), params.get("id")
         given = [name for name, v in (("text", text), ("id", id_), ("image", image)) if v]
@@ -106,7 +80,7 @@ class SearchService:
         if image is not None and len(image) > IMAGE_BYTES_MAX:
             raise UsageError(f"the image is {len(image)} bytes; at most {IMAGE_BYTES_MAX} are accepted")
         return Query(k=k, where=where, text=text or None, image=image,
-                     id=_int("id", id_, 0, 2**63 - 1) if id_ else None)
+                     id=parse_int(id_, "id", 0, 2**63 - 1) if id_ else None)
 
     def search(self, q: Query) -> dict[str, Any]:
         """Run a checked query; the JSON the page shows."""
@@ -140,7 +114,7 @@ class SearchService:
     # ------------------------------------------------------------------------------------------ the rest
     def thumbnail(self, id_text: str) -> bytes:
         """JPEG bytes of an image's thumbnail (UsageError for an id that is not in the run: a 404)."""
-        id_ = _int("id", id_text, 0, 2**63 - 1)
+        id_ = parse_int(id_text, "id", 0, 2**63 - 1)
         row = self.searcher.row_of(id_)
         path = str(self.searcher.table.column("path")[row].as_py())
         return self.thumbs.get(id_, path)
@@ -181,7 +155,7 @@ class SearchService:
         text = s.text_space()
         return {"run": self.run, "images": int(s.index.ntotal), "k_max": self.k_max,
                 "model": f"{man.model.name} / {man.model.pretrained}" if man else None,
-                "pool": man.model.pool if man else None, "index": s.meta.get("factory"),
+                "pool": man.model.pool if man else None, "index": s.meta.factory,
                 "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
                 "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
                 "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,

@@ -27,7 +27,7 @@ from ..nuscenes import (
     table_of,
 )
 from .archive_reader import ArchiveError, ArchiveMissing, ArchiveReader, Member
-from .base import _ADMIT, _DROP, _STOP, VALID_KINDS, ImageRecord, Selection, _Part, _Pass
+from .base import ADMIT, DROP, STOP, VALID_KINDS, ImageRecord, Input, ReadPass, Selection
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tgz", ".tar.gz", ".tar")
 SPOOL_MEMORY = 64 << 20  # spooled images kept in memory before going to a temporary file
@@ -79,7 +79,7 @@ class _Spool:
         self.file.close()
 
 
-class Archive(_Part):
+class Archive(Input):
     """A ``.tgz`` / ``.tar`` (local or object store) read as one stream."""
 
     kind = "archive"
@@ -125,7 +125,7 @@ class Archive(_Part):
             return self.seen, self.size
         return self.seen, min(r.position, self.size or r.position)
 
-    def produce(self, p: _Pass) -> Iterator[ImageRecord]:
+    def produce(self, p: ReadPass) -> Iterator[ImageRecord]:
         self.seen = 0
         self.reader = ArchiveReader(self.url, anon=self.anon, decoder=self.decoder)
         run = _ArchivePass(self, p)
@@ -146,9 +146,9 @@ class Archive(_Part):
 class _ArchivePass:
     """One pass over one archive: its members in order, the tables it may carry, the spool, ``--limit``."""
 
-    def __init__(self, part: Archive, p: _Pass) -> None:
-        self.part, self.p, self.sel, self.counts = part, p, part.sel, part.counts
-        self.looking = part.may_carry_tables and not p.meta  # tables may still come in this stream
+    def __init__(self, archive: Archive, p: ReadPass) -> None:
+        self.archive, self.p, self.sel, self.counts = archive, p, archive.sel, archive.counts
+        self.looking = archive.may_carry_tables and not p.meta  # tables may still come in this stream
         self.builders: dict[str, TablesBuilder] = {}
         self.spool = _Spool()
         self.collecting = True  # False once --limit is reached (the stream may still be read for tables)
@@ -172,8 +172,8 @@ class _ArchivePass:
         """After the stream: hand out what is still spooled (without metadata if no tables came)."""
         if not self.spool.entries:
             return
-        if self.looking and self.part.may_carry_tables and not self.p.meta:
-            self.p.warn(f"{self.part.url}: no nuScenes tables in the archive; metadata stays empty "
+        if self.looking and self.archive.may_carry_tables and not self.p.meta:
+            self.p.warn(f"{self.archive.url}: no nuScenes tables in the archive; metadata stays empty "
                         "(pass --nuscenes-meta)")
         yield from self._drain()
 
@@ -188,7 +188,7 @@ class _ArchivePass:
         if not self.sel.wants(rel):
             self.counts["members_skipped"] += 1
             return
-        self.part.seen += 1
+        self.archive.seen += 1
         if not self.collecting:
             return
         if not m.isfile:
@@ -197,9 +197,9 @@ class _ArchivePass:
             yield from self._hold(m, rel)
         else:
             d = self.p.take(rel)
-            if d == _STOP:
+            if d == STOP:
                 self.finished = True
-            elif d == _ADMIT:
+            elif d == ADMIT:
                 yield self.p.record(rel, data=m.read())
 
     def _table(self, m: Member, version: str, table: str) -> Iterator[ImageRecord]:
@@ -211,7 +211,7 @@ class _ArchivePass:
             try:
                 b.add(table, m.reader().read)
             except TablesError as exc:
-                self.p.warn(f"{self.part.url}: unusable nuScenes tables ({exc}); metadata stays empty")
+                self.p.warn(f"{self.archive.url}: unusable nuScenes tables ({exc}); metadata stays empty")
                 self.looking = False
             if self.looking and b.complete():
                 self.p.add_tables(b.build())
@@ -233,7 +233,7 @@ class _ArchivePass:
         """Spool a wanted image while the tables may still come (admitted now unless scenes need the tables)."""
         admitted = False
         if not self.p.scenes:
-            if self.p.admit(rel) == _STOP:
+            if self.p.admit(rel) == STOP:
                 self.collecting = False
                 self.finished = not self.spool.entries
                 return
@@ -242,7 +242,7 @@ class _ArchivePass:
         self.spool.add(rel, None if skipped else m.read(), skipped, admitted)
         self.counts["spooled_images"] += 1
         if self.spool.bytes > SPOOL_LIMIT:
-            self.p.warn(f"{self.part.url}: no nuScenes tables in the first {SPOOL_LIMIT >> 20} MiB of images; "
+            self.p.warn(f"{self.archive.url}: no nuScenes tables in the first {SPOOL_LIMIT >> 20} MiB of images; "
                         "going on without metadata (pass --nuscenes-meta)")
             self.looking = False
             yield from self._drain()
@@ -252,9 +252,9 @@ class _ArchivePass:
         for rel, data, skipped, admitted in self.spool.drain():
             if not admitted:
                 d = p.admit(rel)
-                if d == _STOP:
+                if d == STOP:
                     break
-                if d == _DROP:
+                if d == DROP:
                     continue
             if skipped:
                 p.count("skipped_done")
@@ -263,7 +263,7 @@ class _ArchivePass:
 
     def _broken(self, exc: ArchiveError) -> Iterator[ImageRecord]:
         """One failure record for a damaged archive: on the member where it broke, else on the archive."""
-        url = self.part.url
+        url = self.archive.url
         self.counts["errors"] += 1
         self.p.error(f"{url}: {exc}")
         where = dataroot_relative(exc.member) if exc.member else None

@@ -1,4 +1,4 @@
-"""What the sources share: ImageRecord, the Source protocol, Selection, one pass's admission state, the part base."""
+"""What the sources share: ImageRecord, the Source protocol, Selection, one pass's admission state, the input base."""
 from __future__ import annotations
 
 import logging
@@ -97,10 +97,10 @@ class Selection:
 
 # --------------------------------------------------------------------------- shared state of one pass
 
-_ADMIT, _DROP, _UNKNOWN, _STOP, _SKIP = "admit", "drop", "unknown", "stop", "skip"
+ADMIT, DROP, UNKNOWN, STOP, SKIP = "admit", "drop", "unknown", "stop", "skip"
 
 
-class _Pass:
+class ReadPass:
     """State shared by the reader threads during one ``records()`` call."""
 
     def __init__(self, sel: Selection, skip: AbstractSet[str], limit: int | None, scenes: frozenset[str],
@@ -140,33 +140,33 @@ class _Pass:
     def admit(self, rel: str, *, final: bool = True) -> str:
         """Scene filter and ``--limit`` for one wanted image, in source order.
 
-        Returns _ADMIT (counted against the limit), _DROP (other scene, or scene unknown when
-        ``final``), _UNKNOWN (scene filter but no tables yet and not ``final``) or _STOP (limit reached).
+        Returns ADMIT (counted against the limit), DROP (other scene, or scene unknown when
+        ``final``), UNKNOWN (scene filter but no tables yet and not ``final``) or STOP (limit reached).
         """
         if self.limit_reached():
-            return _STOP
+            return STOP
         if self.scenes:
             if not self.meta:
                 if not final:
-                    return _UNKNOWN
+                    return UNKNOWN
                 self.count("dropped_no_scene_info")
-                return _DROP
+                return DROP
             scene = self.meta.scene_of(rel)
             if scene is None or (scene.name not in self.scenes and scene.token not in self.scenes):
                 self.count("dropped_other_scene" if scene is not None else "dropped_no_scene_info")
-                return _DROP
+                return DROP
         with self.lock:
             if self.limit_reached():
-                return _STOP
+                return STOP
             self.counted += 1
-        return _ADMIT
+        return ADMIT
 
     def take(self, rel: str) -> str:
-        """``admit`` plus resume: _SKIP (counted) for an admitted image a resumed run already committed."""
+        """``admit`` plus resume: SKIP (counted) for an admitted image a resumed run already committed."""
         d = self.admit(rel)
-        if d == _ADMIT and rel in self.skip:
+        if d == ADMIT and rel in self.skip:
             self.count("skipped_done")
-            return _SKIP
+            return SKIP
         return d
 
     def admitted(self, listed: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
@@ -175,9 +175,9 @@ class _Pass:
             if self.stop.is_set():
                 return
             d = self.take(rel)
-            if d == _STOP:
+            if d == STOP:
                 return
-            if d == _ADMIT:
+            if d == ADMIT:
                 yield rel, where
 
     def meta_for(self, rel: str) -> dict[str, Any] | None:
@@ -193,28 +193,28 @@ class _Pass:
         return ImageRecord(path=rel, data=data, url=url, meta=self.meta_for(rel))
 
 
-# --------------------------------------------------------------------------- parts
+# --------------------------------------------------------------------------- inputs
 
-class _Part:
-    """One input: lists or streams its files and yields records through ``_Pass`` decisions."""
+class Input:
+    """One input: lists or streams its files and yields records through ``ReadPass`` decisions."""
 
-    kind = "part"
+    kind = "input"
     url = ""
     total: int | None = None  # wanted images before skip / limit / scenes, when known up front
     may_carry_tables = False  # an archive whose own members may include tables
 
     def table_dirs(self) -> list[tuple[Any, str]]:
-        """(fs, path) of ``v1.0-*`` table folders this part makes available up front."""
+        """(fs, path) of ``v1.0-*`` table folders this input makes available up front."""
         return []
 
-    def produce(self, p: _Pass) -> Iterator[ImageRecord]:
+    def produce(self, p: ReadPass) -> Iterator[ImageRecord]:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url}
 
 
-def _split_dataroot(path: str) -> tuple[str, str]:
+def split_dataroot(path: str) -> tuple[str, str]:
     """(dataroot, sub-path inside it) for a folder that may itself be ``samples``, ``samples/CAM_X`` …"""
     parts = path.rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2] in ("samples", "sweeps"):
@@ -224,7 +224,7 @@ def _split_dataroot(path: str) -> tuple[str, str]:
     return path.rstrip("/") or "/", ""
 
 
-def _layout_subdirs(sub: str, sel: Selection, present: Iterable[str]) -> list[str] | None:
+def layout_subdirs(sub: str, sel: Selection, present: Iterable[str]) -> list[str] | None:
     """The dataroot sub-folders worth listing (``samples/CAM_FRONT`` …), or None to list everything."""
     present = set(present)
     if sub:

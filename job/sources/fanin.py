@@ -1,4 +1,4 @@
-"""Thread fan-in: the parts of one pass read by reader threads into one bounded queue, consumed as one stream."""
+"""Thread fan-in: the inputs of one pass read by reader threads into one bounded queue, consumed as one stream."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import queue
 import threading
 from typing import AbstractSet, Iterator, Sequence, cast
 
-from .base import ImageRecord, _Part, _Pass
+from .base import ImageRecord, Input, ReadPass
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +15,12 @@ _DONE = object()  # what a reader thread puts last
 
 
 class _FanIn:
-    """``n_threads`` readers take the parts in order, one at a time each; a broken part becomes one failure record."""
+    """``n_threads`` readers take the inputs in order, one at a time each; a broken input becomes one failure record."""
 
-    def __init__(self, parts: Sequence[_Part], p: _Pass, skip: AbstractSet[str], n_threads: int) -> None:
+    def __init__(self, inputs: Sequence[Input], p: ReadPass, skip: AbstractSet[str], n_threads: int) -> None:
         self.p, self.skip = p, skip
         self.q: queue.Queue[object] = queue.Queue(maxsize=QUEUE_SIZE)
-        self.todo = list(parts)
+        self.todo = list(inputs)
         self.todo_lock = threading.Lock()
         self.threads = [threading.Thread(target=self._work, name=f"source-{i}", daemon=True) for i in range(n_threads)]
 
@@ -59,30 +59,30 @@ class _FanIn:
                 continue
         return False
 
-    def _next_part(self) -> _Part | None:
+    def _next_input(self) -> Input | None:
         with self.todo_lock:
             return self.todo.pop(0) if self.todo else None
 
     def _work(self) -> None:
         try:
             while not self.p.stop.is_set():
-                part = self._next_part()
-                if part is None or not self._read(part):
+                item = self._next_input()
+                if item is None or not self._read(item):
                     return
         finally:
             self._signal_done()
 
-    def _read(self, part: _Part) -> bool:
-        """Queue the records of one part; False when the pass stopped while queueing."""
+    def _read(self, source: Input) -> bool:
+        """Queue the records of one input; False when the pass stopped while queueing."""
         try:
-            for rec in part.produce(self.p):
+            for rec in source.produce(self.p):
                 if not self._put(rec):
                     return False
-        except Exception as exc:  # noqa: BLE001 - a broken part ends as a failure, not a crash
-            log.exception("reading %s failed", part.url)
-            self.p.error(f"{part.url}: {type(exc).__name__}: {exc}")
-            if part.url not in self.skip:
-                self._put(ImageRecord(path=part.url, error=f"source error: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a broken input ends as a failure, not a crash
+            log.exception("reading %s failed", source.url)
+            self.p.error(f"{source.url}: {type(exc).__name__}: {exc}")
+            if source.url not in self.skip:
+                self._put(ImageRecord(path=source.url, error=f"source error: {type(exc).__name__}: {exc}"))
         return True
 
     def _signal_done(self) -> None:
@@ -99,6 +99,6 @@ class _FanIn:
                         pass
 
 
-def fan_in(parts: Sequence[_Part], p: _Pass, skip: AbstractSet[str], n_threads: int) -> Iterator[ImageRecord]:
-    """The records of ``parts`` read by ``n_threads`` threads (1: one part after the other, in order)."""
-    return _FanIn(parts, p, skip, n_threads).records()
+def fan_in(inputs: Sequence[Input], p: ReadPass, skip: AbstractSet[str], n_threads: int) -> Iterator[ImageRecord]:
+    """The records of ``inputs`` read by ``n_threads`` threads (1: one input after the other, in order)."""
+    return _FanIn(inputs, p, skip, n_threads).records()

@@ -8,10 +8,10 @@ import fsspec
 
 from ..errors import UsageError
 from ..nuscenes import IMAGE_EXTENSIONS, dataroot_relative, find_version_dirs, is_image_name
-from .base import VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
+from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, layout_subdirs, split_dataroot
 
 
-class LocalDir(_Part):
+class LocalDir(Input):
     """A folder on a local or mounted file system (s3fs / Mountpoint mounts included)."""
 
     kind = "folder"
@@ -22,9 +22,9 @@ class LocalDir(_Part):
             raise UsageError(f"source {root!r} does not exist; valid: {VALID_KINDS}")
         if not os.path.isdir(self.url):
             raise UsageError(f"source {root!r} is a file but not a .tgz/.tar archive; valid: {VALID_KINDS}")
-        self.dataroot, sub = _split_dataroot(self.url)
+        self.dataroot, sub = split_dataroot(self.url)
         present = os.listdir(self.dataroot) if not sub else []
-        dirs = _layout_subdirs(sub, sel, present)
+        dirs = layout_subdirs(sub, sel, present)
         self.layout = dirs is not None
         self.paths = self._walk(dirs, sel)
         if not self.paths:
@@ -54,7 +54,7 @@ class LocalDir(_Part):
         fs = fsspec.filesystem("file")
         return [(fs, d) for d in find_version_dirs(fs, self.dataroot)]
 
-    def produce(self, p: _Pass) -> Iterator[ImageRecord]:
+    def produce(self, p: ReadPass) -> Iterator[ImageRecord]:
         for rel, full in p.admitted(self.paths):
             yield p.record(rel, url=full)
 

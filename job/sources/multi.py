@@ -1,6 +1,6 @@
-"""The source of one run: each ``--source`` a part, read by threads into one stream, nuScenes metadata joined.
+"""The source of one run: each ``--source`` an input, read by threads into one stream, nuScenes metadata joined.
 
-``open_source(cfg)`` turns every ``--source`` (repeatable, globs allowed) into a part:
+``open_source(cfg)`` turns every ``--source`` (repeatable, globs allowed) into an input:
 
 * a local or mounted folder (``LocalDir``): walked once, records carry the file path (``url``);
 * an ``s3://`` prefix of loose files (``S3Prefix``): listed once, objects read by a bounded thread
@@ -8,8 +8,8 @@
 * a ``.tgz`` / ``.tar`` archive, local or ``s3://`` (``Archive``): one sequential stream
   (``archive_reader``), records carry the member bytes. ``*_meta.tgz`` archives only supply tables.
 
-Every path is relative to the nuScenes dataroot (``samples/CAM_FRONT/x.jpg``), whichever part
-delivered it, so rows, ids and metadata are identical across sources. The parts run in reader
+Every path is relative to the nuScenes dataroot (``samples/CAM_FRONT/x.jpg``), whichever input
+delivered it, so rows, ids and metadata are identical across sources. The inputs run in reader
 threads feeding one bounded queue (``fanin``): up to ``MAX_PARALLEL`` at once, or one after the
 other in the order given when ``--limit`` asks for "the first N".
 
@@ -28,7 +28,7 @@ import fsspec
 import pyarrow as pa
 
 from .. import fsutil
-from ..config import CAMERA_CHANNELS, SourceConfig
+from ..config import SourceConfig
 from ..errors import DataError, UsageError
 from ..nuscenes import META_FIELDS, MetaIndex, NuScenesTables, TablesError, load_tables_dir
 from .archive import (
@@ -39,7 +39,7 @@ from .archive import (
     tables_from_archive,
     tables_from_location,
 )
-from .base import VALID_KINDS, ImageRecord, Selection, _Part, _Pass
+from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection
 from .fanin import fan_in
 from .local import LocalDir
 from .s3 import S3Prefix
@@ -48,31 +48,32 @@ MAX_PARALLEL = 4  # archives / prefixes read at the same time
 
 
 class MultiSource:
-    """The parts of one run, read by threads into one stream of records; metadata joined on the way."""
+    """The inputs of one run, read by threads into one stream of records; metadata joined on the way."""
 
-    def __init__(self, parts: list[_Part], meta_archives: list[str], cfg: SourceConfig, sel: Selection) -> None:
-        self.parts = parts
+    def __init__(self, inputs: list[Input], meta_archives: list[str], cfg: SourceConfig, sel: Selection, *,
+                 shard_mode: str | None = None) -> None:
+        self.inputs = inputs
         self.meta_archives = meta_archives
         self.cfg = cfg
         self.sel = sel
         self.scenes = frozenset(cfg.scenes)
         self.nuscenes = bool(cfg.nuscenes_meta or meta_archives or any(
-            isinstance(pt, Archive) or getattr(pt, "layout", False) or pt.table_dirs() for pt in parts))
+            isinstance(pt, Archive) or getattr(pt, "layout", False) or pt.table_dirs() for pt in inputs))
         self.meta_fields: tuple[pa.Field, ...] = META_FIELDS if self.nuscenes else ()
-        names = [pt.url for pt in parts] + meta_archives
+        names = [pt.url for pt in inputs] + meta_archives
         self.description = (names[0] if len(names) == 1 else f"{len(names)} sources ({', '.join(names)})")
-        self._pass: _Pass | None = None
+        self._pass: ReadPass | None = None
         self._meta_info: dict[str, Any] = {}
         self._tables: list[NuScenesTables] | None = None
         self._warnings: list[str] = []
-        self.shard_mode: str | None = None  # "archives" | "hash" with --shard
+        self.shard_mode = shard_mode  # "archives" | "hash" with --shard
 
     @property
     def total(self) -> int | None:
-        """Wanted images before resume (for progress bars), when every part listed its files."""
-        if self.scenes or any(pt.total is None for pt in self.parts):
+        """Wanted images before resume (for progress bars), when every input listed its files."""
+        if self.scenes or any(pt.total is None for pt in self.inputs):
             return None
-        n = sum(pt.total or 0 for pt in self.parts)
+        n = sum(pt.total or 0 for pt in self.inputs)
         return min(n, self.cfg.limit) if self.cfg.limit else n
 
     def estimated_total(self) -> int | None:
@@ -82,8 +83,8 @@ class MultiSource:
         exact = self.total
         if exact is not None or self.scenes:
             return exact
-        archives = [pt for pt in self.parts if isinstance(pt, Archive)]
-        if any(pt.total is None for pt in self.parts if not isinstance(pt, Archive)) or \
+        archives = [pt for pt in self.inputs if isinstance(pt, Archive)]
+        if any(pt.total is None for pt in self.inputs if not isinstance(pt, Archive)) or \
                 any(not pt.size for pt in archives):
             return None
         seen = read = 0
@@ -93,12 +94,12 @@ class MultiSource:
         if read == 0:
             return None
         rest = sum(pt.size or 0 for pt in archives) - read
-        n = sum(pt.total or 0 for pt in self.parts if not isinstance(pt, Archive)) + seen + round(seen * rest / read)
+        n = sum(pt.total or 0 for pt in self.inputs if not isinstance(pt, Archive)) + seen + round(seen * rest / read)
         return min(n, self.cfg.limit) if self.cfg.limit else n
 
     def prepare(self) -> None:
         """Load the tables known up front and check ``--scenes`` (before the runner writes anything)."""
-        p = _Pass(self.sel, frozenset(), None, self.scenes, MetaIndex(), self.nuscenes)
+        p = ReadPass(self.sel, frozenset(), None, self.scenes, MetaIndex(), self.nuscenes)
         t0 = time.perf_counter()
         origin = self._load_meta_option(p) if self.cfg.nuscenes_meta else self._load_found_tables(p)
         self._meta_info = {"from": origin, "load_seconds": round(time.perf_counter() - t0, 2)}
@@ -106,7 +107,7 @@ class MultiSource:
         self._tables = list(p.meta.tables)
         self._warnings = list(p.warnings)
 
-    def _load_meta_option(self, p: _Pass) -> list[str]:
+    def _load_meta_option(self, p: ReadPass) -> list[str]:
         """The tables ``--nuscenes-meta`` names: UsageError where it holds none, DataError where they are broken."""
         m = self.cfg.nuscenes_meta
         assert m is not None
@@ -119,7 +120,7 @@ class MultiSource:
             raise DataError(f"--nuscenes-meta {m!r}: {exc}") from None
         return [m]
 
-    def _load_found_tables(self, p: _Pass) -> list[str]:
+    def _load_found_tables(self, p: ReadPass) -> list[str]:
         """The tables of ``*_meta.tgz`` sources and of dataroot sources; unusable ones only warn."""
         origin: list[str] = []
         for url in self.meta_archives:
@@ -129,7 +130,7 @@ class MultiSource:
                 origin.append(url)
             except TablesError as exc:
                 p.warn(f"{url}: {exc}")
-        for pt in self.parts:
+        for pt in self.inputs:
             for fs, d in pt.table_dirs():
                 try:
                     p.add_tables(load_tables_dir(fs, d, keep=self.sel.wants))
@@ -138,31 +139,31 @@ class MultiSource:
                     p.warn(f"{d}: unusable nuScenes tables ({exc}); metadata stays empty")
         return origin
 
-    def _check_scenes(self, p: _Pass) -> None:
+    def _check_scenes(self, p: ReadPass) -> None:
         if not self.scenes:
             return
         if p.meta:
             unknown = sorted(s for s in self.scenes if s not in p.meta.scene_keys())
-            if unknown and not any(pt.may_carry_tables for pt in self.parts):
+            if unknown and not any(pt.may_carry_tables for pt in self.inputs):
                 names = sorted(s.name for t in p.meta.tables for s in t.scenes if s.name is not None)
                 raise UsageError(f"unknown scene(s) {', '.join(unknown)}; valid: "
                                  f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
             return
-        if not any(pt.may_carry_tables for pt in self.parts):
+        if not any(pt.may_carry_tables for pt in self.inputs):
             raise UsageError("--scenes needs the nuScenes tables: give --nuscenes-meta (a v1.0-* folder, "
                              "a dataroot or a meta .tgz) or a source that carries them")
 
     def records(self, skip: AbstractSet[str] = frozenset()) -> Iterator[ImageRecord]:
-        """Every wanted image not in ``skip``, with its metadata; ``--limit`` reads the parts one after the other."""
+        """Every wanted image not in ``skip``, with its metadata; ``--limit`` reads the inputs one after the other."""
         if self._tables is None:
             self.prepare()
-        p = _Pass(self.sel, skip, self.cfg.limit, self.scenes, MetaIndex(self._tables or []), self.nuscenes)
+        p = ReadPass(self.sel, skip, self.cfg.limit, self.scenes, MetaIndex(self._tables or []), self.nuscenes)
         p.warnings.extend(self._warnings)
         self._pass = p
-        if self.nuscenes and not p.meta and not any(pt.may_carry_tables for pt in self.parts):
+        if self.nuscenes and not p.meta and not any(pt.may_carry_tables for pt in self.inputs):
             p.warn("no nuScenes tables found; metadata columns stay empty (pass --nuscenes-meta)")
-        sequential = self.cfg.limit is not None or len(self.parts) == 1
-        yield from fan_in(self.parts, p, skip, 1 if sequential else min(MAX_PARALLEL, len(self.parts)))
+        sequential = self.cfg.limit is not None or len(self.inputs) == 1
+        yield from fan_in(self.inputs, p, skip, 1 if sequential else min(MAX_PARALLEL, len(self.inputs)))
         missing = p.counts["images_without_metadata"]
         if missing and p.meta:
             p.warn(f"{missing} image(s) have no sample_data row in the nuScenes tables; "
@@ -173,7 +174,7 @@ class MultiSource:
         p = self._pass
         out: dict[str, Any] = {
             "kind": "nuscenes" if self.nuscenes else "images",
-            "parts": [pt.stats() for pt in self.parts],
+            "inputs": [pt.stats() for pt in self.inputs],
             "channels": sorted(self.sel.channels),
             "keyframes_only": self.sel.keyframes_only,
         }
@@ -185,18 +186,18 @@ class MultiSource:
             out.update(self._pass_stats(p))
         return out
 
-    def _pass_stats(self, p: _Pass) -> dict[str, Any]:
+    def _pass_stats(self, p: ReadPass) -> dict[str, Any]:
         out: dict[str, Any] = {k: int(v) for k, v in sorted(p.counts.items())}
         out.setdefault("images", 0)
         if self.nuscenes:
             out.setdefault("images_without_metadata", 0)
-            in_stream = [pt.url for pt in self.parts if isinstance(pt, Archive) and pt.counts["tables_found"]]
+            in_stream = [pt.url for pt in self.inputs if isinstance(pt, Archive) and pt.counts["tables_found"]]
             info = dict(self._meta_info)
             info["from"] = list(info.get("from", [])) + in_stream
             out["metadata"] = {**info, "versions": p.meta.versions, "image_rows": p.meta.rows}
         out["warnings"] = list(p.warnings)
         out["errors"] = list(p.errors)
-        archives = [pt for pt in self.parts if isinstance(pt, Archive) and pt.reader is not None]
+        archives = [pt for pt in self.inputs if isinstance(pt, Archive) and pt.reader is not None]
         if archives:
             read = [pt.reader.stats for pt in archives if pt.reader is not None]
             out["archives_read"] = len(archives)
@@ -239,22 +240,22 @@ def _check_meta_option(m: str) -> None:
         raise UsageError(f"--nuscenes-meta {m!r}: unsupported scheme; valid: a local path or s3://")
 
 
-def _parts(urls: list[str], sel: Selection, anon: bool | None, decoder: str) -> tuple[list[_Part], list[str]]:
-    """(the image parts, the ``*_meta.tgz`` archives) for the expanded source URIs, in order."""
-    parts: list[_Part] = []
+def _inputs(urls: list[str], sel: Selection, anon: bool | None, decoder: str) -> tuple[list[Input], list[str]]:
+    """(the image inputs, the ``*_meta.tgz`` archives) for the expanded source URIs, in order."""
+    inputs: list[Input] = []
     meta_archives: list[str] = []
     for u in urls:
         if is_archive_name(u):
-            part = Archive(u, sel, anon, decoder=decoder)
-            if part.is_meta:
+            archive = Archive(u, sel, anon, decoder=decoder)
+            if archive.is_meta:
                 meta_archives.append(u)
                 continue
-            parts.append(part)
+            inputs.append(archive)
         elif fsspec.utils.get_protocol(u) in ("file", "local"):
-            parts.append(LocalDir(u.split("://", 1)[1] if "://" in u else u, sel))
+            inputs.append(LocalDir(u.split("://", 1)[1] if "://" in u else u, sel))
         else:
-            parts.append(S3Prefix(u, sel, anon))
-    return parts, meta_archives
+            inputs.append(S3Prefix(u, sel, anon))
+    return inputs, meta_archives
 
 
 def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
@@ -266,9 +267,6 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
     """
     if not cfg.sources:
         raise UsageError(f"no --source given; valid: {VALID_KINDS}")
-    bad = [c for c in cfg.channels if c not in CAMERA_CHANNELS]
-    if bad:
-        raise UsageError(f"channel(s) {', '.join(bad)} are not cameras; valid: {', '.join(CAMERA_CHANNELS)}")
     urls: list[str] = []
     for uri in cfg.sources:
         for u in _expand(uri, cfg.anon):
@@ -276,14 +274,13 @@ def open_source(cfg: SourceConfig, *, decoder: str = "isal") -> MultiSource:
                 urls.append(u)
     urls, shard_mode = _shard_urls(urls, cfg.shard)
     sel = Selection(frozenset(cfg.channels), cfg.keyframes_only, cfg.shard if shard_mode == "hash" else None)
-    parts, meta_archives = _parts(urls, sel, cfg.anon, decoder)
-    if not parts:
+    inputs, meta_archives = _inputs(urls, sel, cfg.anon, decoder)
+    if not inputs:
         raise UsageError("only nuScenes metadata archives given (" + ", ".join(meta_archives) +
                          "); add the image archives, e.g. v1.0-trainval01_keyframes.tgz")
     if cfg.nuscenes_meta:
         _check_meta_option(cfg.nuscenes_meta)
-    source = MultiSource(parts, meta_archives, cfg, sel)
-    source.shard_mode = shard_mode
+    source = MultiSource(inputs, meta_archives, cfg, sel, shard_mode=shard_mode)
     source.prepare()
     return source
 

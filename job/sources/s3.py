@@ -8,12 +8,12 @@ from .. import fsutil
 from ..errors import UsageError
 from ..nuscenes import dataroot_relative, find_version_dirs
 from .archive_reader import retry
-from .base import VALID_KINDS, ImageRecord, Selection, _layout_subdirs, _Part, _Pass, _split_dataroot
+from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, layout_subdirs, split_dataroot
 
 S3_READERS = 16  # concurrent GETs for loose files under an s3:// prefix
 
 
-class S3Prefix(_Part):
+class S3Prefix(Input):
     """Loose files under an object-store prefix, read concurrently (bounded) with retries."""
 
     kind = "s3-prefix"
@@ -22,14 +22,14 @@ class S3Prefix(_Part):
         self.url = url
         self.fs, path = fsutil.url_to_fs(url, anon)
         self.protocol = url.split("://", 1)[0]
-        self.dataroot, sub = _split_dataroot(path)
+        self.dataroot, sub = split_dataroot(path)
         try:
             present = [e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(self.dataroot, detail=False)] if not sub else []
         except FileNotFoundError:
             raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
         except Exception as exc:
             raise UsageError(f"cannot list source {url!r}: {type(exc).__name__}: {exc}") from None
-        dirs = _layout_subdirs(sub, sel, present)
+        dirs = layout_subdirs(sub, sel, present)
         tops = [f"{self.dataroot}/{d}" for d in dirs] if dirs is not None else [path.rstrip("/")]
         found = self._find(tops, sel)
         if not found:
@@ -62,7 +62,7 @@ class S3Prefix(_Part):
     def _get(self, key: str) -> bytes:
         return retry(lambda: self.fs.cat_file(key), f"GET {key}", on_retry=self._count_retry)
 
-    def produce(self, p: _Pass) -> Iterator[ImageRecord]:
+    def produce(self, p: ReadPass) -> Iterator[ImageRecord]:
         window: list[tuple[str, cf.Future]] = []
         with cf.ThreadPoolExecutor(S3_READERS, thread_name_prefix="s3get") as pool:
             it = p.admitted(self.paths)

@@ -4,7 +4,6 @@ Used by ``notebooks/umap_visualize.ipynb`` so its cells stay short; everything h
 folder given as a local path or an ``s3://`` URL and is unit-tested without a notebook.
 """
 from .gallery import (
-    exact_neighbours,
     gallery_figure,
     hits_table,
     load_text_model,
@@ -24,13 +23,13 @@ from .run import (
     Run,
     RunNotReady,
     check_manifest,
-    open_run,
+    load_run,
     weather_labels,
 )
 
 __all__ = [
     "CAMERA_ORDER", "MISSING", "OTHER_COLOR", "SHADE_ABOVE", "THUMB_WIDTH", "WEATHER_COLORS", "WEATHER_ORDER",
-    "Run", "RunNotReady", "check_manifest", "exact_neighbours", "gallery_figure", "hits_table", "load_text_model",
-    "marker_style", "neighbours", "open_run", "projection", "save_figure", "scatter_map", "shade", "show",
+    "Run", "RunNotReady", "check_manifest", "gallery_figure", "hits_table", "load_text_model",
+    "marker_style", "load_run", "neighbours", "projection", "save_figure", "scatter_map", "shade", "show",
     "similar_images", "text_search", "thumbnails", "weather_labels",
 ]

@@ -1,16 +1,18 @@
 """Nearest neighbours, text queries, thumbnails and galleries of a run (exact cosine, or its Faiss index)."""
 from __future__ import annotations
 
-import io
 import logging
-import re
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import fsutil
-from .run import THUMB_WIDTH, Run
+from ..hits import hits_table as hits_frame
+from ..hits import make_hits
+from ..index.tune import exact_neighbours
+from ..thumbs import Thumbnails
+from .run import Run
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +31,6 @@ def _searcher(run: Run) -> Any | None:
             log.info("index search unavailable (%s); using exact search over the vectors", exc)
     run.__dict__["searcher"] = s
     return s
-
-
-def exact_neighbours(
-    vectors: np.ndarray, query: np.ndarray, k: int, chunk: int = 262_144
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and cosine scores of the ``k`` nearest unit vectors to ``query`` (one vector), best first."""
-    q = np.asarray(query, np.float32).reshape(-1)
-    q = q / (np.linalg.norm(q) or 1.0)
-    k = min(k, len(vectors))
-    best_rows, best_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
-    for s in range(0, len(vectors), chunk):
-        scores = vectors[s:s + chunk] @ q
-        kk = min(k, len(scores))
-        top = np.argpartition(-scores, kk - 1)[:kk]
-        best_rows = np.concatenate([best_rows, top + s])
-        best_scores = np.concatenate([best_scores, scores[top]])
-    order = np.lexsort((best_rows, -best_scores))[:k]
-    return best_rows[order], best_scores[order]
 
 
 def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False,
@@ -68,8 +52,9 @@ def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False,
         except Exception as exc:  # noqa: BLE001
             log.info("index search failed (%s); using exact search", exc)
     vectors = run.text_vectors if text and run.text_vectors is not None else run.vectors
-    rows, scores = exact_neighbours(vectors, query, k)
-    return rows, scores, "exact cosine"
+    q = np.asarray(query, np.float32).reshape(1, -1)
+    scores, rows = exact_neighbours(q / (np.linalg.norm(q) or 1.0), vectors, k)
+    return rows[0].astype(np.int64), scores[0], "exact cosine"
 
 
 def _ids_scores(hits: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -77,12 +62,19 @@ def _ids_scores(hits: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]
     return [int(h["id"]) for h in hits], [float(h["score"]) for h in hits]
 
 
+HIT_COLUMNS = ("id", "path", "scene_name", "channel", "location", "weather", "score")
+
+
 def hits_table(run: Run, rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Hits as a small table: id, path, scene, channel, location, score."""
-    cols = [c for c in ("id", "path", "scene_name", "channel", "location", "weather") if c in run.meta]
-    out = run.meta.iloc[np.asarray(rows, np.int64)][cols].reset_index(drop=True)
-    out.insert(len(cols), "score", np.round(np.asarray(scores, np.float32), 4))
-    return out
+    """Hits as a small table (``job.hits``' hits): id, path, scene, channel, location, weather, score."""
+    cols = [c for c in HIT_COLUMNS if c in run.meta]
+    found = make_hits(np.asarray(scores, np.float32).tolist(),
+                      run.meta.iloc[np.asarray(rows, np.int64)][cols].to_dict("records"))
+    if not found:
+        return pd.DataFrame(columns=[*cols, "score"])
+    table = hits_frame(found, HIT_COLUMNS).to_pandas()
+    table["score"] = table["score"].round(4)
+    return table
 
 
 def similar_images(run: Run, key: int | str | None, k: int = 8, *, use_index: bool = False) -> pd.DataFrame:
@@ -124,59 +116,13 @@ def text_search(
 # --------------------------------------------------------------------------------------------- thumbnails
 
 
-def _placeholder(text: str = "no image") -> Any:
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (THUMB_WIDTH, THUMB_WIDTH * 9 // 16), (225, 225, 225))
-    ImageDraw.Draw(im).text((8, 30), text, fill=(90, 90, 90))
-    return im
-
-
-def _source_image(run: Run, path: str) -> Any | None:
-    """Read ``path`` from one of the run's sources (folders and s3:// prefixes; archives are skipped)."""
-    from PIL import Image
-
-    sources = run.manifest.sources
-    for root in sources:
-        if re.search(r"\.(tgz|tar|tar\.gz|zip)$", str(root)) or "*" in str(root):
-            continue
-        url = fsutil.join(str(root), path)
-        try:
-            fs, p = fsutil.url_to_fs(url)
-            if not fs.exists(p):
-                continue
-            with fs.open(p, "rb") as f:
-                raw = Image.open(io.BytesIO(f.read()))
-                raw.draft("RGB", (THUMB_WIDTH * 2, THUMB_WIDTH * 2))
-                im = raw.convert("RGB")
-            im.thumbnail((THUMB_WIDTH * 2, THUMB_WIDTH * 2))
-            return im
-        except Exception as exc:  # noqa: BLE001 - a missing image becomes a placeholder
-            log.debug("could not read %s: %s", url, exc)
-    return None
-
-
 def thumbnails(run: Run, ids: Sequence[int]) -> dict[int, Any]:
-    """PIL images for ``ids``: from ``thumbnails.parquet`` when the run has it, else from the source images."""
-    from PIL import Image
-
-    ids = [int(i) for i in ids]
-    out: dict[int, Any] = {}
-    if fsutil.exists(run.layout.thumbnails):
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-
-        fs, p = fsutil.url_to_fs(run.layout.thumbnails)
-        t = ds.dataset(p, filesystem=fs, format="parquet").to_table(
-            columns=["id", "jpeg"], filter=pc.field("id").isin(ids))
-        for i, jpeg in zip(t.column("id").to_pylist(), t.column("jpeg").to_pylist()):
-            if jpeg:
-                out[int(i)] = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    for i in ids:
-        if i not in out:
-            im = _source_image(run, str(run.meta["path"].iat[run.row(i)]))
-            out[i] = im if im is not None else _placeholder()
-    return out
+    """PIL images for ``ids``: from ``thumbnails.parquet`` when the run has it, else from the source images (a
+    placeholder for images inside archives): ``job.thumbs.Thumbnails``, the search page's reader too."""
+    if "thumbs" not in run.__dict__:
+        run.__dict__["thumbs"] = Thumbnails(run.layout, run.manifest)
+    thumbs: Thumbnails = run.__dict__["thumbs"]
+    return {int(i): thumbs.image(int(i), str(run.meta["path"].iat[run.row(int(i))])) for i in ids}
 
 
 def _short(text: str, n: int = 26) -> str:

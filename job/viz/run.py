@@ -12,8 +12,7 @@ import pandas as pd
 
 from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
-from ..runfolder import Manifest, RunLayout, read_manifest
-from ..runfolder import open_run as open_output
+from ..runfolder import Manifest, RunLayout, open_run, read_manifest
 from ..store import CLS_COLUMN, VECTOR_COLUMNS
 from ..tables import embedding_matrix, read_table
 
@@ -105,7 +104,6 @@ def check_manifest(uri: str) -> Manifest:
     if manifest.status != "succeeded":
         raise RunNotReady(
             f"refusing {uri}: its manifest says status={manifest.status!r}, not 'succeeded'"
-            + (f" ({manifest.error})" if manifest.error else "")
             + "; look at the job's log and re-run it."
         )
     return manifest
@@ -126,14 +124,14 @@ def _derive(meta: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
-def open_run(uri: str) -> Run:
+def load_run(uri: str) -> Run:
     """Load a finished run (local folder or ``s3://`` URL); refuses missing or failed runs."""
     if not uri or not str(uri).strip():
         raise RunNotReady("no run given: set run_uri in the parameters cell or the RUN_URI environment variable "
                           "(a run folder, local or s3://…/runs/<id>/)")
     uri = str(uri).strip().rstrip("/")
     manifest = check_manifest(uri)
-    layout = open_output(uri).layout
+    layout = open_run(uri).layout
     t0 = time.perf_counter()
     table = read_table(layout.embeddings)
     vectors = embedding_matrix(table)

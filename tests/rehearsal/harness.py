@@ -286,7 +286,7 @@ class Instance:
     def status(self) -> dict:
         from job.status import read_status
 
-        return read_status(self.run_uri)
+        return read_status(self.run_uri).to_dict()
 
     def job_log(self) -> str:
         path = self.root / "opt" / "job.log"

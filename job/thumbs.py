@@ -1,4 +1,5 @@
-"""Thumbnails for the search page: from the run's ``thumbnails.parquet`` when it has one, else from the source images.
+"""Thumbnails of a run's images, for the search page and the notebook: from the run's ``thumbnails.parquet`` when it
+has one, else from the source images.
 
 A thumbnails part holds 4,096 images in one row group, so one image costs reading its part's ``jpeg`` column;
 the last few parts read are kept, and every thumbnail served is cached. Images inside ``.tgz`` archives cannot
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import fsutil
-from ..runfolder import Manifest, RunLayout
-from ..tables import list_parts
+from . import fsutil
+from .runfolder import Manifest, RunLayout
+from .tables import list_parts
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,12 @@ class Thumbnails:
             except Exception as exc:  # noqa: BLE001 - an unreadable image becomes the placeholder
                 log.debug("thumbnail from %s failed: %s", url, exc)
         return None
+
+    def image(self, id_: int, path: str) -> Any:
+        """The thumbnail as a PIL image (RGB)."""
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.get(id_, path))).convert("RGB")
 
     def get(self, id_: int, path: str) -> bytes:
         """The thumbnail of image ``id_`` (relative ``path``); the placeholder when there is none."""

@@ -1,0 +1,147 @@
+"""The merge rules of ``_STATUS``, in one place, for both of its writers: the job (``job.status.StatusWriter``) and
+the instance script (``cdk/scripts/user_data.sh`` runs this file with the instance's ``python3``; it is shipped
+beside the script as a CDK asset). Standard library only: the instance has no project environment.
+
+The document is a JSON object (typed on the job's side as ``job.documents.StatusDoc``). The rules:
+
+1. **One attempt** is one ``(started_at, attempt)`` pair. A writer continues the document of its own attempt and
+   never rewrites another attempt's.
+2. **A new attempt** (a new instance, a resumed run) starts a fresh document (``status: running``) and keeps the
+   previous attempt's outcome under ``previous``.
+3. **The first terminal status wins**: once an attempt is succeeded, failed or interrupted, a later writer (a trap, a
+   shutdown) keeps that status and reason; only a ``force`` (the instance script recording the stop reason it saw
+   before the job ended, e.g. a spot notice) replaces it, and a writer that finds its attempt already terminal in
+   the stored copy adopts it.
+4. **Phases** are appended with their time when the phase changes.
+
+Command line (the instance script)::
+
+    python3 status_rules.py MINE STORED STATUS REASON PHASE FORCE
+
+MINE is this attempt's local copy (created when missing, rewritten in place); STORED the copy S3 holds now (empty or
+missing: none). STATUS is running|succeeded|failed|interrupted, PHASE may be empty, FORCE is ``force`` or empty. The
+environment gives STARTED_AT and ATTEMPT (this attempt) and RUN_ID, RUN_URI, INSTANCE_ID, INSTANCE_TYPE, MARKET.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from typing import Any, Optional
+
+SCHEMA = 1
+STATES = ("running", "succeeded", "failed", "interrupted")
+TERMINAL = frozenset(STATES[1:])
+PREVIOUS_KEYS = ("status", "reason", "phase", "updated_at")
+INSTANCE_KEYS = ("RUN_ID", "RUN_URI", "INSTANCE_ID", "INSTANCE_TYPE", "MARKET")
+
+Doc = dict  # a _STATUS document as JSON gives it
+
+
+def now() -> str:
+    """UTC timestamp as written in ``_STATUS`` (one-second resolution)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_status(doc: Any) -> bool:
+    """Whether ``doc`` is a status document at all (an object with a known status)."""
+    return isinstance(doc, dict) and doc.get("status") in STATES
+
+
+def same_attempt(a: Optional[Doc], b: Optional[Doc]) -> bool:
+    """Rule 1: two documents of one attempt have the same start and the same ``attempt`` id."""
+    if a is None or b is None:
+        return False
+    return (a.get("started_at"), a.get("attempt")) == (b.get("started_at"), b.get("attempt"))
+
+
+def start(started_at: str, attempt: str, stored: Optional[Doc]) -> Doc:
+    """Rule 2: the first document of a new attempt; the stored one's outcome becomes ``previous``."""
+    doc: Doc = {"schema": SCHEMA, "status": "running", "reason": "", "started_at": started_at, "attempt": attempt,
+                "phases": []}
+    if is_status(stored):
+        assert stored is not None
+        doc["previous"] = {k: stored.get(k) for k in PREVIOUS_KEYS}
+    return doc
+
+
+def current(mine: Optional[Doc], stored: Optional[Doc], started_at: str, attempt: str) -> Doc:
+    """This attempt's document: the stored copy when it is this attempt's (another writer of the attempt may have
+    added to it), else our own, else a new one (rule 2)."""
+    if mine is None:
+        return start(started_at, attempt, stored)
+    if is_status(stored) and same_attempt(stored, mine):
+        assert stored is not None
+        return stored
+    return mine
+
+
+def adopt_terminal(doc: Doc, stored: Optional[Doc]) -> Doc:
+    """Rule 3: take over a terminal status another writer recorded for this same attempt."""
+    if doc.get("status") not in TERMINAL and is_status(stored) and same_attempt(stored, doc):
+        assert stored is not None
+        if stored.get("status") in TERMINAL:
+            doc["status"], doc["reason"] = stored["status"], stored.get("reason", "")
+    return doc
+
+
+def enter_phase(doc: Doc, phase: str, at: Optional[str] = None) -> Doc:
+    """Rule 4: a new phase begins (nothing changes when it is the current one)."""
+    if phase and doc.get("phase") != phase:
+        doc["phase"] = phase
+        doc.setdefault("phases", []).append({"phase": phase, "at": at or now()})
+    return doc
+
+
+def settle(doc: Doc, status: str, reason: str = "", *, force: bool = False) -> Doc:
+    """Rule 3: record how the attempt ended, unless it already ended (``force``: record it anyway)."""
+    if status not in STATES:
+        raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATES)}")
+    if status != "running" and (doc.get("status") not in TERMINAL or force):
+        doc["status"], doc["reason"] = status, reason
+    return doc
+
+
+def _load(path: str) -> Optional[Doc]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def instance_update(mine_path: str, stored_path: str, status: str, reason: str, phase: str, force: bool,
+                    env: Any) -> Doc:
+    """What the instance script does on every status change: continue this attempt's document (or start one),
+    stamp the instance's fields, apply the phase and the status, and rewrite ``mine_path``."""
+    stored = _load(stored_path)
+    doc = current(_load(mine_path), stored if is_status(stored) else None, env["STARTED_AT"], env["ATTEMPT"])
+    doc.update({k.lower(): env[k] for k in INSTANCE_KEYS if env.get(k)})
+    enter_phase(doc, phase)
+    settle(doc, status, reason, force=force)
+    doc["updated_at"] = now()
+    tmp = f"{mine_path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, mine_path)
+    return doc
+
+
+def main(argv: list[str]) -> int:
+    """``python3 status_rules.py MINE STORED STATUS REASON PHASE FORCE`` (see the module docstring)."""
+    if len(argv) != 6:
+        print("usage: status_rules.py MINE STORED STATUS REASON PHASE FORCE", file=sys.stderr)
+        return 2
+    mine, stored, status, reason, phase, force = argv
+    try:
+        instance_update(mine, stored, status, reason, phase, force == "force", os.environ)
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"status_rules.py: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""The steps after embedding, each in one place: run it, write its files through the run folder, record its outputs
+and its time in the manifest.
+
+``job run`` and ``job merge`` end with :func:`finish_run` (index → map → manifest last → publish); ``job index --run``
+and ``job project --run`` run one step on a finished run and rewrite its manifest. Every step takes the manifest it
+records into, or None for bare embeddings (no manifest to update).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .config import JobConfig
+from .runfolder import IndexInfo, Manifest, Projection, RunLayout, write_manifest
+from .stopping import StopRequest
+
+if TYPE_CHECKING:
+    from .model import LoadedModel
+    from .project import UmapParams
+    from .status import StatusWriter
+
+log = logging.getLogger(__name__)
+
+
+def _timed(manifest: Manifest | None, key: str, t0: float) -> None:
+    if manifest is not None:
+        manifest.timings[key] = round(time.perf_counter() - t0, 3)
+
+
+def index_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> tuple[IndexInfo, IndexInfo | None]:
+    """The output's image index and, when it has text vectors, its text-query index; recorded in ``manifest``."""
+    from .index import build_run_index, build_run_text_index
+
+    t0 = time.perf_counter()
+    dim = manifest.model.embed_dim if manifest is not None else None
+    image = build_run_index(cfg, layout, expected_dim=dim)
+    text = build_run_text_index(cfg, layout, expected_dim=dim)
+    if manifest is not None:
+        manifest.index, manifest.text_index = image, text
+        manifest.outputs.index = layout.rel(layout.index)
+        manifest.outputs.text_index = layout.rel(layout.text_index) if text is not None else None
+    _timed(manifest, "index_s", t0)
+    return image, text
+
+
+def project_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None,
+                 params: UmapParams | None = None) -> Projection:
+    """The 2-D UMAP map of the output's embeddings; recorded in ``manifest``."""
+    from .project import project_run
+
+    t0 = time.perf_counter()
+    projection = project_run(cfg, layout, params)
+    if manifest is not None:
+        manifest.projection = projection
+        manifest.outputs.umap = layout.rel(layout.umap)
+    _timed(manifest, "projection_s", t0)
+    return projection
+
+
+def text_queries_step(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows: int) -> bool:
+    """At the end of embedding: the text tower's vectors of the driving prompts (``RunLayout.text_queries``), the
+    queries that tune the text index, when that index will be approximate (for a shard: at the merged run's size);
+    an exact one needs no tuning. Returns whether it wrote them."""
+    from .errors import UsageError
+    from .index.plan import plan_index
+    from .prompts import prompts
+    from .store import CLS_COLUMN
+    from .tables import write_npy
+
+    if lm.text_column != CLS_COLUMN:
+        return False
+    try:
+        n = rows * (cfg.source.shard[1] if cfg.source.shard else 1)
+        if plan_index(n, lm.embed_dim, cfg.index).kind == "flat":
+            return False
+    except UsageError:  # no index fits the memory budget: the index step will say so; the queries cost little
+        pass
+    import torch
+
+    from .model import encode_text
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        queries = encode_text(lm, prompts())
+    write_npy(layout.text_queries, queries)
+    log.info("encoded %d text prompts to tune the text index in %.1f s -> %s", len(queries),
+             time.perf_counter() - t0, layout.text_queries)
+    return True
+
+
+def summary(manifest: Manifest, layout: RunLayout) -> str:
+    """One line for the log at the end of a run."""
+    c = manifest.counts
+    return (f"done: {c.embedded} embedded, {c.failed} failed, {manifest.images_per_s} images/s "
+            f"-> {layout.embeddings}")
+
+
+def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status: StatusWriter | None = None,
+               stop: StopRequest | None = None) -> Manifest:
+    """The steps after embedding: index, UMAP map, manifest (last), publish. ``job merge`` ends the same way."""
+    def phase(name: str) -> None:
+        if stop is not None:
+            stop.check(f"before the {name} step")
+        if status is not None:
+            status.phase(name)
+
+    if cfg.index.enabled:
+        phase("index")
+        index_step(cfg, layout, manifest)
+    if cfg.project.enabled:
+        phase("project")
+        project_step(cfg, layout, manifest)
+    if stop is not None:
+        stop.check("before writing the manifest")
+    write_manifest(layout, manifest)
+    if cfg.output.publish:
+        from .publish import publish_run
+
+        phase("publish")
+        manifest.published = publish_run(layout, cfg.output.publish)
+    log.info(summary(manifest, layout))
+    return manifest
