@@ -117,10 +117,12 @@ class OutputConfig:
     npy: bool = False
     overwrite: bool = False
     publish: str | None = None
+    lease_timeout: float = 600.0  # seconds without a heartbeat after which an output's lease is stale (job.lease)
 
     def __post_init__(self) -> None:
         at_least("--shard-size", self.part_size, 1)
         in_range("--shard-seconds", self.part_seconds, 0.0, 7 * 86400.0, low_open=True)
+        in_range("--lease-timeout", self.lease_timeout, 0.0, 7 * 86400.0, low_open=True)
 
 
 @dataclass(frozen=True)

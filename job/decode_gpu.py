@@ -172,7 +172,11 @@ def choose_decoder(requested: str, first: Sequence[Item], size: int, resize_mode
     samples = [b for b in (item_bytes(r) for r in first if r.error is None) if b]
     if not samples:
         return "cpu", {}
-    rates = measure_decoders(samples, size, resize_mode, device, workers)
+    try:
+        rates = measure_decoders(samples, size, resize_mode, device, workers)
+    except Exception as exc:  # noqa: BLE001 - nvJPEG failing to measure is a reason to use the CPU, not to stop
+        log.warning("decode auto: measuring nvJPEG failed (%s: %s); decoding on the CPU", type(exc).__name__, exc)
+        return "cpu", {}
     choice = "gpu" if rates["gpu"] > rates["cpu"] else "cpu"
     log.info("decode auto: cpu %.0f images/s (%d workers), gpu %.0f images/s -> %s",
              rates["cpu"], workers, rates["gpu"], choice)

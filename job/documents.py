@@ -93,7 +93,9 @@ class ModelInfo(Doc):
     std: list[float] = []
     interpolation: str = "bicubic"
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # what the encoder ran in the end (after any fallback)
+    compiled: bool = False
+    fallbacks: list[str] = []  # fast paths that failed and what took over (job.fallback)
     load_seconds: float = 0.0
 
 
@@ -238,6 +240,14 @@ class Previous(Typed):
     updated_at: str | None = None
 
 
+class Waiting(Typed):
+    """A writer that found the output held by a live one and left (``status_rules`` rule 5)."""
+
+    at: str
+    host: str
+    reason: str
+
+
 class StatusDoc(Typed):
     """``_STATUS``: what a run is doing now and why it stopped (``job.status``; the merge rules: ``job.status_rules``).
 
@@ -255,6 +265,7 @@ class StatusDoc(Typed):
     previous: Previous | None = None
     shard: list[int] | None = None
     updated_at: str | None = None
+    waiting: Waiting | None = None
     # written by the instance script (cdk/scripts/user_data.sh)
     run_id: str | None = None
     run_uri: str | None = None

@@ -2,6 +2,7 @@
 yet (:class:`Embedding`), and returns the output's manifest (the caller writes it, last)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -9,22 +10,25 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import JobConfig
 from .decode import DecodePool, DecodeStage
 from .embed_loop import EmbedLoop, LoopStats, batched, unique_paths
 from .errors import DataError, UsageError
+from .fallback import FallbackDecodeStage, FallbackEncoder
+from .lease import HEARTBEAT_S, Lease
 from .progress import RunProgress
-from .runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout
+from .resume import Ledger, ResumeState, check_complete, prepare_run
+from .runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, write_manifest
 from .sources import ImageRecord, Source, open_source
 from .steps import text_queries_step
 from .stopping import StopRequest
-from .store import CLS_COLUMN, PartWriter, ResumeState, embedding_schema, prepare_run
-from .tables import count_rows, read_vectors, write_npy
+from .store import CLS_COLUMN, PartWriter, embedding_schema
+from .tables import read_vectors, write_npy
 
 if TYPE_CHECKING:
-    from .model import ImageEncoder, LoadedModel
+    from .model import LoadedModel
     from .status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -69,37 +73,54 @@ class Embedding:
     lm: LoadedModel
     state: ResumeState
     writer: PartWriter
-    encoder: ImageEncoder
+    encoder: FallbackEncoder
     workers: int
+    lease: Lease
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     t_start: float = field(default_factory=time.perf_counter)
     duplicates: int = 0
+    listed: set[str] = field(default_factory=set)  # paths the source gave this attempt (each once)
     decoder: str = "cpu"
     decoder_rates: dict[str, float] = field(default_factory=dict)
+    _stage: FallbackDecodeStage | None = None
+
+    def close(self) -> None:
+        """Release the output's lease (the caller does, once the manifest is written or the attempt ends)."""
+        self.lease.release()
+
+    def __enter__(self) -> Embedding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def verify(self) -> Ledger:
+        """Completeness before the manifest (``resume.check_complete``): every image listed this attempt or committed
+        by an earlier one is embedded or failed exactly once; the lease is still ours."""
+        self.lease.check()
+        return check_complete(self.layout, self.state.done_paths | self.listed, self.lease.owner)
 
     def decode_stage(self, first: list[ImageRecord]) -> DecodeStage:
-        """The CPU pool, or nvJPEG when chosen (``--decode auto`` measures both on the first batch)."""
+        """The CPU pool, or nvJPEG (with the CPU pool behind it) when chosen (``--decode auto`` measures both on the
+        first batch)."""
         cfg, lm = self.cfg, self.lm
-        if cfg.project.thumbnails and cfg.decode.decoder != "cpu" and lm.device.type == "cuda":
-            log.info("thumbnails are made by the CPU decoder: decoding on the CPU")
-            self.decoder = "cpu"
-        elif cfg.decode.decoder == "cpu" or lm.device.type != "cuda":
-            self.decoder = "cpu"
-        else:
-            from .decode_gpu import choose_decoder
-
-            self.decoder, self.decoder_rates = choose_decoder(cfg.decode.decoder, first, lm.image_size,
-                                                              cfg.decode.resize_mode, lm.device, self.workers)
+        self.decoder, self.decoder_rates = pick_decoder(cfg, lm, first, self.workers)
         log.info("embedding %s with %s (%s, pool %s, %s, %s) on %s, %s decode%s, batch %d",
                  self.source.description, lm.name, lm.weights.describe(), lm.pool, cfg.decode.resize_mode,
                  str(lm.dtype).replace("torch.", ""), lm.device, self.decoder,
                  f" ({self.workers} workers)" if self.decoder == "cpu" else "", cfg.decode.batch_size)
-        if self.decoder == "gpu":
-            from .decode_gpu import GpuDecodeStage
 
-            return GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device)
-        return DecodePool(self.workers, lm.image_size, cfg.decode.resize_mode, lm.interpolation,
-                          cfg.project.thumbnails)
+        def cpu() -> DecodeStage:
+            return DecodePool(self.workers, lm.image_size, cfg.decode.resize_mode, lm.interpolation,
+                              cfg.project.thumbnails)
+
+        if self.decoder != "gpu":
+            return cpu()
+        from .decode_gpu import GpuDecodeStage
+
+        self._stage = FallbackDecodeStage(lambda: GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device),
+                                          cpu, fast_name="gpu", safe_name="cpu")
+        return self._stage
 
     def run(self, *, stop: StopRequest | None = None, status: StatusWriter | None = None) -> Manifest:
         """Embed what is not done yet, commit the last part, and return the manifest (not yet written).
@@ -109,7 +130,7 @@ class Embedding:
         def duplicate() -> None:
             self.duplicates += 1
 
-        records = unique_paths(self.source.records(skip=self.state.done_paths), set(), duplicate)
+        records = unique_paths(self.source.records(skip=self.state.done_paths), self.listed, duplicate)
         batches = batched(records, self.cfg.decode.batch_size)
         first = next(batches, [])
         stage = self.decode_stage(first)
@@ -129,11 +150,15 @@ class Embedding:
         return self.manifest(stats, wall_s=time.perf_counter() - self.t_start)
 
     def manifest(self, stats: LoopStats, *, wall_s: float) -> Manifest:
-        """The output's manifest after this attempt (counts over every attempt); writes ``--npy`` and the text
-        queries, which come before it."""
+        """The output's manifest after this attempt (counts over every attempt), once every image is accounted for
+        (:meth:`verify`); writes ``--npy`` and the text queries, which come before it. Whoever writes the manifest
+        calls :meth:`verify` again right before (``finish_run``, :func:`embed`)."""
         cfg, lm, layout, state = self.cfg, self.lm, self.layout, self.state
-        embedded_total = count_rows(layout.embeddings)
-        failed_total = count_rows(layout.failures)
+        if stats.embedded + stats.failed != len(self.listed):
+            raise DataError(f"the embed loop accounted for {stats.embedded + stats.failed} of the {len(self.listed)} "
+                            f"images it was given; no manifest was written. Run the same command to resume")
+        ledger = self.verify()  # also leaves one copy of a path committed twice, before anything reads the vectors
+        embedded_total, failed_total = ledger.rows, ledger.failures
         if embedded_total == 0:
             raise DataError(f"no image could be embedded from {self.source.description} "
                             f"({failed_total} failed; see {layout.failures})")
@@ -153,9 +178,10 @@ class Embedding:
                             state=layout.rel(layout.state), npy=layout.rel(layout.npy) if cfg.output.npy else None,
                             thumbnails=layout.rel(layout.thumbnails) if cfg.project.thumbnails else None),
             config=cfg.to_dict(),
-            model=ModelInfo(**lm.describe()),
+            model=ModelInfo(**{**lm.describe(), **self.encoder_ran()}),
             source={"description": self.source.description, **self.source.stats()},
-            counts=Counts(seen=embedded_total + failed_total, embedded=embedded_total, failed=failed_total,
+            counts=Counts(seen=embedded_total + failed_total + self.duplicates, embedded=embedded_total,
+                          failed=failed_total,
                           embedded_this_attempt=stats.embedded, failed_this_attempt=stats.failed,
                           resumed_from_earlier_attempts=state.rows + state.failures,
                           duplicate_paths_skipped=self.duplicates),
@@ -164,39 +190,101 @@ class Embedding:
                      "waiting_for_decode_s": round(stats.decode_wait_s, 3), "embed_loop_s": round(stats.loop_s, 3),
                      "wall_s": round(wall_s, 3)},
             images_per_s=round(rate, 2),
-            decoder={"used": self.decoder, **({"measured_images_per_s": {k: round(v, 1) for k, v in
-                                                                       self.decoder_rates.items()}}
-                                              if self.decoder_rates else {})},
+            decoder=self.decoder_ran(),
             versions=_versions(),
         )
 
 
+    def encoder_ran(self) -> dict[str, Any]:
+        """What the encoder ran on in the end (after any fallback): precision, compiled, the fallbacks."""
+        label = self.encoder.ran
+        return {"precision": label.split()[-1], "compiled": label.startswith("compiled"),
+                "fallbacks": list(self.encoder.fallbacks)}
+
+    def decoder_ran(self) -> dict[str, Any]:
+        """The decoder that ran, what ``--decode auto`` measured, and a fallback from nvJPEG if there was one."""
+        out: dict[str, Any] = {"used": self.decoder if self._stage is None else self._stage.used}
+        if self.decoder_rates:
+            out["measured_images_per_s"] = {k: round(v, 1) for k, v in self.decoder_rates.items()}
+        if self._stage is not None and self._stage.fallback:
+            out["fallback"] = self._stage.fallback
+        return out
+
+
+def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], workers: int) -> tuple[str, dict[str, float]]:
+    """Where JPEGs are decoded: ``cpu`` or ``gpu`` (nvJPEG), and what ``--decode auto`` measured."""
+    if cfg.project.thumbnails and cfg.decode.decoder != "cpu" and lm.device.type == "cuda":
+        log.info("thumbnails are made by the CPU decoder: decoding on the CPU")
+        return "cpu", {}
+    if cfg.decode.decoder == "cpu" or lm.device.type != "cuda":
+        return "cpu", {}
+    from .decode_gpu import choose_decoder
+
+    return choose_decoder(cfg.decode.decoder, first, lm.image_size, cfg.decode.resize_mode, lm.device, workers)
+
+
+def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """The encoders to try, fastest first: compiled (``--compile`` on CUDA), eager in the run's precision, and eager
+    fp32 (the model loaded again in fp32) when the precision is lower (``fallback.FallbackEncoder``)."""
+    from .model import ImageEncoder, load_model
+
+    precision = str(lm.dtype).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16") \
+        .replace("float16", "fp16")
+    tiers: list[tuple[str, Callable[[], Any]]] = []
+    if cfg.model.compile and lm.device.type == "cuda":
+        tiers.append((f"compiled {precision}", lambda: ImageEncoder(lm, compile_model=True, with_cls=with_cls)))
+    tiers.append((f"eager {precision}", lambda: ImageEncoder(lm, with_cls=with_cls)))
+    if precision != "fp32":
+        tiers.append(("eager fp32", lambda: ImageEncoder(load_model(dataclasses.replace(cfg.model, precision="fp32")),
+                                                         with_cls=with_cls)))
+    return tiers
+
+
+def load_device(device: str) -> Any:
+    """The torch device ``--device`` names (``model.pick_device``)."""
+    from .model import pick_device
+
+    return pick_device(device)
+
+
 def build(cfg: JobConfig) -> Embedding:
     """Every stage of one attempt, checked before anything is written: the source (inputs validated, tables
-    loaded), the model, the run folder (resume state, option check), the writer and the encoder."""
-    from .model import ImageEncoder, load_model
+    loaded), the output's lease (another live writer: stop at once, before minutes of model loading), the model, the
+    run folder (resume state, option check), the writer and the encoder."""
+    from .model import load_model
 
     layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     if not cfg.source.sources:
         raise UsageError("no input: give --image-dir DIR or --source URI (a folder, s3:// prefix or .tgz archives)")
-    source = open_source(cfg.source)
-    lm = load_model(cfg.model)
-    if cfg.decode.decoder == "gpu" and lm.device.type != "cuda":
+    if cfg.decode.decoder == "gpu" and load_device(cfg.model.device).type != "cuda":
         raise UsageError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
-    identity = {**cfg.embedding_identity(), "weights_sha256": lm.weights_sha256, "image_size": lm.image_size}
-    state = prepare_run(layout, identity, overwrite=cfg.output.overwrite)
-    with_cls = lm.text_column == CLS_COLUMN
-    writer = PartWriter(layout, embedding_schema(lm.embed_dim, source.meta_fields, text_vectors=with_cls),
-                        part_size=cfg.output.part_size, part_seconds=cfg.output.part_seconds,
-                        start_part=state.next_part, thumbnails=cfg.project.thumbnails, identity=identity)
-    encoder = ImageEncoder(lm, compile_model=cfg.model.compile, with_cls=with_cls)
+    source = open_source(cfg.source)
+    timeout = cfg.output.lease_timeout
+    lease = Lease.acquire(layout.lease, stale_after_s=timeout, heartbeat_s=min(HEARTBEAT_S, timeout / 4))
+    try:
+        lm = load_model(cfg.model)
+        identity = {**cfg.embedding_identity(), "weights_sha256": lm.weights_sha256, "image_size": lm.image_size}
+        state = prepare_run(layout, identity, overwrite=cfg.output.overwrite, attempt=lease.owner)
+        with_cls = lm.text_column == CLS_COLUMN
+        writer = PartWriter(layout, embedding_schema(lm.embed_dim, source.meta_fields, text_vectors=with_cls),
+                            part_size=cfg.output.part_size, part_seconds=cfg.output.part_seconds,
+                            start_part=state.next_part, attempt=lease.owner, thumbnails=cfg.project.thumbnails,
+                            identity=identity, guard=lease.check)
+        encoder = FallbackEncoder(encoder_tiers(cfg, lm, with_cls=with_cls))
+    except BaseException:
+        lease.release()
+        raise
     workers = default_workers(lm.device.type) if cfg.decode.workers is None else cfg.decode.workers
-    return Embedding(cfg, layout, source, lm, state, writer, encoder, workers)
+    return Embedding(cfg, layout, source, lm, state, writer, encoder, workers, lease)
 
 
 def embed(cfg: JobConfig) -> Manifest:
-    """Embed every image of the configured source into ``cfg.output``; returns the manifest (the caller writes it).
+    """Embed every image of the configured source into ``cfg.output`` and write its manifest, last, once every image
+    is accounted for; returns the manifest.
 
     SIGTERM/SIGINT stop it cleanly (``job.stopping``): committed parts stay, ``Interrupted`` is raised."""
-    with StopRequest() as stop:
-        return build(cfg).run(stop=stop)
+    with StopRequest() as stop, build(cfg) as embedding:
+        manifest = embedding.run(stop=stop)
+        embedding.verify()
+        write_manifest(embedding.layout, manifest)
+        return manifest

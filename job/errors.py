@@ -28,6 +28,11 @@ class DataError(JobError, RuntimeError):
     exit_code = 1
 
 
+class StorageError(DataError):
+    """S3 (or the network) kept failing after every retry: one line naming the operation and the URL; committed parts
+    are kept and the same command resumes. Exit 1."""
+
+
 class Interrupted(JobError):
     """A graceful stop (SIGTERM/SIGINT): committed shards are kept and the same command resumes. Exit 75
     (EX_TEMPFAIL, "try again"), distinct from success, bad input and failure, so a scheduler can retry it."""

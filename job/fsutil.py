@@ -1,15 +1,34 @@
 """fsspec helpers: one way to open, list and atomically write local paths and ``s3://`` URLs."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
 
+from .errors import JobError, StorageError
+
+log = logging.getLogger(__name__)
+
 PUBLIC_BUCKETS: frozenset[str] = frozenset({"motional-nuscenes"})
+
+# How S3 requests are retried, for every S3 client of the job (s3fs's botocore client here; boto3 takes the same
+# ``S3_CONFIG``): botocore's "standard" mode retries throttling, 5xx answers, timeouts and dropped connections with
+# exponential backoff and jitter (at most 20 s between tries), S3_MAX_ATTEMPTS tries in all. Reads of archive ranges
+# and objects are retried READ_RETRIES more times on top (job.sources.archive_reader.retry): a short read or a reset
+# stream is no HTTP error, so botocore does not see it. What still fails ends the command with one line
+# (StorageError, exit 1); the same command resumes.
+S3_RETRY_MODE = "standard"
+S3_MAX_ATTEMPTS = 6
+S3_CONFIG: dict[str, Any] = {"retries": {"mode": S3_RETRY_MODE, "max_attempts": S3_MAX_ATTEMPTS},
+                             "connect_timeout": 20, "read_timeout": 60}
+READ_RETRIES = 2
+READ_BACKOFF_S = 1.0
 
 
 def storage_options(url: str, anon: bool | None = None) -> dict[str, Any]:
@@ -24,10 +43,48 @@ def storage_options(url: str, anon: bool | None = None) -> dict[str, Any]:
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if anon is None:
         anon = bucket in PUBLIC_BUCKETS
-    opts: dict[str, Any] = {"anon": bool(anon)}
+    # no listings cache: other writers (a resumed attempt, the instance script, a shard) change a run's folders
+    # while this process looks at them, and resume and the completeness check must see what is there now
+    opts: dict[str, Any] = {"anon": bool(anon), "config_kwargs": dict(S3_CONFIG), "use_listings_cache": False}
     if bucket in PUBLIC_BUCKETS:
         opts["client_kwargs"] = {"region_name": "ap-northeast-1"}
     return opts
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage or network fault (what retries are for), not bad data or a bug."""
+    if isinstance(exc, StorageError):
+        return True
+    if isinstance(exc, (JobError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return False
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    module = type(exc).__module__.split(".", 1)[0]
+    return module in ("botocore", "aiobotocore", "aiohttp", "s3fs", "urllib3", "fsspec")
+
+
+def describe_fault(exc: BaseException) -> str:
+    """One short line for a storage fault (the first line of its message, the S3 error code when there is one)."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and type(cause).__module__.startswith("botocore"):
+        text = str(cause).strip().splitlines()[0][:200] or text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def faults(op: str, url: str) -> Iterator[None]:
+    """Turn a storage or network fault inside the block into one StorageError naming ``op`` and ``url``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if not is_transport_error(exc):
+            raise
+        tries = f" after {S3_MAX_ATTEMPTS} attempts" if "://" in url else ""
+        raise StorageError(f"{op} {url} failed{tries} ({describe_fault(exc)}); committed work is kept: run the same "
+                           "command to resume") from exc
 
 
 def url_to_fs(url: str, anon: bool | None = None) -> tuple[AbstractFileSystem, str]:
@@ -66,7 +123,7 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     else:
-        with fs.open(path, "wb") as f:
+        with faults("writing", url), fs.open(path, "wb") as f:
             f.write(data)
 
 
@@ -78,11 +135,12 @@ def write_json(url: str, obj: Any) -> None:
 def read_json(url: str) -> Any:
     """Read a JSON file from a local path or URL."""
     fs, path = url_to_fs(url)
-    with fs.open(path, "rb") as f:
+    with faults("reading", url), fs.open(path, "rb") as f:
         return json.loads(f.read())
 
 
 def exists(url: str) -> bool:
     """True if the file or folder exists."""
     fs, path = url_to_fs(url)
-    return fs.exists(path)
+    with faults("looking up", url):
+        return bool(fs.exists(path))

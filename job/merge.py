@@ -22,12 +22,13 @@ from typing import Any
 from . import fsutil
 from .config import JobConfig
 from .errors import DataError, UsageError
+from .lease import HEARTBEAT_S, Lease
 from .pipeline import tracked
 from .runfolder import SHARDS_DIR, Counts, Manifest, Outputs, RunLayout, find_manifest
 from .status import StatusWriter
 from .steps import finish_run
 from .stopping import StopRequest
-from .tables import list_parts, part_url
+from .tables import PartKey, list_parts, part_url
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ def _link(fs: Any, src: str, dst: str) -> None:
 
 
 def _lay_out(shards: Shards) -> dict[str, int]:
-    """The shards' committed parts become the root's datasets (part ``IIIINNNNN``); returns parts per dataset."""
+    """The shards' committed parts become the root's datasets (shard I's part N as part I·100000+N, same attempt
+    id); returns parts per dataset."""
     root = shards.root
     fs, _ = fsutil.url_to_fs(root.run_dir)
     made: collections.Counter[str] = collections.Counter()
@@ -116,9 +118,10 @@ def _lay_out(shards: Shards) -> dict[str, int]:
         for kind, src_folder, dst_folder in (("embeddings", shard.embeddings, root.embeddings),
                                              ("failures", shard.failures, root.failures),
                                              ("thumbnails", shard.thumbnails, root.thumbnails)):
-            for n, src in sorted(list_parts(src_folder).items()):
-                if n in done:  # parts of a shard's interrupted last attempt are not part of the run
-                    _link(fs, src, fsutil.url_to_fs(part_url(dst_folder, i * 100_000 + n))[1])
+            for key, src in list_parts(src_folder).items():
+                if key in done:  # parts of a shard's interrupted last attempt are not part of the run
+                    merged = PartKey(i * 100_000 + key.number, key.attempt)
+                    _link(fs, src, fsutil.url_to_fs(part_url(dst_folder, merged))[1])
                     made[kind] += 1
     return dict(made)
 
@@ -170,7 +173,8 @@ def merge_run(cfg: JobConfig) -> Manifest:
     t0 = time.perf_counter()
     root = RunLayout.for_output(cfg.output.out)
     shards = check_shards(root)  # nothing is written before every shard checks out
-    with StopRequest() as stop:
+    with StopRequest() as stop, Lease.acquire(root.lease, stale_after_s=cfg.output.lease_timeout,
+                                              heartbeat_s=min(HEARTBEAT_S, cfg.output.lease_timeout / 4)):
         status = StatusWriter.open(root.run_dir)
         with tracked(status):
             status.phase("merge")

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 
 from .config import JobConfig
-from .embed import build
+from .embed import Embedding, build
 from .errors import Interrupted
-from .runfolder import Manifest, write_manifest
-from .status import StatusWriter
+from .lease import LeaseHeld
+from .runfolder import Manifest, RunLayout, write_manifest
+from .status import StatusWriter, note_waiting
 from .steps import finish_run, summary
 from .stopping import StopRequest
 
@@ -20,23 +21,34 @@ log = logging.getLogger(__name__)
 
 def run_pipeline(cfg: JobConfig) -> Manifest:
     """Embed, index, project; write the manifest last; publish when asked. Returns the manifest."""
+    layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     with StopRequest() as stop:
-        embedding = build(cfg)  # every input is checked here, before anything is written
-        layout = embedding.layout
+        try:
+            embedding = build(cfg)  # every input is checked here, and the output's lease taken, before any write
+        except LeaseHeld as exc:
+            note_waiting(layout.run_dir, str(exc))
+            raise
         # A stop asked for while the model loaded ends the attempt here, before _STATUS is touched: the instance
         # script has already recorded why (a new document opened now would replace its reason).
-        stop.check("while the model was loading")
-        status = StatusWriter.open(layout.run_dir, cfg.source.shard)
-        with tracked(status):
-            status.phase("embed")
-            manifest = embedding.run(stop=stop, status=status)
-            if cfg.source.shard is not None:
-                # a shard is an ordinary run folder of embeddings; `job merge` indexes and projects all shards
-                write_manifest(layout, manifest)
-                log.info("shard %d/%d: %s; run `python -m job merge --run %s` once every shard is done",
-                         *cfg.source.shard, summary(manifest, layout), cfg.output.out)
-                return manifest
-            return finish_run(cfg, layout, manifest, status=status, stop=stop)
+        with embedding:
+            stop.check("while the model was loading")
+            status = StatusWriter.open(layout.run_dir, cfg.source.shard)
+            return _embed_and_finish(cfg, embedding, status, stop)
+
+
+def _embed_and_finish(cfg: JobConfig, embedding: Embedding, status: StatusWriter, stop: StopRequest) -> Manifest:
+    layout = embedding.layout
+    with tracked(status):
+        status.phase("embed")
+        manifest = embedding.run(stop=stop, status=status)
+        if cfg.source.shard is not None:
+            # a shard is an ordinary run folder of embeddings; `job merge` indexes and projects all shards
+            embedding.verify()
+            write_manifest(layout, manifest)
+            log.info("shard %d/%d: %s; run `python -m job merge --run %s` once every shard is done",
+                     *cfg.source.shard, summary(manifest, layout), cfg.output.out)
+            return manifest
+        return finish_run(cfg, layout, manifest, status=status, stop=stop, verify=embedding.verify)
 
 
 class tracked:  # noqa: N801 - used as a context manager, reads like one

@@ -114,6 +114,11 @@ class RunLayout:
         return self._side("_run.json", "_run.json")
 
     @property
+    def lease(self) -> str:
+        """The output's writer lease (``job.lease``): one writer per output."""
+        return self._side("_LEASE", "_LEASE")
+
+    @property
     def npy(self) -> str:
         return fsutil.join(self.run_dir, self.stem + ".npy")
 

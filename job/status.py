@@ -92,28 +92,41 @@ class StatusWriter:
         script recorded meanwhile, e.g. a spot notice before it stopped the container)."""
         assert status in TERMINAL, status
         with self._lock:
-            self._adopt_terminal()
+            self._adopt()
             if self.doc.get("status") in TERMINAL:
                 return
             status_rules.settle(self.doc, status, reason)
             self._write()
 
-    def _adopt_terminal(self) -> None:
-        if self.doc.get("status") in TERMINAL:
-            return
+    def _adopt(self) -> None:
         try:
             stored = _read_dict(self.url)
         except (DataError, OSError):
             return
-        status_rules.adopt_terminal(self.doc, stored)
+        status_rules.adopt(self.doc, stored)
 
     def _write(self) -> None:
-        self._adopt_terminal()
+        self._adopt()
         self.doc["updated_at"] = status_rules.now()
         try:
             fsutil.atomic_write_bytes(self.url, (json.dumps(self.doc, indent=1) + "\n").encode())
         except OSError as exc:  # status is best effort: never stop a run over it
             log.warning("could not write %s: %s", self.url, exc)
+
+
+def note_waiting(run_dir: str, reason: str) -> None:
+    """This writer found the output held by a live writer and leaves: say so in the run's ``_STATUS`` (a ``waiting``
+    note in the holder's document, its status unchanged; ``status_rules`` rule 5). Best effort."""
+    import platform
+
+    url = RunLayout(run_dir).status
+    try:
+        stored = _read_dict(url)
+        if stored is not None:
+            status_rules.note_waiting(stored, platform.node(), reason)
+            fsutil.atomic_write_bytes(url, (json.dumps(stored, indent=1) + "\n").encode())
+    except (DataError, OSError) as exc:
+        log.warning("could not note in %s why this writer left: %s", url, exc)
 
 
 def _read_dict(url: str) -> dict[str, Any] | None:

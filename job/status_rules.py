@@ -13,6 +13,8 @@ The document is a JSON object (typed on the job's side as ``job.documents.Status
    before the job ended, e.g. a spot notice) replaces it, and a writer that finds its attempt already terminal in
    the stored copy adopts it.
 4. **Phases** are appended with their time when the phase changes.
+5. **A writer turned away** by a live lease on the output (``job.lease``) changes nothing but a ``waiting`` note in
+   the holder's document (who came, when, why it left); the holder keeps that note when it writes next.
 
 Command line (the instance script)::
 
@@ -77,13 +79,24 @@ def current(mine: Optional[Doc], stored: Optional[Doc], started_at: str, attempt
     return mine
 
 
-def adopt_terminal(doc: Doc, stored: Optional[Doc]) -> Doc:
-    """Rule 3: take over a terminal status another writer recorded for this same attempt."""
-    if doc.get("status") not in TERMINAL and is_status(stored) and same_attempt(stored, doc):
-        assert stored is not None
-        if stored.get("status") in TERMINAL:
-            doc["status"], doc["reason"] = stored["status"], stored.get("reason", "")
+def adopt(doc: Doc, stored: Optional[Doc]) -> Doc:
+    """What another writer recorded in this same attempt's stored copy: its terminal status (rule 3) and a
+    ``waiting`` note (rule 5)."""
+    if not (is_status(stored) and same_attempt(stored, doc)):
+        return doc
+    assert stored is not None
+    if doc.get("status") not in TERMINAL and stored.get("status") in TERMINAL:
+        doc["status"], doc["reason"] = stored["status"], stored.get("reason", "")
+    if stored.get("waiting") and stored.get("waiting") != doc.get("waiting"):
+        doc["waiting"] = stored["waiting"]
     return doc
+
+
+def note_waiting(stored: Doc, host: str, reason: str, at: Optional[str] = None) -> Doc:
+    """Rule 5: a writer that found the output held by a live writer (``job.lease``) leaves without touching the run,
+    recording why in the holder's document (``waiting``); the holder's status stays as it is."""
+    stored["waiting"] = {"at": at or now(), "host": host, "reason": reason}
+    return stored
 
 
 def enter_phase(doc: Doc, phase: str, at: Optional[str] = None) -> Doc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .config import JobConfig
 from .runfolder import IndexInfo, Manifest, Projection, RunLayout, write_manifest
@@ -97,8 +97,9 @@ def summary(manifest: Manifest, layout: RunLayout) -> str:
 
 
 def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status: StatusWriter | None = None,
-               stop: StopRequest | None = None) -> Manifest:
-    """The steps after embedding: index, UMAP map, manifest (last), publish. ``job merge`` ends the same way."""
+               stop: StopRequest | None = None, verify: Callable[[], object] | None = None) -> Manifest:
+    """The steps after embedding: index, UMAP map, manifest (last), publish. ``job merge`` ends the same way.
+    ``verify`` (the embedding's completeness check) runs right before the manifest is written."""
     def phase(name: str) -> None:
         if stop is not None:
             stop.check(f"before the {name} step")
@@ -113,6 +114,8 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
         project_step(cfg, layout, manifest)
     if stop is not None:
         stop.check("before writing the manifest")
+    if verify is not None:
+        verify()
     write_manifest(layout, manifest)
     if cfg.output.publish:
         from .publish import publish_run

@@ -1,24 +1,21 @@
-"""Write stage: rows committed in *parts* (one parquet file of each table, written atomically), and resume
-bookkeeping (the layout is ``runfolder``'s).
+"""Write stage: rows committed in *parts* (one parquet file of each table, written atomically; the layout is
+``runfolder``'s, resuming is ``resume``'s).
 
 A part's thumbnails and failures files are committed before its embeddings file; a part counts as done only once
-its embeddings file exists, so a kill in between leaves orphans the next run removes.
+its embeddings file exists, so a kill in between leaves orphans the next attempt removes.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import fsutil
-from .errors import UsageError
 from .runfolder import RunLayout, path_id
-from .tables import list_parts, part_url, table_bytes
+from .tables import PartKey, part_url, table_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +44,7 @@ def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vec
 
 
 class PartWriter:
-    """Collects embedded rows and failures, and commits them as numbered parts.
+    """Collects embedded rows and failures, and commits them as parts ``part-NNNNN-ATTEMPT.parquet``.
 
     ``add``/``add_failure`` buffer rows; a part is committed when it holds ``part_size`` images
     or ``part_seconds`` have passed, and on ``close``.
@@ -61,10 +58,14 @@ class PartWriter:
         part_size: int = 4096,
         part_seconds: float = 120.0,
         start_part: int = 0,
+        attempt: str = "",
         thumbnails: bool = False,
         identity: Mapping[str, Any] | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.layout = layout
+        self.attempt = attempt  # names this writer's parts (the lease owner): no other attempt's name is the same
+        self.guard = guard  # called before every commit: raises when this writer may no longer commit (lease lost)
         self.schema = schema
         self.part_size = part_size
         self.part_seconds = part_seconds
@@ -126,12 +127,14 @@ class PartWriter:
         """Commit what is buffered as the next part (failures file first, embeddings file last)."""
         if not self.pending:
             return
+        if self.guard is not None:
+            self.guard()
         if self._identity is not None:
             # the run's options are recorded with its first part, so a run that fails early leaves nothing
             if not fsutil.exists(self.layout.state):
                 fsutil.write_json(self.layout.state, self._identity)
             self._identity = None
-        n = self.next_part
+        n = PartKey(self.next_part, self.attempt)
         dim = self.schema.field("embedding").type.list_size
         columns = {}
         for f in self.schema:
@@ -149,7 +152,7 @@ class PartWriter:
             fsutil.atomic_write_bytes(part_url(self.layout.thumbnails, n), table_bytes(thumbs))
         fsutil.atomic_write_bytes(part_url(self.layout.failures, n), table_bytes(failures))
         fsutil.atomic_write_bytes(part_url(self.layout.embeddings, n), table_bytes(table))
-        log.debug("committed part %d: %d rows, %d failures", n, table.num_rows, failures.num_rows)
+        log.debug("committed %s: %d rows, %d failures", n.name, table.num_rows, failures.num_rows)
         self.committed_rows += table.num_rows
         self.committed_failures += failures.num_rows
         self.next_part += 1
@@ -163,64 +166,3 @@ class PartWriter:
     def close(self) -> None:
         """Commit the last partial part."""
         self.flush()
-
-
-@dataclass
-class ResumeState:
-    """What earlier attempts at this run already committed."""
-
-    done_paths: set[str]
-    next_part: int
-    rows: int
-    failures: int
-
-
-def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bool = False) -> ResumeState:
-    """Check the run folder and return what is already done there (``PartWriter`` records ``identity``).
-
-    A folder holding a run with other vector-shaping options is refused (unless ``overwrite``),
-    orphaned failure parts and temporary files of a killed run are removed, and the paths of all
-    committed parts are collected so they are not embedded again.
-    """
-    fs, root = fsutil.url_to_fs(layout.run_dir)
-    if overwrite and fs.exists(root):
-        for url in layout.owned():
-            sub_fs, sub = fsutil.url_to_fs(url)
-            if sub_fs.exists(sub):
-                sub_fs.rm(sub, recursive=True)
-    identity = dict(identity)
-    if fsutil.exists(layout.state):
-        previous = fsutil.read_json(layout.state)
-        if previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise UsageError(
-                f"{layout.run_dir} holds a run made with other options ({', '.join(changed)}); "
-                "use another --out or pass --overwrite"
-            )
-    for folder in (layout.embeddings, layout.failures, layout.thumbnails):
-        sub_fs, sub = fsutil.url_to_fs(folder)
-        if sub_fs.exists(sub):
-            for p in sub_fs.ls(sub, detail=False):
-                if ".tmp-" in p.rsplit("/", 1)[-1]:
-                    sub_fs.rm(p)
-    emb_parts = list_parts(layout.embeddings)
-    fail_parts = list_parts(layout.failures)
-    for n, p in list(fail_parts.items()) + list(list_parts(layout.thumbnails).items()):
-        if n not in emb_parts:
-            log.info("removing orphaned file %s of an interrupted part", p)
-            fs.rm(p)
-    done: set[str] = set()
-    rows = failures = 0
-    for n, p in sorted(emb_parts.items()):
-        t = pq.read_table(p, columns=["path"], filesystem=fs)
-        done.update(t.column("path").to_pylist())
-        rows += t.num_rows
-        if n in fail_parts:
-            f = pq.read_table(fail_parts[n], columns=["path"], filesystem=fs)
-            done.update(f.column("path").to_pylist())
-            failures += f.num_rows
-    next_part = max(emb_parts) + 1 if emb_parts else 0
-    if emb_parts:
-        log.info("resuming: %d parts already committed (%d rows, %d failures)", len(emb_parts), rows, failures)
-    return ResumeState(done_paths=done, next_part=next_part, rows=rows, failures=failures)
-

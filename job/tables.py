@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -14,25 +15,41 @@ from . import fsutil
 from .errors import DataError, UsageError
 
 PARQUET = ".parquet"
-_PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+_PART_RE = re.compile(r"(?:^|/)part-(\d{5,})(?:-([0-9a-z]{1,32}))?\.parquet$")
 
 
-def part_url(folder_url: str, number: int) -> str:
-    """Where part ``number`` of a dataset folder lives: ``FOLDER/part-NNNNN.parquet`` (at least five digits)."""
-    return fsutil.join(folder_url, f"part-{number:05d}.parquet")
+@dataclass(frozen=True, order=True)
+class PartKey:
+    """A part's name: ``part-NNNNN-ATTEMPT.parquet``. The attempt id (the writer's lease owner) makes the names of two
+    attempts' parts distinct, so no attempt's commit ever replaces another's; parts of folders written before attempt
+    ids have none (``""``, which sorts first). Keys order parts: by number, then attempt."""
+
+    number: int
+    attempt: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.number:05d}" + (f"-{self.attempt}" if self.attempt else "") + PARQUET
 
 
-def list_parts(folder_url: str) -> dict[int, str]:
-    """Committed ``part-NNNNN.parquet`` files of a dataset folder, by part number."""
+def part_url(folder_url: str, key: PartKey) -> str:
+    """Where part ``key`` of a dataset folder lives."""
+    return fsutil.join(folder_url, key.name)
+
+
+def list_parts(folder_url: str) -> dict[PartKey, str]:
+    """Committed parts of a dataset folder (fsspec paths), by key, in key order."""
     fs, path = fsutil.url_to_fs(folder_url)
-    if not fs.exists(path):
-        return {}
-    parts: dict[int, str] = {}
-    for p in fs.ls(path, detail=False):
+    with fsutil.faults("listing", folder_url):
+        if not fs.exists(path):
+            return {}
+        names = fs.ls(path, detail=False)
+    parts: dict[PartKey, str] = {}
+    for p in names:
         m = _PART_RE.search(p)
         if m:
-            parts[int(m.group(1))] = p
-    return parts
+            parts[PartKey(int(m.group(1)), m.group(2) or "")] = p
+    return dict(sorted(parts.items()))
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -50,18 +67,20 @@ def write_table(url: str, table: pa.Table) -> None:
 def read_table(url: str, columns: Iterable[str] | None = None, **kwargs: Any) -> pa.Table:
     """Read a parquet file or dataset folder (local or URL) as one table."""
     fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
+    if not fsutil.exists(url):
         raise UsageError(f"{url} does not exist")
-    return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs, **kwargs)
+    with fsutil.faults("reading", url):
+        return pq.read_table(path, columns=list(columns) if columns is not None else None, filesystem=fs, **kwargs)
 
 
 def count_rows(url: str) -> int:
     """Rows of a parquet dataset folder from the parts' footers (0 when there is none)."""
     fs, path = fsutil.url_to_fs(url)
-    if not fs.exists(path):
-        return 0
-    return sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in fs.ls(path, detail=False)
-               if p.endswith(PARQUET))
+    with fsutil.faults("counting the rows of", url):
+        if not fs.exists(path):
+            return 0
+        return sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in fs.ls(path, detail=False)
+                   if p.endswith(PARQUET))
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -81,7 +100,8 @@ def write_npy(url: str, matrix: np.ndarray) -> None:
 def read_npy(url: str) -> np.ndarray | None:
     """A matrix written by :func:`write_npy`, or None when there is none."""
     fs, path = fsutil.url_to_fs(url)
-    return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) if fs.exists(path) else None
+    with fsutil.faults("reading", url):
+        return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) if fs.exists(path) else None
 
 
 def open_dataset(url: str) -> Any:
@@ -116,13 +136,14 @@ def read_vectors(url: str, column: str = "embedding") -> tuple[np.ndarray, np.nd
     x = np.empty((n, d), np.float32)
     ids = np.empty(n, np.int64)
     pos = 0
-    for batch in dataset.to_batches(columns=["id", column], batch_readahead=1, fragment_readahead=1):
-        m = batch.num_rows
-        if pos + m > n:
-            raise DataError(f"{url} changed while it was read; try again")
-        ids[pos : pos + m] = batch.column(0).to_numpy(zero_copy_only=False)
-        x[pos : pos + m] = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(m, d)
-        pos += m
+    with fsutil.faults("reading", url):
+        for batch in dataset.to_batches(columns=["id", column], batch_readahead=1, fragment_readahead=1):
+            m = batch.num_rows
+            if pos + m > n:
+                raise DataError(f"{url} changed while it was read; try again")
+            ids[pos : pos + m] = batch.column(0).to_numpy(zero_copy_only=False)
+            x[pos : pos + m] = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(m, d)
+            pos += m
     if pos != n:
         raise DataError(f"{url} changed while it was read; try again")
     return x, ids

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from nuscenes_fixture import pack, upload_file
 
+from job import fsutil
+from job.errors import StorageError
 from job.sources import archive_reader as archives
 from job.sources.archive_reader import ArchiveError, ArchiveReader
 
@@ -162,7 +164,7 @@ def test_s3_ranged_reads_with_retry(tmp_path, s3_bucket, monkeypatch):
 
     monkeypatch.setattr(s3fs.S3FileSystem, "cat_file", flaky)
     s3fs.S3FileSystem.clear_instance_cache()  # cached instances carry their own bound sync methods
-    monkeypatch.setattr(archives, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(fsutil, "READ_BACKOFF_S", 0.01)
     reader = ArchiveReader(url, block_size=16 << 10, prefetch=3)
     got = _read_all(reader)
     assert list(got.values()) == list(files.values())
@@ -172,15 +174,15 @@ def test_s3_ranged_reads_with_retry(tmp_path, s3_bucket, monkeypatch):
 
 
 def test_retry_gives_up_and_does_not_retry_missing(monkeypatch):
-    monkeypatch.setattr(archives, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(fsutil, "READ_BACKOFF_S", 0.0)
     n = {"calls": 0}
 
     def boom():
         n["calls"] += 1
         raise TimeoutError("slow")
 
-    with pytest.raises(TimeoutError):
-        archives.retry(boom, "x", retries=2)
+    with pytest.raises(StorageError, match=r"^GET x failed after 3 tries .*TimeoutError: slow.*run the same command"):
+        archives.retry(boom, "GET x", retries=2)
     assert n["calls"] == 3
 
     def missing():

@@ -183,7 +183,7 @@ def test_id_and_image_queries(server: str, served_run: Path) -> None:
     ("/api/search?text=x&where=id+IN+(SELECT+1+FROM+read_csv(%27%2Fetc%2Fpasswd%27))", 400, "disabled"),
     ("/api/search?text=x&channel=CAM_TOP", 400, "valid choices: CAM_FRONT"),
     ("/api/search?text=x&night=maybe", 400, "not a yes/no value"),
-    ("/api/search?id=12", 400, "is not in"),
+    ("/api/search?id=12", 404, "is not in"),  # NotFound, like a thumbnail of an unknown id
     ("/api/thumb/12", 404, "is not in"),
     ("/api/thumb/abc", 400, "not an integer"),
     ("/api/nothing", 404, "Not Found"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from job import sources
+from job import fsutil, sources
 from job.config import SourceConfig, UsageError
 from job.nuscenes import META_FIELDS
 from job.sources import ImageRecord, Selection, fanin, open_source
@@ -430,7 +430,7 @@ def test_s3_prefix_read_retries_and_read_errors(nuscenes_dataroot, s3_data, monk
 
     monkeypatch.setattr(s3fs.S3FileSystem, "cat_file", flaky)
     s3fs.S3FileSystem.clear_instance_cache()  # cached instances carry their own bound sync methods
-    monkeypatch.setattr(archives, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(fsutil, "READ_BACKOFF_S", 0.0)
     recs, src = _records(SourceConfig(sources=(s3_data["prefix"],)))
     errors = {r.path for r in recs if r.error}
     assert errors == {p for p in nuscenes_dataroot.keyframes if "CAM_BACK_LEFT" in p}

@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import Sequence
 
+from .. import fsutil
 from ..errors import JobError
 from .args import config_from_args
 from .options import (  # re-exported for the cmd_* modules
@@ -69,8 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
         return int(args.handler(cfg, args) or 0)
     except JobError as exc:
+        log.debug("%s failed", args.command, exc_info=True)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if not fsutil.is_transport_error(exc):
+            raise
+        # a storage or network fault that no step turned into a StorageError: still one line, no traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"{parser.prog} {args.command}: error: storage or network fault ({fsutil.describe_fault(exc)}); "
+              "committed work is kept: run the same command to resume (--log-level DEBUG shows where)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         log.warning("interrupted; committed shards are kept and the same command resumes")
         return 130

@@ -95,7 +95,8 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
         output=OutputConfig(out=out, part_size=a.get("part_size", d.output.part_size),
                             part_seconds=a.get("part_seconds", d.output.part_seconds),
                             npy=bool(a.get("npy", False)), overwrite=bool(a.get("overwrite", False)),
-                            publish=a.get("publish", None) or a.get("to", None)),
+                            publish=a.get("publish", None) or a.get("to", None),
+                            lease_timeout=a.get("lease_timeout", d.output.lease_timeout)),
         index=_index(a),
         project=ProjectConfig(
             enabled=not a.get("no_project", False), fit_sample=a.get("fit_sample", d.project.fit_sample),

@@ -7,7 +7,7 @@ import logging
 from ..config import DEFAULT_SOURCE, JobConfig
 from ..embed import embed
 from ..pipeline import run_pipeline
-from ..runfolder import RunLayout, write_manifest
+from ..runfolder import RunLayout
 from ..steps import summary
 from .options import (
     add_common_options,
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 def _embed(cfg: JobConfig, args: argparse.Namespace) -> int:
     layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     manifest = embed(cfg)
-    write_manifest(layout, manifest)
     log.info(summary(manifest, layout))
     return 0
 

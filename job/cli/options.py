@@ -174,6 +174,10 @@ def add_output_options(p: argparse.ArgumentParser, *, out_help: str, default_out
                    help=f"images per committed part, i.e. parquet file (default {o.part_size})")
     g.add_argument("--shard-seconds", dest="part_seconds", type=number, default=o.part_seconds,
                    help=f"commit a part at least this often, in seconds (default {o.part_seconds:g})")
+    g.add_argument("--lease-timeout", type=number, default=o.lease_timeout, metavar="SECONDS",
+                   help="one writer per output: another writer's lease (_LEASE) counts as abandoned after this long "
+                        f"without a heartbeat and is taken over (default {o.lease_timeout:g}); a live one makes this "
+                        "command stop at once with exit 75")
 
 
 def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> None:

@@ -27,7 +27,7 @@ from ..nuscenes import (
     table_of,
 )
 from .archive_reader import ArchiveError, ArchiveMissing, ArchiveReader, Member
-from .base import ADMIT, DROP, STOP, VALID_KINDS, ImageRecord, Input, ReadPass, Selection
+from .base import ADMIT, DROP, STOP, VALID_KINDS, ImageRecord, Input, ReadPass, Selection, unreachable
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tgz", ".tar.gz", ".tar")
 SPOOL_MEMORY = 64 << 20  # spooled images kept in memory before going to a temporary file
@@ -111,7 +111,7 @@ class Archive(Input):
         except FileNotFoundError:
             raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
         except Exception as exc:
-            raise UsageError(f"cannot read source {url!r}: {type(exc).__name__}: {exc}") from None
+            raise unreachable("looking up", url, exc) from None
         if info.get("type") == "directory":
             raise UsageError(f"source {url!r} is a prefix named like an archive; valid: {VALID_KINDS}")
         self.size = int(info["size"]) if info.get("size") is not None else None

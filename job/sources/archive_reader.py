@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
 from .. import fsutil
+from ..errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ TAR_BUFSIZE = 1 << 20
 GZIP_BLOCK = 256 << 10  # isal's decompress-thread block: also the most a broken stream loses before the error
 S3_BLOCK = 16 << 20
 S3_PREFETCH = 4
-RETRIES = 5
-BACKOFF_S = 0.5
 _TRAILER_CHECK = 16 << 20  # bytes after the last member read to check it is only padding
 
 
@@ -56,12 +55,14 @@ class ArchiveMissing(ArchiveError):
 
 def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backoff: float | None = None,
           on_retry: Callable[[], None] | None = None) -> Any:
-    """Call ``fn``; on a transient error try again ``retries`` times, sleeping backoff·2^k between tries.
+    """Call ``fn``; on a transient error try again ``retries`` times, sleeping backoff·2^k between tries; then raise
+    a StorageError naming ``what`` (one line; the same command resumes).
 
-    Missing objects and denied access are not transient and raise at once. Defaults: RETRIES, BACKOFF_S.
+    Missing objects and denied access are not transient and raise at once. Defaults: ``fsutil.READ_RETRIES`` and
+    ``fsutil.READ_BACKOFF_S``, on top of botocore's own retries (``fsutil.S3_CONFIG``).
     """
-    retries = RETRIES if retries is None else retries
-    backoff = BACKOFF_S if backoff is None else backoff
+    retries = fsutil.READ_RETRIES if retries is None else retries
+    backoff = fsutil.READ_BACKOFF_S if backoff is None else backoff
     for attempt in range(retries + 1):
         try:
             return fn()
@@ -69,6 +70,10 @@ def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backo
             raise
         except Exception as exc:  # botocore / aiohttp / OS errors all look different
             if attempt == retries:
+                if fsutil.is_transport_error(exc):
+                    raise StorageError(f"{what} failed after {retries + 1} tries of {fsutil.S3_MAX_ATTEMPTS} attempts "
+                                       f"({fsutil.describe_fault(exc)}); committed work is kept: run the same command "
+                                       "to resume") from exc
                 raise
             delay = backoff * (2 ** attempt)
             log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc,
@@ -222,10 +227,28 @@ class _MemberReader:
         try:
             return self._f.read(n)
         except Exception as exc:
-            err = exc if isinstance(exc, ArchiveError) else ArchiveError(_describe(exc), self._name)
+            err = _archive_error(exc, self._name)
             if self._stats is not None:
                 self._stats.error = str(err)
             raise err from exc
+
+
+def storage_fault(exc: BaseException) -> StorageError | None:
+    """The StorageError behind ``exc`` (raised by a range read, possibly re-raised through gzip or tar), if any: the
+    network failed, the archive is not damaged."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, StorageError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _archive_error(exc: BaseException, member: str | None = None) -> Exception:
+    """What a failure while streaming becomes: its StorageError (network), else an ArchiveError (damaged data)."""
+    return storage_fault(exc) or (exc if isinstance(exc, ArchiveError) else ArchiveError(_describe(exc), member))
 
 
 def _describe(exc: BaseException) -> str:
@@ -295,6 +318,8 @@ class ArchiveReader:
                 raw, _ = open_raw(self.url, self.anon, block_size=self.block_size, prefetch=self.prefetch)
             except FileNotFoundError:
                 raise ArchiveMissing(f"archive missing: {self.url} does not exist") from None
+            except StorageError:
+                raise
             except Exception as exc:
                 raise ArchiveError(f"archive unreadable: cannot open {self.url} ({type(exc).__name__}: {exc})") from exc
             counted_raw = self._counted_raw = _Counting(raw)
@@ -305,14 +330,14 @@ class ArchiveReader:
             try:
                 tar = tarfile.open(fileobj=counted, mode="r|", bufsize=TAR_BUFSIZE)
             except tarfile.ReadError as exc:
-                raise ArchiveError(f"not a tar archive: {_describe(exc)}") from exc
+                raise storage_fault(exc) or ArchiveError(f"not a tar archive: {_describe(exc)}") from exc
             except Exception as exc:
-                raise ArchiveError(_describe(exc)) from exc
+                raise _archive_error(exc) from exc
             while stop is None or not stop.is_set():
                 try:
                     info = tar.next()
                 except Exception as exc:
-                    raise ArchiveError(_describe(exc), current) from exc
+                    raise _archive_error(exc, current) from exc
                 if info is None:
                     self._check_trailer(tar, counted, current)
                     self.stats.complete = True
@@ -321,7 +346,7 @@ class ArchiveReader:
                 current = info.name
                 self.stats.members += 1
                 yield Member(info.name, info.size, info.isreg(), tar, info, self.stats)
-        except ArchiveError as exc:
+        except (ArchiveError, StorageError) as exc:
             self.stats.error = str(exc)
             raise
         finally:
@@ -340,7 +365,7 @@ class ArchiveReader:
         try:
             rest = counted.read(_TRAILER_CHECK)
         except Exception as exc:
-            raise ArchiveError(_describe(exc), None) from exc
+            raise _archive_error(exc) from exc
         if (buffered and buffered.strip(b"\0")) or rest.strip(b"\0"):
             raise ArchiveError(f"corrupt tar archive: bad header after member {last or '(none)'}; "
                                "the rest of the archive is unreadable")

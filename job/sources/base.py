@@ -9,7 +9,9 @@ from typing import AbstractSet, Any, Iterable, Iterator, Mapping, Protocol
 
 import pyarrow as pa
 
+from .. import fsutil
 from ..config import CAMERA_CHANNELS
+from ..errors import StorageError, UsageError
 from ..nuscenes import IMAGE_EXTENSIONS, LAYOUT_DIRS, MetaIndex, NuScenesTables, is_version_dir
 from ..runfolder import path_id
 
@@ -233,3 +235,11 @@ def layout_subdirs(sub: str, sel: Selection, present: Iterable[str]) -> list[str
         return None
     folders = ["samples"] + ([] if sel.keyframes_only else ["sweeps"])
     return [f"{f}/{c}" for f in folders if f in present for c in sorted(sel.channels)]
+
+
+def unreachable(op: str, url: str, exc: Exception) -> Exception:
+    """A source that cannot be reached is a fault of the network or the store (exit 1), not of the command line."""
+    if isinstance(exc, PermissionError):
+        return UsageError(f"cannot read source {url!r}: access denied ({exc}); check the credentials or pass --anon")
+    return StorageError(f"{op} source {url} failed ({fsutil.describe_fault(exc)}): the source cannot be reached; "
+                        "check the network (and --anon for public buckets), then run the same command")

@@ -6,6 +6,7 @@ import queue
 import threading
 from typing import AbstractSet, Iterator, Sequence, cast
 
+from ..errors import StorageError
 from .base import ImageRecord, Input, ReadPass
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,16 @@ QUEUE_SIZE = 256  # records between the reader threads and the consumer
 _DONE = object()  # what a reader thread puts last
 
 
+class _Fault:
+    """A storage fault in a reader thread, handed to the consumer to raise (the run stops; the same command resumes)."""
+
+    def __init__(self, error: StorageError) -> None:
+        self.error = error
+
+
 class _FanIn:
-    """``n_threads`` readers take the inputs in order, one at a time each; a broken input becomes one failure record."""
+    """``n_threads`` readers take the inputs in order, one at a time each; a broken input becomes one failure record,
+    a storage fault that outlasted the retries stops the pass (the consumer raises it)."""
 
     def __init__(self, inputs: Sequence[Input], p: ReadPass, skip: AbstractSet[str], n_threads: int) -> None:
         self.p, self.skip = p, skip
@@ -35,6 +44,8 @@ class _FanIn:
                 if item is _DONE:
                     done += 1
                     continue
+                if isinstance(item, _Fault):
+                    raise item.error
                 yield cast(ImageRecord, item)
         finally:
             self._stop()
@@ -78,6 +89,9 @@ class _FanIn:
             for rec in source.produce(self.p):
                 if not self._put(rec):
                     return False
+        except StorageError as exc:  # the network, not the data: stop; the same command resumes
+            self._put(_Fault(exc))
+            return False
         except Exception as exc:  # noqa: BLE001 - a broken input ends as a failure, not a crash
             log.exception("reading %s failed", source.url)
             self.p.error(f"{source.url}: {type(exc).__name__}: {exc}")

@@ -39,7 +39,7 @@ from .archive import (
     tables_from_archive,
     tables_from_location,
 )
-from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection
+from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, unreachable
 from .fanin import fan_in
 from .local import LocalDir
 from .s3 import S3Prefix
@@ -224,7 +224,7 @@ def _expand(uri: str, anon: bool | None) -> list[str]:
         try:
             matches = sorted(f"{protocol}://{m}" for m in fs.glob(path))
         except Exception as exc:
-            raise UsageError(f"cannot list {uri!r}: {type(exc).__name__}: {exc}") from None
+            raise unreachable("listing", uri, exc) from None
     if not matches:
         raise UsageError(f"source {uri!r} matches nothing; valid: {VALID_KINDS}")
     return matches

@@ -5,10 +5,10 @@ import concurrent.futures as cf
 from typing import Any, Iterator
 
 from .. import fsutil
-from ..errors import UsageError
+from ..errors import StorageError, UsageError
 from ..nuscenes import dataroot_relative, find_version_dirs
 from .archive_reader import retry
-from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, layout_subdirs, split_dataroot
+from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, layout_subdirs, split_dataroot, unreachable
 
 S3_READERS = 16  # concurrent GETs for loose files under an s3:// prefix
 
@@ -28,7 +28,7 @@ class S3Prefix(Input):
         except FileNotFoundError:
             raise UsageError(f"source {url!r} does not exist; valid: {VALID_KINDS}") from None
         except Exception as exc:
-            raise UsageError(f"cannot list source {url!r}: {type(exc).__name__}: {exc}") from None
+            raise unreachable("listing", url, exc) from None
         dirs = layout_subdirs(sub, sel, present)
         tops = [f"{self.dataroot}/{d}" for d in dirs] if dirs is not None else [path.rstrip("/")]
         found = self._find(tops, sel)
@@ -77,6 +77,8 @@ class S3Prefix(Input):
                 rel, fut = window.pop(0)
                 try:
                     data = fut.result()
+                except StorageError:
+                    raise  # the network, not the object: the run stops and the same command resumes
                 except Exception as exc:  # noqa: BLE001 - one unreadable object must not end the run
                     p.count("read_errors")
                     yield ImageRecord(path=rel, error=f"read error: {type(exc).__name__}: {exc}")
