@@ -192,7 +192,7 @@ def test_search_cli_where_and_shorthands(nuscenes_run: Path, capsys: pytest.Capt
     (["--where", "colour = 'red'"], "valid columns: id, path"),
     (["--where", "channel ="], "not a valid SQL condition"),
     (["--where", ""], "--where is empty"),
-    (["--channel", "CAM_TOP"], "unknown --channel 'CAM_TOP'; valid choices: CAM_FRONT"),
+    (["--channel", "CAM_TOP"], "--channel 'CAM_TOP' is not a channel; valid choices: CAM_FRONT"),
 ])
 def test_bad_filters_exit_2_with_one_line(nuscenes_run: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                           message: str) -> None:
