@@ -45,3 +45,20 @@ def unmount(path: Path) -> None:
     if mounted(path):
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def probe(bucket: str, endpoint: str, mountpoint: Path) -> str | None:
+    """Mount ``bucket`` once with s3fs as the script will (anonymous, read-only): why it cannot, or None.
+
+    /dev/fuse can exist where mounting is still not allowed (a container without CAP_SYS_ADMIN, say): that is a
+    machine without FUSE for this purpose, not a failure of the script."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["s3fs", bucket, str(mountpoint), "-o", "ro", "-o", "public_bucket=1", "-o", f"url={endpoint}",
+                           "-o", "endpoint=us-east-1", "-o", "use_path_request_style"],
+                          capture_output=True, text=True, timeout=60)
+    try:
+        if proc.returncode != 0 or mounted(mountpoint) != "fuse.s3fs":
+            return f"s3fs could not mount here (exit {proc.returncode}): {' '.join(proc.stderr.split())[:300]}"
+        return None
+    finally:
+        unmount(mountpoint)
