@@ -19,8 +19,19 @@ UV_COMPILE  := $(PY) -m uv pip compile pyproject.toml --generate-hashes --python
 NORMALIZE   := sed -E 's/[-_.]+/-/g' | tr 'A-Z' 'a-z' | sort -u
 CHECKOV_VERSION := 3.3.30
 CHECKOV     := $(VENV)/tools/checkov/bin/checkov
+# Node.js: jsii (the CDK's Python bridge) and the CDK CLI support Node 22 and 24; Node 20 is end-of-life. Where the
+# system's node is older (or missing), every recipe runs with the Node pinned in tools/node (the `node` package from
+# the npm registry, installed by setup), first on PATH.
+NODE_MIN_MAJOR := 22
+NODE_MAJOR  := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+ifeq ($(shell [ "$(NODE_MAJOR)" -ge "$(NODE_MIN_MAJOR)" ] && echo ok),ok)
+PINNED_NODE :=
+else
+PINNED_NODE := tools/node/node_modules/.installed
+export PATH := $(CURDIR)/tools/node/node_modules/.bin:$(PATH)
+endif
 
-.PHONY: setup run test test-fast lint lock preflight status checkov bench clean
+.PHONY: setup run test test-fast lint lock preflight deploy destroy status checkov bench clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -38,8 +49,14 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-node_modules/.installed: package.json package-lock.json
+node_modules/.installed: package.json package-lock.json $(PINNED_NODE)
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Only where the system's node is older than NODE_MIN_MAJOR (see above): a Node 24 binary from the npm registry.
+tools/node/node_modules/.installed: tools/node/package.json tools/node/package-lock.json
+	cd tools/node && npm ci --no-audit --no-fund --loglevel=error
+	tools/node/node_modules/.bin/node --version
 	touch $@
 
 # Re-resolve after editing pyproject.toml: keeps every pin that still fits (LOCK_ARGS=--upgrade to move them all,
@@ -75,6 +92,17 @@ status: $(STAMP)
 preflight: $(STAMP)
 	$(PY) -m cdk.preflight $(ARGS)
 
+# A deploy that passes the preflight first (it refuses to replace a run the stack still runs, among others):
+# make deploy ARGS="-c dataset=mini"
+deploy: setup
+	$(PY) -m cdk.preflight $(ARGS)
+	npx cdk deploy $(ARGS)
+
+# Prints what the destroy keeps and the one command that brings the run back, then destroys: make destroy [ARGS=...]
+destroy: setup
+	$(PY) -m cdk.teardown $(ARGS)
+	npx cdk destroy $(ARGS)
+
 # checkov pins its own dependencies below ours (packaging, urllib3, networkx), so it lives in its own venv; the
 # tests run it on the synthesized template when it is there (tests/test_cdk_lint.py).
 checkov: $(CHECKOV)
@@ -94,4 +122,4 @@ bench: $(STAMP)
 	$(PY) bench/gpu_throughput.py
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out .pytest_cache
+	rm -rf $(VENV) node_modules tools/node/node_modules cdk.out .pytest_cache

@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Size
+from aws_cdk import Duration, Size
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from . import constants as C
@@ -45,6 +44,24 @@ def retry_strategies() -> list[batch.RetryStrategy]:
         batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.custom(on_exit_code=str(C.EXIT_STOPPED))),
         batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
     ]
+
+
+def time_limit_actions() -> list[batch.JobStateTimeLimitAction]:
+    """Cancel a job that Batch reports blocked in RUNNABLE: without these a queued run waits forever.
+
+    Batch acts on the job at the head of the queue once it has been blocked for ``max_time`` with that reason; the
+    job then ends FAILED with "Canceled by JobStateTimeLimit action due to reason: <reason>", which the run records
+    (``cdk/batch_notes.py``) and ``job status`` shows. No capacity may come back, so it gets an hour; a job that asks
+    more than the compute environment or any instance offers never starts, so it gets Batch's minimum.
+    """
+    cancel, runnable = batch.JobStateTimeLimitActionsAction.CANCEL, batch.JobStateTimeLimitActionsState.RUNNABLE
+    waits = [
+        (batch.JobStateTimeLimitActionsReason.INSUFFICIENT_INSTANCE_CAPACITY, C.BATCH_CAPACITY_WAIT_MINUTES),
+        (batch.JobStateTimeLimitActionsReason.COMPUTE_ENVIRONMENT_MAX_RESOURCE, C.BATCH_MISCONFIGURATION_WAIT_MINUTES),
+        (batch.JobStateTimeLimitActionsReason.JOB_RESOURCE_REQUIREMENT, C.BATCH_MISCONFIGURATION_WAIT_MINUTES),
+    ]
+    return [batch.JobStateTimeLimitAction(action=cancel, state=runnable, reason=reason, max_time=Duration.minutes(minutes))
+            for reason, minutes in waits]
 
 
 class BatchCompute(Construct):
@@ -118,6 +135,7 @@ class BatchCompute(Construct):
             "Queue",
             priority=1,
             compute_environments=[batch.OrderedComputeEnvironment(compute_environment=self.compute_environment, order=1)],
+            job_state_time_limit_actions=time_limit_actions(),
         )
 
         self._vcpus, self._memory_mib = job_size(instance_types)
@@ -163,101 +181,3 @@ class BatchCompute(Construct):
     def execution_roles(self) -> list[iam.IRole]:
         """The roles the ECS agent pulls the image with (one per container definition)."""
         return [c.execution_role for c in (self.shard_container, self.merge_container)]
-
-
-class Submission(Construct):
-    """Submits the run when the stack deploys: the array of N shards (one job when N = 1), then the merge, which
-    depends on the array, so Batch starts it once every child succeeded and fails it if one fails for good.
-
-    Two SDK calls through CDK's AwsCustomResource (a Lambda CloudFormation invokes on create, update, delete). A new
-    deploy (a new run id) submits new jobs; deleting the stack or replacing the run terminates this run's jobs.
-    Its role may submit to this queue with these two job definitions, and terminate jobs.
-    """
-
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        queue: batch.IJobQueue,
-        shard_job: batch.IJobDefinition,
-        merge_job: batch.IJobDefinition,
-        shards: int,
-        job_name: str,
-        log_retention: logs.RetentionDays,
-    ) -> None:
-        super().__init__(scope, construct_id)
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
-        self.role = iam.Role(
-            self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="vit-embed: submit this run's Batch jobs on deploy, terminate them on delete",
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                sid="WriteOwnLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[self.log_group.log_group_arn]
-            )
-        )
-        job_arns = f"arn:{Aws.PARTITION}:batch:{Aws.REGION}:{Aws.ACCOUNT_ID}:job/*"
-        array = {"arrayProperties": {"size": shards}} if shards > 1 else {}
-        self.shards = self._submit(
-            "Shards",
-            {"jobName": f"{job_name}-shards", "jobQueue": queue.job_queue_arn, "jobDefinition": shard_job.job_definition_arn, **array},
-            [queue.job_queue_arn, shard_job.job_definition_arn],
-            job_arns,
-        )
-        self.merge = self._submit(
-            "Merge",
-            {
-                "jobName": f"{job_name}-merge",
-                "jobQueue": queue.job_queue_arn,
-                "jobDefinition": merge_job.job_definition_arn,
-                "dependsOn": [{"jobId": self.shards_job_id}],
-            },
-            [queue.job_queue_arn, merge_job.job_definition_arn],
-            job_arns,
-        )
-
-    def _submit(self, construct_id: str, parameters: dict, submit_to: list[str], job_arns: str) -> cr.AwsCustomResource:
-        submit = cr.AwsSdkCall(
-            service="Batch",
-            action="submitJob",
-            parameters=parameters,
-            physical_resource_id=cr.PhysicalResourceId.from_response("jobId"),
-            output_paths=["jobId", "jobName"],
-        )
-        return cr.AwsCustomResource(
-            self,
-            construct_id,
-            resource_type="Custom::BatchSubmitJob",
-            on_create=submit,
-            on_update=submit,  # a changed run (new run id, new job definition) is a new submission
-            on_delete=cr.AwsSdkCall(
-                service="Batch",
-                action="terminateJob",
-                parameters={"jobId": cr.PhysicalResourceIdReference(), "reason": "vit-embed: the run's stack was deleted or replaced"},
-                # Batch forgets finished jobs after a while; terminating one it no longer knows is nothing to do.
-                ignore_error_codes_matching="ClientException",
-            ),
-            policy=cr.AwsCustomResourcePolicy.from_statements(
-                [
-                    iam.PolicyStatement(sid="SubmitThisRun", actions=["batch:SubmitJob"], resources=submit_to),
-                    # Job ids exist only once submitted: the ARN ends in the id (acknowledged in nag.py).
-                    iam.PolicyStatement(sid="TerminateThisRun", actions=["batch:TerminateJob"], resources=[job_arns]),
-                ]
-            ),
-            role=self.role,
-            log_group=self.log_group,
-            install_latest_aws_sdk=False,  # the runtime's SDK: no download from npm at deploy time
-            timeout=Duration.minutes(2),
-        )
-
-    @property
-    def shards_job_id(self) -> str:
-        return self.shards.get_response_field("jobId")
-
-    @property
-    def merge_job_id(self) -> str:
-        return self.merge.get_response_field("jobId")
-

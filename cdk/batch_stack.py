@@ -3,26 +3,35 @@ engine's stack, then AWS Batch (cdk/batch.py) instead of the Auto Scaling group:
 merge after them, submitted on deploy; the grants, and how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Annotations, Aws, CfnOutput, CfnResource, Stack, Tags
+from aws_cdk import Annotations, Aws, CfnResource, Stack, Tags
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
-from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from . import constants as C
-from .batch import BatchCompute, Submission
+from .batch import BatchCompute
+from .batch_notes import BatchNotes
 from .checkov import skip
 from .config import RunConfig
-from .stack import CROSS_REGION_WARNING, EmbeddingRunStack, _retention, add_shared, cross_region_message
+from .outputs import batch_outputs
+from .stack import (
+    CROSS_REGION_WARNING,
+    NEW_RUN_WARNING,
+    EmbeddingRunStack,
+    _retention,
+    add_shared,
+    cross_region_message,
+    new_run_message,
+)
+from .submission import Submission
 
-# The Lambda behind CDK's AwsCustomResource (one per stack) submits the jobs: checkov's Lambda checks, justified.
-SUBMIT_FUNCTION_ID = "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
+# The Lambda that submits the jobs (cdk/submission.py): checkov's Lambda checks, justified.
 SUBMIT_FUNCTION_CHECKS = {
-    "CKV_AWS_115": "CDK's AwsCustomResource provider that submits this run's Batch jobs: CloudFormation calls it twice "
-    "per deploy (the shards, the merge) and once per job on delete, so a reserved-concurrency limit guards nothing.",
-    "CKV_AWS_116": "CDK's AwsCustomResource provider: CloudFormation invokes it synchronously and receives its failure "
-    "as a failed resource (the deploy rolls back); a dead-letter queue would hold events nobody replays.",
-    "CKV_AWS_117": "CDK's AwsCustomResource provider: it calls only the Batch API, so it needs no VPC; putting it in one "
+    "CKV_AWS_115": "The run's submission handler (Custom::BatchRun): CloudFormation calls it once per deploy and once on "
+    "delete, so a reserved-concurrency limit guards nothing.",
+    "CKV_AWS_116": "The run's submission handler: CloudFormation invokes it synchronously and receives its failure as a "
+    "failed resource (the deploy rolls back); a dead-letter queue would hold events nobody replays.",
+    "CKV_AWS_117": "The run's submission handler: it calls only the Batch API, so it needs no VPC; putting it in one "
     "would need a NAT gateway or interface endpoints for a function that runs seconds per deploy.",
 }
 _RW = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
@@ -73,6 +82,8 @@ class BatchRunStack(Stack):
         Tags.of(self).add("run-id", cfg.run_id)
         if cfg.cross_region:
             Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
+        if not cfg.run_id_pinned:
+            Annotations.of(self).add_warning_v2(NEW_RUN_WARNING, new_run_message(cfg))
         many = archives_message(cfg)
         if many:
             Annotations.of(self).add_warning_v2(MANY_ARCHIVES_WARNING, many)
@@ -107,14 +118,23 @@ class BatchRunStack(Stack):
             merge_job=self.compute.merge_job,
             shards=cfg.shards,
             job_name=f"{cfg.stack_name}-{cfg.run_id}".replace(".", "-")[:110],
+            run_id=cfg.run_id,
+            deployed_at=cfg.synth_time,
             log_retention=_retention(cfg.log_retention_days),
         )
+        # Why Batch ended a job FAILED (e.g. cancelled after waiting in RUNNABLE), where job status reads it.
+        self.notes = BatchNotes(self, "Notes", queue=self.compute.queue, bucket=bucket, run_prefix=cfg.run_prefix,
+                                log_retention=_retention(cfg.log_retention_days))
+        # The rule must listen before the first job can fail.
+        self.submission.node.add_dependency(self.notes)
+        if self.network.internet_connectivity is not None:  # hosts pull the image and reach S3 from their first boot
+            self.compute.compute_environment.node.add_dependency(self.network.internet_connectivity)
         self._grant(cfg)
-        self._outputs(cfg)
-        for res in self.node.find_all():
-            if isinstance(res, CfnResource) and res.cfn_resource_type == "AWS::Lambda::Function" and SUBMIT_FUNCTION_ID in res.node.path:
-                for check_id, comment in SUBMIT_FUNCTION_CHECKS.items():
-                    skip(res, check_id, comment)
+        batch_outputs(self, cfg)
+        handler = self.submission.function.node.default_child
+        assert isinstance(handler, CfnResource)
+        for check_id, comment in SUBMIT_FUNCTION_CHECKS.items():
+            skip(handler, check_id, comment)
 
     def _container_image(self) -> ecs.ContainerImage:
         """The job image as Batch pulls it: the image CDK built and pushed (asset), or the given URI."""
@@ -151,38 +171,3 @@ class BatchRunStack(Stack):
         if self.image.docker_asset is None:  # an ECR URI: the agent pulls it with the execution roles
             for execution_role in self.compute.execution_roles:
                 self.image.grant_pull(execution_role)
-
-    # -- outputs: everything a user needs to follow the run ------------------------------------------------------------
-    def _outputs(self, cfg: RunConfig) -> None:
-        bucket = self.storage.artifacts.bucket_name
-        region = cfg.region
-        group = self.log_group.log_group_name
-        shards_id, merge_id = self.submission.shards_job_id, self.submission.merge_job_id
-        CfnOutput(self, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/")
-        CfnOutput(
-            self, "AccessLogBucket", value=self.storage.access_logs.bucket_name,
-            description="server access logs of the artifacts bucket (kept by cdk destroy, like the artifacts)",
-        )
-        CfnOutput(self, "RunPrefix", value=self.run_uri, description="this run's artifacts; shards/I/ holds shard I")
-        CfnOutput(self, "LogGroup", value=group, description="CloudWatch Logs group with the containers' logs")
-        CfnOutput(self, "JobQueue", value=self.compute.queue.job_queue_name, description="the run's AWS Batch job queue")
-        CfnOutput(self, "ShardsJobId", value=shards_id, description=f"the array job of {cfg.shards} shard(s)")
-        CfnOutput(self, "MergeJobId", value=merge_id, description="the merge job (starts once every shard succeeded)")
-        CfnOutput(
-            self, "StatusCommand", value=f"python -m job status {self.run_uri} --watch",
-            description="every shard's progress and the merge's, from S3 (the repository's venv)",
-        )
-        CfnOutput(
-            self, "JobsCommand",
-            value=f"aws batch describe-jobs --region {region} --jobs {shards_id} {merge_id} "
-                  "--query 'jobs[].[jobName,status,statusReason,arrayProperties.statusSummary]'",
-            description="what Batch says: job states, array children per state, why a job failed",
-        )
-        CfnOutput(
-            self, "FollowLogsCommand", value=f"aws logs tail {group} --follow --log-stream-name-prefix {cfg.run_id}/ --region {region}",
-            description="follow the containers' logs (one stream per attempt of each child and of the merge)",
-        )
-        CfnOutput(
-            self, "NotebookCommand", value=f"RUN_URI={self.run_uri} jupyter lab {C.NOTEBOOK}",
-            description="open the UMAP notebook against this run",
-        )

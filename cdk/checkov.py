@@ -44,7 +44,7 @@ def _cfn_resources(stack: Stack) -> list[CfnResource]:
     return [c for c in stack.node.find_all() if isinstance(c, CfnResource)]
 
 
-def acknowledge_checkov(stack: Stack, *, access_log_bucket: IConstruct) -> None:
+def acknowledge_checkov(stack: Stack, *, access_log_bucket: IConstruct | None) -> None:
     """Justify, resource by resource, the checkov checks this stack does not meet."""
     for res in _cfn_resources(stack):
         if res.cfn_resource_type == "AWS::Logs::LogGroup":
@@ -52,6 +52,8 @@ def acknowledge_checkov(stack: Stack, *, access_log_bucket: IConstruct) -> None:
         elif res.cfn_resource_type == "AWS::Lambda::Function" and "CustomResourceProvider" in res.node.path:
             for check_id, comment in PROVIDER_LAMBDA.items():
                 skip(res, check_id, comment)
+    if access_log_bucket is None:  # an existing artifacts bucket: this stack creates no log bucket
+        return
     bucket = access_log_bucket.node.default_child
     assert isinstance(bucket, CfnResource)
     skip(bucket, *ACCESS_LOG_BUCKET_LOGGING)

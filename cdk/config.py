@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from . import constants as C
 from .context_values import (  # the value parsers; ConfigError is re-exported for app.py and the tests
-    _AZ,
+    _BUCKET,
     _ECR_IMAGE,
     _REGION,
     _RUN_ID,
@@ -20,7 +20,10 @@ from .context_values import (  # the value parsers; ConfigError is re-exported f
     _STACK_NAME,
     _SUBNET_ID,
     _VPC_ID,
+    CONTEXT_KEYS,
+    REMOVED_KEYS,
     ConfigError,
+    _azs,
     _bool,
     _channels,
     _choice,
@@ -41,51 +44,6 @@ CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
 def cdk_json_context() -> dict[str, Any]:
     """The ``context`` block of the repository's cdk.json (what the CLI feeds the app)."""
     return dict(json.loads(CDK_JSON.read_text()).get("context", {}))
-
-
-
-# Every context key the app reads, with a one-line description (docs/cloud.md lists the same keys).
-CONTEXT_KEYS: dict[str, str] = {
-    "region": "AWS region of the stack (default ap-northeast-1, the nuScenes bucket's region)",
-    "instance_types": "GPU instance types in order of preference, comma-separated: any g5 / g6 / g6e size",
-    "market": "on-demand or spot",
-    "spot_fallback": "with market=spot: none, or on-demand to launch on-demand when spot has no capacity",
-    "max_run_hours": "hard stop: the instance powers off after this many hours, the group is set to 0 soon after",
-    "dataset": "trainval (10 keyframe archives + meta) or mini",
-    "sources": "comma-separated job sources replacing the dataset's (s3://..., https://..., or under /mnt/nuscenes)",
-    "nuscenes_meta": "nuScenes tables archive/folder for custom sources (none: the job finds tables in the source)",
-    "model": "open_clip architecture passed to the job",
-    "pretrained": "weights tag passed to the job",
-    "pool": "mean or cls",
-    "resize_mode": "pad, crop or squash",
-    "index_type": "auto, flat, ivfpq or hnsw",
-    "channels": "comma-separated camera channels",
-    "include_sweeps": "also embed non-keyframe images (true/false)",
-    "log_level": "job log level",
-    "image": "build (the instance builds docker/Dockerfile), asset (cdk deploy builds it with local Docker), or an image URI",
-    "run_id": "name of the run prefix runs/<run_id>/ (default: <dataset>-<UTC timestamp at synth>)",
-    "vpc_id": "use this existing VPC instead of creating one (needs subnet_id)",
-    "subnet_id": "subnets of vpc_id for the instance, comma-separated (one per AZ); they must route to the internet",
-    "max_azs": "number of AZs (one subnet each) the new VPC spans and the instance may launch in",
-    "availability_zone": "pin the new VPC (and instance) to this one AZ instead",
-    "nat_gateway": "put the instance in a private subnet behind one NAT gateway (true/false)",
-    "root_volume_gb": "encrypted gp3 root volume size in GiB",
-    "ami_ssm_parameter": "public SSM parameter holding the Deep Learning AMI id",
-    "retain_artifacts": "keep the artifacts and access-log buckets on cdk destroy (true/false)",
-    "artifact_retention_days": "lifecycle: delete run artifacts after this many days (0: never)",
-    "log_retention_days": "CloudWatch Logs retention of the job log group, in days",
-    "stack_name": "CloudFormation stack name",
-    "engine": "instance (one GPU instance, the default) or batch (AWS Batch: an array job of N shards, then the merge)",
-    "shards": "with engine=batch: N, the number of shards (array children, one GPU each), 1 to 100",
-}
-
-
-# Keys that earlier versions read; setting one stops synth with the reason instead of being silently ignored.
-REMOVED_KEYS: dict[str, str] = {
-    "shutdown_behavior": "the instance runs in an Auto Scaling group, which replaces a stopped instance; a finished "
-    "run always terminates (and sets the group to 0 first)",
-    "instance_type": "use instance_types, a comma-separated list in order of preference (e.g. instance_types=g6e.2xlarge)",
-}
 
 
 @dataclass(frozen=True)
@@ -113,7 +71,7 @@ class RunConfig:
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
     max_azs: int = C.DEFAULT_MAX_AZS
-    availability_zone: str | None = None
+    availability_zones: tuple[str, ...] = ()  # pinned AZs of the new VPC (none: the region's first max_azs)
     nat_gateway: bool = False
     root_volume_gb: int = C.DEFAULT_ROOT_VOLUME_GB
     ami_ssm_parameter: str = C.DEFAULT_AMI_SSM_PARAMETER
@@ -123,7 +81,12 @@ class RunConfig:
     stack_name: str = C.STACK_NAME
     engine: str = C.ENGINE_INSTANCE
     shards: int | None = None  # engine=batch only
-    # When the app was synthesized (UTC): the default run id and the outside deadline count from it.
+    artifacts_bucket: str | None = None  # an existing bucket (resume after cdk destroy) instead of a new one
+    replace_running: bool = False  # make preflight: a deploy may replace a run the stack still runs
+    run_id_pinned: bool = True  # False when run_id defaulted to <dataset>-<synth time>: every deploy is a new run
+    # The -c key=value pairs given beyond cdk.json's values (what a redeploy must repeat to be the same run).
+    context: tuple[tuple[str, str], ...] = ()
+    # When the app was synthesized (UTC): the default run id counts from it.
     synth_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
 
     @property
@@ -147,10 +110,9 @@ class RunConfig:
         return f"{self.stack_name}-{self.run_id}"
 
     @property
-    def deadline(self) -> _dt.datetime:
-        """When the schedule outside the instance sets the group to 0 (UTC, whole minutes)."""
-        at = self.synth_time + _dt.timedelta(minutes=self.max_run_minutes + C.DEADLINE_MARGIN_MINUTES)
-        return (at + _dt.timedelta(seconds=59)).replace(second=0, microsecond=0)
+    def deadline_minutes(self) -> int:
+        """How long after the instance's launch the schedule outside it sets the group to 0 (cdk/deadline.py)."""
+        return self.max_run_minutes + C.DEADLINE_MARGIN_MINUTES
 
     @property
     def image_uri(self) -> str | None:
@@ -230,7 +192,6 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "include_sweeps": _bool,
     "log_level": lambda k, v: _choice(k, str(v).upper(), C.LOG_LEVELS),
     "image": _image,
-    "availability_zone": lambda k, v: _pattern(k, v, _AZ, "ap-northeast-1a"),
     "nat_gateway": _bool,
     "root_volume_gb": lambda k, v: _number(k, v, _int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
     "ami_ssm_parameter": lambda k, v: _pattern(k, v, _SSM_PARAM, C.DEFAULT_AMI_SSM_PARAMETER),
@@ -240,7 +201,11 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "stack_name": lambda k, v: _pattern(k, v, _STACK_NAME, C.STACK_NAME),
     "engine": lambda k, v: _choice(k, v, C.ENGINES),
     "shards": lambda k, v: _number(k, v, _int, 1, C.MAX_SHARDS),
+    "artifacts_bucket": lambda k, v: _pattern(k, v, _BUCKET, "vitembeddrivedata-storageartifacts1a2b3c4d-0123456789ab"),
+    "replace_running": _bool,
 }
+# Keys that name where and how this deploy happens, not what the run is: a redeploy need not repeat them.
+_NOT_THE_RUN = ("run_id", "artifacts_bucket", "replace_running", "retain_artifacts")
 
 
 def _data_fields(raw: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
@@ -268,11 +233,28 @@ def _network_fields(raw: dict[str, Any]) -> dict[str, Any]:
         if not subnets:
             raise ConfigError("context subnet_id is empty; expected something like subnet-0123456789abcdef0")
         kw["subnet_ids"] = subnets
+    pinned = [k for k in ("availability_zones", "availability_zone") if k in raw]
+    if len(pinned) == 2:
+        raise ConfigError("context availability_zone and availability_zones say the same thing; set one "
+                          "(e.g. -c availability_zones=ap-northeast-1a,ap-northeast-1c)")
+    if pinned:
+        kw["availability_zones"] = _azs(pinned[0], raw[pinned[0]])
+        if pinned[0] == "availability_zone" and len(kw["availability_zones"]) > 1:
+            raise ConfigError("context availability_zone takes one AZ; use availability_zones for a list")
     if "max_azs" in raw:
-        if "vpc_id" in raw or "availability_zone" in raw:
-            raise ConfigError("context max_azs shapes a new VPC; it cannot be combined with vpc_id or availability_zone")
+        if "vpc_id" in raw or pinned:
+            raise ConfigError("context max_azs shapes a new VPC; it cannot be combined with vpc_id or availability_zone(s)")
         kw["max_azs"] = _number("max_azs", raw["max_azs"], _int, 1, C.MAX_MAX_AZS)
     return kw
+
+
+def _given_context(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The keys whose value differs from cdk.json's, as strings: what ``-c`` said about the run."""
+    defaults = cdk_json_context()
+    text = {k: (str(v).lower() if isinstance(v, bool) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+            for k, v in raw.items()}
+    default_text = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in defaults.items()}
+    return tuple((k, v) for k, v in text.items() if k not in _NOT_THE_RUN and v != default_text.get(k))
 
 
 def from_context(get: Callable[[str], Any]) -> RunConfig:
@@ -287,6 +269,10 @@ def from_context(get: Callable[[str], Any]) -> RunConfig:
     kw.update({key: parse(key, raw[key]) for key, parse in _FIELDS.items() if key in raw})
     kw.update(_data_fields(raw, now))
     kw.update(_network_fields(raw))
+    kw["run_id_pinned"] = "run_id" in raw
+    kw["context"] = _given_context(raw)
+    if "image" not in raw and kw.get("engine") == C.ENGINE_BATCH:
+        kw["image"] = C.IMAGE_ASSET  # Batch pulls a registry image: cdk deploy builds and pushes it
     cfg = RunConfig(**kw)
     _check_combinations(cfg)
     return cfg
@@ -295,10 +281,11 @@ def from_context(get: Callable[[str], Any]) -> RunConfig:
 def _check_combinations(cfg: RunConfig) -> None:
     if cfg.spot_fallback != "none" and cfg.market != "spot":
         raise ConfigError(f"context spot_fallback={cfg.spot_fallback} needs market=spot; valid values with market={cfg.market}: none")
-    if cfg.vpc_id and (cfg.nat_gateway or cfg.availability_zone):
-        raise ConfigError("context vpc_id (an existing VPC) cannot be combined with nat_gateway or availability_zone, which shape a new VPC")
-    if cfg.availability_zone and not cfg.availability_zone.startswith(cfg.region):
-        raise ConfigError(f"context availability_zone={cfg.availability_zone!r} is not in region {cfg.region}; valid values: {cfg.region}a, {cfg.region}b, ...")
+    if cfg.vpc_id and (cfg.nat_gateway or cfg.availability_zones):
+        raise ConfigError("context vpc_id (an existing VPC) cannot be combined with nat_gateway or availability_zone(s), which shape a new VPC")
+    for az in cfg.availability_zones:
+        if not az.startswith(cfg.region):
+            raise ConfigError(f"context availability_zones: {az!r} is not in region {cfg.region}; valid values: {cfg.region}a, {cfg.region}b, ...")
     _check_engine(cfg)
 
 

@@ -28,10 +28,10 @@ MIN_ROOT_VOLUME_GB = 100
 MAX_ROOT_VOLUME_GB = 2000
 DEFAULT_MAX_RUN_HOURS = 4.0
 MAX_MAX_RUN_HOURS = 168.0  # one week: anything longer is almost certainly a typo
-# The deadline outside the instance (an EventBridge Scheduler one-time schedule that sets the group to 0) fires this
-# long after max_run_hours, counted from synth: `cdk deploy` synthesizes right before it deploys, and the margin
-# covers the deploy itself (~5 min), a spot fallback (~2 min) and the in-guest stops that come first.
-DEADLINE_MARGIN_MINUTES = 30
+# The deadline outside the instance (cdk/deadline.py: a one-time EventBridge Scheduler schedule that sets the group to
+# 0) fires this long after max_run_hours, counted from the instance's launch (its "EC2 Instance Launch Successful"
+# event): the margin covers the boot before the user-data's own clock starts and the in-guest stops that come first.
+DEADLINE_MARGIN_MINUTES = 15
 IMDS_HOP_LIMIT = 2  # the container reaches IMDSv2 through the docker bridge (one extra hop)
 
 # --- network -----------------------------------------------------------------------------------------------------
@@ -44,6 +44,18 @@ MAX_MAX_AZS = 6
 EGRESS_PORTS: tuple[tuple[int, str], ...] = (
     (443, "HTTPS: S3, CloudWatch Logs, SSM, PyPI, container registries"),
     (80, "HTTP: Ubuntu apt mirrors (packages are GPG-signed) for s3fs"),
+)
+
+# The spot -> on-demand fallback (cdk/fallback.py) reacts to these "EC2 Instance Launch Unsuccessful" status messages
+# only: no spot capacity, or no spot quota (EventBridge wildcard patterns on detail.StatusMessage). An AZ that does not
+# offer the type ("... is not supported in your requested Availability Zone ...") or any other failure (a bad AMI, an
+# IAM error) is not a capacity problem, and on-demand would not fix it.
+SPOT_CAPACITY_MESSAGES: tuple[str, ...] = (
+    "*InsufficientInstanceCapacity*",
+    "*There is no Spot capacity available*",
+    "*UnfulfillableCapacity*",
+    "*MaxSpotInstanceCountExceeded*",
+    "*Max spot instance count exceeded*",
 )
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -180,6 +192,14 @@ HOST_TERMINATED_REASON = "Host EC2*"
 # Of each type's memory, what a job asks for: ECS registers a little less than the instance has (the kernel and
 # the agent keep some), and a job that asks for more than the registered memory never leaves RUNNABLE.
 BATCH_MEMORY_FRACTION = 0.9
+# A queued job that Batch reports blocked in RUNNABLE is cancelled after this long (the queue's
+# jobStateTimeLimitActions): no capacity for the types in an hour, or a misconfiguration that waiting cannot fix
+# (the job asks more than any instance or the compute environment offers; Batch's minimum is 10 minutes).
+BATCH_CAPACITY_WAIT_MINUTES = 60
+BATCH_MISCONFIGURATION_WAIT_MINUTES = 10
+# Where the run records why Batch ended a job FAILED (cdk/batch_notes.py writes, job/status_view.py reads):
+# runs/<run-id>/_batch/shard-<I>.json and _batch/merge.json, each the job's id, status and statusReason.
+BATCH_NOTES_DIR = "_batch"
 # /dev/shm for the job container (the instance engine runs it with --ipc=host): decode workers and torch use it.
 BATCH_SHM_GIB = 2
 

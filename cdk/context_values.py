@@ -25,6 +25,7 @@ _AZ = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+_BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 _SSM_PARAM = re.compile(r"^/aws/service/[A-Za-z0-9._/-]+$")
 _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-z0-9._/-]+)")
@@ -119,6 +120,65 @@ def _channels(key: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chans))
 
 
+def _azs(key: str, value: Any) -> tuple[str, ...]:
+    azs = tuple(dict.fromkeys(_pattern(key, a, _AZ, "ap-northeast-1a,ap-northeast-1c") for a in _list(value)))
+    if not azs:
+        raise ConfigError(f"context {key} is empty; expected something like ap-northeast-1a,ap-northeast-1c")
+    if len(azs) > C.MAX_MAX_AZS:
+        raise ConfigError(f"context {key} lists {len(azs)} AZs; valid values: 1 to {C.MAX_MAX_AZS} AZs")
+    return azs
+
+
 def _log_retention(key: str, value: Any) -> int:
     days = _number(key, value, _int, 1, 3653)
     return int(_choice(key, str(days), map(str, C.LOG_RETENTION_DAYS)))
+
+
+# Every context key the app reads, with a one-line description (docs/cloud.md lists the same keys).
+CONTEXT_KEYS: dict[str, str] = {
+    "region": "AWS region of the stack (default ap-northeast-1, the nuScenes bucket's region)",
+    "instance_types": "GPU instance types in order of preference, comma-separated: any g5 / g6 / g6e size",
+    "market": "on-demand or spot",
+    "spot_fallback": "with market=spot: none, or on-demand to launch on-demand when spot has no capacity",
+    "max_run_hours": "hard stop: the instance powers off after this many hours, the group is set to 0 soon after",
+    "dataset": "trainval (10 keyframe archives + meta) or mini",
+    "sources": "comma-separated job sources replacing the dataset's (s3://..., https://..., or under /mnt/nuscenes)",
+    "nuscenes_meta": "nuScenes tables archive/folder for custom sources (none: the job finds tables in the source)",
+    "model": "open_clip architecture passed to the job",
+    "pretrained": "weights tag passed to the job",
+    "pool": "mean or cls",
+    "resize_mode": "pad, crop or squash",
+    "index_type": "auto, flat, ivfpq or hnsw",
+    "channels": "comma-separated camera channels",
+    "include_sweeps": "also embed non-keyframe images (true/false)",
+    "log_level": "job log level",
+    "image": "build (the instance builds docker/Dockerfile; the default of engine=instance), asset (cdk deploy builds it with "
+    "local Docker; the default of engine=batch), or an image URI",
+    "run_id": "name of the run prefix runs/<run_id>/ (default: <dataset>-<UTC timestamp at synth>)",
+    "vpc_id": "use this existing VPC instead of creating one (needs subnet_id)",
+    "subnet_id": "subnets of vpc_id for the instance, comma-separated (one per AZ); they must route to the internet",
+    "max_azs": "number of AZs (one subnet each) the new VPC spans and the instance may launch in",
+    "availability_zones": "the new VPC's AZs, comma-separated, instead of the region's first max_azs (e.g. the AZs that "
+    "offer the instance types: make preflight lists them)",
+    "availability_zone": "pin the new VPC (and instance) to this one AZ instead (availability_zones with one AZ)",
+    "nat_gateway": "put the instance in a private subnet behind one NAT gateway (true/false)",
+    "root_volume_gb": "encrypted gp3 root volume size in GiB",
+    "ami_ssm_parameter": "public SSM parameter holding the Deep Learning AMI id",
+    "retain_artifacts": "keep the artifacts and access-log buckets on cdk destroy (true/false)",
+    "artifact_retention_days": "lifecycle: delete run artifacts after this many days (0: never)",
+    "log_retention_days": "CloudWatch Logs retention of the job log group, in days",
+    "stack_name": "CloudFormation stack name",
+    "artifacts_bucket": "write runs/<run_id>/ to this existing bucket (e.g. the one a destroyed stack kept) instead of "
+    "creating one: how a run resumes after cdk destroy",
+    "replace_running": "make preflight: allow a deploy that replaces a run the stack is still running (true/false)",
+    "engine": "instance (one GPU instance, the default) or batch (AWS Batch: an array job of N shards, then the merge)",
+    "shards": "with engine=batch: N, the number of shards (array children, one GPU each), 1 to 100",
+}
+
+
+# Keys that earlier versions read; setting one stops synth with the reason instead of being silently ignored.
+REMOVED_KEYS: dict[str, str] = {
+    "shutdown_behavior": "the instance runs in an Auto Scaling group, which replaces a stopped instance; a finished "
+    "run always terminates (and sets the group to 0 first)",
+    "instance_type": "use instance_types, a comma-separated list in order of preference (e.g. instance_types=g6e.2xlarge)",
+}

@@ -1,13 +1,27 @@
-"""Deadline: a one-time EventBridge Scheduler schedule that sets the run's Auto Scaling group to 0 at max_run_hours +
-a margin, whatever happens inside the instance (cloud-init never ran, the kernel hung, the script was killed)."""
+"""Deadline: the run's Auto Scaling group is set to 0 at max_run_hours + a margin after its instance launched,
+whatever happens inside the instance (cloud-init never ran, the kernel hung, the script was killed).
+
+The clock starts at the launch, not at synth or deploy: an image build, a wait for capacity, or an old cloud assembly
+must not eat the run's time. The group's ``EC2 Instance Launch Successful`` event starts a one-step Step Functions
+state machine that creates a one-time EventBridge Scheduler schedule at the event's time + ``minutes`` (JSONata
+computes the time) in this stack's schedule group. The schedule calls ``UpdateAutoScalingGroup`` (min = max =
+desired = 0) itself, then deletes itself. Only the run's first launch arms it: a replacement instance (spot reclaim,
+failed health check) finds the schedule there (ConflictException) and leaves it, so the total stays bounded whatever
+the loop. Deleting the stack deletes the schedule group and with it a schedule still pending.
+"""
 from __future__ import annotations
 
-import datetime as _dt
+import hashlib
 import json
 
-from aws_cdk import Aws
+from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from .compute import group_arn
@@ -16,26 +30,38 @@ from .compute import group_arn
 UPDATE_GROUP_ACTION = "aws-sdk:autoscaling:updateAutoScalingGroup"
 RETRY_ATTEMPTS = 185  # Scheduler's maximum: a throttled or failed call keeps being retried ...
 MAX_EVENT_AGE_S = 86_400  # ... for up to a day
+LAUNCH_SUCCESSFUL = "EC2 Instance Launch Successful"
+# at(yyyy-mm-ddThh:mm:ss) in UTC, the event's time + the deadline (JSONata 2.0.6, as Step Functions runs it).
+AT_PICTURE = "[Y0001]-[M01]-[D01]T[H01]:[m01]:[s01]"
 
 
-def at_expression(when: _dt.datetime) -> str:
-    """``at(yyyy-mm-ddThh:mm:ss)`` in UTC, the form EventBridge Scheduler takes for one-time schedules."""
-    return f"at({when.astimezone(_dt.timezone.utc):%Y-%m-%dT%H:%M:%S})"
+def at_jsonata(minutes: int) -> str:
+    """The JSONata expression (in Step Functions' ``{% %}``) for the schedule: the launch event's time + ``minutes``."""
+    return f"{{% 'at(' & $fromMillis($toMillis($states.input.time) + {minutes * 60_000}, '{AT_PICTURE}') & ')' %}}"
+
+
+def schedule_name(run_id: str) -> str:
+    """The run's schedule (Scheduler names: at most 64 of ``[0-9a-zA-Z-_.]``); one per run id in the stack's group."""
+    name = f"deadline-{run_id}"
+    return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
 
 
 class Deadline(Construct):
-    """Sets min = max = desired = 0 on the named group at ``when`` (UTC): AWS then terminates the instance.
+    """Sets min = max = desired = 0 on the named group ``minutes`` after the run's first instance launched.
 
     The schedule's role may call exactly one action on exactly that group, and only EventBridge Scheduler in this
-    account may assume it. Time comes from synth (``cdk deploy`` synthesizes right before it deploys), plus a margin
-    for the deploy. Deploying an old cloud assembly whose deadline has passed is an error to avoid: public reports
-    say the Scheduler API rejects an ``at()`` time in the past (the deploy then fails and rolls back), which this
-    project has not verified against AWS.
+    account may assume it; the state machine may create that one schedule and pass that one role.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, group_name: str, when: _dt.datetime) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, group_name: str, run_id: str, minutes: int,
+        log_retention: logs.RetentionDays,
+    ) -> None:
         super().__init__(scope, construct_id)
-        self.when = when
+        self.minutes = minutes
+        self.schedule_name = schedule_name(run_id)
+        self.schedule_group = scheduler.CfnScheduleGroup(self, "Group")
+        group = self.schedule_group.ref  # the group's name
         self.role = iam.Role(
             self,
             "Role",
@@ -47,22 +73,66 @@ class Deadline(Construct):
         self.role.add_to_policy(
             iam.PolicyStatement(sid="ZeroOwnGroup", actions=["autoscaling:UpdateAutoScalingGroup"], resources=[group_arn(group_name)])
         )
-        self.schedule = scheduler.CfnSchedule(
+        schedule_arn = f"arn:{Aws.PARTITION}:scheduler:{Aws.REGION}:{Aws.ACCOUNT_ID}:schedule/{group}/{self.schedule_name}"
+        arm = tasks.CallAwsService.jsonata(
             self,
-            "Schedule",
-            description=f"vit-embed: max_run_hours + margin reached, set {group_name} to 0",
-            schedule_expression=at_expression(when),
-            schedule_expression_timezone="UTC",
-            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
-            state="ENABLED",
-            target=scheduler.CfnSchedule.TargetProperty(
-                arn=f"arn:{Aws.PARTITION}:scheduler:::{UPDATE_GROUP_ACTION}",
-                role_arn=self.role.role_arn,
-                input=json.dumps({"AutoScalingGroupName": group_name, "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0}),
-                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
-                    maximum_retry_attempts=RETRY_ATTEMPTS, maximum_event_age_in_seconds=MAX_EVENT_AGE_S
-                ),
-            ),
+            "ArmDeadline",
+            service="scheduler",
+            action="createSchedule",
+            parameters={
+                "Name": self.schedule_name,
+                "GroupName": group,
+                "Description": f"vit-embed: max_run_hours + margin after {group_name} launched, set it to 0",
+                "ScheduleExpression": at_jsonata(minutes),
+                "ScheduleExpressionTimezone": "UTC",
+                "FlexibleTimeWindow": {"Mode": "OFF"},
+                "ActionAfterCompletion": "DELETE",
+                "Target": {
+                    "Arn": f"arn:{Aws.PARTITION}:scheduler:::{UPDATE_GROUP_ACTION}",
+                    "RoleArn": self.role.role_arn,
+                    "Input": json.dumps({"AutoScalingGroupName": group_name, "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0}),
+                    "RetryPolicy": {"MaximumRetryAttempts": RETRY_ATTEMPTS, "MaximumEventAgeInSeconds": MAX_EVENT_AGE_S},
+                },
+            },
+            iam_resources=[schedule_arn],
+            iam_action="scheduler:CreateSchedule",
+            additional_iam_statements=[
+                iam.PolicyStatement(
+                    sid="PassTheDeadlineRole",
+                    actions=["iam:PassRole"],
+                    resources=[self.role.role_arn],
+                    conditions={"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+                )
+            ],
         )
-        # The role (and its policy) must exist before the schedule can be created with it.
-        self.schedule.node.add_dependency(self.role)
+        # A later launch of the same run (a replacement) finds the first launch's schedule: the clock is not reset.
+        arm.add_catch(sfn.Succeed(self, "AlreadyArmed"), errors=["Scheduler.ConflictException"])
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            definition_body=sfn.DefinitionBody.from_chainable(arm),
+            query_language=sfn.QueryLanguage.JSONATA,
+            comment="vit-embed: the run's instance launched, arm the deadline that sets its group to 0",
+            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            tracing_enabled=True,
+        )
+        self.rule = events.Rule(
+            self,
+            "LaunchSuccessful",
+            description=f"vit-embed: {group_name} launched an instance, start its deadline",
+            event_pattern=events.EventPattern(
+                source=["aws.autoscaling"], detail_type=[LAUNCH_SUCCESSFUL], detail={"AutoScalingGroupName": [group_name]}
+            ),
+            targets=[targets.SfnStateMachine(self.state_machine)],
+        )
+
+    def show_command(self, region: str) -> str:
+        """The CLI call that prints when the armed deadline fires (nothing is armed before the first launch)."""
+        return (f"aws scheduler get-schedule --group-name {self.schedule_group.ref} --name {self.schedule_name} "
+                f"--region {region} --query ScheduleExpression --output text")
+
+    def disarm_command(self, region: str) -> str:
+        """The CLI call that removes an armed deadline, so that the next launch starts a fresh one (a resume)."""
+        return (f"aws scheduler delete-schedule --group-name {self.schedule_group.ref} --name {self.schedule_name} "
+                f"--region {region}")

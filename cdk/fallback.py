@@ -1,30 +1,59 @@
-"""Spot fallback: when the group cannot launch a spot instance, switch it to on-demand (``spot_fallback=on-demand``).
+"""Spot fallback: when the group cannot launch a spot instance for want of capacity or quota, switch it to on-demand
+(``spot_fallback=on-demand``).
 
 An Auto Scaling group keeps retrying spot forever when there is no spot capacity; it has no built-in fallback. Here an
-EventBridge rule matches the group's ``EC2 Instance Launch Unsuccessful`` event and starts a one-step Step Functions
-state machine that calls ``UpdateAutoScalingGroup`` with 100 % on-demand (same types, same order). The switch is one
-way: the rest of the run stays on-demand. No Lambda, no code: the state machine calls the API itself.
+EventBridge rule matches the group's ``EC2 Instance Launch Unsuccessful`` events whose status message says "no spot
+capacity" or "no spot quota" (``C.SPOT_CAPACITY_MESSAGES``) and starts a one-step Step Functions state machine that
+calls ``UpdateAutoScalingGroup`` with 100 % on-demand (same types, same order). Other failures emit the same event
+(an AZ that does not offer the type, a bad AMI, an IAM error) and are left alone: on-demand would not fix them, and the
+group tries another AZ itself. The switch is one way: the rest of the run stays on-demand. No Lambda, no code.
 """
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from . import constants as C
 from .compute import group_arn
 
 LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
 
 
+def capacity_pattern(group_name: str) -> dict:
+    """The rule's event pattern: the group's failed launches for want of spot capacity or quota, nothing else."""
+    return {
+        "source": ["aws.autoscaling"],
+        "detail-type": [LAUNCH_UNSUCCESSFUL],
+        "detail": {
+            "AutoScalingGroupName": [group_name],
+            "StatusMessage": [{"wildcard": message} for message in C.SPOT_CAPACITY_MESSAGES],
+        },
+    }
+
+
 class SpotFallback(Construct):
     """Rule + state machine that set ``OnDemandPercentageAboveBaseCapacity`` to 100 on the named group."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, group_name: str, log_retention: logs.RetentionDays) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        group_name: str,
+        launch_template: ec2.LaunchTemplate,
+        instance_role: iam.IRole,
+        log_retention: logs.RetentionDays,
+    ) -> None:
         super().__init__(scope, construct_id)
+        template_arn = (f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:launch-template/"
+                        f"{launch_template.launch_template_id}")
         switch = tasks.CallAwsService(
             self,
             "SwitchToOnDemand",
@@ -43,24 +72,46 @@ class SpotFallback(Construct):
             },
             iam_resources=[group_arn(group_name)],
             iam_action="autoscaling:UpdateAutoScalingGroup",
+            # Auto Scaling checks that whoever updates a group that launches from a launch template may launch from
+            # it: ec2:RunInstances with that template, iam:PassRole of its instance profile's role, ec2:CreateTags of
+            # its tag specifications ("Control Amazon EC2 launch template usage in Auto Scaling groups", AWS guide).
+            additional_iam_statements=[
+                iam.PolicyStatement(
+                    sid="LaunchFromTheRunsTemplate",
+                    actions=["ec2:RunInstances"],
+                    resources=["*"],
+                    conditions={"ArnLike": {"ec2:LaunchTemplate": template_arn}},
+                ),
+                iam.PolicyStatement(
+                    sid="TagWhatItLaunches",
+                    actions=["ec2:CreateTags"],
+                    resources=["*"],
+                    conditions={"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+                ),
+                iam.PolicyStatement(
+                    sid="PassTheInstanceRole",
+                    actions=["iam:PassRole"],
+                    resources=[instance_role.role_arn],
+                    conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+                ),
+            ],
         )
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
             definition_body=sfn.DefinitionBody.from_chainable(switch),
-            comment="vit-embed: spot could not launch, switch the run's group to on-demand",
+            comment="vit-embed: spot could not launch (no capacity or quota), switch the run's group to on-demand",
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
             tracing_enabled=True,
         )
+        pattern = capacity_pattern(group_name)
         self.rule = events.Rule(
             self,
             "LaunchUnsuccessful",
             description=f"vit-embed: {group_name} could not launch spot capacity",
             event_pattern=events.EventPattern(
-                source=["aws.autoscaling"],
-                detail_type=[LAUNCH_UNSUCCESSFUL],
-                detail={"AutoScalingGroupName": [group_name]},
+                source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
             ),
             targets=[targets.SfnStateMachine(self.state_machine)],
         )

@@ -1,7 +1,7 @@
 """Nag: the cdk-nag AwsSolutions findings this design accepts, each with the reason a reviewer would accept."""
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, CfnElement, Validations
+from aws_cdk import Acknowledgment, CfnElement, Token, Validations
 
 from . import constants as C
 from .batch_stack import BatchRunStack
@@ -14,8 +14,24 @@ _GROUP_REASON = (
 )
 
 
+_SFN_GRANTS = (
+    "CDK's standard grants for Step Functions logging to CloudWatch Logs and X-Ray tracing: the log-delivery "
+    "and X-Ray APIs (logs:CreateLogDelivery, xray:PutTraceSegments, ...) have no resource-level permissions."
+)
+
+
 def _ack(scope, rule: str, reason: str) -> None:
     Validations.of(scope).acknowledge(Acknowledgment(id=f"AwsSolutions::{rule}", reason=reason))
+
+
+def _bucket(stack: EmbeddingRunStack | BatchRunStack) -> str:
+    """The artifacts bucket's ARN as cdk-nag prints it: the created bucket's GetAtt, or an existing bucket's ARN."""
+    if stack.storage.imported:  # the partition is a literal where the region is known (enablePartitionLiterals)
+        partition = "<AWS::Partition>" if Token.is_unresolved(stack.partition) else stack.partition
+        return f"arn:{partition}:s3:::{stack.config.artifacts_bucket}"
+    artifacts = stack.storage.artifacts.node.default_child
+    assert isinstance(artifacts, CfnElement)
+    return f"<{stack.get_logical_id(artifacts)}.Arn>"
 
 
 def acknowledge_findings(stack: EmbeddingRunStack) -> None:
@@ -23,9 +39,7 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
     cfg = stack.config
     role = stack.job.role
     policy = role.node.find_child("DefaultPolicy")
-    artifacts = stack.storage.artifacts.node.default_child
-    assert isinstance(artifacts, CfnElement)
-    bucket_id = stack.get_logical_id(artifacts)
+    bucket = _bucket(stack)
     group_rule = "AwsSolutions-IAM5[" + _GROUP_ARN.format(name=cfg.group_name) + "]"
     group_reason = _GROUP_REASON.format(name=cfg.group_name)
 
@@ -37,13 +51,13 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
     )
     _ack(
         policy,
-        f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{cfg.run_prefix}*]",
+        f"AwsSolutions-IAM5[Resource::{bucket}/{cfg.run_prefix}*]",
         f"The wildcard is the run's own prefix {cfg.run_prefix}: the job writes many objects under it (parquet "
         "shards, index, manifest) whose names are not known at deploy time; nothing outside the prefix is writable.",
     )
     _ack(
         policy,
-        f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{C.WEIGHTS_CACHE_PREFIX}/*]",
+        f"AwsSolutions-IAM5[Resource::{bucket}/{C.WEIGHTS_CACHE_PREFIX}/*]",
         f"The shared weights cache {C.WEIGHTS_CACHE_PREFIX}/<model>/<tag>/<file>: the first run stores the tag's "
         "checkpoint there, later runs read it (fetched once per account); no delete, and nothing else in the bucket.",
     )
@@ -63,6 +77,7 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
             "are scoped to the one repository the job image lives in.",
         )
     _ack(stack.deadline.role.node.find_child("DefaultPolicy"), group_rule, group_reason)
+    _ack(stack.deadline.state_machine.role.node.find_child("DefaultPolicy"), "AwsSolutions-IAM5[Resource::*]", _SFN_GRANTS)
     _ack(
         stack.job.group,
         "AwsSolutions-EC26",
@@ -86,8 +101,10 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
         _ack(
             stack.fallback.state_machine.role.node.find_child("DefaultPolicy"),
             "AwsSolutions-IAM5[Resource::*]",
-            "CDK's standard grants for Step Functions logging to CloudWatch Logs and X-Ray tracing: the log-delivery "
-            "and X-Ray APIs (logs:CreateLogDelivery, xray:PutTraceSegments, ...) have no resource-level permissions.",
+            _SFN_GRANTS + " And what Auto Scaling checks before it lets this role change the group's instances "
+            "distribution: ec2:RunInstances only with the run's launch template (condition ec2:LaunchTemplate) and "
+            "ec2:CreateTags only as part of RunInstances (condition ec2:CreateAction); RunInstances names instance, "
+            "volume, network-interface, subnet and image ARNs unknown until launch, so the condition does the scoping.",
         )
 
 
@@ -95,9 +112,7 @@ def acknowledge_batch_findings(stack: BatchRunStack) -> None:
     """engine=batch: the findings its constructs raise, each on the construct that raises it."""
     cfg = stack.config
     compute, submission = stack.compute, stack.submission
-    artifacts = stack.storage.artifacts.node.default_child
-    assert isinstance(artifacts, CfnElement)
-    bucket = f"<{stack.get_logical_id(artifacts)}.Arn>"
+    bucket = _bucket(stack)
     shard_policy = compute.shard_role.node.find_child("DefaultPolicy")
     _ack(
         compute.compute_environment.node.find_child("InstanceProfileRole"),
@@ -139,11 +154,25 @@ def acknowledge_batch_findings(stack: BatchRunStack) -> None:
                 "ecr:GetAuthorizationToken does not support resource-level permissions; the pull actions themselves "
                 "are scoped to the one repository the job image lives in.",
             )
-    for call in (submission.shards, submission.merge):
-        _ack(
-            call.node.find_child("CustomResourcePolicy"),
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]",
-            "batch:TerminateJob, called when the stack is deleted or the run replaced, on the job this resource "
-            "submitted: a job's ARN ends in its id, which exists only after the submission. Submitting is scoped to "
-            "this run's queue and job definitions.",
-        )
+    submit_policy = submission.role.node.find_child("DefaultPolicy")
+    _ack(
+        submit_policy,
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:<AWS::Region>:<AWS::AccountId>:job/*]",
+        "batch:TerminateJob, called when the stack is deleted or the run replaced, on the jobs of this run's names: a "
+        "job's ARN ends in its id, which exists only after the submission. Submitting is scoped to this run's queue and "
+        "job definitions.",
+    )
+    _ack(
+        submit_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "batch:ListJobs has no resource-level permissions; the handler lists this run's queue by the run's job names "
+        "so that it never submits a run twice (read-only).",
+    )
+    notes_policy = stack.notes.state_machine.role.node.find_child("DefaultPolicy")
+    _ack(
+        notes_policy,
+        f"AwsSolutions-IAM5[Resource::{bucket}/{cfg.run_prefix}{C.BATCH_NOTES_DIR}/*]",
+        f"The notes of why Batch ended a job of this run FAILED: {cfg.run_prefix}{C.BATCH_NOTES_DIR}/shard-<I>.json and "
+        "merge.json, put only (no read, no delete), and nothing else in the bucket.",
+    )
+    _ack(notes_policy, "AwsSolutions-IAM5[Resource::*]", _SFN_GRANTS)

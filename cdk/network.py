@@ -2,6 +2,7 @@
 endpoint, no NAT by default."""
 from __future__ import annotations
 
+import constructs
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
@@ -28,11 +29,13 @@ class Network(Construct):
         *,
         vpc_id: str | None = None,
         subnet_ids: tuple[str, ...] = (),
-        availability_zone: str | None = None,
+        availability_zones: tuple[str, ...] = (),
         max_azs: int = C.DEFAULT_MAX_AZS,
         nat_gateway: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
+        # What makes the instance's subnets reach the internet; None for an existing VPC (its routes exist already).
+        self.internet_connectivity: constructs.IDependable | None = None
         if vpc_id:
             if not subnet_ids:
                 raise ValueError("subnet_ids are required with vpc_id")
@@ -52,9 +55,9 @@ class Network(Construct):
                 self,
                 "Vpc",
                 ip_addresses=ec2.IpAddresses.cidr(C.VPC_CIDR),
-                # Pinned: that one AZ. Otherwise every AZ the stack lists (see EmbeddingRunStack.availability_zones).
-                availability_zones=[availability_zone] if availability_zone else None,
-                max_azs=None if availability_zone else max_azs,
+                # Pinned: those AZs. Otherwise every AZ the stack lists (see EmbeddingRunStack.availability_zones).
+                availability_zones=list(availability_zones) or None,
+                max_azs=None if availability_zones else max_azs,
                 nat_gateways=1 if nat_gateway else 0,
                 subnet_configuration=subnet_config,
                 restrict_default_security_group=True,
@@ -76,6 +79,10 @@ class Network(Construct):
             subnet_type = ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_gateway else ec2.SubnetType.PUBLIC
             # Every subnet of that type, one per AZ: the group may launch in any of them.
             self.subnets = ec2.SubnetSelection(subnet_type=subnet_type)
+            # What makes those subnets reach the internet (the IGW attachment and routes, or the NAT gateway's
+            # routes): whatever launches into them must be created after it, or its first boot has no network.
+            self.internet_connectivity = vpc.select_subnets(
+                subnet_type=subnet_type).internet_connectivity_established
             self.created_vpc = True
         self.public_ip = not nat_gateway and not vpc_id
 

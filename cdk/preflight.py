@@ -5,7 +5,8 @@
 One line per check (OK / WARN / FAIL), exit status 1 when any check fails. Uses your AWS credentials (the same
 profile/region the CDK CLI would use) and only read calls: STS GetCallerIdentity, EC2 DescribeAvailabilityZones /
 DescribeInstanceTypeOfferings / DescribeInstanceTypes, Service Quotas GetServiceQuota, SSM GetParameter, EC2
-DescribeImages, CloudFormation DescribeStacks. The configuration is the app's own (cdk.json + ``-c``), validated the
+DescribeImages, CloudFormation DescribeStacks, Auto Scaling DescribeAutoScalingGroups, Batch ListJobs, S3
+GetBucketLocation / ListObjectsV2. The configuration is the app's own (cdk.json + ``-c``), validated the
 same way as at synth.
 """
 from __future__ import annotations
@@ -14,37 +15,14 @@ import argparse
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from . import constants as C
 from .config import ConfigError, RunConfig, cdk_json_context, from_context
+from .preflight_base import FAIL, OK, WARN, Check, _code, _error
+from .preflight_state import artifacts_bucket, running_run
 
-OK, WARN, FAIL = "OK", "WARN", "FAIL"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One result line."""
-
-    status: str
-    name: str
-    detail: str
-
-    def line(self) -> str:
-        return f"{self.status:<4}  {self.name:<16} {self.detail}"
-
-
-def _error(exc: BaseException) -> str:
-    """``Code: message`` of a botocore ClientError (or the exception's text), on one line."""
-    err = getattr(exc, "response", {}).get("Error", {}) if hasattr(exc, "response") else {}
-    text = f"{err.get('Code')}: {err.get('Message')}" if err else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
-
-
-def _code(exc: BaseException) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if hasattr(exc, "response") else ""
-
+__all__ = ["FAIL", "OK", "WARN", "Check", "Preflight", "main"]
 
 class Preflight:
     """The checks, each a method returning one :class:`Check`; ``client`` makes boto3 clients (stubbed in tests)."""
@@ -88,7 +66,7 @@ class Preflight:
         except Exception as exc:
             return Check(FAIL, "instance types", f"could not list offerings in {cfg.region}: {_error(exc)}")
         # The stack's subnets: the pinned AZ, or the first max_azs of Fn::GetAZs (available AZs in name order).
-        self.stack_azs = [cfg.availability_zone] if cfg.availability_zone else region_azs[: cfg.max_azs]
+        self.stack_azs = list(cfg.availability_zones) if cfg.availability_zones else region_azs[: cfg.max_azs]
         where = "; ".join(f"{t}: {', '.join(sorted(azs)) or 'nowhere'}" for t, azs in offered.items() if t in cfg.instance_types)
         usable = {t: azs & set(self.stack_azs) for t, azs in offered.items() if t in cfg.instance_types}
         if cfg.vpc_id:  # existing subnets: their AZs are not known here
@@ -98,6 +76,13 @@ class Preflight:
         missing = [t for t, azs in usable.items() if not azs]
         if missing:
             return Check(WARN, "instance types", f"{', '.join(missing)} not offered in the stack's AZs ({where})")
+        offering = sorted(set().union(*(azs for t, azs in offered.items() if t in cfg.instance_types)))
+        barren = [az for az in self.stack_azs if az not in offering]
+        if barren and not cfg.vpc_id:
+            # The group would try these AZs too, and each launch there fails ("Unsupported"): keep to the others.
+            keep = ",".join(offering[: max(len(self.stack_azs), 2)])
+            return Check(WARN, "instance types", f"{', '.join(barren)} offers none of them ({where}); launches there fail: "
+                                                 f"deploy with -c availability_zones={keep}")
         return Check(OK, "instance types", where)
 
     def _vcpus(self) -> dict[str, int]:
@@ -191,11 +176,10 @@ class Preflight:
         if first.status == FAIL:
             return results
         # engine=batch: Batch picks the ECS GPU AMI itself; the Deep Learning AMI parameter is not used.
-        results += [self.offerings(), self.quota(), *([] if self.cfg.batch else [self.ami()]), self.bootstrap()]
-        docker = self.docker()
-        if docker is not None:
-            results.append(docker)
-        return results
+        results += [self.offerings(), self.quota(), *([] if self.cfg.batch else [self.ami()]), self.bootstrap(),
+                    running_run(self.cfg, self.client)]
+        optional = [artifacts_bucket(self.cfg, self.client), self.docker()]
+        return results + [c for c in optional if c is not None]
 
 
 def parse_context(pairs: Sequence[str]) -> dict[str, str]:

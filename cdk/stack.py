@@ -2,7 +2,7 @@
 on-demand fallback, does the grants, warns about cross-region reads, and prints how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Annotations, Aws, CfnOutput, Fn, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, Aws, Fn, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -14,17 +14,29 @@ from .deadline import Deadline
 from .fallback import SpotFallback
 from .image import JobImage
 from .network import Network
+from .outputs import instance_outputs
 from .storage import Storage
 
 CROSS_REGION_WARNING = "vit-embed:cross-region"
+NEW_RUN_WARNING = "vit-embed:new-run"
+
+
+def new_run_message(cfg: RunConfig) -> str:
+    """The synth warning when run_id was not given: this deploy is a new run, which replaces a running one."""
+    return (
+        f"run_id not set: this deploy starts a new run ({cfg.run_id}). If the stack {cfg.stack_name} is still running "
+        "an earlier run, the deploy replaces it (its instance or Batch jobs are stopped; what S3 holds stays). "
+        "Check first with make preflight (it refuses unless -c replace_running=true); resume a run with -c run_id=<its id>."
+    )
+
 
 
 def add_shared(scope: Construct, cfg: RunConfig) -> tuple[Network, Storage, logs.LogGroup, JobImage]:
     """What both engines' stacks hold: the network, the artifacts bucket, the job log group and the job image."""
     network = Network(scope, "Network", vpc_id=cfg.vpc_id, subnet_ids=cfg.subnet_ids,
-                      availability_zone=cfg.availability_zone, max_azs=cfg.max_azs, nat_gateway=cfg.nat_gateway)
+                      availability_zones=cfg.availability_zones, max_azs=cfg.max_azs, nat_gateway=cfg.nat_gateway)
     storage = Storage(scope, "Storage", retain=cfg.retain_artifacts,
-                      artifact_retention_days=cfg.artifact_retention_days)
+                      artifact_retention_days=cfg.artifact_retention_days, existing=cfg.artifacts_bucket)
     log_group = logs.LogGroup(scope, "JobLogs", log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
                               retention=_retention(cfg.log_retention_days), removal_policy=RemovalPolicy.DESTROY)
     image = JobImage(scope, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
@@ -63,6 +75,8 @@ class EmbeddingRunStack(Stack):
         Tags.of(self).add("run-id", cfg.run_id)
         if cfg.cross_region:
             Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
+        if not cfg.run_id_pinned:
+            Annotations.of(self).add_warning_v2(NEW_RUN_WARNING, new_run_message(cfg))
 
         self.network, self.storage, self.log_group, self.image = add_shared(self, cfg)
         bucket = self.storage.artifacts
@@ -103,29 +117,33 @@ class EmbeddingRunStack(Stack):
             source_asset=self.image.source_asset,
             region=cfg.region,
         )
-        self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, when=cfg.deadline)
-        # The schedule names the group by its fixed name: create it after the group, delete it before.
-        self.deadline.node.add_dependency(self.job.group)
+        if self.network.internet_connectivity is not None:  # its first boot needs the routes (apt, S3, the logs)
+            self.job.group.node.add_dependency(self.network.internet_connectivity)
+        self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, run_id=cfg.run_id,
+                                 minutes=cfg.deadline_minutes, log_retention=_retention(cfg.log_retention_days))
+        # The rule must be listening before the group's first launch (whose event starts the clock).
+        self.job.group.node.add_dependency(self.deadline)
         self.fallback: SpotFallback | None = None
         if cfg.market == "spot" and cfg.spot_fallback == "on-demand":
             self.fallback = SpotFallback(
-                self, "SpotFallback", group_name=cfg.group_name, log_retention=_retention(cfg.log_retention_days)
+                self, "SpotFallback", group_name=cfg.group_name, launch_template=self.job.launch_template,
+                instance_role=self.job.role, log_retention=_retention(cfg.log_retention_days),
             )
             # The rule must be listening before the group's first launch attempt.
             self.job.group.node.add_dependency(self.fallback)
         self._grant(cfg)
-        self._outputs(cfg)
+        instance_outputs(self, cfg)
 
     @property
     def availability_zones(self) -> list[str]:
-        """The AZs the new VPC spans: the pinned one, or the first ``max_azs`` of the region (``Fn::GetAZs``).
+        """The AZs the new VPC spans: the pinned ones, or the first ``max_azs`` of the region (``Fn::GetAZs``).
 
         CDK gives an account-agnostic stack only two AZs; every region that offers g6e has at least three, and more
         subnets means more places the group can find capacity. Synth stays offline: no lookup, just ``Fn::Select``.
         """
         cfg = self.config
-        if cfg.availability_zone:
-            return [cfg.availability_zone]
+        if cfg.availability_zones:
+            return list(cfg.availability_zones)
         return [Fn.select(i, Fn.get_azs()) for i in range(cfg.max_azs)]
 
     # -- IAM: least privilege for the instance role ------------------------------------------------------------------
@@ -164,60 +182,3 @@ class EmbeddingRunStack(Stack):
             )
         )
         self.image.grant_pull(role)
-
-    # -- outputs: everything a user needs to follow the run ------------------------------------------------------------
-    def _outputs(self, cfg: RunConfig) -> None:
-        bucket = self.storage.artifacts.bucket_name
-        run_uri = f"s3://{bucket}/{cfg.run_prefix}"
-        group = self.log_group.log_group_name
-        region = cfg.region
-        find_instance = (
-            f"aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names {cfg.group_name} --region {region} "
-            "--query 'AutoScalingGroups[0].Instances[].[InstanceId,InstanceType,AvailabilityZone,LifecycleState]' --output text"
-        )
-        CfnOutput(self, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/")
-        CfnOutput(
-            self, "AccessLogBucket", value=self.storage.access_logs.bucket_name,
-            description="server access logs of the artifacts bucket (kept by cdk destroy, like the artifacts)",
-        )
-        CfnOutput(self, "RunPrefix", value=run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
-        CfnOutput(
-            self, "LogGroup", value=group,
-            description="CloudWatch Logs group: streams <run-id>/<instance-id>/bootstrap (the instance script) and /job",
-        )
-        CfnOutput(
-            self, "AutoScalingGroup", value=self.job.group.auto_scaling_group_name,
-            description="the run's group of at most one instance (AWS picks the AZ and type; 0 when the run is over)",
-        )
-        CfnOutput(
-            self, "DeadlineUtc", value=f"{cfg.deadline:%Y-%m-%dT%H:%M:%SZ}",
-            description="when the schedule outside the instance sets the group to 0 (max_run_hours + margin, UTC)",
-        )
-        CfnOutput(
-            self, "InstanceCommand", value=find_instance,
-            description="the instance the group launched: id, type, AZ, state",
-        )
-        CfnOutput(
-            self, "StatusCommand", value=f"AWS_REGION={region} python -m job status {run_uri} --watch",
-            description="phase, images done/total, images/s, ETA; at the end succeeded / failed / interrupted and why",
-        )
-        CfnOutput(
-            self, "FollowLogsCommand",
-            value=f"aws logs tail {group} --log-stream-name-prefix {cfg.run_id}/ --follow --region {region}",
-            description="follow the instance script's log (within minutes of boot) and the job's",
-        )
-        CfnOutput(
-            self, "ResumeCommand",
-            value=f"aws autoscaling update-auto-scaling-group --auto-scaling-group-name {cfg.group_name} "
-                  f"--min-size 0 --max-size 1 --desired-capacity 1 --region {region}",
-            description="start a new instance for this run: it resumes from the run prefix (docs/cloud.md)",
-        )
-        CfnOutput(
-            self, "SessionCommand",
-            value=f"aws ssm start-session --region {region} --target $({find_instance.replace('[InstanceId,InstanceType,AvailabilityZone,LifecycleState]', 'InstanceId')})",
-            description="shell on the instance while it runs (bootstrap log: /var/log/vit-embed.log)",
-        )
-        CfnOutput(
-            self, "NotebookCommand", value=f"RUN_URI={run_uri} jupyter lab {C.NOTEBOOK}",
-            description="open the UMAP notebook against this run",
-        )

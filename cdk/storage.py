@@ -1,4 +1,5 @@
-"""Storage: the artifacts bucket (runs/<run-id>/ in the OUTDIR layout) and its server-access-log bucket."""
+"""Storage: the artifacts bucket (runs/<run-id>/ in the OUTDIR layout) and its server-access-log bucket, or an
+existing bucket (``artifacts_bucket``: the one a destroyed stack kept, so that a run resumes where it stopped)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +12,16 @@ from . import constants as C
 
 
 class Storage(Construct):
-    """Encrypted, versioned, TLS-only, non-public buckets; old runs age out through lifecycle rules."""
+    """Encrypted, versioned, TLS-only, non-public buckets; old runs age out through lifecycle rules.
+
+    ``existing``: write to that bucket instead (imported by name, never modified or deleted by this stack), and
+    create no access-log bucket: the existing bucket keeps the logging it has.
+
+    The access-log bucket is always kept by ``cdk destroy``, also with ``retain=False``: S3 delivers server access
+    logs late (minutes to hours after the request), so logs of the artifacts bucket's own emptying keep landing in it
+    after any auto-delete has emptied it, and its deletion then fails the destroy with BucketNotEmpty (aws-cdk
+    #16332, #21776). Its lifecycle rule expires what it holds (90 days).
+    """
 
     def __init__(
         self,
@@ -20,16 +30,20 @@ class Storage(Construct):
         *,
         retain: bool = True,
         artifact_retention_days: int = C.DEFAULT_ARTIFACT_RETENTION_DAYS,
+        existing: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.imported = existing is not None
+        self.access_logs: s3.Bucket | None = None
+        if existing is not None:
+            self.artifacts: s3.IBucket = s3.Bucket.from_bucket_name(self, "Artifacts", existing)
+            return
         removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
         common: dict[str, Any] = dict(
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            removal_policy=removal,
-            auto_delete_objects=not retain,
         )
         self.access_logs = s3.Bucket(
             self,
@@ -44,6 +58,7 @@ class Storage(Construct):
                 ),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(C.ABORT_MULTIPART_DAYS)),
             ],
+            removal_policy=RemovalPolicy.RETAIN,  # never auto-deleted: late log deliveries (class docstring)
             **common,
         )
         runs_rule = s3.LifecycleRule(
@@ -71,5 +86,7 @@ class Storage(Construct):
                 ),
                 s3.LifecycleRule(id="abort-multipart", abort_incomplete_multipart_upload_after=Duration.days(C.ABORT_MULTIPART_DAYS)),
             ],
+            removal_policy=removal,
+            auto_delete_objects=not retain,
             **common,
         )

@@ -55,6 +55,10 @@ TEXT_QUERIES_FILE = "text_queries.npy"  # beside it: text-tower vectors of promp
 SHARDS_DIR = "shards"
 STATUS_FILE = "_STATUS"  # the run folder's live status (job.status), one per run folder whatever its outputs
 BOOTSTRAP_LOG = "_bootstrap.log"  # the instance script's log (cdk/scripts/user_data.sh)
+# Why AWS Batch ended a job of the run FAILED, recorded outside the job (cdk/batch_notes.py; cdk.constants agrees):
+# OUTDIR/_batch/shard-<I>.json and merge.json, each {"jobId", "jobName", "status", "statusReason", "at"}. A job that
+# Batch cancelled while it waited in RUNNABLE never ran, so it has no _STATUS of its own: this is its only word.
+BATCH_NOTES = "_batch"
 PARQUET = ".parquet"
 
 
@@ -162,6 +166,11 @@ class RunLayout:
     @property
     def bootstrap_log(self) -> str:
         return fsutil.join(self.run_dir, BOOTSTRAP_LOG)
+
+    @property
+    def batch_notes_dir(self) -> str:
+        """``OUTDIR/_batch``: AWS Batch's word on the run's jobs it ended FAILED (``job.status_view``)."""
+        return fsutil.join(self.run_dir, BATCH_NOTES)
 
     @property
     def shards_dir(self) -> str:

@@ -3,12 +3,14 @@ the merge's) and the human-readable text of a status document. The documents the
 reader are :mod:`job.status`'s."""
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from . import fsutil
 from .documents import StatusDoc
 from .errors import DataError, UsageError
-from .runfolder import RunLayout
+from .runfolder import BATCH_NOTES, RunLayout
 from .status import SCHEMA, read_status
 
 
@@ -52,6 +54,8 @@ def format_status(doc: dict[str, Any], log_tail: list[str]) -> str:
 # -- a run split into shards (``job run --shard I/N`` into OUTDIR/shards/I/, then ``job merge``) ----------------------
 
 SHARD_KEYS = ("status", "reason", "phase", "progress", "started_at", "updated_at", "previous")
+BATCH_NOTES_DIR = BATCH_NOTES  # re-exported
+log = logging.getLogger(__name__)
 
 
 def _shard_indices(run_dir: str) -> list[int]:
@@ -67,6 +71,33 @@ def _shard_indices(run_dir: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
+def _batch_notes(run_dir: str) -> dict[str, dict[str, Any]]:
+    """The run's Batch notes by name (``shard-<I>``, ``merge``); none outside AWS Batch."""
+    url = RunLayout(run_dir.rstrip("/")).batch_notes_dir
+    try:
+        fs, path = fsutil.url_to_fs(url)
+        if not fs.exists(path):
+            return {}
+        files = [f for f in fs.ls(path, detail=False) if f.endswith(".json")]
+        texts = {f.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]: fs.cat_file(f) for f in files}
+    except Exception as exc:  # botocore/aiohttp errors: the bucket or the network is unreachable
+        raise DataError(f"cannot read {url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    notes: dict[str, dict[str, Any]] = {}
+    for name, text in texts.items():
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            log.warning("ignoring %s/%s.json: not JSON", url, name)
+            continue
+        if isinstance(doc, dict):
+            notes[name] = doc
+    return notes
+
+
+def _batch_reason(note: dict[str, Any]) -> str:
+    return f"AWS Batch: {note.get('statusReason') or 'the job failed'}"
+
+
 def read_run_status(run_dir: str) -> dict[str, Any]:
     """What ``job status`` shows of a run folder, as JSON-able data: its ``_STATUS``, or for a run split into shards
     (``shards/`` present) every shard's and the merge's together (:func:`aggregate`); the merge's is the run folder's
@@ -77,7 +108,8 @@ def read_run_status(run_dir: str) -> dict[str, Any]:
     except UsageError as exc:  # no _STATUS of its own: not a run, or a split run whose merge has not started
         merge, missing = None, exc
     indices = _shard_indices(run_dir)
-    if not indices:
+    notes = _batch_notes(run_dir) if indices or merge is None else {}
+    if not indices and not notes:
         if missing is not None:
             raise missing
         assert merge is not None
@@ -89,11 +121,16 @@ def read_run_status(run_dir: str) -> dict[str, Any]:
             docs[i] = read_status(root.shard(i).run_dir)
         except UsageError:  # that shard has not started
             docs[i] = None
-    return aggregate(docs, merge)
+    return aggregate(docs, merge, notes)
 
 
-def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | None) -> dict[str, Any]:
+def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | None,
+              notes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One status for a split run: each shard's (``pending`` until its ``_STATUS`` appears) and the merge's.
+
+    ``notes`` (AWS Batch's word on a job it ended FAILED, :func:`_batch_notes`) make a shard that is pending, running
+    or interrupted ``failed`` with Batch's reason (its own ``failed`` reason stays); the merge the same when it has
+    no ``_STATUS``.
 
     ``status`` is the merge's once it runs; before, ``failed`` when a shard failed, ``interrupted`` when no shard
     is left running and one stopped (exit 75: resumable; AWS Batch retries it), else ``running``. ``progress`` sums
@@ -103,12 +140,18 @@ def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | No
     """
     shards = {i: None if d is None else d.to_dict() for i, d in shard_docs.items()}
     merge = None if merge_doc is None else merge_doc.to_dict()
-    count = max([max(shards, default=-1) + 1] + [int(d["shard"][1]) for d in shards.values() if d and d.get("shard")])
+    notes = notes or {}
+    noted = [int(k[len("shard-"):]) for k in notes if k.startswith("shard-") and k[len("shard-"):].isdigit()]
+    count = max([max(shards, default=-1) + 1, max(noted, default=-1) + 1]
+                + [int(d["shard"][1]) for d in shards.values() if d and d.get("shard")])
     rows: list[dict[str, Any]] = []
     for i in range(count):
         d = shards.get(i)
-        rows.append({"index": i, "status": "pending"} if d is None else
-                    {"index": i, **{k: d[k] for k in SHARD_KEYS if d.get(k) is not None}})
+        row = ({"index": i, "status": "pending"} if d is None else
+               {"index": i, **{k: d[k] for k in SHARD_KEYS if d.get(k) is not None}})
+        if f"shard-{i}" in notes and row["status"] not in ("succeeded", "failed"):
+            row.update(status="failed", reason=_batch_reason(notes[f"shard-{i}"]))
+        rows.append(row)
     states = [r["status"] for r in rows]
     tally = ", ".join(f"{states.count(s)} {s}" for s in ("succeeded", "running", "interrupted", "failed", "pending")
                       if states.count(s))
@@ -119,6 +162,8 @@ def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | No
     elif first["failed"] is not None:
         row = first["failed"]
         status, reason, phase = "failed", f"shard {row['index']}: {row.get('reason', '')}".rstrip(": "), "shards"
+    elif "merge" in notes:  # Batch ended the merge without it running (its shards did not all succeed, say)
+        status, reason, phase = "failed", f"merge: {_batch_reason(notes['merge'])}", "merge"
     elif "running" not in states and "pending" not in states and first["interrupted"] is not None:
         row = first["interrupted"]
         status, reason, phase = "interrupted", f"shard {row['index']}: {row.get('reason', '')}".rstrip(": "), "shards"
@@ -138,8 +183,9 @@ def aggregate(shard_docs: dict[int, StatusDoc | None], merge_doc: StatusDoc | No
         "schema": SCHEMA, "status": status, "reason": reason, "phase": phase,
         "summary": f"{tally} of {count} shards",
         "shards": rows,
-        "merge": None if merge is None else {k: merge.get(k) for k in ("status", "reason", "phase", "phases",
-                                                                       "started_at", "updated_at") if k in merge},
+        "merge": ({"status": "failed", "reason": _batch_reason(notes["merge"])} if merge is None and "merge" in notes
+                  else None if merge is None else {k: merge.get(k) for k in ("status", "reason", "phase", "phases",
+                                                                             "started_at", "updated_at") if k in merge}),
         "progress": {
             "done": sum(int(p.get("done", 0)) for p in progress),
             "total": sum(totals) if len(totals) == count else None,

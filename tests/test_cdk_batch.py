@@ -92,32 +92,10 @@ def _requirements(d: dict) -> dict[str, str]:
     return {r["Type"]: r["Value"] for r in d["ContainerProperties"]["ResourceRequirements"]}
 
 
-def _submissions(s: Synth) -> tuple[tuple[str, dict], tuple[str, dict]]:
-    """((id, create call) of the shards' submission, (id, create call) of the merge's)."""
-    found = {}
-    for key, r in s.json["Resources"].items():
-        if r["Type"] == "Custom::BatchSubmitJob":
-            parts = r["Properties"]["Create"]["Fn::Join"][1]
-            text = "".join(p if isinstance(p, str) else f"<{json.dumps(p, sort_keys=True)}>" for p in parts)
-            found[key] = (text, r)
-    assert len(found) == 2
-    merge = [k for k, (text, _) in found.items() if "dependsOn" in text]
-    assert len(merge) == 1
-    shards = next(k for k in found if k != merge[0])
-    return (shards, _call(found[shards][0])), (merge[0], _call(found[merge[0]][0]))
-
-
-def _call(text: str) -> dict:
-    """The SDK call with CloudFormation references replaced by a readable marker."""
-    import re
-
-    return json.loads(re.sub(r"<(\{.*?\})>", lambda m: "REF:" + m.group(1).replace('"', "'"), text))
-
-
-def _ref_id(marker: str) -> str:
-    """The logical id a REF marker points at."""
-    ref = json.loads(marker[4:].replace("'", '"'))
-    return ref.get("Ref") or ref["Fn::GetAtt"][0]
+def _submission(s: Synth) -> tuple[str, dict]:
+    """(logical id, properties) of the run's Custom::BatchRun (cdk/submission.py)."""
+    (found,) = [(k, r["Properties"]) for k, r in s.json["Resources"].items() if r["Type"] == "Custom::BatchRun"]
+    return found
 
 
 def _logical_id(s: Synth, type_: str) -> str:
@@ -142,7 +120,6 @@ def _statements(s: Synth, role_id: str) -> list[dict]:
         ({"shards": "4"}, "context shards=4 needs engine=batch"),
         ({"engine": "foo"}, "context engine='foo' is not valid; valid values: instance, batch"),
         ({"engine": "batch", "image": "asset"}, "context engine=batch needs shards=N; valid values: 1 to 100"),
-        ({"engine": "batch", "shards": "4"}, "image=build cannot be used with engine=batch"),
         ({"engine": "batch", "shards": "4", "image": "build"}, "valid values: asset (cdk deploy builds and pushes it), or an image URI"),
         ({"engine": "batch", "shards": "4", "image": "asset", "market": "spot", "spot_fallback": "on-demand"},
          "valid values with engine=batch: none"),
@@ -236,9 +213,12 @@ def test_one_queue_over_the_compute_environment(batch):
 
 def test_no_instance_engine_machinery(batch, batch_one):
     for s in (batch, batch_one):
-        for type_ in ("AWS::AutoScaling::AutoScalingGroup", "AWS::Scheduler::Schedule", "AWS::StepFunctions::StateMachine",
+        for type_ in ("AWS::AutoScaling::AutoScalingGroup", "AWS::Scheduler::Schedule", "AWS::Scheduler::ScheduleGroup",
                       "AWS::EC2::Instance", "AWS::EC2::SecurityGroupIngress"):
             s.template.resource_count_is(type_, 0)
+        # One state machine: the notes of why Batch ended a job FAILED (cdk/batch_notes.py), no deadline, no fallback.
+        (sm,) = [k for k, r in s.json["Resources"].items() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+        assert sm.startswith("Notes")
         for sg in s.resources("AWS::EC2::SecurityGroup"):
             assert not sg["Properties"].get("SecurityGroupIngress"), sg
 
@@ -297,8 +277,7 @@ def test_merge_job_cpu_and_memory_only(batch, batch_one):
 def test_one_shard_is_a_single_job(batch_one):
     shard, _ = _job_definitions(batch_one)
     assert shard["ContainerProperties"]["Command"][:3] == ["run", "--shard", "0/1"]
-    (_, shards_call), _ = _submissions(batch_one)
-    assert "arrayProperties" not in shards_call["parameters"]  # Batch arrays have 2 to 10,000 children
+    assert _submission(batch_one)[1]["Shards"] == "1"  # the handler submits no array: Batch arrays have 2 to 10,000
     req = _requirements(shard)
     # One GPU's share on every type: g6e.2xlarge 8 vCPU / 64 GiB, g5.12xlarge 48 / 4 = 12 vCPU and 192 / 4 = 48 GiB.
     assert req["VCPU"] == "8" and int(req["MEMORY"]) == int(48 * 1024 * C.BATCH_MEMORY_FRACTION)
@@ -339,41 +318,38 @@ def test_shard_index_from_an_unset_variable_is_one_line_and_writes_nothing(tmp_p
 # --- the submission on deploy -------------------------------------------------------------------------------------
 
 
-def test_array_of_n_shards_then_the_merge_that_depends_on_it(batch):
-    (shards_id, shards_call), (merge_id, merge_call) = _submissions(batch)
+def test_the_run_is_submitted_by_one_resource_keyed_by_its_run_id(batch):
+    import hashlib
+
+    key, props = _submission(batch)
+    # A new run id is a new resource (Create, and Delete of the old one), never an Update of this one.
+    assert hashlib.sha1(b"batch-run").hexdigest()[:10] in key
     queue_id = _logical_id(batch, "AWS::Batch::JobQueue")
-    assert shards_call["action"] == "submitJob" and shards_call["service"] == "Batch"
-    p = shards_call["parameters"]
-    assert p["arrayProperties"] == {"size": 4}
-    assert _ref_id(p["jobQueue"]) == queue_id
-    assert batch.json["Resources"][_ref_id(p["jobDefinition"])]["Properties"]["ContainerProperties"]["Command"][0] == "run"
-    m = merge_call["parameters"]
-    assert "arrayProperties" not in m and _ref_id(m["jobQueue"]) == queue_id
-    assert batch.json["Resources"][_ref_id(m["jobDefinition"])]["Properties"]["ContainerProperties"]["Command"][0] == "merge"
-    (dep,) = m["dependsOn"]
-    assert set(dep) == {"jobId"} and _ref_id(dep["jobId"]) == shards_id  # GetAtt <shards submission>.jobId
-    assert p["jobName"] == "VitEmbedDriveData-batch-run-shards" and m["jobName"] == "VitEmbedDriveData-batch-run-merge"
-    for key in (shards_id, merge_id):
-        r = batch.json["Resources"][key]["Properties"]
-        assert json.loads(r["Delete"])["action"] == "terminateJob"  # cdk destroy stops a running run
-        assert r["InstallLatestAwsSdk"] is False
+    assert props["JobQueue"] == {"Fn::GetAtt": [queue_id, "JobQueueArn"]} and props["Shards"] == "4"
+    assert props["JobName"] == "VitEmbedDriveData-batch-run"  # -shards and -merge (cdk/functions/submit_run)
+    commands = {json.dumps(props[k]): batch.json["Resources"][props[k]["Ref"]]["Properties"]["ContainerProperties"]["Command"][0]
+                for k in ("ShardJobDefinition", "MergeJobDefinition")}
+    assert sorted(commands.values()) == ["merge", "run"]
+    assert props["DeployedAt"] == f"{batch.config.synth_time:%Y-%m-%dT%H:%M:%SZ}"  # every deploy asks the handler again
+    fn = batch.json["Resources"][props["ServiceToken"]["Fn::GetAtt"][0]]["Properties"]
+    assert fn["Handler"] == "index.lambda_handler" and fn["Runtime"].startswith("python3.")
 
 
 def test_submission_role_submits_this_run_only(batch):
-    fn = next(r for k, r in batch.json["Resources"].items() if r["Type"] == "AWS::Lambda::Function" and k.startswith("AWS679f53fa"))
+    _, props = _submission(batch)
+    fn = batch.json["Resources"][props["ServiceToken"]["Fn::GetAtt"][0]]
     role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
     role = batch.json["Resources"][role_id]["Properties"]
     assert "ManagedPolicyArns" not in role  # its own log group only, no AWSLambdaBasicExecutionRole
-    stmts = _statements(batch, role_id)
-    submit = [s for s in stmts if s["Action"] == "batch:SubmitJob"]
-    assert len(submit) == 2
+    by_sid = {s["Sid"]: s for s in _statements(batch, role_id)}
+    assert set(by_sid) == {"WriteOwnLogs", "SubmitThisRun", "FindThisRunsJobs", "TerminateThisRun"}
     queue_id = _logical_id(batch, "AWS::Batch::JobQueue")
-    for s in submit:
-        assert len(s["Resource"]) == 2 and {"Fn::GetAtt": [queue_id, "JobQueueArn"]} in s["Resource"]
-    terminate = [s for s in stmts if s["Action"] == "batch:TerminateJob"]
-    assert terminate and all(":job/*" in json.dumps(s["Resource"]) for s in terminate)
-    logs = [s for s in stmts if "logs:PutLogEvents" in s["Action"]]
-    assert len(logs) == 1 and "Fn::GetAtt" in logs[0]["Resource"]
+    submit = by_sid["SubmitThisRun"]
+    assert submit["Action"] == "batch:SubmitJob" and len(submit["Resource"]) == 3
+    assert {"Fn::GetAtt": [queue_id, "JobQueueArn"]} in submit["Resource"]
+    assert by_sid["FindThisRunsJobs"] == {"Sid": "FindThisRunsJobs", "Action": "batch:ListJobs", "Effect": "Allow", "Resource": "*"}
+    assert by_sid["TerminateThisRun"]["Action"] == "batch:TerminateJob" and ":job/*" in json.dumps(by_sid["TerminateThisRun"])
+    assert "Fn::GetAtt" in by_sid["WriteOwnLogs"]["Resource"]
     assert fn["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] in batch.json["Resources"]
 
 
@@ -404,7 +380,12 @@ def test_merge_role_writes_only_the_run(batch):
 
 
 def test_no_wildcard_resources_but_the_unavoidable(batch, batch_one, batch_many):
-    allowed = {"ecr:GetAuthorizationToken"}
+    # No resource-level permissions: ECR's login, Batch's ListJobs (the submission finds the run's jobs by name), and
+    # the notes state machine's log delivery and X-Ray grants (CDK's, for every logged and traced state machine).
+    allowed = {"ecr:GetAuthorizationToken", "batch:ListJobs", "logs:CreateLogDelivery", "logs:CreateLogStream",
+               "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery", "logs:ListLogDeliveries",
+               "logs:PutLogEvents", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+               "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"}
     for s in (batch, batch_one, batch_many):
         for p in s.resources("AWS::IAM::Policy"):
             for st in p["Properties"]["PolicyDocument"]["Statement"]:
@@ -512,4 +493,5 @@ def test_cli_synth_of_the_readme_command_offline(tmp_path):
     template = json.loads((tmp_path / "EmbeddingRun.template.json").read_text())
     (ce,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::Batch::ComputeEnvironment"]
     assert ce["Properties"]["ComputeResources"]["MaxvCpus"] == 80
-    assert '\\"arrayProperties\\":{\\"size\\":10}' in json.dumps(template)
+    (run,) = [r for r in template["Resources"].values() if r["Type"] == "Custom::BatchRun"]
+    assert run["Properties"]["Shards"] == "10"

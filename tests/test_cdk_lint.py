@@ -101,6 +101,20 @@ def test_cdk_cli_pinned():
     assert lock["packages"]["node_modules/aws-cdk"]["version"] == version
 
 
+def test_node_22_or_24_pinned_for_older_systems():
+    """jsii and the CDK CLI support Node 22 and 24: package.json asks for it, tools/node pins one the Makefile uses
+    when the system's node is older (the `node` package from the npm registry, its install script allowed)."""
+    assert json.loads((REPO / "package.json").read_text())["engines"]["node"] == ">=22"
+    pkg = json.loads((REPO / "tools" / "node" / "package.json").read_text())
+    version = pkg["dependencies"]["node"]
+    assert re.fullmatch(r"(22|24)\.\d+\.\d+", version), "pin an exact Node 22 or 24"
+    assert pkg["allowScripts"] == {"node": True}
+    lock = json.loads((REPO / "tools" / "node" / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/node"]["version"] == version
+    makefile = (REPO / "Makefile").read_text()
+    assert "NODE_MIN_MAJOR := 22" in makefile and "export PATH := $(CURDIR)/tools/node/node_modules/.bin:$(PATH)" in makefile
+
+
 @pytest.fixture(scope="module")
 def cli_synth(tmp_path_factory) -> Path:
     """``cdk synth`` through the pinned CLI, offline and without credentials (the README's path)."""
@@ -130,7 +144,7 @@ def cfn_lint_errors(template: Path) -> list[str]:
 def test_cli_synth_offline_and_nag_clean(cli_synth):
     template = json.loads((cli_synth / "EmbeddingRun.template.json").read_text())
     types = [r["Type"] for r in template["Resources"].values()]
-    assert types.count("AWS::AutoScaling::AutoScalingGroup") == 1 and types.count("AWS::Scheduler::Schedule") == 1
+    assert types.count("AWS::AutoScaling::AutoScalingGroup") == 1 and types.count("AWS::Scheduler::ScheduleGroup") == 1
     report = json.loads((cli_synth / "validation-report.json").read_text())
     assert all(r["conclusion"] == "success" for r in report["pluginReports"])
 

@@ -1,9 +1,11 @@
 """A rehearsal of the cloud run: the real cdk/scripts/user_data.sh, end to end, on this machine (tests/rehearsal/).
 
 Only hardware is stood in for: nvidia-smi, the docker engine (its `run` executes the image's real entrypoint, python -m
-job, in the venv on the CPU with the same arguments, environment and mounts), the s3fs mount (a folder holding the test
-nuScenes archive) and the instance metadata service. S3, CloudWatch Logs and the Auto Scaling group are a moto server
-reached by the real clients: the aws CLI in the script, s3fs in the job, boto3 for the log driver and the checks.
+job, in the venv on the CPU with the same arguments, environment and mounts), apt and dpkg (this machine's s3fs is
+the one "installed"), and the instance metadata service. S3, CloudWatch Logs and the Auto Scaling group are a moto
+server reached by the real clients: the aws CLI in the script, the real s3fs (FUSE) that mounts a public stand-in of
+the nuScenes bucket with the script's own options (the endpoint aside), from which the job reads the archive, s3fs
+(the Python one) in the job for its outputs, boto3 for the log driver and the checks.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TEST_MODEL
 from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
-from rehearsal.harness import VENV_BIN, Account, Instance
+from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
+from rehearsal.harness import Account, Instance
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -31,18 +33,6 @@ IMAGES = 18  # keyframes of one camera in the test archive (tests/nuscenes_fixtu
 SMALL = ["--batch-size", "4", "--shard-size", "8", "--n-epochs", "20"]  # a few shards, a quick UMAP
 EARLY_SHARDS = ["--batch-size", "2", "--shard-size", "2"]  # the first shard lands within a second of embedding
 ALL_CAMERAS = "CAM_FRONT,CAM_FRONT_LEFT,CAM_FRONT_RIGHT,CAM_BACK,CAM_BACK_LEFT,CAM_BACK_RIGHT"  # with sweeps: 216 images
-
-
-def stack_args(account: Account, **context: str) -> list[str]:
-    """The job options the stack fixes (cdk.config.RunConfig.job_args) for the rehearsal's model and data: the mini
-    archive on the mount, ViT-B-32 with random weights, one camera unless ``channels`` says otherwise."""
-    from cdk import constants as C
-    from cdk.config import from_context
-
-    ctx = {"run_id": "rehearsal", "dataset": "mini", "model": TEST_MODEL[1], "pretrained": TEST_MODEL[3],
-           "channels": "CAM_FRONT", **context}
-    args = from_context(ctx.get).job_args()
-    return [str(account.mount) + a[len(C.NUSCENES_MOUNT):] if a.startswith(C.NUSCENES_MOUNT + "/") else a for a in args]
 
 
 def container_command(instance: Instance) -> list[str]:
@@ -60,11 +50,7 @@ def _no_instance_outlives_its_test():
 
 @pytest.fixture(scope="module")
 def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
-    if not (VENV_BIN / "aws").exists():
-        pytest.skip("the aws CLI is not installed in the venv (pip install -e '.[dev]')")
-    acct = Account.create(s3_server, tmp_path_factory.mktemp("account"))
-    pack_mini_archive(nuscenes_dataroot, acct.mount / "public" / "v1.0" / "v1.0-mini.tgz")
-    return acct
+    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +59,7 @@ def reference(account: Account, tmp_path_factory: pytest.TempPathFactory) -> tup
     from job.cli import main
 
     out = tmp_path_factory.mktemp("reference") / "run"
-    command = ["run", *stack_args(account), *SMALL, "--out", str(out), "--weights-cache",
+    command = ["run", *stack_args(account, root=account.local), *SMALL, "--out", str(out), "--weights-cache",
                f"s3://{account.bucket}/cache/weights", "--device", "cpu", "--no-progress"]
     assert main(command) == 0
     return command, out
@@ -104,18 +90,6 @@ def assert_same_vectors(run_uri: str, local: Path) -> None:
             assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
 
 
-def assert_ended(instance: Instance, *, released: bool) -> None:
-    """The run ends the same way whatever happened: logs in S3, the group released or not, then power-off."""
-    calls = instance.calls()
-    assert any(c.startswith("shutdown -h now") for c in calls), calls
-    group = instance.account.capacity(instance.group)
-    assert group == ((0, 0, 0) if released else (0, 1, 1)), group
-    keys = instance.account.keys(f"{instance.run_prefix}_logs/")
-    assert any(k.endswith(f"-{instance.instance_id}/bootstrap.log") for k in keys), keys
-    assert instance.run_prefix + "_bootstrap.log" in instance.account.keys(instance.run_prefix + "_bootstrap")
-    assert not [c for c in calls if c.startswith("apt-get")]  # nothing installed from the network
-
-
 # --- success ---------------------------------------------------------------------------------------------------------
 
 
@@ -141,9 +115,13 @@ def test_success_equals_a_local_run_and_walks_every_phase(account: Account, requ
     ran = container_command(inst)
     assert ran[ran.index("--out") + 1] == inst.run_uri and "--publish" not in ran
     assert ran[ran.index("--weights-cache") + 1] == f"s3://{account.bucket}/cache/weights"
-    # ... and it is the command of the local reference run, but for where it writes and the GPU stand-in.
+    # ... and it is the command of the local reference run, but for where it reads and writes and the GPU stand-in.
     swap = {inst.run_uri: "OUT", str(command[command.index("--out") + 1]): "OUT", "cuda": "cpu"}
-    assert [swap.get(a, a) for a in ran] == [swap.get(a, a) for a in command]
+    same = [swap.get(a, a).replace(str(account.mount), "DATA").replace(str(account.local), "DATA") for a in ran]
+    assert same == [swap.get(a, a).replace(str(account.local), "DATA") for a in command]
+
+    # The archive came through the real s3fs mount of the stand-in bucket, with the script's options.
+    assert_read_through_s3fs(inst)
 
     # The artifacts in S3 equal the local run's.
     keys = account.keys(inst.run_prefix)
@@ -155,7 +133,9 @@ def test_success_equals_a_local_run_and_walks_every_phase(account: Account, requ
     assert remote_m["counts"] == local_m["counts"] and remote_m["model"]["weights_sha256"] == local_m["model"]["weights_sha256"]
     for m in (remote_m, local_m):
         m["config"]["output"].pop("out")
-    assert remote_m["config"] == local_m["config"]
+    # The same options; the archive was read on the s3fs mount there, from a plain folder here.
+    assert json.dumps(remote_m["config"]).replace(str(account.mount), "DATA") == \
+        json.dumps(local_m["config"]).replace(str(account.local), "DATA")
     got_map = _table(inst.run_uri, "umap2d.parquet").sort_by("id")
     want_map = _table(str(local), "umap2d.parquet").sort_by("id")
     assert got_map.column("id").to_pylist() == want_map.column("id").to_pylist()
@@ -188,7 +168,8 @@ def test_job_failure_keeps_the_jobs_reason_and_releases_the_group(account: Accou
     info = make_nuscenes_fixture(tmp_path / "broken", n_logs=1, scenes_per_log=1, samples_per_scene=2)
     for rel in info.keyframes + info.sweeps:
         (info.root / rel).write_bytes(b"not a jpeg")  # every image unreadable: the job fails with a DataError
-    pack_mini_archive(info, account.mount / "public" / "v1.0" / "broken.tgz")
+    pack_mini_archive(info, account.archive("broken.tgz"))
+    account.publish("broken.tgz")
     args = stack_args(account, sources="/mnt/nuscenes/public/v1.0/broken.tgz") + SMALL
     inst = Instance(account, tmp_path / "i1", "broken", args, account.group("g-broken")).start()
     assert inst.wait() == 1, inst.console_text()

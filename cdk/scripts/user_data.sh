@@ -53,6 +53,16 @@ STOP_MARGIN_S=${STOP_MARGIN_S:-300} # stop the job this long before the deadline
 MIN_JOB_S=${MIN_JOB_S:-60}          # do not start the job with less time than this left before that stop
 STOP_GRACE_S=${STOP_GRACE_S:-35}    # docker stop -t: the job commits and exits within 30 s of SIGTERM
 SPOT_POLL_S=${SPOT_POLL_S:-5}       # the spot notice comes two minutes ahead
+# apt on a first boot: cloud-init and Ubuntu's apt-daily jobs hold apt's locks for a while (the lists lock fails
+# `apt-get update` at once: DPkg::Lock::Timeout covers only dpkg's lock), so wait for them, then retry with backoff.
+APT_ATTEMPTS=${APT_ATTEMPTS:-6}             # tries of update + install ...
+APT_RETRY_S=${APT_RETRY_S:-15}              # ... this far apart at first, doubling (15 s to 4 min: ~8 min in all)
+APT_DAILY_WAIT_S=${APT_DAILY_WAIT_S:-600}   # wait at most this long for apt-daily(-upgrade) to finish first
+# s3fs reads the public bucket at its regional endpoint; it stages each open object in a temporary file under its
+# tmpdir (the instance store, see mount_nuscenes) and keeps this much of that disk free.
+NUSCENES_S3_URL=${NUSCENES_S3_URL:-https://s3.${NUSCENES_REGION}.amazonaws.com}
+S3FS_DISKFREE_MB=${S3FS_DISKFREE_MB:-10240}
+S3FS_EXTRA_OPTIONS=${S3FS_EXTRA_OPTIONS:-} # more -o options (the rehearsal's local endpoint needs path-style requests)
 
 readonly RUN_URI="s3://${ARTIFACTS_BUCKET}/${RUN_PREFIX}"
 readonly CONTAINER=vit-embed LOG_CONTAINER=vit-embed-log
@@ -367,16 +377,65 @@ setup_scratch() { # SCRATCH: the instance store (NVMe) where the type has one, e
 	log "scratch: ${SCRATCH} ($(df -h --output=avail "$SCRATCH" | tail -1 | tr -d ' ') free)"
 }
 
+wait_for_apt_daily() { # Ubuntu's apt-daily(-upgrade) run on a first boot and hold apt's locks: let them finish
+	local waited=0
+	while systemctl is-active --quiet apt-daily.service apt-daily-upgrade.service; do
+		if [ "$waited" -ge "$APT_DAILY_WAIT_S" ]; then
+			log "apt-daily still runs after ${waited}s: trying apt anyway"
+			return 0
+		fi
+		[ "$waited" -gt 0 ] || log "waiting for Ubuntu's apt-daily jobs to finish (they hold apt's locks on a first boot)"
+		sleep 2
+		waited=$((waited + 2))
+	done
+}
+
+apt_try() { # apt_try OUT PKG...: one apt-get update + install, its output in OUT
+	local out=$1
+	shift
+	apt-get -o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 update -q >"$out" 2>&1 &&
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 \
+			install -y -q "$@" >"$out" 2>&1
+}
+
+apt_install() { # apt_install PKG...: retried with backoff; fails the run with apt's first error when it never works
+	local attempt=1 pause=$APT_RETRY_S out why started
+	out=$(mktemp -p "$STATE_DIR")
+	started=$(date +%s)
+	wait_for_apt_daily
+	until apt_try "$out" "$@"; do
+		why=$(grep -m1 -E '^(E|Err):' "$out" || true) # apt's first error is the cause (the lists lock, say)
+		[ -n "$why" ] || why=$(tail -1 "$out")
+		if [ "$attempt" -ge "$APT_ATTEMPTS" ]; then
+			fail "could not install $* with apt-get after ${attempt} attempts in $(($(date +%s) - started))s: ${why}"
+		fi
+		log "apt-get failed (attempt ${attempt}/${APT_ATTEMPTS}): ${why}; retrying in ${pause}s"
+		sleep "$pause"
+		attempt=$((attempt + 1))
+		pause=$((pause * 2))
+	done
+	log "installed $* (attempt ${attempt}/${APT_ATTEMPTS})"
+}
+
+s3fs_installed() {
+	# shellcheck disable=SC2016 # ${Status} is dpkg-query's field, not a shell variable
+	[ "$(dpkg-query -W -f='${Status}' s3fs 2>/dev/null)" = "install ok installed" ]
+}
+
 mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (its regional endpoint)
 	phase mount
-	if ! command -v s3fs >/dev/null; then
-		apt-get -o DPkg::Lock::Timeout=600 update -q
-		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q s3fs
-	fi
+	s3fs_installed || apt_install s3fs
 	mkdir -p "$NUSCENES_MOUNT"
+	# s3fs stages every object it reads in a temporary file (its tmpdir, /tmp by default; use_cache or not): up to
+	# four archives at once for the job, ~17 GB of keyframes or ~124 GB of *_blobs. On the instance store, not the
+	# root volume (gp3 at 125 MB/s baseline, shared with the image and the logs).
+	local tmp=$SCRATCH/s3fs extra=()
+	install -d -m 0700 "$tmp"
+	[ -z "$S3FS_EXTRA_OPTIONS" ] || extra=(-o "$S3FS_EXTRA_OPTIONS")
 	s3fs "$NUSCENES_BUCKET" "$NUSCENES_MOUNT" \
 		-o ro -o public_bucket=1 -o allow_other -o umask=0022 \
-		-o "url=https://s3.${NUSCENES_REGION}.amazonaws.com" -o "endpoint=${NUSCENES_REGION}"
+		-o "url=${NUSCENES_S3_URL}" -o "endpoint=${NUSCENES_REGION}" \
+		-o "tmpdir=${tmp}" -o "ensure_diskfree=${S3FS_DISKFREE_MB}" "${extra[@]}"
 	mountpoint -q "$NUSCENES_MOUNT" || fail "s3fs did not mount s3://${NUSCENES_BUCKET} at ${NUSCENES_MOUNT}"
 	local arg prev=
 	while IFS= read -r arg; do # every plain path the job will read must be there
@@ -385,7 +444,7 @@ mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (i
 		fi
 		prev=$arg
 	done <"$JOB_ARGS_FILE"
-	log "mounted s3://${NUSCENES_BUCKET} read-only at ${NUSCENES_MOUNT}"
+	log "mounted s3://${NUSCENES_BUCKET} read-only at ${NUSCENES_MOUNT} (s3fs stages its reads in ${tmp})"
 }
 
 prepare_image() {

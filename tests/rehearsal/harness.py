@@ -1,8 +1,10 @@
-"""The rehearsal's pieces: the account (moto: a bucket, the log group, the run's Auto Scaling group), the nuScenes
-mount, the fake instance metadata service, and an "instance" that runs the real user_data.sh in a sandbox folder.
+"""The rehearsal's pieces: the account (moto: the artifacts bucket, a public stand-in of the nuScenes bucket, the log
+group, the run's Auto Scaling group), the fake instance metadata service, and an "instance" that runs the real
+user_data.sh in a sandbox folder; the script mounts the stand-in bucket with the real s3fs (FUSE), as on AWS.
 
 An instance is a process group: ``kill()`` SIGKILLs all of it (the script, the docker shim, the job) as a lost
-instance would; a new :class:`Instance` for the same run id is the group's replacement and resumes from S3.
+instance would; a new :class:`Instance` for the same run id is the group's replacement and resumes from S3. s3fs
+daemonizes out of the group: ``cleanup()`` unmounts it (the real instance would power off).
 """
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from .fuse import mounted, s3fs_command, unmount
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "cdk" / "scripts" / "user_data.sh"
 STUBS = Path(__file__).resolve().parent / "bin"
 VENV_BIN = Path(sys.executable).parent  # the venv running the tests: its aws CLI and python stand in for the AMI's
 REGION = "us-east-1"  # the moto server's; the script passes --region to every aws call
+# What user_data.sh's s3fs needs besides its own options to reach the moto server (an IP endpoint: path-style).
+S3FS_LOCAL_OPTIONS = "use_path_request_style"
 
 
 class FakeImds:
@@ -77,12 +83,19 @@ class FakeImds:
 
 @dataclass
 class Account:
-    """What outlives an instance: the moto server's bucket, log group and Auto Scaling groups; the nuScenes mount."""
+    """What outlives an instance: the moto server's buckets, log group and Auto Scaling groups.
+
+    ``nuscenes_bucket`` stands in for s3://motional-nuscenes: public-read objects under ``public/v1.0/``, which the
+    script mounts read-only with s3fs at ``mount`` (its NUSCENES_MOUNT); ``local`` holds the same archives for runs
+    made outside the instance.
+    """
 
     endpoint: str
     bucket: str
+    nuscenes_bucket: str
     log_group: str
-    mount: Path  # stands in for the s3fs mount of s3://motional-nuscenes (the script's NUSCENES_MOUNT)
+    mount: Path  # the script's NUSCENES_MOUNT: empty until an instance mounts the stand-in bucket there
+    local: Path  # the same archives as plain files
     source_zip: Path  # the job source asset the instance builds its image from
     launch_config: str = "rehearsal-lc"
 
@@ -95,9 +108,12 @@ class Account:
     def create(cls, endpoint: str, root: Path) -> Account:
         import uuid
 
-        acct = cls(endpoint=endpoint, bucket=f"rehearsal-{uuid.uuid4().hex[:10]}", log_group="/vit-embed/Rehearsal",
-                   mount=root / "mnt" / "nuscenes", source_zip=root / "src.zip")
-        acct.client("s3").create_bucket(Bucket=acct.bucket)
+        suffix = uuid.uuid4().hex[:10]
+        acct = cls(endpoint=endpoint, bucket=f"rehearsal-{suffix}", nuscenes_bucket=f"nuscenes-{suffix}",
+                   log_group="/vit-embed/Rehearsal", mount=root / "mnt" / "nuscenes", local=root / "nuscenes",
+                   source_zip=root / "src.zip")
+        for bucket in (acct.bucket, acct.nuscenes_bucket):
+            acct.client("s3").create_bucket(Bucket=bucket)
         logs = acct.client("logs")
         if not logs.describe_log_groups(logGroupNamePrefix=acct.log_group)["logGroups"]:
             logs.create_log_group(logGroupName=acct.log_group)
@@ -107,8 +123,18 @@ class Account:
             asg.create_launch_configuration(LaunchConfigurationName=acct.launch_config, ImageId=image,
                                             InstanceType="t3.micro")
         acct.mount.mkdir(parents=True)
+        (acct.local / "public" / "v1.0").mkdir(parents=True)
         pack_source(acct.source_zip)
         return acct
+
+    def archive(self, name: str) -> Path:
+        """Where to write an archive ``public/v1.0/<name>`` before :meth:`publish` puts it in the stand-in bucket."""
+        return self.local / "public" / "v1.0" / name
+
+    def publish(self, name: str) -> None:
+        """Put ``public/v1.0/<name>`` in the stand-in bucket, readable anonymously like the real one."""
+        self.client("s3").upload_file(str(self.archive(name)), self.nuscenes_bucket, f"public/v1.0/{name}",
+                                      ExtraArgs={"ACL": "public-read"})
 
     def group(self, name: str) -> str:
         """A fresh group of at most one, at size 1, as the stack creates it (cdk/compute.py)."""
@@ -160,6 +186,8 @@ class Instance:
     settings: dict[str, str] = field(default_factory=dict)  # more run.env lines (overrides)
     env: dict[str, str] = field(default_factory=dict)  # more environment for the script (e.g. REHEARSAL_NO_GPU)
     proc: subprocess.Popen | None = None
+    s3fs: list[str] = field(default_factory=list)  # the command line of the s3fs serving the mount, at cleanup
+    mount_type: str | None = None  # what was mounted at the account's mount at cleanup (fuse.s3fs)
     live: ClassVar[list[Instance]] = []  # started and not yet cleaned up
 
     def __post_init__(self) -> None:
@@ -191,8 +219,8 @@ class Instance:
             "REGION": REGION, "ARTIFACTS_BUCKET": a.bucket, "RUN_ID": self.run_id, "RUN_PREFIX": self.run_prefix,
             "LOG_GROUP": a.log_group, "MAX_RUN_MINUTES": str(max(1, round(self.deadline_s / 60))),
             "MARKET": self.market, "INSTANCE_TYPE": "g6e.xlarge,g6e.2xlarge", "IMAGE": "", "ECR_REGISTRY": "",
-            "ECR_REGION": REGION, "SOURCE_ZIP": str(a.source_zip), "NUSCENES_BUCKET": "motional-nuscenes",
-            "NUSCENES_REGION": "ap-northeast-1", "NUSCENES_MOUNT": str(a.mount),
+            "ECR_REGION": REGION, "SOURCE_ZIP": str(a.source_zip), "NUSCENES_BUCKET": a.nuscenes_bucket,
+            "NUSCENES_REGION": REGION, "NUSCENES_MOUNT": str(a.mount),
             "WEIGHTS_CACHE": f"s3://{a.bucket}/cache/weights", "ASG_NAME": self.group,
             # what the user-data adds at boot
             "DEADLINE_EPOCH": str(int(time.time() + self.deadline_s)),
@@ -200,6 +228,8 @@ class Instance:
             "LOG_FILE": str(r / "var" / "log" / "vit-embed.log"), "SYSTEMD_DIR": str(r / "systemd"),
             "WORK_DIR": str(r / "opt"), "SCRATCH_FALLBACK": str(r / "scratch"), "STATE_DIR": str(r / "run"),
             "IMDS_ENDPOINT": self.imds.endpoint, "SPOT_POLL_S": "1",
+            # the stand-in nuScenes bucket on the moto server (user_data.sh's s3fs options otherwise), quick apt retries
+            "NUSCENES_S3_URL": a.endpoint, "S3FS_EXTRA_OPTIONS": S3FS_LOCAL_OPTIONS, "APT_RETRY_S": "1",
         }
         settings.update(self.settings)
         return "".join(f"{k}={v}\n" for k, v in settings.items())
@@ -211,8 +241,7 @@ class Instance:
         env_file.write_text(self._run_env())
         args_file.write_text("".join(f"{a}\n" for a in self.job_args))
         env = {**os.environ, "PATH": f"{STUBS}:{VENV_BIN}:{os.environ['PATH']}", "REHEARSAL_REPO": str(REPO),
-               "REHEARSAL_DOCKER_DIR": str(self.docker_dir), "REHEARSAL_NUSCENES_MOUNT": str(self.account.mount),
-               "AWS_MAX_ATTEMPTS": "2", **self.env}
+               "REHEARSAL_DOCKER_DIR": str(self.docker_dir), "AWS_MAX_ATTEMPTS": "2", **self.env}
         env.pop("AWS_DEFAULT_REGION", None)  # the script names its region
         self.console = open(self.root / "console.log", "w")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(["bash", str(SCRIPT), str(env_file), str(args_file)], env=env, cwd=self.root,
@@ -260,6 +289,8 @@ class Instance:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self.mount_type, self.s3fs = mounted(self.account.mount), s3fs_command(self.account.mount)
+        unmount(self.account.mount)
         self.console.close()
         self.imds.close()
 

@@ -1,0 +1,57 @@
+"""Before ``cdk destroy``: say what the destroy keeps and the one command that brings the run back.
+
+    python -m cdk.teardown [-c key=value ...]      (make destroy runs it, then npx cdk destroy)
+
+Reads the deployed stack's outputs (CloudFormation DescribeStacks, with your credentials); the context is the app's
+own (cdk.json + ``-c``), for the stack's name and region. It changes nothing; exit 2 on a bad context, else 0 (a
+stack that is not there, or cannot be read, is said in one line: there is nothing to keep then, or nothing known).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+from .config import ConfigError, cdk_json_context, from_context
+from .preflight import boto3_clients, parse_context
+from .preflight_base import _error
+
+
+def notes(outputs: dict[str, str]) -> list[str]:
+    """What the destroy keeps and how to resume, from the stack's outputs."""
+    lines = []
+    if "ArtifactsBucket" in outputs:
+        lines.append(f"kept: s3://{outputs['ArtifactsBucket']}/ (the runs, their logs, the weights cache)")
+    if "AccessLogBucket" in outputs:
+        lines.append(f"kept: s3://{outputs['AccessLogBucket']}/ (the artifacts bucket's access logs; they expire in 90 days)")
+    if "RunPrefix" in outputs:
+        lines.append(f"run:  {outputs['RunPrefix']} (python -m job status {outputs['RunPrefix']})")
+    if "RedeployCommand" in outputs:
+        lines.append(f"to resume this run after the destroy, run: {outputs['RedeployCommand']}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdk.teardown", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="context, as for cdk")
+    args = parser.parse_args(argv)
+    try:
+        cfg = from_context({**cdk_json_context(), **parse_context(args.context)}.get)
+    except ConfigError as exc:
+        print(f"cdk context error: {exc}", file=sys.stderr)
+        return 2
+    clients = client or boto3_clients(cfg.region)
+    try:
+        stacks = clients("cloudformation").describe_stacks(StackName=cfg.stack_name)["Stacks"]
+    except Exception as exc:
+        print(f"teardown: stack {cfg.stack_name} in {cfg.region}: {_error(exc)}")
+        return 0
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    print(f"teardown: {cfg.stack_name} in {cfg.region}")
+    for line in notes(outputs):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

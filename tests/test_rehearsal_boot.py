@@ -1,0 +1,70 @@
+"""The rehearsal of a first boot's apt (tests/rehearsal/): Ubuntu's cloud-init and apt-daily hold apt's locks when
+user_data.sh installs s3fs, and `apt-get update` fails at once on the lists lock. The real script runs against a
+rehearsed apt-get that fails on that lock a few times and then works (the script must wait, retry and get through to
+the real s3fs mount), or never works (the run must end failed, in phase mount, with apt's own error as the reason).
+No job runs: the first case stops at the next check that needs no GPU (too little time left before max_run_hours),
+the second at the mount."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
+from rehearsal.harness import Account, Instance
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+LOCK_ERROR = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1234 (apt-get)"
+
+
+@pytest.fixture(autouse=True)
+def _no_instance_outlives_its_test():
+    yield
+    Instance.cleanup_all()
+
+
+@pytest.fixture(scope="module")
+def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
+    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
+
+
+def _apt(instance: Instance, verb: str) -> list[str]:
+    return [c for c in instance.calls() if c.startswith("apt-get ") and f" {verb}" in c]
+
+
+def test_apt_lock_race_is_waited_out_and_the_script_gets_through(account: Account, tmp_path: Path) -> None:
+    # apt-daily runs for the first 3 s of the boot; `apt-get update` then fails twice on the lists lock.
+    inst = Instance(account, tmp_path / "i1", "aptrace", stack_args(account), account.group("g-aptrace"),
+                    deadline_s=200, env={"REHEARSAL_APT": "lock:2", "REHEARSAL_APT_DAILY_S": "3"}).start()
+    assert inst.wait() == 1, inst.console_text()
+    doc = inst.status()
+    # Through apt, the mount and the image build: it stops only where the rehearsal makes it (max_run_hours).
+    assert [p["phase"] for p in doc["phases"]] == ["check-gpu", "scratch", "mount", "image", "weights"], doc
+    assert doc["status"] == "failed" and doc["reason"].startswith("max_run_hours"), doc
+    assert len(_apt(inst, "update")) == 3 and len(_apt(inst, "install")) == 1
+    assert "s3fs" in _apt(inst, "install")[0] and "DPkg::Lock::Timeout=" in _apt(inst, "install")[0]
+    console = inst.console_text()
+    # It waited for apt-daily before the first try, then backed off: 1 s, then 2 s.
+    assert "waiting for Ubuntu's apt-daily jobs to finish" in console
+    calls = inst.calls()
+    assert calls.index(next(c for c in calls if c.startswith("systemctl is-active"))) < calls.index(_apt(inst, "update")[0])
+    retries = re.findall(r"apt-get failed \(attempt (\d)/6\): (.*); retrying in (\d+)s", console)
+    assert retries == [("1", LOCK_ERROR, "1"), ("2", LOCK_ERROR, "2")], retries
+    assert "installed s3fs (attempt 3/6)" in console
+    assert_read_through_s3fs(inst)  # and then the real s3fs mounted the bucket
+    assert_ended(inst, released=True, apt=True)
+
+
+def test_apt_that_never_gets_the_lock_fails_the_run_in_phase_mount_with_apts_error(account: Account, tmp_path: Path) -> None:
+    inst = Instance(account, tmp_path / "i1", "aptnever", stack_args(account), account.group("g-aptnever"),
+                    env={"REHEARSAL_APT": "never"}, settings={"APT_ATTEMPTS": "3"}).start()
+    assert inst.wait() == 1, inst.console_text()
+    doc = inst.status()
+    assert (doc["status"], doc["phase"]) == ("failed", "mount"), doc
+    assert re.fullmatch(rf"could not install s3fs with apt-get after 3 attempts in \d+s: {re.escape(LOCK_ERROR)}",
+                        doc["reason"]), doc["reason"]
+    assert len(_apt(inst, "update")) == 3 and not _apt(inst, "install")
+    assert inst.mount_type is None and not [c for c in inst.calls() if c.startswith("docker build")]
+    assert_ended(inst, released=True, apt=True)  # the run is over: the group is released, the instance powers off
