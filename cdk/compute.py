@@ -19,6 +19,7 @@ from . import constants as C
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
+STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status_rules.py"  # the script's _STATUS rules
 
 
 def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
@@ -91,9 +92,12 @@ class JobGroup(Construct):
             )
         )
 
-        # The real script, shipped as an asset; the source tree too when the image is built on the instance.
+        # The real script, shipped as an asset, with the job's _STATUS rules it runs; the source tree too when the
+        # image is built on the instance.
         self.script_asset = s3_assets.Asset(self, "RunScript", path=str(RUN_SCRIPT))
         self._grant_asset(self.script_asset)
+        self.rules_asset = s3_assets.Asset(self, "StatusRules", path=str(STATUS_RULES))
+        self._grant_asset(self.rules_asset)
         if source_asset is not None:
             self._grant_asset(source_asset)
 
@@ -193,6 +197,12 @@ class JobGroup(Construct):
             bucket=self.script_asset.bucket,
             bucket_key=self.script_asset.s3_object_key,
             local_file=C.SCRIPT_PATH,
+            region=region,
+        )
+        ud.add_s3_download_command(
+            bucket=self.rules_asset.bucket,
+            bucket_key=self.rules_asset.s3_object_key,
+            local_file=C.STATUS_RULES_PATH,
             region=region,
         )
         if source_asset is not None:

@@ -125,6 +125,9 @@ INSTANCE_ETC = "/etc/vit-embed"
 RUN_ENV_FILE = f"{INSTANCE_ETC}/run.env"
 JOB_ARGS_FILE = f"{INSTANCE_ETC}/job.args"
 SCRIPT_PATH = "/opt/vit-embed/run.sh"
+# job/status_rules.py, the _STATUS merge rules the script runs (standard library only): user_data.sh's default
+# STATUS_RULES, beside the script in its WORK_DIR
+STATUS_RULES_PATH = "/opt/vit-embed/status_rules.py"
 SOURCE_ZIP_PATH = "/opt/vit-embed/src.zip"
 # The run script creates this as soon as its traps are set (STATE_DIR in user_data.sh): from then on the script,
 # not the user-data, decides how the run ends (a spot-interrupted instance must not set its group to 0).

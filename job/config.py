@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
+from .status_rules import LEASE_STALE_S
 from .values import (
     CAMERA_CHANNELS,
     at_least,
@@ -117,7 +118,7 @@ class OutputConfig:
     npy: bool = False
     overwrite: bool = False
     publish: str | None = None
-    lease_timeout: float = 600.0  # seconds without a heartbeat after which an output's lease is stale (job.lease)
+    lease_timeout: float = LEASE_STALE_S  # seconds without a heartbeat after which an output's lease is stale (job.lease)
 
     def __post_init__(self) -> None:
         at_least("--shard-size", self.part_size, 1)

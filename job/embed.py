@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import fsutil
 from .config import JobConfig
 from .decode import DecodePool, DecodeStage
 from .embed_loop import EmbedLoop, LoopStats, batched, unique_paths
@@ -140,7 +141,8 @@ class Embedding:
         try:
             loop = EmbedLoop(itertools.chain([first] if first else [], batches), stage, self.encoder, self.writer,
                              progress, stop)
-            stats = loop.run()
+            with fsutil.faults("embedding into", self.layout.run_dir):
+                stats = loop.run()
         finally:
             progress.close()
             batches.close()
@@ -157,7 +159,8 @@ class Embedding:
         if stats.embedded + stats.failed != len(self.listed):
             raise DataError(f"the embed loop accounted for {stats.embedded + stats.failed} of the {len(self.listed)} "
                             f"images it was given; no manifest was written. Run the same command to resume")
-        ledger = self.verify()  # also leaves one copy of a path committed twice, before anything reads the vectors
+        with fsutil.faults("checking", layout.run_dir):
+            ledger = self.verify()  # also leaves one copy of a path committed twice, before anything reads the vectors
         embedded_total, failed_total = ledger.rows, ledger.failures
         if embedded_total == 0:
             raise DataError(f"no image could be embedded from {self.source.description} "

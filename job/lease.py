@@ -32,11 +32,12 @@ from typing import Any, Iterator
 
 from . import fsutil
 from .errors import JobError
+from .status_rules import LEASE_STALE_S
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
-STALE_AFTER_S = 600.0
+STALE_AFTER_S = LEASE_STALE_S  # the instance script reads the same number through job/status_rules.py
 
 
 class LeaseHeld(JobError):

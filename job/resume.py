@@ -79,17 +79,19 @@ def _remove_debris(layout: RunLayout) -> dict[str, dict[PartKey, str]]:
     fs, _ = fsutil.url_to_fs(layout.run_dir)
     for folder in (layout.embeddings, layout.failures, layout.thumbnails):
         sub_fs, sub = fsutil.url_to_fs(folder)
-        if sub_fs.exists(sub):
-            for p in sub_fs.ls(sub, detail=False):
-                if ".tmp-" in p.rsplit("/", 1)[-1]:
-                    sub_fs.rm(p)
+        with fsutil.faults("cleaning up", folder):
+            if sub_fs.exists(sub):
+                for p in sub_fs.ls(sub, detail=False):
+                    if ".tmp-" in p.rsplit("/", 1)[-1]:
+                        sub_fs.rm(p)
     parts = {"embeddings": list_parts(layout.embeddings), "failures": list_parts(layout.failures),
              "thumbnails": list_parts(layout.thumbnails)}
     for table in ("failures", "thumbnails"):
         for key, p in list(parts[table].items()):
             if key not in parts["embeddings"]:
                 log.info("removing orphaned file %s of an interrupted part", p)
-                fs.rm(p)
+                with fsutil.faults("removing", p):
+                    fs.rm(p)
                 del parts[table][key]
     return parts
 
@@ -158,11 +160,12 @@ def prepare_run(layout: RunLayout, identity: Mapping[str, Any], *, overwrite: bo
     they are not embedded again.
     """
     fs, root = fsutil.url_to_fs(layout.run_dir)
-    if overwrite and fs.exists(root):
-        for url in layout.owned():
-            sub_fs, sub = fsutil.url_to_fs(url)
-            if sub_fs.exists(sub):
-                sub_fs.rm(sub, recursive=True)
+    with fsutil.faults("removing the earlier output (--overwrite) in", layout.run_dir):
+        if overwrite and fs.exists(root):
+            for url in layout.owned():
+                sub_fs, sub = fsutil.url_to_fs(url)
+                if sub_fs.exists(sub):
+                    sub_fs.rm(sub, recursive=True)
     identity = dict(identity)
     if fsutil.exists(layout.state):
         previous = fsutil.read_json(layout.state)

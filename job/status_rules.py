@@ -16,13 +16,18 @@ The document is a JSON object (typed on the job's side as ``job.documents.Status
 5. **A writer turned away** by a live lease on the output (``job.lease``) changes nothing but a ``waiting`` note in
    the holder's document (who came, when, why it left); the holder keeps that note when it writes next.
 
-Command line (the instance script)::
+Command lines (the instance script)::
 
     python3 status_rules.py MINE STORED STATUS REASON PHASE FORCE
+    python3 status_rules.py note STORED HOST REASON
+    python3 status_rules.py lease LEASE TIMEOUT_S
 
-MINE is this attempt's local copy (created when missing, rewritten in place); STORED the copy S3 holds now (empty or
-missing: none). STATUS is running|succeeded|failed|interrupted, PHASE may be empty, FORCE is ``force`` or empty. The
-environment gives STARTED_AT and ATTEMPT (this attempt) and RUN_ID, RUN_URI, INSTANCE_ID, INSTANCE_TYPE, MARKET.
+The first: MINE is this attempt's local copy (created when missing, rewritten in place); STORED the copy S3 holds now
+(empty or missing: none). STATUS is running|succeeded|failed|interrupted, PHASE may be empty, FORCE is ``force`` or
+empty. The environment gives STARTED_AT and ATTEMPT (this attempt) and RUN_ID, RUN_URI, INSTANCE_ID, INSTANCE_TYPE,
+MARKET. ``note`` adds rule 5's ``waiting`` note to STORED in place. ``lease`` reads a copy of the run's ``_LEASE``
+(``job.lease``'s format) and prints who holds it when it is live (its heartbeat younger than TIMEOUT_S), nothing when
+it is stale or unreadable: the instance script waits while another writer works on the run.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import sys
 from typing import Any, Optional
 
 SCHEMA = 1
+LEASE_STALE_S = 600.0  # job.lease's default --lease-timeout: a writer's lease without a heartbeat this long is stale
 STATES = ("running", "succeeded", "failed", "interrupted")
 TERMINAL = frozenset(STATES[1:])
 PREVIOUS_KEYS = ("status", "reason", "phase", "updated_at")
@@ -116,6 +122,20 @@ def settle(doc: Doc, status: str, reason: str = "", *, force: bool = False) -> D
     return doc
 
 
+def lease_holder(lease: Any, timeout_s: float, at: Optional[datetime.datetime] = None) -> Optional[str]:
+    """Who holds a live lease (``job.lease``'s JSON: owner, host, pid, heartbeat), as one phrase; None when it is
+    stale or unreadable."""
+    try:
+        beat = datetime.datetime.fromisoformat(str(lease["heartbeat"]))
+        age = ((at or datetime.datetime.now(datetime.timezone.utc)) - beat).total_seconds()
+        owner, host, pid = str(lease["owner"]), str(lease["host"]), int(lease["pid"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if age >= timeout_s:
+        return None
+    return f"attempt {owner} on host {host} (pid {pid}), last heartbeat {max(0, age):.0f} s ago"
+
+
 def _load(path: str) -> Optional[Doc]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -135,25 +155,44 @@ def instance_update(mine_path: str, stored_path: str, status: str, reason: str, 
     enter_phase(doc, phase)
     settle(doc, status, reason, force=force)
     doc["updated_at"] = now()
-    tmp = f"{mine_path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, mine_path)
+    _write(mine_path, doc)
     return doc
 
 
+USAGE = ("usage: status_rules.py MINE STORED STATUS REASON PHASE FORCE | status_rules.py note STORED HOST REASON | "
+         "status_rules.py lease LEASE TIMEOUT_S")
+
+
+def _write(path: str, doc: Doc) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str]) -> int:
-    """``python3 status_rules.py MINE STORED STATUS REASON PHASE FORCE`` (see the module docstring)."""
-    if len(argv) != 6:
-        print("usage: status_rules.py MINE STORED STATUS REASON PHASE FORCE", file=sys.stderr)
-        return 2
-    mine, stored, status, reason, phase, force = argv
+    """The command lines of the module docstring; exit 0 done, 1 failed, 2 bad usage."""
     try:
-        instance_update(mine, stored, status, reason, phase, force == "force", os.environ)
+        if len(argv) == 4 and argv[0] == "note":
+            stored = _load(argv[1])
+            if is_status(stored):
+                assert stored is not None
+                _write(argv[1], note_waiting(stored, argv[2], argv[3]))
+            return 0
+        if len(argv) == 3 and argv[0] == "lease":
+            holder = lease_holder(_load(argv[1]) or {}, float(argv[2]))
+            if holder:
+                print(holder)
+            return 0
+        if len(argv) == 6:
+            mine, stored_path, status, reason, phase, force = argv
+            instance_update(mine, stored_path, status, reason, phase, force == "force", os.environ)
+            return 0
     except (KeyError, ValueError, OSError) as exc:
         print(f"status_rules.py: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

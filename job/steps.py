@@ -11,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
+from . import fsutil
 from .config import JobConfig
 from .runfolder import IndexInfo, Manifest, Projection, RunLayout, write_manifest
 from .stopping import StopRequest
@@ -108,10 +109,12 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
 
     if cfg.index.enabled:
         phase("index")
-        index_step(cfg, layout, manifest)
+        with fsutil.faults("the index step on", layout.run_dir):
+            index_step(cfg, layout, manifest)
     if cfg.project.enabled:
         phase("project")
-        project_step(cfg, layout, manifest)
+        with fsutil.faults("the projection step on", layout.run_dir):
+            project_step(cfg, layout, manifest)
     if stop is not None:
         stop.check("before writing the manifest")
     if verify is not None:

@@ -12,6 +12,7 @@ from nuscenes_fixture import pack, upload_file
 from job import fsutil
 from job.errors import StorageError
 from job.sources import archive_reader as archives
+from job.sources import remote
 from job.sources.archive_reader import ArchiveError, ArchiveReader
 
 
@@ -182,7 +183,7 @@ def test_retry_gives_up_and_does_not_retry_missing(monkeypatch):
         raise TimeoutError("slow")
 
     with pytest.raises(StorageError, match=r"^GET x failed after 3 tries .*TimeoutError: slow.*run the same command"):
-        archives.retry(boom, "GET x", retries=2)
+        remote.retry(boom, "GET x", retries=2)
     assert n["calls"] == 3
 
     def missing():
@@ -191,5 +192,5 @@ def test_retry_gives_up_and_does_not_retry_missing(monkeypatch):
 
     n["calls"] = 0
     with pytest.raises(FileNotFoundError):
-        archives.retry(missing, "x")
+        remote.retry(missing, "x")
     assert n["calls"] == 1

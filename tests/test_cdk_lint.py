@@ -194,10 +194,17 @@ def test_script_keeps_the_capacity_block_delimited():
 
 
 def test_script_status_phases_follow_the_job_schema():
-    from job.status import SCHEMA, STATES
+    from cdk import constants as C
+    from job.lease import STALE_AFTER_S
+    from job.status import STATES
 
     script = RUN_SCRIPT.read_text()
-    assert f'"schema": {SCHEMA}' in script
+    # the merge rules are the job's own file, shipped beside the script; no Python inside the script
+    assert "<<'PY'" not in script and "python3 -c" not in script
+    assert script.count('python3 "$STATUS_RULES"') >= 3
+    assert _script_default("STATUS_RULES").replace("$WORK_DIR", _script_default("WORK_DIR")) == C.STATUS_RULES_PATH
+    # ... and the waiting instance counts a lease stale exactly as the job does
+    assert float(_script_default("LEASE_TIMEOUT_S")) == STALE_AFTER_S
     for state in STATES:
         assert f'"{state}"' in script or f" {state} " in script, state
     phases = re.findall(r"^\s*phase ([a-z-]+)", script, re.M)

@@ -598,7 +598,8 @@ def test_user_data_default(default):
     for flag, value in (("--model", "ViT-L-14"), ("--pretrained", "openclip"), ("--pool", "mean"), ("--resize-mode", "pad"), ("--index-type", "auto")):
         assert f"{flag}\n{value}\n" in ud
     assert "--include-sweeps" not in ud
-    assert f"'{C.SCRIPT_PATH}'" in ud and f"'{C.SOURCE_ZIP_PATH}'" in ud  # both assets downloaded
+    assert f"'{C.SCRIPT_PATH}'" in ud and f"'{C.SOURCE_ZIP_PATH}'" in ud  # the assets downloaded: script, source,
+    assert f"'{C.STATUS_RULES_PATH}'" in ud  # and the job's _STATUS rules the script runs
     assert f"{C.SCRIPT_PATH}' {C.RUN_ENV_FILE} {C.JOB_ARGS_FILE}" in ud
     assert ud.count("--region ap-northeast-1") >= 2  # asset downloads name the region (no CLI config on the AMI)
 

@@ -273,3 +273,24 @@ def test_max_run_hours_stops_the_job_commits_and_releases_the_group(account: Acc
         assert _parts(account, inst), "the batch in flight when the stop came is committed"
         assert 0 < _table(inst.run_uri, "embeddings.parquet").num_rows < 6 * 2 * IMAGES
     assert_ended(inst, released=True)  # the run is over: nothing replaces the instance
+
+
+def test_a_second_instance_waits_while_the_first_still_writes(account: Account, tmp_path: Path) -> None:
+    """The group's replacement boots while the instance before it still runs the job (a spot notice not yet acted
+    on, a resume started by hand): it touches nothing but a `waiting` note in _STATUS, and goes on once the first
+    writer released the run (here: the spot notice stops it, it commits and exits 75)."""
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS + ["--image-size", "448"]
+    group = account.group("g-two")
+    first = Instance(account, tmp_path / "i1", "two", args, group, market="spot").start()
+    first.wait_for(lambda: _parts(account, first), timeout=180, every=0.05)
+    second = Instance(account, tmp_path / "i2", "two", args, group, instance_id="i-0rehearsal00000002").start()
+    second.wait_for(lambda: "another writer holds" in second.console_text(), timeout=120)
+    doc = first.wait_for(lambda: (d := first.status()).get("waiting") and d, timeout=60)
+    assert doc["status"] == "running" and doc["instance_id"] == first.instance_id, doc  # the first one's document
+    assert doc["waiting"]["host"] == second.instance_id and "held by attempt" in doc["waiting"]["reason"], doc
+    assert not second.docker_runs(), "the waiting instance started nothing"
+    first.imds.spot_notice()
+    assert first.wait() == 75, first.console_text()
+    second.wait_for(lambda: "the other writer is done" in second.console_text(), timeout=120)
+    second.wait_for(lambda: "phase check-gpu" in second.console_text(), timeout=60)  # now it is its turn
+    assert second.console_text().index("another writer holds") < second.console_text().index("phase check-gpu")

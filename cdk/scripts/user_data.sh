@@ -53,6 +53,9 @@ STOP_MARGIN_S=${STOP_MARGIN_S:-300} # stop the job this long before the deadline
 MIN_JOB_S=${MIN_JOB_S:-60}          # do not start the job with less time than this left before that stop
 STOP_GRACE_S=${STOP_GRACE_S:-35}    # docker stop -t: the job commits and exits within 30 s of SIGTERM
 SPOT_POLL_S=${SPOT_POLL_S:-5}       # the spot notice comes two minutes ahead
+LEASE_TIMEOUT_S=${LEASE_TIMEOUT_S:-600} # job.lease: a writer's lease without a heartbeat this long is stale
+LEASE_POLL_S=${LEASE_POLL_S:-30}        # how often a waiting instance looks at the other writer's lease
+STATUS_RULES=${STATUS_RULES:-$WORK_DIR/status_rules.py} # job/status_rules.py, shipped beside this script
 # apt on a first boot: cloud-init and Ubuntu's apt-daily jobs hold apt's locks for a while (the lists lock fails
 # `apt-get update` at once: DPkg::Lock::Timeout covers only dpkg's lock), so wait for them, then retry with backoff.
 APT_ATTEMPTS=${APT_ATTEMPTS:-6}             # tries of update + install ...
@@ -80,6 +83,7 @@ STARTED_AT=$(date -u +%FT%TZ)
 ATTEMPT=$(date -u +%Y%m%dT%H%M%SZ) # + the instance id: this attempt's folder of logs, _logs/<attempt>/
 LOG_STREAMING=false
 WITH_LOGS=false
+WAITING_ONLY=false
 WATCHERS=()
 
 install -d -m 0755 "$(dirname "$LOG_FILE")" "$WORK_DIR"
@@ -103,36 +107,7 @@ imds() { # imds PATH: GET an instance-metadata path with an IMDSv2 token
 # The document is merged with what S3 holds, because the job writes it too (its phases, its progress, its final word):
 # this attempt's document is continued, a new attempt starts a fresh one that remembers the previous outcome, and the
 # first terminal status of an attempt stays unless the script forces the stop reason it recorded before the job ended.
-read -r -d '' STATUS_PY <<'PY' || true
-import datetime, json, os, sys
-mine, stored_path, status, reason, phase, force = sys.argv[1:7]
-def load(path):
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-env = os.environ
-doc, stored = load(mine), load(stored_path)
-if doc is None:
-    doc = {"schema": 1, "status": "running", "reason": "", "started_at": env["STARTED_AT"],
-           "attempt": env["ATTEMPT"], "phases": []}
-    if stored is not None and stored.get("status") in ("running", "succeeded", "failed", "interrupted"):
-        doc["previous"] = {k: stored.get(k) for k in ("status", "reason", "phase", "updated_at")}
-elif stored is not None and (stored.get("started_at"), stored.get("attempt")) == (doc["started_at"], doc["attempt"]):
-    doc = stored
-doc.update({k.lower(): env[k] for k in ("RUN_ID", "RUN_URI", "INSTANCE_ID", "INSTANCE_TYPE", "MARKET")})
-if phase and doc.get("phase") != phase:
-    doc["phase"] = phase
-    doc.setdefault("phases", []).append({"phase": phase, "at": now})
-if status != "running" and (doc.get("status") == "running" or force):
-    doc["status"], doc["reason"] = status, reason
-doc["updated_at"] = now
-with open(mine, "w") as f:
-    json.dump(doc, f, indent=1)
-PY
+# The rules are the job's own, job/status_rules.py (standard library only), shipped beside this script as STATUS_RULES.
 
 write_status() { # write_status running|succeeded|failed|interrupted REASON [PHASE] [force]: _STATUS + _bootstrap.log
 	# (+ _logs/<attempt>/bootstrap.log and job.log once WITH_LOGS is set: the copies that outlive the log group)
@@ -144,7 +119,7 @@ write_status() { # write_status running|succeeded|failed|interrupted REASON [PHA
 	fi
 	if env "STARTED_AT=$STARTED_AT" "ATTEMPT=$ATTEMPT" "RUN_ID=$RUN_ID" "RUN_URI=$RUN_URI" "INSTANCE_ID=$INSTANCE_ID" \
 		"INSTANCE_TYPE=$INSTANCE_TYPE" "MARKET=$MARKET" \
-		python3 -c "$STATUS_PY" "$STATE_DIR/status.json" "$stored" "$1" "$2" "${3:-}" "${4:-}"; then
+		python3 "$STATUS_RULES" "$STATE_DIR/status.json" "$stored" "$1" "$2" "${3:-}" "${4:-}"; then
 		cp "$STATE_DIR/status.json" "$up/_STATUS"
 		cp "$LOG_FILE" "$up/_bootstrap.log"
 		if [ "$WITH_LOGS" = true ]; then # the attempt's last word: its logs too, where they outlive the stack
@@ -159,6 +134,48 @@ write_status() { # write_status running|succeeded|failed|interrupted REASON [PHA
 	fi
 	rm -rf "$stored" "$up"
 }
+
+# --- one writer per run (job.lease) ---------------------------------------------------------------------------------
+# The job holds the run's _LEASE while it writes. An instance that finds it live (the one before it still shutting
+# down after a spot notice, a resume started by hand elsewhere) waits, touching nothing but a note in _STATUS.
+lease_holder() { # who holds the run's lease when it is live ("attempt … on host …, last heartbeat N s ago"), else ""
+	local copy=$STATE_DIR/lease.json
+	rm -f "$copy"
+	aws s3 cp "${RUN_URI}_LEASE" "$copy" --region "$REGION" --only-show-errors >/dev/null 2>&1 || return 0
+	python3 "$STATUS_RULES" lease "$copy" "$LEASE_TIMEOUT_S"
+}
+
+note_waiting() { # note_waiting REASON: a `waiting` note in the holder's _STATUS (its status unchanged)
+	local stored
+	stored=$(mktemp -p "$STATE_DIR")
+	if aws s3 cp "${RUN_URI}_STATUS" "$stored" --region "$REGION" --only-show-errors >/dev/null 2>&1 &&
+		python3 "$STATUS_RULES" note "$stored" "$INSTANCE_ID" "$1"; then
+		aws s3 cp "$stored" "${RUN_URI}_STATUS" --region "$REGION" --only-show-errors >/dev/null 2>&1 ||
+			log "warning: could not note in ${RUN_URI}_STATUS why this instance waits"
+	fi
+	rm -f "$stored"
+}
+
+wait_for_writer() { # while another live writer holds the run: wait (polling), then go on; none: return at once
+	local holder noted=false
+	while holder=$(lease_holder) && [ -n "$holder" ]; do
+		if [ "$noted" = false ]; then
+			log "another writer holds ${RUN_URI}: ${holder}; waiting until it is done (checking every ${LEASE_POLL_S}s)"
+			note_waiting "instance ${INSTANCE_ID} waits: the run is held by ${holder}"
+			noted=true
+		fi
+		if [ $(($(date +%s) + LEASE_POLL_S + STOP_MARGIN_S + MIN_JOB_S)) -ge "$DEADLINE_EPOCH" ]; then
+			WAITING_ONLY=true # this instance never touched the run: its ending writes no status
+			log "max_run_hours reached while ${holder} still holds the run; this instance gives up"
+			exit "$EXIT_INTERRUPTED"
+		fi
+		sleep "$LEASE_POLL_S"
+	done
+	if [ "$noted" = true ]; then
+		log "the other writer is done with ${RUN_URI}"
+	fi
+}
+# --- end one writer per run ----------------------------------------------------------------------------------------
 
 phase() { # phase NAME: a new phase begins (recorded with its time)
 	PHASE=$1
@@ -249,7 +266,11 @@ on_exit() {
 	stop_job
 	WITH_LOGS=true
 	[ "${#WATCHERS[@]}" -eq 0 ] || kill "${WATCHERS[@]}" 2>/dev/null
-	if [ "$rc" -eq 0 ]; then # the manifest is there: complete, even if a stop came as the job finished
+	if [ "$WAITING_ONLY" = true ]; then # ended while waiting for another writer: its run, its _STATUS
+		kind=waiting
+		[ ! -s "$STOP_FILE" ] || kind=$(sed -n 1p "$STOP_FILE")
+		log "ended while waiting for another writer (${kind}); ${RUN_URI}_STATUS stays that writer's"
+	elif [ "$rc" -eq 0 ]; then # the manifest is there: complete, even if a stop came as the job finished
 		log "run succeeded: ${RUN_URI}"
 		write_status succeeded "" "" force
 	elif [ -s "$STOP_FILE" ]; then
@@ -500,6 +521,16 @@ run_job() { # python -m job run, writing straight to the run prefix; stopped gra
 	kill "$deadline_pid" 2>/dev/null || true
 	log "the job exited with code ${rc}"
 	[ "$rc" -ne 0 ] || return 0
+	if [ ! -s "$STOP_FILE" ] && [ "$rc" -eq "$EXIT_INTERRUPTED" ] && [ -n "$(lease_holder)" ]; then
+		# the job found another live writer on the run (exit 75 "come back later", job.lease): wait for it, then again
+		log "the job found the run held by another writer"
+		wait_for_writer
+		if run_complete; then
+			return 0
+		fi
+		run_job
+		return 0
+	fi
 	if [ -s "$STOP_FILE" ] || [ "$rc" -eq "$EXIT_INTERRUPTED" ]; then
 		exit "$EXIT_INTERRUPTED" # the EXIT trap records why (the stop reason, or the job's own)
 	fi
@@ -512,13 +543,26 @@ publish() { # the run is complete once its manifest is there; the EXIT trap copi
 		fail "the job exited 0 but ${RUN_URI}manifest.json is missing"
 }
 
+run_complete() { # the run's manifest is there: nothing (more) to do
+	if aws s3 ls "${RUN_URI}manifest.json" --region "$REGION" >/dev/null 2>&1; then
+		log "${RUN_URI}manifest.json exists: the run is complete, nothing to do"
+		return 0
+	fi
+	return 1
+}
+
 main() {
 	INSTANCE_ID=$(imds instance-id || echo unknown)
 	INSTANCE_TYPE=$(imds instance-type || echo "$INSTANCE_TYPE") # the group picked one of the allowed types
 	ATTEMPT="${ATTEMPT}-${INSTANCE_ID}"
 	log "run ${RUN_ID} on ${INSTANCE_ID} (${INSTANCE_TYPE}, ${MARKET}); artifacts: ${RUN_URI}"
-	if aws s3 ls "${RUN_URI}manifest.json" --region "$REGION" >/dev/null 2>&1; then
-		log "${RUN_URI}manifest.json exists: the run is complete, nothing to do"
+	if run_complete; then
+		exit 0
+	fi
+	WAITING_ONLY=true # until it is our turn, the ending must not write this run's _STATUS
+	wait_for_writer
+	WAITING_ONLY=false
+	if run_complete; then
 		exit 0
 	fi
 	schedule_hard_stop

@@ -78,9 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # a storage or network fault that no step turned into a StorageError: still one line, no traceback
         log.debug("%s failed", args.command, exc_info=True)
-        print(f"{parser.prog} {args.command}: error: storage or network fault ({fsutil.describe_fault(exc)}); "
-              "committed work is kept: run the same command to resume (--log-level DEBUG shows where)",
-              file=sys.stderr)
+        where = next((str(v) for v in (getattr(args, k, None) for k in ("out", "run", "to")) if v), "")
+        print(f"{parser.prog} {args.command}: error: storage or network fault{f' on {where}' if where else ''} "
+              f"({fsutil.describe_fault(exc)}); committed work is kept: run the same command to resume "
+              "(--log-level DEBUG shows where)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         log.warning("interrupted; committed shards are kept and the same command resumes")

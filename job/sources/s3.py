@@ -7,8 +7,8 @@ from typing import Any, Iterator
 from .. import fsutil
 from ..errors import StorageError, UsageError
 from ..nuscenes import dataroot_relative, find_version_dirs
-from .archive_reader import retry
 from .base import VALID_KINDS, ImageRecord, Input, ReadPass, Selection, layout_subdirs, split_dataroot, unreachable
+from .remote import retry
 
 S3_READERS = 16  # concurrent GETs for loose files under an s3:// prefix
 
