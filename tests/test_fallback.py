@@ -15,7 +15,7 @@ from conftest import TEST_MODEL, jpeg_bytes
 from job import decode_gpu
 from job.cli import main
 from job.decode import DecodePool
-from job.decode_gpu import GpuDecodeStage, GpuDecoder, choose_decoder
+from job.decode_gpu import GpuDecoder, GpuDecodeStage, choose_decoder
 from job.fallback import FallbackDecodeStage, FallbackEncoder
 from job.model import ImageEncoder
 from job.sources import ImageRecord

@@ -12,9 +12,9 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from faultproxy import FaultProxy
 
 from conftest import TEST_MODEL, jpeg_bytes
-from faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
