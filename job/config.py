@@ -278,6 +278,7 @@ class JobConfig:
         """The options that change the vectors; a resumed run must match them exactly."""
         m, d, s = self.model, self.decode, self.source
         return {
+            "table": 3,  # the embeddings' columns (content_hash since 3): parts of another layout do not mix
             "model": m.model,
             "pretrained": m.pretrained,
             "pool": m.pool,

@@ -18,7 +18,7 @@ from typing import Any, Generator, Iterable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .decode import DecodeError, DecodeResult, Item, decode_image, geometry, item_bytes
+from .decode import DecodeError, DecodeResult, Item, content_hash, decode_image, geometry, item_bytes
 
 R = TypeVar("R", bound=Item)
 
@@ -111,7 +111,7 @@ class GpuDecoder:
         pixels = torch.stack(outs) if outs else torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8,
                                                              device=self.device)
         failed.sort()
-        return DecodeResult(ok, pixels, sizes, [None] * len(ok), failed)
+        return DecodeResult(ok, pixels, sizes, [None] * len(ok), failed, [content_hash(blobs[p] or b"") for p in ok])
 
 
 def measure_decoders(samples: Sequence[bytes], size: int, resize_mode: str, device: torch.device,

@@ -16,7 +16,10 @@ import msgspec
 from .config import ModelConfig
 from .errors import DataError
 
-SCHEMA_VERSION = 2
+# 3: parts named after the attempt that wrote them (part-NNNNN-ATTEMPT), the content_hash column, typed index
+# descriptions. Version 2 folders read the same (their parts have no attempt id, their rows no hash).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 # Attribute name -> JSON key, for the keys whose JSON spelling differs from the attribute. Readers use attributes
 # only, so a key can be renamed here alone.

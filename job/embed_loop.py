@@ -39,7 +39,8 @@ class RowSink(Protocol):
     committed_rows: int
 
     def add(self, path: str, vector: np.ndarray, width: int, height: int, meta: Mapping[str, Any] | None,
-            thumbnail: bytes | None = None, text_vector: np.ndarray | None = None) -> None: ...
+            thumbnail: bytes | None = None, text_vector: np.ndarray | None = None,
+            content_hash: bytes | None = None) -> None: ...
 
     def add_failure(self, path: str, reason: str) -> None: ...
 
@@ -121,7 +122,8 @@ class EmbedLoop:
             rec = records[pos]
             w, h = result.sizes[j]
             self.writer.add(rec.path, vectors[j], w, h, rec.meta, thumbnail=result.thumbs[j],
-                            text_vector=None if cls is None else cls[j])
+                            text_vector=None if cls is None else cls[j],
+                            content_hash=result.hashes[j] if result.hashes else None)
         self.stats.embedded += len(result.ok_positions)
         return len(result.ok_positions)
 

@@ -7,7 +7,8 @@ still the one it wrote (``If-Match`` on the ETag; locally the same compare under
 finds a live lease stops at once with :class:`LeaseHeld` (exit 75: "come back later"), naming the holder, its host and
 the age of its heartbeat. A lease whose heartbeat is older than the timeout (``--lease-timeout``, default
 ``STALE_AFTER_S``) belonged to a writer that died without releasing it (a SIGKILL, a lost instance): it is taken over,
-again conditionally, so of two writers finding the same stale lease only one gets it. A writer whose lease was taken
+again conditionally, so of two writers finding the same stale lease only one gets it; a lease held by a process of this
+host that no longer exists is taken over at once (a local run killed with SIGKILL resumes right away). A writer whose lease was taken
 (it lost contact for longer than the timeout) notices at its next renewal and commits nothing more
 (:class:`LeaseLost`, exit 75). ``--overwrite`` does not bypass a live lease. Readers never need it.
 
@@ -73,6 +74,18 @@ class LeaseInfo:
         """Seconds since the last heartbeat."""
         beat = dt.datetime.fromisoformat(self.heartbeat)
         return max(0.0, ((now or _now()) - beat).total_seconds())
+
+    def gone(self) -> bool:
+        """The holder ran on this host and its process is gone (killed, crashed): no need to wait for the timeout."""
+        if self.host != platform.node():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's live process
+            return False
+        return False
 
     def describe(self) -> str:
         return f"attempt {self.owner} on host {self.host} (pid {self.pid}), last heartbeat {self.age_s():.0f} s ago"
@@ -243,7 +256,7 @@ class Lease:
                 continue
             data, their_token = found
             holder = LeaseInfo.from_bytes(data)
-            if holder is not None and holder.age_s() < stale_after_s:
+            if holder is not None and holder.age_s() < stale_after_s and not holder.gone():
                 raise LeaseHeld(f"{url} is held by {holder.describe()}; another writer is working on this output "
                                 f"(it is stale after {stale_after_s:.0f} s without a heartbeat); run the same "
                                 "command again later, or wait for that writer to finish")

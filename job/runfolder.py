@@ -30,6 +30,7 @@ from . import fsutil
 from .documents import (
     JSON_KEYS,
     MANIFEST_KEYS,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     Counts,
     IndexInfo,
@@ -210,8 +211,9 @@ def manifest_from_json(data: bytes, where: str) -> Manifest:
     except msgspec.DecodeError as exc:
         raise DataError(f"{where} is not valid JSON ({exc})") from None
     version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{where} has manifest schema version {version!r}; this job reads version {SCHEMA_VERSION} "
+    if version not in READABLE_VERSIONS:
+        raise DataError(f"{where} has manifest schema version {version!r}; this job reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))} "
                         "(re-run the job, or use the version that wrote it)")
     return decode(raw, Manifest, where, "manifest")
 

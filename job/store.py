@@ -23,6 +23,8 @@ FAILURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("reason", p
 THUMBNAILS_SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("path", pa.string()), pa.field("jpeg", pa.binary())])
 CLS_COLUMN = "embedding_cls"  # with --pool mean: the CLS-pooled vector of the same forward pass (text queries)
 VECTOR_COLUMNS = ("embedding", CLS_COLUMN)
+HASH_COLUMN = "content_hash"  # BLAKE2b-128 of the file's bytes (decode.content_hash): exact duplicates
+OWN_COLUMNS = ("id", "path", "width", "height", HASH_COLUMN, *VECTOR_COLUMNS)  # the writer's own; the rest: metadata
 
 
 def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vectors: bool = False) -> pa.Schema:
@@ -37,6 +39,7 @@ def embedding_schema(dim: int, meta_fields: Sequence[pa.Field] = (), *, text_vec
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
             pa.field("width", pa.int32()),
             pa.field("height", pa.int32()),
+            pa.field(HASH_COLUMN, pa.binary(16)),
             *([pa.field(CLS_COLUMN, pa.list_(pa.float32(), dim), nullable=False)] if text_vectors else []),
             *meta_fields,
         ]
@@ -94,6 +97,7 @@ class PartWriter:
         meta: Mapping[str, Any] | None,
         thumbnail: bytes | None = None,
         text_vector: np.ndarray | None = None,
+        content_hash: bytes | None = None,
     ) -> None:
         """Buffer one embedded image (its thumbnail when the writer keeps them, its CLS vector when the schema has it)."""
         self._rows["id"].append(path_id(path))
@@ -107,8 +111,10 @@ class PartWriter:
             self._cls.append(text_vector)
         self._rows["width"].append(width)
         self._rows["height"].append(height)
+        if HASH_COLUMN in self._rows:
+            self._rows[HASH_COLUMN].append(content_hash)
         for f in self.schema:
-            if f.name not in ("id", "path", "width", "height", *VECTOR_COLUMNS):
+            if f.name not in OWN_COLUMNS:
                 self._rows[f.name].append(None if meta is None else meta.get(f.name))
         self._maybe_flush()
 

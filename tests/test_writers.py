@@ -213,3 +213,20 @@ def test_old_run_folders_without_attempt_ids_still_resume(tmp_path: Path) -> Non
     assert state.done_paths == {"a.jpg", "b.jpg"} and state.next_part == 1
     with pytest.raises(DataError, match="1 of 3 images"):
         check_complete(layout, {"a.jpg", "b.jpg", "c.jpg"}, "new")
+
+
+def test_every_row_carries_the_content_hash_of_its_bytes(tmp_path: Path) -> None:
+    """Exact duplicates need no second read of the data: the decode stage hashes the bytes it already holds."""
+    import hashlib
+
+    src = _images(tmp_path / "src", 4)
+    copy = src / "CAM_BACK" / "copy.jpg"
+    copy.write_bytes((src / "CAM_FRONT" / "f0001.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(["embed", "--image-dir", str(src), "--out", str(out), *FAST]) == 0
+    t = pq.read_table(out / "embeddings.parquet", columns=["path", "content_hash"])
+    hashes = dict(zip(t.column("path").to_pylist(), t.column("content_hash").to_pylist()))
+    for path, digest in hashes.items():
+        assert digest == hashlib.blake2b((src / path).read_bytes(), digest_size=16).digest()
+    assert hashes["CAM_BACK/copy.jpg"] == hashes["CAM_FRONT/f0001.jpg"] and len(set(hashes.values())) == 4
+    assert json.loads((out / "manifest.json").read_text())["schema_version"] == 3
