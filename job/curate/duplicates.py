@@ -117,7 +117,7 @@ def _edges(graph: KnnGraph, extra: dict[int, tuple[np.ndarray, np.ndarray]], t: 
     src, dst, cos = np.r_[src[keep], dst[keep]], np.r_[dst[keep], src[keep]], np.r_[cos[keep], cos[keep]]
     order = np.lexsort((dst, src))
     src, dst, cos = src[order], dst[order], cos[order]
-    uniq = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]
+    uniq = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])] if len(src) else np.zeros(0, bool)
     src, dst, cos = src[uniq], dst[uniq], cos[uniq]
     indptr = np.zeros(n + 1, np.int64)
     np.add.at(indptr, src + 1, 1)

@@ -5,8 +5,9 @@
 nearest *distinct* neighbour, whatever the model — a trained CLIP puts distinct neighbours at distance ~0.05-0.2 and
 re-encodes at ~0.001, a random-weight model puts everything 100x closer, but the ratio stays. A two-component
 Gaussian mixture is fitted to ``z`` (EM, several deterministic starts). The lower component is taken for a duplicate
-mode only when it is cleanly separated from the bulk: Ashman's D >= ``MIN_SEPARATION`` (D > 2 is the usual mark of
-a bimodal mixture), at least ``MIN_DUPLICATE_ROWS`` rows in it, and the bulk's component holding most rows. The
+mode only when it is cleanly separated from the bulk (the upper component, whatever its share: a run full of
+standstills may hold more duplicates than distinct frames): Ashman's D >= ``MIN_SEPARATION`` (D > 2 is the usual
+mark of a bimodal mixture) and at least ``MIN_DUPLICATE_ROWS`` rows in it. The
 threshold is then where the two components are equally likely, but never within ``BULK_MARGIN`` standard deviations
 of the bulk's mean, and the rows below it must be at least ``EXCESS`` times what the bulk's own Gaussian tail
 puts there (a long tail of distinct images is not a mode). Without such a mode — or with fewer than ``MIN_ROWS``
@@ -164,7 +165,7 @@ def auto_threshold(nn_cosines: np.ndarray) -> NearThreshold:
         flagged = int(np.sum(z <= t))
         expected = n * 0.5 * math.erfc((mu[1] - t) / (sd[1] * math.sqrt(2)))  # the bulk's own tail below t
         details.update(flagged_rows=flagged, bulk_tail_rows=round(expected, 3))
-        if (fit["separation"] >= MIN_SEPARATION and lo_rows >= MIN_DUPLICATE_ROWS and w[1] > w[0]
+        if (fit["separation"] >= MIN_SEPARATION and lo_rows >= MIN_DUPLICATE_ROWS
                 and flagged >= max(MIN_DUPLICATE_ROWS, EXCESS * expected + 3 * math.sqrt(expected))):
             cos = 1.0 - 10 ** t
             return NearThreshold(
