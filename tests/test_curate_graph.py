@@ -51,10 +51,12 @@ def _index(x: np.ndarray, ids: np.ndarray, factory: str):
     index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     index.train(x)
     index.add_with_ids(x, ids)
+    assert index.ntotal == len(x)
     return index
 
 
-@pytest.mark.parametrize(("factory", "method"), [("IDMap,HNSW16,Flat", "index"), ("IVF32,Flat", "ivf-lists")])
+@pytest.mark.parametrize(("factory", "method"), [("IDMap,HNSW16,Flat", "index"), ("IVF32,Flat", "ivf-lists"),
+                                                 ("IDMap,IVF32,Flat", "ivf-lists")])
 def test_graph_from_an_index_records_its_measured_recall(factory, method):
     x = clustered(4000, seed=5)
     ids = np.arange(4000, dtype=np.int64) * 3 + 5

@@ -115,7 +115,7 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
         ivf = ivf_of(index)
         if ivf is None:
             raise UsageError("k-NN method 'ivf-lists' needs an IVF index; this one is not (use 'index')")
-        parts = IvfLists.of(ivf, ids, max(PROBE_LISTS))
+        parts = IvfLists.of(index, ids, max(PROBE_LISTS))
         probe, trials = _tune_probe(parts, x, ids, k, ev_tune, tune_rows, target_recall)
         timings["tune_s"] = time.perf_counter() - t1
         recall = _recall(ivf_lists_knn(parts, x, k, probe, only=test_rows)[0], ids, ev_test, k)

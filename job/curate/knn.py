@@ -192,8 +192,13 @@ class IvfLists:
     near: np.ndarray  # (nlist, nlist) list numbers, nearest centroid first (itself first)
 
     @classmethod
-    def of(cls, ivf: Any, ids: np.ndarray, max_probe: int) -> IvfLists:
+    def of(cls, index: Any, ids: np.ndarray, max_probe: int) -> IvfLists:
+        """The partition of ``index`` (an IVF index, possibly behind IDMap / PreTransform / Refine)."""
         faiss = load_faiss()
+        ivf = ivf_of(index)
+        # Behind an IDMap the lists hold the IDMap's internal numbers; the IDMap's id_map turns them into ids.
+        idmap = next((ix for ix in _walk(index) if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2))), None)
+        id_map = faiss.vector_to_array(idmap.id_map) if idmap is not None else None
         sorted_ids, order = _rows_of_ids(ids)
         inv = ivf.invlists
         members = []
@@ -202,6 +207,8 @@ class IvfLists:
             ptr = inv.get_ids(lst)
             lids = faiss.rev_swig_ptr(ptr, size).copy() if size else np.zeros(0, np.int64)
             inv.release_ids(lst, ptr)
+            if id_map is not None:
+                lids = id_map[lids]
             r = _ids_to_rows(lids, sorted_ids, order)
             members.append(r[r >= 0])
         centroids = faiss.downcast_index(ivf.quantizer).reconstruct_n(0, ivf.nlist)
