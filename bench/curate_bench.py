@@ -226,7 +226,9 @@ def child_select(n: int, count: int, dims: str) -> dict[str, Any]:
 def run_select(results: dict[str, Any], big: int = 204_894, count: int = 10_000) -> None:
     small = 20_000
     k_small = round(count * small / big)
-    results["select"] = {"sample": child(["select", str(small), str(k_small), "128"])}
+    from job.curate.select import PROJECTED_DIMS  # the 20k sample is small enough for exact: force the projection
+
+    results["select"] = {"sample": child(["select", str(small), str(k_small), str(PROJECTED_DIMS)])}
     save(results)
     print(json.dumps(results["select"], default=str), flush=True)
     results["select"]["full"] = child(["select", str(big), str(count), "auto"], timeout=7200)
