@@ -21,7 +21,9 @@ from .knn import (
     IvfLists,
     KnnGraph,
     _cuda,
+    _drop_self,
     exact_knn,
+    exact_search,
     index_knn,
     ivf_lists_knn,
     ivf_of,
@@ -44,21 +46,16 @@ def _recall(found_rows: np.ndarray, ids: np.ndarray, ev: EvalSet, k: int) -> flo
 
 
 def _pilot(x: np.ndarray, k: int, device: str) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
-    """Time the exact search of a first batch; returns (estimated seconds for all rows, its results, its size)."""
+    """Time the exact search of a first batch (~``PILOT_FLOPS`` of work); returns (estimated seconds for all rows,
+    the batch's graph rows, its size). The batch is not wasted: an exact graph starts after it."""
     n, d = x.shape
     size = int(min(n, max(64, PILOT_FLOPS // max(1, n * d))))
     t0 = time.perf_counter()
-    done = exact_knn(x[:size], k, device=device) if size == n else None
-    if done is None:
-        from .knn import _drop_self, exact_search
-
-        rows, sims = exact_search(x[:size], x, min(k + 1, n), device=device)
-        r, c = _drop_self(rows, sims, np.arange(size), k)
-        pad_r = np.full((size, k), -1, np.int64)
-        pad_c = np.full((size, k), np.nan, np.float32)
-        pad_r[:, : r.shape[1]], pad_c[:, : r.shape[1]] = r, c
-        done = (pad_r, pad_c)
+    rows, sims = exact_search(x[:size], x, min(k + 1, n), device=device)
+    r, c = _drop_self(rows, sims, np.arange(size), k)
     elapsed = time.perf_counter() - t0
+    done = (np.full((size, k), -1, np.int64), np.full((size, k), np.nan, np.float32))
+    done[0][:, : r.shape[1]], done[1][:, : r.shape[1]] = r, c
     return elapsed * n / size, done, size
 
 
