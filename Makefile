@@ -46,7 +46,9 @@ $(STAMP): $(LOCK) pyproject.toml
 	sed -nE 's/^([A-Za-z0-9][A-Za-z0-9._-]*)==.*/\1/p' $(LOCK) | $(NORMALIZE) > $(VENV)/.want
 	comm -23 $(VENV)/.have $(VENV)/.want | xargs -r $(PY) -m pip uninstall --quiet --yes
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m pip check
+	@# nuscenes-devkit (dev extra: tests/test_nuscenes_ego.py) declares numpy<2 and map/CLI extras it does not need to
+	@# read tables; the lock overrides them on purpose (pyproject.toml [tool.uv]). Every other conflict fails setup.
+	$(PY) -m pip check | grep -v -e '^nuscenes-devkit ' -e '^No broken requirements found' | { ! grep .; }
 	touch $@
 
 node_modules/.installed: package.json package-lock.json $(PINNED_NODE)

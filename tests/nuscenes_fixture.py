@@ -20,6 +20,11 @@ What the dataroot holds (the same layout and file naming as the real dataset):
   ``indent=0`` like the official ones;
 * ``maps/<token>.png`` (must never be taken for a camera image).
 
+Ego poses: one per sample_data row (every sensor), moving at ``SPEED`` m/s along x, except the scene
+``STATIONARY_SCENE``, whose pose never changes (a car waiting at a light). In ``REPEATED_SCENES`` (the stationary
+one and a moving one) every frame of a camera is the same picture re-encoded at another JPEG quality: near-identical
+images, different bytes. ``info.stationary_scene`` / ``info.moving_repeated_scene`` name those two scenes.
+
 Logs cycle through boston-seaport and the singapore-* locations; scene descriptions include
 "Night" and "Rain". Everything is deterministic for given arguments (tokens come from a counter),
 so two fixtures made with the same arguments are byte-identical.
@@ -49,7 +54,10 @@ DESCRIPTIONS = (
     "Scooters, overtake truck, peds on sidewalk",
 )
 META_NAMES = ("sample_data_token", "sample_token", "scene_token", "scene_name", "scene_description", "channel",
-              "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split")
+              "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split", "ego_x", "ego_y", "ego_speed")
+SPEED = 8.0  # m/s (29 km/h) along x in every scene but the stationary one: 0.67 m between sweeps, 4 m between keyframes
+STATIONARY_SCENE = 1  # scene index (0-based, in log order) whose ego pose never changes: a car waiting at a light
+REPEATED_SCENES = (0, 1)  # scenes whose frames of one camera are one picture at varying JPEG quality (near-identical)
 
 
 @dataclass
@@ -65,6 +73,8 @@ class FixtureInfo:
     maps: list[str]
     expected: dict[str, dict[str, Any]]  # camera image path -> metadata columns
     scenes: list[dict[str, Any]] = field(default_factory=list)  # token, name, description, location
+    stationary_scene: str = ""  # token of the scene whose ego pose never changes (near-identical frames)
+    moving_repeated_scene: str = ""  # token of a moving scene with near-identical frames per camera
 
     @property
     def images(self) -> list[str]:
@@ -81,9 +91,9 @@ def _token(*parts: Any) -> str:
     return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
 
 
-def _jpeg(width: int, height: int, seed: int) -> bytes:
+def _jpeg(width: int, height: int, seed: int, quality: int = 85) -> bytes:
     """A small photo-like JPEG, different for every seed (the test suite's one image generator)."""
-    return jpeg_bytes(width, height, seed=seed, quality=85)
+    return jpeg_bytes(width, height, seed=seed, quality=quality)
 
 
 def _logfile(i: int, location: str) -> tuple[str, str, str]:
@@ -155,6 +165,8 @@ def make_nuscenes_fixture(
             scenes_info.append({"token": scene_token, "name": name, "description": description,
                                 "location": location})
             prev_by_channel: dict[str, dict[str, Any]] = {}
+            prev_pose: dict[str, tuple[float, int]] = {}
+            frame_no: dict[str, int] = {}
             for k, st in enumerate(sample_tokens):
                 sample_ts = base_ts + k * 500_000
                 tables["sample"].append({"token": st, "timestamp": sample_ts,
@@ -173,8 +185,10 @@ def make_nuscenes_fixture(
                             ext, fmt = next((e, f) for c, _, e, f in OTHER_SENSORS if c == ch)
                         rel = f"{folder}/{ch}/{logfile}__{ch}__{ts}{ext}"
                         sd_token = _token("sd", rel)
+                        moved = 0.0 if sc_index == STATIONARY_SCENE else SPEED * (ts - base_ts) / 1e6
+                        ego_x, ego_y = 400.0 + 1000.0 * sc_index + moved, 1100.0 + si
                         ego = {"token": _token("ego", rel), "timestamp": ts, "rotation": [1.0, 0.0, 0.0, 0.0],
-                               "translation": [400.0 + k, 1100.0 + si, 0.0]}
+                               "translation": [ego_x, ego_y, 0.0]}
                         tables["ego_pose"].append(ego)
                         row = {"token": sd_token, "sample_token": st, "ego_pose_token": ego["token"],
                                "calibrated_sensor_token": calib[ch]["token"], "timestamp": ts, "fileformat": fmt,
@@ -188,14 +202,23 @@ def make_nuscenes_fixture(
                         prev_by_channel[ch] = row
                         tables["sample_data"].append(row)
                         if modality == "camera":
-                            files[rel] = _jpeg(width, height, seed)
+                            if sc_index in REPEATED_SCENES:  # one picture per camera, re-encoded frame by frame
+                                n_frame = frame_no.get(ch, 0)
+                                frame_no[ch] = n_frame + 1
+                                files[rel] = _jpeg(width, height, 50_000 + 10 * sc_index + ci, 80 + n_frame % 16)
+                            else:
+                                files[rel] = _jpeg(width, height, seed)
                             seed += 1
+                            last = prev_pose.get(ch)
+                            speed = abs(ego_x - last[0]) / ((ts - last[1]) / 1e6) if last else None
+                            prev_pose[ch] = (ego_x, ts)
                             (keyframes if is_key else sweeps).append(rel)
                             expected[rel] = {
                                 "sample_data_token": sd_token, "sample_token": st, "scene_token": scene_token,
                                 "scene_name": name, "scene_description": description, "channel": ch,
                                 "timestamp": ts, "is_key_frame": is_key, "location": location,
                                 "logfile": logfile, "date_captured": date, "split": split,
+                                "ego_x": ego_x, "ego_y": ego_y, "ego_speed": speed,
                             }
                         else:
                             files[rel] = hashlib.sha256(rel.encode()).digest() * 8  # fake point cloud
@@ -210,8 +233,12 @@ def make_nuscenes_fixture(
     for name, rows in tables.items():
         rows_out = [{k: v for k, v in r.items() if k != "location"} for r in rows] if name == "map" else rows
         (tdir / f"{name}.json").write_text(json.dumps(rows_out, indent=0))
+    scene_tokens = [sc["token"] for sc in scenes_info]
     return FixtureInfo(root=root, version=split, tables=tables, keyframes=sorted(keyframes), sweeps=sorted(sweeps),
-                       non_images=sorted(non_images), maps=sorted(maps), expected=expected, scenes=scenes_info)
+                       non_images=sorted(non_images), maps=sorted(maps), expected=expected, scenes=scenes_info,
+                       stationary_scene=scene_tokens[STATIONARY_SCENE] if len(scene_tokens) > STATIONARY_SCENE else "",
+                       moving_repeated_scene=next((scene_tokens[i] for i in REPEATED_SCENES
+                                                   if i != STATIONARY_SCENE and i < len(scene_tokens)), ""))
 
 
 def _add_maps(tables: dict[str, list[dict[str, Any]]], files: dict[str, bytes]) -> list[str]:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pytest
 from nuscenes_fixture import add_orphan_image, make_nuscenes_fixture, pack_trainval_archives
@@ -36,6 +37,17 @@ def test_join_matches_the_tables_for_every_image(nuscenes_dataroot):
     assert nights and {m["location"] for m in info.expected.values()} >= {"boston-seaport", "singapore-onenorth"}
 
 
+def _ego(sd: dict, by: dict) -> dict:
+    """ego_x, ego_y and the speed from the previous frame (sample_data.prev), straight from the raw rows."""
+    pose = by["ego_pose"][sd["ego_pose_token"]]
+    speed = None
+    if sd["prev"]:
+        prev = by["ego_pose"][by["sample_data"][sd["prev"]]["ego_pose_token"]]
+        dx, dy = pose["translation"][0] - prev["translation"][0], pose["translation"][1] - prev["translation"][1]
+        speed = float(np.hypot(dx, dy)) / ((pose["timestamp"] - prev["timestamp"]) / 1e6)
+    return {"ego_x": pose["translation"][0], "ego_y": pose["translation"][1], "ego_speed": speed}
+
+
 def test_expected_metadata_is_what_the_raw_tables_say(nuscenes_dataroot):
     """Cross-check the fixture's expectations against an independent join of the JSON files."""
     info = nuscenes_dataroot
@@ -54,6 +66,7 @@ def test_expected_metadata_is_what_the_raw_tables_say(nuscenes_dataroot):
             "scene_name": scene["name"], "scene_description": scene["description"], "channel": sensor["channel"],
             "timestamp": sd["timestamp"], "is_key_frame": sd["is_key_frame"], "location": lg["location"],
             "logfile": lg["logfile"], "date_captured": lg["date_captured"], "split": "v1.0-mini",
+            **_ego(sd, by),
         }
 
 
@@ -171,7 +184,8 @@ def test_path_helpers():
 
 def test_meta_fields_fit_the_embedding_schema(nuscenes_dataroot):
     assert ns.META_NAMES == ("sample_data_token", "sample_token", "scene_token", "scene_name", "scene_description",
-                             "channel", "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split")
+                             "channel", "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split",
+                             "ego_x", "ego_y", "ego_speed")
     schema = embedding_schema(8, ns.META_FIELDS)
     assert schema.field("timestamp").type == pa.int64() and schema.field("is_key_frame").type == pa.bool_()
     assert all(schema.field(n).nullable for n in ns.META_NAMES)

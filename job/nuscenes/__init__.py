@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .jsonstream import CHUNK_BYTES, iter_array_slices
+from .loading import find_version_dirs, load_tables_dir
 from .paths import (
     IMAGE_EXTENSIONS,
     LAYOUT_DIRS,
@@ -12,7 +13,7 @@ from .paths import (
     version_order,
 )
 from .schema import META_FIELDS, META_NAMES, NEEDED_TABLES, TablesError
-from .tables import MetaIndex, NuScenesTables, TablesBuilder, find_version_dirs, load_tables_dir
+from .tables import MetaIndex, NuScenesTables, TablesBuilder
 
 __all__ = [
     "CHUNK_BYTES",

@@ -28,8 +28,18 @@ if msgspec is not None:
         filename: str
         timestamp: int
         is_key_frame: bool
+        ego_pose_token: str = ""
+        prev: str = ""
+
+    class _EgoPoseRow(msgspec.Struct):
+        """The ego_pose fields the join uses."""
+
+        token: str
+        timestamp: int
+        translation: list[float]
 
     _SD_DECODER = msgspec.json.Decoder(list[_SampleDataRow])
+    _EP_DECODER = msgspec.json.Decoder(list[_EgoPoseRow])
     _ANY_DECODER = msgspec.json.Decoder()
 
 
@@ -40,15 +50,30 @@ def decode_any(data: bytes | bytearray) -> Any:
     return json.loads(data)
 
 
-def decode_sample_data(data: bytes | bytearray, keep: Callable[[str], bool]) -> tuple[int, list[tuple[Any, ...]]]:
-    """(rows parsed, kept rows as (token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame))."""
+def decode_sample_data(data: bytes | bytearray, keep: Callable[[str], bool],
+                       image: Callable[[str], bool]) -> tuple[int, list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """(rows parsed, kept rows as (token, sample_token, calibrated_sensor_token, filename, timestamp, is_key_frame,
+    ego_pose_token, prev), (token, ego_pose_token) of every ``image`` row: a kept frame's predecessor may be one
+    the filter drops, and its pose is still needed for the speed)."""
     if msgspec is not None:
         rows = _SD_DECODER.decode(data)
-        return len(rows), [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp,
-                            r.is_key_frame) for r in rows if keep(r.filename)]
+        return (len(rows), [(r.token, r.sample_token, r.calibrated_sensor_token, r.filename, r.timestamp,
+                             r.is_key_frame, r.ego_pose_token, r.prev) for r in rows if keep(r.filename)],
+                [(r.token, r.ego_pose_token) for r in rows if image(r.filename)])
     rows = json.loads(data)
-    return len(rows), [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"],
-                        int(r["timestamp"]), bool(r["is_key_frame"])) for r in rows if keep(r["filename"])]
+    return (len(rows), [(r["token"], r["sample_token"], r["calibrated_sensor_token"], r["filename"],
+                         int(r["timestamp"]), bool(r["is_key_frame"]), r.get("ego_pose_token", ""), r.get("prev", ""))
+                        for r in rows if keep(r["filename"])],
+            [(r["token"], r.get("ego_pose_token", "")) for r in rows if image(r["filename"])])
+
+
+def decode_ego_pose(data: bytes | bytearray) -> list[tuple[str, int, float, float]]:
+    """ego_pose rows as (token, timestamp, x, y)."""
+    if msgspec is not None:
+        return [(r.token, r.timestamp, float(r.translation[0]), float(r.translation[1]))
+                for r in _EP_DECODER.decode(data)]
+    return [(r["token"], int(r["timestamp"]), float(r["translation"][0]), float(r["translation"][1]))
+            for r in json.loads(data)]
 
 
 def _last_boundary(buf: bytearray) -> tuple[int, int] | None:

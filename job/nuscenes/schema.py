@@ -20,11 +20,16 @@ META_FIELDS: tuple[pa.Field, ...] = (
     pa.field("logfile", pa.string()),
     pa.field("date_captured", pa.string()),  # YYYY-MM-DD, as in log.json
     pa.field("split", pa.string()),  # the table version the row came from: v1.0-mini, v1.0-trainval, v1.0-test
+    pa.field("ego_x", pa.float64()),  # metres, global frame: ego_pose.translation[0] via sample_data.ego_pose_token
+    pa.field("ego_y", pa.float64()),  # metres, global frame: ego_pose.translation[1]
+    # m/s: planar distance from the ego pose of the previous frame of the same camera (sample_data.prev, so the same
+    # scene) divided by the time between the two poses; null at a scene's first frame
+    pa.field("ego_speed", pa.float64()),
 )
 META_NAMES: tuple[str, ...] = tuple(f.name for f in META_FIELDS)
 
-# Tables the join reads; the others (ego_pose, sample_annotation, instance, …) are never parsed.
-NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "calibrated_sensor", "sensor")
+# Tables the join reads; the others (sample_annotation, instance, …) are never parsed.
+NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "calibrated_sensor", "sensor", "ego_pose")
 
 
 class TablesError(DataError, ValueError):

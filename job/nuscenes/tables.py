@@ -1,7 +1,8 @@
 """nuScenes tables: load the six tables a camera image needs, join them, and look up one image's metadata.
 
 The join follows the official devkit: ``sample_data → sample → scene → log`` for where and when,
-``sample_data → calibrated_sensor → sensor`` for the channel. Rows are matched by
+``sample_data → calibrated_sensor → sensor`` for the channel, ``sample_data → ego_pose`` (and ``sample_data.prev``)
+for the ego pose and speed (``egopose``). Rows are matched by
 ``sample_data.filename``, the image's path relative to the dataroot
 (``samples/CAM_FRONT/<logfile>__CAM_FRONT__<timestamp_us>.jpg``).
 
@@ -21,8 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .egopose import EgoPoses, ego_columns
 from .jsonstream import CHUNK_BYTES, decode_any, decode_sample_data, iter_array_slices, reader_of
-from .paths import is_image_name, is_version_dir, version_order
+from .paths import is_image_name, version_order
 from .schema import NEEDED_TABLES, TablesError
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ class NuScenesTables:
     def __init__(self, version: str, filenames: pa.ChunkedArray, sd_tokens: pa.ChunkedArray,
                  sample_tokens: pa.ChunkedArray,
                  timestamps: np.ndarray, key_frames: np.ndarray, channel_codes: np.ndarray, channels: list[str | None],
-                 scene_codes: np.ndarray, scenes: list[_Scene], keys: np.ndarray | None = None) -> None:
+                 scene_codes: np.ndarray, scenes: list[_Scene], keys: np.ndarray | None = None,
+                 ego: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         self.version = version
         self._filenames = filenames
         self._sd_tokens = sd_tokens
@@ -61,6 +64,8 @@ class NuScenesTables:
         self._channels = channels
         self._scene_codes = scene_codes
         self._scenes = scenes
+        nan = np.full(len(filenames), np.nan)
+        self._ego_x, self._ego_y, self._ego_speed = ego if ego is not None else (nan, nan, nan)
         # Hash index: sorted 64-bit string hashes → row, verified against the filename on lookup.
         if keys is None:
             keys = np.fromiter((hash(f) for f in filenames.to_pylist()), dtype=np.int64, count=len(filenames))
@@ -115,13 +120,21 @@ class NuScenesTables:
             "logfile": scene.logfile if scene else None,
             "date_captured": scene.date_captured if scene else None,
             "split": self.version,
+            "ego_x": _num(self._ego_x[row]),
+            "ego_y": _num(self._ego_y[row]),
+            "ego_speed": _num(self._ego_speed[row]),
         }
 
     def nbytes(self) -> int:
         """Approximate memory held by the per-image arrays."""
         arrays = (self._filenames, self._sd_tokens, self._sample_tokens)
         return int(sum(a.nbytes for a in arrays) + self._timestamps.nbytes + self._key_frames.nbytes
-                   + self._channel_codes.nbytes + self._scene_codes.nbytes + self._keys.nbytes + self._order.nbytes)
+                   + self._channel_codes.nbytes + self._scene_codes.nbytes + self._keys.nbytes + self._order.nbytes
+                   + self._ego_x.nbytes + self._ego_y.nbytes + self._ego_speed.nbytes)
+
+
+def _num(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
 
 
 class MetaIndex:
@@ -185,6 +198,7 @@ class TablesBuilder:
     chunk_bytes: int = CHUNK_BYTES
     _small: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _sd: dict[str, list[Any]] | None = None
+    _poses: EgoPoses | None = None
     sample_data_rows_read: int = 0
     seconds: float = 0.0
 
@@ -192,6 +206,8 @@ class TablesBuilder:
         """True while ``table`` is needed and not yet added."""
         if table == "sample_data":
             return self._sd is None
+        if table == "ego_pose":
+            return self._poses is None
         return table in NEEDED_TABLES and table not in self._small
 
     def missing(self) -> list[str]:
@@ -208,6 +224,10 @@ class TablesBuilder:
         try:
             if table == "sample_data":
                 self._add_sample_data(reader_of(source))
+            elif table == "ego_pose":
+                poses = EgoPoses()
+                poses.add_stream(reader_of(source), self.chunk_bytes)
+                self._poses = poses
             else:
                 data = source if isinstance(source, bytes) else b"".join(iter(lambda: source(self.chunk_bytes), b""))
                 rows = decode_any(data)
@@ -223,13 +243,19 @@ class TablesBuilder:
 
     def _add_sample_data(self, read: Callable[[int], bytes]) -> None:
         cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key",
-                                                      "hash")}
+                                                      "hash", "ego", "prev", "img_token", "img_ego")}
         for piece in iter_array_slices(read, self.chunk_bytes):
-            n, kept = decode_sample_data(piece, self.keep)
+            n, kept, images = decode_sample_data(piece, self.keep, is_image_name)
             self.sample_data_rows_read += n
+            if images:
+                itok, iego = zip(*images)
+                cols["img_token"].append(pa.array(itok, pa.string()))
+                cols["img_ego"].append(pa.array(iego, pa.string()))
             if not kept:
                 continue
-            tok, smp, cs, fn, ts, kf = zip(*kept)
+            tok, smp, cs, fn, ts, kf, ego, prev = zip(*kept)
+            cols["ego"].append(pa.array(ego, pa.string()))
+            cols["prev"].append(pa.array(prev, pa.string()))
             cols["filename"].append(pa.array(fn, pa.string()))
             cols["token"].append(pa.array(tok, pa.string()))
             cols["sample_token"].append(pa.array(smp, pa.string()))
@@ -263,6 +289,10 @@ class TablesBuilder:
         timestamps = cat_np(sd.pop("timestamp"), np.int64)
         key_frames = cat_np(sd.pop("key"), bool)
         keys = cat_np(sd.pop("hash"), np.int64)
+        assert self._poses is not None
+        ego = ego_columns(self._poses, cat_str(sd.pop("ego")), cat_str(sd.pop("prev")), cat_str(sd.pop("img_token")),
+                          cat_str(sd.pop("img_ego")))
+        self._poses = None
 
         # Joins as vectorised lookups (pyarrow index_in + numpy take): no per-row Python objects.
         sensors = {r["token"]: r.get("channel") for r in self._small["sensor"]}
@@ -288,7 +318,7 @@ class TablesBuilder:
         scene_codes = sample_codes[_index_in(sample_tokens, [r["token"] for r in samples])]
         self._small = {}
         tables = NuScenesTables(self.version, filenames, sd_tokens, sample_tokens, timestamps, key_frames,
-                                channel_codes, channels, scene_codes, scenes, keys=keys)
+                                channel_codes, channels, scene_codes, scenes, keys=keys, ego=ego)
         self.seconds += time.perf_counter() - t0
         log.info("nuScenes %s: %d image rows kept of %d sample_data rows (%.1fs, %.0f MB)", self.version,
                  len(tables), self.sample_data_rows_read, self.seconds, tables.nbytes() / 1e6)
@@ -301,37 +331,3 @@ def _index_in(values: pa.ChunkedArray, tokens: list[str]) -> np.ndarray:
 
     idx = pc.index_in(values, value_set=pa.array(tokens, pa.string()))
     return idx.fill_null(len(tokens)).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- loading from files
-
-def load_tables_dir(fs: Any, path: str, version: str | None = None, *,
-                    keep: Callable[[str], bool] = is_image_name) -> NuScenesTables:
-    """Load a ``v1.0-*`` tables folder from any fsspec file system (local or s3)."""
-    version = version or path.rstrip("/").rsplit("/", 1)[-1]
-    builder = TablesBuilder(version, keep=keep)
-    for table in NEEDED_TABLES:
-        p = f"{path.rstrip('/')}/{table}.json"
-        try:
-            with fs.open(p, "rb", block_size=8 << 20) as f:
-                builder.add(table, f.read)
-        except FileNotFoundError:
-            raise TablesError(f"{version}: missing table {table}.json in {path}") from None
-    return builder.build()
-
-
-def find_version_dirs(fs: Any, root: str) -> list[str]:
-    """``v1.0-*`` folders holding sample_data.json directly under ``root`` (a dataroot), best first."""
-    root = root.rstrip("/")
-    try:
-        entries = fs.ls(root, detail=True)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = {}
-    for e in entries:
-        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
-        if e.get("type") == "directory" and is_version_dir(name):
-            if fs.exists(f"{root}/{name}/sample_data.json"):
-                found[name] = f"{root}/{name}"
-    return [found[v] for v in version_order(found)]
-
