@@ -196,7 +196,7 @@ def run_near(sizes: list[int], work: Path, results: dict[str, Any]) -> None:
 def child_select(n: int, count: int, dims: str) -> dict[str, Any]:
     """``select_diverse`` on n clustered vectors; coverage radius over all points (n <= 20k) or a 20k sample."""
     from job.curate import select_diverse
-    from job.curate.knn import exact_search
+    from job.index.exact import exact_search
 
     x = clustered(n, seed=11)
     t0 = time.perf_counter()

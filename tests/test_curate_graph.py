@@ -6,7 +6,7 @@ import pytest
 from curate_data import clustered
 
 from job.curate import exact_knn, knn_graph
-from job.curate.knn import exact_search
+from job.index.exact import exact_search
 from job.errors import UsageError
 
 

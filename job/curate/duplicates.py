@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .knn import KnnGraph, exact_search
+from ..index.exact import exact_search
+from .knn import KnnGraph
 from .threshold import NearThreshold
 
 log = logging.getLogger(__name__)

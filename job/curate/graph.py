@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..index import make_eval_set, recall_at, tune
+from ..index.exact import cuda_torch, drop_self
 from ..index.tune import EvalSet, current_search_params
 from .knn import (
     DEFAULT_K,
@@ -20,8 +21,6 @@ from .knn import (
     RECALL_SAMPLE,
     IvfLists,
     KnnGraph,
-    _cuda,
-    _drop_self,
     exact_knn,
     exact_search,
     index_knn,
@@ -52,7 +51,7 @@ def _pilot(x: np.ndarray, k: int, device: str) -> tuple[float, tuple[np.ndarray,
     size = int(min(n, max(64, PILOT_FLOPS // max(1, n * d))))
     t0 = time.perf_counter()
     rows, sims = exact_search(x[:size], x, min(k + 1, n), device=device)
-    r, c = _drop_self(rows, sims, np.arange(size), k)
+    r, c = drop_self(rows, sims, np.arange(size), k)
     elapsed = time.perf_counter() - t0
     done = (np.full((size, k), -1, np.int64), np.full((size, k), np.nan, np.float32))
     done[0][:, : r.shape[1]], done[1][:, : r.shape[1]] = r, c
@@ -80,7 +79,7 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
         raise UsageError(f"{len(ids)} ids for {n} vectors")
     k = min(k, n - 1)
     timings: dict[str, float] = {}
-    dev = "cuda" if (device == "auto" and _cuda() is not None) else "cpu"
+    dev = "cuda" if (device == "auto" and cuda_torch() is not None) else "cpu"
     if method in ("index", "ivf-lists") and index is None:
         raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index")
     if index is not None and int(index.ntotal) != n:

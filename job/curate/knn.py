@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..index._faiss import load_faiss
-from ..index.build import _single_threaded_blas as single_threaded_blas
-from ..index.tune import _walk
+from ..index.exact import drop_self, exact_search, single_threaded_blas
+from ..index.tune import walk_index
 
 log = logging.getLogger(__name__)
 
@@ -65,61 +65,6 @@ class KnnGraph:
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
-def _drop_self(rows: np.ndarray, sims: np.ndarray, self_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """First k entries per row that are not the row itself (with identical vectors self need not come first)."""
-    is_self = rows == self_rows[:, None]
-    order = np.argsort(is_self, axis=1, kind="stable")  # self (if present) moves last, others keep their order
-    rows = np.take_along_axis(rows, order, axis=1)[:, :k]
-    sims = np.take_along_axis(sims, order, axis=1)[:, :k].astype(np.float32)
-    sims[rows < 0] = np.nan
-    return rows, sims
-
-
-def _cuda() -> Any:
-    """torch, when a CUDA device is present; else None."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None
-    return torch if torch.cuda.is_available() else None
-
-
-def _topk_torch(torch: Any, xq: Any, xb: Any, k: int, block: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of ``xq`` against ``xb`` (torch tensors), database in blocks."""
-    best_s = best_i = None
-    for s in range(0, xb.shape[0], block):
-        sims = xq @ xb[s:s + block].T
-        kk = min(k, sims.shape[1])
-        v, i = torch.topk(sims, kk, dim=1)
-        i = i + s
-        if best_s is None:
-            best_s, best_i = v, i
-        else:
-            cat_s, cat_i = torch.cat([best_s, v], 1), torch.cat([best_i, i], 1)
-            best_s, pos = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
-            best_i = torch.gather(cat_i, 1, pos)
-    assert best_s is not None and best_i is not None
-    return best_i.cpu().numpy().astype(np.int64), best_s.float().cpu().numpy()
-
-
-def exact_search(xq: np.ndarray, x: np.ndarray, k: int, *, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cosines) of the exact top-k of each query among ``x``: torch on CUDA when present (``device='auto'``;
-    ``'torch'`` forces the torch path on whatever device, for tests), else Faiss flat inner product."""
-    torch = _cuda() if device == "auto" else None
-    if device == "torch":
-        import torch as torch_mod
-
-        torch = torch_mod
-    if torch is not None:
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        xb = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-        return _topk_torch(torch, torch.from_numpy(np.ascontiguousarray(xq)).to(dev), xb, k)
-    faiss = load_faiss()
-    with single_threaded_blas():  # faiss threads over the query blocks; BLAS threads on top cost 25-60 % here
-        sims, rows = faiss.knn(np.ascontiguousarray(xq, dtype=np.float32), x, k, metric=faiss.METRIC_INNER_PRODUCT)
-    return rows.astype(np.int64), sims
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -142,7 +87,7 @@ def exact_knn(x: np.ndarray, k: int = DEFAULT_K, *, batch: int = QUERY_BATCH, pr
         for s in range(start, n, batch):
             e = min(n, s + batch)
             rows, sims = exact_search(x[s:e], x, kk, device=device)
-            r, c = _drop_self(rows, sims, np.arange(s, e), k)
+            r, c = drop_self(rows, sims, np.arange(s, e), k)
             out_rows[s:e, : r.shape[1]], out_cos[s:e, : r.shape[1]] = r, c
             bar.update(e - s)
     return out_rows, out_cos
@@ -172,7 +117,7 @@ def index_knn(index: Any, x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *,
         for s in range(0, len(rows), batch):
             q = rows[s:s + batch]
             sims, labels = index.search(np.ascontiguousarray(x[q]), k + 1)
-            r, c = _drop_self(_ids_to_rows(labels, sorted_ids, order), sims, q, k)
+            r, c = drop_self(_ids_to_rows(labels, sorted_ids, order), sims, q, k)
             out_rows[s:s + len(q)], out_cos[s:s + len(q)] = r, c
             bar.update(len(q))
     return out_rows, out_cos
@@ -181,7 +126,7 @@ def index_knn(index: Any, x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *,
 def ivf_of(index: Any) -> Any:
     """The IndexIVF inside ``index`` (through IDMap / PreTransform / Refine), or None."""
     faiss = load_faiss()
-    return next((ix for ix in _walk(index) if isinstance(ix, faiss.IndexIVF)), None)
+    return next((ix for ix in walk_index(index) if isinstance(ix, faiss.IndexIVF)), None)
 
 
 @dataclass
@@ -197,7 +142,7 @@ class IvfLists:
         faiss = load_faiss()
         ivf = ivf_of(index)
         # Behind an IDMap the lists hold the IDMap's internal numbers; the IDMap's id_map turns them into ids.
-        idmap = next((ix for ix in _walk(index) if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2))), None)
+        idmap = next((ix for ix in walk_index(index) if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2))), None)
         id_map = faiss.vector_to_array(idmap.id_map) if idmap is not None else None
         sorted_ids, order = _rows_of_ids(ids)
         inv = ivf.invlists
@@ -252,7 +197,7 @@ def ivf_lists_knn(parts: IvfLists, x: np.ndarray, k: int, probe: int, *, only: n
         cand = parts.candidates(int(lst), probe)
         sims, idx = faiss.knn(np.ascontiguousarray(x[q]), np.ascontiguousarray(x[cand]), min(k + 1, len(cand)),
                               metric=faiss.METRIC_INNER_PRODUCT)
-        r, c = _drop_self(np.where(idx >= 0, cand[np.clip(idx, 0, None)], -1), sims, q, k)
+        r, c = drop_self(np.where(idx >= 0, cand[np.clip(idx, 0, None)], -1), sims, q, k)
         out_rows[dest, : r.shape[1]], out_cos[dest, : r.shape[1]] = r, c
         return len(q)
 

@@ -4,24 +4,20 @@ The kept image is the first in **keep order**: earliest ``timestamp`` (rows with
 one), then ``path`` (byte order), then ``id``. One rule for exact, near and still groups, so a group's kept image is
 the one a person scrolling the sequence would meet first.
 
-The content hash is BLAKE2b with a 16-byte digest of the file's bytes (``hashlib.blake2b(data, digest_size=16)``):
+The content hash (``job.decode.content_hash``, taken at embed time) is BLAKE2b with a 16-byte digest of the file's bytes:
 as fast as the bytes can be read (~1 GB/s a core, ~0.3 ms for a 300 KB frame), 128 bits so that an accidental
 collision among billions of images has a probability below 1e-20, and 16 bytes a row in a ``fixed_size_binary(16)``
 column. Files whose bytes are equal have equal hashes; re-encoded copies do not (those are near duplicates).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import numpy as np
 
-HASH_BYTES = 16
+from ..decode import HASH_BYTES, content_hash
 
-
-def content_hash(data: bytes) -> bytes:
-    """BLAKE2b-128 of an image file's bytes (the value of the ``content_hash`` column)."""
-    return hashlib.blake2b(data, digest_size=HASH_BYTES).digest()
+__all__ = ["HASH_BYTES", "content_hash", "hash_groups", "keep_rank"]  # the hash itself is the decode stage's
 
 
 def keep_rank(ids: np.ndarray, timestamps: np.ndarray | None = None,

@@ -131,7 +131,7 @@ def select_diverse(x: np.ndarray, ids: np.ndarray, count: int, *, exclude: np.nd
         cov[s:e] = sims.max(axis=1)
     radius_cos = math.nan
     if measure_radius:
-        from .knn import exact_search
+        from ..index.exact import exact_search
 
         _, sims = exact_search(xc, xp, 1)
         radius_cos = float(np.min(sims[:, 0]))

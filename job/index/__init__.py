@@ -11,6 +11,7 @@ from .build import (
     load_index,
     save_index,
 )
+from .exact import exact_search
 from .plan import (
     IndexPlan,
     default_nlist,
@@ -26,7 +27,6 @@ from .tune import (
     EvalSet,
     current_search_params,
     evaluate,
-    exact_neighbours,
     format_params,
     held_out,
     make_eval_set,
@@ -55,7 +55,7 @@ __all__ = [
     "default_train_size",
     "estimate_bytes",
     "evaluate",
-    "exact_neighbours",
+    "exact_search",
     "format_params",
     "has_text_vectors",
     "held_out",

@@ -6,7 +6,6 @@ measured on other held-out queries.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -24,6 +23,7 @@ from ..errors import UsageError
 from ..runfolder import IndexInfo, RunLayout, write_index_info
 from ..values import parse_search_params
 from ._faiss import load_faiss
+from .exact import single_threaded_blas
 from .plan import HNSW_EF_CONSTRUCTION, IndexPlan, default_nlist, default_train_size, fmt_bytes, plan_index
 from .tune import (
     EvalSet,
@@ -62,16 +62,6 @@ def _gpu_count() -> int:
         return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     except RuntimeError:  # pragma: no cover
         return 0
-
-
-def _single_threaded_blas() -> Any:
-    """BLAS on one thread while training: k-means calls thousands of small GEMMs, and OpenBLAS's own
-    OpenMP team on top of faiss's made PQ training ~60x slower on a busy 2-core machine (see the benchmark)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 def _supports_ids(index: Any) -> bool:
@@ -128,7 +118,7 @@ def _train(index: Any, x: np.ndarray, plan: IndexPlan, seed: int, train_rows: np
         ivf.clustering_index = gpu_kmeans
         device = f"gpu x{gpus} (k-means)"
     log.info("training %s on %d vectors (%s)", plan.factory, len(xt), device)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         index.train(xt)
     if gpu_kmeans is not None:
         ivf.clustering_index = None

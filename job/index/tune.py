@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import UsageError
 from ..values import parse_search_params
 from ._faiss import load_faiss
+from .exact import drop_self, exact_search
 
 RECALL_K = 10
 
@@ -101,25 +102,6 @@ def current_search_params(index: Any) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------- recall
 
 
-def exact_neighbours(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) of the exact top-k of each query row by inner product, best first: Faiss brute force over
-    ``xb`` in blocks, no index copy. The one exact search of the job (recall truth, the notebook's neighbours)."""
-    faiss = load_faiss()
-    xq = np.ascontiguousarray(np.asarray(xq, np.float32).reshape(-1, xb.shape[1]))
-    scores, rows = faiss.knn(xq, np.ascontiguousarray(xb, dtype=np.float32), min(k, len(xb)),
-                             metric=faiss.METRIC_INNER_PRODUCT)
-    return scores, rows
-
-
-def _drop_self(labels: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the first k labels that are not the query's own id (queries are in-index vectors)."""
-    out = np.full((labels.shape[0], k), -1, np.int64)
-    for i, (row, sid) in enumerate(zip(labels, self_ids, strict=True)):
-        kept = row[row != sid][:k]
-        out[i, : len(kept)] = kept
-    return out
-
-
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """k-recall@k: share of the exact top-k that the index returned in its top-k (autofaiss' measure)."""
     k = min(k, truth.shape[1])
@@ -141,8 +123,9 @@ class EvalSet:
 def make_eval_set(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> EvalSet:
     xq = x[rows]
     k_eff = min(k, len(x) - 1)
-    _, nn = exact_neighbours(xq, x, k_eff + 1)
-    truth = _drop_self(np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1), ids[rows], k_eff)
+    nn, sims = exact_search(xq, x, k_eff + 1, device="cpu")
+    nn, _ = drop_self(nn, sims, rows, k_eff)
+    truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
     return EvalSet(xq, ids[rows], truth)
 
 
@@ -161,7 +144,7 @@ def queries_eval_set(x: np.ndarray, ids: np.ndarray, queries: np.ndarray,
     row (shuffled) may train, and the queries' exact neighbours are the truth."""
     rng = np.random.default_rng(seed)
     xq = np.ascontiguousarray(queries[rng.permutation(len(queries))], dtype=np.float32)
-    _, nn = exact_neighbours(xq, x, min(RECALL_K, len(x)))
+    nn, _ = exact_search(xq, x, min(RECALL_K, len(x)), device="cpu")
     truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
     return np.empty(0, np.int64), rng.permutation(len(x)), EvalSet(xq, np.full(len(xq), -1, np.int64), truth)
 
@@ -175,12 +158,12 @@ def evaluate(index: Any, ev: EvalSet, *, min_seconds: float = 0.0) -> dict[str, 
     t0 = time.perf_counter()
     reps = 0
     while True:
-        _, labels = index.search(ev.xq, kk)
+        scores, labels = index.search(ev.xq, kk)
         reps += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds:
             break
-    found = _drop_self(labels, ev.qids, k)
+    found, _ = drop_self(labels, scores, ev.qids, k)
     return {
         "recall@1": recall_at(found, ev.truth, 1),
         "recall@10": recall_at(found, ev.truth, RECALL_K),

@@ -10,7 +10,7 @@ import pandas as pd
 from .. import fsutil
 from ..hits import hits_table as hits_frame
 from ..hits import make_hits
-from ..index.tune import exact_neighbours
+from ..index.exact import exact_search
 from ..thumbs import Thumbnails
 from .run import Run
 
@@ -53,8 +53,8 @@ def neighbours(run: Run, query: np.ndarray, k: int, *, use_index: bool = False,
             log.info("index search failed (%s); using exact search", exc)
     vectors = run.text_vectors if text and run.text_vectors is not None else run.vectors
     q = np.asarray(query, np.float32).reshape(1, -1)
-    scores, rows = exact_neighbours(q / (np.linalg.norm(q) or 1.0), vectors, k)
-    return rows[0].astype(np.int64), scores[0], "exact cosine"
+    rows, scores = exact_search(q / (np.linalg.norm(q) or 1.0), vectors, min(k, len(vectors)), device="cpu")
+    return rows[0], scores[0], "exact cosine"
 
 
 def _ids_scores(hits: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
