@@ -18,6 +18,8 @@ from .values import (
     check_choice,
     in_range,
     parse_channels,
+    parse_near_threshold,
+    parse_positive,
     parse_search_params,
     parse_shard,
     parse_size,
@@ -251,6 +253,35 @@ class ProjectConfig:
         check_choice("UMAP backend", self.backend, UMAP_BACKENDS)
 
 
+CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # job.curate.graph.METHODS
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """``job curate`` and the curation step of ``job run --curate`` / ``job merge --curate``."""
+
+    enabled: bool = False  # the step in job run / job merge; ``job curate`` runs it regardless
+    k: int = 10
+    method: str = "auto"  # how the k-NN graph is made (exact when affordable, else from the run's index)
+    near_threshold: str | float = "auto"  # "auto" or a cosine in (0, 1]
+    still_metres: float = 0.5  # job.curate.still.STILL_METRES: the ego moved less than this between two frames
+    select: int | None = None  # a diverse subset of this many images
+    balance: tuple[str, ...] = ()  # metadata columns whose values each get their share of the subset
+    export: str | None = None  # the subset as one sample_data_token (or path) a line, for labelling tools
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("--k", self.k, 1)
+        check_choice("k-NN method", self.method, CURATE_METHODS)
+        object.__setattr__(self, "near_threshold", parse_near_threshold(self.near_threshold, "--near-threshold"))
+        parse_positive(self.still_metres, "--still-metres", "distance in metres")
+        at_least("--select", self.select, 1)
+        check_choice("device", self.device, DEVICES)
+        if (self.balance or self.export) and self.select is None:
+            raise UsageError("--balance and --export shape the subset: give --select N too")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything one invocation needs; built once by the CLI and handed to the stages."""
@@ -264,6 +295,7 @@ class JobConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     log_level: str = "INFO"
     progress: bool = True
 

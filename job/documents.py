@@ -168,6 +168,22 @@ class Projection(Doc):
     peak_memory_mb: float = 0.0
 
 
+class Curation(Doc):
+    """What ``job curate`` did (``curation/``): the k-NN graph, the near threshold and why, duplicates by kind, the
+    subset, timings."""
+
+    n: int
+    k: int
+    graph: dict[str, Any]  # method, recall and how it was measured, device, parameters, timings
+    threshold: dict[str, Any]  # cosine, rule (one line), source (auto | given)
+    still_metres: float | None  # None: the run has no ego pose (not nuScenes): no `still` step
+    duplicates: dict[str, int]  # per kind: exact, still, near
+    unique: int  # images that repeat no other
+    selection: dict[str, Any] | None = None  # n, balance, quotas, coverage radius (cosine), export
+    files: dict[str, str] = {}  # name -> path relative to the run folder
+    timings: dict[str, float] = {}
+
+
 class Manifest(Doc):
     """``manifest.json``: written last, and only when every image is accounted for, so its presence means the output
     is complete (``status`` is "succeeded"; how an attempt failed or stopped is ``_STATUS``'s to say)."""
@@ -190,7 +206,7 @@ class Manifest(Doc):
     index: IndexInfo | None = None
     text_index: IndexInfo | None = None
     projection: Projection | None = None
-    curation: dict[str, Any] | None = None
+    curation: Curation | None = None
     published: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 

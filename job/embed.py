@@ -262,6 +262,10 @@ def build(cfg: JobConfig) -> Embedding:
     if cfg.decode.decoder == "gpu" and load_device(cfg.model.device).type != "cuda":
         raise UsageError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
     source = open_source(cfg.source)
+    if cfg.curate.enabled:  # --balance names columns the embeddings will have: checked before anything is written
+        from .curation import check_options
+
+        check_options(cfg.curate, embedding_schema(1, source.meta_fields).names)
     timeout = cfg.output.lease_timeout
     lease = Lease.acquire(layout.lease, stale_after_s=timeout, heartbeat_s=min(HEARTBEAT_S, timeout / 4))
     try:

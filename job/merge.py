@@ -173,6 +173,11 @@ def merge_run(cfg: JobConfig) -> Manifest:
     t0 = time.perf_counter()
     root = RunLayout.for_output(cfg.output.out)
     shards = check_shards(root)  # nothing is written before every shard checks out
+    if cfg.curate.enabled:
+        from .curation import check_options
+        from .tables import open_dataset
+
+        check_options(cfg.curate, list(open_dataset(root.shard(0).embeddings).schema.names))
     with StopRequest() as stop, Lease.acquire(root.lease, stale_after_s=cfg.output.lease_timeout,
                                               heartbeat_s=min(HEARTBEAT_S, cfg.output.lease_timeout / 4)):
         status = StatusWriter.open(root.run_dir)

@@ -14,6 +14,7 @@ outputs live side by side and ``--overwrite`` of one never touches another::
     index/text.faiss + text.json             a.index/text.faiss + text.json   index over the text-query vectors
     index/text_queries.npy                   a.index/text_queries.npy         prompts encoded by the text tower
     umap2d.parquet                           a.umap2d.parquet                 id, x, y
+    curation/                                a.curation/                      job curate: neighbours, duplicates, …
     manifest.json                            a.manifest.json                  written last: the run is complete
 
 Everything else reads a run through :func:`open_run`/:class:`Manifest`; JSON key names live only here.
@@ -33,6 +34,7 @@ from .documents import (
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     Counts,
+    Curation,
     IndexInfo,
     Manifest,
     ModelInfo,
@@ -43,7 +45,7 @@ from .documents import (
 )
 from .errors import DataError, UsageError
 
-__all__ = ["JSON_KEYS", "MANIFEST_KEYS", "SCHEMA_VERSION", "Counts", "IndexInfo", "Manifest", "ModelInfo", "Outputs",
+__all__ = ["JSON_KEYS", "MANIFEST_KEYS", "SCHEMA_VERSION", "Counts", "Curation", "IndexInfo", "Manifest", "ModelInfo", "Outputs",
            "Projection", "RunLayout", "RunRef", "find_manifest", "index_info_url", "manifest_from_json", "open_run",
            "path_id", "read_index_info", "read_manifest", "write_index_info", "write_manifest"]
 
@@ -156,6 +158,16 @@ class RunLayout:
         return self._side("umap2d.parquet", "umap2d.parquet")
 
     @property
+    def curation_dir(self) -> str:
+        """``curation/``: what ``job curate`` found (``job.curation``)."""
+        return self._side("curation", "curation")
+
+    def curation(self, name: str) -> str:
+        """A file of the curation: ``neighbours.parquet``, ``duplicates.parquet``, ``scores.parquet``,
+        ``selection.parquet``, ``nn_cosines.png``."""
+        return fsutil.join(self.curation_dir, name)
+
+    @property
     def manifest(self) -> str:
         return self._side("manifest.json", "manifest.json")
 
@@ -190,7 +202,7 @@ class RunLayout:
     def owned(self) -> list[str]:
         """Every path this output owns (what ``--overwrite`` removes); never another output's files."""
         return [self.embeddings, self.failures, self.thumbnails, self.state, self.npy, self.index_dir, self.umap,
-                self.manifest]
+                self.curation_dir, self.manifest]
 
     @classmethod
     def locate(cls, uri: str) -> RunLayout:

@@ -1,8 +1,8 @@
 """The steps after embedding, each in one place: run it, write its files through the run folder, record its outputs
 and its time in the manifest.
 
-``job run`` and ``job merge`` end with :func:`finish_run` (index → map → manifest last → publish); ``job index --run``
-and ``job project --run`` run one step on a finished run and rewrite its manifest. Every step takes the manifest it
+``job run`` and ``job merge`` end with :func:`finish_run` (index → map → curation → manifest last → publish); ``job
+index --run``, ``job project --run`` and ``job curate --run`` run one step on a finished run and rewrite its manifest. Every step takes the manifest it
 records into, or None for bare embeddings (no manifest to update).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import fsutil
 from .config import JobConfig
-from .runfolder import IndexInfo, Manifest, Projection, RunLayout, write_manifest
+from .runfolder import Curation, IndexInfo, Manifest, Projection, RunLayout, write_manifest
 from .stopping import StopRequest
 
 if TYPE_CHECKING:
@@ -57,6 +57,19 @@ def project_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None,
         manifest.outputs.umap = layout.rel(layout.umap)
     _timed(manifest, "projection_s", t0)
     return projection
+
+
+def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Curation:
+    """Duplicates, rarity and a diverse subset (``job.curation``) in ``curation/``; recorded in ``manifest``."""
+    from .curation import curate_run
+
+    t0 = time.perf_counter()
+    info = curate_run(layout, cfg.curate, progress=cfg.progress)
+    if manifest is not None:
+        manifest.curation = info
+        manifest.outputs.curation = layout.rel(layout.curation_dir)
+    _timed(manifest, "curation_s", t0)
+    return info
 
 
 def text_queries_step(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows: int) -> bool:
@@ -115,6 +128,10 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
         phase("project")
         with fsutil.faults("the projection step on", layout.run_dir):
             project_step(cfg, layout, manifest)
+    if cfg.curate.enabled:
+        phase("curate")
+        with fsutil.faults("the curation step on", layout.run_dir):
+            curate_step(cfg, layout, manifest)
     if stop is not None:
         stop.check("before writing the manifest")
     if verify is not None:

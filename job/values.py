@@ -149,6 +149,31 @@ def parse_number(value: str, option: str) -> float:
     return x
 
 
+def parse_near_threshold(value: str | float, option: str = "near threshold") -> str | float:
+    """``auto`` or a cosine in (0, 1] (the near-duplicate threshold of ``job curate``)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        cos = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r} is not understood; use auto or a cosine in (0, 1]") from None
+    if not (0.0 < cos <= 1.0):
+        raise UsageError(f"{option} {value!r} is outside (0, 1]; use auto or a cosine in (0, 1]")
+    return cos
+
+
+def parse_positive(value: str | float, option: str, unit: str = "") -> float:
+    """A finite number > 0 (``unit`` names what it measures, for the message)."""
+    what = f"a {unit} > 0" if unit else "a number > 0"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r} is not a number; use {what}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise UsageError(f"{option} {value!r} is out of range; use {what}")
+    return v
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -29,6 +29,7 @@ _positive_int = positive_int  # older spelling, kept for cmd modules written aga
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
     from . import (
+        cmd_curate,
         cmd_embed,
         cmd_index,
         cmd_merge,
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in (cmd_embed, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_publish,
-                   cmd_status):
+    for module in (cmd_embed, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate,
+                   cmd_publish, cmd_status):
         module.register(sub)
     return parser
 

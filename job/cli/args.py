@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import (
     DEFAULT_SOURCE,
+    CurateConfig,
     DecodeConfig,
     IndexConfig,
     IndexOverrides,
@@ -73,6 +74,17 @@ def _search(a: _Args, command: str) -> SearchConfig:
         night=night if own else None, rain=rain if own else None)
 
 
+def _curate(a: _Args, command: str) -> CurateConfig:
+    """``job curate``, and ``--curate`` of ``job run`` / ``job merge``."""
+    d = CurateConfig()
+    return CurateConfig(
+        enabled=command == "curate" or bool(a.get("curate", False)), k=a.get("curate_k", d.k),
+        method=a.get("curate_method", d.method), near_threshold=a.get("near_threshold", d.near_threshold),
+        still_metres=a.get("still_metres", d.still_metres), select=a.get("select", None),
+        balance=split_list(a.get("balance", None)), export=a.get("export", None),
+        device=a.get("curate_device", d.device), seed=a.get("seed", d.seed))
+
+
 def config_from_args(ns: argparse.Namespace) -> JobConfig:
     """Build the JobConfig; every section checks itself, so a bad value is a UsageError here, before anything is
     read or written."""
@@ -107,6 +119,7 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
         serve=ServeConfig(host=a.get("host", d.serve.host), port=a.get("port", d.serve.port)),
         status=StatusConfig(run=a.get("run", None) if command == "status" else None, watch=a.get("watch", None),
                             lines=a.get("lines", d.status.lines), json=bool(a.get("json", False))),
+        curate=_curate(a, command),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )

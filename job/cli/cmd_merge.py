@@ -5,6 +5,7 @@ import argparse
 
 from ..config import JobConfig
 from ..merge import merge_run
+from .cmd_curate import add_curate_options
 from .options import add_common_options, add_index_options, add_projection_options
 
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-project", action="store_true", help="skip the UMAP projection")
     add_projection_options(p)
     p.add_argument("--seed", type=int, default=0, help="sample and layout seed (default 0)")
+    add_curate_options(p, in_run=True)
     p.add_argument("--publish", default=None, metavar="URI", help="copy the merged run here (e.g. s3://bucket/runs/ID/)")
     add_common_options(p)
     p.set_defaults(handler=_merge)

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ..errors import UsageError
+from ..values import parse_positive
 from .duplicates import Duplicates
 from .threshold import NearThreshold
 
@@ -30,13 +30,7 @@ STILL_METRES = 0.5
 
 def check_still_metres(value: float) -> float:
     """A positive, finite distance in metres; a UsageError naming the value otherwise."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"still metres {value!r} is not a number; use a distance in metres > 0") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise UsageError(f"still metres {value!r} is out of range; use a distance in metres > 0")
-    return v
+    return parse_positive(value, "still metres", "distance in metres")
 
 
 def _groups(scene: np.ndarray, channel: np.ndarray) -> np.ndarray:

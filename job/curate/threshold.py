@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..values import parse_near_threshold
 
 MIN_DISTANCE = 1e-7  # float32 cosines of identical vectors come out within ~1e-7 of 1
 MIN_SEPARATION = 3.0  # Ashman's D between the duplicate and bulk components
@@ -182,15 +183,11 @@ def auto_threshold(nn_cosines: np.ndarray) -> NearThreshold:
 
 
 def parse_threshold(value: str | float, nn_cosines: np.ndarray | None = None) -> NearThreshold:
-    """``'auto'`` (needs ``nn_cosines``) or a cosine in (0, 1]; anything else is a UsageError naming the range."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
+    """``'auto'`` (needs ``nn_cosines``) or a cosine in (0, 1] (``values.parse_near_threshold``)."""
+    parsed = parse_near_threshold(value)
+    if parsed == "auto":
         if nn_cosines is None:
             raise UsageError("near threshold 'auto' needs the nearest-neighbour cosines")
         return auto_threshold(nn_cosines)
-    try:
-        cos = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"near threshold {value!r} is not understood; use auto or a cosine in (0, 1]") from None
-    if not (0.0 < cos <= 1.0) or math.isnan(cos):
-        raise UsageError(f"near threshold {value!r} is outside (0, 1]; use auto or a cosine in (0, 1]")
+    cos = float(parsed)
     return NearThreshold(cos, f"given: cosine >= {cos:g}", "given")

@@ -1,0 +1,64 @@
+"""``job curate``: duplicates (exact, standing still, near), rarity and a diverse subset of a run's images."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import CURATE_METHODS, DEVICES, CurateConfig, JobConfig
+from ..curation import summary_lines
+from ..runfolder import open_run, write_manifest
+from ..steps import curate_step
+from .options import add_common_options, choice, positive_int
+
+
+def _curate(cfg: JobConfig, args: argparse.Namespace) -> int:
+    ref = open_run(args.run)
+    info = curate_step(cfg, ref.layout, ref.manifest)
+    if ref.manifest is not None:
+        write_manifest(ref.layout, ref.manifest)
+    print("\n".join(summary_lines(info)))
+    print(f"-> {ref.layout.curation_dir}/")
+    return 0
+
+
+def add_curate_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> None:
+    """The curation options (``job curate``; ``job run --curate`` and ``job merge --curate`` take them too)."""
+    c = CurateConfig()
+    g = p.add_argument_group("curation" + (" (with --curate)" if in_run else ""))
+    if in_run:
+        g.add_argument("--curate", action="store_true",
+                       help="also find duplicates, rarity and (with --select) a diverse subset: curation/")
+    g.add_argument("--k", dest="curate_k", type=positive_int, default=c.k, metavar="K",
+                   help=f"neighbours per image in the k-NN graph (default {c.k})")
+    g.add_argument("--knn-method", dest="curate_method", type=choice("k-NN method", CURATE_METHODS),
+                   default=c.method, metavar="METHOD", help="exact, or from the run's index (index, ivf-lists); auto: exact when a timed "
+                                          "pilot says it takes at most 2 min, else the index (default auto)")
+    g.add_argument("--near-threshold", default="auto", metavar="auto|COS",
+                   help="near duplicates: cosine at or above this; auto reads it off the run's own nearest-neighbour "
+                        "distances and says why (default auto)")
+    g.add_argument("--still-metres", type=float, default=c.still_metres, metavar="M",
+                   help="standing still: consecutive frames of a camera whose ego pose moved less than this "
+                        f"(default {c.still_metres:g}) and whose vectors are near duplicates")
+    g.add_argument("--select", type=positive_int, default=None, metavar="N",
+                   help="pick N images for labelling by greedy farthest-point (k-center) over the unique ones")
+    g.add_argument("--balance", action="append", default=None, metavar="COLUMNS",
+                   help="with --select: each value of these columns (e.g. location,channel) gets its share")
+    g.add_argument("--export", default=None, metavar="FILE",
+                   help="with --select: write the subset here, one sample_data_token (else path) a line")
+    if not in_run:
+        g.add_argument("--device", dest="curate_device", type=choice("device", DEVICES), default="auto", metavar="DEVICE",
+                       help="where exact neighbour search runs: auto (CUDA when present), cpu, cuda")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``curate`` subcommand."""
+    p = sub.add_parser("curate", help="duplicates, rarity and a diverse subset of a run's images (curation/)",
+                       description="Build the k-NN graph of a run's image vectors, find exact duplicates (identical "
+                                   "bytes), images taken while the car stood still, and near duplicates (at a cosine "
+                                   "threshold read off the run's own distances), score every image's rarity "
+                                   "(FiftyOne's uniqueness) and with --select pick a diverse subset; writes "
+                                   "RUN/curation/ and records it in the manifest.")
+    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run folder (local or s3://)")
+    add_curate_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed for the recall sample and the projection (default 0)")
+    add_common_options(p)
+    p.set_defaults(handler=_curate)
