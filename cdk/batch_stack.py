@@ -18,10 +18,10 @@ from .stack import (
     CROSS_REGION_WARNING,
     NEW_RUN_WARNING,
     EmbeddingRunStack,
-    _retention,
     add_shared,
     cross_region_message,
     new_run_message,
+    retention_days,
 )
 from .submission import Submission
 
@@ -120,11 +120,11 @@ class BatchRunStack(Stack):
             job_name=f"{cfg.stack_name}-{cfg.run_id}".replace(".", "-")[:110],
             run_id=cfg.run_id,
             deployed_at=cfg.synth_time,
-            log_retention=_retention(cfg.log_retention_days),
+            log_retention=retention_days(cfg.log_retention_days),
         )
         # Why Batch ended a job FAILED (e.g. cancelled after waiting in RUNNABLE), where job status reads it.
         self.notes = BatchNotes(self, "Notes", queue=self.compute.queue, bucket=bucket, run_prefix=cfg.run_prefix,
-                                log_retention=_retention(cfg.log_retention_days))
+                                log_retention=retention_days(cfg.log_retention_days))
         # The rule must listen before the first job can fail.
         self.submission.node.add_dependency(self.notes)
         if self.network.internet_connectivity is not None:  # hosts pull the image and reach S3 from their first boot

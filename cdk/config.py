@@ -11,31 +11,31 @@ from typing import Any, Callable
 
 from . import constants as C
 from .context_values import (  # the value parsers; ConfigError is re-exported for app.py and the tests
-    _BUCKET,
-    _ECR_IMAGE,
-    _REGION,
-    _RUN_ID,
-    _SAFE_TOKEN,
-    _SSM_PARAM,
-    _STACK_NAME,
-    _SUBNET_ID,
-    _VPC_ID,
+    BUCKET_RE,
     CONTEXT_KEYS,
+    ECR_IMAGE_RE,
+    REGION_RE,
     REMOVED_KEYS,
+    RUN_ID_RE,
+    SAFE_TOKEN_RE,
+    SSM_PARAM_RE,
+    STACK_NAME_RE,
+    SUBNET_ID_RE,
+    VPC_ID_RE,
     ConfigError,
-    _azs,
-    _bool,
-    _channels,
-    _choice,
-    _image,
-    _instance_types,
-    _int,
-    _list,
-    _log_retention,
-    _number,
-    _pattern,
-    _source,
     default_run_id,
+    parse_azs,
+    parse_bool,
+    parse_camera_channels,
+    parse_choice,
+    parse_image,
+    parse_instance_types,
+    parse_list,
+    parse_log_retention,
+    parse_number,
+    parse_pattern,
+    parse_source,
+    to_int,
 )
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -139,7 +139,7 @@ class RunConfig:
     @property
     def ecr_repository(self) -> tuple[str, str, str] | None:
         """``(account, region, repository)`` when ``image`` is an ECR image URI, else None."""
-        m = _ECR_IMAGE.match(self.image_uri or "")
+        m = ECR_IMAGE_RE.match(self.image_uri or "")
         if not m:
             return None
         repo = re.split(r"[:@]", m.group(3), maxsplit=1)[0]
@@ -178,31 +178,31 @@ class RunConfig:
 
 # Keys whose value stands alone: key -> parser(key, value). The others depend on each other (below).
 _FIELDS: dict[str, Callable[[str, Any], Any]] = {
-    "region": lambda k, v: _pattern(k, v, _REGION, "ap-northeast-1"),
-    "instance_types": lambda k, v: _instance_types({k: v}),
-    "market": lambda k, v: _choice(k, v, C.MARKETS),
-    "spot_fallback": lambda k, v: _choice(k, v, C.SPOT_FALLBACKS),
-    "max_run_hours": lambda k, v: _number(k, v, float, 0.1, C.MAX_MAX_RUN_HOURS),
-    "model": lambda k, v: _pattern(k, v, _SAFE_TOKEN, "ViT-L-14"),
-    "pretrained": lambda k, v: _pattern(k, v, _SAFE_TOKEN, "openclip"),
-    "pool": lambda k, v: _choice(k, v, C.POOLS),
-    "resize_mode": lambda k, v: _choice(k, v, C.RESIZE_MODES),
-    "index_type": lambda k, v: _choice(k, v, C.INDEX_TYPES),
-    "channels": _channels,
-    "include_sweeps": _bool,
-    "log_level": lambda k, v: _choice(k, str(v).upper(), C.LOG_LEVELS),
-    "image": _image,
-    "nat_gateway": _bool,
-    "root_volume_gb": lambda k, v: _number(k, v, _int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
-    "ami_ssm_parameter": lambda k, v: _pattern(k, v, _SSM_PARAM, C.DEFAULT_AMI_SSM_PARAMETER),
-    "retain_artifacts": _bool,
-    "artifact_retention_days": lambda k, v: _number(k, v, _int, 0, 3650),
-    "log_retention_days": _log_retention,
-    "stack_name": lambda k, v: _pattern(k, v, _STACK_NAME, C.STACK_NAME),
-    "engine": lambda k, v: _choice(k, v, C.ENGINES),
-    "shards": lambda k, v: _number(k, v, _int, 1, C.MAX_SHARDS),
-    "artifacts_bucket": lambda k, v: _pattern(k, v, _BUCKET, "vitembeddrivedata-storageartifacts1a2b3c4d-0123456789ab"),
-    "replace_running": _bool,
+    "region": lambda k, v: parse_pattern(k, v, REGION_RE, "ap-northeast-1"),
+    "instance_types": lambda k, v: parse_instance_types({k: v}),
+    "market": lambda k, v: parse_choice(k, v, C.MARKETS),
+    "spot_fallback": lambda k, v: parse_choice(k, v, C.SPOT_FALLBACKS),
+    "max_run_hours": lambda k, v: parse_number(k, v, float, 0.1, C.MAX_MAX_RUN_HOURS),
+    "model": lambda k, v: parse_pattern(k, v, SAFE_TOKEN_RE, "ViT-L-14"),
+    "pretrained": lambda k, v: parse_pattern(k, v, SAFE_TOKEN_RE, "openclip"),
+    "pool": lambda k, v: parse_choice(k, v, C.POOLS),
+    "resize_mode": lambda k, v: parse_choice(k, v, C.RESIZE_MODES),
+    "index_type": lambda k, v: parse_choice(k, v, C.INDEX_TYPES),
+    "channels": parse_camera_channels,
+    "include_sweeps": parse_bool,
+    "log_level": lambda k, v: parse_choice(k, str(v).upper(), C.LOG_LEVELS),
+    "image": parse_image,
+    "nat_gateway": parse_bool,
+    "root_volume_gb": lambda k, v: parse_number(k, v, to_int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
+    "ami_ssm_parameter": lambda k, v: parse_pattern(k, v, SSM_PARAM_RE, C.DEFAULT_AMI_SSM_PARAMETER),
+    "retain_artifacts": parse_bool,
+    "artifact_retention_days": lambda k, v: parse_number(k, v, to_int, 0, 3650),
+    "log_retention_days": parse_log_retention,
+    "stack_name": lambda k, v: parse_pattern(k, v, STACK_NAME_RE, C.STACK_NAME),
+    "engine": lambda k, v: parse_choice(k, v, C.ENGINES),
+    "shards": lambda k, v: parse_number(k, v, to_int, 1, C.MAX_SHARDS),
+    "artifacts_bucket": lambda k, v: parse_pattern(k, v, BUCKET_RE, "vitembeddrivedata-storageartifacts1a2b3c4d-0123456789ab"),
+    "replace_running": parse_bool,
 }
 # Keys that name where and how this deploy happens, not what the run is: a redeploy need not repeat them.
 _NOT_THE_RUN = ("run_id", "artifacts_bucket", "replace_running", "retain_artifacts")
@@ -210,15 +210,15 @@ _NOT_THE_RUN = ("run_id", "artifacts_bucket", "replace_running", "retain_artifac
 
 def _data_fields(raw: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
     """dataset, sources, nuscenes_meta and the run id (which defaults to the dataset and the synth time)."""
-    dataset = _choice("dataset", raw.get("dataset", C.DEFAULT_DATASET), C.DATASETS)
+    dataset = parse_choice("dataset", raw.get("dataset", C.DEFAULT_DATASET), C.DATASETS)
     kw: dict[str, Any] = {"dataset": dataset}
     if "sources" in raw:
-        kw["sources"] = tuple(_source("sources", s) for s in _list(raw["sources"]))
+        kw["sources"] = tuple(parse_source("sources", s) for s in parse_list(raw["sources"]))
     if "nuscenes_meta" in raw:
         if "sources" not in kw:
             raise ConfigError("context nuscenes_meta is only used with custom sources; set sources too, or drop it")
-        kw["nuscenes_meta"] = _source("nuscenes_meta", str(raw["nuscenes_meta"]).strip())
-    kw["run_id"] = _pattern("run_id", raw["run_id"], _RUN_ID, "trainval-20250101-120000") if "run_id" in raw else default_run_id(dataset, now)
+        kw["nuscenes_meta"] = parse_source("nuscenes_meta", str(raw["nuscenes_meta"]).strip())
+    kw["run_id"] = parse_pattern("run_id", raw["run_id"], RUN_ID_RE, "trainval-20250101-120000") if "run_id" in raw else default_run_id(dataset, now)
     return kw
 
 
@@ -228,8 +228,8 @@ def _network_fields(raw: dict[str, Any]) -> dict[str, Any]:
     if "vpc_id" in raw or "subnet_id" in raw:
         if not ("vpc_id" in raw and "subnet_id" in raw):
             raise ConfigError("context vpc_id and subnet_id go together; set both (e.g. -c vpc_id=vpc-0abc... -c subnet_id=subnet-0def...,subnet-0123...)")
-        kw["vpc_id"] = _pattern("vpc_id", raw["vpc_id"], _VPC_ID, "vpc-0123456789abcdef0")
-        subnets = tuple(dict.fromkeys(_pattern("subnet_id", s, _SUBNET_ID, "subnet-0123456789abcdef0") for s in _list(raw["subnet_id"])))
+        kw["vpc_id"] = parse_pattern("vpc_id", raw["vpc_id"], VPC_ID_RE, "vpc-0123456789abcdef0")
+        subnets = tuple(dict.fromkeys(parse_pattern("subnet_id", s, SUBNET_ID_RE, "subnet-0123456789abcdef0") for s in parse_list(raw["subnet_id"])))
         if not subnets:
             raise ConfigError("context subnet_id is empty; expected something like subnet-0123456789abcdef0")
         kw["subnet_ids"] = subnets
@@ -238,13 +238,13 @@ def _network_fields(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("context availability_zone and availability_zones say the same thing; set one "
                           "(e.g. -c availability_zones=ap-northeast-1a,ap-northeast-1c)")
     if pinned:
-        kw["availability_zones"] = _azs(pinned[0], raw[pinned[0]])
+        kw["availability_zones"] = parse_azs(pinned[0], raw[pinned[0]])
         if pinned[0] == "availability_zone" and len(kw["availability_zones"]) > 1:
             raise ConfigError("context availability_zone takes one AZ; use availability_zones for a list")
     if "max_azs" in raw:
         if "vpc_id" in raw or pinned:
             raise ConfigError("context max_azs shapes a new VPC; it cannot be combined with vpc_id or availability_zone(s)")
-        kw["max_azs"] = _number("max_azs", raw["max_azs"], _int, 1, C.MAX_MAX_AZS)
+        kw["max_azs"] = parse_number("max_azs", raw["max_azs"], to_int, 1, C.MAX_MAX_AZS)
     return kw
 
 

@@ -17,23 +17,23 @@ class ConfigError(ValueError):
 
 
 
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
-_SOURCE = re.compile(r"^[A-Za-z0-9._:/@+=*?\[\]-]+$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-_AZ = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
-_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
-_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
-_STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
-_BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
-_SSM_PARAM = re.compile(r"^/aws/service/[A-Za-z0-9._/-]+$")
-_ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-z0-9._/-]+)")
+SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
+SOURCE_RE = re.compile(r"^[A-Za-z0-9._:/@+=*?\[\]-]+$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+AZ_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
+SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
+STACK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+SSM_PARAM_RE = re.compile(r"^/aws/service/[A-Za-z0-9._/-]+$")
+ECR_IMAGE_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-z0-9._/-]+)")
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
-def _choice(key: str, value: Any, choices: Iterable[str]) -> str:
+def parse_choice(key: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     v = str(value).strip()
     if v not in choices:
@@ -41,7 +41,7 @@ def _choice(key: str, value: Any, choices: Iterable[str]) -> str:
     return v
 
 
-def _bool(key: str, value: Any) -> bool:
+def parse_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     v = str(value).strip().lower()
@@ -52,7 +52,7 @@ def _bool(key: str, value: Any) -> bool:
     raise ConfigError(f"context {key}={value!r} is not a boolean; valid values: true, false")
 
 
-def _number(key: str, value: Any, cast: Callable[[Any], float], lo: float, hi: float) -> Any:
+def parse_number(key: str, value: Any, cast: Callable[[Any], float], lo: float, hi: float) -> Any:
     try:
         n = cast(value)
     except (TypeError, ValueError):
@@ -62,26 +62,26 @@ def _number(key: str, value: Any, cast: Callable[[Any], float], lo: float, hi: f
     return n
 
 
-def _int(value: Any) -> int:
+def to_int(value: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(value)
     return int(value)
 
 
-def _pattern(key: str, value: Any, pattern: re.Pattern[str], example: str) -> str:
+def parse_pattern(key: str, value: Any, pattern: re.Pattern[str], example: str) -> str:
     v = str(value).strip()
     if not pattern.match(v):
         raise ConfigError(f"context {key}={value!r} is not valid; expected something like {example}")
     return v
 
 
-def _list(value: Any) -> tuple[str, ...]:
+def parse_list(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(s.strip() for s in items if str(s).strip())
 
 
-def _source(key: str, uri: str) -> str:
-    if not _SOURCE.match(uri):
+def parse_source(key: str, uri: str) -> str:
+    if not SOURCE_RE.match(uri):
         raise ConfigError(f"context {key}: {uri!r} has characters other than letters, digits and ._:/@+=-*?[]")
     if uri.startswith(("s3://", "https://", "http://")) or uri == C.NUSCENES_MOUNT or uri.startswith(C.NUSCENES_MOUNT + "/"):
         return uri
@@ -96,9 +96,9 @@ def default_run_id(dataset: str, now: Any = None) -> str:
     return f"{dataset}-{now:%Y%m%d-%H%M%S}"
 
 
-def _instance_types(raw: dict[str, Any]) -> tuple[str, ...]:
+def parse_instance_types(raw: dict[str, Any]) -> tuple[str, ...]:
     key = "instance_types"
-    types = tuple(_choice(key, t, C.VALID_INSTANCE_TYPES) for t in _list(raw[key]))
+    types = tuple(parse_choice(key, t, C.VALID_INSTANCE_TYPES) for t in parse_list(raw[key]))
     if not types:
         raise ConfigError(f"context {key} is empty; valid values: {', '.join(C.VALID_INSTANCE_TYPES[:4])}, ...")
     if len(types) > C.MAX_INSTANCE_TYPES:
@@ -106,22 +106,29 @@ def _instance_types(raw: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(types))
 
 
-def _image(key: str, value: Any) -> str:
+def parse_image(key: str, value: Any) -> str:
     image = str(value).strip()
     if image in (C.IMAGE_BUILD, C.IMAGE_ASSET):
         return image
-    return _pattern(key, image, _IMAGE, f"{C.IMAGE_BUILD}, {C.IMAGE_ASSET} or 123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0")
+    return parse_pattern(key, image, IMAGE_RE, f"{C.IMAGE_BUILD}, {C.IMAGE_ASSET} or 123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/vit-embed:1.0")
 
 
-def _channels(key: str, value: Any) -> tuple[str, ...]:
-    chans = tuple(_choice(key, c, C.CAMERA_CHANNELS) for c in _list(value))
+def parse_camera_channels(key: str, value: Any) -> tuple[str, ...]:
+    """The job's own channel parser (``job.values.parse_channels``), its error as a ConfigError."""
+    from job.errors import UsageError
+    from job.values import parse_channels
+
+    try:
+        chans = parse_channels(parse_list(value), f"context {key}")
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
     if not chans:
         raise ConfigError(f"context {key} is empty; valid values: {', '.join(C.CAMERA_CHANNELS)}")
     return tuple(dict.fromkeys(chans))
 
 
-def _azs(key: str, value: Any) -> tuple[str, ...]:
-    azs = tuple(dict.fromkeys(_pattern(key, a, _AZ, "ap-northeast-1a,ap-northeast-1c") for a in _list(value)))
+def parse_azs(key: str, value: Any) -> tuple[str, ...]:
+    azs = tuple(dict.fromkeys(parse_pattern(key, a, AZ_RE, "ap-northeast-1a,ap-northeast-1c") for a in parse_list(value)))
     if not azs:
         raise ConfigError(f"context {key} is empty; expected something like ap-northeast-1a,ap-northeast-1c")
     if len(azs) > C.MAX_MAX_AZS:
@@ -129,9 +136,9 @@ def _azs(key: str, value: Any) -> tuple[str, ...]:
     return azs
 
 
-def _log_retention(key: str, value: Any) -> int:
-    days = _number(key, value, _int, 1, 3653)
-    return int(_choice(key, str(days), map(str, C.LOG_RETENTION_DAYS)))
+def parse_log_retention(key: str, value: Any) -> int:
+    days = parse_number(key, value, to_int, 1, 3653)
+    return int(parse_choice(key, str(days), map(str, C.LOG_RETENTION_DAYS)))
 
 
 # Every context key the app reads, with a one-line description (docs/cloud.md lists the same keys).

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from . import constants as C
 from .config import ConfigError, RunConfig, cdk_json_context, from_context
-from .preflight_base import FAIL, OK, WARN, Check, _code, _error
+from .preflight_base import FAIL, OK, WARN, Check, error_code, error_text
 from .preflight_state import artifacts_bucket, running_run
 
 __all__ = ["FAIL", "OK", "WARN", "Check", "Preflight", "main"]
@@ -38,7 +38,7 @@ class Preflight:
         try:
             ident = self.client("sts").get_caller_identity()
         except Exception as exc:  # no credentials, expired token, no network: nothing else can run
-            return Check(FAIL, "credentials", f"no usable AWS credentials ({_error(exc)}); run aws configure / aws sso login")
+            return Check(FAIL, "credentials", f"no usable AWS credentials ({error_text(exc)}); run aws configure / aws sso login")
         self.account = ident["Account"]
         return Check(OK, "credentials", f"account {ident['Account']} as {ident['Arn']}")
 
@@ -64,7 +64,7 @@ class Preflight:
                 for o in page["InstanceTypeOfferings"]:
                     offered.setdefault(o["InstanceType"], set()).add(o["Location"])
         except Exception as exc:
-            return Check(FAIL, "instance types", f"could not list offerings in {cfg.region}: {_error(exc)}")
+            return Check(FAIL, "instance types", f"could not list offerings in {cfg.region}: {error_text(exc)}")
         # The stack's subnets: the pinned AZ, or the first max_azs of Fn::GetAZs (available AZs in name order).
         self.stack_azs = list(cfg.availability_zones) if cfg.availability_zones else region_azs[: cfg.max_azs]
         where = "; ".join(f"{t}: {', '.join(sorted(azs)) or 'nowhere'}" for t, azs in offered.items() if t in cfg.instance_types)
@@ -95,7 +95,7 @@ class Preflight:
         try:
             return float(sq.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
         except Exception as exc:
-            if _code(exc) != "NoSuchResourceException":  # never adjusted: the applied value is the default
+            if error_code(exc) != "NoSuchResourceException":  # never adjusted: the applied value is the default
                 raise
         return float(sq.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
 
@@ -106,7 +106,7 @@ class Preflight:
             vcpus = self._vcpus()
             quotas = {m: self._quota(m) for m in markets}
         except Exception as exc:
-            return Check(FAIL, "GPU quota", f"could not read the G and VT vCPU quota: {_error(exc)}")
+            return Check(FAIL, "GPU quota", f"could not read the G and VT vCPU quota: {error_text(exc)}")
         need_min, need_max = min(vcpus.values()), max(vcpus.values())
         have = ", ".join(f"{m} {q:g} vCPUs ({C.GPU_QUOTA_CODES[m]})" for m, q in quotas.items())
         sizes = ", ".join(f"{t} {vcpus[t]}" for t in cfg.instance_types if t in vcpus)
@@ -128,11 +128,11 @@ class Preflight:
         try:
             image_id = self.client("ssm").get_parameter(Name=param)["Parameter"]["Value"]
         except Exception as exc:
-            return Check(FAIL, "AMI", f"{param} does not resolve in {self.cfg.region}: {_error(exc)}")
+            return Check(FAIL, "AMI", f"{param} does not resolve in {self.cfg.region}: {error_text(exc)}")
         try:
             images = self.client("ec2").describe_images(ImageIds=[image_id])["Images"]
         except Exception as exc:
-            return Check(FAIL, "AMI", f"{param} -> {image_id}, which cannot be described: {_error(exc)}")
+            return Check(FAIL, "AMI", f"{param} -> {image_id}, which cannot be described: {error_text(exc)}")
         if not images:
             return Check(FAIL, "AMI", f"{param} -> {image_id}, which does not exist")
         arch = images[0].get("Architecture", "x86_64")
@@ -145,9 +145,9 @@ class Preflight:
             stacks = self.client("cloudformation").describe_stacks(StackName=C.BOOTSTRAP_STACK)["Stacks"]
         except Exception as exc:
             where = f"aws://{self.account or '<ACCOUNT>'}/{self.cfg.region}"
-            if "does not exist" in _error(exc):
+            if "does not exist" in error_text(exc):
                 return Check(FAIL, "bootstrap", f"no {C.BOOTSTRAP_STACK} stack in {self.cfg.region}: run npx cdk bootstrap {where}")
-            return Check(FAIL, "bootstrap", f"could not read the {C.BOOTSTRAP_STACK} stack: {_error(exc)}")
+            return Check(FAIL, "bootstrap", f"could not read the {C.BOOTSTRAP_STACK} stack: {error_text(exc)}")
         stack = stacks[0]
         status = stack["StackStatus"]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

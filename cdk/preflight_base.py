@@ -18,12 +18,12 @@ class Check:
         return f"{self.status:<4}  {self.name:<16} {self.detail}"
 
 
-def _error(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """``Code: message`` of a botocore ClientError (or the exception's text), on one line."""
     err = getattr(exc, "response", {}).get("Error", {}) if hasattr(exc, "response") else {}
     text = f"{err.get('Code')}: {err.get('Message')}" if err else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())
 
 
-def _code(exc: BaseException) -> str:
+def error_code(exc: BaseException) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if hasattr(exc, "response") else ""

@@ -6,7 +6,7 @@ import re
 from typing import Any, Callable
 
 from .config import RunConfig
-from .preflight_base import FAIL, OK, WARN, Check, _error
+from .preflight_base import FAIL, OK, WARN, Check, error_text
 
 RUNNING = "running run"
 UNFINISHED_JOBS = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
@@ -18,7 +18,7 @@ def _stack_outputs(cfg: RunConfig, client: Callable[[str], Any]) -> dict[str, st
     try:
         stacks = client("cloudformation").describe_stacks(StackName=cfg.stack_name)["Stacks"]
     except Exception as exc:
-        if "does not exist" in _error(exc):
+        if "does not exist" in error_text(exc):
             return None
         raise
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
@@ -60,7 +60,7 @@ def running_run(cfg: RunConfig, client: Callable[[str], Any]) -> Check:
             return Check(OK, RUNNING, f"stack {cfg.stack_name} holds run {deployed}: this deploy updates the same run")
         busy = _busy(outputs, client)
     except Exception as exc:
-        return Check(FAIL, RUNNING, f"could not read the stack {cfg.stack_name} and its run: {_error(exc)}")
+        return Check(FAIL, RUNNING, f"could not read the stack {cfg.stack_name} and its run: {error_text(exc)}")
     if busy is None:
         return Check(OK, RUNNING, f"stack {cfg.stack_name}'s run {deployed} is not running: this deploy replaces it with run {cfg.run_id}")
     if cfg.replace_running:
@@ -80,14 +80,14 @@ def artifacts_bucket(cfg: RunConfig, client: Callable[[str], Any]) -> Check | No
     try:
         region = s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
     except Exception as exc:
-        return Check(FAIL, "artifacts bucket", f"artifacts_bucket={name}: {_error(exc)}; name the ArtifactsBucket output "
+        return Check(FAIL, "artifacts bucket", f"artifacts_bucket={name}: {error_text(exc)}; name the ArtifactsBucket output "
                                                "of the destroyed stack (a bucket of this account)")
     if region != cfg.region:
         return Check(FAIL, "artifacts bucket", f"{name} is in {region}, the stack in {cfg.region}: deploy with -c region={region}")
     try:
         held = s3.list_objects_v2(Bucket=name, Prefix=cfg.run_prefix, MaxKeys=1).get("KeyCount", 0)
     except Exception as exc:
-        return Check(FAIL, "artifacts bucket", f"cannot list {name}/{cfg.run_prefix}: {_error(exc)}")
+        return Check(FAIL, "artifacts bucket", f"cannot list {name}/{cfg.run_prefix}: {error_text(exc)}")
     if not held:
         return Check(WARN, "artifacts bucket", f"{name} has nothing under {cfg.run_prefix}: run {cfg.run_id} starts from "
                                                "nothing there (is run_id the one to resume?)")

@@ -38,12 +38,12 @@ def add_shared(scope: Construct, cfg: RunConfig) -> tuple[Network, Storage, logs
     storage = Storage(scope, "Storage", retain=cfg.retain_artifacts,
                       artifact_retention_days=cfg.artifact_retention_days, existing=cfg.artifacts_bucket)
     log_group = logs.LogGroup(scope, "JobLogs", log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
-                              retention=_retention(cfg.log_retention_days), removal_policy=RemovalPolicy.DESTROY)
+                              retention=retention_days(cfg.log_retention_days), removal_policy=RemovalPolicy.DESTROY)
     image = JobImage(scope, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
     return network, storage, log_group, image
 
 
-def _retention(days: int) -> logs.RetentionDays:
+def retention_days(days: int) -> logs.RetentionDays:
     """``RetentionDays`` member for a day count config already validated against LOG_RETENTION_DAYS."""
     names = [m for m in logs.RetentionDays if m is not logs.RetentionDays.INFINITE]
     return dict(zip(C.LOG_RETENTION_DAYS, names))[days]
@@ -120,14 +120,14 @@ class EmbeddingRunStack(Stack):
         if self.network.internet_connectivity is not None:  # its first boot needs the routes (apt, S3, the logs)
             self.job.group.node.add_dependency(self.network.internet_connectivity)
         self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, run_id=cfg.run_id,
-                                 minutes=cfg.deadline_minutes, log_retention=_retention(cfg.log_retention_days))
+                                 minutes=cfg.deadline_minutes, log_retention=retention_days(cfg.log_retention_days))
         # The rule must be listening before the group's first launch (whose event starts the clock).
         self.job.group.node.add_dependency(self.deadline)
         self.fallback: SpotFallback | None = None
         if cfg.market == "spot" and cfg.spot_fallback == "on-demand":
             self.fallback = SpotFallback(
                 self, "SpotFallback", group_name=cfg.group_name, launch_template=self.job.launch_template,
-                instance_role=self.job.role, log_retention=_retention(cfg.log_retention_days),
+                instance_role=self.job.role, log_retention=retention_days(cfg.log_retention_days),
             )
             # The rule must be listening before the group's first launch attempt.
             self.job.group.node.add_dependency(self.fallback)

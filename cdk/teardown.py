@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .config import ConfigError, cdk_json_context, from_context
 from .preflight import boto3_clients, parse_context
-from .preflight_base import _error
+from .preflight_base import error_text
 
 
 def notes(outputs: dict[str, str]) -> list[str]:
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None 
     try:
         stacks = clients("cloudformation").describe_stacks(StackName=cfg.stack_name)["Stacks"]
     except Exception as exc:
-        print(f"teardown: stack {cfg.stack_name} in {cfg.region}: {_error(exc)}")
+        print(f"teardown: stack {cfg.stack_name} in {cfg.region}: {error_text(exc)}")
         return 0
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
     print(f"teardown: {cfg.stack_name} in {cfg.region}")

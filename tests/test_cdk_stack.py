@@ -210,7 +210,7 @@ def test_deadline_is_max_run_plus_margin_after_the_launch():
         ({"pool": "max"}, "valid values: mean, cls"),
         ({"resize_mode": "stretch"}, "valid values: pad, crop, squash"),
         ({"index_type": "lsh"}, "valid values: auto, flat, ivfpq, hnsw"),
-        ({"channels": "CAM_FRONT,LIDAR_TOP"}, "valid values: CAM_FRONT, CAM_FRONT_LEFT"),
+        ({"channels": "CAM_FRONT,LIDAR_TOP"}, "'LIDAR_TOP' is not a camera; valid choices: CAM_FRONT, CAM_FRONT_LEFT"),
         ({"include_sweeps": "maybe"}, "valid values: true, false"),
         ({"root_volume_gb": "20"}, "valid values: 100 to 2000"),
         ({"log_retention_days": "10"}, "valid values: 1, 3, 5, 7, 14"),
