@@ -193,6 +193,14 @@ def parse_context(pairs: Sequence[str]) -> dict[str, str]:
     return ctx
 
 
+def config_from_cli(prog: str, description: str, argv: Sequence[str] | None) -> RunConfig:
+    """The RunConfig a ``python -m cdk.…`` command is given with ``-c key=value`` (as for cdk); ConfigError if bad."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="context, as for cdk")
+    args = parser.parse_args(argv)
+    return from_context({**cdk_json_context(), **parse_context(args.context)}.get)
+
+
 def boto3_clients(region: str) -> Callable[[str], Any]:
     import boto3
 
@@ -201,11 +209,8 @@ def boto3_clients(region: str) -> Callable[[str], Any]:
 
 
 def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdk.preflight", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="context, as for cdk")
-    args = parser.parse_args(argv)
     try:
-        cfg = from_context({**cdk_json_context(), **parse_context(args.context)}.get)
+        cfg = config_from_cli("python -m cdk.preflight", __doc__.split("\n\n")[0], argv)
     except ConfigError as exc:
         print(f"cdk context error: {exc}", file=sys.stderr)
         return 2

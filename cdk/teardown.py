@@ -8,12 +8,11 @@ stack that is not there, or cannot be read, is said in one line: there is nothin
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, Callable, Sequence
 
-from .config import ConfigError, cdk_json_context, from_context
-from .preflight import boto3_clients, parse_context
+from .config import ConfigError
+from .preflight import boto3_clients, config_from_cli
 from .preflight_base import error_text
 
 
@@ -32,11 +31,8 @@ def notes(outputs: dict[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdk.teardown", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="context, as for cdk")
-    args = parser.parse_args(argv)
     try:
-        cfg = from_context({**cdk_json_context(), **parse_context(args.context)}.get)
+        cfg = config_from_cli("python -m cdk.teardown", __doc__.split("\n\n")[0], argv)
     except ConfigError as exc:
         print(f"cdk context error: {exc}", file=sys.stderr)
         return 2
