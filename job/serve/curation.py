@@ -7,7 +7,8 @@ curates it; the routes that need the curation answer 404 with that command.
 Groups: ``duplicates.parquet`` has one row per image that repeats another, with the image it repeats
 (``keep_id``). The steps that find exact copies, standstills and near duplicates run one after another, so a kept
 image can itself repeat an image of a later step (an exact copy's original may be a frame of a standstill): a
-group is everything whose chain of ``keep_id`` ends at the same image, its **root**, which repeats nothing.
+group is everything whose chain of ``keep_id`` ends at the same image, its **root**, which repeats nothing
+(``job.curation.duplicate_roots``).
 """
 from __future__ import annotations
 
@@ -18,15 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
-from ..curation import DUPLICATES, SCORES, SELECTION, table_of
+from ..curation import DUPLICATES, SCORES, SELECTION, duplicate_roots, table_of
 from ..documents import Curation
 from ..errors import NotFound
 from ..runfolder import RunLayout
 
 log = logging.getLogger(__name__)
-
-MAX_CHAIN = 16  # keep_id hops followed to a group's root (the steps chain at most three: exact -> still -> near)
-
 
 @dataclass
 class Group:
@@ -77,7 +75,7 @@ class CurationView:
         self.dup_keep = d.column("keep_id").to_numpy()[order].astype(np.int64)
         self.dup_kind = np.asarray(d.column("kind").to_pylist(), object)[order]
         self.dup_cos = d.column("cosine").to_numpy()[order].astype(np.float32)
-        self.dup_root = self._roots()
+        self.dup_root = duplicate_roots(self.dup_ids, self.dup_keep)
         by_root = np.lexsort((self.dup_ids, self.dup_root))
         self._members = by_root  # dup rows grouped by root, ids ascending inside a group
         self._member_roots = self.dup_root[by_root]
@@ -100,16 +98,6 @@ class CurationView:
         self._sel_sorted = np.argsort(self.sel_ids, kind="stable")
         log.info("curation: %d duplicates in %d groups, %d scores, %d picks", len(self.dup_ids), len(roots),
                  len(self.score_ids), len(self.sel_ids))
-
-    def _roots(self) -> np.ndarray:
-        """Each duplicate's group root: its keep_id, followed while that is itself a duplicate."""
-        root = self.dup_keep.copy()
-        for _ in range(MAX_CHAIN):
-            pos, found = _sorted_lookup(self.dup_ids, root)
-            if not found.any():
-                break
-            root = np.where(found, self.dup_keep[pos], root)
-        return root
 
     # ------------------------------------------------------------------------------------------ queries
     def require(self, what: str = "curation") -> None:
