@@ -32,9 +32,10 @@ def groups_figure(run: Run, cur: RunCuration, *, groups: int = 4, per_group: int
 
     table = duplicate_groups(run, cur).head(groups)
     n = max(1, len(table))
-    fig = Figure(figsize=(2.75 * per_group, 2.35 * n + 0.6), dpi=100, layout="constrained")
+    per_group = max(2, min(per_group, int(table["size"].max()) if len(table) else 2))
+    fig = Figure(figsize=(2.75 * per_group, 2.05 * n + 0.8), dpi=100, layout="constrained")
     total = len(cur.duplicates["root"].unique())
-    fig.suptitle(f"The {len(table)} largest of {total:,} duplicate groups (kept image first, then those that "
+    fig.suptitle(f"The {len(table)} largest of {total:,} duplicate groups\n(the image kept first, then those that "
                  "repeat it, in time order)" if len(table) else "No duplicate groups in this run", fontsize=12)
     axes = fig.subplots(n, per_group, squeeze=False)
     for ax in axes.ravel():
@@ -48,7 +49,7 @@ def groups_figure(run: Run, cur: RunCuration, *, groups: int = 4, per_group: int
             ax.imshow(np.asarray(images[int(m.id)]))
             color = KIND_COLORS.get(str(m.kind), "black")
             if m.kind == "kept":
-                head = f"kept: group of {int(group.size)}\n{m.scene_name} · {m.channel}"
+                head = f"kept, group of {int(group.size)} · {_time(m.timestamp)}\n{m.scene_name} · {m.channel}"
             else:
                 head = f"{m.kind}  cos {m.cosine:.5f}"
                 more = int(group.size) - per_group
@@ -119,5 +120,6 @@ def coverage_figure(tables: dict[str, pd.DataFrame], *, top: int = 12) -> Any:
         ax.set_title(column.replace("_", " "), fontsize=11)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     return fig
