@@ -73,7 +73,9 @@ class CurationView:
         order = np.argsort(d.column("id").to_numpy(), kind="stable")
         self.dup_ids = d.column("id").to_numpy()[order].astype(np.int64)
         self.dup_keep = d.column("keep_id").to_numpy()[order].astype(np.int64)
-        self.dup_kind = np.asarray(d.column("kind").to_pylist(), object)[order]
+        kinds = d.column("kind").combine_chunks().dictionary_encode()  # 3 strings shared by every row
+        self.dup_kind = np.asarray(kinds.dictionary.to_pylist() or [""], object)[
+            kinds.indices.to_numpy(zero_copy_only=False).astype(np.int64)][order]
         self.dup_cos = d.column("cosine").to_numpy()[order].astype(np.float32)
         self.dup_root = duplicate_roots(self.dup_ids, self.dup_keep)
         by_root = np.lexsort((self.dup_ids, self.dup_root))
