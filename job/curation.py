@@ -226,3 +226,21 @@ def table_of(layout: RunLayout, name: str) -> pa.Table:
                          f"{layout.run_dir}" + (" --select N" if name == SELECTION else ""))
     return read_table(url)
 
+
+
+def duplicate_roots(ids: np.ndarray, keep_ids: np.ndarray, max_hops: int = 16) -> np.ndarray:
+    """For the rows of ``duplicates.parquet`` (``id``, ``keep_id``), each one's group root: its ``keep_id``, followed
+    while that image is itself a duplicate (an exact copy's original may be a frame of a standstill, whose first frame
+    may be a near duplicate: the steps run in that order). A group is every image with the same root, plus the root."""
+    ids, root = np.asarray(ids, np.int64), np.asarray(keep_ids, np.int64).copy()
+    if not len(ids):
+        return root
+    order = np.argsort(ids, kind="stable")
+    sorted_ids, sorted_keep = ids[order], root[order]
+    for _ in range(max_hops):
+        pos = np.clip(np.searchsorted(sorted_ids, root), 0, len(ids) - 1)
+        found = sorted_ids[pos] == root
+        if not found.any():
+            break
+        root = np.where(found, sorted_keep[pos], root)
+    return root

@@ -1,40 +1,40 @@
 """``job serve`` on a small real run: the JSON API over HTTP, and the page driven in a real headless Chromium.
 
 The run is made once by ``python -m job run`` from the generated nuScenes fixture (4 scenes, keyframes and
-sweeps, ViT-B-32 with seeded random weights at 64 px, thumbnails, index, text index, UMAP). The server runs
+sweeps, ViT-B-32 with seeded random weights at 64 px, thumbnails, index, text index, UMAP, and ``--curate
+--select 12``: the fixture's two repeated scenes give 12 duplicate groups of 6, standing still and near). A copy
+without its curation checks that an uncurated run keeps working and says how to curate it. The server runs
 in a thread on 127.0.0.1 and a free port. The browser test uses the system's Chromium and chromedriver
 (Debian: ``apt-get install chromium chromium-driver``; ``.ci/run`` installs them) and is skipped, saying
 so, only where they are missing. Screenshots and timings go to ``test-artifacts/serve/``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 import pytest
+from serve_helpers import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    chromium,
+    get,
+    get_json,
+    running,
+    search_and_wait,
+    snapshot,
+    wait_state,
+)
 
-from conftest import TEST_MODEL, _free_port
+from conftest import TEST_MODEL
 from job.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "serve"
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
-                                                else None)
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -47,50 +47,22 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = base / "run"
     rc = main(["run", "--source", str(info.root), "--out", str(out), *TEST_MODEL, "--image-size", "64",
                "--include-sweeps", "--thumbnails", "--n-epochs", "50", "--workers", "0", "--no-progress",
-               "--log-level", "WARNING"])
+               "--log-level", "WARNING", "--curate", "--select", "12"])
     assert rc == 0
     assert (out / "index" / "text.faiss").exists() and (out / "umap2d.parquet").exists()
+    assert (out / "curation" / "selection.parquet").exists()
     return out
 
 
 @pytest.fixture(scope="module")
 def server(served_run: Path) -> Iterator[str]:
-    """The app on 127.0.0.1:<free port> in a thread (uvicorn); yields the base URL."""
-    import uvicorn
+    """The app over the curated run; yields the base URL."""
+    from job.serve import SearchService
 
-    from job.serve import SearchService, create_app
-
-    before = _snapshot(served_run)
-    service = SearchService(str(served_run), device="cpu")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, name="test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        assert _snapshot(served_run) == before  # nothing was written to the run
-
-
-def get(url: str, data: bytes | None = None) -> tuple[int, str, bytes]:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.headers.get("content-type", ""), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("content-type", ""), err.read()
-
-
-def get_json(url: str, data: bytes | None = None) -> tuple[int, Any]:
-    status, ctype, body = get(url, data)
-    assert ctype.startswith("application/json"), (status, ctype, body[:200])
-    return status, json.loads(body)
+    before = snapshot(served_run)
+    with running(SearchService(str(served_run), device="cpu")) as url:
+        yield url
+    assert snapshot(served_run) == before  # nothing was written to the run
 
 
 def _meta(run: Path) -> list[dict[str, Any]]:
@@ -187,6 +159,14 @@ def test_id_and_image_queries(server: str, served_run: Path) -> None:
     ("/api/thumb/12", 404, "is not in"),
     ("/api/thumb/abc", 400, "not an integer"),
     ("/api/nothing", 404, "Not Found"),
+    ("/api/duplicates?id=12", 404, "is not in"),
+    ("/api/duplicates", 400, "id='' is not an integer"),
+    ("/api/duplicates?id=abc", 400, "not an integer"),
+    ("/api/duplicates?id=1&limit=0", 400, "limit=0 must be in 1..1000"),
+    ("/api/rare?k=0", 400, "k=0 must be in 1.."),
+    ("/api/rare?offset=-1", 400, "offset=-1 must be in 0.."),
+    ("/api/rare?where=colour+%3D+1", 400, "valid columns: id, path"),
+    ("/api/rare?channel=CAM_TOP", 400, "valid choices: CAM_FRONT"),
 ])
 def test_bad_requests_get_4xx_json_without_traceback(server: str, url: str, code: int, message: str) -> None:
     status, doc = get_json(server + url)
@@ -199,6 +179,113 @@ def test_bad_image_upload(server: str) -> None:
     assert status == 400 and "not an image" in doc["error"]
     status, doc = get_json(f"{server}/api/search?k=3", data=b"")
     assert status == 400
+
+
+# ------------------------------------------------------------------------------------------------ curation
+
+
+def _curation(run: Path, name: str) -> list[dict[str, Any]]:
+    return pq.read_table(run / "curation" / name).to_pylist()
+
+
+def test_duplicates_api_shows_a_whole_group(server: str, served_run: Path) -> None:
+    dups = _curation(served_run, "duplicates.parquet")
+    threshold = json.loads((served_run / "manifest.json").read_text())["curation"]["threshold"]["cosine"]
+    assert dups and {d["kind"] for d in dups} == {"still", "near"}
+    member = dups[len(dups) // 2]
+    root = str(member["keep_id"])  # the fixture has no exact copies: no chains, keep_id is the group's root
+    expected = {str(d["id"]): d for d in dups if d["keep_id"] == member["keep_id"]}
+    for asked in (str(member["id"]), root):  # a member and the kept image give the same group
+        status, doc = get_json(f"{server}/api/duplicates?id={asked}")
+        assert status == 200 and doc["id"] == asked and doc["root"] == root
+        assert doc["size"] == doc["shown"] == len(expected) + 1 == len(doc["members"])
+        kept, *rest = doc["members"]
+        assert kept["id"] == root and kept["role"] == "kept" and kept["kind"] is None
+        assert {m["id"] for m in rest} == set(expected) and all(m["role"] == "repeats" for m in rest)
+        for m in rest:
+            assert m["kind"] == expected[m["id"]]["kind"] and m["keep_id"] == root
+            assert m["cosine"] == pytest.approx(expected[m["id"]]["cosine"], abs=1e-6) and m["cosine"] >= threshold
+            assert m["thumb"] == f"/api/thumb/{m['id']}" and {"x", "y", "time", "channel"} <= set(m)
+        assert [m["time"] for m in rest] == sorted(m["time"] for m in rest)  # in time order
+        assert doc["by_kind"] == {expected[next(iter(expected))]["kind"]: len(expected)}
+    status, doc = get_json(f"{server}/api/duplicates?id={member['id']}&limit=3")
+    assert status == 200 and doc["size"] == len(expected) + 1 and doc["shown"] == len(doc["members"]) == 3
+    in_groups = {str(d["id"]) for d in dups} | {str(d["keep_id"]) for d in dups}
+    alone = next(str(m["id"]) for m in _meta(served_run) if str(m["id"]) not in in_groups)
+    status, doc = get_json(f"{server}/api/duplicates?id={alone}")
+    assert status == 200 and doc["size"] == 1 and [m["id"] for m in doc["members"]] == [alone]
+
+
+def test_rare_is_uniqueness_descending_inside_the_filters(server: str, served_run: Path) -> None:
+    scores = {str(r["id"]): r["uniqueness"] for r in _curation(served_run, "scores.parquet")}
+    ranked = sorted(scores, key=lambda i: (-scores[i], int(i)))
+    status, doc = get_json(f"{server}/api/rare?k=10")
+    assert status == 200 and doc["matches"] == len(scores) and doc["where"] is None
+    assert [h["id"] for h in doc["hits"]] == ranked[:10] and [h["rank"] for h in doc["hits"]] == list(range(1, 11))
+    assert [h["score"] for h in doc["hits"]] == pytest.approx([scores[i] for i in ranked[:10]], abs=1e-6)
+    status, page2 = get_json(f"{server}/api/rare?k=10&offset=10")
+    assert [h["id"] for h in page2["hits"]] == ranked[10:20] and page2["hits"][0]["rank"] == 11
+    meta = {str(m["id"]): m for m in _meta(served_run)}
+    keep = [i for i in ranked if meta[i]["channel"] == "CAM_FRONT" and meta[i]["location"].startswith("singapore")]
+    status, doc = get_json(f"{server}/api/rare?k=5&channel=CAM_FRONT&location=singapore")
+    assert status == 200 and doc["matches"] == len(keep) and [h["id"] for h in doc["hits"]] == keep[:5]
+    assert doc["where"] and all(h["curation"]["uniqueness"] == pytest.approx(h["score"], abs=1e-4) for h in doc["hits"])
+
+
+def test_the_subset_on_the_map_and_badges_on_hits(server: str, served_run: Path) -> None:
+    picks = _curation(served_run, "selection.parquet")
+    status, m = get_json(f"{server}/api/map")
+    assert status == 200 and len(m["selected"]) == len(picks) == 12
+    rank_of = {str(p["id"]): p["rank"] for p in picks}
+    assert {m["id"][i]: r for i, r in zip(m["selected"], m["selected_rank"])} == rank_of
+    status, sel = get_json(f"{server}/api/selection")
+    assert status == 200 and sel["n"] == 12 and [p["rank"] for p in sel["picks"]] == list(range(12))
+    assert [p["id"] for p in sel["picks"]] == [str(p["id"]) for p in picks]
+    assert sel["picks"][0]["coverage_cosine"] is None and all(p["coverage_cosine"] < 1 for p in sel["picks"][1:])
+    status, info = get_json(f"{server}/api/info")
+    c = info["curation"]
+    assert c["duplicates"] == len(_curation(served_run, "duplicates.parquet")) and c["groups"] == 12
+    assert c["selection"] == 12 and c["rule"].startswith("auto:") and c["by_kind"] == {"near": 30, "still": 30}
+    first = sel["picks"][0]["id"]
+    status, doc = get_json(f"{server}/api/search?id={first}&k=3")
+    assert doc["hits"][0]["curation"] == {"group": 1, "kind": None, "keep_id": None, "pick": 0,
+                                          "uniqueness": pytest.approx(doc["hits"][0]["curation"]["uniqueness"])}
+    dup = _curation(served_run, "duplicates.parquet")[0]
+    status, doc = get_json(f"{server}/api/search?id={dup['id']}&k=1")
+    badge = doc["hits"][0]["curation"]
+    assert badge["kind"] == dup["kind"] and badge["keep_id"] == str(dup["keep_id"]) and badge["group"] == 6
+
+
+def test_a_run_without_curation_keeps_working(served_run: Path, tmp_path: Path) -> None:
+    from job.serve import SearchService
+
+    plain = tmp_path / "plain"
+    shutil.copytree(served_run, plain, ignore=shutil.ignore_patterns("curation"))
+    with running(SearchService(str(plain), device="cpu", preload_model=False)) as url:
+        status, info = get_json(f"{url}/api/info")
+        assert status == 200 and info["curation"] is None
+        assert info["curate_hint"] == f"python -m job curate --run {plain} --select N"
+        first = str(_meta(plain)[0]["id"])
+        status, doc = get_json(f"{url}/api/search?id={first}&k=3")
+        assert status == 200 and len(doc["hits"]) == 3 and "curation" not in doc["hits"][0]
+        status, m = get_json(f"{url}/api/map")
+        assert status == 200 and m["selected"] == [] and len(m["x"]) == len(_meta(plain))
+        for route in (f"duplicates?id={first}", "rare?k=3", "selection"):
+            status, doc = get_json(f"{url}/api/{route}")
+            assert status == 404 and "not curated" in doc["error"] and "python -m job curate --run" in doc["error"]
+
+
+def test_group_roots_follow_chains() -> None:
+    """An exact copy of a frame that itself stood still belongs to the standstill's group (job.curation)."""
+    import numpy as np
+
+    from job.curation import duplicate_roots
+
+    ids = np.array([5, 7, 9, 11], np.int64)  # 5 -> 7 (exact), 7 -> 3 (still), 9 -> 3 (still), 11 -> 2 (near)
+    keep = np.array([7, 3, 3, 2], np.int64)
+    assert duplicate_roots(ids, keep).tolist() == [3, 3, 3, 2]
+    assert duplicate_roots(ids[::-1], keep[::-1]).tolist() == [2, 3, 3, 3]
+    assert duplicate_roots(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
 
 
 @pytest.mark.s3
@@ -225,42 +312,9 @@ def test_an_s3_run(served_run: Path, s3_bucket: str) -> None:
 def browser() -> Iterator[Any]:
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download a driver or a browser
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1500,1000", "--hide-scrollbars"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
+    pytest.importorskip("selenium.webdriver")
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def _wait_state(driver: Any, state: str, timeout: float = 60) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element("tag name", "body").get_attribute("data-state") in (state, "error"))
-    assert driver.find_element("tag name", "body").get_attribute("data-state") == state, \
-        driver.find_element("id", "status").text
-
-
-def _search_and_wait(driver: Any, action: Any) -> dict[str, Any]:
-    """Do ``action`` (which starts a query), wait for its results; returns the API's response."""
-    count = driver.execute_script("return window.searchTimings.length")
-    action()
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return window.searchTimings.length") > count
-                                    or d.find_element("tag name", "body").get_attribute("data-state") == "error")
-    _wait_state(driver, "results")
-    return driver.execute_script("return window.lastResponse")
 
 
 def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any) -> None:
@@ -272,7 +326,7 @@ def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any)
     meta = {str(m["id"]): m for m in _meta(served_run)}
     t0 = time.perf_counter()
     browser.get(server + "/")
-    _wait_state(browser, "ready")
+    wait_state(browser, "ready")
     ready_s = time.perf_counter() - t0
     assert "images" in browser.find_element(By.ID, "run-info").text
     browser.save_screenshot(str(ARTIFACTS / "1_ready.png"))
@@ -280,7 +334,7 @@ def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any)
     # 1. a text query
     box = browser.find_element(By.ID, "text")
     box.send_keys("night, rain, intersection")
-    doc = _search_and_wait(browser, lambda: browser.find_element(By.ID, "go").click())
+    doc = search_and_wait(browser, lambda: browser.find_element(By.ID, "go").click())
     first_results_s = time.perf_counter() - t0
     cards = browser.find_elements(By.CSS_SELECTOR, "#grid .hit")
     assert doc["space"] == "text" and len(cards) == len(doc["hits"]) == 24
@@ -290,7 +344,7 @@ def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any)
 
     # 2. filters: Singapore only, night only, one camera
     Select(browser.find_element(By.ID, "location")).select_by_value("singapore-onenorth")
-    doc = _search_and_wait(browser, lambda: Select(browser.find_element(By.ID, "night")).select_by_value("yes"))
+    doc = search_and_wait(browser, lambda: Select(browser.find_element(By.ID, "night")).select_by_value("yes"))
     assert doc["where"] and doc["hits"]
     for h in doc["hits"]:
         m = meta[h["id"]]
@@ -302,7 +356,7 @@ def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any)
     # 3. click a hit: search by that image, inside the same filter
     second = browser.find_elements(By.CSS_SELECTOR, "#grid .hit")[1]
     clicked = second.get_attribute("data-id")
-    doc = _search_and_wait(browser, second.click)
+    doc = search_and_wait(browser, second.click)
     assert doc["query"] == {"id": clicked} and doc["hits"][0]["id"] == clicked and doc["space"] == "image"
     assert "images like" in browser.find_element(By.ID, "query-shown").text
     browser.save_screenshot(str(ARTIFACTS / "4_clicked_hit.png"))
@@ -310,9 +364,69 @@ def test_the_page_in_a_real_browser(server: str, served_run: Path, browser: Any)
     # 4. a bad SQL filter shows its message on the page
     where = browser.find_element(By.ID, "where")
     where.send_keys("colour = 'red'\n")
-    _wait_state(browser, "error")
+    wait_state(browser, "error")
     assert "valid columns" in browser.find_element(By.ID, "status").text
     timings = browser.execute_script("return window.searchTimings")
     (ARTIFACTS / "timings.json").write_text(json.dumps({
         "page_ready_s": round(ready_s, 3), "first_results_s_from_navigation": round(first_results_s, 3),
         "queries": timings}, indent=2))
+
+
+def test_curation_views_in_a_real_browser(server: str, served_run: Path, browser: Any) -> None:
+    """Rarest first and its pages, a hit's duplicate group in the dialog (screenshot), a click on a member, and the
+    subset toggled on the map."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scores = {str(r["id"]): r["uniqueness"] for r in _curation(served_run, "scores.parquet")}
+    ranked = sorted(scores, key=lambda i: (-scores[i], int(i)))
+    browser.get(server + "/")
+    wait_state(browser, "ready")
+    assert browser.find_element(By.ID, "curation-info").text.startswith("Curated: 60 of 144 images repeat another")
+
+    # 1. rarest first, then its second page
+    doc = search_and_wait(browser, lambda: browser.find_element(By.ID, "rare").click())
+    assert [h["id"] for h in doc["hits"]] == ranked[:24]
+    assert browser.find_element(By.ID, "page-note").text.startswith("1–24 of 144")
+    assert "uniqueness" in browser.find_element(By.CSS_SELECTOR, "#grid .hit .score").text
+    browser.save_screenshot(str(ARTIFACTS / "5_rarest_first.png"))
+    doc = search_and_wait(browser, lambda: browser.find_element(By.ID, "next").click())
+    assert doc["offset"] == 24 and [h["id"] for h in doc["hits"]] == ranked[24:48]
+
+    # 2. every image on one page; open the duplicates of a frame taken while the car stood still
+    k_box = browser.find_element(By.ID, "k")
+    doc = search_and_wait(browser, lambda: browser.execute_script(
+        "arguments[0].value = '144'; arguments[0].dispatchEvent(new Event('change'))", k_box))
+    assert doc["offset"] == 0 and len(doc["hits"]) == 144
+    at = next(i for i, h in enumerate(doc["hits"]) if h["curation"]["kind"] == "still")
+    card = browser.find_elements(By.CSS_SELECTOR, "#grid .hit")[at]
+    assert card.find_element(By.CSS_SELECTOR, ".badge.kind-still").text == "still"
+    card.find_element(By.CSS_SELECTOR, ".dup-btn").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_element("tag name", "body").get_attribute("data-dup")
+                                     in ("open", "error"))
+    group = browser.execute_script("return window.lastGroup")
+    assert browser.find_element("tag name", "body").get_attribute("data-dup") == "open"
+    assert browser.find_element(By.ID, "dup-dialog").is_displayed()
+    assert group["id"] == doc["hits"][at]["id"] and group["size"] == 6 and group["by_kind"] == {"still": 5}
+    shown = browser.find_elements(By.CSS_SELECTOR, "#dup-grid .hit")
+    assert [c.get_attribute("data-id") for c in shown] == [m["id"] for m in group["members"]]
+    assert shown[0].find_element(By.CSS_SELECTOR, ".badge.kept").text == "kept"
+    assert all(c.find_element(By.CSS_SELECTOR, ".badge.kind-still").text == "still" for c in shown[1:])
+    assert browser.find_element(By.ID, "dup-title").text == "Duplicate group: 6 images"
+    assert all(browser.execute_script("return arguments[0].querySelector('img').naturalWidth", c) > 0 for c in shown)
+    browser.save_screenshot(str(ARTIFACTS / "6_duplicates.png"))
+
+    # 3. a member of the group: the dialog closes and the page searches by it
+    member = shown[3].get_attribute("data-id")
+    doc = search_and_wait(browser, shown[3].click)
+    assert doc["query"] == {"id": member} and doc["hits"][0]["id"] == member
+    assert not browser.find_element(By.ID, "dup-dialog").is_displayed()
+
+    # 4. the subset on the map, off and on again
+    canvas = browser.find_element(By.ID, "map")
+    with_subset = browser.execute_script("return arguments[0].toDataURL()", canvas)
+    browser.find_element(By.ID, "show-selection").click()
+    assert browser.execute_script("return arguments[0].toDataURL()", canvas) != with_subset
+    browser.find_element(By.ID, "show-selection").click()
+    assert browser.execute_script("return arguments[0].toDataURL()", canvas) == with_subset

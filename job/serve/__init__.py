@@ -1,7 +1,9 @@
-"""``job serve``: a search page for one run (text, image and id queries, metadata filters, thumbnails, the UMAP map).
+"""``job serve``: a search page for one run (text, image and id queries, metadata filters, thumbnails, the UMAP map,
+and for a curated run: duplicate groups, rarest first, the diverse subset on the map).
 
 ``app`` is the web layer (Starlette routes, errors as JSON), ``service`` what the API does without HTTP,
-``thumbs`` where the thumbnails come from; ``static/`` holds the page (plain HTML, CSS and JS: no build step).
+``curation`` the curation tables in memory (``job curate``'s ``curation/``); ``job.thumbs`` says where the
+thumbnails come from; ``static/`` holds the page (plain HTML, CSS and JS: no build step).
 """
 from .app import create_app, serve
 from .service import SearchService

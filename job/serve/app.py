@@ -6,7 +6,14 @@
                                     channel=, location=, scene=, night=, rain=
     POST /api/search?k=…            top-k for the image in the request body (JPEG/PNG bytes), same filters
     GET  /api/thumb/{id}            a hit's thumbnail (JPEG)
-    GET  /api/map                   the run's UMAP map (x, y, id, channel per point)
+    GET  /api/map                   the run's UMAP map (x, y, id, channel per point; the subset's picks: selected)
+    GET  /api/duplicates?id=…       the duplicate group of an image: the image kept, every image that repeats it
+                                    (kind exact | still | near, cosine); a group of one when it repeats nothing
+    GET  /api/rare?k=…&offset=…     images by descending uniqueness (rarest first), same filters as search
+    GET  /api/selection             the diverse subset (job curate --select N) in pick order
+
+The last three need a curated run (``job curate``); without one they answer 404 with the command that makes it,
+and ``/api/info`` says so (``curation: null``, ``curate_hint``).
 
 Bad requests get a 4xx with ``{"error": "…"}``; a fault of the run's data a 500 with its reason; nothing
 else ever leaves the server (no tracebacks). Nothing is written to the run.
@@ -87,6 +94,15 @@ def create_app(service: SearchService) -> Starlette:
     def map_points(request: Request) -> Response:
         return JSONResponse(service.map_points())
 
+    def duplicates(request: Request) -> Response:
+        return JSONResponse(service.duplicates(request.query_params))
+
+    def rare(request: Request) -> Response:
+        return JSONResponse(service.rare(request.query_params))
+
+    def selection(request: Request) -> Response:
+        return JSONResponse(service.selection())
+
     routes = [
         Route("/", page),
         Route("/api/info", info),
@@ -94,6 +110,9 @@ def create_app(service: SearchService) -> Starlette:
         Route("/api/search", search_post, methods=["POST"]),
         Route("/api/thumb/{id}", thumb),
         Route("/api/map", map_points),
+        Route("/api/duplicates", duplicates),
+        Route("/api/rare", rare),
+        Route("/api/selection", selection),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     handlers: dict[Any, Any] = {UsageError: _usage_error, DataError: _data_error, HTTPException: _http_error,

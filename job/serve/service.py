@@ -16,17 +16,21 @@ import numpy as np
 from .. import fsutil
 from ..errors import UsageError
 from ..filters import compose_where
-from ..hits import json_safe
+from ..hits import json_safe, make_hits
 from ..search import Searcher
 from ..tables import read_table
 from ..thumbs import Thumbnails
 from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
+from .curation import CurationView, kind_counts
 
 log = logging.getLogger(__name__)
 
 K_MAX = 200  # hits one request may ask for
 MAP_POINTS_MAX = 50_000  # points of the UMAP map sent to the page (a seeded sample above this)
 IMAGE_BYTES_MAX = 25 << 20  # largest image a POST may carry
+GROUP_MAX = 1000  # images of one duplicate group one request may ask for (a long standstill has hundreds)
+
+
 @dataclass
 class Query:
     """One checked request: what to search for, how many, and the filter."""
@@ -59,6 +63,8 @@ class SearchService:
         self.k_max = min(K_MAX, int(self.searcher.index.ntotal))
         self.thumbs = Thumbnails(self.layout, self.searcher.manifest)
         self._lock = threading.Lock()
+        man = self.searcher.manifest
+        self.curation = CurationView(self.layout, man.curation if man is not None else None, run)
         self._map = self._load_map()
         self.searcher.columns()  # DuckDB over the metadata, ready before the first request
         if preload_model and self.searcher.manifest is not None:
@@ -98,7 +104,21 @@ class SearchService:
         took = (time.perf_counter() - t0) * 1000
         searched = s.text_space() if space == "text" else s.image
         return {"query": query, "k": q.k, "where": q.where, "matches": matches, "space": space,
-                "column": searched.column, "took_ms": round(took, 1), "hits": [self._hit(h) for h in hits]}
+                "column": searched.column, "took_ms": round(took, 1), "hits": self._cards(hits)}
+
+    def _cards(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hits as the page shows them: JSON-safe, string ids, thumbnail URL, map position, curation badges."""
+        out = [self._hit(h) for h in hits]
+        if self.curation.available and out:
+            for card, badge in zip(out, self.curation.badges(np.array([int(h["id"]) for h in hits], np.int64))):
+                card["curation"] = badge
+        return out
+
+    def cards_of(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Cards of images given by id (all in the run), ranked in the given order, ``score`` as given."""
+        rows = self.searcher.rows_of(np.asarray(ids, np.int64))
+        meta = self.searcher.table.take(np.asarray(rows, np.int64)).to_pylist() if len(rows) else []
+        return self._cards(make_hits(np.asarray(scores, np.float64).tolist(), meta))
 
     def _hit(self, h: dict[str, Any]) -> dict[str, Any]:
         out = {key: json_safe(v) for key, v in h.items()}
@@ -129,13 +149,18 @@ class SearchService:
                 "order": order, "sorted_ids": ids[order]}
 
     def map_points(self) -> dict[str, Any]:
-        """The UMAP map for the page: x, y, id and channel of every point (a seeded sample above MAP_POINTS_MAX)."""
+        """The UMAP map for the page: x, y, id and channel of every point (a seeded sample above MAP_POINTS_MAX, which
+        always keeps the subset's picks), and ``selected``: the positions of the subset's picks among them."""
         if self._map is None:
-            return {"points": 0, "x": [], "y": [], "id": [], "channel": [], "channels": list(CAMERA_CHANNELS)}
+            return {"points": 0, "x": [], "y": [], "id": [], "channel": [], "channels": list(CAMERA_CHANNELS),
+                    "selected": [], "selected_rank": []}
         m = self._map
         rows = np.arange(len(m["ids"]))
+        cur = self.curation
+        picked = np.isin(m["ids"], cur.sel_ids) if cur.has_selection else np.zeros(len(rows), bool)
         if len(rows) > MAP_POINTS_MAX:
-            rows = np.sort(np.random.default_rng(0).choice(len(rows), MAP_POINTS_MAX, replace=False))
+            sample = np.random.default_rng(0).choice(len(rows), MAP_POINTS_MAX, replace=False)
+            rows = np.union1d(sample, np.flatnonzero(picked))
         table = self.searcher.table
         codes = [-1] * len(rows)
         if "channel" in table.column_names:
@@ -143,9 +168,68 @@ class SearchService:
             channel = table.column("channel").take(np.clip(at, 0, None)).to_pylist()
             codes = [CAMERA_CHANNELS.index(c) if r >= 0 and c in CAMERA_CHANNELS else -1
                      for r, c in zip(at.tolist(), channel)]
+        selected = np.flatnonzero(picked[rows])
+        rank = {int(i): int(r) for i, r in zip(cur.sel_ids, cur.sel_rank)} if cur.has_selection else {}
         return {"points": int(len(m["ids"])), "x": np.round(m["x"][rows].astype(np.float64), 4).tolist(),
                 "y": np.round(m["y"][rows].astype(np.float64), 4).tolist(), "id": [str(i) for i in m["ids"][rows].tolist()],
-                "channel": codes, "channels": list(CAMERA_CHANNELS)}
+                "channel": codes, "channels": list(CAMERA_CHANNELS), "selected": selected.tolist(),
+                "selected_rank": [rank[int(i)] for i in m["ids"][rows][selected]]}
+
+    # ------------------------------------------------------------------------------------------ curation
+    def duplicates(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The duplicate group of image ``id``: the image kept first, then every image that repeats it (kind, cosine
+        to the image it repeats), in time order; at most ``limit`` of them (``size`` says how many there are)."""
+        id_ = parse_int(params.get("id") or "", "id", 0, 2**63 - 1)
+        limit = parse_int(params.get("limit") or "200", "limit", 1, GROUP_MAX)
+        self.curation.require()
+        self.searcher.row_of(id_)  # NotFound (404) for an id that is not in the run
+        g = self.curation.group(id_)
+        members = np.arange(len(g.ids))
+        if "timestamp" in self.searcher.table.column_names and len(members):
+            rows = self.searcher.rows_of(g.ids)
+            ts = self.searcher.table.column("timestamp").take(rows).to_numpy(zero_copy_only=False)
+            members = np.lexsort((g.ids, ts))
+        members = members[: limit - 1]
+        cards = self.cards_of(np.r_[g.root, g.ids[members]], np.r_[1.0, g.cosines[members]])
+        cards[0].update(role="kept", kind=None, cosine=None, keep_id=None)
+        for card, j in zip(cards[1:], members):
+            card.update(role="repeats", kind=str(g.kinds[j]), cosine=round(float(g.cosines[j]), 6),
+                        keep_id=str(int(g.keep_ids[j])))
+        info = self.curation.info() or {}
+        return {"id": str(id_), "root": str(g.root), "size": g.size, "shown": len(cards),
+                "by_kind": kind_counts(g.kinds),
+                "threshold": info.get("threshold"), "still_metres": info.get("still_metres"), "members": cards}
+
+    def rare(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """Images by descending uniqueness (rarest first) among those matching the request's filter; ``offset``
+        pages through them."""
+        k = parse_int(params.get("k") or "24", "k", 1, self.k_max)
+        offset = parse_int(params.get("offset") or "0", "offset", 0, 2**31)
+        where = parse_filter(params)
+        self.curation.require()
+        t0 = time.perf_counter()
+        with self._lock:
+            among = self.searcher.matching(where) if where else None
+        ids, uniq, total = self.curation.rarest(k, offset, among)
+        hits = self.cards_of(ids, uniq)
+        for h in hits:
+            h["rank"] += offset
+        return {"query": {"order": "rarest first"}, "k": k, "offset": offset, "where": where, "matches": total,
+                "space": "uniqueness", "column": "uniqueness", "took_ms": round((time.perf_counter() - t0) * 1000, 1),
+                "hits": hits}
+
+    def selection(self) -> dict[str, Any]:
+        """The diverse subset (``selection.parquet``) in pick order: rank, id, coverage cosine, map position."""
+        self.curation.require("selection")
+        cur = self.curation
+        order = np.argsort(cur.sel_rank, kind="stable")
+        cards = self.cards_of(cur.sel_ids[order], np.nan_to_num(cur.sel_cos[order], nan=1.0))
+        for card, j in zip(cards, order):
+            cov = float(cur.sel_cos[j])
+            card.update(rank=int(cur.sel_rank[j]), coverage_cosine=None if not np.isfinite(cov) else round(cov, 6))
+        info = cur.info() or {}
+        return {"n": len(cards), "radius_cosine": info.get("radius_cosine"), "balance": info.get("balance", []),
+                "picks": cards}
 
     def info(self) -> dict[str, Any]:
         """What the page needs to draw its filters and header."""
@@ -159,4 +243,4 @@ class SearchService:
                 "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
                 "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
                 "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,
-                "thumbnails": self.thumbs.kind}
+                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": self.curation.hint}

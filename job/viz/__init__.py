@@ -1,8 +1,22 @@
-"""Notebook helpers: open a finished run, its 2-D map, coloured scatter plots, thumbnails and galleries.
+"""Notebook helpers: open a finished run, its 2-D map, coloured scatter plots, thumbnails and galleries, and its
+curation (duplicate groups, the rarest images, the subset on the map and its coverage).
 
 Used by ``notebooks/umap_visualize.ipynb`` so its cells stay short; everything here works on a run
 folder given as a local path or an ``s3://`` URL and is unit-tested without a notebook.
 """
+from .curation import (
+    RunCuration,
+    coverage,
+    duplicate_groups,
+    group_members,
+    load_curation,
+    not_curated_note,
+    rarest,
+    selected_points,
+    skip_reason,
+    threshold_png,
+)
+from .curation_plots import coverage_figure, groups_figure, selection_map
 from .gallery import (
     gallery_figure,
     hits_table,
@@ -12,7 +26,7 @@ from .gallery import (
     text_search,
     thumbnails,
 )
-from .plots import SHADE_ABOVE, marker_style, projection, save_figure, scatter_map, shade, show
+from .plots import SHADE_ABOVE, marker_style, projection, save_figure, scatter_map, shade, show, show_png
 from .run import (
     CAMERA_ORDER,
     MISSING,
@@ -32,4 +46,7 @@ __all__ = [
     "Run", "RunNotReady", "check_manifest", "gallery_figure", "hits_table", "load_text_model",
     "marker_style", "load_run", "neighbours", "projection", "save_figure", "scatter_map", "shade", "show",
     "similar_images", "text_search", "thumbnails", "weather_labels",
+    "RunCuration", "coverage", "coverage_figure", "duplicate_groups", "group_members", "groups_figure",
+    "load_curation", "not_curated_note", "rarest", "selected_points", "selection_map", "show_png", "skip_reason",
+    "threshold_png",
 ]

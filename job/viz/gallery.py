@@ -130,9 +130,11 @@ def _short(text: str, n: int = 26) -> str:
 
 
 def gallery_figure(
-    run: Run, hits: pd.DataFrame, title: str, *, query_first: bool = False, cols: int | None = None
+    run: Run, hits: pd.DataFrame, title: str, *, query_first: bool = False, cols: int | None = None,
+    score_label: str = "score",
 ) -> Any:
-    """A grid of thumbnails with score, scene and channel under each; the query (if first) framed in red."""
+    """A grid of thumbnails with score (named ``score_label``), scene and channel under each; the query (if first)
+    framed in red."""
     from matplotlib.figure import Figure
 
     n = len(hits)
@@ -148,7 +150,7 @@ def gallery_figure(
         ax = axes.ravel()[j]
         ax.imshow(np.asarray(images[int(rec.id)]))
         is_query = query_first and j == 0
-        head = "query" if is_query else f"#{j if query_first else j + 1}  score {rec.score:.3f}"
+        head = "query" if is_query else f"#{j if query_first else j + 1}  {score_label} {rec.score:.3f}"
         lines = [head, _short(str(getattr(rec, "scene_name", ""))), _short(str(getattr(rec, "channel", "")))]
         ax.set_title("\n".join(lines), fontsize=9, color="#b00000" if is_query else "black")
         if is_query:

@@ -182,7 +182,12 @@ def show(fig: Any, figures_dir: str | None, name: str, *, dpi: int = 110) -> str
     """Display the figure in the notebook as a PNG and save the same PNG into ``figures_dir``; returns its path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    png = buf.getvalue()
+    return show_png(buf.getvalue(), figures_dir, name)
+
+
+def show_png(png: bytes, figures_dir: str | None, name: str) -> str | None:
+    """Display PNG bytes in the notebook (e.g. a figure the job wrote into the run) and save them into
+    ``figures_dir`` as ``name.png``; returns its path."""
     path = None
     if figures_dir:
         os.makedirs(figures_dir, exist_ok=True)

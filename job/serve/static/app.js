@@ -1,5 +1,6 @@
-// The search page: a text / image / id query, metadata filters, a grid of hits, the UMAP map with the hits.
-// Plain JS against the JSON API of job/serve/app.py; ids are strings (63-bit hashes).
+// The search page: a text / image / id query (or rarest first), metadata filters, a grid of hits, the UMAP map with
+// the hits. Plain JS against the JSON API of job/serve/app.py; ids are strings (63-bit hashes). The curation views
+// (duplicates, rarest first, the subset on the map) are in curation.js.
 "use strict";
 
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
@@ -28,6 +29,7 @@ async function runQuery(query) {
   state.query = query;
   const p = filterParams();
   let url = "/api/search", init = {};
+  if (query.rare) { url = "/api/rare"; p.set("offset", String(query.offset || 0)); }
   if (query.text !== undefined) p.set("text", query.text);
   if (query.id !== undefined) p.set("id", query.id);
   if (query.image !== undefined) init = { method: "POST", body: query.image, headers: { "Content-Type": query.image.type || "application/octet-stream" } };
@@ -50,12 +52,14 @@ async function runQuery(query) {
   window.searchTimings.push({ what: describe(query), roundTripMs: roundTrip, serverMs: body.took_ms,
                               sinceLoadMs: performance.now() });
   const filtered = body.where ? ` among ${body.matches.toLocaleString()} matching (${body.where})` : "";
-  setStatus(`${body.hits.length} hits${filtered} · ${body.space} vectors (${body.column}) · ` +
+  const how = query.rare ? "ordered by uniqueness (rarest first)" : `${body.space} vectors (${body.column})`;
+  setStatus(`${body.hits.length} hits${filtered} · ${how} · ` +
             `server ${body.took_ms} ms, round trip ${roundTrip.toFixed(0)} ms`);
   document.body.dataset.state = "results";
 }
 
 function describe(query) {
+  if (query.rare) return "rarest first: images by descending uniqueness";
   if (query.text !== undefined) return `text “${query.text}”`;
   if (query.id !== undefined) return `images like ${query.label || "id " + query.id}`;
   return `images like ${query.image.name || "the uploaded image"}`;
@@ -78,15 +82,17 @@ function render(body) {
     const meta = document.createElement("div");
     meta.className = "meta";
     const line = (text, cls) => { const d = document.createElement("div"); d.textContent = text; if (cls) d.className = cls; return d; };
-    const head = line(`score ${h.score.toFixed(3)}`, "score");
+    const head = line(`${state.query.rare ? "uniqueness" : "score"} ${h.score.toFixed(3)}`, "score");
     const rank = document.createElement("span"); rank.className = "rank"; rank.textContent = `#${h.rank}`;
     head.appendChild(rank);
     meta.append(head, line(`${h.scene_name || "-"} · ${h.channel || "-"}`), line(h.time ? `${h.time} UTC` : (h.path || "")));
+    decorateCard(card, meta, h);
     card.append(img, meta);
     card.addEventListener("click", () => runQuery({ id: h.id, label: `${h.scene_name || ""} ${h.channel || h.path}`.trim() }));
     grid.appendChild(card);
   }
   if (!body.hits.length) grid.textContent = "no image matches";
+  updatePager(body);
   state.queryPoint = null;
   if (state.query.id !== undefined && state.map) {
     const i = state.map.id.indexOf(state.query.id);
@@ -115,6 +121,7 @@ function drawMap() {
     ctx.fillRect(px(m.x[i]) - 1.5, py(m.y[i]) - 1.5, 3, 3);
   }
   ctx.globalAlpha = 1;
+  drawSelection(ctx, px, py);
   for (const h of state.hits) {
     if (h.x === undefined) continue;
     ctx.beginPath(); ctx.arc(px(h.x), py(h.y), 5, 0, 2 * Math.PI);
@@ -140,6 +147,10 @@ function mapClick(ev) {
   if (best >= 0) runQuery({ id: m.id[best], label: "the point clicked on the map" });
 }
 
+function restart(query) {
+  return query.rare ? { rare: true, offset: 0 } : query;  // a new filter starts the rarest-first pages again
+}
+
 function fillSelect(el, values) {
   for (const v of values) { const o = document.createElement("option"); o.value = o.textContent = v; el.appendChild(o); }
 }
@@ -160,6 +171,11 @@ async function init() {
       (state.map.points > state.map.x.length ? ` (${state.map.x.length.toLocaleString()} drawn)` : "") : "";
     $("legend").replaceChildren(...state.map.channels.map((ch, i) => {
       const s = document.createElement("span"); s.textContent = ch; s.style.setProperty("--c", COLORS[i]); return s; }));
+    if (state.map.selected && state.map.selected.length) {
+      const s = document.createElement("span"); s.className = "subset"; s.textContent = "subset pick";
+      s.style.setProperty("--c", SELECTION_COLOR); $("legend").appendChild(s);
+    }
+    initCuration(info);
     drawMap();
     document.body.dataset.state = "ready";
     setStatus("type a query, pick an image, or click a point of the map");
@@ -177,9 +193,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("image").addEventListener("change", () => { const f = $("image").files[0]; if (f) runQuery({ image: f }); });
   for (const id of ["channel", "location", "scene", "night", "rain", "k"]) {
-    $(id).addEventListener("change", () => { if (state.query) runQuery(state.query); });
+    $(id).addEventListener("change", () => { if (state.query) runQuery(restart(state.query)); });
   }
-  $("where").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && state.query) runQuery(state.query); });
+  $("where").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && state.query) runQuery(restart(state.query)); });
   $("map").addEventListener("click", mapClick);
   init();
 });
