@@ -87,6 +87,18 @@ def _index(layout: RunLayout, ids: np.ndarray, method: str) -> Any:
     return index
 
 
+def _to_roots(dups: Any, x: np.ndarray) -> None:
+    """Every duplicate's ``keep`` becomes the image kept for its whole group (an exact copy's original may itself be a
+    frame of a standstill, found first as kinds run exact → still → near), with the cosine to that image."""
+    if not len(dups):
+        return
+    roots = duplicate_roots(dups.rows, dups.keep_rows)
+    moved = roots != dups.keep_rows
+    if moved.any():
+        dups.keep_rows = roots
+        dups.cosines = np.einsum("ij,ij->i", x[dups.rows], x[roots]).astype(np.float32)
+
+
 def _plain(obj: Any) -> Any:
     """A JSON-able copy (numpy scalars and arrays as Python numbers and lists) for the manifest."""
     if isinstance(obj, dict):
@@ -138,6 +150,7 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
                                           seed=cfg.seed, progress=progress)
         timings["select_s"] = time.perf_counter() - t2
     assert dups.threshold is not None
+    _to_roots(dups, run.x)
     files = _write(layout, run, graph, dups, scores, selection, cfg)
     timings["write_s"] = time.perf_counter() - t0 - sum(timings.values())
     counts = dups.counts()

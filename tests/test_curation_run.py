@@ -56,6 +56,7 @@ def test_a_curated_run_holds_every_file_and_says_what_it_did(curated: Path, nusc
     assert all(r["cosines"] == sorted(r["cosines"], reverse=True) for r in neighbours)
     dups = _rows(curated, "duplicates.parquet")
     assert c["unique"] == n - len(dups) and sum(c["duplicates"].values()) == len(dups)
+    assert not {d["keep_id"] for d in dups} & {d["id"] for d in dups}  # keep_id: the image kept for the whole group
     # the scene whose ego pose never changes repeats itself: standing still, kept image the earliest of its camera
     emb = {r["id"]: r for r in pq.read_table(curated / "embeddings.parquet",
                                              columns=["id", "scene_token", "channel", "timestamp"]).to_pylist()}
