@@ -566,11 +566,11 @@ def test_role_has_ssm_core_and_reads_only_its_assets(default):
     assert "AmazonSSMManagedInstanceCore" in _json_str(role["Properties"]["ManagedPolicyArns"])
     asset_reads = [s for s in default.policy_statements() if "cdk-hnb659fds-assets" in _json_str(s.get("Resource"))]
     resources = [r for s in asset_reads for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
-    assert len(resources) == 2  # exactly the run script and the job source objects
+    assert len(resources) == 3  # exactly the run script, its _STATUS rules and the job source objects
     assert all(s["Action"] == "s3:GetObject" for s in asset_reads)
     for r in resources:
         key = r["Fn::Join"][1][-1]
-        assert key.endswith((".sh", ".zip")) and "*" not in key
+        assert key.endswith((".sh", ".py", ".zip")) and "*" not in key
 
 
 # --- user-data ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ _WHERE = {  # each subcommand's required options, pointing at an output that mus
     "status": lambda src, out: [out],
     "publish": lambda src, out: ["--run", out, "--to", out + "-copy"],
     "models": lambda src, out: [],
+    "curate": lambda src, out: ["--run", out],
 }
 
 

@@ -74,7 +74,7 @@ def test_estimate_arithmetic(padded: Path, tmp_path: Path, monkeypatch: pytest.M
     for i in range(5):
         (folder / f"f{i}.jpg").write_bytes(jpeg_bytes(32, 18, seed=i))
     src = open_source(SourceConfig(sources=(str(padded), str(other), str(folder))))
-    a, b = [pt for pt in src.parts if isinstance(pt, Archive)]
+    a, b = [pt for pt in src.inputs if isinstance(pt, Archive)]
     size = padded.stat().st_size
     progress = {a.url: (0, 0), b.url: (0, 0)}
     monkeypatch.setattr(Archive, "read_so_far", lambda self: progress[self.url])
@@ -103,7 +103,7 @@ def test_s3_archive_size_comes_from_the_object(s3_server: str, padded: Path) -> 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="estimate-bucket")
     boto3.client("s3", endpoint_url=s3_server).upload_file(str(padded), "estimate-bucket", f"v1.0/{padded.name}")
     src = open_source(SourceConfig(sources=(f"s3://estimate-bucket/v1.0/{padded.name}",)))
-    assert src.parts[0].size == padded.stat().st_size
+    assert src.inputs[0].size == padded.stat().st_size
     assert len(list(src.records())) == N and src.estimated_total() == N
 
 

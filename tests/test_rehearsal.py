@@ -220,7 +220,9 @@ def _parts(account: Account, instance: Instance) -> list[str]:
 
 def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Account, reference, tmp_path: Path) -> None:
     _, local = reference
-    args = stack_args(account) + EARLY_SHARDS + ["--no-project"]
+    # the killed job leaves its lease behind: the replacement waits until it is stale (--lease-timeout, 10 min by
+    # default; 4 s here)
+    args = stack_args(account) + EARLY_SHARDS + ["--no-project", "--lease-timeout", "4"]
     first = Instance(account, tmp_path / "i1", "killed", args, account.group("g-killed")).start()
     first.wait_for(lambda: _parts(account, first), timeout=180, every=0.05)
     first.kill()  # the whole instance, at once: no trap runs, nothing is flushed
@@ -229,8 +231,10 @@ def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Acc
     committed = _table(first.run_uri, "embeddings.parquet").num_rows
     assert 2 <= committed < IMAGES
 
-    second = Instance(account, tmp_path / "i2", "killed", args, "g-killed", instance_id="i-0rehearsal00000002").start()
+    second = Instance(account, tmp_path / "i2", "killed", args, "g-killed", instance_id="i-0rehearsal00000002",
+                      settings={"LEASE_TIMEOUT_S": "4"}).start()
     assert second.wait() == 0, second.console_text()
+    assert "another writer holds" in second.console_text() and "the other writer is done" in second.console_text()
     doc = second.status()
     assert doc["status"] == "succeeded" and doc["previous"]["status"] == "running" and doc["previous"]["phase"] == "embed"
     manifest = json.loads(account.text(second.run_prefix + "manifest.json"))
