@@ -17,18 +17,29 @@ log = logging.getLogger(__name__)
 
 PUBLIC_BUCKETS: frozenset[str] = frozenset({"motional-nuscenes"})
 
-# How S3 requests are retried, for every S3 client of the job (s3fs's botocore client here; boto3 takes the same
-# ``S3_CONFIG``): botocore's "standard" mode retries throttling, 5xx answers, timeouts and dropped connections with
-# exponential backoff and jitter (at most 20 s between tries), S3_MAX_ATTEMPTS tries in all. Reads of archive ranges
-# and objects are retried READ_RETRIES more times on top (job.sources.archive_reader.retry): a short read or a reset
-# stream is no HTTP error, so botocore does not see it. What still fails ends the command with one line
-# (StorageError, exit 1); the same command resumes.
+# How S3 requests are retried, for every S3 client of the job (s3fs's botocore client here; a boto3 client takes the
+# same ``s3_config()``): botocore's "standard" mode retries throttling, 5xx answers, timeouts and dropped connections
+# with exponential backoff and jitter (at most 20 s between tries), S3_MAX_ATTEMPTS tries in all; the standard
+# AWS_RETRY_MODE and AWS_MAX_ATTEMPTS variables change both when set. Reads of archive ranges and objects are retried
+# READ_RETRIES more times on top (job.sources.remote.retry): a short read or a reset stream is no HTTP error, so
+# botocore does not see it. What still fails ends the command with one line (StorageError, exit 1); the same command
+# resumes.
 S3_RETRY_MODE = "standard"
 S3_MAX_ATTEMPTS = 6
-S3_CONFIG: dict[str, Any] = {"retries": {"mode": S3_RETRY_MODE, "max_attempts": S3_MAX_ATTEMPTS},
-                             "connect_timeout": 20, "read_timeout": 60}
 READ_RETRIES = 2
 READ_BACKOFF_S = 1.0
+
+
+def s3_attempts() -> int:
+    """How many times an S3 request is tried (AWS_MAX_ATTEMPTS when set, else S3_MAX_ATTEMPTS)."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else S3_MAX_ATTEMPTS
+
+
+def s3_config() -> dict[str, Any]:
+    """botocore ``Config`` arguments of every S3 client of the job: retry mode and attempts, time-outs."""
+    mode = os.environ.get("AWS_RETRY_MODE", "").strip() or S3_RETRY_MODE
+    return {"retries": {"mode": mode, "max_attempts": s3_attempts()}, "connect_timeout": 20, "read_timeout": 60}
 
 
 def storage_options(url: str, anon: bool | None = None) -> dict[str, Any]:
@@ -45,7 +56,7 @@ def storage_options(url: str, anon: bool | None = None) -> dict[str, Any]:
         anon = bucket in PUBLIC_BUCKETS
     # no listings cache: other writers (a resumed attempt, the instance script, a shard) change a run's folders
     # while this process looks at them, and resume and the completeness check must see what is there now
-    opts: dict[str, Any] = {"anon": bool(anon), "config_kwargs": dict(S3_CONFIG), "use_listings_cache": False}
+    opts: dict[str, Any] = {"anon": bool(anon), "config_kwargs": s3_config(), "use_listings_cache": False}
     if bucket in PUBLIC_BUCKETS:
         opts["client_kwargs"] = {"region_name": "ap-northeast-1"}
     return opts
@@ -82,7 +93,7 @@ def faults(op: str, url: str) -> Iterator[None]:
     except Exception as exc:
         if not is_transport_error(exc):
             raise
-        tries = f" after {S3_MAX_ATTEMPTS} attempts" if "://" in url else ""
+        tries = f" after {s3_attempts()} attempts" if "://" in url else ""
         raise StorageError(f"{op} {url} failed{tries} ({describe_fault(exc)}); committed work is kept: run the same "
                            "command to resume") from exc
 

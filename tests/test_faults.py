@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 N = 16
 
 
-def _run(endpoint: str, bucket: str, out: str) -> subprocess.CompletedProcess:
+def _run(endpoint: str, bucket: str, out: str, attempts: int | None = None) -> subprocess.CompletedProcess:
     args = ["run", "--source", f"s3://{bucket}/src/", "--out", f"s3://{bucket}/{out}", *TEST_MODEL, "--image-size", "64",
             "--batch-size", "4", "--shard-size", "4", "--no-project", "--index-type", "flat", "--no-progress",
             "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL": endpoint}
+    if attempts is not None:  # the standard AWS variable, which the job's one retry setting follows (fsutil)
+        env["AWS_MAX_ATTEMPTS"] = str(attempts)
     return subprocess.run([sys.executable, "-m", "job", *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=900)
 
@@ -48,7 +50,7 @@ def test_faults_are_retried_or_end_in_one_line_and_the_same_command_resumes(s3_s
         assert proxy.failed > 5, (proxy.failed, proxy.requests)  # the faults were there, and were retried
 
         proxy.rate = 0.90
-        broken = _run(proxy.endpoint, s3_bucket, "broken")
+        broken = _run(proxy.endpoint, s3_bucket, "broken", attempts=3)
         lines = [line for line in broken.stderr.strip().splitlines() if "error:" in line]
         assert broken.returncode == 1, broken.stderr
         assert "Traceback" not in broken.stderr and len(lines) == 1, broken.stderr

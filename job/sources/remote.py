@@ -26,7 +26,7 @@ def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backo
     a StorageError naming ``what`` (one line; the same command resumes).
 
     Missing objects and denied access are not transient and raise at once. Defaults: ``fsutil.READ_RETRIES`` and
-    ``fsutil.READ_BACKOFF_S``, on top of botocore's own retries (``fsutil.S3_CONFIG``).
+    ``fsutil.READ_BACKOFF_S``, on top of botocore's own retries (``fsutil.s3_config``).
     """
     retries = fsutil.READ_RETRIES if retries is None else retries
     backoff = fsutil.READ_BACKOFF_S if backoff is None else backoff
@@ -38,7 +38,7 @@ def retry(fn: Callable[[], Any], what: str, *, retries: int | None = None, backo
         except Exception as exc:  # botocore / aiohttp / OS errors all look different
             if attempt == retries:
                 if fsutil.is_transport_error(exc):
-                    raise StorageError(f"{what} failed after {retries + 1} tries of {fsutil.S3_MAX_ATTEMPTS} attempts "
+                    raise StorageError(f"{what} failed after {retries + 1} tries of {fsutil.s3_attempts()} attempts "
                                        f"({fsutil.describe_fault(exc)}); committed work is kept: run the same command "
                                        "to resume") from exc
                 raise
