@@ -18,6 +18,10 @@ UV_COMPILE  := $(PY) -m uv pip compile pyproject.toml --generate-hashes --python
 # PEP 503 names (lower case, runs of -_. as one -): how pip freeze and the lock are compared.
 NORMALIZE   := sed -E 's/[-_.]+/-/g' | tr 'A-Z' 'a-z' | sort -u
 CHECKOV_VERSION := 3.3.30
+# The suite on every core, 4 at most (pytest-xdist; TEST_WORKERS=0 runs it in this process): most of its time is
+# jobs started as subprocesses and waits on them. worksteal evens out the few long rehearsals.
+TEST_WORKERS ?= auto
+PYTEST      := $(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 CHECKOV     := $(VENV)/tools/checkov/bin/checkov
 # Node.js: jsii (the CDK's Python bridge) and the CDK CLI support Node 22 and 24; Node 20 is end-of-life. Where the
 # system's node is older (or missing), every recipe runs with the Node pinned in tools/node (the `node` package from
@@ -76,10 +80,10 @@ run: $(STAMP)
 # checkov (below) is installed once, in its own venv (~40 s), so the template tests run it too. Lint first: ruff and
 # mypy (configured in pyproject.toml) must report zero errors on job/ and cdk/.
 test: setup checkov lint
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check job cdk app.py

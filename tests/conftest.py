@@ -7,12 +7,22 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import pytest
-from PIL import Image
+# `make test` runs the suite on every core (pytest-xdist): one worker per core, so each worker (and every job it
+# starts as a subprocess) computes on its share of the cores instead of all workers fighting over all of them.
+# Set before numpy/torch load their thread pools.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
 
-# Small model used wherever the test is not about ViT-L-14 itself.
-TEST_MODEL = ["--model", "ViT-B-32", "--pretrained", "none"]
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Small model used wherever the test is not about ViT-L-14 itself (ViT-S/32: 384-d vectors, a quarter of ViT-B/32's
+# compute). Tests that need a job to still be embedding seconds later use SLOW_MODEL.
+TEST_MODEL = ["--model", "ViT-S-32", "--pretrained", "none"]
+SLOW_MODEL = ["--model", "ViT-B-32", "--pretrained", "none"]
 
 
 def _free_port() -> int:

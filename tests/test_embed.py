@@ -45,7 +45,7 @@ def test_seed_command(image_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     table = pq.read_table("vectors/embeddings.parquet")
     assert table.num_rows == 12
     assert table.schema.names[:5] == ["id", "path", "embedding", "width", "height"]
-    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[512]"
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[384]"
     assert str(table.schema.field("id").type) == "int64"
     rows = table.to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(
@@ -56,7 +56,7 @@ def test_seed_command(image_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert len({r["id"] for r in rows}) == 12
     manifest = json.loads(Path("vectors/manifest.json").read_text())
     assert manifest["status"] == "succeeded"
-    assert manifest["model"]["name"] == "ViT-B-32" and manifest["model"]["pool"] == "mean"
+    assert manifest["model"]["name"] == "ViT-S-32" and manifest["model"]["pool"] == "mean"
     assert manifest["counts"]["seen"] == 12 and manifest["counts"]["embedded"] == 12
     assert manifest["config"]["decode"]["resize_mode"] == "pad"
     assert len(manifest["model"]["weights_sha256"]) == 64

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import SLOW_MODEL
 from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
 from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
 from rehearsal.harness import Account, Instance
@@ -246,7 +247,7 @@ def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Acc
 
 
 def test_spot_notice_commits_records_interrupted_spot_and_keeps_the_group(account: Account, tmp_path: Path) -> None:
-    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS  # the notice lands mid-embedding
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS, model=SLOW_MODEL[1]) + EARLY_SHARDS  # the notice lands mid-embedding
     inst = Instance(account, tmp_path / "i1", "spot", args, account.group("g-spot"), market="spot").start()
     inst.wait_for(lambda: _parts(account, inst), timeout=180, every=0.05)
     inst.imds.spot_notice()
@@ -265,7 +266,7 @@ def test_spot_notice_commits_records_interrupted_spot_and_keeps_the_group(accoun
 def test_max_run_hours_stops_the_job_commits_and_releases_the_group(account: Account, tmp_path: Path) -> None:
     # 216 images at 448 px: minutes of work on a CPU however fast (the 36 of one camera were done in 26 s on CI),
     # so the stop at 25 s always lands while the job is still embedding.
-    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS + ["--image-size", "448"]
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS, model=SLOW_MODEL[1]) + EARLY_SHARDS + ["--image-size", "448"]
     inst = Instance(account, tmp_path / "i1", "deadline", args, account.group("g-deadline"), deadline_s=30,
                     settings={"STOP_MARGIN_S": "0", "MIN_JOB_S": "5"}).start()
     assert inst.wait() == 75, inst.console_text()
@@ -283,7 +284,7 @@ def test_a_second_instance_waits_while_the_first_still_writes(account: Account, 
     """The group's replacement boots while the instance before it still runs the job (a spot notice not yet acted
     on, a resume started by hand): it touches nothing but a `waiting` note in _STATUS, and goes on once the first
     writer released the run (here: the spot notice stops it, it commits and exits 75)."""
-    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS) + EARLY_SHARDS + ["--image-size", "448"]
+    args = stack_args(account, include_sweeps="true", channels=ALL_CAMERAS, model=SLOW_MODEL[1]) + EARLY_SHARDS + ["--image-size", "448"]
     group = account.group("g-two")
     first = Instance(account, tmp_path / "i1", "two", args, group, market="spot").start()
     first.wait_for(lambda: _parts(account, first), timeout=180, every=0.05)

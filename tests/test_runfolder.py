@@ -134,7 +134,7 @@ for argv in (["index", "--run", run, "--type", "flat"], ["project", "--run", run
     rc = main(argv + ["--no-progress", "--log-level", "WARNING"])
     assert rc == 0, (argv, rc)
 r = viz.load_run(run)
-assert r.n == 12 and r.manifest.model.embed_dim == 512, r.summary()
+assert r.n == 12 and r.manifest.model.embed_dim == 384, r.summary()
 assert len(viz.text_search(r, viz.load_text_model(r, "cpu"), ["night"], k=2)["night"]) == 2
 print(json.dumps(sorted(json.load(open(run + "/manifest.json")))))
 """
@@ -163,6 +163,6 @@ def test_manifest_keys_are_owned_by_one_module(image_dir: Path, tmp_path: Path) 
     keys = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"state_of_run", "files"} <= set(keys) and not {"status", "outputs"} & set(keys)
     raw = json.loads((run / "manifest.json").read_text())
-    assert raw["model"]["vector_size"] == 512 and "weights_digest" in raw["model"]
+    assert raw["model"]["vector_size"] == 384 and "weights_digest" in raw["model"]
     assert raw["files"]["vectors_at"] == "embeddings.parquet" and raw["projection"] and raw["index"]
     assert (tmp_path / "run-published" / "manifest.json").exists()

@@ -105,7 +105,7 @@ def test_queries_of_another_model_are_ignored(images: Path, tmp_path: Path, capf
     np.save(RunLayout(str(out)).text_queries, np.ones((96, 768), np.float32))  # 768-d: not this run's vectors
     assert main(["index", "--run", str(out), "--type", "hnsw", "--no-progress", "--log-level", "WARNING"]) == 0
     assert json.loads((out / "manifest.json").read_text())["text_index"]["recall_method"].startswith("held-out")
-    assert "(shape (96, 768), the vectors are 512-d): the text index is tuned on in-index vectors" in capfd.readouterr().err
+    assert "(shape (96, 768), the vectors are 384-d): the text index is tuned on in-index vectors" in capfd.readouterr().err
 
 
 def test_merge_carries_the_shards_prompts(images: Path, tmp_path: Path) -> None:
