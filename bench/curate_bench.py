@@ -65,7 +65,8 @@ def prepare_knn(n: int, work: Path) -> dict[str, Any]:
     if not idx.exists():
         x = np.load(vec)
         meta = build_from_arrays(x, ids_for(n), str(idx), IndexConfig("auto"), IndexOverrides(), progress=False)
-        info = {k: meta[k] for k in ("factory", "search_params", "recall@10", "build_seconds")}
+        info = {k: v for k, v in meta.to_dict().items() if k in ("factory", "search_params", "recall@10",
+                                                                   "build_seconds")}
         del x
     return {"vectors": str(vec), "index": str(idx), "index_info": info}
 

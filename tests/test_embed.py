@@ -45,7 +45,7 @@ def test_seed_command(image_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     table = pq.read_table("vectors/embeddings.parquet")
     assert table.num_rows == 12
     assert table.schema.names[:5] == ["id", "path", "embedding", "width", "height"]
-    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[384]"
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[512]"  # vit_b_32
     assert str(table.schema.field("id").type) == "int64"
     rows = table.to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(
@@ -159,7 +159,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
         (src / "cams" / f"img_{i:03d}.jpg").write_bytes(jpeg_bytes(320, 180, seed=100 + i))
     (src / "cams" / "broken.jpg").write_bytes(b"\xff\xd8broken")
     args = ["-m", "job", "embed", *TEST_MODEL, "--image-dir", str(src), "--batch-size", "4",
-            "--shard-size", "8", "--workers", "0", "--no-progress"]
+            "--shard-size", "8", "--workers", "0", "--no-progress", "--no-index", "--no-project"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     whole = tmp_path / "whole"

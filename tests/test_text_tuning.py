@@ -70,7 +70,7 @@ def test_an_approximate_run_tunes_its_text_index_on_the_prompts(images: Path, tm
     assert main(["run", "--source", str(images), "--out", str(out), *TEST_MODEL, "--index-type", "hnsw",
                  *QUIET]) == 0
     q = np.load(RunLayout(str(out)).text_queries)
-    assert q.shape == (len(prompts()), 512) and q.dtype == np.float32
+    assert q.shape == (len(prompts()), 384) and q.dtype == np.float32
     from job.model import encode_text
     from job.search import Searcher
 
