@@ -56,7 +56,7 @@ def test_seed_command(image_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert len({r["id"] for r in rows}) == 12
     manifest = json.loads(Path("vectors/manifest.json").read_text())
     assert manifest["status"] == "succeeded"
-    assert manifest["model"]["name"] == "ViT-S-32" and manifest["model"]["pool"] == "mean"
+    assert manifest["model"]["name"] == "ViT-B-32" and manifest["model"]["pool"] == "mean"
     assert manifest["counts"]["seen"] == 12 and manifest["counts"]["embedded"] == 12
     assert manifest["config"]["decode"]["resize_mode"] == "pad"
     assert len(manifest["model"]["weights_sha256"]) == 64
@@ -159,7 +159,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
         (src / "cams" / f"img_{i:03d}.jpg").write_bytes(jpeg_bytes(320, 180, seed=100 + i))
     (src / "cams" / "broken.jpg").write_bytes(b"\xff\xd8broken")
     args = ["-m", "job", "embed", *TEST_MODEL, "--image-dir", str(src), "--batch-size", "4",
-            "--shard-size", "8", "--workers", "0", "--no-progress", "--no-index", "--no-project"]
+            "--shard-size", "8", "--workers", "0", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     whole = tmp_path / "whole"

@@ -154,7 +154,7 @@ def test_manifest_keys_are_owned_by_one_module(image_dir: Path, tmp_path: Path) 
     env = {**os.environ, "PYTHONPATH": str(pkg)}
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "job", "embed", *TEST_MODEL, "--image-dir", str(image_dir), "--out", str(run),
-           "--no-progress", "--log-level", "WARNING", "--no-project"]
+           "--no-progress", "--log-level", "WARNING"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([sys.executable, "-c", _READERS, str(run)], env=env, capture_output=True, text=True,
