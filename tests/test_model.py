@@ -22,7 +22,7 @@ from job.model import (
     resolve_pretrained,
 )
 
-SMALL = dict(model="ViT-B-32", pretrained="none")
+SMALL = dict(model="ViT-S-32", pretrained="none")
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,11 @@ def test_random_init_is_seeded(small) -> None:
 
 def test_checkpoint_file_round_trip(small, tmp_path) -> None:
     """A state dict saved to a file loads to the same weights (open_clip's local-file path)."""
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    model = open_clip.create_model("ViT-S-32", pretrained=None)
     torch.nn.init.normal_(model.visual.proj, std=0.05)
-    ckpt = tmp_path / "b32.pt"
+    ckpt = tmp_path / "s32.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
-    lm = load_model(ModelConfig(model="ViT-B-32", pretrained=str(ckpt)))
+    lm = load_model(ModelConfig(model="ViT-S-32", pretrained=str(ckpt)))
     assert lm.weights.kind == "file"
     assert torch.equal(lm.model.visual.proj, model.visual.proj)
     assert lm.weights_sha256 != small.weights_sha256
@@ -80,16 +80,16 @@ def test_checkpoint_file_round_trip(small, tmp_path) -> None:
 def test_checkpoint_from_s3(s3_bucket, tmp_path) -> None:
     import boto3
 
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    local = tmp_path / "b32.pt"
+    model = open_clip.create_model("ViT-S-32", pretrained=None)
+    local = tmp_path / "s32.pt"
     torch.save(model.state_dict(), local)
-    boto3.client("s3").upload_file(str(local), s3_bucket, "weights/b32.pt")
-    lm = load_model(ModelConfig(model="ViT-B-32", pretrained=f"s3://{s3_bucket}/weights/b32.pt",
+    boto3.client("s3").upload_file(str(local), s3_bucket, "weights/s32.pt")
+    lm = load_model(ModelConfig(model="ViT-S-32", pretrained=f"s3://{s3_bucket}/weights/s32.pt",
                                 cache_dir=str(tmp_path / "cache")))
     assert lm.weights.kind == "url"
     assert torch.equal(lm.model.visual.proj, model.visual.proj)
     with pytest.raises(UsageError, match="does not exist"):
-        load_model(ModelConfig(model="ViT-B-32", pretrained=f"s3://{s3_bucket}/weights/nope.pt",
+        load_model(ModelConfig(model="ViT-S-32", pretrained=f"s3://{s3_bucket}/weights/nope.pt",
                                cache_dir=str(tmp_path / "cache")))
 
 
@@ -97,7 +97,7 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UsageError, match="could not load weights file:"):
-        load_model(ModelConfig(model="ViT-B-32", pretrained=str(bad)))
+        load_model(ModelConfig(model="ViT-S-32", pretrained=str(bad)))
 
 
 def _manual_pool(model: torch.nn.Module, x: torch.Tensor, pool: str) -> torch.Tensor:
@@ -151,7 +151,7 @@ def test_text_vectors_fidelity_end_to_end(image_dir, tmp_path) -> None:
 
     from job.cli import main
 
-    common = ["--image-dir", str(image_dir), "--model", "ViT-B-32", "--pretrained", "none", "--workers", "0",
+    common = ["--image-dir", str(image_dir), "--model", "ViT-S-32", "--pretrained", "none", "--workers", "0",
               "--no-progress", "--log-level", "WARNING"]
     assert main(["embed", *common, "--out", str(tmp_path / "mean.parquet")]) == 0
     assert main(["embed", *common, "--pool", "cls", "--out", str(tmp_path / "cls.parquet")]) == 0

@@ -235,7 +235,10 @@ def test_sigkill_of_the_instance_then_a_replacement_resumes_from_s3(account: Acc
     second = Instance(account, tmp_path / "i2", "killed", args, "g-killed", instance_id="i-0rehearsal00000002",
                       settings={"LEASE_TIMEOUT_S": "4"}).start()
     assert second.wait() == 0, second.console_text()
-    assert "another writer holds" in second.console_text() and "the other writer is done" in second.console_text()
+    if "another writer holds" in second.console_text():  # it booted within the 4 s the killed job's lease stays fresh
+        assert "the other writer is done" in second.console_text()
+    # (on a busy machine the boot takes longer and the lease is stale by then: the waiting itself is
+    # test_a_second_instance_waits_while_the_first_still_writes)
     doc = second.status()
     assert doc["status"] == "succeeded" and doc["previous"]["status"] == "running" and doc["previous"]["phase"] == "embed"
     manifest = json.loads(account.text(second.run_prefix + "manifest.json"))
