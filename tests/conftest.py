@@ -7,8 +7,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-# `make test` runs the suite on every core (pytest-xdist): one worker per core, so each worker (and every job it
-# starts as a subprocess) computes on its share of the cores instead of all workers fighting over all of them.
+# `make test` runs the suite in parallel (pytest-xdist): each worker (and every job it starts as a subprocess)
+# computes on its share of the cores, at least one thread, instead of every worker fighting over all of them.
 # Set before numpy/torch load their thread pools.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))

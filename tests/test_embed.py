@@ -45,7 +45,7 @@ def test_seed_command(image_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     table = pq.read_table("vectors/embeddings.parquet")
     assert table.num_rows == 12
     assert table.schema.names[:5] == ["id", "path", "embedding", "width", "height"]
-    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[512]"  # vit_b_32
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[512]"
     assert str(table.schema.field("id").type) == "int64"
     rows = table.to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(

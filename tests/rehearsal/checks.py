@@ -31,7 +31,7 @@ def make_account(endpoint: str, root: Path, nuscenes_dataroot) -> Account:
 
 def stack_args(account: Account, root: Path | None = None, **context: str) -> list[str]:
     """The job options the stack fixes (cdk.config.RunConfig.job_args) for the rehearsal's model and data: the mini
-    archive on the s3fs mount (or under ``root``), ViT-B-32 with random weights, one camera unless ``channels`` says
+    archive on the s3fs mount (or under ``root``), the small test model with random weights, one camera unless ``channels`` says
     otherwise."""
     from cdk import constants as C
     from cdk.config import from_context
