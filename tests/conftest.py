@@ -125,3 +125,20 @@ def nuscenes_dataroot(tmp_path_factory: pytest.TempPathFactory):
     from nuscenes_fixture import make_nuscenes_fixture
 
     return make_nuscenes_fixture(tmp_path_factory.mktemp("nuscenes") / "nuscenes")
+
+
+@pytest.fixture(scope="session")
+def curated_run(nuscenes_dataroot, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished run shared by the test session: the generated dataroot's keyframes and sweeps embedded by the small
+    test model at 64 px, indexed and curated (``--select 24`` balanced over location and channel, exported to
+    ``to_label.txt`` beside the run folder) by one in-process ``job run``. Read-only: a test that changes a run copies
+    it first."""
+    from job.cli import main
+
+    out = tmp_path_factory.mktemp("curated") / "run"
+    rc = main(["run", "--source", str(nuscenes_dataroot.root), "--include-sweeps", *TEST_MODEL, "--image-size", "64",
+               "--out", str(out), "--shard-size", "50", "--no-project", "--workers", "0", "--curate", "--select", "24",
+               "--balance", "location,channel", "--export", str(out.parent / "to_label.txt"), "--no-progress",
+               "--log-level", "WARNING"])
+    assert rc == 0
+    return out

@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TEST_MODEL
 from job.cli import main
 from job.config import CurateConfig
 from job.curate import STILL_METRES
@@ -18,14 +17,10 @@ QUIET = ["--no-progress", "--log-level", "WARNING"]
 
 
 @pytest.fixture(scope="module")
-def curated(nuscenes_dataroot, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture's keyframes and sweeps embedded, indexed and curated with a balanced subset in one `job run`."""
-    out = tmp_path_factory.mktemp("curated") / "run"
-    rc = main(["run", "--source", str(nuscenes_dataroot.root), "--include-sweeps", *TEST_MODEL, "--image-size", "64",
-               "--out", str(out), "--shard-size", "50", "--no-project", "--curate", "--select", "24", "--balance", "location,channel",
-               "--export", str(out.parent / "to_label.txt"), *QUIET])
-    assert rc == 0
-    return out
+def curated(curated_run: Path) -> Path:
+    """The session's finished run (conftest): keyframes and sweeps embedded, indexed and curated with a balanced
+    subset in one `job run`. Read-only: the tests that change a run copy it first."""
+    return curated_run
 
 
 def _code(argv: list[str]) -> int:

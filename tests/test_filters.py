@@ -145,13 +145,9 @@ def test_filtered_search_in_every_index_type(kind: str, data, tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def nuscenes_run(nuscenes_dataroot, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("frun") / "run"
-    rc = main(["run", "--source", str(nuscenes_dataroot.root), "--out", str(out), "--model", "ViT-S-32",
-               "--pretrained", "none", "--image-size", "64", "--include-sweeps", "--no-project", "--workers", "0",
-               "--no-progress", "--log-level", "WARNING"])
-    assert rc == 0
-    return out
+def nuscenes_run(curated_run: Path) -> Path:
+    """The session's finished run of the nuScenes test data, keyframes and sweeps (conftest); searched, never changed."""
+    return curated_run
 
 
 def _rows(run: Path) -> list[dict]:
