@@ -16,7 +16,6 @@ class ConfigError(ValueError):
     """Bad context value: ``app.py`` prints the one-line message and exits non-zero."""
 
 
-
 SAFE_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9._:/@+=*?\[\]-]+$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

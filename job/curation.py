@@ -130,8 +130,9 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         raise UsageError(f"--select {cfg.select} is out of range; use 1 to {n} (the run has {n} images)")
     index = _index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
+    device = "cpu" if cfg.device == "cpu" else "auto"
     graph = curate.knn_graph(run.x, run.ids, cfg.k, index=index, method=cfg.method, seed=cfg.seed, progress=progress,
-                             device="cpu" if cfg.device == "cpu" else "auto")
+                             device=device)
     timings["graph_s"] = time.perf_counter() - t0 - timings["read_s"]
     t1 = time.perf_counter()
     rank = curate.keep_rank(run.ids, run.column("timestamp"), run.column("path"))
@@ -139,7 +140,7 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         else None
     dups = curate.find_duplicates(graph, run.x, rank, near_threshold=cfg.near_threshold,
                                   hashes=run.column("content_hash"), still=still, still_metres=cfg.still_metres,
-                                  device="cpu" if cfg.device == "cpu" else "auto")
+                                  device=device)
     timings["duplicates_s"] = time.perf_counter() - t1
     scores = curate.scores(graph)
     selection = None
@@ -238,7 +239,6 @@ def table_of(layout: RunLayout, name: str) -> pa.Table:
         raise UsageError(f"{layout.run_dir} has no {layout.rel(url)}; run: python -m job curate --run "
                          f"{layout.run_dir}" + (" --select N" if name == SELECTION else ""))
     return read_table(url)
-
 
 
 def duplicate_roots(ids: np.ndarray, keep_ids: np.ndarray, max_hops: int = 16) -> np.ndarray:

@@ -4,11 +4,9 @@ and the diverse subset, read from ``curation/`` through the run folder (``job.cu
 A run that was never curated keeps working: ``CurationView.available`` is False and ``hint`` is the command that
 curates it; the routes that need the curation answer 404 with that command.
 
-Groups: ``duplicates.parquet`` has one row per image that repeats another, with the image it repeats
-(``keep_id``). The steps that find exact copies, standstills and near duplicates run one after another, so a kept
-image can itself repeat an image of a later step (an exact copy's original may be a frame of a standstill): a
-group is everything whose chain of ``keep_id`` ends at the same image, its **root**, which repeats nothing
-(``job.curation.duplicate_roots``).
+Groups: ``duplicates.parquet`` has one row per image that repeats another, with the image kept for its whole group
+(``keep_id``, the group's **root**, which repeats nothing: the curation step follows the chains when it writes the
+file, ``job.curation.duplicate_roots``). A group is the root and every row with that ``keep_id``.
 """
 from __future__ import annotations
 
@@ -19,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
-from ..curation import DUPLICATES, SCORES, SELECTION, duplicate_roots, table_of
+from ..curation import DUPLICATES, SCORES, SELECTION, table_of
 from ..documents import Curation
 from ..errors import NotFound
 from ..runfolder import RunLayout
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Group:
@@ -32,7 +31,7 @@ class Group:
 
     root: int
     ids: np.ndarray  # int64, members other than the root
-    keep_ids: np.ndarray  # the image each member repeats directly (the root, or a member)
+    keep_ids: np.ndarray  # the image each member is kept in favour of: the root
     kinds: np.ndarray  # exact | still | near
     cosines: np.ndarray  # each member's cosine to its keep_id
 
@@ -77,7 +76,7 @@ class CurationView:
         self.dup_kind = np.asarray(kinds.dictionary.to_pylist() or [""], object)[
             kinds.indices.to_numpy(zero_copy_only=False).astype(np.int64)][order]
         self.dup_cos = d.column("cosine").to_numpy()[order].astype(np.float32)
-        self.dup_root = duplicate_roots(self.dup_ids, self.dup_keep)
+        self.dup_root = self.dup_keep  # keep_id is the group's root (written so by the curation step)
         by_root = np.lexsort((self.dup_ids, self.dup_root))
         self._members = by_root  # dup rows grouped by root, ids ascending inside a group
         self._member_roots = self.dup_root[by_root]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fsutil
-from ..curation import DUPLICATES, HISTOGRAM, NEIGHBOURS, SCORES, SELECTION, duplicate_roots, summary_lines, table_of
+from ..curation import DUPLICATES, HISTOGRAM, NEIGHBOURS, SCORES, SELECTION, summary_lines, table_of
 from ..documents import Curation
 from .gallery import hits_table
 from .run import Run
@@ -55,7 +55,7 @@ def load_curation(run: Run) -> tuple[RunCuration | None, str]:
     if not (fsutil.exists(layout.curation(DUPLICATES)) and fsutil.exists(layout.curation(SCORES))):
         return None, not_curated_note(run.uri)
     dups = table_of(layout, DUPLICATES).to_pandas()
-    dups["root"] = duplicate_roots(dups["id"].to_numpy(), dups["keep_id"].to_numpy())
+    dups["root"] = dups["keep_id"]  # the group's kept image: the curation step writes keep_id as the root
     selection = table_of(layout, SELECTION).to_pandas() if fsutil.exists(layout.curation(SELECTION)) else None
     cur = RunCuration(run.uri, run.manifest.curation, dups, table_of(layout, SCORES).to_pandas(), selection)
     note = cur.text()
