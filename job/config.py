@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .status_rules import LEASE_STALE_S
 from .values import (
     CAMERA_CHANNELS,
     at_least,
     check_choice,
+    check_where,
     in_range,
     parse_channels,
     parse_near_threshold,
@@ -47,6 +47,9 @@ DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openclip"
 DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
+# --lease-timeout: a writer's lease without a heartbeat this long is stale (job.runfolder.lease); the instance script's
+# LEASE_TIMEOUT_S default is the same number (tests/test_cdk_lint.py)
+LEASE_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class OutputConfig:
     npy: bool = False
     overwrite: bool = False
     publish: str | None = None
-    lease_timeout: float = LEASE_STALE_S  # seconds without a heartbeat after which an output's lease is stale (job.lease)
+    lease_timeout: float = LEASE_TIMEOUT_S  # seconds without a heartbeat after which an output's lease is stale (job.runfolder.lease)
 
     def __post_init__(self) -> None:
         at_least("--shard-size", self.part_size, 1)
@@ -201,9 +204,7 @@ class SearchConfig:
         check_choice("device", self.device, DEVICES)
         parse_channels(self.channels, "--channel")
         if self.where is not None:
-            from .filters import check_syntax  # DuckDB's parser: the columns are checked at search time
-
-            check_syntax(self.where)
+            check_where(self.where)  # DuckDB's parser: the columns are checked at search time
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ import logging
 from .config import JobConfig
 from .embed import Embedding, build
 from .errors import Interrupted
-from .lease import LeaseHeld
-from .runfolder import Manifest, RunLayout, write_manifest
+from .runfolder import LeaseHeld, Manifest, RunLayout, write_manifest
 from .status import StatusWriter, note_waiting
 from .steps import finish_run, summary
 from .stopping import StopRequest

@@ -17,7 +17,7 @@ from .runfolder import Curation, IndexInfo, Manifest, Projection, RunLayout, wri
 from .stopping import StopRequest
 
 if TYPE_CHECKING:
-    from .model import LoadedModel
+    from .model.load import LoadedModel
     from .project import UmapParams
     from .status import StatusWriter
 
@@ -60,8 +60,8 @@ def project_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None,
 
 
 def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Curation:
-    """Duplicates, rarity and a diverse subset (``job.curation``) in ``curation/``; recorded in ``manifest``."""
-    from .curation import curate_run
+    """Duplicates, rarity and a diverse subset (``job.curate.run``) in ``curation/``; recorded in ``manifest``."""
+    from .curate.run import curate_run
 
     t0 = time.perf_counter()
     info = curate_run(layout, cfg.curate, progress=cfg.progress)
@@ -78,9 +78,8 @@ def text_queries_step(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows: 
     an exact one needs no tuning. Returns whether it wrote them."""
     from .errors import UsageError
     from .index.plan import plan_index
-    from .prompts import prompts
-    from .store import CLS_COLUMN
-    from .tables import write_npy
+    from .model import prompts
+    from .runfolder import CLS_COLUMN, write_npy
 
     if lm.text_column != CLS_COLUMN:
         return False
@@ -92,7 +91,7 @@ def text_queries_step(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows: 
         pass
     import torch
 
-    from .model import encode_text
+    from .model.load import encode_text
 
     t0 = time.perf_counter()
     with torch.inference_mode():

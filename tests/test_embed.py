@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TEST_MODEL, jpeg_bytes
 from job.cli import main
-from job.store import path_id
+from job.runfolder import path_id
 
 REPO = Path(__file__).resolve().parents[1]
 

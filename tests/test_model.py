@@ -13,14 +13,8 @@ from conftest import jpeg_bytes
 from job.config import ModelConfig
 from job.errors import UsageError
 from job.decode import decode_image
-from job.model import (
-    DEFAULT_TAGS,
-    ImageEncoder,
-    encode_text,
-    load_model,
-    resolve_model_name,
-    resolve_pretrained,
-)
+from job.model import DEFAULT_TAGS, resolve_model_name, resolve_pretrained
+from job.model.load import ImageEncoder, encode_text, load_model
 
 SMALL = dict(model="ViT-S-32", pretrained="none")
 

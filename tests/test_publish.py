@@ -12,7 +12,7 @@ from conftest import TEST_MODEL
 from job.cli import main
 from job.publish import publish_run
 from job.runfolder import RunLayout
-from job.tables import read_table
+from job.runfolder import read_table
 
 pytestmark = pytest.mark.s3
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from job.cli import main
 from job.status import StatusWriter
-from job.status_view import BATCH_NOTES_DIR, aggregate, read_run_status
+from job.status import BATCH_NOTES_DIR, aggregate, read_run_status
 
 CANCELLED = "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
 

@@ -10,9 +10,10 @@ import pytest
 
 from job.errors import UsageError
 from job.runfolder import RunLayout, read_manifest
-from job.resume import prepare_run
-from job.store import PartWriter, embedding_schema, path_id
-from job.tables import embedding_matrix, read_table, read_vectors
+from job.embed.resume import prepare_run
+from job.embed.parts import PartWriter
+from job.runfolder import embedding_schema, path_id
+from job.runfolder import embedding_matrix, read_table, read_vectors
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
 

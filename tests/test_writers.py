@@ -16,11 +16,12 @@ from conftest import TEST_MODEL, jpeg_bytes
 from job import fsutil
 from job.cli import main
 from job.errors import DataError
-from job.lease import Lease, LeaseHeld, LeaseInfo, LeaseLost
-from job.resume import check_complete, prepare_run, settle
+from job.runfolder import Lease, LeaseHeld, LeaseInfo, LeaseLost
+from job.embed.resume import check_complete, prepare_run, settle
 from job.runfolder import RunLayout
-from job.store import PartWriter, embedding_schema
-from job.tables import PartKey, list_parts, read_vectors
+from job.embed.parts import PartWriter
+from job.runfolder import embedding_schema
+from job.runfolder import PartKey, list_parts, read_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [*TEST_MODEL, "--image-size", "64", "--no-progress", "--log-level", "WARNING"]
@@ -147,7 +148,7 @@ def test_a_part_lost_before_the_manifest_fails_the_run_and_the_same_command_comp
     src = _images(tmp_path / "src", 10)
     out = tmp_path / "out"
     argv = ["embed", "--image-dir", str(src), "--out", str(out), *FAST, "--shard-size", "3"]
-    from job import embed as embed_module
+    from job.embed import attempt as embed_module
 
     real = embed_module.text_queries_step
 

@@ -5,8 +5,7 @@ import argparse
 import json
 
 from ..config import CAMERA_CHANNELS, DEVICES, JobConfig, SearchConfig
-from ..filters import compose_where
-from ..search import Searcher, format_hits, hits_json
+from ..search import Searcher, compose_where, format_hits, hits_json
 from .options import add_common_options, choice, positive_int
 
 

@@ -1,8 +1,7 @@
 """Index stage: plan, build, tune and load Faiss indexes over a run's embeddings (cosine = inner product)."""
 from __future__ import annotations
 
-from ..runfolder import INDEX_FILE
-from ..tables import open_dataset
+from ..runfolder import INDEX_FILE, open_dataset
 from .build import (
     build_from_arrays,
     build_index,

@@ -12,25 +12,36 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import fsutil
-from .config import JobConfig
-from .decode import DecodePool, DecodeStage
-from .embed_loop import EmbedLoop, LoopStats, batched, unique_paths
-from .errors import DataError, UsageError
+from .. import fsutil
+from ..config import JobConfig
+from ..decode import DecodePool, DecodeStage
+from ..errors import DataError, UsageError
+from ..runfolder import (
+    CLS_COLUMN,
+    HEARTBEAT_S,
+    Counts,
+    Lease,
+    Manifest,
+    ModelInfo,
+    Outputs,
+    RunLayout,
+    embedding_schema,
+    read_vectors,
+    write_manifest,
+    write_npy,
+)
+from ..sources import ImageRecord, Source, open_source
+from ..steps import text_queries_step
+from ..stopping import StopRequest
 from .fallback import FallbackDecodeStage, FallbackEncoder
-from .lease import HEARTBEAT_S, Lease
+from .loop import EmbedLoop, LoopStats, batched, unique_paths
+from .parts import PartWriter
 from .progress import RunProgress
 from .resume import Ledger, ResumeState, check_complete, prepare_run
-from .runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, write_manifest
-from .sources import ImageRecord, Source, open_source
-from .steps import text_queries_step
-from .stopping import StopRequest
-from .store import CLS_COLUMN, PartWriter, embedding_schema
-from .tables import read_vectors, write_npy
 
 if TYPE_CHECKING:
-    from .model import LoadedModel
-    from .status import StatusWriter
+    from ..model.load import LoadedModel
+    from ..status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +128,7 @@ class Embedding:
 
         if self.decoder != "gpu":
             return cpu()
-        from .decode_gpu import GpuDecodeStage
+        from ..decode.gpu import GpuDecodeStage
 
         self._stage = FallbackDecodeStage(lambda: GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device),
                                           cpu, fast_name="gpu", safe_name="cpu")
@@ -221,7 +232,7 @@ def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], work
         return "cpu", {}
     if cfg.decode.decoder == "cpu" or lm.device.type != "cuda":
         return "cpu", {}
-    from .decode_gpu import choose_decoder
+    from ..decode.gpu import choose_decoder
 
     return choose_decoder(cfg.decode.decoder, first, lm.image_size, cfg.decode.resize_mode, lm.device, workers)
 
@@ -229,7 +240,7 @@ def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], work
 def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tuple[str, Callable[[], Any]]]:
     """The encoders to try, fastest first: compiled (``--compile`` on CUDA), eager in the run's precision, and eager
     fp32 (the model loaded again in fp32) when the precision is lower (``fallback.FallbackEncoder``)."""
-    from .model import ImageEncoder, load_model
+    from ..model.load import ImageEncoder, load_model
 
     precision = str(lm.dtype).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16") \
         .replace("float16", "fp16")
@@ -245,7 +256,7 @@ def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tu
 
 def load_device(device: str) -> Any:
     """The torch device ``--device`` names (``model.pick_device``)."""
-    from .model import pick_device
+    from ..model.load import pick_device
 
     return pick_device(device)
 
@@ -254,7 +265,7 @@ def build(cfg: JobConfig) -> Embedding:
     """Every stage of one attempt, checked before anything is written: the source (inputs validated, tables
     loaded), the output's lease (another live writer: stop at once, before minutes of model loading), the model, the
     run folder (resume state, option check), the writer and the encoder."""
-    from .model import load_model
+    from ..model.load import load_model
 
     layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     if not cfg.source.sources:
@@ -263,7 +274,7 @@ def build(cfg: JobConfig) -> Embedding:
         raise UsageError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
     source = open_source(cfg.source)
     if cfg.curate.enabled:  # --balance names columns the embeddings will have: checked before anything is written
-        from .curation import check_options
+        from ..curate.run import check_options
 
         check_options(cfg.curate, embedding_schema(1, source.meta_fields).names)
     timeout = cfg.output.lease_timeout

@@ -7,7 +7,7 @@ Every piece is an interface, so the loop runs with fakes in tests (``tests/test_
 * ``encoder``: an :class:`Encoder` whose ``submit`` starts a batch and returns a function that waits for its vectors,
   so the next batch is handed to the device before this one is collected (one batch in flight);
 * ``writer``: a :class:`RowSink` (``store.PartWriter``: rows and failures, committed in parts);
-* ``progress``: a :class:`ProgressSink` (``job.progress.RunProgress``: tqdm and ``_STATUS``);
+* ``progress``: a :class:`ProgressSink` (``job.embed.progress.RunProgress``: tqdm and ``_STATUS``);
 * ``stop``: a ``StopRequest`` checked after every batch: the loop stops reading, collects the batch in flight and
   commits what it holds.
 """
@@ -21,9 +21,9 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Protoc
 
 import numpy as np
 
-from .decode import DecodeResult, DecodeStage
-from .sources import ImageRecord
-from .stopping import StopRequest
+from ..decode import DecodeResult, DecodeStage
+from ..sources import ImageRecord
+from ..stopping import StopRequest
 
 
 class Encoder(Protocol):

@@ -7,11 +7,10 @@ import json
 import logging
 from typing import Any
 
-from . import fsutil
-from .documents import StatusDoc
-from .errors import DataError, UsageError
-from .runfolder import BATCH_NOTES, RunLayout
-from .status import SCHEMA, read_status
+from .. import fsutil
+from ..errors import DataError, UsageError
+from ..runfolder import BATCH_NOTES, RunLayout, StatusDoc
+from .writer import SCHEMA, read_status
 
 
 def _duration(seconds: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.registry``), pooling,
+"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.model.registry``), pooling,
 the batch encoders, and ``load_run_model`` for a finished run's own model.
 """
 from __future__ import annotations
@@ -13,20 +13,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .errors import DataError, UsageError
-from .registry import (  # noqa: F401  (re-exported: the registry is part of the model API)
-    DEFAULT_TAGS,
-    MODEL_ALIASES,
+from ..config import ModelConfig
+from ..errors import DataError, UsageError
+from ..runfolder import CLS_COLUMN, Manifest
+from .registry import (
     WeightsSpec,
     _fetch_url,
-    available_models,
     cached_tag_weights,
     resolve_model_name,
     resolve_pretrained,
 )
-from .runfolder import Manifest
-from .store import CLS_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +140,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     """
     import open_clip
 
-    from .config import POOLS, PRECISIONS, check_choice
+    from ..config import POOLS, PRECISIONS, check_choice
 
     check_choice("pool", cfg.pool, POOLS)
     check_choice("precision", cfg.precision, PRECISIONS)
