@@ -137,7 +137,11 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         raise UsageError(f"--select {cfg.select} is out of range; use 1 to {n} (the run has {n} images)")
     index = _index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
-    device = "cpu" if cfg.device == "cpu" else "auto"
+    device = cfg.device
+    if device == "cuda":  # CUDA means CUDA: without a usable GPU this is a one-line error, not a quiet CPU run
+        from ..model.device import pick_device
+
+        pick_device("cuda")
     graph = curate.knn_graph(run.x, run.ids, cfg.k, index=index, method=cfg.method, seed=cfg.seed, progress=progress,
                              device=device)
     timings["graph_s"] = time.perf_counter() - t0 - timings["read_s"]

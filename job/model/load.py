@@ -16,6 +16,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import DataError, UsageError
 from ..runfolder import CLS_COLUMN, Manifest
+from .device import pick_device
 from .registry import (
     WeightsSpec,
     _fetch_url,
@@ -37,15 +38,6 @@ def weights_hash(model: torch.nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     return h.hexdigest()
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available; valid choices here: auto, cpu")
-    return torch.device(device)
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -140,7 +132,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     """
     import open_clip
 
-    from ..config import POOLS, PRECISIONS, check_choice
+    from ..config import POOLS, PRECISIONS
+    from ..values import check_choice
 
     check_choice("pool", cfg.pool, POOLS)
     check_choice("precision", cfg.precision, PRECISIONS)

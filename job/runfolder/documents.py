@@ -29,7 +29,6 @@ JSON_KEYS: dict[str, str] = {
     "recall_at_10": "recall@10",
     "size_bytes": "bytes",
 }
-MANIFEST_KEYS = JSON_KEYS  # the name tests and older code use
 
 
 class Typed(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -30,24 +30,12 @@ import msgspec
 from .. import fsutil
 from ..errors import DataError, UsageError
 from .documents import (
-    JSON_KEYS,
-    MANIFEST_KEYS,
     READABLE_VERSIONS,
-    SCHEMA_VERSION,
-    Counts,
-    Curation,
     IndexInfo,
     Manifest,
-    ModelInfo,
-    Outputs,
-    Projection,
     decode,
     encode,
 )
-
-__all__ = ["JSON_KEYS", "MANIFEST_KEYS", "SCHEMA_VERSION", "Counts", "Curation", "IndexInfo", "Manifest", "ModelInfo", "Outputs",
-           "Projection", "RunLayout", "RunRef", "find_manifest", "index_info_url", "manifest_from_json", "open_run",
-           "path_id", "read_index_info", "read_manifest", "write_index_info", "write_manifest"]
 
 log = logging.getLogger(__name__)
 

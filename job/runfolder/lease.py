@@ -241,6 +241,12 @@ class Lease:
             return cls._acquire(url, owner=owner, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
 
     @classmethod
+    def for_output(cls, url: str, timeout_s: float) -> Lease:
+        """The lease of an output for a writer (``job run``/``embed``/``merge``): stale after ``timeout_s``
+        (``--lease-timeout``) without a heartbeat, renewed four times within it (at most every ``HEARTBEAT_S``)."""
+        return cls.acquire(url, stale_after_s=timeout_s, heartbeat_s=min(HEARTBEAT_S, timeout_s / 4))
+
+    @classmethod
     def _acquire(cls, url: str, *, owner: str | None, stale_after_s: float, heartbeat_s: float) -> Lease:
         store: Any = _LocalStore(url) if fsutil.is_local(fsutil.url_to_fs(url)[0]) else _S3Store(url)
         stamp = _now().isoformat()

@@ -34,7 +34,7 @@ from ..runfolder import (
     open_run,
     read_index_info,
 )
-from .hits import format_hits, hits_json, hits_table, json_safe, make_hits, time_text  # noqa: F401  (re-exported)
+from .hits import make_hits
 
 log = logging.getLogger(__name__)
 

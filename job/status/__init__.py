@@ -6,8 +6,8 @@ May import: the ground floor (``job.errors``, ``job.values``, ``job.config``, ``
 """
 from __future__ import annotations
 
-from .view import BATCH_NOTES_DIR, aggregate, format_run_status, format_status, read_run_status
+from .view import aggregate, format_run_status, format_status, read_run_status
 from .writer import STATES, TERMINAL, StatusWriter, note_waiting, read_log_tail, read_status
 
-__all__ = ["BATCH_NOTES_DIR", "STATES", "TERMINAL", "StatusWriter", "aggregate", "format_run_status", "format_status",
+__all__ = ["STATES", "TERMINAL", "StatusWriter", "aggregate", "format_run_status", "format_status",
            "note_waiting", "read_log_tail", "read_run_status", "read_status"]

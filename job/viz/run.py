@@ -10,7 +10,6 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
 from ..runfolder import (
     CLS_COLUMN,
@@ -22,6 +21,7 @@ from ..runfolder import (
     read_manifest,
     read_table,
 )
+from ..values import CAMERA_CHANNELS
 
 log = logging.getLogger(__name__)
 
