@@ -15,9 +15,10 @@ What the dataroot holds (the same layout and file naming as the real dataset):
 * ``samples/<CHANNEL>/<logfile>__<CHANNEL>__<timestamp_us>.jpg`` keyframes for the six cameras,
   ``sweeps/<CHANNEL>/…`` non-keyframes (``sweeps_per_sample`` per sample and camera),
   ``samples|sweeps/LIDAR_TOP/…pcd.bin`` and ``samples|sweeps/RADAR_FRONT/…pcd`` files mixed in;
-* ``<split>/*.json``: sample_data, sample, scene, log, calibrated_sensor, sensor, ego_pose, plus
-  empty category/attribute/visibility/instance/sample_annotation/map tables, written with
-  ``indent=0`` like the official ones;
+* ``<split>/*.json``: sample_data, sample, scene, log, calibrated_sensor, sensor, ego_pose, map, and the annotation
+  tables category (nuScenes' 23), attribute, visibility, instance and sample_annotation (``boxes_per_scene`` objects
+  scattered around the ego in each scene, annotated in every sample; ``boxes_layout="one_per_camera"``: one object in
+  front of each camera instead, one category per image), written with ``indent=0`` like the official ones;
 * ``maps/<token>.png`` (must never be taken for a camera image).
 
 Ego poses: one per sample_data row (every sensor), moving at ``SPEED`` m/s along x, except the scene
@@ -132,6 +133,7 @@ def make_nuscenes_fixture(
     height: int = 90,
     split: str = "v1.0-mini",
     boxes_per_scene: int = 8,
+    boxes_layout: str = "scatter",
 ) -> FixtureInfo:
     """Write a nuScenes dataroot under ``root`` and return what it holds."""
     root = Path(root)
@@ -244,7 +246,9 @@ def make_nuscenes_fixture(
                         else:
                             files[rel] = hashlib.sha256(rel.encode()).digest() * 8  # fake point cloud
                             non_images.append(rel)
-    if boxes_per_scene:
+    if boxes_layout == "one_per_camera":
+        _add_annotations_per_camera(tables)
+    elif boxes_per_scene:
         _add_annotations(tables, boxes_per_scene, width)
     maps = _add_maps(tables, files)
     for rel, data in files.items():
@@ -295,12 +299,7 @@ def _add_annotations(tables: dict[str, list[dict[str, Any]]], per_scene: int, wi
     """3D boxes like nuScenes' (``sample_annotation`` + ``instance``, ``category``, ``attribute``, ``visibility``):
     ``per_scene`` objects around the ego in every scene, each annotated in every sample of its scene (some behind the
     car, some far off to a side, some across the edge of a camera's view), with a visibility level and attributes."""
-    tables["category"] = [{"token": _token("category", c), "name": c, "description": c.replace(".", " "), "index": i}
-                          for i, c in enumerate(CATEGORIES)]
-    tables["attribute"] = [{"token": _token("attribute", a), "name": a, "description": a} for a in ATTRIBUTES]
-    tables["visibility"] = [{"token": str(i + 1), "level": lv, "description": f"visibility of whole object is {lv}"}
-                            for i, lv in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"))]
-    cat_token = {r["name"]: r["token"] for r in tables["category"]}
+    cat_token = _annotation_tables(tables)
     pose_of_sample = {}
     ego = {r["token"]: r for r in tables["ego_pose"]}
     for sd in tables["sample_data"]:
@@ -331,6 +330,50 @@ def _add_annotations(tables: dict[str, list[dict[str, Any]]], per_scene: int, wi
                 if prev is not None:
                     prev["next"] = ann["token"]
                 prev = ann
+                tables["sample_annotation"].append(ann)
+                inst["first_annotation_token"] = inst["first_annotation_token"] or ann["token"]
+                inst["last_annotation_token"] = ann["token"]
+
+
+PER_CAMERA_CYCLE = ("vehicle.car", "human.pedestrian.adult", "vehicle.truck", "movable_object.trafficcone",
+                    "vehicle.bicycle", "vehicle.bus.rigid", "vehicle.motorcycle")
+
+
+def _annotation_tables(tables: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """The category, attribute and visibility tables (nuScenes' real names); category name -> token."""
+    tables["category"] = [{"token": _token("category", c), "name": c, "description": c.replace(".", " "), "index": i}
+                          for i, c in enumerate(CATEGORIES)]
+    tables["attribute"] = [{"token": _token("attribute", a), "name": a, "description": a} for a in ATTRIBUTES]
+    tables["visibility"] = [{"token": str(i + 1), "level": lv, "description": f"visibility of whole object is {lv}"}
+                            for i, lv in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"))]
+    return {r["name"]: r["token"] for r in tables["category"]}
+
+
+def _add_annotations_per_camera(tables: dict[str, list[dict[str, Any]]]) -> None:
+    """One object 12 m down each camera's optical axis in every sample (it moves with the car), fully visible: every
+    keyframe camera image shows exactly one category, ``PER_CAMERA_CYCLE[(scene + camera) % 7]``, so the
+    categories are unambiguous per image (an oracle's data) and each one is in several scenes."""
+    cat_token = _annotation_tables(tables)
+    ego = {r["token"]: r for r in tables["ego_pose"]}
+    pose = {sd["sample_token"]: ego[sd["ego_pose_token"]] for sd in tables["sample_data"]
+            if sd["is_key_frame"] and "CAM_FRONT__" in sd["filename"]}
+    for sc_index, scene in enumerate(tables["scene"]):
+        samples = [r for r in tables["sample"] if r["scene_token"] == scene["token"]]
+        for ci, ch in enumerate(CAMERAS):
+            category = PER_CAMERA_CYCLE[(sc_index + ci) % len(PER_CAMERA_CYCLE)]
+            inst = {"token": _token("instance1", scene["token"], ch), "category_token": cat_token[category],
+                    "nbr_annotations": len(samples), "first_annotation_token": "", "last_annotation_token": ""}
+            tables["instance"].append(inst)
+            size = SIZES.get(category.split(".")[0], [0.6, 0.6, 1.0])
+            for i, smp in enumerate(samples):
+                p = pose[smp["token"]]
+                (w, _, _, z), (ex, ey, _) = p["rotation"], p["translation"]
+                heading = 2 * math.atan2(z, w) + CAMERA_YAW[ch]
+                ann = {"token": _token("ann1", inst["token"], i), "sample_token": smp["token"],
+                       "instance_token": inst["token"], "visibility_token": "4", "attribute_tokens": [],
+                       "translation": [ex + 12 * math.cos(heading), ey + 12 * math.sin(heading), 1.5],
+                       "size": size, "rotation": _yaw_quaternion(heading), "prev": "", "next": "",
+                       "num_lidar_pts": 10, "num_radar_pts": 1}
                 tables["sample_annotation"].append(ann)
                 inst["first_annotation_token"] = inst["first_annotation_token"] or ann["token"]
                 inst["last_annotation_token"] = ann["token"]
