@@ -10,12 +10,12 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
-from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
 
 from job.eval import derive_labels
 from job.eval.labels import STOPPED_MPS, scene_words
 from job.nuscenes import ANNOTATION_TABLES, AnnotationBuilder, fill_from_dir
 from job.sources import fill_from_location
+from nuscenes_fixture import pack_mini_archive
 
 
 def _rows(info) -> pa.Table:

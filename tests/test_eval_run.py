@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TEST_MODEL
-from nuscenes_fixture import make_nuscenes_fixture
 
+from conftest import TEST_MODEL
 from job.cli import main
 from job.eval import EVAL_JSON, LABELS, PER_CATEGORY, PER_QUERY
 from job.runfolder import RunLayout, read_manifest
+from nuscenes_fixture import make_nuscenes_fixture
 
 RUN = [*TEST_MODEL, "--image-size", "64", "--no-project", "--workers", "0", "--no-progress", "--log-level", "WARNING"]
 
@@ -57,7 +57,7 @@ def test_job_run_writes_eval_and_the_manifest_records_it(evaluated_run, nuscenes
     labels = pq.read_table(evaluated_run / "eval" / LABELS)
     scene_of = dict(zip(labels["id"].to_pylist(), labels["scene_token"].to_pylist()))
     counts = {}
-    for q, cats, scene in zip(labels["id"].to_pylist(), labels["categories"].to_pylist(), labels["scene_token"].to_pylist()):
+    for cats, scene in zip(labels["categories"].to_pylist(), labels["scene_token"].to_pylist()):
         for c in cats:
             counts.setdefault(c, []).append(scene)
     for qid, cat, rel in zip(img["query_id"].to_pylist(), img["query"].to_pylist(), img["relevant"].to_pylist()):
