@@ -93,7 +93,7 @@ def _eval(a: _Args, command: str) -> EvalConfig:
         enabled=not a.get("no_eval", False), min_visibility=a.get("min_visibility", d.min_visibility),
         min_positives=a.get("min_positives", d.min_positives), image_queries=a.get("image_queries", d.image_queries),
         prompts=a.get("prompts", None), nuscenes_meta=a.get("nuscenes_meta", None) if command == "eval" else None,
-        searchad=a.get("searchad", None), seed=a.get("seed", d.seed))
+        searchad=a.get("searchad", None), rare_share=a.get("rare_share", d.rare_share), seed=a.get("seed", d.seed))
 
 
 def config_from_args(ns: argparse.Namespace) -> JobConfig:

@@ -34,6 +34,9 @@ def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> Non
                         "(default %(default)s)")
     g.add_argument("--image-queries", type=positive_int, default=e.image_queries, metavar="N",
                    help="image→image: query images sampled per category (default %(default)s)")
+    g.add_argument("--rare-share", type=float, default=e.rare_share, metavar="SHARE",
+                   help="a curated run's subset is scored on the categories fewer than this share of the images show "
+                        "(default %(default)s)")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="an edited prompt table (TOML; start from job/eval/prompts.toml)")
     if not in_run:

@@ -41,6 +41,7 @@ from ..runfolder.documents import encode
 from .labels import derive_labels, run_rows
 from .queries import load_prompts
 from .rank import Queries, Ranked, score_queries
+from .selection import score_selection, selection_ids, selection_lines
 from .tables import read_annotations, table_locations
 from .tasks import IMAGE_TASK, TEXT_TASKS, Truth, build_truth, image_queries, image_query_plan, text_queries
 
@@ -189,8 +190,12 @@ def evaluate_run(layout: RunLayout, cfg: JobConfig, *, manifest: Manifest | None
         del x
     timings["score_s"] = round(time.perf_counter() - t2, 3)
     per_query = pa.table({k: sum((p[k] for p in parts), []) for k in parts[0]}) if parts else _empty_per_query()
-    result = Evaluation(images=labels.num_rows, rows=_row_count(layout), labels=_label_record(labels, truth, label_info),
-                        scores=_summary(per_query), settings=settings)
+    rows = _row_count(layout)
+    result = Evaluation(images=labels.num_rows, rows=rows, labels=_label_record(labels, truth, label_info),
+                        scores=_summary(per_query), settings={**settings, "rare_share": ec.rare_share})
+    selected = selection_ids(layout)
+    if selected is not None:
+        result.selection = score_selection(selected, labels, rows, ec.rare_share)
     _write(layout, result, per_query, truth, timings, t0)
     return result
 
@@ -252,4 +257,6 @@ def summary_lines(result: Evaluation) -> list[str]:
     for s in result.scores:
         lines.append(f"{names.get(s.task, s.task):<8} {s.column:<16} {s.queries:>7}  {s.map_at_100:>8.3f} "
                      f"{s.r_precision:>7.3f} {s.p_at_5:>6.3f}   {s.chance_map_at_100:>14.3f}")
+    if result.selection is not None:
+        lines += selection_lines(result.selection)
     return lines
