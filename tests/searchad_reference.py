@@ -70,3 +70,41 @@ def evaluate_label(imagepaths: list[str], gt: set[str], ignore: set[str]) -> dic
             targets[index[p]] = 1.0
     return {"MAP": mean_average_precision(targets, n).item(), "R-Precision": mean_rprecision(targets).item(),
             **{f"P@{k}": precision_at_k(targets, k).item() for k in (5, 25, 100)}}
+
+
+def image_level_annotations(annotation_dict: dict, min_box_area: int = 50,
+                            ignore_size_labels: tuple = ()) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The devkit's ``load_annotations_and_filter_size`` (``prepare_image_level_annotations.py``) on an already loaded
+    annotation dict, its print left out: (image-level annotations per label, ignored images per label)."""
+    from collections import defaultdict
+
+    annotations_wo_bbox = defaultdict(list)
+    ignore_images = defaultdict(list)
+    for image_path, annotations in annotation_dict.items():
+        classes_with_at_least_one_valid_object = []
+        count_valid_objects = defaultdict(int)
+        for annotation in annotations:
+            label = annotation["label"]
+            if label not in ignore_images.keys():
+                ignore_images[label] = []
+            if label not in count_valid_objects.keys():
+                count_valid_objects[label] = 0
+
+        for annotation in annotations:
+            label = annotation["label"]
+            box_list = annotation["bbox"]
+            bbox_area = (box_list[2] - box_list[0]) * (box_list[3] - box_list[1])
+
+            if bbox_area >= min_box_area or label in ignore_size_labels:
+                count_valid_objects[label] += 1
+
+                if label not in classes_with_at_least_one_valid_object:
+                    annotation_wo_bbox = {"image": image_path, "label": label}
+                    annotations_wo_bbox[label].append(annotation_wo_bbox)
+                    classes_with_at_least_one_valid_object.append(label)
+
+        for label, count in count_valid_objects.items():
+            if count == 0:
+                if image_path not in ignore_images[label]:
+                    ignore_images[label].append(image_path)
+    return ({lb: [a["image"] for a in anns] for lb, anns in annotations_wo_bbox.items()}, dict(ignore_images))

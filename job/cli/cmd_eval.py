@@ -43,6 +43,10 @@ def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> Non
         g.add_argument("--nuscenes-meta", default=None, metavar="URI",
                        help="where the annotation tables are (a v1.0-* folder, a dataroot or a meta .tgz), when not "
                             "where the run read its tables")
+        g.add_argument("--searchad", default=None, metavar="DIR",
+                       help="also score SearchAD's benchmark on its nuScenes images in the run, with its protocol: DIR "
+                            "is your copy of its annotations (the devkit's SearchAD folder: searchad_annotations_val.json, "
+                            "default_queries/); read only, never copied into the run")
         g.add_argument("--anon", action=argparse.BooleanOptionalAction, default=None,
                        help="anonymous S3 access for the tables (default: on for the public nuScenes bucket only)")
         g.add_argument("--device", type=choice("device", DEVICES), default="auto",

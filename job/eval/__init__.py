@@ -23,10 +23,11 @@ from .metrics import (
     r_precision,
 )
 from .queries import PromptTable, load_prompts
-from .run import EVAL_JSON, LABELS, PER_CATEGORY, PER_QUERY, NoAnnotations, evaluate_run, load_labels, summary_lines
+from .report import summary_lines
+from .run import EVAL_JSON, LABELS, PER_CATEGORY, PER_QUERY, SEARCHAD, NoAnnotations, evaluate_run, load_labels
 
 __all__ = [
-    "EVAL_JSON", "LABELS", "LABELS_SCHEMA", "MAP_K", "PER_CATEGORY", "PER_QUERY", "P_K", "STOPPED_MPS", "NoAnnotations",
+    "EVAL_JSON", "LABELS", "LABELS_SCHEMA", "MAP_K", "PER_CATEGORY", "PER_QUERY", "P_K", "SEARCHAD", "STOPPED_MPS", "NoAnnotations",
     "PromptTable", "ap_at_k", "average_precision", "chance_ap_at_k", "chance_precision", "derive_labels",
     "evaluate_run", "load_labels", "load_prompts", "precision_at_k", "r_precision", "run_rows", "summary_lines",
 ]

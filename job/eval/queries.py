@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 PROMPTS_FILE = "prompts.toml"
-SECTIONS = ("category", "scene", "ego")
+SECTIONS = ("category", "scene", "ego", "searchad")
 EGO_STATES = ("stopped", "moving")
 
 
@@ -36,6 +36,7 @@ class PromptTable:
     category: dict[str, tuple[str, ...]]
     scene: dict[str, tuple[str, ...]]
     ego: dict[str, tuple[str, ...]]
+    searchad: dict[str, tuple[str, ...]]
     source: str
     sha256: str
 
@@ -79,7 +80,8 @@ def load_prompts(path: str | None = None) -> PromptTable:
     bad = sorted(set(out["ego"]) - set(EGO_STATES))
     if bad:
         raise UsageError(f"--prompts {source}: [ego] {', '.join(bad)}: valid: {', '.join(EGO_STATES)}")
-    return PromptTable(category=out["category"], scene=out["scene"], ego=out["ego"], source=source,
+    return PromptTable(category=out["category"], scene=out["scene"], ego=out["ego"], searchad=out["searchad"],
+                       source=source,
                        sha256=hashlib.sha256(data).hexdigest())
 
 

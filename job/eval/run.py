@@ -8,6 +8,7 @@ Files (``RunLayout.eval``), each written atomically:
   words, ego state), ``query_id`` (the query image's id, image task), ``prompts``, ``n`` (images ranked), ``relevant``,
   ``map_at_100``, ``r_precision``, ``p_at_5`` and their ``chance_*`` values;
 * ``per_category.png``: MAP@100 per category, text→image and image→image, per vector column, chance marked;
+* ``searchad.parquet`` (``--searchad``): per label, task and column, SearchAD's MAP, R-Precision, P@5/25/100;
 * ``eval.json``: :class:`job.runfolder.Evaluation`, also in the manifest.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,6 @@ from ..runfolder import (
     Evaluation,
     Manifest,
     RunLayout,
-    Score,
     find_manifest,
     open_dataset,
     read_table,
@@ -40,15 +40,19 @@ from ..runfolder import (
 from ..runfolder.documents import encode
 from .labels import derive_labels, run_rows
 from .queries import load_prompts
-from .rank import Queries, Ranked, score_queries
-from .selection import score_selection, selection_ids, selection_lines
+from .rank import Queries, score_queries
+from .report import label_record, per_query_rows, per_query_table, summarize
+from .searchad import evaluate_column, load_searchad, scored_labels, text_vectors
+from .searchad import record as searchad_record
+from .selection import score_selection, selection_ids
 from .tables import read_annotations, table_locations
 from .tasks import IMAGE_TASK, TEXT_TASKS, Truth, build_truth, image_queries, image_query_plan, text_queries
 
 log = logging.getLogger(__name__)
 
 EVAL_JSON, LABELS, PER_QUERY, PER_CATEGORY = "eval.json", "labels.parquet", "per_query.parquet", "per_category.png"
-TASK_ORDER = ("text", IMAGE_TASK, "scene", "ego")
+SEARCHAD = "searchad.parquet"
+T = TypeVar("T")
 _LABELS_META = b"job.eval"  # parquet metadata key of labels.parquet: how they were made (reused when it matches)
 
 
@@ -100,44 +104,11 @@ def load_labels(layout: RunLayout, manifest: Manifest | None, cfg: JobConfig,
     return labels, {**info, "reused": False}
 
 
-def _aligned(layout: RunLayout, column: str, ids: np.ndarray) -> np.ndarray:
-    """The ``column`` vectors of the rows ``ids`` (labels order), unit length."""
-    x, vid = read_vectors(layout.embeddings, column)
+def _unit_rows(x: np.ndarray, vid: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` (ids ``vid``) for the ids ``ids``, in that order, unit length."""
     order = np.argsort(vid, kind="stable")
-    pos = order[np.searchsorted(vid[order], ids)]
-    x = x[pos]
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
-
-
-def _rows(task: str, column: str, q: Queries, r: Ranked, ids: np.ndarray) -> dict[str, list[Any]]:
-    qid = [int(ids[i]) for i in q.query_rows] if q.query_rows is not None else [None] * len(q.names)
-    return {"task": [task] * len(q.names), "column": [column] * len(q.names), "query": list(q.names),
-            "query_id": qid, "prompts": list(q.prompts) if q.prompts else [None] * len(q.names),
-            "n": r.n.tolist(), "relevant": r.relevant.tolist(),
-            **{m: getattr(r, m).tolist() for m in ("map_at_100", "r_precision", "p_at_5", "chance_map_at_100",
-                                                   "chance_r_precision", "chance_p_at_5")}}
-
-
-def _summary(per_query: pa.Table) -> list[Score]:
-    """Averages per (task, column): over queries; for the image task first per category (each weighs the same)."""
-    out = []
-    cols = per_query.column_names
-    data = {c: np.asarray(per_query.column(c).to_pylist(), dtype=object) for c in cols}
-    for task in TASK_ORDER:
-        for column in dict.fromkeys(data["column"].tolist()):
-            m = (data["task"] == task) & (data["column"] == column)
-            if not m.any():
-                continue
-            keys = data["query"][m]
-            vals: dict[str, float] = {}
-            for metric in ("map_at_100", "r_precision", "p_at_5", "chance_map_at_100", "chance_r_precision",
-                           "chance_p_at_5"):
-                v = data[metric][m].astype(np.float64)
-                if task == IMAGE_TASK:
-                    v = np.array([v[keys == k].mean() for k in dict.fromkeys(keys.tolist())])
-                vals[metric] = round(float(v.mean()), 5)
-            out.append(Score(task=task, column=column, queries=int(m.sum()), **vals))
+    out = x[order[np.searchsorted(vid[order], ids)]]
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
 
 
@@ -150,54 +121,90 @@ def evaluate_run(layout: RunLayout, cfg: JobConfig, *, manifest: Manifest | None
     ``labels``: ground truth made earlier for the same rows (``load_labels``), e.g. shared by several variants of one
     comparison; derived (or reused from ``eval/labels.parquet``) when None. ``encode_text``: texts → unit vectors
     from the model that made the run (the run's own, loaded through ``job.model.load``, when None).
-    UsageError when the run has no nuScenes metadata (exit 2, nothing written); NoAnnotations when its tables hold
-    no annotations.
+    With ``cfg.eval.searchad``, SearchAD's benchmark is scored too (``searchad``); a run whose tables hold no
+    annotations is then scored on SearchAD alone.
+    UsageError when the run has no nuScenes metadata or ``--searchad``/``--prompts`` name no such thing (exit 2,
+    nothing written); NoAnnotations when its tables hold no annotations and no SearchAD folder is given.
     """
     t0 = time.perf_counter()
     manifest = manifest if manifest is not None else find_manifest(layout)
     ec = cfg.eval
-    prompts = load_prompts(ec.prompts)  # a bad --prompts stops here, before anything is written
+    prompts = load_prompts(ec.prompts)  # bad --prompts / --searchad stop here, before anything is written
+    sa = load_searchad(ec.searchad) if ec.searchad else None
     timings: dict[str, float] = {}
     label_info: dict[str, Any] = {"given": True}
     if labels is None:
-        labels, label_info = load_labels(layout, manifest, cfg)
+        try:
+            labels, label_info = load_labels(layout, manifest, cfg)
+        except NoAnnotations:
+            if sa is None:
+                raise
+            log.info("no annotations in the run's tables: SearchAD only")
     timings["labels_s"] = round(time.perf_counter() - t0, 3)
-    ids = labels.column("id").to_numpy()
-    truth = build_truth(labels, prompts, ec.min_positives)
+    truth = build_truth(labels, prompts, ec.min_positives) if labels is not None else None
+    ids = labels.column("id").to_numpy() if labels is not None else np.zeros(0, np.int64)
     columns = vector_columns(open_dataset(layout.embeddings).schema.names)
     settings: dict[str, Any] = {"min_positives": ec.min_positives, "image_queries": ec.image_queries, "seed": ec.seed,
-                                "k": 100, "prompts": {"source": prompts.source, "sha256": prompts.sha256}}
+                                "k": 100, "rare_share": ec.rare_share,
+                                "prompts": {"source": prompts.source, "sha256": prompts.sha256}}
+    encode = encode_text or _run_text_encoder(manifest, cfg)
     t1 = time.perf_counter()
     texts: dict[str, Queries] = {}
-    if any(kind in ("category", "scene", "ego") for kind, _ in truth.groups):
-        try:
-            texts = text_queries(truth, prompts, encode_text or _run_text_encoder(manifest, cfg))
-        except UsageError as exc:  # no manifest / model to embed text with: the image task still runs
-            settings["text_queries"] = f"skipped: {exc}"
-            log.warning("text queries skipped: %s", exc)
+    if truth is not None and truth.groups:
+        texts = _guarded(lambda: text_queries(truth, prompts, encode), settings, "text_queries", {})
+    sa_paths = read_table(layout.embeddings, ["id", "path"]) if sa is not None else None
+    sa_at, sa_labels = scored_labels(sa, sa_paths.column("path").to_pylist()) if sa and sa_paths else ([], [])
+    sa_text: dict[str, np.ndarray] = {}
+    if sa_labels:
+        sa_text = _guarded(lambda: text_vectors(sa_labels, encode, prompts.searchad), settings, "searchad_text",
+                           sa_text)
     timings["text_encode_s"] = round(time.perf_counter() - t1, 3)
-    plan = image_query_plan(truth, ec.image_queries, ec.seed)
+    plan = image_query_plan(truth, ec.image_queries, ec.seed) if truth is not None else None
     parts: list[dict[str, list[Any]]] = []
+    sa_rows: list[dict[str, Any]] = []
     t2 = time.perf_counter()
     for column in columns:
-        x = _aligned(layout, column, ids)
-        for task in TEXT_TASKS:
-            if task in texts:
-                parts.append(_rows(task, column, texts[task], score_queries(x, texts[task], truth.relevance), ids))
-        q = image_queries(x, truth, plan)
-        if len(q.names):
-            parts.append(_rows(IMAGE_TASK, column, q, score_queries(x, q, truth.relevance, truth.scenes), ids))
-        del x
+        x_all, vid = read_vectors(layout.embeddings, column)
+        if truth is not None and plan is not None:
+            x = _unit_rows(x_all, vid, ids)
+            for task in TEXT_TASKS:
+                if task in texts:
+                    parts.append(per_query_rows(task, column, texts[task],
+                                                score_queries(x, texts[task], truth.relevance), ids))
+            q = image_queries(x, truth, plan)
+            if len(q.names):
+                parts.append(per_query_rows(IMAGE_TASK, column, q,
+                                            score_queries(x, q, truth.relevance, truth.scenes), ids))
+            del x
+        if sa is not None and sa_paths is not None and sa_at:
+            sub = sa_paths.take(pa.array(sa_at))
+            x = _unit_rows(x_all, vid, sub.column("id").to_numpy())
+            sa_rows += evaluate_column(sa, sub.column("path").to_pylist(), x, column, sa_labels, sa_text)
+        del x_all
     timings["score_s"] = round(time.perf_counter() - t2, 3)
-    per_query = pa.table({k: sum((p[k] for p in parts), []) for k in parts[0]}) if parts else _empty_per_query()
+    per_query = per_query_table(parts)
     rows = _row_count(layout)
-    result = Evaluation(images=labels.num_rows, rows=rows, labels=_label_record(labels, truth, label_info),
-                        scores=_summary(per_query), settings={**settings, "rare_share": ec.rare_share})
-    selected = selection_ids(layout)
-    if selected is not None:
+    result = Evaluation(images=labels.num_rows if labels is not None else 0, rows=rows,
+                        labels=label_record(labels, truth, label_info) if labels is not None and truth else {},
+                        scores=summarize(per_query), settings=settings)
+    selected = selection_ids(layout) if labels is not None else None
+    if selected is not None and labels is not None:
         result.selection = score_selection(selected, labels, rows, ec.rare_share)
-    _write(layout, result, per_query, truth, timings, t0)
+    if sa is not None:
+        result.searchad = searchad_record(sa, len(sa_at), sa_labels, sa_rows)
+    _write(layout, result, per_query, truth, sa_rows, timings, t0)
     return result
+
+
+def _guarded(make: Callable[[], T], settings: dict[str, Any], key: str, default: T) -> T:
+    """Text queries need the run's model: without one (no manifest, weights not here) the image tasks still run and
+    ``settings[key]`` says why the text ones did not."""
+    try:
+        return make()
+    except UsageError as exc:
+        settings[key] = f"skipped: {exc}"
+        log.warning("%s skipped: %s", key.replace("_", " "), exc)
+        return default
 
 
 def _run_text_encoder(manifest: Manifest | None, cfg: JobConfig) -> Callable[[Sequence[str]], np.ndarray]:
@@ -220,43 +227,19 @@ def _row_count(layout: RunLayout) -> int:
     return int(open_dataset(layout.embeddings).count_rows())
 
 
-def _label_record(labels: pa.Table, truth: Truth, info: dict[str, Any]) -> dict[str, Any]:
-    boxes = labels.column("boxes").to_numpy()
-    return {**{k: v for k, v in info.items() if k != "key"}, "images": labels.num_rows,
-            "images_with_a_box": int(np.count_nonzero(boxes)), "categories": truth.positives,
-            "queries": {task: truth.names(task) for task in ("category", "scene", "ego")}}
-
-
-def _empty_per_query() -> pa.Table:
-    return pa.table({k: pa.array([], t) for k, t in (
-        ("task", pa.string()), ("column", pa.string()), ("query", pa.string()), ("query_id", pa.int64()),
-        ("prompts", pa.string()), ("n", pa.int64()), ("relevant", pa.int64()), ("map_at_100", pa.float64()),
-        ("r_precision", pa.float64()), ("p_at_5", pa.float64()), ("chance_map_at_100", pa.float64()),
-        ("chance_r_precision", pa.float64()), ("chance_p_at_5", pa.float64()))})
-
-
-def _write(layout: RunLayout, result: Evaluation, per_query: pa.Table, truth: Truth, timings: dict[str, float],
-           t0: float) -> None:
+def _write(layout: RunLayout, result: Evaluation, per_query: pa.Table, truth: Truth | None,
+           searchad_rows: list[dict[str, Any]], timings: dict[str, float], t0: float) -> None:
     from .plot import per_category_png
 
+    names = [PER_QUERY]
     fsutil.atomic_write_bytes(layout.eval(PER_QUERY), table_bytes(per_query))
-    fsutil.atomic_write_bytes(layout.eval(PER_CATEGORY), per_category_png(per_query, truth.positives))
-    result.files = {name: layout.rel(layout.eval(name)) for name in (LABELS, PER_QUERY, PER_CATEGORY, EVAL_JSON)}
+    if truth is not None:
+        fsutil.atomic_write_bytes(layout.eval(PER_CATEGORY), per_category_png(per_query, truth.positives))
+        names += [LABELS, PER_CATEGORY]
+    if searchad_rows:
+        fsutil.atomic_write_bytes(layout.eval(SEARCHAD), table_bytes(pa.Table.from_pylist(searchad_rows)))
+        names.append(SEARCHAD)
+    result.files = {name: layout.rel(layout.eval(name)) for name in (*names, EVAL_JSON)}
     timings["total_s"] = round(time.perf_counter() - t0, 3)
     result.timings = timings
     fsutil.atomic_write_bytes(layout.eval(EVAL_JSON), encode(result))
-
-
-def summary_lines(result: Evaluation) -> list[str]:
-    """The short table ``job eval`` prints: per task and vector column, the three scores and chance."""
-    lines = [f"{result.images} images scored ({result.labels.get('images_with_a_box', 0)} with an annotated object at "
-             f"visibility >= {result.labels.get('min_visibility', '?')}; tables {result.labels.get('version', '?')})",
-             f"{'task':<8} {'column':<16} {'queries':>7}  {'MAP@100':>8} {'R-Prec':>7} {'P@5':>6}   "
-             f"{'chance MAP@100':>14}"]
-    names = {"text": "text", IMAGE_TASK: "image", "scene": "scene", "ego": "ego"}
-    for s in result.scores:
-        lines.append(f"{names.get(s.task, s.task):<8} {s.column:<16} {s.queries:>7}  {s.map_at_100:>8.3f} "
-                     f"{s.r_precision:>7.3f} {s.p_at_5:>6.3f}   {s.chance_map_at_100:>14.3f}")
-    if result.selection is not None:
-        lines += selection_lines(result.selection)
-    return lines
