@@ -73,9 +73,10 @@ def build_truth(labels: pa.Table, prompts: PromptTable, min_positives: int) -> T
         if mask.sum() >= min_positives:
             groups.append(("scene", key))
             rows.append(mask)
-    stopped = labels.column("stopped").to_numpy(zero_copy_only=False)
-    for state in prompts.ego:
-        mask = np.array([s is True for s in stopped]) if state == "stopped" else np.array([s is False for s in stopped])
+    stopped = labels.column("stopped")
+    for state in prompts.ego:  # unknown speed (a scene's first frame): neither stopped nor moving
+        flag = stopped if state == "stopped" else pc.invert(stopped)
+        mask = pc.fill_null(flag, False).to_numpy(zero_copy_only=False).astype(bool)
         if mask.sum() >= min_positives:
             groups.append(("ego", state))
             rows.append(mask)
