@@ -219,3 +219,17 @@ def test_edited_prompt_table_is_used(evaluated_run, tmp_path):
     assert set(car.prompts) == {"a red sedan."}
     bike = per_query[(per_query.task == "text") & (per_query["query"] == "vehicle.bicycle")]
     assert set(bike.prompts) == {"a photo of a bicycle."}  # not in the table: the plain prompt
+
+
+def test_job_merge_scores_the_merged_run(nuscenes_dataroot, tmp_path):
+    """A run split in two shards: each shard records where its tables came from, the merge carries that into its
+    manifest, and the eval step of job merge scores the whole run."""
+    out = tmp_path / "split"
+    for i in range(2):
+        _run(nuscenes_dataroot.root, out, "--shard", f"{i}/2", "--min-positives", "3")
+        assert not (out / "shards" / str(i) / "eval").exists()  # a shard is not scored: the merged run is
+    assert main(["merge", "--run", str(out), "--no-index", "--no-project", "--min-positives", "3", "--no-progress",
+                 "--log-level", "WARNING"]) == 0
+    m = read_manifest(RunLayout(str(out)))
+    assert m.source["kind"] == "nuscenes" and m.source["metadata"]["from"]
+    assert m.eval is not None and m.eval.images == len(nuscenes_dataroot.keyframes) and m.eval.scores
