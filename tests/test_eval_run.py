@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from eval_helpers import columns_of
 
 from conftest import TEST_MODEL
 from job.cli import main
@@ -45,7 +46,7 @@ def test_job_run_writes_eval_and_the_manifest_records_it(evaluated_run, nuscenes
     assert m.eval.labels["version"] == "v1.0-mini" and m.eval.labels["min_visibility"] == 2
     # both vectors of the run, every task the fixture can ask
     assert {(s.task, s.column) for s in m.eval.scores} == {
-        (t, c) for t in ("text", "image", "scene", "ego") for c in ("embedding", "embedding_cls")}
+        (t, c) for t in ("text", "image", "scene", "ego") for c in columns_of(evaluated_run)}
     per_query = pq.read_table(evaluated_run / "eval" / PER_QUERY)
     for s in m.eval.scores:
         rows = per_query.filter(pa.compute.and_(pa.compute.equal(per_query["task"], s.task),
@@ -70,7 +71,7 @@ def test_job_eval_prints_the_table_and_reuses_the_labels(evaluated_run, tmp_path
     labels_before = (run / "eval" / LABELS).read_bytes()
     assert main(["eval", "--run", str(run), "--min-positives", "3", "--no-progress", "--log-level", "WARNING"]) == 0
     out = capsys.readouterr().out
-    assert "MAP@100" in out and "embedding_cls" in out and "image" in out
+    assert "MAP@100" in out and all(c in out for c in columns_of(run)) and "image" in out
     assert (run / "eval" / LABELS).read_bytes() == labels_before
     m = read_manifest(RunLayout(str(run)))
     assert m.eval is not None and m.eval.labels["reused"] is True
@@ -87,7 +88,7 @@ def _replace_vectors(run: Path, make: callable) -> None:
         t = pq.read_table(part)
         x = make(t["id"].to_numpy()).astype(np.float32)
         col = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
-        for name in ("embedding", "embedding_cls"):
+        for name in columns_of(run):
             t = t.set_column(t.schema.get_field_index(name), t.schema.field(name), col)
         pq.write_table(t, part)
 
@@ -127,7 +128,7 @@ def test_oracle_scores_high_and_random_vectors_score_chance(oracle_source, tmp_p
         _replace_vectors(run, make)
         assert main(["eval", "--run", str(run), "--no-progress", "--log-level", "WARNING"]) == 0
         results[name] = read_manifest(RunLayout(str(run))).eval
-    for column in ("embedding", "embedding_cls"):
+    for column in columns_of(base):
         s = results["oracle"].score("image", column)
         assert s is not None and s.queries >= 5 * 7
         assert s.map_at_100 >= 0.9 and s.r_precision >= 0.9 and s.p_at_5 >= 0.9
