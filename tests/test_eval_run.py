@@ -234,3 +234,31 @@ def test_job_merge_scores_the_merged_run(nuscenes_dataroot, tmp_path):
     m = read_manifest(RunLayout(str(out)))
     assert m.source["kind"] == "nuscenes" and m.source["metadata"]["from"]
     assert m.eval is not None and m.eval.images == len(nuscenes_dataroot.keyframes) and m.eval.scores
+
+
+def test_broken_annotation_tables_do_not_fail_the_run(tmp_path, capsys):
+    """After hours of embedding a run is not failed for its annotation tables: job run ends with its manifest and a
+    warning naming the command; job eval then says what is broken (exit 1, a fault of the data)."""
+    info = make_nuscenes_fixture(tmp_path / "nuscenes", n_logs=1, scenes_per_log=2)
+    table = info.root / info.version / "sample_annotation.json"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    out = tmp_path / "run"
+    assert main(["run", "--source", str(info.root), "--out", str(out), *RUN, "--no-index"]) == 0
+    assert read_manifest(RunLayout(str(out))).eval is None
+    err = capsys.readouterr().err
+    assert "sample_annotation.json" in err and f"python -m job eval --run {out}" in err
+    assert main(["eval", "--run", str(out), "--no-progress"]) == 1
+    assert "sample_annotation.json" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_labels_of_other_rows_are_refused(evaluated_run, tmp_path):
+    from job.config import JobConfig
+    from job.errors import UsageError
+    from job.eval import evaluate_run
+
+    labels = pq.read_table(evaluated_run / "eval" / LABELS)
+    other = labels.set_column(0, "id", pa.array(labels["id"].to_numpy() + 1))
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    with pytest.raises(UsageError, match="not rows of this run"):
+        evaluate_run(RunLayout(str(run)), JobConfig(), labels=other, encode_text=lambda t: np.ones((len(t), 384)))
