@@ -241,7 +241,7 @@ def test_batch_flow_shards_retries_merge(world: dict, stack: dict, capsys) -> No
     assert doc["status"] == "succeeded" and doc["progress"]["done"] == doc["progress"]["total"] == N_IMAGES
     assert [s["status"] for s in doc["shards"]] == ["succeeded"] * N
     assert doc["shards"][1]["previous"]["status"] == "interrupted"  # the spot-reclaimed attempt
-    assert [p["phase"] for p in doc["merge"]["phases"]] == ["merge", "index", "project"]
+    assert [p["phase"] for p in doc["merge"]["phases"]] == ["merge", "index", "project", "eval"]  # nuScenes: scored
     assert main(["status", run_uri, "--watch", "0.1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("status  succeeded") and f"{N_IMAGES}/{N_IMAGES} (100.0%)" in text and "merge     succeeded" in text

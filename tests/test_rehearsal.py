@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-PHASES = ["check-gpu", "scratch", "mount", "image", "weights", "embed", "index", "project", "publish"]
+PHASES = ["check-gpu", "scratch", "mount", "image", "weights", "embed", "index", "project", "eval", "publish"]
 IMAGES = 18  # keyframes of one camera in the test archive (tests/nuscenes_fixture.py)
 SMALL = ["--batch-size", "4", "--shard-size", "8", "--n-epochs", "20"]  # a few shards, a quick UMAP
 EARLY_SHARDS = ["--batch-size", "2", "--shard-size", "2"]  # the first shard lands within a second of embedding

@@ -166,8 +166,9 @@ def pack_source(path: Path) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for rel in ("pyproject.toml", ".dockerignore", "docker/Dockerfile", "docker/requirements.txt"):
             z.write(REPO / rel, rel)
-        for p in sorted((REPO / "job").rglob("*.py")):
-            z.write(p, p.relative_to(REPO).as_posix())
+        for p in sorted((REPO / "job").rglob("*")):  # every file of the package (job/eval/prompts.toml, static/…)
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+                z.write(p, p.relative_to(REPO).as_posix())
     return path
 
 
