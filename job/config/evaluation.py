@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..values import at_least, in_range
 
-MIN_VISIBILITY = 2  # nuScenes visibility level 2 = 40-60 % of the object visible: a box under 40 % is often a sliver
+MIN_VISIBILITY = 2  # nuScenes visibility level 2: 40-60 % of the object visible (level 1 admits mostly hidden ones)
 VISIBILITY_LEVELS: tuple[int, ...] = (1, 2, 3, 4)  # v0-40, v40-60, v60-80, v80-100
 
 
