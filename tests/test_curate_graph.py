@@ -56,6 +56,7 @@ def test_exact_graph_on_the_gpu_uploads_once_and_its_pilot_counts_the_setup_once
 
 def test_graph_gpu_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="job")  # an earlier CLI test in this worker may have set another level
     x = clustered(1200, seed=7)
     want_rows, want_cos = exact_knn(x, 4, device="cpu")
     install(monkeypatch, fail={"search": 3})  # warm-up, pilot, then the graph's first GPU call fails

@@ -47,6 +47,11 @@ def write_embeddings(path: Path, x: np.ndarray) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _job_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="job")  # an earlier CLI test in this worker may have set another level
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -144,7 +149,6 @@ def test_exact_search_gpu_failure_falls_back_with_one_warning(monkeypatch: pytes
     rec = install(monkeypatch, fail={"search": 3})  # the warm-up and the first tile pass, the second tile fails
     monkeypatch.setattr(exact_mod, "GPU_QUERY_TILE", 100)
     x = clustered(1500, seed=2)
-    caplog.set_level(logging.INFO)
     with ExactSearcher(x, device="cuda") as s:
         rows, sims = s.search(x[:450], 5)
         assert s.device == "cpu" and s.placement.steps == {"exact": "cpu"}
