@@ -19,7 +19,7 @@ from . import constants as C
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
-STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status_rules.py"  # the script's _STATUS rules
+STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status" / "rules.py"  # the script's _STATUS rules
 
 
 def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
