@@ -312,3 +312,19 @@ def test_gpu_ivf_build_saves_a_cpu_index(tmp_path: Path) -> None:
     saved = load_index(str(tmp_path / "i.faiss"))
     assert not [t for t in cpu_types(saved) if t.startswith("Gpu")] and saved.ntotal == 60_000
     assert info.recall_at_10 is not None and info.recall_at_10 >= 0.9
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_knn_graph_uploads_once_and_keeps_setup_out_of_the_per_query_estimate() -> None:
+    from job.curate import exact_knn, knn_graph
+
+    x = clustered(100_000, 128, seed=7)
+    g = knn_graph(x, np.arange(len(x)), 10, progress=False, device="cuda")
+    assert g.method == "exact" and g.device == "gpu:0" and "fallbacks" not in g.params
+    t = g.timings
+    assert 0 < t["exact_setup_s"] < t["exact_estimate_s"]
+    sample = np.arange(0, len(x), 97)
+    want_rows, want_cos = exact_knn(x, 10, device="cpu")
+    assert (g.rows[sample] == want_rows[sample]).mean() > 0.999
+    np.testing.assert_allclose(g.cosines, want_cos, atol=1e-5)

@@ -169,7 +169,8 @@ def exact_search(xq: np.ndarray, x: np.ndarray, k: int, *, device: str = "auto",
                  step: str = "exact") -> tuple[np.ndarray, np.ndarray]:
     """(rows, cosines) of the exact top-k of each query among ``x``: one :class:`ExactSearcher` for this call alone
     (searching ``x`` more than once? keep an ExactSearcher: the GPU upload is paid once). ``device``: auto | cpu |
-    cuda (:mod:`job.index._gpu`)."""
+    cuda (:mod:`job.index._gpu`), or ``placement``: the job's own (then ``device`` is not read); ``step``: the name
+    the placement records this search under."""
     with ExactSearcher(x, device=device, placement=placement, step=step) as searcher:
         return searcher.search(xq, k)
 
