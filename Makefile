@@ -127,6 +127,7 @@ bench: $(STAMP)
 	$(PY) bench/text_tuning_bench.py --json bench/results/text_tuning_bench.json
 	$(PY) bench/read_vectors_bench.py
 	$(PY) bench/gpu_throughput.py
+	$(PY) bench/faiss_wheel_bench.py --rescore-only
 
 clean:
 	rm -rf $(VENV) node_modules tools/node/node_modules cdk.out .pytest_cache

@@ -8,7 +8,8 @@ float16 candidates), which runs here as it will on the instance.
 Workloads (d = 768, unit vectors in clusters, seed 0): ``knn`` exact search of 1,000 queries among 100,000 vectors
 (``faiss.knn``, what job.index.exact runs on the CPU); ``ivfpq`` train IVF1024,PQ96x8 on 40,000 vectors and add
 100,000; ``hnsw`` add 20,000 vectors to HNSW32 (efConstruction 40). Each workload runs ``--reps`` times per wheel, each
-in a fresh process, wheels interleaved (A B A B ...); the median and the ratio (this venv / baseline) are printed.
+in a fresh process (OpenBLAS on one thread, as the job trains), wheels interleaved (A B A B ...); the median and the
+ratio (this venv / baseline) are printed.
 ``rescore``: job.index.exact.rescore of 65,536 queries x 18 candidates (k = 10 + RESCORE_EXTRA) over a 204,894 x 768
 base, in this process; per-query time and the time for 1.4M queries (arithmetic, single thread).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -58,7 +60,10 @@ print(json.dumps({"seconds": s, "wheel": "faiss-gpu " + v("faiss-gpu") if v("fai
 
 
 def _run(python: str, what: str) -> dict:
-    out = subprocess.run([python, "-c", CHILD, what], capture_output=True, text=True, timeout=900, check=True)
+    # BLAS on one thread, Faiss' OpenMP on all cores: what job.index runs (single_threaded_blas); OpenBLAS's own
+    # threads on top of Faiss' made k-means many times slower on this shared 2-core machine
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    out = subprocess.run([python, "-c", CHILD, what], capture_output=True, text=True, timeout=1800, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
