@@ -23,6 +23,7 @@ class Recorder:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)  # call name -> fail on its n-th occurrence (1 = first)
     upload_delay_s: float = 0.0  # per add call: a slow upload, for the pilot's accounting
+    search_delay_s: float = 0.0  # per search call: the GPU busy (the GIL released, as Faiss' calls release it)
     gpu_indexes: list[Any] = field(default_factory=list)
 
     def hit(self, name: str, *args: Any) -> None:
@@ -38,9 +39,9 @@ class Recorder:
 
 
 def install(monkeypatch: pytest.MonkeyPatch, *, gpus: int = 1, fail: dict[str, int] | None = None,
-            upload_delay_s: float = 0.0) -> Recorder:
+            upload_delay_s: float = 0.0, search_delay_s: float = 0.0) -> Recorder:
     """Patch the faiss module the job imports; returns the recorder."""
-    rec = Recorder(fail=dict(fail or {}), upload_delay_s=upload_delay_s)
+    rec = Recorder(fail=dict(fail or {}), upload_delay_s=upload_delay_s, search_delay_s=search_delay_s)
 
     class StandardGpuResources:
         def __init__(self) -> None:
@@ -68,6 +69,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, gpus: int = 1, fail: dict[str, i
 
         def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             rec.hit("search", len(xq), k)
+            time.sleep(rec.search_delay_s)
             q = xq.astype(np.float16).astype(np.float32) if self.fp16 else xq
             return self.cpu.search(q, k)
 

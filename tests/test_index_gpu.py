@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 
 import faiss
@@ -142,6 +143,25 @@ def test_exact_search_uploads_the_base_once_as_fp16_tiles_the_queries_and_rescor
     raw.add(x.astype(np.float16).astype(np.float32))
     d16, _ = raw.search(x[:500].astype(np.float16).astype(np.float32), 10)
     assert np.abs(d16 - want_sims).max() > 1e-4
+
+
+def test_rescoring_a_tile_overlaps_the_gpu_search_of_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, search_delay_s=0.15)
+    monkeypatch.setattr(exact_mod, "GPU_QUERY_TILE", 50)
+    real = exact_mod.rescore
+
+    def slow_rescore(*args):
+        time.sleep(0.15)
+        return real(*args)
+
+    monkeypatch.setattr(exact_mod, "rescore", slow_rescore)
+    x = clustered(400)
+    with ExactSearcher(x) as s:
+        t0 = time.perf_counter()
+        rows, _ = s.search(x[:200], 3)  # 4 tiles: 8 x 0.15 s one after the other, ~5 x 0.15 s overlapped
+        elapsed = time.perf_counter() - t0
+    assert (rows[:, 0] == np.arange(200)).all()
+    assert elapsed < 7 * 0.15, elapsed
 
 
 def test_exact_search_gpu_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,

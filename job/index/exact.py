@@ -65,6 +65,8 @@ class ExactSearcher:
     GPU search. ``setup_s`` is the one-time cost (resources, upload, a warm-up search), kept apart from the per-query
     cost so a pilot can extrapolate the second alone. A GPU failure (at upload or in any tile) falls back to the CPU
     with one warning (``placement``), redoing the failed tile. Use as a context manager (frees the GPU copy).
+    Shown on the CPU with fake GPU classes in tests/test_index_gpu.py (one upload, tiles, exact cosines, overlap,
+    fallbacks); on a real GPU by its tests marked ``gpu``.
     """
 
     def __init__(self, x: np.ndarray, *, device: str = "auto", placement: Placement | None = None,
