@@ -22,15 +22,17 @@ ROOT_DEVICE = "/dev/xvda"  # the ECS-optimized Amazon Linux 2023 AMIs
 
 def job_size(instance_types: Sequence[str]) -> tuple[int, int]:
     """``(vCPUs, memory MiB)`` a one-GPU job asks for so that it fits on one GPU of every allowed type."""
-    specs = [C.instance_spec(t) for t in instance_types]
-    vcpus = min(v // g for v, _, g in specs)
-    gib = min(m / g for _, m, g in specs)
-    return vcpus, math.floor(gib * 1024 * C.BATCH_MEMORY_FRACTION)
+    gib = min(m / g for _, m, g in (C.instance_spec(t) for t in instance_types))
+    return C.shard_vcpus(instance_types), math.floor(gib * 1024 * C.BATCH_MEMORY_FRACTION)
 
 
-def max_vcpus(instance_types: Sequence[str], shards: int) -> int:
-    """The compute environment's ceiling: every shard on its own GPU of the largest per-GPU share at once."""
-    return shards * max(v // g for v, _, g in (C.instance_spec(t) for t in instance_types))
+def max_vcpus(instance_types: Sequence[str], shards: int, cap: int | None = None) -> int:
+    """The compute environment's ceiling: every shard on its own GPU of the largest per-GPU share at once, or ``cap``
+    when that is lower (``-c max_vcpus``: what the account's G/VT quota leaves, which ``make deploy`` passes from the
+    preflight). Batch never asks EC2 for more than this: above the quota its launches would only fail, and the shards
+    that do not fit wait in the queue until a shard's instance is released."""
+    ceiling = C.batch_vcpu_ceiling(instance_types, shards)
+    return ceiling if cap is None else min(ceiling, cap)
 
 
 def retry_strategies() -> list[batch.RetryStrategy]:
@@ -91,6 +93,7 @@ class BatchCompute(Construct):
         log_group: logs.ILogGroup,
         log_stream_prefix: str,
         max_run_minutes: int,
+        vcpu_cap: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         # Encrypted gp3 root (the image's layers and the model cache live there), IMDSv2 only with hop limit 1:
@@ -128,7 +131,7 @@ class BatchCompute(Construct):
             if spot
             else batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
             minv_cpus=0,  # nothing runs, nothing bills: Batch scales to zero once the jobs are done
-            maxv_cpus=max_vcpus(instance_types, shards),
+            maxv_cpus=max_vcpus(instance_types, shards, vcpu_cap),
         )
         self.queue = batch.JobQueue(
             self,

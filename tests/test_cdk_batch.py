@@ -114,11 +114,11 @@ def _statements(s: Synth, role_id: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("context", "needle"),
     [
-        ({"engine": "batch", "shards": "0", "image": "asset"}, "context shards='0' is out of range; valid values: 1 to 100"),
-        ({"engine": "batch", "shards": "101", "image": "asset"}, "valid values: 1 to 100"),
-        ({"engine": "batch", "shards": "two", "image": "asset"}, "is not a number; valid values: 1 to 100"),
+        ({"engine": "batch", "shards": "0", "image": "asset"}, "context shards=0 must be in 1..100"),
+        ({"engine": "batch", "shards": "101", "image": "asset"}, "context shards=101 must be in 1..100"),
+        ({"engine": "batch", "shards": "two", "image": "asset"}, "context shards='two' is not an integer"),
         ({"shards": "4"}, "context shards=4 needs engine=batch"),
-        ({"engine": "foo"}, "context engine='foo' is not valid; valid values: instance, batch"),
+        ({"engine": "foo"}, "unknown context engine 'foo'; valid choices: instance, batch"),
         ({"engine": "batch", "image": "asset"}, "context engine=batch needs shards=N; valid values: 1 to 100"),
         ({"engine": "batch", "shards": "4", "image": "build"}, "valid values: asset (cdk deploy builds and pushes it), or an image URI"),
         ({"engine": "batch", "shards": "4", "image": "asset", "market": "spot", "spot_fallback": "on-demand"},
@@ -258,7 +258,7 @@ def test_shard_command_reads_the_array_index(batch):
     i = cmd.index("--out")
     assert json.dumps(cmd[i + 1]).endswith('"/runs/batch-run/"]]}')
     assert json.dumps(cmd[cmd.index("--weights-cache") + 1]).endswith('"/cache/weights"]]}')
-    assert cmd[-2:] == ["--device", "cuda"]
+    assert cmd[cmd.index("--device") + 1] == "cuda" and cmd.count("--device") == 1  # a GPU torch cannot use fails
 
 
 def test_merge_job_cpu_and_memory_only(batch, batch_one):

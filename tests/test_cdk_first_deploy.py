@@ -20,7 +20,7 @@ from test_cdk_stack import _CREDENTIAL_VARS, _FAKE_ENV, Synth, _checkov  # noqa:
 
 from cdk import constants as C  # noqa: E402
 from cdk.config import ConfigError, from_context  # noqa: E402
-from cdk.stack import NEW_RUN_WARNING  # noqa: E402
+from cdk.run_stack import NEW_RUN_WARNING  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
@@ -107,12 +107,16 @@ def test_an_existing_bucket_is_written_not_created(kept):
 
 
 def test_the_redeploy_command_repeats_the_run(kept, nat_spot):
+    from cdk.outputs import redeploy_command
+
     # The run id, the kept bucket and every option given beyond cdk.json (not where or how it was deployed).
     assert kept.json["Outputs"]["RedeployCommand"]["Value"] == (
         f"npx cdk deploy -c run_id=kept-run -c artifacts_bucket={KEPT['artifacts_bucket']} -c max_run_hours=2 -c pool=cls")
-    value = json.dumps(nat_spot.json["Outputs"]["RedeployCommand"]["Value"])
-    assert "-c run_id=nat-spot -c artifacts_bucket=" in value and "retain_artifacts" not in value
+    value = redeploy_command(nat_spot.config, "kept-bucket")
+    assert "-c run_id=nat-spot -c artifacts_bucket=kept-bucket" in value and "retain_artifacts" not in value
     assert "-c market=spot -c spot_fallback=on-demand" in value and "-c nat_gateway=true" in value
+    # ... but retain_artifacts=false deletes the bucket with the stack: no command promises to bring the run back.
+    assert "RedeployCommand" not in nat_spot.json["Outputs"]
 
 
 @pytest.mark.parametrize(("context", "needle"), [
@@ -121,7 +125,7 @@ def test_the_redeploy_command_repeats_the_run(kept, nat_spot):
     ({"availability_zones": "ap-northeast-1a,us-east-1b"}, "'us-east-1b' is not in region ap-northeast-1"),
     ({"availability_zone": "ap-northeast-1a,ap-northeast-1c"}, "availability_zone takes one AZ"),
     ({"availability_zones": ",".join(f"ap-northeast-1{c}" for c in "abcdefg")}, "valid values: 1 to 6 AZs"),
-    ({"replace_running": "maybe"}, "valid values: true, false"),
+    ({"replace_running": "maybe"}, "context replace_running='maybe' is not a yes/no value; valid: 1, true"),
 ])
 def test_new_context_keys_fail_with_one_line(context, needle):
     with pytest.raises(ConfigError) as err:
@@ -165,7 +169,7 @@ def test_deadline_is_armed_by_the_launch_not_fixed_at_synth(nat_spot):
     rule = nat_spot.json["Resources"][rule_id]["Properties"]
     assert rule["EventPattern"] == {"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance Launch Successful"],
                                     "detail": {"AutoScalingGroupName": [cfg.group_name]}}
-    assert rule_id in nat_spot.json["Resources"][_id(nat_spot, "AWS::AutoScaling::AutoScalingGroup")]["DependsOn"]
+    assert rule_id in nat_spot.json["Resources"][_id(nat_spot, "Custom::StartRun")]["DependsOn"]  # before the first launch
     definition = _definition(nat_spot, "Deadline")
     assert definition["QueryLanguage"] == "JSONata"
     arm = definition["States"]["ArmDeadline"]
