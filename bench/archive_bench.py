@@ -254,7 +254,7 @@ sys.path.insert(0, sys.argv[3])
 import fsspec
 from job.nuscenes import load_tables_dir
 from job.sources import Selection
-from job.config import CAMERA_CHANNELS
+from job.values import CAMERA_CHANNELS
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports: what loading itself adds
 sel = Selection(frozenset(CAMERA_CHANNELS), sys.argv[2] == "keyframes")
 t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from conftest import jpeg_bytes  # noqa: E402  (photo-like 1600x900 JPEGs, same 
 
 from job.cli import main as job_main  # noqa: E402
 from job.config import ModelConfig  # noqa: E402
-from job.model import load_model  # noqa: E402
+from job.model.load import load_model  # noqa: E402
 
 log = logging.getLogger("bench")
 

@@ -128,10 +128,10 @@ def measure(index: Any, params: str, x: np.ndarray, ids: np.ndarray, labels: np.
 
 
 def metadata_filter_ms(n: int) -> float:
-    """DuckDB time of one uncached condition over n rows of nuScenes-like metadata (job.filters.MetaFilter)."""
+    """DuckDB time of one uncached condition over n rows of nuScenes-like metadata (job.search.filters.MetaFilter)."""
     import pyarrow as pa
 
-    from job.filters import MetaFilter
+    from job.search import MetaFilter
 
     rng = np.random.default_rng(0)
     cams = np.array(["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"])

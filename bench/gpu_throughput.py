@@ -32,9 +32,9 @@ from conftest import jpeg_bytes  # noqa: E402
 
 from job.config import ModelConfig  # noqa: E402
 from job.decode import DecodeTask, decode_batch  # noqa: E402
-from job.decode_gpu import GpuDecoder  # noqa: E402
+from job.decode.gpu import GpuDecoder  # noqa: E402
 from job.decode import DecodePool  # noqa: E402
-from job.model import ImageEncoder, load_model  # noqa: E402
+from job.model.load import ImageEncoder, load_model  # noqa: E402
 from job.sources import ImageRecord  # noqa: E402
 
 GFLOP_PER_IMAGE = {"ViT-L-14": 162.0, "ViT-B-32": 8.8, "ViT-B-16": 35.1, "ViT-H-14": 334.0}

@@ -38,8 +38,8 @@ from job.cli import main as job_main  # noqa: E402
 from job.config import JobConfig, OutputConfig, ProjectConfig  # noqa: E402
 from job.project import PeakMemory  # noqa: E402
 from job.runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, read_manifest, write_manifest  # noqa: E402
-from job.store import FAILURES_SCHEMA, embedding_schema  # noqa: E402
-from job.tables import read_table, write_table  # noqa: E402
+from job.runfolder import FAILURES_SCHEMA, embedding_schema  # noqa: E402
+from job.runfolder import read_table, write_table  # noqa: E402
 
 QUIET = ["--no-progress", "--log-level", "WARNING"]
 MODEL = ["--model", "ViT-B-32", "--pretrained", "none", "--workers", "0"]

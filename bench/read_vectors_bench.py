@@ -27,7 +27,7 @@ log = logging.getLogger("bench")
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from job.tables import embedding_matrix, read_table, read_vectors
+from job.runfolder.tables import embedding_matrix, read_table, read_vectors
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if {method!r} == "read_table":
@@ -43,7 +43,7 @@ print(json.dumps({{"seconds": s, "peak_growth_mib": grow, "matrix_mib": x.nbytes
 def write_dataset(folder: Path, n: int, d: int, parts: int) -> None:
     import pyarrow as pa
 
-    from job.tables import write_table
+    from job.runfolder import write_table
 
     rng = np.random.default_rng(0)
     bounds = np.linspace(0, n, parts + 1).astype(int)

@@ -4,7 +4,7 @@
     python bench/text_tuning_bench.py --n 20000 --types hnsw --json out.json
 
 ``job run`` tunes the image index on held-out in-index vectors and the text-query index on the text-tower vectors
-of the prompts in ``job/prompts.py``. This measures why, on synthetic data (no CLIP weights can be downloaded
+of the prompts in ``job/model/prompts.py``. This measures why, on synthetic data (no CLIP weights can be downloaded
 here): the indexed vectors are ``index_bench.clustered`` (CLIP-like image vectors, 768-d, in a cone around a shared
 direction), and each text-like query lies in another cone (its own shared direction, as CLIP's text vectors do: the
 modality gap) and blends three clusters (a phrase is less specific than a frame), so its true neighbours are spread

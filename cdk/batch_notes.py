@@ -5,7 +5,7 @@ A job that never started (cancelled after waiting in RUNNABLE, a merge whose sha
 so ``job status`` could not say why. An EventBridge rule on the queue's ``Batch Job State Change`` events with status
 FAILED starts a one-step state machine that puts ``runs/<run-id>/_batch/shard-<I>.json`` (an array child, or the one
 job when N = 1) or ``_batch/merge.json``: the job's id, name, status and ``statusReason``. The array parent's own
-FAILED event is left out (its children say why). ``job/status_view.py`` reads them.
+FAILED event is left out (its children say why). ``job/status/view.py`` reads them.
 """
 from __future__ import annotations
 

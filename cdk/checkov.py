@@ -53,7 +53,7 @@ def acknowledge_checkov(stack: Stack, *, access_log_bucket: IConstruct | None) -
         if res.cfn_resource_type == "AWS::Logs::LogGroup":
             skip(res, *LOG_GROUP_KMS)
         elif res.cfn_resource_type == "AWS::Lambda::Function" and (
-                "CustomResourceProvider" in res.node.path or res.node.scope.node.id == SDK_CALL_FUNCTION):
+                "CustomResourceProvider" in res.node.path or f"/{SDK_CALL_FUNCTION}/" in res.node.path):
             for check_id, comment in PROVIDER_LAMBDA.items():
                 skip(res, check_id, comment)
     if access_log_bucket is None:  # an existing artifacts bucket: this stack creates no log bucket

@@ -23,7 +23,7 @@ from . import constants as C
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
-STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status_rules.py"  # the script's _STATUS rules
+STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status" / "rules.py"  # the script's _STATUS rules
 # How long CloudFormation waits for the custom resources' answers (the SDK calls take seconds; the default is an hour).
 CUSTOM_RESOURCE_TIMEOUT = Duration.minutes(5)
 ROOT_DEVICE_FIELD = "Images.0.RootDeviceName"

@@ -133,7 +133,7 @@ INSTANCE_ETC = "/etc/vit-embed"
 RUN_ENV_FILE = f"{INSTANCE_ETC}/run.env"
 JOB_ARGS_FILE = f"{INSTANCE_ETC}/job.args"
 SCRIPT_PATH = "/opt/vit-embed/run.sh"
-# job/status_rules.py, the _STATUS merge rules the script runs (standard library only): user_data.sh's default
+# job/status/rules.py, the _STATUS merge rules the script runs (standard library only): user_data.sh's default
 # STATUS_RULES, beside the script in its WORK_DIR
 STATUS_RULES_PATH = "/opt/vit-embed/status_rules.py"
 SOURCE_ZIP_PATH = "/opt/vit-embed/src.zip"
@@ -208,7 +208,7 @@ BATCH_MEMORY_FRACTION = 0.9
 # (the job asks more than any instance or the compute environment offers; Batch's minimum is 10 minutes).
 BATCH_CAPACITY_WAIT_MINUTES = 60
 BATCH_MISCONFIGURATION_WAIT_MINUTES = 10
-# Where the run records why Batch ended a job FAILED (cdk/batch_notes.py writes, job/status_view.py reads):
+# Where the run records why Batch ended a job FAILED (cdk/batch_notes.py writes, job/status/view.py reads):
 # runs/<run-id>/_batch/shard-<I>.json and _batch/merge.json, each the job's id, status and statusReason.
 BATCH_NOTES_DIR = "_batch"
 # Where the run records its group's latest failed launch (cdk/launch_notes.py writes, job/status_view.py reads):

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .status_rules import LEASE_STALE_S
 from .values import (
     CAMERA_CHANNELS,
     at_least,
     check_choice,
+    check_where,
     in_range,
     parse_channels,
     parse_near_threshold,
@@ -25,8 +25,6 @@ from .values import (
     parse_size,
     split_list,
 )
-
-__all__ = ["CAMERA_CHANNELS", "check_choice", "parse_shard", "parse_size", "split_list"]  # re-exported
 
 POOLS: tuple[str, ...] = ("mean", "cls")
 TEXT_VECTORS: tuple[str, ...] = ("cls", "none")  # with --pool mean, also store the CLS output for text queries
@@ -47,6 +45,23 @@ DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openclip"
 DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
+# --lease-timeout: a writer's lease without a heartbeat this long is stale (job.runfolder.lease); the instance script's
+# LEASE_TIMEOUT_S default is the same number (tests/test_cdk_lint.py)
+LEASE_TIMEOUT_S = 600.0
+
+
+def _keep(section: object, **values: Any) -> None:
+    """A frozen section keeps what its parsers returned (``"cam_front"`` is stored as ``("CAM_FRONT",)``), so what
+    the stages read is what was checked (``tests/test_config.py``)."""
+    for name, value in values.items():
+        object.__setattr__(section, name, value)
+
+
+def _canonical_params(text: str | None) -> str | None:
+    """``--search-params`` checked and written one way (``" efSearch = 64"`` → ``"efSearch=64"``); None stays None."""
+    if text is None:
+        return None
+    return ",".join(f"{k}={v}" for k, v in parse_search_params(text).items())
 
 
 @dataclass(frozen=True)
@@ -103,11 +118,12 @@ class SourceConfig:
     shard: tuple[int, int] | None = None  # (I, N): embed the I-th of N deterministic parts (``--shard I/N``)
 
     def __post_init__(self) -> None:
-        if not parse_channels(self.channels, "channel"):
+        channels = parse_channels(self.channels, "channel")
+        if not channels:
             raise UsageError(f"no camera channel selected; valid choices: {', '.join(CAMERA_CHANNELS)}")
+        _keep(self, sources=tuple(self.sources), channels=channels, scenes=split_list(self.scenes),
+              shard=None if self.shard is None else parse_shard(self.shard))
         at_least("--limit", self.limit, 1)
-        if self.shard is not None:
-            parse_shard(self.shard)
 
 
 @dataclass(frozen=True)
@@ -120,7 +136,7 @@ class OutputConfig:
     npy: bool = False
     overwrite: bool = False
     publish: str | None = None
-    lease_timeout: float = LEASE_STALE_S  # seconds without a heartbeat after which an output's lease is stale (job.lease)
+    lease_timeout: float = LEASE_TIMEOUT_S  # seconds without a heartbeat after which an output's lease is stale (job.runfolder.lease)
 
     def __post_init__(self) -> None:
         at_least("--shard-size", self.part_size, 1)
@@ -152,7 +168,7 @@ class IndexOverrides:
             raise UsageError(f"--pq-bits {self.pq_bits} must be in 1..16")
         if self.refine is not None:
             check_choice("--refine", self.refine, REFINE_CHOICES)
-        parse_search_params(self.search_params)
+        _keep(self, search_params=_canonical_params(self.search_params))
 
 
 @dataclass(frozen=True)
@@ -197,13 +213,11 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         at_least("-k", self.k, 1)
-        parse_search_params(self.search_params)
         check_choice("device", self.device, DEVICES)
-        parse_channels(self.channels, "--channel")
-        if self.where is not None:
-            from .filters import check_syntax  # DuckDB's parser: the columns are checked at search time
-
-            check_syntax(self.where)
+        _keep(self, search_params=_canonical_params(self.search_params), channels=parse_channels(self.channels, "--channel"),
+              locations=split_list(self.locations), scenes=split_list(self.scenes),
+              # DuckDB's parser: the columns are checked at search time
+              where=None if self.where is None else check_where(self.where))
 
 
 @dataclass(frozen=True)
@@ -275,7 +289,8 @@ class CurateConfig:
         at_least("--k", self.k, 1)
         check_choice("k-NN method", self.method, CURATE_METHODS)
         object.__setattr__(self, "near_threshold", parse_near_threshold(self.near_threshold, "--near-threshold"))
-        parse_positive(self.still_metres, "--still-metres", "distance in metres")
+        _keep(self, still_metres=parse_positive(self.still_metres, "--still-metres", "distance in metres"),
+              balance=split_list(self.balance))
         at_least("--select", self.select, 1)
         check_choice("device", self.device, DEVICES)
         if (self.balance or self.export) and self.select is None:

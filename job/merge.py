@@ -22,13 +22,23 @@ from typing import Any
 from . import fsutil
 from .config import JobConfig
 from .errors import DataError, UsageError
-from .lease import HEARTBEAT_S, Lease
 from .pipeline import tracked
-from .runfolder import SHARDS_DIR, Counts, Manifest, Outputs, RunLayout, find_manifest
+from .runfolder import (
+    SHARDS_DIR,
+    Counts,
+    Lease,
+    Manifest,
+    Outputs,
+    PartKey,
+    RunLayout,
+    find_manifest,
+    list_parts,
+    open_dataset,
+    part_url,
+)
 from .status import StatusWriter
-from .steps import finish_run
+from .steps import finish_run, preflight
 from .stopping import StopRequest
-from .tables import PartKey, list_parts, part_url
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +183,8 @@ def merge_run(cfg: JobConfig) -> Manifest:
     t0 = time.perf_counter()
     root = RunLayout.for_output(cfg.output.out)
     shards = check_shards(root)  # nothing is written before every shard checks out
-    if cfg.curate.enabled:
-        from .curation import check_options
-        from .tables import open_dataset
-
-        check_options(cfg.curate, list(open_dataset(root.shard(0).embeddings).schema.names))
-    with StopRequest() as stop, Lease.acquire(root.lease, stale_after_s=cfg.output.lease_timeout,
-                                              heartbeat_s=min(HEARTBEAT_S, cfg.output.lease_timeout / 4)):
+    preflight(cfg, list(open_dataset(root.shard(0).embeddings).schema.names))
+    with StopRequest() as stop, Lease.for_output(root.lease, cfg.output.lease_timeout):
         status = StatusWriter.open(root.run_dir)
         with tracked(status):
             status.phase("merge")

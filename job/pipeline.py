@@ -9,11 +9,10 @@ import logging
 
 from .config import JobConfig
 from .embed import Embedding, build
-from .errors import Interrupted
-from .lease import LeaseHeld
-from .runfolder import Manifest, RunLayout, write_manifest
+from .errors import Interrupted, UsageError
+from .runfolder import LeaseHeld, Manifest, RunLayout, write_manifest
 from .status import StatusWriter, note_waiting
-from .steps import finish_run, summary
+from .steps import finish_run, preflight, summary
 from .stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -22,9 +21,11 @@ log = logging.getLogger(__name__)
 def run_pipeline(cfg: JobConfig) -> Manifest:
     """Embed, index, project; write the manifest last; publish when asked. Returns the manifest."""
     layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
+    _check_device(cfg, layout)
     with StopRequest() as stop:
         try:
-            embedding = build(cfg)  # every input is checked here, and the output's lease taken, before any write
+            # every input is checked here, and the output's lease taken, before any write
+            embedding = build(cfg, lambda columns: preflight(cfg, columns))
         except LeaseHeld as exc:
             note_waiting(layout.run_dir, str(exc))
             raise
@@ -34,6 +35,20 @@ def run_pipeline(cfg: JobConfig) -> Manifest:
             stop.check("while the model was loading")
             status = StatusWriter.open(layout.run_dir, cfg.source.shard)
             return _embed_and_finish(cfg, embedding, status, stop)
+
+
+def _check_device(cfg: JobConfig, layout: RunLayout) -> None:
+    """``--device cuda`` without a GPU torch can use ends the run in seconds, and ``_STATUS`` says why (the cloud run
+    asks for CUDA: a reason there beats an exit code; ``tests/test_embed.py::test_device_cuda_fails_fast_in_status``)."""
+    if cfg.model.device != "cuda":
+        return
+    from .model.device import pick_device
+
+    try:
+        pick_device("cuda")
+    except UsageError as exc:
+        StatusWriter.open(layout.run_dir, cfg.source.shard).finish("failed", str(exc))
+        raise
 
 
 def _embed_and_finish(cfg: JobConfig, embedding: Embedding, status: StatusWriter, stop: StopRequest) -> Manifest:

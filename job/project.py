@@ -20,8 +20,7 @@ import pyarrow as pa
 
 from .config import MIN_DIST, N_NEIGHBORS, UMAP_BACKENDS, JobConfig, ProjectConfig
 from .errors import UsageError
-from .runfolder import Projection, RunLayout
-from .tables import read_vectors, write_table
+from .runfolder import Projection, RunLayout, read_vectors, write_table
 
 log = logging.getLogger(__name__)
 

@@ -9,19 +9,38 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from . import fsutil
 from .config import JobConfig
-from .runfolder import Curation, IndexInfo, Manifest, Projection, RunLayout, write_manifest
+from .runfolder import Curation, IndexInfo, Manifest, Projection, RunLayout, RunRef, write_manifest
 from .stopping import StopRequest
 
 if TYPE_CHECKING:
-    from .model import LoadedModel
     from .project import UmapParams
     from .status import StatusWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def preflight(cfg: JobConfig, columns: list[str]) -> None:
+    """The options of the steps after embedding, checked against the embeddings' columns before anything is written
+    (``job run`` before it embeds, ``job merge`` before it lays the shards out): a bad one exits 2 with nothing written
+    rather than after hours of embedding."""
+    if cfg.curate.enabled:
+        from .curate.run import check_options
+
+        check_options(cfg.curate, columns)
+
+
+def rerun_step(ref: RunRef, step: Callable[[Manifest | None], T]) -> T:
+    """``job index --run``, ``job project --run``, ``job curate --run``: one step on a finished run, recorded in its
+    manifest, which is written again (when the run has one: bare embeddings have none)."""
+    result = step(ref.manifest)
+    if ref.manifest is not None:
+        write_manifest(ref.layout, ref.manifest)
+    return result
 
 
 def _timed(manifest: Manifest | None, key: str, t0: float) -> None:
@@ -60,8 +79,8 @@ def project_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None,
 
 
 def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Curation:
-    """Duplicates, rarity and a diverse subset (``job.curation``) in ``curation/``; recorded in ``manifest``."""
-    from .curation import curate_run
+    """Duplicates, rarity and a diverse subset (``job.curate.run``) in ``curation/``; recorded in ``manifest``."""
+    from .curate.run import curate_run
 
     t0 = time.perf_counter()
     info = curate_run(layout, cfg.curate, progress=cfg.progress)
@@ -70,37 +89,6 @@ def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) ->
         manifest.outputs.curation = layout.rel(layout.curation_dir)
     _timed(manifest, "curation_s", t0)
     return info
-
-
-def text_queries_step(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows: int) -> bool:
-    """At the end of embedding: the text tower's vectors of the driving prompts (``RunLayout.text_queries``), the
-    queries that tune the text index, when that index will be approximate (for a shard: at the merged run's size);
-    an exact one needs no tuning. Returns whether it wrote them."""
-    from .errors import UsageError
-    from .index.plan import plan_index
-    from .prompts import prompts
-    from .store import CLS_COLUMN
-    from .tables import write_npy
-
-    if lm.text_column != CLS_COLUMN:
-        return False
-    try:
-        n = rows * (cfg.source.shard[1] if cfg.source.shard else 1)
-        if plan_index(n, lm.embed_dim, cfg.index).kind == "flat":
-            return False
-    except UsageError:  # no index fits the memory budget: the index step will say so; the queries cost little
-        pass
-    import torch
-
-    from .model import encode_text
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        queries = encode_text(lm, prompts())
-    write_npy(layout.text_queries, queries)
-    log.info("encoded %d text prompts to tune the text index in %.1f s -> %s", len(queries),
-             time.perf_counter() - t0, layout.text_queries)
-    return True
 
 
 def summary(manifest: Manifest, layout: RunLayout) -> str:
@@ -136,11 +124,12 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
         stop.check("before writing the manifest")
     if verify is not None:
         verify()
-    write_manifest(layout, manifest)
     if cfg.output.publish:
         from .publish import publish_run
 
         phase("publish")
+        write_manifest(layout, manifest)  # complete here; the copy publishes it last, then says where it went
         manifest.published = publish_run(layout, cfg.output.publish)
+    write_manifest(layout, manifest)
     log.info(summary(manifest, layout))
     return manifest

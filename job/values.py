@@ -185,3 +185,30 @@ def parse_flag(value: str | None, option: str) -> bool | None:
     if v in _TRUE or v in _FALSE:
         return v in _TRUE
     raise UsageError(f"{option}={value!r} is not a yes/no value; valid: {', '.join(_TRUE + _FALSE)} or empty")
+
+
+def where_statement(where: str) -> str:
+    """The statement a ``--where`` condition runs in (``job.search.filters`` executes it over the metadata)."""
+    return f"SELECT id FROM meta WHERE ({where})"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (DuckDB's errors run to several), at most 200 characters."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def check_where(where: str) -> str:
+    """A ``--where``: one SQL condition, checked by DuckDB's parser (the columns are checked against the run later);
+    an empty or multi-statement one is refused. Returns it stripped."""
+    import duckdb
+
+    if not where.strip():
+        raise UsageError("--where is empty; give an SQL condition, e.g. \"channel = 'CAM_FRONT' AND NOT night\"")
+    try:
+        statements = duckdb.extract_statements(where_statement(where))
+    except duckdb.Error as exc:
+        raise UsageError(f"filter {where!r} is not a valid SQL condition: {first_line(exc)}") from None
+    if len(statements) != 1:
+        raise UsageError(f"filter {where!r} must be one SQL condition (no ';' or extra statements)")
+    return where.strip()

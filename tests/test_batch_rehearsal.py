@@ -29,7 +29,7 @@ import pytest
 from conftest import TEST_MODEL
 from job.cli import main
 from job.runfolder import RunLayout
-from job.tables import read_table
+from job.runfolder import read_table
 from nuscenes_fixture import make_nuscenes_fixture, pack_trainval_archives
 
 REPO = Path(__file__).resolve().parents[1]

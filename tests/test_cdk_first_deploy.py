@@ -237,7 +237,7 @@ def test_failed_jobs_are_noted_next_to_the_run(batch):
     (write,) = [s for s in _statements(batch, sm["RoleArn"]["Fn::GetAtt"][0]) if "s3:" in json.dumps(s["Action"])]
     assert write["Action"] == "s3:PutObject"
     assert json.dumps(write["Resource"]).endswith(f'/{batch.config.run_prefix}{C.BATCH_NOTES_DIR}/*"]]}}')
-    from job.status_view import BATCH_NOTES_DIR
+    from job.runfolder import BATCH_NOTES as BATCH_NOTES_DIR
 
     assert BATCH_NOTES_DIR == C.BATCH_NOTES_DIR  # the reader and the writer agree
 

@@ -195,7 +195,7 @@ def test_script_keeps_the_capacity_block_delimited():
 
 def test_script_status_phases_follow_the_job_schema():
     from cdk import constants as C
-    from job.lease import STALE_AFTER_S
+    from job.config import LEASE_TIMEOUT_S as STALE_AFTER_S
     from job.status import STATES
 
     script = RUN_SCRIPT.read_text()

@@ -30,7 +30,7 @@ def _reencode(data: bytes, scale: float, quality: int) -> bytes:
 def curated(nuscenes_dataroot):
     from job.config import ModelConfig
     from job.decode import decode_image
-    from job.model import ImageEncoder, load_model
+    from job.model.load import ImageEncoder, load_model
 
     info = nuscenes_dataroot
     repeated = {info.stationary_scene, info.moving_repeated_scene}

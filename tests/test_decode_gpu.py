@@ -7,7 +7,7 @@ import torch
 
 from conftest import jpeg_bytes
 from job.decode import decode_image
-from job.decode_gpu import GpuDecoder, gpu_decode_available
+from job.decode.gpu import GpuDecoder, gpu_decode_available
 
 CPU = torch.device("cpu")
 
@@ -59,7 +59,7 @@ def test_cuda_decode_matches_cpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_embed_bf16_close_to_fp32(tmp_path) -> None:
     from job.config import ModelConfig
-    from job.model import ImageEncoder, load_model
+    from job.model.load import ImageEncoder, load_model
 
     batch = np.stack([decode_image(jpeg_bytes(1600, 900, seed=s), 224, "pad")[0] for s in range(8)])
     fp32 = ImageEncoder(load_model(ModelConfig(model="ViT-B-32", pretrained="none", device="cuda", precision="fp32")))

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TEST_MODEL, jpeg_bytes
 from job.cli import main
-from job.store import path_id
+from job.runfolder import path_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 def _rows(parquet: Path) -> dict[str, dict]:
     t = pq.read_table(parquet)
     return {r["path"]: r for r in t.to_pylist()}
+
+
+@pytest.mark.skipif(bool(__import__("torch").cuda.is_available()), reason="needs a machine without CUDA")
+def test_device_cuda_fails_fast_in_status(image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``job run --device cuda`` without a GPU: exit 2 before the source or the model is touched, ``_STATUS`` failed
+    with the reason (what the cloud run shows), and no data written."""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    rc = main(["run", "--model", TEST_MODEL, "--pretrained", "none", "--image-dir", str(image_dir), "--out", str(out),
+               "--device", "cuda", "--no-progress"])
+    assert rc == 2 and time.perf_counter() - t0 < 10
+    assert "--device cuda: torch" in capsys.readouterr().err
+    status = json.loads((out / "_STATUS").read_text())
+    assert status["status"] == "failed" and "sees no CUDA device" in status["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["_STATUS"]
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Fast paths fall back instead of ending the run (job/fallback.py): each failure injected on the CPU, on the first
+"""Fast paths fall back instead of ending the run (job/embed/fallback.py): each failure injected on the CPU, on the first
 batch and mid-run; the vectors equal the safe path's and the manifest records what ran."""
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import TEST_MODEL, jpeg_bytes
-from job import decode_gpu
+from job.decode import gpu as decode_gpu
 from job.cli import main
 from job.decode import DecodePool
-from job.decode_gpu import GpuDecoder, GpuDecodeStage, choose_decoder
-from job.fallback import FallbackDecodeStage, FallbackEncoder
-from job.model import ImageEncoder
+from job.decode.gpu import GpuDecoder, GpuDecodeStage, choose_decoder
+from job.embed.fallback import FallbackDecodeStage, FallbackEncoder
+from job.model.load import ImageEncoder
 from job.sources import ImageRecord
 
 QUIET = ["--no-progress", "--log-level", "WARNING", "--image-size", "64", "--batch-size", "4"]
@@ -149,7 +149,7 @@ def test_gpu_decode_that_fails_gives_way_to_the_cpu_pool(safe_run, monkeypatch, 
 
 
 def test_a_run_whose_gpu_decode_fails_mid_run_completes_and_says_so(safe_run, tmp_path: Path, monkeypatch) -> None:
-    from job import embed
+    from job.embed import attempt as embed
 
     src, safe = safe_run
     monkeypatch.setattr(embed, "pick_decoder", lambda cfg, lm, first, workers: ("gpu", {}))  # as on CUDA

@@ -11,7 +11,8 @@ import pytest
 from job.cli import main
 from job.config import IndexConfig, IndexOverrides
 from job.errors import UsageError
-from job.filters import MetaFilter, check_syntax, compose_where
+from job.search.filters import MetaFilter, compose_where
+from job.values import check_where
 from job.index import build_from_arrays, load_index, set_search_params
 from job.index.filtered import FilteredSearch
 from job.values import parse_search_params
@@ -66,11 +67,11 @@ def test_meta_filter_columns_derived_flags_and_errors() -> None:
     assert len(mf.ids("true")) == len(rows)  # the view survived
 
 
-def test_check_syntax() -> None:
-    check_syntax("channel = 'CAM_FRONT' AND NOT is_key_frame")
+def test_check_where() -> None:
+    check_where("channel = 'CAM_FRONT' AND NOT is_key_frame")
     for bad in ("", "channel = ", "a b c"):
         with pytest.raises(UsageError):
-            check_syntax(bad)
+            check_where(bad)
 
 
 # ------------------------------------------------------------------------------------------- Faiss

@@ -27,7 +27,8 @@ from job.index import (
     plan_index,
     recall_at,
 )
-from job.store import PartWriter, RunLayout, embedding_schema
+from job.embed.parts import PartWriter
+from job.runfolder import RunLayout, embedding_schema
 from job.values import parse_size
 
 N, D = 3000, 32

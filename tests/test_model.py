@@ -13,14 +13,8 @@ from conftest import jpeg_bytes
 from job.config import ModelConfig
 from job.errors import UsageError
 from job.decode import decode_image
-from job.model import (
-    DEFAULT_TAGS,
-    ImageEncoder,
-    encode_text,
-    load_model,
-    resolve_model_name,
-    resolve_pretrained,
-)
+from job.model import DEFAULT_TAGS, resolve_model_name, resolve_pretrained
+from job.model.load import ImageEncoder, encode_text, load_model
 
 SMALL = dict(model="ViT-S-32", pretrained="none")
 
@@ -196,10 +190,35 @@ def test_text_tower(small) -> None:
 
 def test_device_and_precision_errors() -> None:
     if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="no CUDA device"):
+        with pytest.raises(UsageError, match="sees no CUDA device"):
             load_model(ModelConfig(**SMALL, device="cuda"))
     with pytest.raises(UsageError, match="fp16 is not supported on the CPU"):
         load_model(ModelConfig(**SMALL, device="cpu", precision="fp16"))
+
+
+def test_device_cuda_means_cuda(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``--device cuda`` is CUDA or a clear error; a listed device that cannot run a kernel counts as none."""
+    from job.model import device as dev
+
+    dev.cuda_problem.cache_clear()
+    monkeypatch.setattr(dev.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"--device cuda: torch .* sees no CUDA device.*valid choices here: auto, cpu"):
+        dev.pick_device("cuda")
+    assert dev.pick_device("auto").type == "cpu" and dev.pick_device("cpu").type == "cpu"
+
+    dev.cuda_problem.cache_clear()
+    monkeypatch.setattr(dev.torch.cuda, "is_available", lambda: True)
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
+
+    monkeypatch.setattr(dev.torch, "arange", no_kernel)
+    with pytest.raises(UsageError, match="a test kernel on CUDA failed: CUDA error: no kernel image is available"):
+        dev.pick_device("cuda")
+    with caplog.at_level("WARNING", logger="job.model.device"):
+        assert dev.pick_device("auto").type == "cpu"
+    assert "not usable" in caplog.text
+    dev.cuda_problem.cache_clear()
 
 
 @pytest.mark.slow

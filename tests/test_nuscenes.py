@@ -12,7 +12,7 @@ from nuscenes_fixture import add_orphan_image, make_nuscenes_fixture, pack_train
 
 from job import nuscenes as ns
 from job.nuscenes import jsonstream
-from job.store import embedding_schema
+from job.runfolder import embedding_schema
 
 
 def _builder_from_dir(d: Path, version: str, **kw) -> ns.TablesBuilder:

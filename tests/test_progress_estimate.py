@@ -13,19 +13,19 @@ import boto3
 import pytest
 
 from conftest import TEST_MODEL, jpeg_bytes
-from job import status as status_mod
+from job.status import writer as status_mod
 from job.cli import main
 from job.config import SourceConfig
 from job.sources import open_source
 from job.status import StatusWriter
-from job.status_view import aggregate, format_run_status, format_status
+from job.status import aggregate, format_run_status, format_status
 
 
 def typed(docs: dict) -> dict:
     """Status documents as ``job.status.read_status`` returns them."""
     import msgspec
 
-    from job.documents import StatusDoc
+    from job.runfolder import StatusDoc
 
     return {i: msgspec.convert(d, type=StatusDoc) for i, d in docs.items()}
 

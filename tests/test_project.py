@@ -19,9 +19,10 @@ from job.config import JobConfig, OutputConfig, ProjectConfig
 from job.errors import UsageError
 from job.project import UMAP_SCHEMA, UmapParams, compute_umap, pick_backend, project_run
 from job.runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, read_manifest, write_manifest
-from job.thumbs import THUMB_PX
-from job.store import PartWriter, embedding_schema, path_id
-from job.tables import read_table
+from job.search import THUMB_PX
+from job.embed.parts import PartWriter
+from job.runfolder import embedding_schema, path_id
+from job.runfolder import read_table
 
 CAMS = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT")
 DESCRIPTIONS = ("Night, after rain, peds", "Rain, bus stop", "Construction zone", "Night, big street")

@@ -12,7 +12,7 @@ from conftest import TEST_MODEL
 from job.cli import main
 from job.publish import publish_run
 from job.runfolder import RunLayout
-from job.tables import read_table
+from job.runfolder import read_table
 
 pytestmark = pytest.mark.s3
 
@@ -54,3 +54,17 @@ def test_run_folder_on_s3_and_resume(image_dir: Path, s3_bucket: str) -> None:
     assert main(args) == 0
     manifest = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key="runs/direct/manifest.json")["Body"].read())
     assert manifest["counts"]["embedded_this_attempt"] == 0 and manifest["counts"]["embedded"] == 12
+
+
+def test_run_records_where_it_was_published(image_dir: Path, tmp_path: Path, s3_bucket: str) -> None:
+    """``job run --publish``: the run folder's manifest says where the copy went (``published``), read back from the
+    file; the published copy is complete and its manifest came last."""
+    out = tmp_path / "run"
+    dest = f"s3://{s3_bucket}/runs/pub/"
+    assert main(["run", *TEST_MODEL, "--image-dir", str(image_dir), "--out", str(out), "--no-progress", "--no-index",
+                 "--no-project", "--publish", dest]) == 0
+    published = json.loads((out / "manifest.json").read_text())["published"]
+    assert published["to"] == dest and published["files"] == len(_keys(s3_bucket, "runs/pub/")) >= 3
+    assert published["bytes"] > 0
+    remote = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key="runs/pub/manifest.json")["Body"].read())
+    assert remote["counts"]["embedded"] == 12 and remote["status"] == "succeeded"

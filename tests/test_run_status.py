@@ -10,14 +10,14 @@ import pytest
 from job.cli import main
 from job.errors import Interrupted
 from job.status import StatusWriter
-from job.status_view import aggregate, read_run_status
+from job.status import aggregate, read_run_status
 
 
 def typed(docs: dict) -> dict:
     """Status documents as ``job.status.read_status`` returns them."""
     import msgspec
 
-    from job.documents import StatusDoc
+    from job.runfolder import StatusDoc
 
     return {i: msgspec.convert(d, type=StatusDoc) for i, d in docs.items()}
 

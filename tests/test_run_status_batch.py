@@ -8,7 +8,8 @@ from pathlib import Path
 
 from job.cli import main
 from job.status import StatusWriter
-from job.status_view import BATCH_NOTES_DIR, aggregate, read_run_status
+from job.runfolder import BATCH_NOTES as BATCH_NOTES_DIR
+from job.status import aggregate, read_run_status
 
 CANCELLED = "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
 

@@ -14,18 +14,7 @@ import pytest
 from conftest import TEST_MODEL
 from job.cli import main
 from job.errors import DataError, UsageError
-from job.runfolder import (
-    SCHEMA_VERSION,
-    Counts,
-    Manifest,
-    ModelInfo,
-    Outputs,
-    RunLayout,
-    manifest_from_json,
-    open_run,
-    read_manifest,
-    write_manifest,
-)
+from job.runfolder import SCHEMA_VERSION, Counts, Manifest, ModelInfo, Outputs, RunLayout, manifest_from_json, open_run, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +131,7 @@ print(json.dumps(sorted(json.load(open(run + "/manifest.json")))))
 
 @pytest.mark.slow
 def test_manifest_keys_are_owned_by_one_module(image_dir: Path, tmp_path: Path) -> None:
-    """Rename manifest keys in job/documents.py only: embed, index --run, project --run, search, notebook helpers
+    """Rename manifest keys in job/runfolder/documents.py only: embed, index --run, project --run, search, notebook helpers
     and publish all keep working, because nothing else spells a key."""
     pkg = tmp_path / "pkg"
     shutil.copytree(REPO / "job", pkg / "job", ignore=shutil.ignore_patterns("__pycache__"))

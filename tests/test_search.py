@@ -56,7 +56,7 @@ def test_manifest_carries_the_index(run_dir: Path) -> None:
 def _exact_text_ranking(run_dir: Path, text: str, column: str) -> list[int]:
     import pyarrow.parquet as pq
 
-    from job.model import encode_text
+    from job.model.load import encode_text
 
     s = Searcher.open(str(run_dir), device="cpu")
     q = encode_text(s.model(), [text])[0]

@@ -440,7 +440,7 @@ def test_s3_prefix_read_retries_and_read_errors(nuscenes_dataroot, s3_data, monk
 
 
 def test_camera_list_matches_config():
-    from job.config import CAMERA_CHANNELS
+    from job.values import CAMERA_CHANNELS
 
     assert set(CAMERAS) == set(CAMERA_CHANNELS)
 

@@ -12,7 +12,7 @@ from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive, pack_trai
 
 from job.cli import main
 from job.nuscenes import META_NAMES
-from job.store import path_id
+from job.runfolder import path_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 

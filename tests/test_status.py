@@ -137,7 +137,7 @@ def test_tag_weights_are_fetched_once_through_the_shared_cache(s3_bucket: str, t
     import torch
 
     from job.config import ModelConfig
-    from job.model import load_model
+    from job.model.load import load_model
 
     ckpt = tmp_path / "hub" / "open_clip_model.safetensors"
     ckpt.parent.mkdir()

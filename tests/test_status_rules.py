@@ -1,4 +1,4 @@
-"""The _STATUS merge rules (job/status_rules.py): one module for the job and the instance script, standard library only,
+"""The _STATUS merge rules (job/status/rules.py): one module for the job and the instance script, standard library only,
 and its command lines as the script runs them (a fresh python3 with no project environment)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from job import status_rules as rules
-from job.status import StatusWriter, read_status
+from job.config import LEASE_TIMEOUT_S
+from job.status import StatusWriter, read_status, rules
 
 RULES = Path(rules.__file__)
 
@@ -63,10 +63,10 @@ def test_a_waiting_note_survives_the_holders_next_write(tmp_path: Path) -> None:
 def test_the_lease_command_names_a_live_holder_only(tmp_path: Path) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     lease = tmp_path / "_LEASE"
-    for age, live in ((5, True), (rules.LEASE_STALE_S + 5, False)):
+    for age, live in ((5, True), (LEASE_TIMEOUT_S + 5, False)):
         beat = (now - dt.timedelta(seconds=age)).isoformat()
         lease.write_text(json.dumps({"owner": "abc", "host": "h", "pid": 7, "started": beat, "heartbeat": beat}))
-        out = _run("lease", str(lease), str(rules.LEASE_STALE_S)).stdout.strip()
+        out = _run("lease", str(lease), str(LEASE_TIMEOUT_S)).stdout.strip()
         assert (out.startswith("attempt abc on host h (pid 7), last heartbeat") if live else out == ""), out
     lease.write_text("not json")
     assert _run("lease", str(lease), "600").stdout == ""

@@ -10,9 +10,10 @@ import pytest
 
 from job.errors import UsageError
 from job.runfolder import RunLayout, read_manifest
-from job.resume import prepare_run
-from job.store import PartWriter, embedding_schema, path_id
-from job.tables import embedding_matrix, read_table, read_vectors
+from job.embed.resume import prepare_run
+from job.embed.parts import PartWriter
+from job.runfolder import embedding_schema, path_id
+from job.runfolder import embedding_matrix, read_table, read_vectors
 
 META = (pa.field("scene_name", pa.string()), pa.field("timestamp", pa.int64()))
 
@@ -23,7 +24,11 @@ def _vec(i: int, d: int = 8) -> np.ndarray:
 
 
 def test_path_id_is_stable_and_non_negative() -> None:
-    assert path_id("samples/CAM_FRONT/a.jpg") == path_id("samples/CAM_FRONT/a.jpg")
+    # pinned: ids are stored in every run folder, so the formula (BLAKE2b-64 of the path, little-endian, top bit
+    # cleared) must never change; these values were computed once and are written here by hand
+    assert path_id("samples/CAM_FRONT/a.jpg") == 2452810927838207642
+    assert path_id("samples/CAM_FRONT/n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927612460.jpg") \
+        == 395384243705805338
     assert path_id("samples/CAM_FRONT/a.jpg") != path_id("samples/CAM_FRONT/b.jpg")
     ids = {path_id(f"samples/CAM_FRONT/{i}.jpg") for i in range(20000)}
     assert len(ids) == 20000 and min(ids) >= 0 and max(ids) < 2**63

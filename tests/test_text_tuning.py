@@ -16,7 +16,7 @@ from job.cli import main
 from job.config import IndexConfig, IndexOverrides
 from job.index import build_from_arrays, evaluate, load_index, set_search_params
 from job.index.tune import queries_eval_set
-from job.prompts import prompts
+from job.model import prompts
 from job.runfolder import RunLayout
 
 QUIET = ["--no-project", "--no-progress", "--workers", "0", "--log-level", "WARNING"]
@@ -71,7 +71,7 @@ def test_an_approximate_run_tunes_its_text_index_on_the_prompts(images: Path, tm
                  *QUIET]) == 0
     q = np.load(RunLayout(str(out)).text_queries)
     assert q.shape == (len(prompts()), 384) and q.dtype == np.float32
-    from job.model import encode_text
+    from job.model.load import encode_text
     from job.search import Searcher
 
     want = encode_text(Searcher.open(str(out), device="cpu").model(), prompts())

@@ -16,11 +16,12 @@ from conftest import TEST_MODEL, jpeg_bytes
 from job import fsutil
 from job.cli import main
 from job.errors import DataError
-from job.lease import Lease, LeaseHeld, LeaseInfo, LeaseLost
-from job.resume import check_complete, prepare_run, settle
+from job.runfolder import Lease, LeaseHeld, LeaseInfo, LeaseLost
+from job.embed.resume import check_complete, prepare_run, settle
 from job.runfolder import RunLayout
-from job.store import PartWriter, embedding_schema
-from job.tables import PartKey, list_parts, read_vectors
+from job.embed.parts import PartWriter
+from job.runfolder import embedding_schema
+from job.runfolder import PartKey, list_parts, read_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [*TEST_MODEL, "--image-size", "64", "--no-progress", "--log-level", "WARNING"]
@@ -147,21 +148,21 @@ def test_a_part_lost_before_the_manifest_fails_the_run_and_the_same_command_comp
     src = _images(tmp_path / "src", 10)
     out = tmp_path / "out"
     argv = ["embed", "--image-dir", str(src), "--out", str(out), *FAST, "--shard-size", "3"]
-    from job import embed as embed_module
+    from job.embed import attempt as embed_module
 
-    real = embed_module.text_queries_step
+    real = embed_module.encode_text_queries
 
     def lose_a_part(*args, **kwargs):  # between embedding and the manifest
         first = sorted((out / "embeddings.parquet").iterdir())[0]
         first.unlink()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(embed_module, "text_queries_step", lose_a_part)
+    monkeypatch.setattr(embed_module, "encode_text_queries", lose_a_part)
     assert main(argv) == 1
     err = _error_lines(capsys)
     assert len(err) == 1 and "3 of 10 images are neither in embeddings.parquet nor in failures.parquet" in err[0], err
     assert "Run the same command" in err[0] and not (out / "manifest.json").exists()
-    monkeypatch.setattr(embed_module, "text_queries_step", real)
+    monkeypatch.setattr(embed_module, "encode_text_queries", real)
     assert main(argv) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["embedded"] == 10 and m["counts"]["embedded_this_attempt"] == 3

@@ -2,6 +2,8 @@
 
 The CLI is the top layer: it imports the stages, and no stage imports it. Each ``cmd_*`` module adds
 its subcommands with ``register(subparsers)`` and sets ``handler=fn(cfg, args) -> exit code``.
+
+May import: everything below it (the run-level modules, the stages, the ground floor); nothing imports it.
 """
 from __future__ import annotations
 
@@ -13,17 +15,11 @@ from typing import Sequence
 from .. import fsutil
 from ..errors import JobError
 from .args import config_from_args
-from .options import (  # re-exported for the cmd_* modules
-    Parser,
-    add_common_options,
-    add_index_options,
-    positive_int,
-)
+from .options import Parser
 
 log = logging.getLogger("job")
 
-__all__ = ["build_parser", "config_from_args", "main", "add_common_options", "add_index_options", "positive_int"]
-_positive_int = positive_int  # older spelling, kept for cmd modules written against it
+__all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,17 +4,15 @@ from __future__ import annotations
 import argparse
 
 from ..config import CURATE_METHODS, DEVICES, CurateConfig, JobConfig
-from ..curation import summary_lines
-from ..runfolder import open_run, write_manifest
-from ..steps import curate_step
+from ..curate.run import summary_lines
+from ..runfolder import open_run
+from ..steps import curate_step, rerun_step
 from .options import add_common_options, choice, positive_int
 
 
 def _curate(cfg: JobConfig, args: argparse.Namespace) -> int:
     ref = open_run(args.run)
-    info = curate_step(cfg, ref.layout, ref.manifest)
-    if ref.manifest is not None:
-        write_manifest(ref.layout, ref.manifest)
+    info = rerun_step(ref, lambda m: curate_step(cfg, ref.layout, m))
     print("\n".join(summary_lines(info)))
     print(f"-> {ref.layout.curation_dir}/")
     return 0

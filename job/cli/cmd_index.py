@@ -7,8 +7,8 @@ from ..config import EVAL_QUERIES, REFINE_CHOICES, JobConfig
 from ..errors import UsageError
 from ..index import build_index_file
 from ..index.plan import DEFAULT_TRAIN_MAX, HNSW_EF_CONSTRUCTION, HNSW_M
-from ..runfolder import RunLayout, find_manifest, index_info_url, open_run, write_manifest
-from ..steps import index_step
+from ..runfolder import RunLayout, RunRef, find_manifest, index_info_url, open_run
+from ..steps import index_step, rerun_step
 from .options import add_common_options, add_index_options, positive_int
 
 
@@ -25,9 +25,7 @@ def _index_command(cfg: JobConfig, args: argparse.Namespace) -> int:
         raise UsageError("give --embeddings PARQUET (with --index-out FILE) or --run OUTDIR")
     out = ix.index_out or layout.index
     if out == layout.index and emb == layout.embeddings:  # the output's own index (and its text-query index)
-        built = index_step(cfg, layout, manifest)
-        if manifest is not None:
-            write_manifest(layout, manifest)
+        built = rerun_step(RunRef(layout, manifest), lambda m: index_step(cfg, layout, m))
         urls = (layout.index, layout.text_index)
     else:
         dim = manifest.model.embed_dim if manifest is not None else None

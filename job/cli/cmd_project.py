@@ -5,8 +5,8 @@ import argparse
 
 from ..config import JobConfig
 from ..project import UmapParams, pick_backend
-from ..runfolder import open_run, write_manifest
-from ..steps import project_step
+from ..runfolder import open_run
+from ..steps import project_step, rerun_step
 from .options import add_common_options, add_projection_options
 
 
@@ -14,9 +14,7 @@ def _project(cfg: JobConfig, args: argparse.Namespace) -> int:
     ref = open_run(cfg.output.out)
     params = UmapParams.from_config(cfg.project)
     pick_backend(params.backend)  # cuML asked for but missing -> one-line error before any reading
-    project_step(cfg, ref.layout, ref.manifest, params)
-    if ref.manifest is not None:
-        write_manifest(ref.layout, ref.manifest)
+    rerun_step(ref, lambda m: project_step(cfg, ref.layout, m, params))
     return 0
 
 

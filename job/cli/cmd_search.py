@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import CAMERA_CHANNELS, DEVICES, JobConfig, SearchConfig
-from ..filters import compose_where
-from ..search import Searcher, format_hits, hits_json
+from ..config import DEVICES, JobConfig, SearchConfig
+from ..search import Searcher, compose_where, format_hits, hits_json
+from ..values import CAMERA_CHANNELS
 from .options import add_common_options, choice, positive_int
 
 

@@ -8,8 +8,7 @@ import time
 
 from ..config import JobConfig
 from ..errors import Interrupted
-from ..status import TERMINAL, read_log_tail
-from ..status_view import format_status, read_run_status
+from ..status import TERMINAL, format_status, read_log_tail, read_run_status
 from .options import add_common_options, number, positive_int
 
 _EXIT = {"succeeded": 0, "failed": 1, "interrupted": Interrupted.exit_code}

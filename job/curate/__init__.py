@@ -1,6 +1,10 @@
 """Curation over a run's vectors: k-NN graph, duplicates (exact, near, still), uniqueness and a diverse subset.
 
-Array-level: every function takes numpy arrays (vectors, ids, metadata columns) and needs no run folder.
+Array-level: every function here takes numpy arrays (vectors, ids, metadata columns) and needs no run folder; ``run``
+is the step that reads a run's vectors and metadata and writes ``curation/`` through the run folder.
+
+May import: the ground floor, ``job.runfolder``, ``job.index`` (the run's index, the exact search), ``job.decode``
+(``content_hash``), ``job.model`` (the device check).
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
         raise UsageError(f"{len(ids)} ids for {n} vectors")
     k = min(k, n - 1)
     timings: dict[str, float] = {}
-    dev = "cuda" if (device == "auto" and cuda_torch() is not None) else "cpu"
+    dev = "cuda" if (device in ("auto", "cuda") and cuda_torch() is not None) else "cpu"
     if method in ("index", "ivf-lists") and index is None:
         raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index")
     if index is not None and int(index.ntotal) != n:

@@ -1,8 +1,14 @@
-"""Index stage: plan, build, tune and load Faiss indexes over a run's embeddings (cosine = inner product)."""
+"""Index stage: plan, build, tune and load Faiss indexes over a run's embeddings (cosine = inner product).
+
+``plan`` (which index, which parameters: no Faiss needed), ``build`` (create, train, add, save, load), ``tune``
+(recall on held-out queries, search parameters), ``exact`` (the one exact search), ``vectors``, ``text`` (the
+text-query index over ``embedding_cls``), ``filtered`` (top-k among a filter's ids inside Faiss).
+
+May import: the ground floor and ``job.runfolder``.
+"""
 from __future__ import annotations
 
-from ..runfolder import INDEX_FILE
-from ..tables import open_dataset
+from ..runfolder import INDEX_FILE, open_dataset
 from .build import (
     build_from_arrays,
     build_index,

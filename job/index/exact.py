@@ -50,7 +50,7 @@ def _topk_torch(torch: Any, xq: Any, xb: Any, k: int, block: int = 262_144) -> t
 def exact_search(xq: np.ndarray, x: np.ndarray, k: int, *, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(rows, cosines) of the exact top-k of each query among ``x``: torch on CUDA when present (``device='auto'``;
     ``'torch'`` forces the torch path on whatever device, for tests), else Faiss flat inner product."""
-    torch = cuda_torch() if device == "auto" else None
+    torch = cuda_torch() if device in ("auto", "cuda") else None
     if device == "torch":
         import torch as torch_mod
 

@@ -3,7 +3,7 @@
 CLIP's contrastive loss aligned the text tower with the CLS output of the image tower; with ``--pool mean`` the
 run stores that vector too (``embedding_cls``, same forward pass), and text queries search this index. Text vectors
 are not like the image vectors they search (the modality gap), so it is tuned on text: the vectors of the prompts in
-``job/prompts.py`` (``index/text_queries.npy``).
+``job/model/prompts.py`` (``index/text_queries.npy``).
 """
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import logging
 import numpy as np
 
 from ..config import JobConfig
-from ..runfolder import TEXT_QUERIES_FILE, IndexInfo, RunLayout
-from ..store import CLS_COLUMN
-from ..tables import open_dataset, read_npy
+from ..runfolder import CLS_COLUMN, TEXT_QUERIES_FILE, IndexInfo, RunLayout, open_dataset, read_npy
 from .build import build_index_file
 
 log = logging.getLogger(__name__)
@@ -49,4 +47,4 @@ def text_queries(layout: RunLayout, dim: int | None) -> tuple[np.ndarray, str] |
         log.warning("ignoring %s (shape %s, the vectors are %s-d): the text index is tuned on in-index vectors",
                     layout.text_queries, q.shape, dim)
         return None
-    return q, f"text-tower vectors of {len(q)} driving prompts ({TEXT_QUERIES_FILE}, job/prompts.py)"
+    return q, f"text-tower vectors of {len(q)} driving prompts ({TEXT_QUERIES_FILE}, job/model/prompts.py)"

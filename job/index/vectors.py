@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..tables import read_vectors
+from ..runfolder import read_vectors
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,7 @@
-"""nuScenes tables: the metadata schema, dataroot path helpers, streamed JSON parsing and the joined, indexed tables."""
+"""nuScenes tables: the metadata schema, dataroot path helpers, streamed JSON parsing and the joined, indexed tables.
+
+May import: ``job.errors`` only (the tables are read by the sources, and by anything that needs nuScenes' own words).
+"""
 from __future__ import annotations
 
 from .jsonstream import CHUNK_BYTES, iter_array_slices

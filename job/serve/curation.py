@@ -1,12 +1,12 @@
 """What the search page shows of a run's curation (``job curate``): a hit's duplicate group, the images by rarity,
-and the diverse subset, read from ``curation/`` through the run folder (``job.curation.table_of``).
+and the diverse subset, read from ``curation/`` through the run folder (``job.curate.run.table_of``).
 
 A run that was never curated keeps working: ``CurationView.available`` is False and ``hint`` is the command that
 curates it; the routes that need the curation answer 404 with that command.
 
 Groups: ``duplicates.parquet`` has one row per image that repeats another, with the image kept for its whole group
 (``keep_id``, the group's **root**, which repeats nothing: the curation step follows the chains when it writes the
-file, ``job.curation.duplicate_roots``). A group is the root and every row with that ``keep_id``.
+file, ``job.curate.run.duplicate_roots``). A group is the root and every row with that ``keep_id``.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
-from ..curation import DUPLICATES, SCORES, SELECTION, table_of
-from ..documents import Curation
+from ..curate.run import DUPLICATES, SCORES, SELECTION, table_of
 from ..errors import NotFound
-from ..runfolder import RunLayout
+from ..runfolder import Curation, RunLayout
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,8 @@ import numpy as np
 
 from .. import fsutil
 from ..errors import UsageError
-from ..filters import compose_where
-from ..hits import json_safe, make_hits
-from ..search import Searcher
-from ..tables import read_table
-from ..thumbs import Thumbnails
+from ..runfolder import read_table
+from ..search import Searcher, Thumbnails, compose_where, json_safe, make_hits
 from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
 from .curation import CurationView, kind_counts
 

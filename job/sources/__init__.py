@@ -1,4 +1,11 @@
-"""Source stage: ImageRecords (a dataroot-relative path plus bytes or a URL) from folders, S3 prefixes, archives."""
+"""Source stage: ImageRecords (a dataroot-relative path plus bytes or a URL) from folders, S3 prefixes, archives.
+
+``base`` (ImageRecord, the ``Source`` protocol, Selection, ``ReadPass``), ``local``, ``s3``, ``archive`` (+ spool,
+tables from archives), ``archive_reader`` (streamed ``.tgz``), ``remote`` (ranged GETs, the read retry), ``fanin``
+(reader threads), ``multi`` (``open_source``).
+
+May import: the ground floor, ``job.nuscenes`` (the metadata of each image) and ``job.runfolder`` (``path_id``).
+"""
 from __future__ import annotations
 
 from ..nuscenes import IMAGE_EXTENSIONS, is_image_name

@@ -10,10 +10,10 @@ from typing import AbstractSet, Any, Iterable, Iterator, Mapping, Protocol
 import pyarrow as pa
 
 from .. import fsutil
-from ..config import CAMERA_CHANNELS
 from ..errors import StorageError, UsageError
 from ..nuscenes import IMAGE_EXTENSIONS, LAYOUT_DIRS, MetaIndex, NuScenesTables, is_version_dir
 from ..runfolder import path_id
+from ..values import CAMERA_CHANNELS
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,9 @@ curation (duplicate groups, the rarest images, the subset on the map and its cov
 
 Used by ``notebooks/umap_visualize.ipynb`` so its cells stay short; everything here works on a run
 folder given as a local path or an ``s3://`` URL and is unit-tested without a notebook.
+
+May import: the ground floor, ``job.runfolder``, the stages that read a run (``job.search``, ``job.index``,
+``job.model``, ``job.curate``, ``job.eval``) and ``job.project`` (the map).
 """
 from .curation import (
     RunCuration,

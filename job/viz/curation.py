@@ -1,7 +1,7 @@
 """A run's curation (``job curate``) for the notebook: its tables, the largest duplicate groups, the rarest images,
 and how the diverse subset covers each location and camera. Figures are in ``curation_plots``.
 
-Everything is read from ``curation/`` through the run folder (``job.curation.table_of``); a run that was never
+Everything is read from ``curation/`` through the run folder (``job.curate.run.table_of``); a run that was never
 curated gives ``None`` and a note naming the command that curates it, so the notebook can skip its curation cells.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .. import fsutil
-from ..curation import DUPLICATES, HISTOGRAM, NEIGHBOURS, SCORES, SELECTION, summary_lines, table_of
-from ..documents import Curation
+from ..curate.run import DUPLICATES, HISTOGRAM, NEIGHBOURS, SCORES, SELECTION, summary_lines, table_of
+from ..runfolder import Curation
 from .gallery import hits_table
 from .run import Run
 

@@ -60,7 +60,7 @@ def groups_figure(run: Run, cur: RunCuration, *, groups: int = 4, per_group: int
 
 
 def _time(us: Any) -> str:
-    from ..hits import time_text
+    from ..search import time_text
 
     text = time_text(us)
     return text[11:] + " UTC" if text else ""

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .. import fsutil
-from ..hits import hits_table as hits_frame
-from ..hits import make_hits
 from ..index.exact import exact_search
-from ..thumbs import Thumbnails
+from ..search import Thumbnails, make_hits
+from ..search import hits_table as hits_frame
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ HIT_COLUMNS = ("id", "path", "scene_name", "channel", "location", "weather", "sc
 
 
 def hits_table(run: Run, rows: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Hits as a small table (``job.hits``' hits): id, path, scene, channel, location, weather, score."""
+    """Hits as a small table (``job.search.hits``' hits): id, path, scene, channel, location, weather, score."""
     cols = [c for c in HIT_COLUMNS if c in run.meta]
     found = make_hits(np.asarray(scores, np.float32).tolist(),
                       run.meta.iloc[np.asarray(rows, np.int64)][cols].to_dict("records"))
@@ -88,7 +87,7 @@ def similar_images(run: Run, key: int | str | None, k: int = 8, *, use_index: bo
 
 def load_text_model(run: Run, device: str = "auto") -> Any:
     """The run's own model (same weights as its image vectors) on this machine, through ``model.load_run_model``."""
-    from ..model import load_run_model
+    from ..model.load import load_run_model
 
     return load_run_model(run.manifest, device=None if device == "auto" else device)
 
@@ -101,7 +100,7 @@ def text_search(
     CLIP's contrastive training aligned the text tower with the image tower's CLS output, so with
     ``--pool mean`` the run's ``embedding_cls`` column is searched, not the mean-pooled image vectors.
     """
-    from ..model import encode_text
+    from ..model.load import encode_text
 
     qs = encode_text(lm, list(texts))
     out = {}
@@ -118,7 +117,7 @@ def text_search(
 
 def thumbnails(run: Run, ids: Sequence[int]) -> dict[int, Any]:
     """PIL images for ``ids``: from ``thumbnails.parquet`` when the run has it, else from the source images (a
-    placeholder for images inside archives): ``job.thumbs.Thumbnails``, the search page's reader too."""
+    placeholder for images inside archives): ``job.search.thumbs.Thumbnails``, the search page's reader too."""
     if "thumbs" not in run.__dict__:
         run.__dict__["thumbs"] = Thumbnails(run.layout, run.manifest)
     thumbs: Thumbnails = run.__dict__["thumbs"]

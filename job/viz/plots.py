@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fsutil
-from ..tables import read_table
+from ..runfolder import read_table
 from .run import OTHER_COLOR, Run
 
 log = logging.getLogger(__name__)

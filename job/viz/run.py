@@ -10,11 +10,18 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..config import CAMERA_CHANNELS
 from ..errors import UsageError
-from ..runfolder import Manifest, RunLayout, open_run, read_manifest
-from ..store import CLS_COLUMN, VECTOR_COLUMNS
-from ..tables import embedding_matrix, read_table
+from ..runfolder import (
+    CLS_COLUMN,
+    VECTOR_COLUMNS,
+    Manifest,
+    RunLayout,
+    embedding_matrix,
+    open_run,
+    read_manifest,
+    read_table,
+)
+from ..values import CAMERA_CHANNELS
 
 log = logging.getLogger(__name__)
 

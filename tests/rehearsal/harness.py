@@ -231,7 +231,7 @@ class Instance:
             # the stand-in nuScenes bucket on the moto server (user_data.sh's s3fs options otherwise), quick apt retries
             "NUSCENES_S3_URL": a.endpoint, "S3FS_EXTRA_OPTIONS": S3FS_LOCAL_OPTIONS, "APT_RETRY_S": "1",
             # the _STATUS rules the user-data downloads beside the script (cdk/compute.py): the repository's file
-            "STATUS_RULES": str(REPO / "job" / "status_rules.py"), "LEASE_POLL_S": "1",
+            "STATUS_RULES": str(REPO / "job" / "status" / "rules.py"), "LEASE_POLL_S": "1",
         }
         settings.update(self.settings)
         return "".join(f"{k}={v}\n" for k, v in settings.items())

@@ -6,8 +6,8 @@ Every piece is an interface, so the loop runs with fakes in tests (``tests/test_
 * ``stage``: a :class:`~job.decode.DecodeStage` (CPU workers or nvJPEG);
 * ``encoder``: an :class:`Encoder` whose ``submit`` starts a batch and returns a function that waits for its vectors,
   so the next batch is handed to the device before this one is collected (one batch in flight);
-* ``writer``: a :class:`RowSink` (``store.PartWriter``: rows and failures, committed in parts);
-* ``progress``: a :class:`ProgressSink` (``job.progress.RunProgress``: tqdm and ``_STATUS``);
+* ``writer``: a :class:`RowSink` (``job.embed.parts.PartWriter``: rows and failures, committed in parts);
+* ``progress``: a :class:`ProgressSink` (``job.embed.progress.RunProgress``: tqdm and ``_STATUS``);
 * ``stop``: a ``StopRequest`` checked after every batch: the loop stops reading, collects the batch in flight and
   commits what it holds.
 """
@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from .decode import DecodeResult, DecodeStage
-from .sources import ImageRecord
-from .stopping import StopRequest
+from ..decode import DecodeResult, DecodeStage
+from ..sources import ImageRecord
+from ..stopping import StopRequest
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
@@ -34,7 +37,7 @@ class Encoder(Protocol):
 
 
 class RowSink(Protocol):
-    """Where embedded rows and failures go (``store.PartWriter``)."""
+    """Where embedded rows and failures go (``job.embed.parts.PartWriter``)."""
 
     committed_rows: int
 
@@ -127,6 +130,14 @@ class EmbedLoop:
         self.stats.embedded += len(result.ok_positions)
         return len(result.ok_positions)
 
+    def _close_after_failure(self) -> None:
+        """The encoder or the stage failed: what was already collected is committed (it is whole), and the original
+        error is the one that surfaces even if the commit fails too (a lost lease refuses it)."""
+        try:
+            self.writer.close()
+        except Exception as exc:  # noqa: BLE001 - the first error is the one to report
+            log.warning("could not commit the rows embedded before the failure: %s", exc)
+
     def run(self) -> LoopStats:
         """Embed every batch (until a stop is asked for), then commit the last part."""
         t_loop = time.perf_counter()
@@ -151,6 +162,10 @@ class EmbedLoop:
                 t_wait = time.perf_counter()
             if in_flight is not None:
                 self.progress.advance(self._collect(*in_flight), 0)
+        except BaseException:
+            self._close_after_failure()
+            raise
+        else:
             self.writer.close()
         finally:
             close = getattr(decoded, "close", None)

@@ -2,7 +2,7 @@
 the instance script (``cdk/scripts/user_data.sh`` runs this file with the instance's ``python3``; it is shipped
 beside the script as a CDK asset). Standard library only: the instance has no project environment.
 
-The document is a JSON object (typed on the job's side as ``job.documents.StatusDoc``). The rules:
+The document is a JSON object (typed on the job's side as ``job.runfolder.documents.StatusDoc``). The rules:
 
 1. **One attempt** is one ``(started_at, attempt)`` pair. A writer continues the document of its own attempt and
    never rewrites another attempt's.
@@ -13,7 +13,7 @@ The document is a JSON object (typed on the job's side as ``job.documents.Status
    before the job ended, e.g. a spot notice) replaces it, and a writer that finds its attempt already terminal in
    the stored copy adopts it.
 4. **Phases** are appended with their time when the phase changes.
-5. **A writer turned away** by a live lease on the output (``job.lease``) changes nothing but a ``waiting`` note in
+5. **A writer turned away** by a live lease on the output (``job.runfolder.lease``) changes nothing but a ``waiting`` note in
    the holder's document (who came, when, why it left); the holder keeps that note when it writes next.
 
 Command lines (the instance script)::
@@ -25,8 +25,9 @@ Command lines (the instance script)::
 The first: MINE is this attempt's local copy (created when missing, rewritten in place); STORED the copy S3 holds now
 (empty or missing: none). STATUS is running|succeeded|failed|interrupted, PHASE may be empty, FORCE is ``force`` or
 empty. The environment gives STARTED_AT and ATTEMPT (this attempt) and RUN_ID, RUN_URI, INSTANCE_ID, INSTANCE_TYPE,
-MARKET, DATA_SOURCE (how the dataset is read: the s3fs mount, or S3 directly and why). ``note`` adds rule 5's ``waiting`` note to STORED in place. ``lease`` reads a copy of the run's ``_LEASE``
-(``job.lease``'s format) and prints who holds it when it is live (its heartbeat younger than TIMEOUT_S), nothing when
+MARKET, DATA_SOURCE (how the dataset is read: the s3fs mount, or S3 directly and why). ``note`` adds rule 5's
+``waiting`` note to STORED in place. ``lease`` reads a copy of the run's ``_LEASE`` (``job.runfolder.lease``'s format)
+and prints who holds it when it is live (its heartbeat younger than TIMEOUT_S), nothing when
 it is stale or unreadable: the instance script waits while another writer works on the run.
 """
 from __future__ import annotations
@@ -38,7 +39,6 @@ import sys
 from typing import Any, Optional
 
 SCHEMA = 1
-LEASE_STALE_S = 600.0  # job.lease's default --lease-timeout: a writer's lease without a heartbeat this long is stale
 STATES = ("running", "succeeded", "failed", "interrupted")
 TERMINAL = frozenset(STATES[1:])
 PREVIOUS_KEYS = ("status", "reason", "phase", "updated_at")
@@ -99,7 +99,7 @@ def adopt(doc: Doc, stored: Optional[Doc]) -> Doc:
 
 
 def note_waiting(stored: Doc, host: str, reason: str, at: Optional[str] = None) -> Doc:
-    """Rule 5: a writer that found the output held by a live writer (``job.lease``) leaves without touching the run,
+    """Rule 5: a writer that found the output held by a live writer (``job.runfolder.lease``) leaves without touching the run,
     recording why in the holder's document (``waiting``); the holder's status stays as it is."""
     stored["waiting"] = {"at": at or now(), "host": host, "reason": reason}
     return stored
@@ -123,7 +123,7 @@ def settle(doc: Doc, status: str, reason: str = "", *, force: bool = False) -> D
 
 
 def lease_holder(lease: Any, timeout_s: float, at: Optional[datetime.datetime] = None) -> Optional[str]:
-    """Who holds a live lease (``job.lease``'s JSON: owner, host, pid, heartbeat), as one phrase; None when it is
+    """Who holds a live lease (``job.runfolder.lease``'s JSON: owner, host, pid, heartbeat), as one phrase; None when it is
     stale or unreadable."""
     try:
         beat = datetime.datetime.fromisoformat(str(lease["heartbeat"]))

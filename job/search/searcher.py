@@ -7,7 +7,7 @@ run's own model (from ``manifest.json``) and refuse other weights.
 Two vector spaces: image and id queries search ``embedding`` (the pooled image vectors); text queries search
 the vectors CLIP's text tower was trained against, the CLS output (``embedding_cls`` of a ``--pool mean`` run,
 indexed in ``index/text.faiss``; ``embedding`` itself with ``--pool cls``). Every query takes an SQL
-``where`` over the metadata columns (``job.filters``); the search is then restricted inside Faiss
+``where`` over the metadata columns (``job.search.filters``); the search is then restricted inside Faiss
 (``job.index.filtered``), so k hits come back whenever k rows match.
 """
 from __future__ import annotations
@@ -19,13 +19,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import fsutil
-from .errors import DataError, NotFound, UsageError
-from .hits import format_hits, hits_json, hits_table, json_safe, make_hits, time_text  # noqa: F401  (re-exported)
-from .index import RECALL_K, ids_digest, load_index, set_search_params
-from .runfolder import IndexInfo, Manifest, RunLayout, find_manifest, index_info_url, open_run, read_index_info
-from .store import CLS_COLUMN, VECTOR_COLUMNS
-from .tables import embedding_matrix
+from .. import fsutil
+from ..errors import DataError, NotFound, UsageError
+from ..index import RECALL_K, ids_digest, load_index, set_search_params
+from ..runfolder import (
+    CLS_COLUMN,
+    VECTOR_COLUMNS,
+    IndexInfo,
+    Manifest,
+    RunLayout,
+    embedding_matrix,
+    find_manifest,
+    index_info_url,
+    open_run,
+    read_index_info,
+)
+from .hits import make_hits
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +55,7 @@ class Space:
     def filtered(self) -> Any:
         """The index's FilteredSearch (made on first use: it reads the id map)."""
         if self._filtered is None:
-            from .index.filtered import FilteredSearch
+            from ..index.filtered import FilteredSearch
 
             self._filtered = FilteredSearch(self.index)
         return self._filtered
@@ -100,7 +109,7 @@ class Searcher:
         if manifest is None:
             manifest = find_manifest(emb_layout)
         idx = load_index(index)
-        from .index import open_dataset
+        from ..index import open_dataset
 
         dataset = open_dataset(embeddings)
         table = dataset.to_table(columns=[c for c in dataset.schema.names if c not in VECTOR_COLUMNS])
@@ -128,8 +137,8 @@ class Searcher:
             return Space(idx, _current(idx), meta.column or CLS_COLUMN, url, meta)
         names = _schema_names(self.emb_url)
         if CLS_COLUMN in names:
-            from .index import load_vectors
-            from .index._faiss import load_faiss
+            from ..index import load_vectors
+            from ..index._faiss import load_faiss
 
             faiss = load_faiss()
             log.info("no text index beside the image index: text queries search %s exactly", CLS_COLUMN)
@@ -197,7 +206,7 @@ class Searcher:
 
     def by_text(self, text: str, k: int = 10, *, where: str | None = None) -> list[dict[str, Any]]:
         """Top-k images for a text query, embedded with the run's own text tower, in the text-query space."""
-        from .model import encode_text
+        from ..model.load import encode_text
 
         if not text.strip():
             raise UsageError("--text is empty")
@@ -207,8 +216,8 @@ class Searcher:
 
     def by_image(self, image: str | bytes, k: int = 10, *, where: str | None = None) -> list[dict[str, Any]]:
         """Top-k images for an image file (local path, URL, or bytes), preprocessed as the run did."""
-        from .decode import DecodeError, decode_image
-        from .model import ImageEncoder
+        from ..decode import DecodeError, decode_image
+        from ..model.load import ImageEncoder
 
         self._check_k(k)
         if isinstance(image, (bytes, bytearray)):
@@ -255,7 +264,7 @@ class Searcher:
     def model(self) -> Any:
         """The run's model (loaded once through ``model.load_run_model``, with its checks)."""
         if self._lm is None:
-            from .model import load_run_model
+            from ..model.load import load_run_model
 
             if self.manifest is None:
                 raise UsageError(f"no manifest beside {self.emb_url}; text and image queries need the run's model "
@@ -285,7 +294,7 @@ class Searcher:
 
 
 def _current(index: Any) -> dict[str, int]:
-    from .index import current_search_params
+    from ..index import current_search_params
 
     return current_search_params(index)
 
@@ -296,7 +305,7 @@ def _apply_params(index: Any, params: str | None) -> None:
 
 
 def _schema_names(emb_url: str) -> list[str]:
-    from .index import open_dataset
+    from ..index import open_dataset
 
     return list(open_dataset(emb_url).schema.names)
 

@@ -7,11 +7,10 @@ import json
 import logging
 from typing import Any
 
-from . import fsutil
-from .documents import StatusDoc
-from .errors import DataError, UsageError
-from .runfolder import BATCH_NOTES, RunLayout
-from .status import SCHEMA, read_status
+from .. import fsutil
+from ..errors import DataError, UsageError
+from ..runfolder import RunLayout, StatusDoc
+from .writer import SCHEMA, read_status
 
 
 def _duration(seconds: float | None) -> str:
@@ -54,7 +53,6 @@ def format_status(doc: dict[str, Any], log_tail: list[str]) -> str:
 # -- a run split into shards (``job run --shard I/N`` into OUTDIR/shards/I/, then ``job merge``) ----------------------
 
 SHARD_KEYS = ("status", "reason", "phase", "progress", "started_at", "updated_at", "previous")
-BATCH_NOTES_DIR = BATCH_NOTES  # re-exported
 log = logging.getLogger(__name__)
 
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .config import ModelConfig
-from .errors import DataError
+from ..config import ModelConfig
+from ..errors import DataError
 
 # 3: parts named after the attempt that wrote them (part-NNNNN-ATTEMPT), the content_hash column, typed index
 # descriptions. Version 2 folders read the same (their parts have no attempt id, their rows no hash).
@@ -29,7 +29,6 @@ JSON_KEYS: dict[str, str] = {
     "recall_at_10": "recall@10",
     "size_bytes": "bytes",
 }
-MANIFEST_KEYS = JSON_KEYS  # the name tests and older code use
 
 
 class Typed(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -98,7 +97,7 @@ class ModelInfo(Doc):
     device: str = "cpu"
     precision: str = "fp32"  # what the encoder ran in the end (after any fallback)
     compiled: bool = False
-    fallbacks: list[str] = []  # fast paths that failed and what took over (job.fallback)
+    fallbacks: list[str] = []  # fast paths that failed and what took over (job.embed.fallback)
     load_seconds: float = 0.0
 
 
@@ -268,9 +267,9 @@ class Waiting(Typed):
 
 
 class StatusDoc(Typed):
-    """``_STATUS``: what a run is doing now and why it stopped (``job.status``; the merge rules: ``job.status_rules``).
+    """``_STATUS``: what a run is doing now and why it stopped (``job.status``; the merge rules: ``job.status.rules``).
 
-    Its keys are a contract with the instance script (``cdk/scripts/user_data.sh`` via ``job/status_rules.py``), so
+    Its keys are a contract with the instance script (``cdk/scripts/user_data.sh`` via ``job/status/rules.py``), so
     they are spelled as stored and never renamed."""
 
     status: str

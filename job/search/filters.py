@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..values import check_where, first_line, where_statement
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +58,6 @@ def compose_where(where: str | None = None, *, channels: Sequence[str] = (), loc
     return " AND ".join(parts) or None
 
 
-def _statement(where: str) -> str:
-    return f"SELECT id FROM meta WHERE ({where})"
-
-
-def check_syntax(where: str) -> None:
-    """Refuse a ``--where`` that is empty or not one SQL condition (the columns are checked against the run later)."""
-    import duckdb
-
-    if not where.strip():
-        raise UsageError("--where is empty; give an SQL condition, e.g. \"channel = 'CAM_FRONT' AND NOT night\"")
-    try:
-        statements = duckdb.extract_statements(_statement(where))
-    except duckdb.Error as exc:
-        raise UsageError(f"filter {where!r} is not a valid SQL condition: {_first_line(exc)}") from None
-    if len(statements) != 1:
-        raise UsageError(f"filter {where!r} must be one SQL condition (no ';' or extra statements)")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
 class MetaFilter:
     """DuckDB over one metadata table (no vectors): conditions in, sorted matching ids out."""
 
@@ -103,15 +81,15 @@ class MetaFilter:
         """Sorted int64 ids of the rows matching ``where``; UsageError naming the valid columns otherwise."""
         import duckdb
 
-        check_syntax(where)
+        check_where(where)
         with self._lock:
             if where in self._cache:
                 self._cache.move_to_end(where)
                 return self._cache[where]
             try:
-                got = self._con.execute(_statement(where)).fetchnumpy()["id"]
+                got = self._con.execute(where_statement(where)).fetchnumpy()["id"]
             except duckdb.Error as exc:
-                raise UsageError(f"filter {where!r}: {_first_line(exc)}; valid columns: "
+                raise UsageError(f"filter {where!r}: {first_line(exc)}; valid columns: "
                                  f"{', '.join(self.columns)}") from None
             ids = np.sort(np.asarray(got, np.int64))
             self._cache[where] = ids

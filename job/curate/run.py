@@ -23,12 +23,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import fsutil
-from .config import CurateConfig
-from .documents import Curation
-from .errors import DataError, UsageError
-from .runfolder import RunLayout, index_info_url, read_index_info
-from .tables import open_dataset, read_table, read_vectors, write_table
+from .. import fsutil
+from ..config import CurateConfig
+from ..errors import DataError, UsageError
+from ..runfolder import (
+    Curation,
+    RunLayout,
+    index_info_url,
+    open_dataset,
+    read_index_info,
+    read_table,
+    read_vectors,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ class RunVectors:
 
 def check_options(cfg: CurateConfig, columns: list[str]) -> list[str]:
     """The ``--balance`` columns, checked against the embeddings' columns (before a run embeds anything)."""
-    from .curate import check_balance
+    from . import check_balance
 
     return check_balance(cfg.balance, [c for c in columns if c not in ("embedding", "embedding_cls", "id")])
 
@@ -77,7 +84,7 @@ def _index(layout: RunLayout, ids: np.ndarray, method: str) -> Any:
             raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index "
                              f"--run {layout.run_dir}")
         return None
-    from .index import ids_digest, load_index
+    from ..index import ids_digest, load_index
 
     info = read_index_info(layout.index)
     index = load_index(layout.index)
@@ -121,7 +128,7 @@ def _lists(values: np.ndarray, valid: np.ndarray, kind: pa.DataType) -> pa.Array
 
 def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -> Curation:
     """Curate one output of a run (see the module docstring); bad options end before anything is written."""
-    from . import curate
+    from .. import curate
 
     t0 = time.perf_counter()
     run = _load(layout, cfg)
@@ -130,7 +137,11 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         raise UsageError(f"--select {cfg.select} is out of range; use 1 to {n} (the run has {n} images)")
     index = _index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
-    device = "cpu" if cfg.device == "cpu" else "auto"
+    device = cfg.device
+    if device == "cuda":  # CUDA means CUDA: without a usable GPU this is a one-line error, not a quiet CPU run
+        from ..model.device import pick_device
+
+        pick_device("cuda")
     graph = curate.knn_graph(run.x, run.ids, cfg.k, index=index, method=cfg.method, seed=cfg.seed, progress=progress,
                              device=device)
     timings["graph_s"] = time.perf_counter() - t0 - timings["read_s"]
@@ -172,7 +183,7 @@ def _write(layout: RunLayout, run: RunVectors, graph: Any, dups: Any, scores: di
            selection: Any, cfg: CurateConfig) -> dict[str, str]:
     """Every file of ``curation/`` (atomically), then the ones an earlier curation left and this one did not make
     are removed; returns name -> path relative to the run folder."""
-    from .curate import threshold_histogram
+    from . import threshold_histogram
 
     nbr = graph.neighbour_ids()
     valid = nbr >= 0

@@ -18,7 +18,7 @@ from typing import Any, Generator, Iterable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .decode import DecodeError, DecodeResult, Item, content_hash, decode_image, geometry, item_bytes
+from .cpu import DecodeError, DecodeResult, Item, content_hash, decode_image, geometry, item_bytes
 
 R = TypeVar("R", bound=Item)
 

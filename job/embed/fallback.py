@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .decode import DecodeResult, DecodeStage, R
+from ..decode.cpu import DecodeResult, DecodeStage, R
 
 log = logging.getLogger(__name__)
 

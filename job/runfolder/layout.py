@@ -1,4 +1,4 @@
-"""The run-folder contract: where each output of a run lives and the typed manifest (tables: :mod:`job.tables`).
+"""The run-folder contract: where each output of a run lives and the typed manifest (tables: :mod:`job.runfolder.tables`).
 
 A run folder (local or ``s3://``) holds one or more *outputs*. The default output's files have plain names;
 ``job embed --out DIR/a.parquet`` makes an output whose sidecars are named after it, so any number of
@@ -27,27 +27,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from . import fsutil
+from .. import fsutil
+from ..errors import DataError, UsageError
 from .documents import (
-    JSON_KEYS,
-    MANIFEST_KEYS,
     READABLE_VERSIONS,
-    SCHEMA_VERSION,
-    Counts,
-    Curation,
     IndexInfo,
     Manifest,
-    ModelInfo,
-    Outputs,
-    Projection,
     decode,
     encode,
 )
-from .errors import DataError, UsageError
-
-__all__ = ["JSON_KEYS", "MANIFEST_KEYS", "SCHEMA_VERSION", "Counts", "Curation", "IndexInfo", "Manifest", "ModelInfo", "Outputs",
-           "Projection", "RunLayout", "RunRef", "find_manifest", "index_info_url", "manifest_from_json", "open_run",
-           "path_id", "read_index_info", "read_manifest", "write_index_info", "write_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +113,7 @@ class RunLayout:
 
     @property
     def lease(self) -> str:
-        """The output's writer lease (``job.lease``): one writer per output."""
+        """The output's writer lease (``job.runfolder.lease``): one writer per output."""
         return self._side("_LEASE", "_LEASE")
 
     @property
@@ -162,7 +150,7 @@ class RunLayout:
 
     @property
     def curation_dir(self) -> str:
-        """``curation/``: what ``job curate`` found (``job.curation``)."""
+        """``curation/``: what ``job curate`` found (``job.curate.run``)."""
         return self._side("curation", "curation")
 
     def curation(self, name: str) -> str:
@@ -190,7 +178,7 @@ class RunLayout:
 
     @property
     def batch_notes_dir(self) -> str:
-        """``OUTDIR/_batch``: AWS Batch's word on the run's jobs it ended FAILED (``job.status_view``)."""
+        """``OUTDIR/_batch``: AWS Batch's word on the run's jobs it ended FAILED (``job.status.view``)."""
         return fsutil.join(self.run_dir, BATCH_NOTES)
 
     @property

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def resolve_pretrained(model: str, pretrained: str) -> WeightsSpec:
 
 def _fetch_url(url: str, cache_dir: str | None) -> str:
     """Download a checkpoint URL (``s3://`` …) once into the cache and return the local path."""
-    from . import fsutil
+    from .. import fsutil
 
     cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vit-embedding-drivedata")
     os.makedirs(cache, exist_ok=True)
@@ -138,7 +138,7 @@ def cached_tag_weights(name: str, tag: str, cache_url: str, cache_dir: str | Non
     """
     import open_clip
 
-    from . import fsutil
+    from .. import fsutil
 
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     preprocess = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}

@@ -12,25 +12,35 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import fsutil
-from .config import JobConfig
-from .decode import DecodePool, DecodeStage
-from .embed_loop import EmbedLoop, LoopStats, batched, unique_paths
-from .errors import DataError, UsageError
+from .. import fsutil
+from ..config import JobConfig
+from ..decode import DecodePool, DecodeStage
+from ..errors import DataError, UsageError
+from ..runfolder import (
+    CLS_COLUMN,
+    Counts,
+    Lease,
+    Manifest,
+    ModelInfo,
+    Outputs,
+    RunLayout,
+    embedding_schema,
+    read_vectors,
+    write_manifest,
+    write_npy,
+)
+from ..sources import ImageRecord, Source, open_source
+from ..stopping import StopRequest
 from .fallback import FallbackDecodeStage, FallbackEncoder
-from .lease import HEARTBEAT_S, Lease
+from .loop import EmbedLoop, LoopStats, batched, unique_paths
+from .parts import PartWriter
 from .progress import RunProgress
 from .resume import Ledger, ResumeState, check_complete, prepare_run
-from .runfolder import Counts, Manifest, ModelInfo, Outputs, RunLayout, write_manifest
-from .sources import ImageRecord, Source, open_source
-from .steps import text_queries_step
-from .stopping import StopRequest
-from .store import CLS_COLUMN, PartWriter, embedding_schema
-from .tables import read_vectors, write_npy
+from .text_queries import encode_text_queries
 
 if TYPE_CHECKING:
-    from .model import LoadedModel
-    from .status import StatusWriter
+    from ..model.load import LoadedModel
+    from ..status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +127,7 @@ class Embedding:
 
         if self.decoder != "gpu":
             return cpu()
-        from .decode_gpu import GpuDecodeStage
+        from ..decode.gpu import GpuDecodeStage
 
         self._stage = FallbackDecodeStage(lambda: GpuDecodeStage(lm.image_size, cfg.decode.resize_mode, lm.device),
                                           cpu, fast_name="gpu", safe_name="cpu")
@@ -167,7 +177,7 @@ class Embedding:
                             f"({failed_total} failed; see {layout.failures})")
         if cfg.output.npy:
             write_npy(layout.npy, read_vectors(layout.embeddings)[0])
-        text_queries_step(cfg, lm, layout, embedded_total)
+        encode_text_queries(cfg, lm, layout, embedded_total)
         rate = stats.embedded / stats.loop_s if stats.loop_s > 0 else 0.0
         log.info("embedded %d images this attempt (%d failed, %d already done) in %.1f s: %.1f images/s",
                  stats.embedded, stats.failed, state.rows + state.failures, wall_s, rate)
@@ -221,7 +231,7 @@ def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], work
         return "cpu", {}
     if cfg.decode.decoder == "cpu" or lm.device.type != "cuda":
         return "cpu", {}
-    from .decode_gpu import choose_decoder
+    from ..decode.gpu import choose_decoder
 
     return choose_decoder(cfg.decode.decoder, first, lm.image_size, cfg.decode.resize_mode, lm.device, workers)
 
@@ -229,7 +239,7 @@ def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], work
 def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tuple[str, Callable[[], Any]]]:
     """The encoders to try, fastest first: compiled (``--compile`` on CUDA), eager in the run's precision, and eager
     fp32 (the model loaded again in fp32) when the precision is lower (``fallback.FallbackEncoder``)."""
-    from .model import ImageEncoder, load_model
+    from ..model.load import ImageEncoder, load_model
 
     precision = str(lm.dtype).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16") \
         .replace("float16", "fp16")
@@ -243,31 +253,24 @@ def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tu
     return tiers
 
 
-def load_device(device: str) -> Any:
-    """The torch device ``--device`` names (``model.pick_device``)."""
-    from .model import pick_device
-
-    return pick_device(device)
-
-
-def build(cfg: JobConfig) -> Embedding:
+def build(cfg: JobConfig, preflight: Callable[[list[str]], None] | None = None) -> Embedding:
     """Every stage of one attempt, checked before anything is written: the source (inputs validated, tables
-    loaded), the output's lease (another live writer: stop at once, before minutes of model loading), the model, the
-    run folder (resume state, option check), the writer and the encoder."""
-    from .model import load_model
+    loaded), ``preflight`` (the run's later steps check their options against the embeddings' columns:
+    ``job.steps.preflight``), the output's lease (another live writer: stop at once, before minutes of model
+    loading), the model, the run folder (resume state, option check), the writer and the encoder."""
+    from ..model.device import pick_device
+    from ..model.load import load_model
 
     layout = RunLayout.for_run(cfg.output.out, cfg.source.shard)
     if not cfg.source.sources:
         raise UsageError("no input: give --image-dir DIR or --source URI (a folder, s3:// prefix or .tgz archives)")
-    if cfg.decode.decoder == "gpu" and load_device(cfg.model.device).type != "cuda":
+    device = pick_device(cfg.model.device)  # --device cuda without a usable GPU ends here, in seconds
+    if cfg.decode.decoder == "gpu" and device.type != "cuda":
         raise UsageError("--decode gpu needs a CUDA device; valid choices here: auto, cpu")
     source = open_source(cfg.source)
-    if cfg.curate.enabled:  # --balance names columns the embeddings will have: checked before anything is written
-        from .curation import check_options
-
-        check_options(cfg.curate, embedding_schema(1, source.meta_fields).names)
-    timeout = cfg.output.lease_timeout
-    lease = Lease.acquire(layout.lease, stale_after_s=timeout, heartbeat_s=min(HEARTBEAT_S, timeout / 4))
+    if preflight is not None:  # the later steps' options against the columns the embeddings will have
+        preflight(list(embedding_schema(1, source.meta_fields).names))
+    lease = Lease.for_output(layout.lease, cfg.output.lease_timeout)
     try:
         lm = load_model(cfg.model)
         identity = {**cfg.embedding_identity(), "weights_sha256": lm.weights_sha256, "image_size": lm.image_size}

@@ -1,12 +1,12 @@
 """Live status of a run: the ``_STATUS`` document in the run folder (``RunLayout.status``), its writer and reader.
 
-``_STATUS`` (JSON, local or ``s3://``; typed as :class:`~job.documents.StatusDoc`) says what a run is doing now:
+``_STATUS`` (JSON, local or ``s3://``; typed as :class:`~job.runfolder.documents.StatusDoc`) says what a run is doing now:
 ``status`` (running, succeeded, failed, interrupted), ``reason`` (why it stopped), the current ``phase`` and the time
 every phase began, and during embedding ``progress`` (done / total / failed, images/s, ETA; ``total_estimated`` while
 a ``.tgz`` stream's total is unknown), refreshed at least twice a minute. The instance script writes the phases
 before the job starts (check-gpu, scratch, mount, image, weights) and the final word after it ends; the job writes
-embed, index, project and publish. Both apply the same merge rules, :mod:`job.status_rules` (one attempt, first
-terminal status wins, the previous attempt's outcome kept). What ``job status`` prints from it: :mod:`job.status_view`.
+embed, index, project and publish. Both apply the same merge rules, :mod:`job.status.rules` (one attempt, first
+terminal status wins, the previous attempt's outcome kept). What ``job status`` prints from it: :mod:`job.status.view`.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fsutil, status_rules
-from .documents import StatusDoc, decode
-from .errors import DataError, UsageError
-from .runfolder import STATUS_FILE, RunLayout
+from .. import fsutil
+from ..errors import DataError, UsageError
+from ..runfolder import STATUS_FILE, RunLayout
+from ..runfolder.documents import StatusDoc, decode
+from . import rules as status_rules
 
 log = logging.getLogger(__name__)
 

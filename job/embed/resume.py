@@ -12,7 +12,7 @@
   image earlier attempts committed is in the embeddings or the failures exactly once; else a DataError names how many
   are missing and how to resume, and no manifest is written.
 
-Every writer runs these while holding the output's lease (``job.lease``), so nobody else commits meanwhile.
+Every writer runs these while holding the output's lease (``job.runfolder.lease``), so nobody else commits meanwhile.
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from typing import Any, Iterable, Mapping
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import fsutil
-from .errors import DataError, UsageError
-from .runfolder import RunLayout
-from .tables import PartKey, list_parts, part_url, table_bytes
+from .. import fsutil
+from ..errors import DataError, UsageError
+from ..runfolder import PartKey, RunLayout, list_parts, part_url, table_bytes
 
 log = logging.getLogger(__name__)
 

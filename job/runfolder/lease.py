@@ -6,7 +6,7 @@ pid, start and heartbeat. A thread renews the heartbeat every ``HEARTBEAT_S`` se
 still the one it wrote (``If-Match`` on the ETag; locally the same compare under ``flock``). A second writer that
 finds a live lease stops at once with :class:`LeaseHeld` (exit 75: "come back later"), naming the holder, its host and
 the age of its heartbeat. A lease whose heartbeat is older than the timeout (``--lease-timeout``, default
-``STALE_AFTER_S``) belonged to a writer that died without releasing it (a SIGKILL, a lost instance): it is taken over,
+``job.config.LEASE_TIMEOUT_S``) belonged to a writer that died without releasing it (a SIGKILL, a lost instance): it is taken over,
 again conditionally, so of two writers finding the same stale lease only one gets it; a lease held by a process of this
 host that no longer exists is taken over at once (a local run killed with SIGKILL resumes right away). A writer whose lease was taken
 (it lost contact for longer than the timeout) notices at its next renewal and commits nothing more
@@ -31,14 +31,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from . import fsutil
-from .errors import JobError
-from .status_rules import LEASE_STALE_S
+from .. import fsutil
+from ..config import LEASE_TIMEOUT_S
+from ..errors import JobError
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
-STALE_AFTER_S = LEASE_STALE_S  # the instance script reads the same number through job/status_rules.py
 
 
 class LeaseHeld(JobError):
@@ -234,12 +233,18 @@ class Lease:
         return self.info.owner
 
     @classmethod
-    def acquire(cls, url: str, *, owner: str | None = None, stale_after_s: float = STALE_AFTER_S,
+    def acquire(cls, url: str, *, owner: str | None = None, stale_after_s: float = LEASE_TIMEOUT_S,
                 heartbeat_s: float = HEARTBEAT_S) -> Lease:
         """Take the lease at ``url`` (creating it, or taking over a stale one), start its heartbeat, or raise
         :class:`LeaseHeld` naming the live holder."""
         with fsutil.faults("taking the writer lease", url):
             return cls._acquire(url, owner=owner, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
+
+    @classmethod
+    def for_output(cls, url: str, timeout_s: float) -> Lease:
+        """The lease of an output for a writer (``job run``/``embed``/``merge``): stale after ``timeout_s``
+        (``--lease-timeout``) without a heartbeat, renewed four times within it (at most every ``HEARTBEAT_S``)."""
+        return cls.acquire(url, stale_after_s=timeout_s, heartbeat_s=min(HEARTBEAT_S, timeout_s / 4))
 
     @classmethod
     def _acquire(cls, url: str, *, owner: str | None, stale_after_s: float, heartbeat_s: float) -> Lease:

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import fsutil
-from .errors import DataError, UsageError
+from .. import fsutil
+from ..errors import DataError, UsageError
 
 PARQUET = ".parquet"
 _PART_RE = re.compile(r"(?:^|/)part-(\d{5,})(?:-([0-9a-z]{1,32}))?\.parquet$")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .documents import IndexInfo
+from ..runfolder import IndexInfo
 
 
 def time_text(us: Any) -> str | None:

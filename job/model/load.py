@@ -1,4 +1,4 @@
-"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.registry``), pooling,
+"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.model.registry``), pooling,
 the batch encoders, and ``load_run_model`` for a finished run's own model.
 """
 from __future__ import annotations
@@ -13,20 +13,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .errors import DataError, UsageError
-from .registry import (  # noqa: F401  (re-exported: the registry is part of the model API)
-    DEFAULT_TAGS,
-    MODEL_ALIASES,
+from ..config import ModelConfig
+from ..errors import DataError, UsageError
+from ..runfolder import CLS_COLUMN, Manifest
+from .device import pick_device
+from .registry import (
     WeightsSpec,
     _fetch_url,
-    available_models,
     cached_tag_weights,
     resolve_model_name,
     resolve_pretrained,
 )
-from .runfolder import Manifest
-from .store import CLS_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +38,6 @@ def weights_hash(model: torch.nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     return h.hexdigest()
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available; valid choices here: auto, cpu")
-    return torch.device(device)
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -144,7 +132,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     """
     import open_clip
 
-    from .config import POOLS, PRECISIONS, check_choice
+    from ..config import POOLS, PRECISIONS
+    from ..values import check_choice
 
     check_choice("pool", cfg.pool, POOLS)
     check_choice("precision", cfg.precision, PRECISIONS)

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import fsutil
-from .runfolder import Manifest, RunLayout
-from .tables import list_parts
+from .. import fsutil
+from ..runfolder import Manifest, RunLayout, list_parts
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from .status import StatusWriter
+    from ..status import StatusWriter
 
 
 class RunProgress:
