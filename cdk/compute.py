@@ -37,6 +37,12 @@ def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
     return [f"cat > {path} <<'{tag}'", *lines, tag, f"chmod 0644 {path}"]
 
 
+def start_call(group_name: str) -> dict[str, object]:
+    """The one Auto Scaling call that starts the run (``JobGroup.start``): SetDesiredCapacity to 1 on the new group.
+    Its parameters are boto3's too (the rehearsal makes the same call: tests/test_rehearsal_capacity.py)."""
+    return {"AutoScalingGroupName": group_name, "DesiredCapacity": 1, "HonorCooldown": False}
+
+
 def group_arn(group_name: str) -> str:
     """ARN pattern of the named group (the middle part is a UUID AWS assigns; the name pins the group)."""
     return f"arn:{Aws.PARTITION}:autoscaling:{Aws.REGION}:{Aws.ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/{group_name}"
@@ -198,7 +204,7 @@ class JobGroup(Construct):
             on_create=cr.AwsSdkCall(
                 service="AutoScaling",
                 action="setDesiredCapacity",
-                parameters={"AutoScalingGroupName": group_name, "DesiredCapacity": 1, "HonorCooldown": False},
+                parameters=start_call(group_name),
                 physical_resource_id=cr.PhysicalResourceId.of(group_name),
             ),
             policy=cr.AwsCustomResourcePolicy.from_statements([

@@ -146,6 +146,8 @@ NOTEBOOK = "notebooks/umap_visualize.ipynb"
 SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     ".git",
     ".venv",
+    ".venv-deploy",
+    ".cache",
     "venv",
     "node_modules",
     "cdk.out",
@@ -157,6 +159,7 @@ SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     "package-lock.json",
     "Makefile",
     "requirements.lock",
+    "requirements-deploy.lock",
     ".gitignore",
     ".github",
     ".env",

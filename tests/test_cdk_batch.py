@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from test_cdk_stack import _CREDENTIAL_VARS, _FAKE_ENV, Synth, _checkov  # noqa: E402
+from test_cdk_stack import _CREDENTIAL_VARS, _FAKE_ENV, Synth, _checkov, _fake_aws_env  # noqa: E402, F401 (the module's offline AWS environment)
 from test_preflight import aws  # noqa: E402, F401 (a fixture: moto for the preflight's clients)
 from test_preflight import run as preflight_run  # noqa: E402
 
@@ -48,17 +48,6 @@ BATCH_MANY = {
     "nat_gateway": "true",
     "dataset": "mini",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fake_aws_env():
-    mp = pytest.MonkeyPatch()
-    for k, v in _FAKE_ENV.items():
-        mp.setenv(k, v)
-    for k in _CREDENTIAL_VARS:
-        mp.delenv(k, raising=False)
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -285,10 +274,10 @@ def test_one_shard_is_a_single_job(batch_one):
 
 
 def test_job_cli_accepts_the_commands(batch, monkeypatch):
-    try:
-        from job.cli import build_parser, config_from_args
-    except ImportError as exc:
-        pytest.skip(f"job CLI not importable: {exc}")
+    """The commands the job definitions run parse with the job's own CLI. An ImportError here is the regression this
+    test exists to catch (a module the CLI needs moved or gone): it fails, it never skips."""
+    from job.cli import build_parser, config_from_args
+
     shard, merge = _job_definitions(batch)
 
     def plain(cmd: list) -> list[str]:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from test_cdk_stack import _CREDENTIAL_VARS, _FAKE_ENV, Synth, _checkov  # noqa: E402
+from test_cdk_stack import Synth, _checkov, _fake_aws_env  # noqa: E402, F401 (the module's offline AWS environment)
 
 from cdk import constants as C  # noqa: E402
 from cdk.config import ConfigError, from_context  # noqa: E402
@@ -31,17 +31,6 @@ NAT_SPOT = {"run_id": "nat-spot", "nat_gateway": "true", "market": "spot", "spot
 KEPT = {"run_id": "kept-run", "artifacts_bucket": "vitembed-kept-0123456789", "max_run_hours": "2", "pool": "cls"}
 # Batch with the image left to its default and no run id (a new run).
 BATCH = {"engine": "batch", "shards": "3"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fake_aws_env():
-    mp = pytest.MonkeyPatch()
-    for k, v in _FAKE_ENV.items():
-        mp.setenv(k, v)
-    for k in _CREDENTIAL_VARS:
-        mp.delenv(k, raising=False)
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

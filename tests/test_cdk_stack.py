@@ -265,18 +265,18 @@ def test_bad_context_fails_synth_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("context", [{}, {k: v for k, v in CUSTOM.items() if k != "image"}])
 def test_job_cli_accepts_the_stack_arguments(context):
-    """The arguments user-data hands to ``python -m job run`` parse with the job's own CLI."""
-    try:
-        from job.cli import build_parser, config_from_args
-    except ImportError as exc:  # the job's dependencies (torch, ...) are not installed here
-        pytest.skip(f"job CLI not importable: {exc}")
+    """The arguments user-data hands to ``python -m job run`` parse with the job's own CLI (an ImportError fails: the
+    test venv holds the job's whole lock)."""
+    from job.cli import build_parser, config_from_args
+
     cfg = from_context({"run_id": "cli-check", **context}.get)
-    args = build_parser().parse_args(["run", *cfg.job_args(), "--out", "/data/out", "--publish", f"s3://b/{cfg.run_prefix}", "--device", "cuda"])
+    args = build_parser().parse_args(["run", *cfg.job_args(), "--out", "/data/out", "--publish", f"s3://b/{cfg.run_prefix}"])
     job_cfg = config_from_args(args)
     assert job_cfg.output.publish == f"s3://b/{cfg.run_prefix}"
     assert job_cfg.source.channels == cfg.channels
     assert job_cfg.source.keyframes_only is not cfg.include_sweeps
     assert job_cfg.model.pool == cfg.pool and job_cfg.decode.resize_mode == cfg.resize_mode
+    assert job_cfg.model.device == cfg.device == "cuda"  # the stack's own --device: CUDA, or a clear failure
 
 
 def test_cdk_package_does_not_import_the_job_cli():
