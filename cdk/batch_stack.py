@@ -73,21 +73,13 @@ class BatchRunStack(RunStackBase):
         self.compute = BatchCompute(
             self,
             "Batch",
-            vpc=self.network.vpc,
-            subnets=self.network.subnets,
-            security_group=self.network.security_group,
-            instance_types=cfg.instance_types,
-            market=cfg.market,
-            shards=cfg.shards,
-            root_volume_gb=cfg.root_volume_gb,
+            config=cfg,
+            network=self.network,
             image=self._container_image(),
             shard_command=shard_command(cfg, self.run_uri, cache_uri),
             merge_command=merge_command(cfg, self.run_uri),
             environment={"AWS_REGION": cfg.region, "AWS_DEFAULT_REGION": cfg.region},
             log_group=self.log_group,
-            log_stream_prefix=cfg.run_id,
-            max_run_minutes=cfg.max_run_minutes,
-            vcpu_cap=cfg.max_vcpus,
         )
         self.submission = Submission(
             self,

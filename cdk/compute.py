@@ -20,6 +20,8 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from . import constants as C
+from .config import RunConfig
+from .network import Network
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
@@ -81,24 +83,19 @@ class JobGroup(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        vpc: ec2.IVpc,
-        subnets: ec2.SubnetSelection,
-        security_group: ec2.ISecurityGroup,
-        group_name: str,
-        instance_types: Sequence[str],
-        market: str,
-        root_volume_gb: int,
-        ami_ssm_parameter: str,
+        config: RunConfig,
+        network: Network,
         run_env: Mapping[str, str],
-        job_args: Sequence[str],
-        max_run_minutes: int,
         source_asset: s3_assets.Asset | None,
-        region: str,
-        run_id: str,
         log_retention: logs.RetentionDays,
     ) -> None:
+        """``config`` gives the run's group name, types, market, root volume, AMI parameter, job options, time limit,
+        region and run id; ``run_env`` the script's settings; ``source_asset`` the repository when the instance builds
+        the image."""
         super().__init__(scope, construct_id)
-        self.group_name = group_name
+        cfg = config
+        self.group_name = group_name = cfg.group_name
+        instance_types, market, region = cfg.instance_types, cfg.market, cfg.region
         self.role = iam.Role(
             self,
             "Role",
@@ -126,12 +123,12 @@ class JobGroup(Construct):
 
         self.user_data = self._user_data(
             run_env={**run_env, "ASG_NAME": group_name},
-            job_args=job_args,
-            max_run_minutes=max_run_minutes,
+            job_args=cfg.job_args(),
+            max_run_minutes=cfg.max_run_minutes,
             source_asset=source_asset,
             region=region,
         )
-        machine_image = ec2.MachineImage.from_ssm_parameter(ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX)
+        machine_image = ec2.MachineImage.from_ssm_parameter(cfg.ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX)
         self.sdk_log_group = logs.LogGroup(self, "SdkCallLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
         self.root_device = self._root_device(machine_image.get_image(self).image_id)
         self.launch_template = ec2.LaunchTemplate(
@@ -139,7 +136,7 @@ class JobGroup(Construct):
             "Template",
             machine_image=machine_image,
             role=self.role,
-            security_group=security_group,
+            security_group=network.security_group,
             user_data=self.user_data,
             require_imdsv2=True,
             http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
@@ -152,7 +149,7 @@ class JobGroup(Construct):
                 ec2.BlockDevice(
                     device_name=self.root_device.get_response_field(ROOT_DEVICE_FIELD),  # the AMI's own root
                     volume=ec2.BlockDeviceVolume.ebs(
-                        root_volume_gb,
+                        cfg.root_volume_gb,
                         volume_type=ec2.EbsDeviceVolumeType.GP3,
                         encrypted=True,
                         delete_on_termination=True,
@@ -164,8 +161,8 @@ class JobGroup(Construct):
         self.group = autoscaling.AutoScalingGroup(
             self,
             "Group",
-            vpc=vpc,
-            vpc_subnets=subnets,
+            vpc=network.vpc,
+            vpc_subnets=network.subnets,
             auto_scaling_group_name=group_name,
             mixed_instances_policy=autoscaling.MixedInstancesPolicy(
                 launch_template=self.launch_template,
@@ -191,7 +188,7 @@ class JobGroup(Construct):
             "@aws-cdk/aws-autoscaling:desiredCapacitySet", "desired 0 at creation, raised to 1 by a custom resource; "
             "IgnoreUnmodifiedGroupSizeProperties keeps later deploys from resetting it"
         )
-        self.start = self._start(group_name, run_id)
+        self.start = self._start(group_name, cfg.run_id)
         self.start.node.add_dependency(self.group)
 
     def _start(self, group_name: str, run_id: str) -> cr.AwsCustomResource:

@@ -141,15 +141,10 @@ class Deadline(Construct):
         delete.add_catch(sfn.Succeed(self, "AlreadyGone"), errors=["Scheduler.ResourceNotFoundException"])
         older = sfn.Map.jsonata(self, "RemoveOlderDeadlines", items=sfn.ProvideItems.jsonata("{% $states.input.older %}"))
         older.item_processor(delete)
-        self.reaction = Reaction(
-            self,
-            "LaunchSuccessful",
-            definition=arm.next(listed).next(older),
-            comment="vit-embed: the run's instance launched, arm the deadline that sets its group to 0",
-            event_pattern=launched_pattern(group_name),
-            rule_description=f"vit-embed: {group_name} launched an instance, start its deadline",
-            log_retention=log_retention,
-        )
+        self.reaction = Reaction(self, "LaunchSuccessful", definition=arm.next(listed).next(older),
+                                 comment="vit-embed: the run's instance launched, arm the deadline that sets its group to 0",
+                                 event_pattern=launched_pattern(group_name), log_retention=log_retention,
+                                 rule_description=f"vit-embed: {group_name} launched an instance, start its deadline")
         self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule
 
     def show_command(self, region: str) -> str:

@@ -93,13 +93,7 @@ class SpotFallback(Construct):
                 ),
             ],
         )
-        self.reaction = Reaction(
-            self,
-            "LaunchUnsuccessful",
-            definition=switch,
-            comment="vit-embed: spot could not launch (no capacity or quota), switch the run's group to on-demand",
-            event_pattern=capacity_pattern(group_name),
-            rule_description=f"vit-embed: {group_name} could not launch spot capacity",
-            log_retention=log_retention,
-        )
+        self.reaction = Reaction(self, "LaunchUnsuccessful", definition=switch, event_pattern=capacity_pattern(group_name),
+                                 comment="vit-embed: spot could not launch (no capacity or quota), switch the run's group to on-demand",
+                                 rule_description=f"vit-embed: {group_name} could not launch spot capacity", log_retention=log_retention)
         self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule

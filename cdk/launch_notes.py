@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from . import constants as C
-from .reaction import Reaction
+from .reaction import Reaction, put_note
 
 LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
 
@@ -43,23 +42,8 @@ class LaunchNotes(Construct):
         super().__init__(scope, construct_id)
         self.note_key = f"{run_prefix}{C.LAUNCH_NOTE}"
         self.note_arn = bucket.arn_for_objects(self.note_key)
-        put = tasks.CallAwsService.jsonata(
-            self,
-            "WriteNote",
-            service="s3",
-            action="putObject",
-            parameters={"Bucket": bucket.bucket_name, "Key": self.note_key, "Body": NOTE_BODY_JSONATA,
-                        "ContentType": "application/json"},
-            iam_resources=[self.note_arn],
-            iam_action="s3:PutObject",
-        )
-        self.reaction = Reaction(
-            self,
-            "LaunchUnsuccessful",
-            definition=put,
-            comment="vit-embed: the run's group could not launch its instance, record why next to the run",
-            event_pattern=unsuccessful_pattern(group_name),
-            rule_description=f"vit-embed: {group_name} could not launch an instance",
-            log_retention=log_retention,
-        )
+        put = put_note(self, bucket=bucket, key=self.note_key, body=NOTE_BODY_JSONATA, resource_arn=self.note_arn)
+        self.reaction = Reaction(self, "LaunchUnsuccessful", definition=put, event_pattern=unsuccessful_pattern(group_name),
+                                 comment="vit-embed: the run's group could not launch its instance, record why next to the run",
+                                 rule_description=f"vit-embed: {group_name} could not launch an instance", log_retention=log_retention)
         self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule

@@ -43,25 +43,8 @@ class EmbeddingRunStack(RunStackBase):
             # Tag weights stored once per account and read by every later run (job --weights-cache).
             "WEIGHTS_CACHE": f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}",
         }
-        self.job = JobGroup(
-            self,
-            "Job",
-            vpc=self.network.vpc,
-            subnets=self.network.subnets,
-            security_group=self.network.security_group,
-            group_name=cfg.group_name,
-            instance_types=cfg.instance_types,
-            market=cfg.market,
-            root_volume_gb=cfg.root_volume_gb,
-            ami_ssm_parameter=cfg.ami_ssm_parameter,
-            run_env=run_env,
-            job_args=cfg.job_args(),
-            max_run_minutes=cfg.max_run_minutes,
-            source_asset=self.image.source_asset,
-            region=cfg.region,
-            run_id=cfg.run_id,
-            log_retention=self.log_retention,
-        )
+        self.job = JobGroup(self, "Job", config=cfg, network=self.network, run_env=run_env,
+                            source_asset=self.image.source_asset, log_retention=self.log_retention)
         if self.network.internet_connectivity is not None:  # its first boot needs the routes (apt, S3, the logs)
             self.job.group.node.add_dependency(self.network.internet_connectivity)
         self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, run_id=cfg.run_id,

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from test_cdk_stack import Synth, _fake_aws_env  # noqa: E402, F401 (the module's offline AWS environment)
+from test_cdk_stack import Synth, _fake_aws_env, assert_linters_clean, synth_fixture  # noqa: E402, F401 (the module's offline AWS environment)
 
 from cdk import constants as C  # noqa: E402
 
@@ -30,19 +30,9 @@ SPOT = {"run_id": "round3-spot", "market": "spot", "spot_fallback": "on-demand",
 BATCH = {"run_id": "round3-batch", "engine": "batch", "shards": "10", "max_vcpus": "24", "image": "asset"}
 
 
-@pytest.fixture(scope="module")
-def default(tmp_path_factory) -> Synth:
-    return Synth(DEFAULT, tmp_path_factory.mktemp("cdk-round3"))
-
-
-@pytest.fixture(scope="module")
-def spot(tmp_path_factory) -> Synth:
-    return Synth(SPOT, tmp_path_factory.mktemp("cdk-round3-spot"))
-
-
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory) -> Synth:
-    return Synth(BATCH, tmp_path_factory.mktemp("cdk-round3-batch"))
+default = synth_fixture(DEFAULT, "cdk-round3")
+spot = synth_fixture(SPOT, "cdk-round3-spot")
+batch = synth_fixture(BATCH, "cdk-round3-batch")
 
 
 def _one(s: Synth, type_: str) -> tuple[str, dict]:
@@ -197,14 +187,4 @@ def test_outputs_say_what_the_destroy_keeps(default, spot, batch):
 
 @pytest.mark.parametrize("which", ["default", "spot", "batch"])
 def test_linters_clean(which, request):
-    s: Synth = request.getfixturevalue(which)
-    report = json.loads((s.outdir / "validation-report.json").read_text())
-    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
-    assert nag["conclusion"] == "success" and nag["violations"] == []
-    assert all(len(ack["reason"]) >= 60 for ack in nag["suppressedViolations"])
-    pytest.importorskip("cfnlint")
-    from cfnlint.api import ManualArgs, lint_file
-
-    template = next(s.outdir.glob("*.template.json"))
-    assert [f"{m.rule.id} {m.message}" for m in lint_file(template, ManualArgs(regions=[s.config.region]))
-            if m.rule.id.startswith("E")] == []
+    assert_linters_clean(request.getfixturevalue(which))

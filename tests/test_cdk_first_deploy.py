@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from test_cdk_stack import Synth, _checkov, _fake_aws_env  # noqa: E402, F401 (the module's offline AWS environment)
+from test_cdk_stack import Synth, _fake_aws_env, assert_linters_clean  # noqa: E402, F401 (the module's offline AWS environment)
 
 from cdk import constants as C  # noqa: E402
 from cdk.config import ConfigError, from_context  # noqa: E402
@@ -258,19 +257,4 @@ def test_batch_defaults_to_an_image_cdk_deploy_builds(batch):
 
 @pytest.mark.parametrize("which", ["nat_spot", "kept", "batch"])
 def test_linters_clean(which, request):
-    s: Synth = request.getfixturevalue(which)
-    report = json.loads((s.outdir / "validation-report.json").read_text())
-    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
-    assert nag["conclusion"] == "success" and nag["violations"] == []
-    assert all(len(ack["reason"]) >= 60 for ack in nag["suppressedViolations"])
-    pytest.importorskip("cfnlint")
-    from cfnlint.api import ManualArgs, lint_file
-
-    template = next(s.outdir.glob("*.template.json"))
-    assert [f"{m.rule.id} {m.message}" for m in lint_file(template, ManualArgs(regions=[s.config.region]))
-            if m.rule.id.startswith("E")] == []
-    proc = subprocess.run([_checkov(), "-f", str(template), "--framework", "cloudformation", "--skip-download", "-o", "json"],
-                          capture_output=True, text=True, timeout=300)
-    checks = json.loads(proc.stdout)
-    assert checks["summary"]["parsing_errors"] == 0
-    assert [f"{c['check_id']} {c['resource']}" for c in checks["results"]["failed_checks"]] == []
+    assert_linters_clean(request.getfixturevalue(which))

@@ -124,6 +124,36 @@ class Synth:
         return found[0]
 
 
+def assert_linters_clean(s: Synth) -> None:
+    """cdk-nag (at synth: no unacknowledged finding, every reason a sentence), cfn-lint (no error) and checkov (every
+    check passed or skipped with its reason) on one synthesized variant."""
+    report = json.loads((s.outdir / "validation-report.json").read_text())
+    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
+    assert nag["conclusion"] == "success" and nag["violations"] == []
+    assert all(len(ack["reason"]) >= 60 for ack in nag["suppressedViolations"])
+    pytest.importorskip("cfnlint")
+    from cfnlint.api import ManualArgs, lint_file
+
+    template = next(s.outdir.glob("*.template.json"))
+    assert [f"{m.rule.id} {m.message}" for m in lint_file(template, ManualArgs(regions=[s.config.region]))
+            if m.rule.id.startswith("E")] == []
+    proc = subprocess.run([_checkov(), "-f", str(template), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+                          capture_output=True, text=True, timeout=300)
+    checks = json.loads(proc.stdout)
+    assert checks["summary"]["parsing_errors"] == 0
+    assert [f"{c['check_id']} {c['resource']}" for c in checks["results"]["failed_checks"]] == []
+
+
+def synth_fixture(overrides: dict, name: str):
+    """A module-scoped fixture that synthesizes the app once with ``overrides`` (a test module's variant)."""
+
+    @pytest.fixture(scope="module")
+    def synthesized(tmp_path_factory) -> Synth:
+        return Synth(overrides, tmp_path_factory.mktemp(name))
+
+    return synthesized
+
+
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Synth:
     return Synth({"run_id": "default-run"}, tmp_path_factory.mktemp("cdk-default"))

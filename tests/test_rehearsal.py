@@ -20,7 +20,13 @@ import pytest
 
 from conftest import SLOW_MODEL
 from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
-from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
+from rehearsal.checks import (  # noqa: F401 (account_fixture, no_instance_outlives_its_test: the module's fixtures)
+    account_fixture,
+    assert_ended,
+    assert_read_through_s3fs,
+    no_instance_outlives_its_test,
+    stack_args,
+)
 from rehearsal.harness import Account, Instance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +47,6 @@ def container_command(instance: Instance) -> list[str]:
     (line,) = [c for c in instance.docker_runs() if " --name vit-embed " in c]
     argv = shlex.split(line)
     return argv[argv.index(f"vit-embed:{instance.run_id}") + 1:]
-
-
-@pytest.fixture(autouse=True)
-def _no_instance_outlives_its_test():
-    yield
-    Instance.cleanup_all()
-
-
-@pytest.fixture(scope="module")
-def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
-    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,18 @@ from pathlib import Path
 import pytest
 from test_rehearsal import IMAGES, SMALL, _table, container_command
 
-from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
+from rehearsal.checks import (  # noqa: F401 (account_fixture, no_instance_outlives_its_test: the module's fixtures)
+    account_fixture,
+    assert_ended,
+    assert_read_through_s3fs,
+    no_instance_outlives_its_test,
+    stack_args,
+)
 from rehearsal.harness import Account, Instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 LOCK_ERROR = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1234 (apt-get)"
-
-
-@pytest.fixture(autouse=True)
-def _no_instance_outlives_its_test():
-    yield
-    Instance.cleanup_all()
-
-
-@pytest.fixture(scope="module")
-def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
-    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
 
 
 def _apt(instance: Instance, verb: str) -> list[str]:

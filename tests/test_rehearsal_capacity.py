@@ -17,7 +17,11 @@ import pytest
 from test_cdk_events import _asg_event, jsonata
 
 from cdk import constants as C
-from rehearsal.checks import make_account, stack_args
+from rehearsal.checks import (  # noqa: F401 (account_fixture, no_instance_outlives_its_test: the module's fixtures)
+    account_fixture,
+    no_instance_outlives_its_test,
+    stack_args,
+)
 from rehearsal.harness import REGION, Account, Instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -25,17 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 QUOTA_0 = ("You have requested more vCPU capacity than your current vCPU limit of 0 allows for the instance bucket "
            "that the specified instance type belongs to. Please visit http://aws.amazon.com/contact-us/ec2-request to "
            "request an adjustment to this limit. Launching EC2 instance failed.")
-
-
-@pytest.fixture(autouse=True)
-def _no_instance_outlives_its_test():
-    yield
-    Instance.cleanup_all()
-
-
-@pytest.fixture(scope="module")
-def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
-    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
 
 
 def launch_failed(account: Account, group: str, run_prefix: str, message: str, at: str) -> str:

@@ -94,16 +94,17 @@ def _json_object(url: str, text: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _read_json(url: str) -> dict[str, Any] | None:
-    """A small JSON object next to the run (a note written outside the job), or None when absent or not an object."""
+def _launch_note(run_dir: str) -> dict[str, Any] | None:
+    """The group's latest failed launch (``_launch.json``, written outside the job), or None."""
+    url = RunLayout(run_dir.rstrip("/")).launch_note
+    if not fsutil.exists(url):
+        return None
     try:
-        fs, path = fsutil.url_to_fs(url)
-        if not fs.exists(path):
-            return None
-        text = fs.cat_file(path)
-    except Exception as exc:  # botocore/aiohttp errors: the bucket or the network is unreachable
-        raise DataError(f"cannot read {url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    return _json_object(url, text)
+        note = fsutil.read_json(url)
+    except ValueError:  # a torn or foreign file: the run's own _STATUS still says what it knows
+        log.warning("ignoring %s: not JSON", url)
+        return None
+    return note if isinstance(note, dict) else None
 
 
 def waiting_for_capacity(doc: dict[str, Any] | None, note: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -143,7 +144,7 @@ def read_run_status(run_dir: str) -> dict[str, Any]:
     notes = _batch_notes(run_dir) if indices or merge is None else {}
     if not indices and not notes:
         doc = merge.to_dict() if merge is not None else None
-        waiting = waiting_for_capacity(doc, _read_json(RunLayout(run_dir.rstrip("/")).launch_note))
+        waiting = waiting_for_capacity(doc, _launch_note(run_dir))
         if waiting is not None:
             return waiting
         if doc is None:
