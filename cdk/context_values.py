@@ -38,12 +38,13 @@ ECR_IMAGE_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([
 
 
 @contextmanager
-def as_config_error() -> Iterator[None]:
-    """The job's UsageError (bad input, one line) as the stack's ConfigError, message unchanged."""
+def as_config_error(valid: str = "") -> Iterator[None]:
+    """The job's UsageError (bad input, one line) as the stack's ConfigError, with ``valid`` (``"; valid: …"``) added
+    where the job's message does not name the valid values itself."""
     try:
         yield
     except UsageError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{exc}{valid}") from None
 
 
 def parse_choice(key: str, value: Any, choices: Iterable[str]) -> str:
@@ -65,16 +66,21 @@ def parse_bool(key: str, value: Any) -> bool:
 def parse_float(key: str, value: Any, lo: float, hi: float) -> float:
     """A finite number in ``lo..hi`` (``job.values.parse_number``, ``in_range``)."""
     option = f"context {key}"
-    with as_config_error():
+    with as_config_error(f"; valid values: {lo:g} to {hi:g}"):
         number = parse_number(str(value).strip(), option)
+    with as_config_error():
         in_range(option, number, lo, hi)
     return number
 
 
 def parse_whole(key: str, value: Any, lo: int, hi: int) -> int:
-    """An integer in ``lo..hi`` (``job.values.parse_int``): ``1.5`` and ``true`` are not integers."""
+    """An integer in ``lo..hi`` (``job.values.parse_int``, ``in_range``): ``1.5`` and ``true`` are not integers."""
+    option = f"context {key}"
+    with as_config_error(f"; valid values: {lo} to {hi}"):
+        number = parse_int(str(value).strip(), option)
     with as_config_error():
-        return parse_int(str(value).strip(), f"context {key}", lo, hi)
+        in_range(option, number, lo, hi)
+    return number
 
 
 def parse_list(value: Any) -> tuple[str, ...]:

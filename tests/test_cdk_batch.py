@@ -103,9 +103,9 @@ def _statements(s: Synth, role_id: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("context", "needle"),
     [
-        ({"engine": "batch", "shards": "0", "image": "asset"}, "context shards=0 must be in 1..100"),
-        ({"engine": "batch", "shards": "101", "image": "asset"}, "context shards=101 must be in 1..100"),
-        ({"engine": "batch", "shards": "two", "image": "asset"}, "context shards='two' is not an integer"),
+        ({"engine": "batch", "shards": "0", "image": "asset"}, "context shards 0 must be in 1..100"),
+        ({"engine": "batch", "shards": "101", "image": "asset"}, "context shards 101 must be in 1..100"),
+        ({"engine": "batch", "shards": "two", "image": "asset"}, "context shards='two' is not an integer; valid values: 1 to 100"),
         ({"shards": "4"}, "context shards=4 needs engine=batch"),
         ({"engine": "foo"}, "unknown context engine 'foo'; valid choices: instance, batch"),
         ({"engine": "batch", "image": "asset"}, "context engine=batch needs shards=N; valid values: 1 to 100"),

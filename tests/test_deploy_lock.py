@@ -84,6 +84,9 @@ def test_make_targets_install_exactly_the_deploy_lock():
     for target in ("preflight: $(DEPLOY_STAMP)", "deploy: deploy-setup", "destroy: deploy-setup"):
         assert target in makefile, target
     assert "$(DEPLOY_PY) -m cdk.preflight" in makefile and "$(DEPLOY_PY) -m cdk.teardown" in makefile
+    # make deploy hands cdk deploy what the preflight derived from the account (-c max_vcpus=N)
+    assert "$(DEPLOY_PY) -m cdk.preflight --context-out $(PREFLIGHT_CONTEXT) $(ARGS)" in makefile
+    assert "npx cdk deploy $(ARGS) $$(cat $(PREFLIGHT_CONTEXT))" in makefile
     assert json.loads((REPO / "cdk.json").read_text())["app"] == ".venv-deploy/bin/python app.py"
     assert re.search(r"^DEPLOY_VENV\s*\?=\s*\.venv-deploy$", makefile, re.M)
 
