@@ -173,7 +173,7 @@ class RunLayout:
 
     @property
     def launch_note(self) -> str:
-        """``OUTDIR/_launch.json``: why the instance engine's group could not launch (``job.status_view``)."""
+        """``OUTDIR/_launch.json``: why the instance engine's group could not launch (``job.status.view``)."""
         return fsutil.join(self.run_dir, LAUNCH_NOTE)
 
     @property
