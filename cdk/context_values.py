@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from job.errors import UsageError
 from job.values import check_choice, in_range, parse_channels, parse_flag, parse_int, parse_number, split_list
@@ -63,24 +63,24 @@ def parse_bool(key: str, value: Any) -> bool:
     return flag
 
 
-def parse_float(key: str, value: Any, lo: float, hi: float) -> float:
-    """A finite number in ``lo..hi`` (``job.values.parse_number``, ``in_range``)."""
+def _in_range(key: str, value: Any, lo: float, hi: float, parse: Callable[[str, str], Any]) -> Any:
+    """``parse`` (a ``job.values`` number parser) of the value, then ``job.values.in_range``; one line either way."""
     option = f"context {key}"
     with as_config_error(f"; valid values: {lo:g} to {hi:g}"):
-        number = parse_number(str(value).strip(), option)
+        number = parse(str(value).strip(), option)
     with as_config_error():
         in_range(option, number, lo, hi)
     return number
+
+
+def parse_float(key: str, value: Any, lo: float, hi: float) -> float:
+    """A finite number in ``lo..hi`` (``job.values.parse_number``)."""
+    return float(_in_range(key, value, lo, hi, parse_number))
 
 
 def parse_whole(key: str, value: Any, lo: int, hi: int) -> int:
-    """An integer in ``lo..hi`` (``job.values.parse_int``, ``in_range``): ``1.5`` and ``true`` are not integers."""
-    option = f"context {key}"
-    with as_config_error(f"; valid values: {lo} to {hi}"):
-        number = parse_int(str(value).strip(), option)
-    with as_config_error():
-        in_range(option, number, lo, hi)
-    return number
+    """An integer in ``lo..hi`` (``job.values.parse_int``): ``1.5`` and ``true`` are not integers."""
+    return int(_in_range(key, value, lo, hi, parse_int))
 
 
 def parse_list(value: Any) -> tuple[str, ...]:
