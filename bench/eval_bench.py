@@ -324,22 +324,6 @@ def run_text(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def machine() -> dict[str, Any]:
-    """The CPU, its cores and memory, numpy's BLAS threads (what the scoring's matrix products ran on)."""
-    import platform
-
-    import psutil
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "numpy": np.__version__}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=("labels", "score", "text"), required=True)
@@ -351,6 +335,8 @@ def main() -> None:
     ap.add_argument("--tables", default=None, help="--part labels: generate the tables here once, reuse them after")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args()
+    from index_bench import machine  # the CPU, cores, memory, faiss (a faiss mid-reinstall reads as "?")
+
     start = os.getloadavg()
     result = {"labels": run_labels, "score": run_score, "text": run_text}[args.part](args)
     result["machine"] = {**machine(), "load_average_at_start": start, "load_average_at_end": os.getloadavg()}

@@ -207,7 +207,7 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+            "faiss": getattr(faiss, "__version__", "?"), "faiss_threads": faiss.omp_get_max_threads(),
             "load_average_at_start": os.getloadavg()}
 
 

@@ -18,10 +18,11 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import TEST_MODEL
+from job.cli import main
 from serve_helpers import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    chromium,
+    browser_or_skip,
     get,
     get_json,
     running,
@@ -29,9 +30,6 @@ from serve_helpers import (
     snapshot,
     wait_state,
 )
-
-from conftest import TEST_MODEL
-from job.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "serve"
@@ -310,10 +308,7 @@ def test_an_s3_run(served_run: Path, s3_bucket: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
-    pytest.importorskip("selenium.webdriver")
-    with chromium() as driver:
+    with browser_or_skip() as driver:
         yield driver
 
 
