@@ -26,8 +26,16 @@ from .values import (
     split_list,
 )
 
-POOLS: tuple[str, ...] = ("mean", "cls")
-TEXT_VECTORS: tuple[str, ...] = ("cls", "none")  # with --pool mean, also store the CLS output for text queries
+# --pool: "mean" over the patch tokens, or the model's trained output — "cls" (CLIP ViTs: the CLS token) or "map"
+# (SigLIP: the attention-pool head); which of cls/map a model has, and what mean is for each, is job.model.pooling's
+TRAINED_POOLS: tuple[str, ...] = ("cls", "map")
+POOLS: tuple[str, ...] = ("mean", *TRAINED_POOLS)
+# --text-vectors: with --pool mean, "trained" also stores the trained output (embedding_trained) for text queries
+TEXT_VECTORS: tuple[str, ...] = ("trained", "none")
+_OLD_TEXT_VECTORS = {"cls": "trained"}  # the spelling of runs made before SigLIP (their stored configs still load)
+# --tokenizer's default: a folder holding a model's Hugging Face tokenizer files (tokenizer.json, …), for machines
+# that cannot reach the hub (job.model.tokenizer)
+TOKENIZER_ENV = "JOB_TOKENIZER_DIR"
 RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
@@ -71,7 +79,7 @@ class ModelConfig:
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     pool: str = "mean"
-    text_vectors: str = "cls"  # with pool mean: "cls" also stores the CLS-pooled vector (embedding_cls); "none" not
+    text_vectors: str = "trained"  # with pool mean: also store the trained output (embedding_trained); "none": not
     image_size: int | None = None  # None: the model's own input size
     device: str = "auto"
     precision: str = "auto"
@@ -79,9 +87,13 @@ class ModelConfig:
     compile: bool = False
     cache_dir: str | None = None
     weights_cache: str | None = None  # e.g. s3://bucket/cache/weights: tag weights fetched once per account
+    # a folder with the model's Hugging Face tokenizer files (SigLIP's come from the hub); None: $JOB_TOKENIZER_DIR,
+    # else the hub. Not part of the vectors' identity: each machine says where its copy is (job.model.tokenizer)
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("pool", self.pool, POOLS)
+        _keep(self, text_vectors=_OLD_TEXT_VECTORS.get(self.text_vectors, self.text_vectors))
         check_choice("--text-vectors", self.text_vectors, TEXT_VECTORS)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
@@ -325,11 +337,13 @@ class JobConfig:
         """The options that change the vectors; a resumed run must match them exactly."""
         m, d, s = self.model, self.decode, self.source
         return {
-            "table": 3,  # the embeddings' columns (content_hash since 3): parts of another layout do not mix
+            # the embeddings' columns (content_hash since 3, embedding_cls renamed embedding_trained in 4): parts of
+            # another layout do not mix
+            "table": 4,
             "model": m.model,
             "pretrained": m.pretrained,
             "pool": m.pool,
-            "text_vectors": "cls" if m.pool == "mean" and m.text_vectors == "cls" else None,  # adds a column
+            "text_vectors": m.text_vectors if m.pool == "mean" else None,  # "trained" adds a column
             "image_size": m.image_size,
             "resize_mode": d.resize_mode,
             "sources": list(s.sources),

@@ -17,6 +17,7 @@ from ..config import (
     PRECISIONS,
     RESIZE_MODES,
     TEXT_VECTORS,
+    TOKENIZER_ENV,
     DecodeConfig,
     IndexConfig,
     OutputConfig,
@@ -106,10 +107,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="open_clip tag (laion2b_s32b_b82k, openai, …), 'openclip' (our default tag for the model), "
                         "a checkpoint file, s3://…/checkpoint, hf-hub:…, or 'none' (seeded random init)")
     g.add_argument("--pool", type=choice("pool", POOLS), default="mean",
-                   help="mean: mean over patch tokens (default); cls: the CLS token")
-    g.add_argument("--text-vectors", type=choice("--text-vectors", TEXT_VECTORS), default="cls",
-                   help="with --pool mean, also store the CLS output of the same forward pass (embedding_cls), the "
-                        "vector CLIP's text tower was trained against, for text queries (default cls; none: don't)")
+                   help="mean: mean over patch tokens (default); or the model's trained output: cls (CLIP ViTs: the "
+                        "CLS token), map (SigLIP: the attention-pool head)")
+    g.add_argument("--text-vectors", type=choice("--text-vectors", TEXT_VECTORS), default="trained",
+                   help="with --pool mean, also store the model's trained output of the same forward pass "
+                        "(embedding_trained: the vector its text tower was trained against) for text queries "
+                        "(default trained; none: don't)")
     g.add_argument("--image-size", type=positive_int, default=None,
                    help="model input size in pixels (default: the model's own, 224 for ViT-L-14)")
     g.add_argument("--device", type=choice("device", DEVICES), default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -118,6 +121,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for --pretrained none and the UMAP sample (default 0)")
     g.add_argument("--compile", action="store_true", help="torch.compile the visual tower (CUDA; pays off on long runs)")
     g.add_argument("--cache-dir", default=None, help="where downloaded weights are kept")
+    g.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help=f"a folder with the model's Hugging Face tokenizer files (tokenizer.json, …) for machines "
+                        f"without the hub; SigLIP models need one there (default: ${TOKENIZER_ENV}, else the hub)")
     g.add_argument("--weights-cache", default=None, metavar="URI",
                    help="a shared cache for open_clip tag weights (e.g. s3://bucket/cache/weights): the first run "
                         "stores the checkpoint under URI/<model>/<tag>/, later runs load it from there")
