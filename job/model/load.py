@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import DataError, UsageError
 from ..runfolder import IMAGE_COLUMN, TRAINED_COLUMN, Manifest
 from .device import pick_device
-from .pooling import check_pool, image_forward, mean_width, set_pool, trained_pool
+from .pooling import check_pool, configured_pool, image_forward, mean_width, set_pool, trained_pool
 from .registry import (
     WeightsSpec,
     _fetch_url,
@@ -146,6 +146,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     check_choice("precision", cfg.precision, PRECISIONS)
     name = resolve_model_name(cfg.model)
     weights = resolve_pretrained(name, cfg.pretrained)
+    declared = configured_pool(name)
+    if declared is not None:
+        check_pool(cfg.pool, declared, name)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     t0 = time.perf_counter()

@@ -53,6 +53,21 @@ def trained_pool(visual: Any, name: str) -> str:
                      f"valid: CLIP ViT models (ViT-L-14, ViT-B-32, …) and SigLIP / SigLIP 2 models (ViT-L-16-SigLIP2-256, …)")
 
 
+def configured_pool(name: str) -> str | None:
+    """The trained pooling a built-in open_clip config declares (``map`` for ``timm_pool: map``, ``cls`` for open_clip's
+    own ViT), so a wrong ``--pool`` fails before minutes of weight loading; None when the config does not say."""
+    import open_clip
+
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    vision = dict((open_clip.get_model_config(name) or {}).get("vision_cfg") or {})
+    if vision.get("timm_model_name"):
+        return "map" if vision.get("timm_pool") == "map" else None
+    if vision.get("layers") and not isinstance(vision["layers"], (list, tuple)) and not vision.get("attentional_pool"):
+        return "cls"
+    return None
+
+
 def check_pool(pool: str, trained: str, name: str) -> None:
     """``--pool`` must be ``mean`` or the model's own trained pooling (``cls`` for CLIP, ``map`` for SigLIP)."""
     if pool not in ("mean", trained):
