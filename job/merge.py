@@ -170,12 +170,22 @@ def merged_manifest(shards: Shards, started: float) -> Manifest:
         timings={k: round(v, 3) for k, v in timings.items()},
         images_per_s=round(counts.embedded_this_attempt / loop, 2) if loop > 0 else 0.0,
         source={"description": f"{shards.count} shards of {base.source.get('description', '?')}",
+                **({"kind": base.source["kind"]} if "kind" in base.source else {}),
+                **_metadata(ms),
                 "shards": [{"index": i, "host": m.host, "started": m.started, "finished": m.finished,
                             "embedded": m.counts.embedded, "failed": m.counts.failed, "images_per_s": m.images_per_s,
                             **({"mode": m.source["shard"].get("mode")} if "shard" in m.source else {})}
                            for i, m in enumerate(ms)]},
         decoder=base.decoder, versions=base.versions,
     )
+
+
+def _metadata(ms: list[Manifest]) -> dict[str, Any]:
+    """Where the shards' nuScenes tables came from and which versions (the eval step reads the annotations there)."""
+    metas = [m.source.get("metadata") or {} for m in ms]
+    found = list(dict.fromkeys(str(u) for meta in metas for u in meta.get("from") or []))
+    versions = list(dict.fromkeys(str(v) for meta in metas for v in meta.get("versions") or []))
+    return {"metadata": {"from": found, "versions": versions}} if found or versions else {}
 
 
 def merge_run(cfg: JobConfig) -> Manifest:

@@ -1,8 +1,8 @@
 """The steps after embedding, each in one place: run it, write its files through the run folder, record its outputs
 and its time in the manifest.
 
-``job run`` and ``job merge`` end with :func:`finish_run` (index → map → curation → manifest last → publish); ``job
-index --run``, ``job project --run`` and ``job curate --run`` run one step on a finished run and rewrite its manifest. Every step takes the manifest it
+``job run`` and ``job merge`` end with :func:`finish_run` (index → map → curation → eval → manifest last → publish);
+``job index --run``, ``job project --run``, ``job curate --run`` and ``job eval --run`` run one step on a finished run and rewrite its manifest. Every step takes the manifest it
 records into, or None for bare embeddings (no manifest to update).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from . import fsutil
 from .config import JobConfig
-from .runfolder import Curation, IndexInfo, Manifest, Projection, RunLayout, RunRef, write_manifest
+from .runfolder import Curation, Evaluation, IndexInfo, Manifest, Projection, RunLayout, RunRef, write_manifest
 from .stopping import StopRequest
 
 if TYPE_CHECKING:
@@ -91,6 +91,39 @@ def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) ->
     return info
 
 
+def eval_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Evaluation:
+    """Scores against nuScenes' annotations (``job.eval``) in ``eval/``; recorded in ``manifest``."""
+    from .eval import evaluate_run
+
+    t0 = time.perf_counter()
+    info = evaluate_run(layout, cfg, manifest=manifest)
+    if manifest is not None:
+        manifest.eval = info
+        manifest.outputs.eval = layout.rel(layout.eval_dir)
+    _timed(manifest, "eval_s", t0)
+    return info
+
+
+def _has_annotations(manifest: Manifest) -> bool:
+    """A nuScenes source (for a merged run: its shards'): its tables may hold annotations (mini, trainval)."""
+    return (manifest.source or {}).get("kind") == "nuscenes"
+
+
+def _eval_in_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest) -> None:
+    """The eval step of ``job run`` / ``job merge``: a run whose tables hold no annotations (the test split) or cannot
+    be read is not failed after its embedding for that; the log says why and how to score it later."""
+    from .errors import JobError
+    from .eval import NoAnnotations
+
+    try:
+        eval_step(cfg, layout, manifest)
+    except NoAnnotations as exc:
+        log.info("no eval: %s", exc)
+    except JobError as exc:
+        log.warning("the eval step did not run (%s); score the run later with: python -m job eval --run %s",
+                    exc, layout.run_dir)
+
+
 def summary(manifest: Manifest, layout: RunLayout) -> str:
     """One line for the log at the end of a run."""
     c = manifest.counts
@@ -100,7 +133,7 @@ def summary(manifest: Manifest, layout: RunLayout) -> str:
 
 def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status: StatusWriter | None = None,
                stop: StopRequest | None = None, verify: Callable[[], object] | None = None) -> Manifest:
-    """The steps after embedding: index, UMAP map, manifest (last), publish. ``job merge`` ends the same way.
+    """The steps after embedding: index, UMAP map, curation, eval, manifest (last), publish. ``job merge`` ends the same way.
     ``verify`` (the embedding's completeness check) runs right before the manifest is written."""
     def phase(name: str) -> None:
         if stop is not None:
@@ -120,6 +153,10 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
         phase("curate")
         with fsutil.faults("the curation step on", layout.run_dir):
             curate_step(cfg, layout, manifest)
+    if cfg.eval.enabled and _has_annotations(manifest):
+        phase("eval")
+        with fsutil.faults("the eval step on", layout.run_dir):
+            _eval_in_run(cfg, layout, manifest)
     if stop is not None:
         stop.check("before writing the manifest")
     if verify is not None:

@@ -15,9 +15,10 @@ What the dataroot holds (the same layout and file naming as the real dataset):
 * ``samples/<CHANNEL>/<logfile>__<CHANNEL>__<timestamp_us>.jpg`` keyframes for the six cameras,
   ``sweeps/<CHANNEL>/…`` non-keyframes (``sweeps_per_sample`` per sample and camera),
   ``samples|sweeps/LIDAR_TOP/…pcd.bin`` and ``samples|sweeps/RADAR_FRONT/…pcd`` files mixed in;
-* ``<split>/*.json``: sample_data, sample, scene, log, calibrated_sensor, sensor, ego_pose, plus
-  empty category/attribute/visibility/instance/sample_annotation/map tables, written with
-  ``indent=0`` like the official ones;
+* ``<split>/*.json``: sample_data, sample, scene, log, calibrated_sensor, sensor, ego_pose, map, and the annotation
+  tables category (nuScenes' 23), attribute, visibility, instance and sample_annotation (``boxes_per_scene`` objects
+  scattered around the ego in each scene, annotated in every sample; ``boxes_layout="one_per_camera"``: one object in
+  front of each camera instead, one category per image), written with ``indent=0`` like the official ones;
 * ``maps/<token>.png`` (must never be taken for a camera image).
 
 Ego poses: one per sample_data row (every sensor), moving at ``SPEED`` m/s along x, except the scene
@@ -34,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import random
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +58,20 @@ DESCRIPTIONS = (
 )
 META_NAMES = ("sample_data_token", "sample_token", "scene_token", "scene_name", "scene_description", "channel",
               "timestamp", "is_key_frame", "location", "logfile", "date_captured", "split", "ego_x", "ego_y", "ego_speed")
+# nuScenes' 23 categories and 8 attributes (the real names), typical sizes (w, l, h) by category family
+CATEGORIES = (
+    "animal", "human.pedestrian.adult", "human.pedestrian.child", "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility", "human.pedestrian.police_officer", "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair", "movable_object.barrier", "movable_object.debris",
+    "movable_object.pushable_pullable", "movable_object.trafficcone", "static_object.bicycle_rack", "vehicle.bicycle",
+    "vehicle.bus.bendy", "vehicle.bus.rigid", "vehicle.car", "vehicle.construction", "vehicle.emergency.ambulance",
+    "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer", "vehicle.truck")
+ATTRIBUTES = ("cycle.with_rider", "cycle.without_rider", "pedestrian.moving", "pedestrian.sitting_lying_down",
+              "pedestrian.standing", "vehicle.moving", "vehicle.parked", "vehicle.stopped")
+SIZES = {"vehicle": [1.9, 4.6, 1.7], "human": [0.6, 0.7, 1.7], "animal": [0.4, 0.9, 0.6]}
+RARE_SCENES = {"animal": 4, "vehicle.emergency.police": 2}  # one object each, in that scene only
+CAMERA_YAW = {"CAM_FRONT": 0.0, "CAM_FRONT_RIGHT": -0.96, "CAM_BACK_RIGHT": -1.92, "CAM_BACK": math.pi,
+              "CAM_BACK_LEFT": 1.92, "CAM_FRONT_LEFT": 0.96}  # radians from the ego's heading, like the real rig
 SPEED = 8.0  # m/s (29 km/h) along x in every scene but the stationary one: 0.67 m between sweeps, 4 m between keyframes
 STATIONARY_SCENE = 1  # scene index (0-based, in log order) whose ego pose never changes: a car waiting at a light
 REPEATED_SCENES = (0, 1)  # scenes whose frames of one camera are one picture at varying JPEG quality (near-identical)
@@ -115,6 +132,8 @@ def make_nuscenes_fixture(
     width: int = 160,
     height: int = 90,
     split: str = "v1.0-mini",
+    boxes_per_scene: int = 8,
+    boxes_layout: str = "scatter",
 ) -> FixtureInfo:
     """Write a nuScenes dataroot under ``root`` and return what it holds."""
     root = Path(root)
@@ -144,9 +163,13 @@ def make_nuscenes_fixture(
         tables["log"].append(log_row)
         calib = {}
         for ch, s in sensors.items():
+            f = 1266.4 * width / 1600  # the real cameras' focal length, scaled to the fixture's image size
             row = {"token": _token("cs", li, ch), "sensor_token": s["token"],
-                   "translation": [1.7, 0.01 * li, 1.5], "rotation": [0.5, -0.5, 0.5, -0.5],
-                   "camera_intrinsic": [[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]]
+                   "translation": [1.7 * math.cos(CAMERA_YAW.get(ch, 0.0)), 0.01 * li + math.sin(CAMERA_YAW.get(ch, 0.0)),
+                                   1.5],
+                   "rotation": _camera_rotation(CAMERA_YAW.get(ch, 0.0)) if s["modality"] == "camera"
+                   else [1.0, 0.0, 0.0, 0.0],
+                   "camera_intrinsic": [[f, 0.0, width / 2 + 0.3], [0.0, f, height / 2 - 0.2], [0.0, 0.0, 1.0]]
                    if s["modality"] == "camera" else []}
             calib[ch] = row
             tables["calibrated_sensor"].append(row)
@@ -187,7 +210,7 @@ def make_nuscenes_fixture(
                         sd_token = _token("sd", rel)
                         moved = 0.0 if sc_index == STATIONARY_SCENE else SPEED * (ts - base_ts) / 1e6
                         ego_x, ego_y = 400.0 + 1000.0 * sc_index + moved, 1100.0 + si
-                        ego = {"token": _token("ego", rel), "timestamp": ts, "rotation": [1.0, 0.0, 0.0, 0.0],
+                        ego = {"token": _token("ego", rel), "timestamp": ts, "rotation": _yaw_quaternion(0.4 * sc_index),
                                "translation": [ego_x, ego_y, 0.0]}
                         tables["ego_pose"].append(ego)
                         row = {"token": sd_token, "sample_token": st, "ego_pose_token": ego["token"],
@@ -223,6 +246,10 @@ def make_nuscenes_fixture(
                         else:
                             files[rel] = hashlib.sha256(rel.encode()).digest() * 8  # fake point cloud
                             non_images.append(rel)
+    if boxes_layout == "one_per_camera":
+        _add_annotations_per_camera(tables)
+    elif boxes_per_scene:
+        _add_annotations(tables, boxes_per_scene, width)
     maps = _add_maps(tables, files)
     for rel, data in files.items():
         p = root / rel
@@ -239,6 +266,117 @@ def make_nuscenes_fixture(
                        stationary_scene=scene_tokens[STATIONARY_SCENE] if len(scene_tokens) > STATIONARY_SCENE else "",
                        moving_repeated_scene=next((scene_tokens[i] for i in REPEATED_SCENES
                                                    if i != STATIONARY_SCENE and i < len(scene_tokens)), ""))
+
+
+def _yaw_quaternion(yaw: float) -> list[float]:
+    """The quaternion (w, x, y, z) of a rotation by ``yaw`` radians about the vertical axis."""
+    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+
+def _camera_rotation(yaw: float) -> list[float]:
+    """A camera looking along the ego's heading turned by ``yaw``: the real CAM_FRONT's [0.5, -0.5, 0.5, -0.5]
+    (camera z forward, x right, y down) turned about the vertical."""
+    (aw, ax, ay, az), (bw, bx, by, bz) = _yaw_quaternion(yaw), (0.5, -0.5, 0.5, -0.5)
+    return [aw * bw - ax * bx - ay * by - az * bz, ax * bw + aw * bx - az * by + ay * bz,
+            ay * bw + az * bx + aw * by - ax * bz, az * bw - ay * bx + ax * by + aw * bz]
+
+
+def _instance_category(scene: int, k: int) -> str:
+    """Which category instance ``k`` of scene ``scene`` is: cars and pedestrians everywhere, some classes in every
+    other scene, ``RARE_SCENES`` hold one rare object each."""
+    for cat, where in RARE_SCENES.items():
+        if scene == where and k == 7:
+            return cat
+    plan = ("vehicle.car", "human.pedestrian.adult", "vehicle.car", "movable_object.trafficcone",
+            "vehicle.truck" if scene % 2 == 0 else "vehicle.bus.rigid",
+            "vehicle.bicycle" if scene % 3 == 0 else "movable_object.barrier",
+            "human.pedestrian.child" if scene % 2 else "vehicle.motorcycle",
+            "static_object.bicycle_rack")
+    return plan[k % len(plan)]
+
+
+def _add_annotations(tables: dict[str, list[dict[str, Any]]], per_scene: int, width: int) -> None:
+    """3D boxes like nuScenes' (``sample_annotation`` + ``instance``, ``category``, ``attribute``, ``visibility``):
+    ``per_scene`` objects around the ego in every scene, each annotated in every sample of its scene (some behind the
+    car, some far off to a side, some across the edge of a camera's view), with a visibility level and attributes."""
+    cat_token = _annotation_tables(tables)
+    pose_of_sample = {}
+    ego = {r["token"]: r for r in tables["ego_pose"]}
+    for sd in tables["sample_data"]:
+        if sd["is_key_frame"] and "CAM_FRONT__" in sd["filename"]:
+            pose_of_sample[sd["sample_token"]] = ego[sd["ego_pose_token"]]["translation"]
+    for sc_index, scene in enumerate(tables["scene"]):
+        rng = random.Random(1000 + sc_index)
+        samples = [r for r in tables["sample"] if r["scene_token"] == scene["token"]]
+        for k in range(per_scene):
+            category = _instance_category(sc_index, k)
+            inst = {"token": _token("instance", scene["token"], k), "category_token": cat_token[category],
+                    "nbr_annotations": len(samples), "first_annotation_token": "", "last_annotation_token": ""}
+            tables["instance"].append(inst)
+            angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(3.0, 30.0)
+            yaw, drift = rng.uniform(-math.pi, math.pi), rng.uniform(-1.0, 1.0)
+            size = SIZES.get(category.split(".")[0], [0.6, 0.6, 1.0])
+            attrs = [a for a in ATTRIBUTES if a.split(".")[0] == category.split(".")[0]][:1]
+            prev = None
+            for i, smp in enumerate(samples):
+                ex, ey, _ = pose_of_sample[smp["token"]]
+                ann = {"token": _token("ann", inst["token"], i), "sample_token": smp["token"],
+                       "instance_token": inst["token"], "visibility_token": str(1 + rng.randrange(4)),
+                       "attribute_tokens": [_token("attribute", a) for a in attrs],
+                       "translation": [ex + dist * math.cos(angle) + drift * i, ey + dist * math.sin(angle),
+                                       size[2] / 2],
+                       "size": size, "rotation": _yaw_quaternion(yaw), "prev": prev["token"] if prev else "",
+                       "next": "", "num_lidar_pts": 10, "num_radar_pts": 1}
+                if prev is not None:
+                    prev["next"] = ann["token"]
+                prev = ann
+                tables["sample_annotation"].append(ann)
+                inst["first_annotation_token"] = inst["first_annotation_token"] or ann["token"]
+                inst["last_annotation_token"] = ann["token"]
+
+
+PER_CAMERA_CYCLE = ("vehicle.car", "human.pedestrian.adult", "vehicle.truck", "movable_object.trafficcone",
+                    "vehicle.bicycle", "vehicle.bus.rigid", "vehicle.motorcycle")
+
+
+def _annotation_tables(tables: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """The category, attribute and visibility tables (nuScenes' real names); category name -> token."""
+    tables["category"] = [{"token": _token("category", c), "name": c, "description": c.replace(".", " "), "index": i}
+                          for i, c in enumerate(CATEGORIES)]
+    tables["attribute"] = [{"token": _token("attribute", a), "name": a, "description": a} for a in ATTRIBUTES]
+    tables["visibility"] = [{"token": str(i + 1), "level": lv, "description": f"visibility of whole object is {lv}"}
+                            for i, lv in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"))]
+    return {r["name"]: r["token"] for r in tables["category"]}
+
+
+def _add_annotations_per_camera(tables: dict[str, list[dict[str, Any]]]) -> None:
+    """One object 12 m down each camera's optical axis in every sample (it moves with the car), fully visible: every
+    keyframe camera image shows exactly one category, ``PER_CAMERA_CYCLE[(scene + camera) % 7]``, so the
+    categories are unambiguous per image (an oracle's data) and each one is in several scenes."""
+    cat_token = _annotation_tables(tables)
+    ego = {r["token"]: r for r in tables["ego_pose"]}
+    pose = {sd["sample_token"]: ego[sd["ego_pose_token"]] for sd in tables["sample_data"]
+            if sd["is_key_frame"] and "CAM_FRONT__" in sd["filename"]}
+    for sc_index, scene in enumerate(tables["scene"]):
+        samples = [r for r in tables["sample"] if r["scene_token"] == scene["token"]]
+        for ci, ch in enumerate(CAMERAS):
+            category = PER_CAMERA_CYCLE[(sc_index + ci) % len(PER_CAMERA_CYCLE)]
+            inst = {"token": _token("instance1", scene["token"], ch), "category_token": cat_token[category],
+                    "nbr_annotations": len(samples), "first_annotation_token": "", "last_annotation_token": ""}
+            tables["instance"].append(inst)
+            size = SIZES.get(category.split(".")[0], [0.6, 0.6, 1.0])
+            for i, smp in enumerate(samples):
+                p = pose[smp["token"]]
+                (w, _, _, z), (ex, ey, _) = p["rotation"], p["translation"]
+                heading = 2 * math.atan2(z, w) + CAMERA_YAW[ch]
+                ann = {"token": _token("ann1", inst["token"], i), "sample_token": smp["token"],
+                       "instance_token": inst["token"], "visibility_token": "4", "attribute_tokens": [],
+                       "translation": [ex + 12 * math.cos(heading), ey + 12 * math.sin(heading), 1.5],
+                       "size": size, "rotation": _yaw_quaternion(heading), "prev": "", "next": "",
+                       "num_lidar_pts": 10, "num_radar_pts": 1}
+                tables["sample_annotation"].append(ann)
+                inst["first_annotation_token"] = inst["first_annotation_token"] or ann["token"]
+                inst["last_annotation_token"] = ann["token"]
 
 
 def _add_maps(tables: dict[str, list[dict[str, Any]]], files: dict[str, bytes]) -> list[str]:

@@ -8,6 +8,7 @@ from ..config import (
     DEFAULT_SOURCE,
     CurateConfig,
     DecodeConfig,
+    EvalConfig,
     IndexConfig,
     IndexOverrides,
     JobConfig,
@@ -85,6 +86,16 @@ def _curate(a: _Args, command: str) -> CurateConfig:
         device=a.get("curate_device", d.device), seed=a.get("seed", d.seed))
 
 
+def _eval(a: _Args, command: str) -> EvalConfig:
+    """``job eval``, and the eval step of ``job run`` / ``job merge`` (``--no-eval`` skips it)."""
+    d = EvalConfig()
+    return EvalConfig(
+        enabled=not a.get("no_eval", False), min_visibility=a.get("min_visibility", d.min_visibility),
+        min_positives=a.get("min_positives", d.min_positives), image_queries=a.get("image_queries", d.image_queries),
+        prompts=a.get("prompts", None), nuscenes_meta=a.get("nuscenes_meta", None) if command == "eval" else None,
+        searchad=a.get("searchad", None), rare_share=a.get("rare_share", d.rare_share), seed=a.get("seed", d.seed))
+
+
 def config_from_args(ns: argparse.Namespace) -> JobConfig:
     """Build the JobConfig; every section checks itself, so a bad value is a UsageError here, before anything is
     read or written."""
@@ -120,6 +131,7 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
         status=StatusConfig(run=a.get("run", None) if command == "status" else None, watch=a.get("watch", None),
                             lines=a.get("lines", d.status.lines), json=bool(a.get("json", False))),
         curate=_curate(a, command),
+        eval=_eval(a, command),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )

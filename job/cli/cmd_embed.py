@@ -10,6 +10,7 @@ from ..pipeline import run_pipeline
 from ..runfolder import RunLayout
 from ..steps import summary
 from .cmd_curate import add_curate_options
+from .cmd_eval import add_eval_options
 from .options import (
     add_common_options,
     add_decode_options,
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_projection_options(r)
     r.add_argument("--thumbnails", action="store_true", help="also store a 128-px JPEG of each image (for the notebook)")
     add_curate_options(r, in_run=True)
+    add_eval_options(r, in_run=True)
     r.add_argument("--publish", default=None, metavar="URI", help="copy the finished run here (e.g. s3://bucket/runs/ID/)")
     r.add_argument("--shard", default=None, metavar="I/N",
                    help="embed only the I-th of N deterministic parts into OUTDIR/shards/I/ (whole archives per shard "

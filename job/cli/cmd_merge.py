@@ -6,6 +6,7 @@ import argparse
 from ..config import JobConfig
 from ..merge import merge_run
 from .cmd_curate import add_curate_options
+from .cmd_eval import add_eval_options
 from .options import add_common_options, add_index_options, add_projection_options
 
 
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_projection_options(p)
     p.add_argument("--seed", type=int, default=0, help="sample and layout seed (default 0)")
     add_curate_options(p, in_run=True)
+    add_eval_options(p, in_run=True)
     p.add_argument("--publish", default=None, metavar="URI", help="copy the merged run here (e.g. s3://bucket/runs/ID/)")
     add_common_options(p)
     p.set_defaults(handler=_merge)

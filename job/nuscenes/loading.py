@@ -1,26 +1,47 @@
 """Loading a ``v1.0-*`` tables folder from any fsspec file system, and finding such folders under a dataroot."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
 
 from .paths import is_image_name, is_version_dir, version_order
-from .schema import NEEDED_TABLES, TablesError
+from .schema import MissingTables
 from .tables import NuScenesTables, TablesBuilder
+
+
+class TableSink(Protocol):
+    """What reads tables as their bytes arrive (``TablesBuilder``, ``AnnotationBuilder``): one builder per version."""
+
+    version: str
+
+    def wants(self, table: str) -> bool: ...
+
+    def missing(self) -> list[str]: ...
+
+    def complete(self) -> bool: ...
+
+    def add(self, table: str, source: bytes | Callable[[int], bytes]) -> None: ...
+
+
+S = TypeVar("S", bound=TableSink)
+
+
+def fill_from_dir(fs: Any, path: str, sink: S) -> S:
+    """Feed ``sink`` the tables it still wants from a ``v1.0-*`` folder on any fsspec file system (local or s3)."""
+    for table in sink.missing():
+        p = f"{path.rstrip('/')}/{table}.json"
+        try:
+            with fs.open(p, "rb", block_size=8 << 20) as f:
+                sink.add(table, f.read)
+        except FileNotFoundError:
+            raise MissingTables(f"{sink.version}: missing table {table}.json in {path}") from None
+    return sink
 
 
 def load_tables_dir(fs: Any, path: str, version: str | None = None, *,
                     keep: Callable[[str], bool] = is_image_name) -> NuScenesTables:
     """Load a ``v1.0-*`` tables folder from any fsspec file system (local or s3)."""
     version = version or path.rstrip("/").rsplit("/", 1)[-1]
-    builder = TablesBuilder(version, keep=keep)
-    for table in NEEDED_TABLES:
-        p = f"{path.rstrip('/')}/{table}.json"
-        try:
-            with fs.open(p, "rb", block_size=8 << 20) as f:
-                builder.add(table, f.read)
-        except FileNotFoundError:
-            raise TablesError(f"{version}: missing table {table}.json in {path}") from None
-    return builder.build()
+    return fill_from_dir(fs, path, TablesBuilder(version, keep=keep)).build()
 
 
 def find_version_dirs(fs: Any, root: str) -> list[str]:

@@ -34,3 +34,8 @@ NEEDED_TABLES: tuple[str, ...] = ("sample_data", "sample", "scene", "log", "cali
 
 class TablesError(DataError, ValueError):
     """The tables are missing, incomplete or unreadable (a fault of the data, exit 1); the message names the file."""
+
+
+class MissingTables(TablesError):
+    """A tables folder or archive lacks some of the tables asked for (the message names them)."""
+

@@ -1,5 +1,5 @@
 """The typed documents a run folder stores: ``manifest.json`` (:class:`Manifest`), each index's ``.json``
-(:class:`IndexInfo`), the projection summary (:class:`Projection`) and ``_STATUS`` (:class:`StatusDoc`).
+(:class:`IndexInfo`), the projection summary (:class:`Projection`), the evaluation (:class:`Evaluation`) and ``_STATUS`` (:class:`StatusDoc`).
 
 They are msgspec structs: typed attributes for the code, JSON for the files. JSON key names that differ from the
 attribute live only in :data:`JSON_KEYS` (``_STATUS`` excepted: its keys are shared with the instance script); files are read and written only through :mod:`job.runfolder` (the
@@ -80,6 +80,7 @@ class Outputs(Doc):
     text_index: str | None = None
     umap: str | None = None
     curation: str | None = None
+    eval: str | None = None
 
 
 class ModelInfo(Doc):
@@ -185,6 +186,40 @@ class Curation(Doc):
     timings: dict[str, float] = {}
 
 
+class Score(Doc):
+    """One task over one vector column, averaged over its queries (``job.eval``): MAP@100, R-Precision and P@5 with
+    SearchAD's semantics (``job.eval.metrics``), and what a random ranking scores on the same queries."""
+
+    task: str  # text | image | scene | ego (text queries of scene words / ego motion) | searchad-text | searchad-image
+    column: str  # the embeddings column the queries searched
+    queries: int
+    map_at_100: float
+    r_precision: float
+    p_at_5: float
+    chance_map_at_100: float = 0.0
+    chance_r_precision: float = 0.0
+    chance_p_at_5: float = 0.0
+
+
+class Evaluation(Doc):
+    """``eval/eval.json`` and the manifest's ``eval``: how well the run's vectors retrieve what nuScenes' own
+    annotations say an image shows (``job eval``, the eval step of ``job run`` / ``job merge``)."""
+
+    images: int  # images scored: the run's keyframe camera images found in the annotation tables
+    rows: int  # the run's rows
+    labels: dict[str, Any]  # version, tables read from, min_visibility, images with a box, images per category
+    scores: list[Score]
+    settings: dict[str, Any] = {}  # min_positives, image_queries, seed, the prompt table (where from, sha256)
+    selection: dict[str, Any] | None = None  # a curated run's subset: rare categories captured vs random subsets
+    searchad: dict[str, Any] | None = None  # ``job eval --searchad``: SearchAD's protocol on its nuScenes part
+    files: dict[str, str] = {}  # name -> path relative to the run folder
+    timings: dict[str, float] = {}
+
+    def score(self, task: str, column: str) -> Score | None:
+        """The averaged score of ``task`` over ``column``, if it was asked."""
+        return next((s for s in self.scores if s.task == task and s.column == column), None)
+
+
 class Manifest(Doc):
     """``manifest.json``: written last, and only when every image is accounted for, so its presence means the output
     is complete (``status`` is "succeeded"; how an attempt failed or stopped is ``_STATUS``'s to say)."""
@@ -208,6 +243,7 @@ class Manifest(Doc):
     text_index: IndexInfo | None = None
     projection: Projection | None = None
     curation: Curation | None = None
+    eval: Evaluation | None = None
     published: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -15,6 +15,7 @@ outputs live side by side and ``--overwrite`` of one never touches another::
     index/text_queries.npy                   a.index/text_queries.npy         prompts encoded by the text tower
     umap2d.parquet                           a.umap2d.parquet                 id, x, y
     curation/                                a.curation/                      job curate: neighbours, duplicates, …
+    eval/                                    a.eval/                          job eval: labels, scores, per query
     manifest.json                            a.manifest.json                  written last: the run is complete
 
 Everything else reads a run through :func:`open_run`/:class:`Manifest`; JSON key names live only here.
@@ -156,6 +157,15 @@ class RunLayout:
         return fsutil.join(self.curation_dir, name)
 
     @property
+    def eval_dir(self) -> str:
+        """``eval/``: what ``job eval`` scored (``job.eval``)."""
+        return self._side("eval", "eval")
+
+    def eval(self, name: str) -> str:
+        """A file of the evaluation: ``labels.parquet``, ``eval.json``, ``per_query.parquet``, ``per_category.png``."""
+        return fsutil.join(self.eval_dir, name)
+
+    @property
     def manifest(self) -> str:
         return self._side("manifest.json", "manifest.json")
 
@@ -190,7 +200,7 @@ class RunLayout:
     def owned(self) -> list[str]:
         """Every path this output owns (what ``--overwrite`` removes); never another output's files."""
         return [self.embeddings, self.failures, self.thumbnails, self.state, self.npy, self.index_dir, self.umap,
-                self.curation_dir, self.manifest]
+                self.curation_dir, self.eval_dir, self.manifest]
 
     @classmethod
     def locate(cls, uri: str) -> RunLayout:

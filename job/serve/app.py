@@ -11,9 +11,12 @@
                                     (kind exact | still | near, cosine); a group of one when it repeats nothing
     GET  /api/rare?k=…&offset=…     images by descending uniqueness (rarest first), same filters as search
     GET  /api/selection             the diverse subset (job curate --select N) in pick order
+    GET  /api/quality               the run's scores (job eval): per task and vector column, MAP@100 vs chance
+    GET  /api/quality.png           its per-category figure
 
 The last three need a curated run (``job curate``); without one they answer 404 with the command that makes it,
-and ``/api/info`` says so (``curation: null``, ``curate_hint``).
+and ``/api/info`` says so (``curation: null``, ``curate_hint``); the quality routes likewise need ``job eval``'s
+``eval/`` (``quality: false``, ``quality_hint``).
 
 Bad requests get a 4xx with ``{"error": "…"}``; a fault of the run's data a 500 with its reason; nothing
 else ever leaves the server (no tracebacks). Nothing is written to the run.
@@ -103,6 +106,12 @@ def create_app(service: SearchService) -> Starlette:
     def selection(request: Request) -> Response:
         return JSONResponse(service.selection())
 
+    def quality(request: Request) -> Response:
+        return JSONResponse(service.quality.quality())
+
+    def quality_png(request: Request) -> Response:
+        return Response(service.quality.figure(), media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
     routes = [
         Route("/", page),
         Route("/api/info", info),
@@ -113,6 +122,8 @@ def create_app(service: SearchService) -> Starlette:
         Route("/api/duplicates", duplicates),
         Route("/api/rare", rare),
         Route("/api/selection", selection),
+        Route("/api/quality", quality),
+        Route("/api/quality.png", quality_png),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     handlers: dict[Any, Any] = {UsageError: _usage_error, DataError: _data_error, HTTPException: _http_error,

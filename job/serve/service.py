@@ -19,6 +19,7 @@ from ..runfolder import read_table
 from ..search import Searcher, Thumbnails, compose_where, json_safe, make_hits
 from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
 from .curation import CurationView, kind_counts
+from .quality import QualityView
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class SearchService:
         self._lock = threading.Lock()
         man = self.searcher.manifest
         self.curation = CurationView(self.layout, man.curation if man is not None else None, run)
+        self.quality = QualityView(self.layout, run)
         self._map = self._load_map()
         self.searcher.columns()  # DuckDB over the metadata, ready before the first request
         if preload_model and self.searcher.manifest is not None:
@@ -240,4 +242,5 @@ class SearchService:
                 "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
                 "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
                 "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,
-                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": self.curation.hint}
+                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": self.curation.hint,
+                "quality": self.quality.available, "quality_hint": self.quality.hint}

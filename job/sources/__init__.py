@@ -1,7 +1,7 @@
 """Source stage: ImageRecords (a dataroot-relative path plus bytes or a URL) from folders, S3 prefixes, archives.
 
 ``base`` (ImageRecord, the ``Source`` protocol, Selection, ``ReadPass``), ``local``, ``s3``, ``archive`` (+ spool,
-tables from archives), ``archive_reader`` (streamed ``.tgz``), ``remote`` (ranged GETs, the read retry), ``fanin``
+tables from any location: ``fill_from_location``), ``archive_reader`` (streamed ``.tgz``), ``remote`` (ranged GETs, the read retry), ``fanin``
 (reader threads), ``multi`` (``open_source``).
 
 May import: the ground floor, ``job.nuscenes`` (the metadata of each image) and ``job.runfolder`` (``path_id``).
@@ -9,7 +9,7 @@ May import: the ground floor, ``job.nuscenes`` (the metadata of each image) and 
 from __future__ import annotations
 
 from ..nuscenes import IMAGE_EXTENSIONS, is_image_name
-from .archive import Archive
+from .archive import Archive, NoTablesError, fill_from_location
 from .base import ImageRecord, Selection, Source
 from .local import LocalDir
 from .multi import MultiSource, open_source
@@ -21,9 +21,11 @@ __all__ = [
     "ImageRecord",
     "LocalDir",
     "MultiSource",
+    "NoTablesError",
     "S3Prefix",
     "Selection",
     "Source",
+    "fill_from_location",
     "is_image_name",
     "open_source",
 ]

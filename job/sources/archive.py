@@ -13,17 +13,19 @@ import os
 import re
 import tempfile
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .. import fsutil
 from ..errors import UsageError
 from ..nuscenes import (
+    MissingTables,
     NuScenesTables,
     TablesBuilder,
     TablesError,
+    TableSink,
     dataroot_relative,
+    fill_from_dir,
     find_version_dirs,
-    load_tables_dir,
     table_of,
 )
 from .archive_reader import ArchiveError, ArchiveMissing, ArchiveReader, Member
@@ -275,48 +277,66 @@ class _ArchivePass:
 
 # --------------------------------------------------------------------------- tables from --nuscenes-meta & co
 
-def tables_from_archive(url: str, anon: bool | None, sel: Selection) -> list[NuScenesTables]:
-    """Stream an archive until the tables of its first version are complete (maps etc. are never read).
+S = TypeVar("S", bound=TableSink)
+
+
+def fill_from_archive(url: str, anon: bool | None, make: Callable[[str], S]) -> S:
+    """Stream an archive until the tables of its first version are complete (maps etc. are never read), feeding each
+    table member to the sink ``make(version)`` made for its version; that sink is returned.
 
     Raises NoTablesError when the archive is missing or holds no table members, TablesError when they are broken.
     """
     reader = ArchiveReader(url, anon=anon)
-    builders: dict[str, TablesBuilder] = {}
+    sinks: dict[str, S] = {}
     members = reader.members()
     try:
         for m in members:
             tb = table_of(dataroot_relative(m.name))
             if tb is None or not m.isfile:
                 continue
-            b = builders.setdefault(tb[0], TablesBuilder(tb[0], keep=sel.wants))
-            b.add(tb[1], m.reader().read)
-            if b.complete():
-                return [b.build()]
+            sink = sinks.get(tb[0])
+            if sink is None:
+                sink = sinks[tb[0]] = make(tb[0])
+            if sink.wants(tb[1]):
+                sink.add(tb[1], m.reader().read)
+            if sink.complete():
+                return sink
     except ArchiveMissing as exc:
         raise NoTablesError(f"{url}: {exc}") from None
     except ArchiveError as exc:
         raise TablesError(f"{url}: {exc}") from None
     finally:
         members.close()
-    missing = {v: b.missing() for v, b in builders.items()}
+    missing = {v: b.missing() for v, b in sinks.items()}
     if missing:
-        raise TablesError(f"{url} holds no complete nuScenes tables (missing {missing})")
+        raise MissingTables(f"{url} holds no complete nuScenes tables (missing {missing})")
     raise NoTablesError(f"{url} holds no complete nuScenes tables (no v1.0-*/*.json members)")
 
 
-def tables_from_location(uri: str, anon: bool | None, sel: Selection) -> list[NuScenesTables]:
-    """Tables from a ``v1.0-*`` folder, a dataroot (local or s3) or an archive.
+def fill_from_location(uri: str, anon: bool | None, make: Callable[[str], S]) -> list[S]:
+    """Sinks (one per table version, ``make(version)``) fed from a ``v1.0-*`` folder, a dataroot (local or s3) or an
+    archive: the one place that knows where tables can live.
 
     Raises NoTablesError when the location holds no tables, TablesError when they are broken.
     """
     if is_archive_name(uri):
-        return tables_from_archive(uri, anon, sel)
+        return [fill_from_archive(uri, anon, make)]
     fs, path = fsutil.url_to_fs(uri, anon)
     path = path.rstrip("/")
     if fs.exists(f"{path}/sample_data.json"):
-        return [load_tables_dir(fs, path, keep=sel.wants)]
+        return [fill_from_dir(fs, path, make(path.rsplit("/", 1)[-1]))]
     dirs = find_version_dirs(fs, path)
     if not dirs:
         raise NoTablesError(f"{uri} holds no nuScenes tables (expected a v1.0-* folder with sample_data.json, "
                             "a dataroot holding one, or a meta .tgz)")
-    return [load_tables_dir(fs, d, keep=sel.wants) for d in dirs]
+    return [fill_from_dir(fs, d, make(d.rsplit("/", 1)[-1])) for d in dirs]
+
+
+def tables_from_archive(url: str, anon: bool | None, sel: Selection) -> list[NuScenesTables]:
+    """The tables of an archive's first version (``fill_from_archive``), joined."""
+    return [fill_from_archive(url, anon, lambda v: TablesBuilder(v, keep=sel.wants)).build()]
+
+
+def tables_from_location(uri: str, anon: bool | None, sel: Selection) -> list[NuScenesTables]:
+    """The tables of a ``v1.0-*`` folder, a dataroot (local or s3) or an archive (``fill_from_location``), joined."""
+    return [b.build() for b in fill_from_location(uri, anon, lambda v: TablesBuilder(v, keep=sel.wants))]

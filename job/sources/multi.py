@@ -134,7 +134,7 @@ class MultiSource:
             for fs, d in pt.table_dirs():
                 try:
                     p.add_tables(load_tables_dir(fs, d, keep=self.sel.wants))
-                    origin.append(d)
+                    origin.append(d if fsutil.is_local(fs) else fs.unstrip_protocol(d))  # a URL eval reads again
                 except TablesError as exc:
                     p.warn(f"{d}: unusable nuScenes tables ({exc}); metadata stays empty")
         return origin

@@ -1,6 +1,6 @@
 // The search page: a text / image / id query (or rarest first), metadata filters, a grid of hits, the UMAP map with
 // the hits. Plain JS against the JSON API of job/serve/app.py; ids are strings (63-bit hashes). The curation views
-// (duplicates, rarest first, the subset on the map) are in curation.js.
+// (duplicates, rarest first, the subset on the map) are in curation.js, the quality panel in quality.js.
 "use strict";
 
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
@@ -176,6 +176,7 @@ async function init() {
       s.style.setProperty("--c", SELECTION_COLOR); $("legend").appendChild(s);
     }
     initCuration(info);
+    await initQuality(info);
     drawMap();
     document.body.dataset.state = "ready";
     setStatus("type a query, pick an image, or click a point of the map");
