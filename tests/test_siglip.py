@@ -178,15 +178,16 @@ def siglip_run(nuscenes_dataroot: Path, tokenizer_dir: Path, tmp_path_factory: p
 
     out = tmp_path_factory.mktemp("siglip") / "run"
     rc = main(["run", "--source", str(nuscenes_dataroot.root), "--out", str(out), "--model", SIGLIP_MODEL,
-               "--pretrained", "none", "--tokenizer", str(tokenizer_dir), "--channel", "CAM_FRONT,CAM_BACK",
-               "--no-project", "--no-progress", "--workers", "0", "--log-level", "WARNING"])
+               "--pretrained", "none", "--tokenizer", str(tokenizer_dir), "--channels", "CAM_FRONT,CAM_BACK",
+               "--min-positives", "3", "--no-project", "--no-progress", "--workers", "0", "--log-level", "WARNING"])
     assert rc == 0
     return out
 
 
-def test_siglip2_run_then_search_by_text(siglip_run: Path, tokenizer_dir: Path, capsys) -> None:
+def test_siglip2_run_then_search_by_text_then_eval(siglip_run: Path, tokenizer_dir: Path, capsys) -> None:
     """``job run`` with SigLIP 2 (random weights) stores both vectors, indexes the trained output for text queries,
-    and ``job search --text`` ranks by it, exactly."""
+    ``job search --text`` ranks by it, exactly, and ``job eval`` scores both vectors (its text queries through the
+    SigLIP text tower and the run's tokenizer folder)."""
     import pyarrow.parquet as pq
 
     from job.cli import main
@@ -210,6 +211,17 @@ def test_siglip2_run_then_search_by_text(siglip_run: Path, tokenizer_dir: Path, 
                  "--log-level", "WARNING"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert [h["id"] for h in hits] == want
+    # the eval step of job run scored both vectors, text tasks included; job eval scores the run again
+    tasks = {(s["task"], s["column"]) for s in manifest["eval"]["scores"]}
+    assert {("text", "embedding"), ("text", "embedding_trained"), ("image", "embedding"),
+            ("image", "embedding_trained")} <= tasks
+    assert not any(str(v).startswith("skipped") for v in manifest["eval"]["settings"].values())
+    assert main(["eval", "--run", str(siglip_run), "--min-positives", "3", "--device", "cpu", "--no-progress",
+                 "--log-level", "WARNING"]) == 0
+    out = capsys.readouterr().out
+    assert "MAP@100" in out and "embedding_trained" in out
+    again = json.loads((siglip_run / "manifest.json").read_text())["eval"]
+    assert {(s["task"], s["column"]) for s in again["scores"]} == tasks
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import (
     DEFAULT_SOURCE,
+    CompareConfig,
     CurateConfig,
     DecodeConfig,
     EvalConfig,
@@ -132,6 +133,7 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
                             lines=a.get("lines", d.status.lines), json=bool(a.get("json", False))),
         curate=_curate(a, command),
         eval=_eval(a, command),
+        compare=CompareConfig(variants=tuple(a.get("variant", None) or ())),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )
