@@ -387,10 +387,10 @@ class Variant:
         return slug if len(slug) <= 80 else f"{slug[:71]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
     def spec(self) -> str:
-        """The variant written back in ``--variant`` form (every key)."""
+        """The variant written back in ``--variant`` form (every key; no size: the model's own)."""
         return ",".join(f"{k}={v}" for k, v in (("model", self.model), ("pretrained", self.pretrained),
-                                                 ("pool", self.pool), ("resize", self.resize),
-                                                 ("size", self.size or "native")) if v is not None)
+                                                 ("pool", self.pool), ("resize", self.resize), ("size", self.size))
+                        if v is not None)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def test_variant_grammar() -> None:
     d = Variant.parse("model=ViT-B-32-SigLIP2-256")  # every other key: job run's defaults
     assert (d.pretrained, d.pool, d.resize, d.size, d.label) == (
         "openclip", "mean", "pad", None, "ViT-B-32-SigLIP2-256_openclip_mean_pad_native")
+    assert Variant.parse(d.spec()) == d
     for text, message in [("model=ViT-S-32,colour=red", r"unknown key 'colour'; valid keys: model, pretrained, pool, "
                                                          r"resize, size, name"),
                           ("pool=max", r"--variant 'pool=max': unknown pool 'max'; valid choices: mean, cls, map"),
@@ -71,10 +72,14 @@ def test_compare_writes_one_table_and_one_png(compared: Path, nuscenes_dataroot)
     best = doc["best"]["image"]
     assert best["map_at_100"] == max(s["map_at_100"] for v in doc["variants"] for s in v["scores"]
                                      if s["task"] == "image")
-    # the labels were derived once, in the first variant, and given to the second
+    # the labels were derived once, in the first variant's folder, and given to both with their provenance
     first = json.loads((compared / labels[0] / "eval" / "eval.json").read_text())
     second = json.loads((compared / labels[1] / "eval" / "eval.json").read_text())
-    assert first["labels"].get("reused") is False and second["labels"].get("given") is True
+    assert first["labels"]["given"] is second["labels"]["given"] is True
+    assert first["labels"]["version"] == second["labels"]["version"] == "v1.0-mini"
+    assert second["labels"]["min_visibility"] == 2
+    assert (compared / labels[0] / "eval" / "labels.parquet").read_bytes() == \
+        (compared / labels[1] / "eval" / "labels.parquet").read_bytes()
     md = (compared / "compare.md").read_text()
     assert "| variant | vector | text MAP@100 | image MAP@100 | scene MAP@100 | ego MAP@100 |" in md
     assert "| `s32-cls-crop` | cls |" in md and "| random ranking |" in md and "**" in md
@@ -103,7 +108,7 @@ def test_compare_again_resumes_without_embedding(compared: Path, nuscenes_dataro
 @pytest.mark.parametrize(("variant", "says"), [
     ("model=ViT-S-32,colour=red", "unknown key 'colour'; valid keys: model, pretrained, pool, resize, size, name"),
     ("model=ViT-Q-99", "unknown model 'ViT-Q-99'"),
-    ("model=ViT-S-32,pool=map", "--pool map: model ViT-S-32 has no attention-pool head"),
+    ("model=ViT-S-32,pretrained=none,pool=map", "--pool map: model ViT-S-32 has no attention-pool head"),
 ])
 def test_bad_variant_is_one_line_exit_2_nothing_written(tmp_path: Path, variant: str, says: str) -> None:
     out = tmp_path / "cmp"
