@@ -114,13 +114,15 @@ def _has_annotations(manifest: Manifest) -> bool:
 
 
 def _eval_in_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest) -> None:
-    """The eval step of ``job run`` / ``job merge``: a run whose tables hold no annotations (the test split) or cannot
-    be read is not failed after its embedding for that; the log says why and how to score it later."""
+    """The eval step of ``job run`` / ``job merge``: a run whose tables hold no annotations (the test split), or whose
+    annotation tables cannot be found or read (a storage fault included), is not failed after its embedding for that;
+    the log says why and how to score it later (``tests/test_eval_run.py``)."""
     from .errors import JobError
     from .eval import NoAnnotations
 
     try:
-        eval_step(cfg, layout, manifest)
+        with fsutil.faults("the eval step on", layout.run_dir):
+            eval_step(cfg, layout, manifest)
     except NoAnnotations as exc:
         log.info("no eval: %s", exc)
     except JobError as exc:
@@ -159,8 +161,7 @@ def finish_run(cfg: JobConfig, layout: RunLayout, manifest: Manifest, *, status:
             curate_step(cfg, layout, manifest)
     if cfg.eval.enabled and _has_annotations(manifest):
         phase("eval")
-        with fsutil.faults("the eval step on", layout.run_dir):
-            _eval_in_run(cfg, layout, manifest)
+        _eval_in_run(cfg, layout, manifest)
     if stop is not None:
         stop.check("before writing the manifest")
     if verify is not None:

@@ -88,6 +88,18 @@ def chromium() -> Iterator[Any]:
         driver.quit()
 
 
+@contextmanager
+def browser_or_skip() -> Iterator[Any]:
+    """``chromium()``, or the test skipped, saying why, where Chromium or selenium is missing."""
+    import pytest
+
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
+    pytest.importorskip("selenium.webdriver")
+    with chromium() as driver:
+        yield driver
+
+
 def wait_state(driver: Any, state: str, timeout: float = 60) -> None:
     """Wait until the page's ``body[data-state]`` is ``state`` (fails at once, with the status line, on error)."""
     from selenium.webdriver.support.ui import WebDriverWait

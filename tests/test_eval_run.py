@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from eval_helpers import columns_of
 
 from conftest import TEST_MODEL
 from job.cli import main
@@ -45,7 +46,7 @@ def test_job_run_writes_eval_and_the_manifest_records_it(evaluated_run, nuscenes
     assert m.eval.labels["version"] == "v1.0-mini" and m.eval.labels["min_visibility"] == 2
     # both vectors of the run, every task the fixture can ask
     assert {(s.task, s.column) for s in m.eval.scores} == {
-        (t, c) for t in ("text", "image", "scene", "ego") for c in ("embedding", "embedding_trained")}
+        (t, c) for t in ("text", "image", "scene", "ego") for c in columns_of(evaluated_run)}
     per_query = pq.read_table(evaluated_run / "eval" / PER_QUERY)
     for s in m.eval.scores:
         rows = per_query.filter(pa.compute.and_(pa.compute.equal(per_query["task"], s.task),
@@ -70,7 +71,7 @@ def test_job_eval_prints_the_table_and_reuses_the_labels(evaluated_run, tmp_path
     labels_before = (run / "eval" / LABELS).read_bytes()
     assert main(["eval", "--run", str(run), "--min-positives", "3", "--no-progress", "--log-level", "WARNING"]) == 0
     out = capsys.readouterr().out
-    assert "MAP@100" in out and "embedding_trained" in out and "image" in out
+    assert "MAP@100" in out and all(c in out for c in columns_of(run)) and "image" in out
     assert (run / "eval" / LABELS).read_bytes() == labels_before
     m = read_manifest(RunLayout(str(run)))
     assert m.eval is not None and m.eval.labels["reused"] is True
@@ -87,7 +88,7 @@ def _replace_vectors(run: Path, make: callable) -> None:
         t = pq.read_table(part)
         x = make(t["id"].to_numpy()).astype(np.float32)
         col = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
-        for name in ("embedding", "embedding_trained"):
+        for name in columns_of(run):
             t = t.set_column(t.schema.get_field_index(name), t.schema.field(name), col)
         pq.write_table(t, part)
 
@@ -127,7 +128,7 @@ def test_oracle_scores_high_and_random_vectors_score_chance(oracle_source, tmp_p
         _replace_vectors(run, make)
         assert main(["eval", "--run", str(run), "--no-progress", "--log-level", "WARNING"]) == 0
         results[name] = read_manifest(RunLayout(str(run))).eval
-    for column in ("embedding", "embedding_trained"):
+    for column in columns_of(base):
         s = results["oracle"].score("image", column)
         assert s is not None and s.queries >= 5 * 7
         assert s.map_at_100 >= 0.9 and s.r_precision >= 0.9 and s.p_at_5 >= 0.9
@@ -219,3 +220,45 @@ def test_edited_prompt_table_is_used(evaluated_run, tmp_path):
     assert set(car.prompts) == {"a red sedan."}
     bike = per_query[(per_query.task == "text") & (per_query["query"] == "vehicle.bicycle")]
     assert set(bike.prompts) == {"a photo of a bicycle."}  # not in the table: the plain prompt
+
+
+def test_job_merge_scores_the_merged_run(nuscenes_dataroot, tmp_path):
+    """A run split in two shards: each shard records where its tables came from, the merge carries that into its
+    manifest, and the eval step of job merge scores the whole run."""
+    out = tmp_path / "split"
+    for i in range(2):
+        _run(nuscenes_dataroot.root, out, "--shard", f"{i}/2", "--min-positives", "3")
+        assert not (out / "shards" / str(i) / "eval").exists()  # a shard is not scored: the merged run is
+    assert main(["merge", "--run", str(out), "--no-index", "--no-project", "--min-positives", "3", "--no-progress",
+                 "--log-level", "WARNING"]) == 0
+    m = read_manifest(RunLayout(str(out)))
+    assert m.source["kind"] == "nuscenes" and m.source["metadata"]["from"]
+    assert m.eval is not None and m.eval.images == len(nuscenes_dataroot.keyframes) and m.eval.scores
+
+
+def test_broken_annotation_tables_do_not_fail_the_run(tmp_path, capsys):
+    """After hours of embedding a run is not failed for its annotation tables: job run ends with its manifest and a
+    warning naming the command; job eval then says what is broken (exit 1, a fault of the data)."""
+    info = make_nuscenes_fixture(tmp_path / "nuscenes", n_logs=1, scenes_per_log=2)
+    table = info.root / info.version / "sample_annotation.json"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    out = tmp_path / "run"
+    assert main(["run", "--source", str(info.root), "--out", str(out), *RUN, "--no-index"]) == 0
+    assert read_manifest(RunLayout(str(out))).eval is None
+    err = capsys.readouterr().err
+    assert "sample_annotation.json" in err and f"python -m job eval --run {out}" in err
+    assert main(["eval", "--run", str(out), "--no-progress"]) == 1
+    assert "sample_annotation.json" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_labels_of_other_rows_are_refused(evaluated_run, tmp_path):
+    from job.config import JobConfig
+    from job.errors import UsageError
+    from job.eval import evaluate_run
+
+    labels = pq.read_table(evaluated_run / "eval" / LABELS)
+    other = labels.set_column(0, "id", pa.array(labels["id"].to_numpy() + 1))
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    with pytest.raises(UsageError, match="not rows of this run"):
+        evaluate_run(RunLayout(str(run)), JobConfig(), labels=other, encode_text=lambda t: np.ones((len(t), 384)))

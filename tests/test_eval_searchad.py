@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from eval_helpers import columns_of
 from searchad_reference import evaluate_label, image_level_annotations
 
 from job.cli import main
@@ -84,7 +85,7 @@ def test_searchad_scores_equal_the_devkit(curated_run, nuscenes_dataroot, tmp_pa
     table = read_table(layout.embeddings, ["id", "path"])
     path_of = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
     checked = 0
-    for column in ("embedding", "embedding_trained"):
+    for column in columns_of(run):
         xc, idc = read_vectors(layout.embeddings, column)
         vec = {f"nuscenes/{path_of[int(i)]}": _unit(v) for i, v in zip(idc, xc)}
         for r in (r for r in rows if r["column"] == column):

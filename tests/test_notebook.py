@@ -48,7 +48,7 @@ def job_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = base / "run"
     cmd = [sys.executable, "-m", "job", "run", "--source", str(info.root), "--out", str(out),
            "--model", "ViT-B-32", "--pretrained", "none", "--image-size", "64", "--no-index", "--thumbnails",
-           "--curate", "--select", "12", "--balance", "location,channel",
+           "--curate", "--select", "12", "--balance", "location,channel", "--min-positives", "3",
            "--workers", "0", "--no-progress", "--log-level", "WARNING"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,6 +56,7 @@ def job_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert manifest["status"] == "succeeded" and manifest["counts"]["embedded"] == len(info.keyframes)
     assert (out / "umap2d.parquet").exists() and (out / "thumbnails.parquet").exists()
     assert manifest["curation"]["selection"]["n"] == 12
+    assert manifest["eval"]["scores"]  # the nuScenes fixture carries annotations: job run scored itself
     return out
 
 
@@ -106,6 +107,40 @@ def test_notebook_from_local_run(job_run: Path) -> None:
     assert gallery["scores"][0] == pytest.approx(1.0, abs=1e-3) and len(gallery["hit_ids"]) == 9
     assert set(results["text"]) == {"night, rain", "construction zone", "bus"}
     _check_curation(job_run, results, figures)
+    _check_eval(job_run, results, figures)
+
+
+def _check_eval(run: Path, results: dict, figures: Path) -> None:
+    """The scores cells showed the run's eval/: its table and its per-category figure."""
+    stored = json.loads((run / "eval" / "eval.json").read_text())
+    e = results["eval"]
+    assert e["scored"] is True and "MAP@100" in e["note"]
+    assert [(r["column"], r["MAP@100"], r["chance MAP@100"]) for r in e["scores"]] == \
+        [(s["column"], round(s["map_at_100"], 3), round(s["chance_map_at_100"], 3)) for s in stored["scores"]]
+    png = figures / "eval_per_category.png"
+    assert results["figures"]["eval_per_category"] == str(png)
+    assert png.read_bytes() == (run / "eval" / "per_category.png").read_bytes()
+
+
+def test_eval_helpers_without_a_notebook(job_run: Path, tmp_path: Path) -> None:
+    """job.viz's eval helpers against the run's eval/, and a run never scored (the note names the command)."""
+    from job import viz
+
+    run = viz.load_run(str(job_run))
+    ev, note = viz.load_eval(run)
+    assert ev is not None and note.splitlines()[0].startswith(f"{ev.images} images scored")
+    table = viz.scores_table(ev)
+    assert list(table["column"]) == [s.column for s in ev.scores] and (table["queries"] > 0).all()
+    pq_ = viz.per_query(run)
+    assert pq_ is not None and len(pq_) == sum(s.queries for s in ev.scores)
+    assert viz.figure_png(run) == (job_run / "eval" / "per_category.png").read_bytes()
+    copy = tmp_path / "run"
+    shutil.copytree(job_run, copy)
+    shutil.rmtree(copy / "eval")
+    other = viz.load_run(str(copy))
+    none, note = viz.load_eval(other)
+    assert none is None and f"python -m job eval --run {copy}" in note
+    assert viz.per_query(other) is None and viz.figure_png(other) is None
 
 
 def _table(run: Path, name: str) -> list[dict]:
@@ -205,6 +240,7 @@ def test_notebook_from_s3_run(job_run: Path, s3_bucket: str) -> None:
     assert results["curation"]["curated"] is False and f"python -m job curate --run {uri.rstrip('/')}" in \
         results["curation"]["note"]
     assert not set(CURATION_FIGURES) & set(results["figures"])
+    assert results["eval"]["scored"] is True and "eval_per_category" in results["figures"]  # eval/ was copied
     skipped = [o.get("text", "") for cell in nb.cells if cell.cell_type == "code" and "skip_reason" in cell.source
                for o in cell.get("outputs", [])]
     assert len(skipped) == 5 and all(t.startswith("skipped: ") and "is not curated" in t for t in skipped)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from serve_helpers import CHROMEDRIVER, CHROMIUM, chromium, get, get_json, running, snapshot, wait_state
 
 from conftest import TEST_MODEL
 from job.cli import main
+from serve_helpers import browser_or_skip, get, get_json, running, snapshot, wait_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "serve"
@@ -72,10 +72,7 @@ def test_a_run_without_scores_says_how_to_score_it(scored_run: Path, tmp_path: P
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
-    pytest.importorskip("selenium.webdriver")
-    with chromium() as driver:
+    with browser_or_skip() as driver:
         yield driver
 
 

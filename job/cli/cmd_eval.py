@@ -7,7 +7,7 @@ from ..config import DEVICES, VISIBILITY_LEVELS, EvalConfig, JobConfig
 from ..eval import summary_lines
 from ..runfolder import open_run
 from ..steps import eval_step, rerun_step
-from .options import add_common_options, choice, positive_int
+from .options import add_common_options, choice, number, positive_int
 
 
 def _eval(cfg: JobConfig, args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False, in_com
                         "(default %(default)s)")
     g.add_argument("--image-queries", type=positive_int, default=e.image_queries, metavar="N",
                    help="image→image: query images sampled per category (default %(default)s)")
-    g.add_argument("--rare-share", type=float, default=e.rare_share, metavar="SHARE",
+    g.add_argument("--rare-share", type=number, default=e.rare_share, metavar="SHARE",
                    help="a curated run's subset is scored on the categories fewer than this share of the images show "
                         "(default %(default)s)")
     g.add_argument("--prompts", default=None, metavar="FILE",

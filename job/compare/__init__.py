@@ -8,8 +8,8 @@ the model registry, the run folder, the ground floor.
 """
 from __future__ import annotations
 
-from .report import compare_png, comparison, markdown
-from .run import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, VariantRun, check_variants, compare, variant_config
+from .report import VariantRun, compare_png, comparison, markdown
+from .run import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, check_variants, compare, variant_config
 
 __all__ = ["COMPARE_JSON", "COMPARE_MD", "COMPARE_PNG", "VariantRun", "check_variants", "compare", "compare_png",
            "comparison", "markdown", "variant_config"]

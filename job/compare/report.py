@@ -4,18 +4,26 @@ random ranking scores marked)."""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from ..config import JobConfig
-from ..runfolder import IMAGE_COLUMN
-
-if TYPE_CHECKING:
-    from .run import VariantRun
+from ..config import JobConfig, Variant
+from ..runfolder import IMAGE_COLUMN, Manifest, RunLayout
 
 TASK_ORDER = ("text", "image", "scene", "ego", "searchad-text", "searchad-image")
 TASK_TITLES = {"text": "text → image (categories)", "image": "image → image (other scenes)",
                "scene": "text → image (scene words)", "ego": "text → image (ego motion)"}
 METRICS = ("map_at_100", "r_precision", "p_at_5")
+
+
+@dataclass
+class VariantRun:
+    """One variant after its run: where it is, what ran, and its manifest (with ``eval``): what the report shows."""
+
+    variant: Variant
+    layout: RunLayout
+    manifest: Manifest
+    resumed: bool  # the run folder was already complete: nothing was embedded this time
 
 
 def _vector(column: str, r: VariantRun) -> str:

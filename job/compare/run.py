@@ -17,27 +17,17 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from .. import fsutil
 from ..config import JobConfig, Variant
 from ..errors import UsageError
 from ..runfolder import Manifest, RunLayout, find_manifest, write_manifest
+from .report import VariantRun, compare_png, comparison, markdown
 
 log = logging.getLogger(__name__)
 
 COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
-
-
-@dataclass
-class VariantRun:
-    """One variant after its run: where it is, what ran, and its manifest (with ``eval``)."""
-
-    variant: Variant
-    layout: RunLayout
-    manifest: Manifest
-    resumed: bool  # the run folder was already complete: nothing was embedded this time
 
 
 def variant_config(cfg: JobConfig, v: Variant, out: str) -> JobConfig:
@@ -132,8 +122,6 @@ def compare(cfg: JobConfig, out: str) -> dict[str, Any]:
     """Run, score and tabulate every variant of ``cfg.compare`` under ``out``; returns the ``compare.json`` document.
 
     Every variant is checked first (bad model, weights, pool: one line, exit 2, nothing written)."""
-    from .report import compare_png, comparison, markdown
-
     check_variants(cfg)
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

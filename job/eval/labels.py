@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..nuscenes import Annotations, visible_pairs
-from ..nuscenes.annotations import token_keys
+from ..nuscenes.keys import positions, token_keys
 from ..runfolder import RunLayout, open_dataset, read_table
 
 STOPPED_MPS = 0.5  # below this the car counts as standing still (1.8 km/h: a pose's jitter while parked is ~0.05 m/s)
@@ -77,13 +77,8 @@ def _lists(owner: np.ndarray, codes: np.ndarray, names: list[str], n: int) -> pa
 def derive_labels(ann: Annotations, rows: pa.Table, min_visibility: int) -> pa.Table:
     """The labels of every row of ``rows`` (``run_rows``) whose image the annotation tables hold (others are left
     out: images without a sample_data row in these tables, non-camera rows)."""
-    at_keys = token_keys(ann.sd_tokens.to_pylist())
-    row_keys = token_keys(rows.column("sample_data_token").to_pylist())
-    order = np.argsort(at_keys, kind="stable")
-    sorted_keys = at_keys[order]
-    pos = np.clip(np.searchsorted(sorted_keys, row_keys), 0, max(0, len(at_keys) - 1))
-    found = (sorted_keys[pos] == row_keys) if len(at_keys) else np.zeros(len(row_keys), bool)
-    image = np.where(found, order[pos] if len(order) else 0, -1)
+    image = positions(token_keys(rows.column("sample_data_token").to_pylist()), token_keys(ann.sd_tokens.to_pylist()))
+    found = image >= 0
     found &= ann.camera[np.clip(image, 0, None)] if len(ann.camera) else False
     keep_rows = np.flatnonzero(found)
     image = image[keep_rows]

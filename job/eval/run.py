@@ -105,9 +105,15 @@ def load_labels(layout: RunLayout, manifest: Manifest | None, cfg: JobConfig,
 
 
 def _unit_rows(x: np.ndarray, vid: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The rows of ``x`` (ids ``vid``) for the ids ``ids``, in that order, unit length."""
+    """The rows of ``x`` (ids ``vid``) for the ids ``ids``, in that order, unit length; UsageError when some id is not
+    a row of the run (labels made for other rows)."""
     order = np.argsort(vid, kind="stable")
-    out = x[order[np.searchsorted(vid[order], ids)]]
+    at = np.clip(np.searchsorted(vid[order], ids), 0, max(0, len(vid) - 1))
+    missing = int(np.count_nonzero(vid[order][at] != ids)) if len(vid) else len(ids)
+    if missing:
+        raise UsageError(f"{missing} of the {len(ids)} labelled images are not rows of this run: the labels were made "
+                         "for other rows (derive them for this run: python -m job eval --run RUN)")
+    out = x[order[at]]
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .annotations import ANNOTATION_TABLES, AnnotationBuilder, Annotations
 from .boxes import boxes_in_image, visible_pairs
 from .jsonstream import CHUNK_BYTES, iter_array_slices
-from .loading import TableSink, fill_from_dir, find_version_dirs, load_tables_dir
+from .loading import fill_from_dir, find_version_dirs, load_tables_dir
 from .paths import (
     IMAGE_EXTENSIONS,
     LAYOUT_DIRS,
@@ -20,6 +20,7 @@ from .paths import (
     version_order,
 )
 from .schema import META_FIELDS, META_NAMES, NEEDED_TABLES, MissingTables, TablesError
+from .sink import TableBuilder, TableSink
 from .tables import MetaIndex, NuScenesTables, TablesBuilder
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "AnnotationBuilder",
     "Annotations",
     "CHUNK_BYTES",
+    "TableBuilder",
     "TableSink",
     "boxes_in_image",
     "fill_from_dir",

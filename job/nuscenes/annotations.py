@@ -15,14 +15,17 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
 from .jsonstream import CHUNK_BYTES, iter_array_slices, reader_of
+from .keys import positions as _positions
+from .keys import token_keys
 from .schema import TablesError
+from .sink import TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +67,6 @@ _DECODERS: dict[str, Any] = {
     "ego_pose": msgspec.json.Decoder(list[_PoseRow]),
     "sample_data": msgspec.json.Decoder(list[_SdRow]),
 }
-_ANY = msgspec.json.Decoder()
-
-
-def token_keys(tokens: Iterable[str]) -> np.ndarray:
-    """64-bit keys of tokens (Python's string hash: the same within one process, which is where every table of one
-    build is read; two of trainval's ~4M tokens share a key with probability ~1e-6)."""
-    return np.fromiter((hash(t) for t in tokens), dtype=np.int64)
-
-
-def _positions(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Position of each value in ``keys`` (unique), -1 where absent."""
-    if len(keys) == 0:
-        return np.full(len(values), -1, np.int64)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    at = np.clip(np.searchsorted(sorted_keys, values), 0, len(keys) - 1)
-    return np.where(sorted_keys[at] == values, order[at], -1).astype(np.int64)
 
 
 def visibility_rank(token: str, level: str | None) -> int:
@@ -171,13 +157,16 @@ def _cat(chunks: list[np.ndarray], dtype: Any, width: int = 0) -> np.ndarray:
     return np.zeros((0, width) if width else 0, dtype)
 
 
-class AnnotationBuilder:
+class AnnotationBuilder(TableBuilder):
     """Collects the annotation tables of one version as they arrive (any order) and joins them (:meth:`build`).
 
     ``sd_tokens``: the ``sample_data`` tokens whose images are wanted (the run's rows); None keeps every keyframe.
     Same protocol as ``TablesBuilder`` (``wants``, ``add``, ``missing``, ``complete``, ``build``), so the sources read
-    it from a folder, an ``s3://`` prefix or an archive alike (``job.sources.read_tables``).
+    it from a folder, an ``s3://`` prefix or an archive alike (``job.sources.fill_from_location``).
     """
+
+    TABLES: ClassVar[tuple[str, ...]] = ANNOTATION_TABLES
+    PARSE_ERRORS: ClassVar[tuple[type[BaseException], ...]] = (ValueError, KeyError, TypeError, msgspec.DecodeError)
 
     def __init__(self, version: str, sd_tokens: Iterable[str] | None = None, *, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.version = version
@@ -199,33 +188,13 @@ class AnnotationBuilder:
             return self._sd is None
         return table in _SMALL and table not in self._small
 
-    def missing(self) -> list[str]:
-        return [t for t in ANNOTATION_TABLES if self.wants(t)]
-
-    def complete(self) -> bool:
-        return not self.missing()
-
-    def add(self, table: str, source: bytes | Callable[[int], bytes]) -> None:
-        """Parse one table from its bytes or a ``read(n)`` function; tables not needed are ignored."""
-        if not self.wants(table):
-            return
-        t0 = time.perf_counter()
-        try:
-            if table in _DECODERS:
-                self._add_big(table, reader_of(source))
-            else:
-                data = source if isinstance(source, bytes) else b"".join(iter(lambda: source(self.chunk_bytes), b""))
-                rows = _ANY.decode(data)
-                if not isinstance(rows, list):
-                    raise TablesError("not a JSON array")
-                self._small[table] = rows
-                self.rows_read[table] = len(rows)
-        except TablesError as exc:
-            raise TablesError(f"{self.version}/{table}.json: {exc}") from None
-        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
-            raise TablesError(f"{self.version}/{table}.json: cannot parse ({type(exc).__name__}: {exc})") from None
-        finally:
-            self.seconds += time.perf_counter() - t0
+    def _parse(self, table: str, source: bytes | Callable[[int], bytes]) -> None:
+        if table in _DECODERS:
+            self._add_big(table, reader_of(source))
+        else:
+            rows = self._whole(source)
+            self._small[table] = rows
+            self.rows_read[table] = len(rows)
 
     def _add_big(self, table: str, read: Callable[[int], bytes]) -> None:
         decoder = _DECODERS[table]

@@ -1,26 +1,12 @@
 """Loading a ``v1.0-*`` tables folder from any fsspec file system, and finding such folders under a dataroot."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .paths import is_image_name, is_version_dir, version_order
 from .schema import MissingTables
+from .sink import TableSink
 from .tables import NuScenesTables, TablesBuilder
-
-
-class TableSink(Protocol):
-    """What reads tables as their bytes arrive (``TablesBuilder``, ``AnnotationBuilder``): one builder per version."""
-
-    version: str
-
-    def wants(self, table: str) -> bool: ...
-
-    def missing(self) -> list[str]: ...
-
-    def complete(self) -> bool: ...
-
-    def add(self, table: str, source: bytes | Callable[[int], bytes]) -> None: ...
-
 
 S = TypeVar("S", bound=TableSink)
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from .egopose import EgoPoses, ego_columns
-from .jsonstream import CHUNK_BYTES, decode_any, decode_sample_data, iter_array_slices, reader_of
+from .jsonstream import CHUNK_BYTES, decode_sample_data, iter_array_slices, reader_of
 from .paths import is_image_name, version_order
 from .schema import NEEDED_TABLES, TablesError
+from .sink import TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +187,14 @@ class MetaIndex:
 
 
 @dataclass
-class TablesBuilder:
+class TablesBuilder(TableBuilder):
     """Collects the six tables of one version as they arrive (in any order) and joins them.
 
     ``keep(filename)`` decides which sample_data rows are kept (default: image files only), so the
     big table never lives whole in memory.
     """
 
+    TABLES: ClassVar[tuple[str, ...]] = NEEDED_TABLES
     version: str
     keep: Callable[[str], bool] = is_image_name
     chunk_bytes: int = CHUNK_BYTES
@@ -210,36 +212,15 @@ class TablesBuilder:
             return self._poses is None
         return table in NEEDED_TABLES and table not in self._small
 
-    def missing(self) -> list[str]:
-        return [t for t in NEEDED_TABLES if self.wants(t)]
-
-    def complete(self) -> bool:
-        return not self.missing()
-
-    def add(self, table: str, source: bytes | Callable[[int], bytes]) -> None:
-        """Parse one table from its bytes or a ``read(n)`` function; tables not needed are ignored."""
-        if not self.wants(table):
-            return
-        t0 = time.perf_counter()
-        try:
-            if table == "sample_data":
-                self._add_sample_data(reader_of(source))
-            elif table == "ego_pose":
-                poses = EgoPoses()
-                poses.add_stream(reader_of(source), self.chunk_bytes)
-                self._poses = poses
-            else:
-                data = source if isinstance(source, bytes) else b"".join(iter(lambda: source(self.chunk_bytes), b""))
-                rows = decode_any(data)
-                if not isinstance(rows, list):
-                    raise TablesError("not a JSON array")
-                self._small[table] = rows
-        except TablesError as exc:
-            raise TablesError(f"{self.version}/{table}.json: {exc}") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TablesError(f"{self.version}/{table}.json: cannot parse ({type(exc).__name__}: {exc})") from None
-        finally:
-            self.seconds += time.perf_counter() - t0
+    def _parse(self, table: str, source: bytes | Callable[[int], bytes]) -> None:
+        if table == "sample_data":
+            self._add_sample_data(reader_of(source))
+        elif table == "ego_pose":
+            poses = EgoPoses()
+            poses.add_stream(reader_of(source), self.chunk_bytes)
+            self._poses = poses
+        else:
+            self._small[table] = self._whole(source)
 
     def _add_sample_data(self, read: Callable[[int], bytes]) -> None:
         cols: dict[str, list[Any]] = {k: [] for k in ("filename", "token", "sample_token", "cs", "timestamp", "key",

@@ -1,5 +1,6 @@
 """Notebook helpers: open a finished run, its 2-D map, coloured scatter plots, thumbnails and galleries, and its
-curation (duplicate groups, the rarest images, the subset on the map and its coverage).
+curation (duplicate groups, the rarest images, the subset on the map and its coverage), and its scores against
+nuScenes' own annotations (``evaluation``).
 
 Used by ``notebooks/umap_visualize.ipynb`` so its cells stay short; everything here works on a run
 folder given as a local path or an ``s3://`` URL and is unit-tested without a notebook.
@@ -20,6 +21,7 @@ from .curation import (
     threshold_png,
 )
 from .curation_plots import coverage_figure, groups_figure, selection_map
+from .evaluation import figure_png, load_eval, per_query, scores_table
 from .gallery import (
     gallery_figure,
     hits_table,
@@ -51,5 +53,5 @@ __all__ = [
     "similar_images", "text_search", "thumbnails", "weather_labels",
     "RunCuration", "coverage", "coverage_figure", "duplicate_groups", "group_members", "groups_figure",
     "load_curation", "not_curated_note", "rarest", "selected_points", "selection_map", "show_png", "skip_reason",
-    "threshold_png",
+    "threshold_png", "figure_png", "load_eval", "per_query", "scores_table",
 ]

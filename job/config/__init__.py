@@ -1,27 +1,26 @@
-"""Config: the one frozen object every stage reads, parsed once from the command line.
+"""Config: the one frozen object every stage reads, parsed once from the command line (``evaluation``: the eval
+step's section; ``compare``: ``job compare``'s variants; ``model``: the model's section, its choices and defaults).
 
 Every section checks itself when it is built (``__post_init__``), so an invalid one cannot exist: the CLI builds a
 ``JobConfig`` before anything is read or written, and a bad value stops the command there with one line (exit 2).
 The values' grammars (sizes, channels, ``I/N``, search parameters) live in :mod:`job.values`, one parser each.
+
+May import: ``job.errors`` and ``job.values`` only, and the standard library (the CDK app imports this package).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
-from .values import (
+from ..errors import UsageError
+from ..values import (
     CAMERA_CHANNELS,
     at_least,
     check_choice,
     check_where,
     in_range,
     parse_channels,
-    parse_int,
-    parse_key_values,
     parse_near_threshold,
     parse_positive,
     parse_search_params,
@@ -29,20 +28,22 @@ from .values import (
     parse_size,
     split_list,
 )
+from .compare import VARIANT_KEYS, CompareConfig, Variant  # noqa: F401  (re-exported: job.config's face)
+from .evaluation import MIN_VISIBILITY, VISIBILITY_LEVELS, EvalConfig  # noqa: F401  (re-exported: job.config's face)
+from .model import (  # noqa: F401  (re-exported: job.config's face)
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_RESIZE_MODE,
+    DEVICES,
+    POOLS,
+    PRECISIONS,
+    RESIZE_MODES,
+    TEXT_VECTORS,
+    TOKENIZER_ENV,
+    TRAINED_POOLS,
+    ModelConfig,
+)
 
-# --pool: "mean" over the patch tokens, or the model's trained output — "cls" (CLIP ViTs: the CLS token) or "map"
-# (SigLIP: the attention-pool head); which of cls/map a model has, and what mean is for each, is job.model.pooling's
-TRAINED_POOLS: tuple[str, ...] = ("cls", "map")
-POOLS: tuple[str, ...] = ("mean", *TRAINED_POOLS)
-# --text-vectors: with --pool mean, "trained" also stores the trained output (embedding_trained) for text queries
-TEXT_VECTORS: tuple[str, ...] = ("trained", "none")
-_OLD_TEXT_VECTORS = {"cls": "trained"}  # the spelling of runs made before SigLIP (their stored configs still load)
-# --tokenizer's default: a folder holding a model's Hugging Face tokenizer files (tokenizer.json, …), for machines
-# that cannot reach the hub (job.model.tokenizer)
-TOKENIZER_ENV = "JOB_TOKENIZER_DIR"
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 DECODERS: tuple[str, ...] = ("auto", "cpu", "gpu")
 INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
 REFINE_CHOICES: tuple[str, ...] = ("SQ8", "SQfp16", "Flat", "none")
@@ -53,9 +54,6 @@ EVAL_QUERIES = 1_000  # held-out queries: half tune the search parameters, half 
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-DEFAULT_MODEL = "ViT-L-14"
-DEFAULT_PRETRAINED = "openclip"
-DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
 # --lease-timeout: a writer's lease without a heartbeat this long is stale (job.runfolder.lease); the instance script's
 # LEASE_TIMEOUT_S default is the same number (tests/test_cdk_lint.py)
@@ -74,34 +72,6 @@ def _canonical_params(text: str | None) -> str | None:
     if text is None:
         return None
     return ",".join(f"{k}={v}" for k, v in parse_search_params(text).items())
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which network and weights embed the images, and how its output is pooled."""
-
-    model: str = DEFAULT_MODEL
-    pretrained: str = DEFAULT_PRETRAINED
-    pool: str = "mean"
-    text_vectors: str = "trained"  # with pool mean: also store the trained output (embedding_trained); "none": not
-    image_size: int | None = None  # None: the model's own input size
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    compile: bool = False
-    cache_dir: str | None = None
-    weights_cache: str | None = None  # e.g. s3://bucket/cache/weights: tag weights fetched once per account
-    # a folder with the model's Hugging Face tokenizer files (SigLIP's come from the hub); None: $JOB_TOKENIZER_DIR,
-    # else the hub. Not part of the vectors' identity: each machine says where its copy is (job.model.tokenizer)
-    tokenizer: str | None = None
-
-    def __post_init__(self) -> None:
-        check_choice("pool", self.pool, POOLS)
-        _keep(self, text_vectors=_OLD_TEXT_VECTORS.get(self.text_vectors, self.text_vectors))
-        check_choice("--text-vectors", self.text_vectors, TEXT_VECTORS)
-        check_choice("device", self.device, DEVICES)
-        check_choice("precision", self.precision, PRECISIONS)
-        at_least("--image-size", self.image_size, 1)
 
 
 @dataclass(frozen=True)
@@ -311,102 +281,6 @@ class CurateConfig:
         check_choice("device", self.device, DEVICES)
         if (self.balance or self.export) and self.select is None:
             raise UsageError("--balance and --export shape the subset: give --select N too")
-
-
-MIN_VISIBILITY = 2  # nuScenes visibility level 2 = 40-60 % of the object visible: a box under 40 % is often a sliver
-VISIBILITY_LEVELS: tuple[int, ...] = (1, 2, 3, 4)  # v0-40, v40-60, v60-80, v80-100
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """``job eval`` and the eval step at the end of ``job run`` / ``job merge`` (when the source has annotations):
-    which labels count and which queries are asked (``job.eval``)."""
-
-    enabled: bool = True  # the step in job run / job merge; ``job eval`` runs it regardless
-    min_visibility: int = MIN_VISIBILITY  # a box counts when its nuScenes visibility level is at least this (1..4)
-    min_positives: int = 10  # a category (or scene word) is asked as a query when this many images show it
-    image_queries: int = 25  # image→image: query images sampled per category
-    prompts: str | None = None  # an edited prompt table (TOML) instead of job/eval/prompts.toml
-    nuscenes_meta: str | None = None  # where the annotation tables are, when not where the run's tables came from
-    searchad: str | None = None  # a folder holding SearchAD's annotations (``job eval --searchad``)
-    rare_share: float = 0.01  # curated runs: a category is rare when fewer than this share of images show it
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        at_least("--min-positives", self.min_positives, 1)
-        at_least("--image-queries", self.image_queries, 1)
-        if self.min_visibility not in VISIBILITY_LEVELS or isinstance(self.min_visibility, bool):
-            raise UsageError(f"--min-visibility {self.min_visibility!r} must be one of "
-                             f"{', '.join(map(str, VISIBILITY_LEVELS))} (nuScenes' visibility levels: "
-                             "1 = 0-40 %, 2 = 40-60 %, 3 = 60-80 %, 4 = 80-100 % of the object visible)")
-        in_range("--rare-share", self.rare_share, 0.0, 1.0, low_open=True)
-
-
-# ``job compare --variant``: one embedding setup per variant, written key=value,key=value (job.values.parse_key_values)
-VARIANT_KEYS: tuple[str, ...] = ("model", "pretrained", "pool", "resize", "size", "name")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One setup ``job compare`` embeds and scores: model and checkpoint, ``--pool``, ``--resize-mode``, image size
-    (None: the model's own), and the name of its run folder (made from the rest when not given)."""
-
-    model: str = DEFAULT_MODEL
-    pretrained: str = DEFAULT_PRETRAINED
-    pool: str = "mean"
-    resize: str = DEFAULT_RESIZE_MODE
-    size: int | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        check_choice("pool", self.pool, POOLS)
-        check_choice("resize mode", self.resize, RESIZE_MODES)
-        if self.size is not None:
-            _keep(self, size=parse_int(str(self.size), "size", 16, 4096))
-        if self.name is not None and not _NAME_RE.match(self.name):
-            raise UsageError(f"variant name {self.name!r}: letters, digits, '.', '_' and '-' only (a folder name, "
-                             "at most 80 characters)")
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        """``model=ViT-L-14,pretrained=datacomp_xl_s13b_b90k,pool=mean,resize=pad,size=224`` (every key optional)."""
-        values = parse_key_values(text, VARIANT_KEYS, "--variant")
-        try:
-            return cls(**values)  # type: ignore[arg-type]
-        except UsageError as exc:
-            raise UsageError(f"--variant {text!r}: {exc}") from None
-
-    @property
-    def label(self) -> str:
-        """The run folder's name under ``job compare --out``: ``name``, else model, weights, pool, resize and size."""
-        if self.name:
-            return self.name
-        text = "_".join([self.model, self.pretrained, self.pool, self.resize, str(self.size or "native")])
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-        return slug if len(slug) <= 80 else f"{slug[:71]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-    def spec(self) -> str:
-        """The variant written back in ``--variant`` form (every key; no size: the model's own)."""
-        return ",".join(f"{k}={v}" for k, v in (("model", self.model), ("pretrained", self.pretrained),
-                                                 ("pool", self.pool), ("resize", self.resize), ("size", self.size))
-                        if v is not None)
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """``job compare``: the variants, parsed once (``--variant SPEC`` strings become :class:`Variant` here)."""
-
-    variants: tuple[Variant, ...] = ()
-
-    def __post_init__(self) -> None:
-        variants = tuple(v if isinstance(v, Variant) else Variant.parse(v) for v in self.variants)
-        labels = [v.label for v in variants]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
-        if twice:
-            raise UsageError(f"--variant: two variants would share the run folder {twice[0]!r}; give one of them "
-                             "name=… or make them differ")
-        _keep(self, variants=variants)
 
 
 @dataclass(frozen=True)
