@@ -135,6 +135,12 @@ def compare_png(doc: dict[str, Any]) -> bytes:
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
     fig.suptitle("job compare: retrieval on nuScenes' own annotations, per variant and vector", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
