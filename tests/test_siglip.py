@@ -20,13 +20,16 @@ from job.decode import decode_image
 from job.errors import UsageError
 from siglip_helpers import SIGLIP_MODEL, WORDS, hub_cache_with, make_tokenizer
 
-pytest.importorskip("transformers", reason="SigLIP's tokenizer needs transformers (requirements.lock; make setup)")
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _needs_transformers() -> None:
+    pytest.importorskip("transformers", reason="SigLIP's tokenizer needs transformers (requirements.lock: make setup)")
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _needs_transformers()
     return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
@@ -94,13 +97,14 @@ def test_siglip_text_tower_reads_the_folder_tokenizer(siglip) -> None:
     assert t.shape == (2, 768) and np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
 
 
-def test_pool_choices_follow_the_model(tokenizer_dir: Path) -> None:
-    """``cls`` on SigLIP (no CLS token) and ``map`` on CLIP (no attention pool) fail at once, naming the valid ones."""
+def test_pool_choices_follow_the_model() -> None:
+    """``cls`` on SigLIP (no CLS token) and ``map`` on CLIP (no attention pool) fail at once (from the model's config,
+    before its tokenizer or weights load), naming the valid ones."""
     from job.model.load import load_model
 
     with pytest.raises(UsageError, match=r"--pool cls: model ViT-B-32-SigLIP2-256 has no CLS token .*valid choices "
                                          r"for it: mean, map"):
-        load_model(ModelConfig(model=SIGLIP_MODEL, pretrained="none", pool="cls", tokenizer=str(tokenizer_dir)))
+        load_model(ModelConfig(model=SIGLIP_MODEL, pretrained="none", pool="cls"))
     with pytest.raises(UsageError, match=r"--pool map: model ViT-S-32 has no attention-pool head; valid choices for "
                                          r"it: mean, cls"):
         load_model(ModelConfig(model="ViT-S-32", pretrained="none", pool="map"))
@@ -141,8 +145,19 @@ def test_tokenizer_folder_tokenizes_as_the_hub_copy(tokenizer_dir: Path, tmp_pat
     assert done.returncode == 0 and done.stdout.strip().endswith(f"dir:{tokenizer_dir}"), done.stderr[-2000:]
 
 
+def test_without_transformers_siglip_says_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from job.model.tokenizer import load_tokenizer
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    with pytest.raises(UsageError, match=r"ViT-B-32-SigLIP2-256 tokenizes with the Hugging Face tokenizer "
+                                         r"timm/ViT-B-32-SigLIP2-256: install the transformers package"):
+        load_tokenizer(SIGLIP_MODEL, None)
+    assert load_tokenizer("ViT-S-32", None)[1] == "open_clip"  # CLIP needs no transformers
+
+
 def test_no_tokenizer_without_the_hub_is_one_line_exit_2(tmp_path: Path) -> None:
     """No hub and no folder: one line saying how to get the tokenizer, exit 2, nothing written (before the weights)."""
+    _needs_transformers()
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(jpeg_bytes(320, 180, seed=1))
@@ -163,6 +178,7 @@ def test_no_tokenizer_without_the_hub_is_one_line_exit_2(tmp_path: Path) -> None
 def test_bad_tokenizer_folders(tmp_path: Path) -> None:
     from job.model.tokenizer import load_tokenizer
 
+    _needs_transformers()
     with pytest.raises(UsageError, match="is not a folder"):
         load_tokenizer(SIGLIP_MODEL, str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
