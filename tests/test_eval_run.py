@@ -262,3 +262,23 @@ def test_labels_of_other_rows_are_refused(evaluated_run, tmp_path):
     shutil.copytree(evaluated_run, run)
     with pytest.raises(UsageError, match="not rows of this run"):
         evaluate_run(RunLayout(str(run)), JobConfig(), labels=other, encode_text=lambda t: np.ones((len(t), 384)))
+
+
+@pytest.mark.s3
+def test_tables_read_again_from_an_s3_prefix_and_from_an_archive(nuscenes_dataroot, s3_server, s3_bucket, tmp_path):
+    """The eval step reads the annotation tables where the run read its own: an s3:// dataroot (recorded as its URL),
+    and an archive that carries its tables after its images (streamed again up to the last table)."""
+    from nuscenes_fixture import pack_mini_archive, upload_tree
+
+    prefix = upload_tree(nuscenes_dataroot.root, s3_bucket, "nuscenes", endpoint_url=s3_server)
+    out = tmp_path / "from_s3"
+    _run(prefix, out, "--no-index", "--min-positives", "3")
+    m = read_manifest(RunLayout(str(out)))
+    assert m.eval is not None and m.eval.labels["tables"].startswith(f"s3://{s3_bucket}/nuscenes/")
+    archive = pack_mini_archive(nuscenes_dataroot, tmp_path / "v1.0-mini.tgz")  # tables after the images
+    out2 = tmp_path / "from_archive"
+    _run(archive, out2, "--no-index", "--min-positives", "3")
+    m2 = read_manifest(RunLayout(str(out2)))
+    assert m2.eval is not None and m2.eval.labels["tables"] == str(archive)
+    same = [pq.read_table(o / "eval" / LABELS).sort_by("id") for o in (out, out2)]
+    assert same[0].equals(same[1])
