@@ -28,6 +28,7 @@ from .layout import (
     BATCH_NOTES,
     BOOTSTRAP_LOG,
     INDEX_FILE,
+    LAUNCH_NOTE,
     SHARDS_DIR,
     STATUS_FILE,
     TEXT_INDEX_FILE,
@@ -73,11 +74,12 @@ from .tables import (
 
 __all__ = [
     "BATCH_NOTES", "BOOTSTRAP_LOG", "FAILURES_SCHEMA", "HASH_COLUMN", "HEARTBEAT_S", "IMAGE_COLUMN", "INDEX_FILE",
-    "JSON_KEYS", "LEGACY_TRAINED_COLUMNS", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR", "STATUS_FILE",
-    "TEXT_INDEX_FILE", "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "TRAINED_COLUMN", "VECTOR_COLUMNS", "Counts",
-    "Curation", "Evaluation", "IndexInfo", "Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest", "ModelInfo",
-    "Outputs", "PartKey", "Projection", "RunLayout", "RunRef", "Score", "StatusDoc", "Waiting", "count_rows",
-    "embedding_matrix", "embedding_schema", "find_manifest", "index_info_url", "list_parts", "manifest_from_json",
-    "open_dataset", "open_run", "part_url", "path_id", "read_index_info", "read_manifest", "read_npy", "read_table",
-    "read_vectors", "table_bytes", "trained_column", "write_index_info", "write_manifest", "write_npy", "write_table",
+    "JSON_KEYS", "LAUNCH_NOTE", "LEGACY_TRAINED_COLUMNS", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR",
+    "STATUS_FILE", "TEXT_INDEX_FILE", "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "TRAINED_COLUMN", "VECTOR_COLUMNS",
+    "Counts", "Curation", "Evaluation", "IndexInfo", "Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest",
+    "ModelInfo", "Outputs", "PartKey", "Projection", "RunLayout", "RunRef", "Score", "StatusDoc", "Waiting",
+    "count_rows", "embedding_matrix", "embedding_schema", "find_manifest", "index_info_url", "list_parts",
+    "manifest_from_json", "open_dataset", "open_run", "part_url", "path_id", "read_index_info", "read_manifest",
+    "read_npy", "read_table", "read_vectors", "table_bytes", "trained_column", "write_index_info", "write_manifest",
+    "write_npy", "write_table",
 ]
