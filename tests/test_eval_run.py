@@ -282,3 +282,20 @@ def test_tables_read_again_from_an_s3_prefix_and_from_an_archive(nuscenes_dataro
     assert m2.eval is not None and m2.eval.labels["tables"] == str(archive)
     same = [pq.read_table(o / "eval" / LABELS).sort_by("id") for o in (out, out2)]
     assert same[0].equals(same[1])
+
+
+def test_without_the_runs_text_tower_the_image_task_still_runs(evaluated_run, tmp_path):
+    """Text queries need the run's own model; where it cannot be loaded (other weights here, no manifest), the image
+    task is scored and eval.json says why the text tasks were not."""
+    from job.config import EvalConfig, JobConfig
+    from job.errors import DataError
+    from job.eval import evaluate_run
+
+    def no_model(texts):
+        raise DataError("the run was embedded with weights abc…, but ViT-S-32 loads def… here")
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    result = evaluate_run(RunLayout(str(run)), JobConfig(eval=EvalConfig(min_positives=3)), encode_text=no_model)
+    assert {s.task for s in result.scores} == {"image"}
+    assert result.settings["text_queries"].startswith("skipped: the run was embedded with weights")

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .. import fsutil
 from ..config import JobConfig
-from ..errors import UsageError
+from ..errors import JobError, UsageError
 from ..runfolder import (
     VECTOR_COLUMNS,
     Evaluation,
@@ -211,7 +211,7 @@ def _guarded(make: Callable[[], T], settings: dict[str, Any], key: str, default:
     ``settings[key]`` says why the text ones did not."""
     try:
         return make()
-    except UsageError as exc:
+    except JobError as exc:  # UsageError (no manifest), DataError (other weights here, a storage fault)
         settings[key] = f"skipped: {exc}"
         log.warning("%s skipped: %s", key.replace("_", " "), exc)
         return default
