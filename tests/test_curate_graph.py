@@ -1,12 +1,16 @@
-"""The k-NN graph: exact (Faiss and torch paths), from an HNSW index and from an IVF index's lists, recall measured."""
+"""The k-NN graph: exact (CPU, and the GPU path through fake GPU classes), from an HNSW index and from an IVF index's
+lists, recall measured; the pilot's estimate counts the GPU's one-time setup once."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 from curate_data import clustered
+from fake_gpu_faiss import install
 
 from job.curate import exact_knn, knn_graph
-from job.index.exact import exact_search
+from job.curate import graph as graph_mod
 from job.errors import UsageError
 
 
@@ -29,12 +33,49 @@ def test_exact_graph_equals_brute_force_and_drops_self_even_among_identical_vect
     assert set(rows[10][:3]) == {11, 12, 13}
 
 
-def test_torch_path_equals_faiss():
-    x = clustered(300, seed=4)
-    r1, c1 = exact_search(x[:50], x, 6, device="cpu")
-    r2, c2 = exact_search(x[:50], x, 6, device="torch")
-    np.testing.assert_allclose(c1, c2, atol=1e-5)
-    assert (r1 == r2).mean() > 0.98
+def test_exact_graph_on_the_gpu_uploads_once_and_its_pilot_counts_the_setup_once(monkeypatch: pytest.MonkeyPatch):
+    n = 2000
+    x = clustered(n, seed=6)
+    want_rows, want_cos = exact_knn(x, 5, device="cpu")
+    rec = install(monkeypatch, upload_delay_s=0.4)  # a slow upload: one-time cost the estimate must not scale
+    monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 100 * n * x.shape[1])  # a 100-row pilot: 1/20 of the rows
+    monkeypatch.setattr(graph_mod, "GPU_PILOT_ROWS", 64)
+    g = knn_graph(x, np.arange(n), 5, progress=False)
+    assert g.method == "exact" and g.device == "gpu:0" and g.summary()["device"] == "gpu:0"
+    assert rec.count("flat_ip") == 1 and rec.count("upload") == 1  # the base went up once for pilot and graph
+    searches = [c[1] for c in rec.calls if c[0] == "search"]
+    assert searches[1] == 100 and sum(searches[1:]) == n  # warm-up, pilot, then the rest (pilot rows reused)
+    t = g.timings
+    assert t["exact_setup_s"] >= 0.4
+    per_query_part = t["exact_estimate_s"] - t["exact_setup_s"]
+    assert 0 < per_query_part <= t["pilot_s"] * n / 100 + 1e-6  # only the pilot's search time is scaled
+    assert t["exact_estimate_s"] < t["exact_setup_s"] * n / 100 / 2  # scaling the upload too would say >= 8 s
+    assert (g.rows == want_rows).mean() > 0.999
+    np.testing.assert_allclose(g.cosines, want_cos, atol=2e-6)  # fp16 base, exact cosines
+
+
+def test_graph_gpu_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="job")  # an earlier CLI test in this worker may have set another level
+    x = clustered(1200, seed=7)
+    want_rows, want_cos = exact_knn(x, 4, device="cpu")
+    install(monkeypatch, fail={"search": 3})  # warm-up, pilot, then the graph's first GPU call fails
+    monkeypatch.setattr(graph_mod, "GPU_PILOT_ROWS", 100)
+    monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 0)
+    g = knn_graph(x, np.arange(1200), 4, progress=False)
+    assert g.method == "exact" and g.device == "cpu"
+    (note,) = g.params["fallbacks"]
+    assert "failed on the GPU" in note
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"exact search: {note} (the rest of this job runs on the CPU too)"]
+    assert (g.rows == want_rows).all()
+    np.testing.assert_allclose(g.cosines, want_cos, atol=1e-6)
+
+
+def test_graph_on_cpu_device_never_touches_the_gpu(monkeypatch: pytest.MonkeyPatch):
+    rec = install(monkeypatch)
+    g = knn_graph(clustered(300), np.arange(300), 3, progress=False, device="cpu")
+    assert g.device == "cpu" and rec.calls == []
 
 
 def test_auto_is_exact_without_an_index_and_for_small_sets():
@@ -62,7 +103,7 @@ def test_graph_from_an_index_records_its_measured_recall(factory, method):
     ids = np.arange(4000, dtype=np.int64) * 3 + 5
     index = _index(x, ids, factory)
     g = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False)
-    assert g.method == method
+    assert g.method == method and g.params["truth_device"] == "cpu"
     truth, _ = _brute(x, 10)
     true_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.rows, truth, strict=True)])
     assert g.recall >= 0.95 and abs(g.recall - true_recall) < 0.03  # the recorded recall is the real one
@@ -85,3 +126,15 @@ def test_bad_input_is_a_usage_error():
     index.add_with_ids(x[:10], np.arange(10))
     with pytest.raises(UsageError, match="holds 10 vectors but 50 were given; rebuild it with: python -m job index"):
         knn_graph(x, np.arange(50), index=index)
+
+
+def test_approximate_graph_takes_its_recall_truth_from_the_gpu_and_frees_it(monkeypatch: pytest.MonkeyPatch):
+    x = clustered(3000, seed=8)
+    ids = np.arange(3000, dtype=np.int64)
+    index = _index(x, ids, "IVF32,Flat")
+    cpu = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False, device="cpu")
+    rec = install(monkeypatch)
+    g = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False)
+    assert g.method == "ivf-lists" and g.device == "cpu" and g.params["truth_device"] == "gpu:0"
+    assert rec.count("upload") == 1 and rec.names()[-1] == "free"  # one upload: pilot and both truth halves
+    assert g.recall == cpu.recall and (g.rows == cpu.rows).all()

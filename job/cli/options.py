@@ -122,7 +122,8 @@ def add_model_options(p: argparse.ArgumentParser, *, per_variant: bool = False) 
     g = p.add_argument_group("model")
     if not per_variant:
         _add_model_choice(g)
-    g.add_argument("--device", type=choice("device", DEVICES), default="auto", help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--device", type=choice("device", DEVICES), default="auto",
+                   help="auto (CUDA if present), cpu, cuda; in job run also where Faiss builds the index (see job index)")
     g.add_argument("--precision", type=choice("precision", PRECISIONS), default="auto",
                    help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
     g.add_argument("--seed", type=int, default=0, help="seed for --pretrained none and the UMAP sample (default 0)")
@@ -206,6 +207,10 @@ def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> No
                    help="memory budget for auto, e.g. 4G, 512M, 1.5GiB (default: half the memory available now)")
     g.add_argument("--target-recall", type=number, default=ix.target_recall,
                    help=f"tune nprobe/efSearch to reach this recall@10 (default {ix.target_recall})")
+    if not in_run:  # in job run, --device (the model's) places Faiss too
+        g.add_argument("--device", type=choice("device", DEVICES), default=ix.device,
+                       help="where Faiss trains and fills IVF indexes and runs the exact search for recall: auto (the "
+                            "GPU when Faiss sees one), cpu, cuda (a GPU required); HNSW and flat build on the CPU")
 
 
 def add_projection_options(p: argparse.ArgumentParser) -> None:

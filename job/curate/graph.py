@@ -11,18 +11,18 @@ import numpy as np
 
 from ..errors import UsageError
 from ..index import make_eval_set, recall_at, tune
-from ..index.exact import cuda_torch, drop_self
+from ..index.exact import ExactSearcher, drop_self
 from ..index.tune import EvalSet, current_search_params
 from .knn import (
     DEFAULT_K,
     EXACT_BUDGET_S,
+    GPU_PILOT_ROWS,
     PILOT_FLOPS,
     PROBE_LISTS,
     RECALL_SAMPLE,
     IvfLists,
     KnnGraph,
     exact_knn,
-    exact_search,
     index_knn,
     ivf_lists_knn,
     ivf_of,
@@ -44,18 +44,23 @@ def _recall(found_rows: np.ndarray, ids: np.ndarray, ev: EvalSet, k: int) -> flo
     return float(recall_at(found, ev.truth, k))
 
 
-def _pilot(x: np.ndarray, k: int, device: str) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
-    """Time the exact search of a first batch (~``PILOT_FLOPS`` of work); returns (estimated seconds for all rows,
-    the batch's graph rows, its size). The batch is not wasted: an exact graph starts after it."""
+def _pilot(searcher: ExactSearcher, k: int) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
+    """Time the exact search of a first batch (~``PILOT_FLOPS`` of work, at least ``GPU_PILOT_ROWS`` on the GPU);
+    returns (estimated seconds for all rows, the batch's graph rows, its size). Only the per-query time is scaled to
+    all rows; the searcher's one-time setup (GPU upload, warm-up) is added once. The batch is not wasted: an exact
+    graph starts after it."""
+    x = searcher.x
     n, d = x.shape
     size = int(min(n, max(64, PILOT_FLOPS // max(1, n * d))))
+    if searcher.on_gpu:
+        size = min(n, max(size, GPU_PILOT_ROWS))
     t0 = time.perf_counter()
-    rows, sims = exact_search(x[:size], x, min(k + 1, n), device=device)
+    rows, sims = searcher.search(x[:size], min(k + 1, n))
     r, c = drop_self(rows, sims, np.arange(size), k)
     elapsed = time.perf_counter() - t0
     done = (np.full((size, k), -1, np.int64), np.full((size, k), np.nan, np.float32))
     done[0][:, : r.shape[1]], done[1][:, : r.shape[1]] = r, c
-    return elapsed * n / size, done, size
+    return searcher.setup_s + elapsed * n / size, done, size
 
 
 def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any = None, method: str = "auto",
@@ -66,7 +71,9 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
     ``method='auto'``: exact when ``index`` is None or when a timed pilot batch extrapolates to at most
     ``budget_s`` seconds; otherwise from ``index`` (the run's Faiss index over the same ids, loaded by the caller):
     ``ivf-lists`` for an IVF index, ``index`` search for any other. ``target_recall``: approximate graphs search
-    deeper until a half of the recall sample reaches it; the other half gives ``recall``.
+    deeper until a half of the recall sample reaches it; the other half gives ``recall``. ``device`` (auto | cpu |
+    cuda) places the exact search (the pilot, an exact graph, the recall truth): one
+    :class:`~job.index.exact.ExactSearcher` for the whole graph, so the GPU upload is paid once.
     """
     if method not in METHODS:
         raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(METHODS)}")
@@ -78,17 +85,27 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
     if len(ids) != n:
         raise UsageError(f"{len(ids)} ids for {n} vectors")
     k = min(k, n - 1)
-    timings: dict[str, float] = {}
-    dev = "cuda" if (device in ("auto", "cuda") and cuda_torch() is not None) else "cpu"
     if method in ("index", "ivf-lists") and index is None:
         raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index")
     if index is not None and int(index.ntotal) != n:
         raise UsageError(f"the index holds {index.ntotal} vectors but {n} were given; rebuild it with: "
                          "python -m job index")
+    with ExactSearcher(x, device=device, step="exact") as searcher:
+        graph = _graph(searcher, ids, k, index, method, budget_s, target_recall, recall_sample, seed, progress)
+    if searcher.placement.fallbacks:
+        graph.params["fallbacks"] = list(searcher.placement.fallbacks)
+    return graph
+
+
+def _graph(searcher: ExactSearcher, ids: np.ndarray, k: int, index: Any, method: str, budget_s: float,
+           target_recall: float, recall_sample: int, seed: int, progress: bool) -> KnnGraph:
+    x, n = searcher.x, len(searcher.x)
+    timings: dict[str, float] = {"exact_setup_s": searcher.setup_s}
+    dev = searcher.device
     pilot = None
     if method == "auto":
         t0 = time.perf_counter()
-        est, done, size = _pilot(x, k, device)
+        est, done, size = _pilot(searcher, k)
         timings["pilot_s"] = time.perf_counter() - t0
         pilot = (done, size)
         affordable = est <= budget_s
@@ -99,12 +116,14 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
     t0 = time.perf_counter()
     if method == "exact":
         start, done_rc = (pilot[1], pilot[0]) if pilot else (0, None)
-        rows, cos = exact_knn(x, k, progress=progress, device=device, start=start, done=done_rc)
+        rows, cos = exact_knn(x, k, progress=progress, start=start, done=done_rc, searcher=searcher)
         timings["search_s"] = time.perf_counter() - t0
-        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, dev, {}, timings)
+        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, searcher.device, {}, timings)
     tune_rows, test_rows = _split_sample(n, recall_sample, seed)
-    ev_tune = make_eval_set(x, ids, tune_rows, k)
-    ev_test = make_eval_set(x, ids, test_rows, k)
+    ev_tune = make_eval_set(x, ids, tune_rows, k, searcher=searcher)
+    ev_test = make_eval_set(x, ids, test_rows, k, searcher=searcher)
+    truth_device = searcher.device
+    searcher.close()  # the approximate graph needs no exact search: free the GPU copy now
     timings["truth_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     if method == "ivf-lists":
@@ -132,6 +151,7 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
                     target_recall, len(test_rows))
     log.info("k-NN graph: %s, recall@%d %.4f on %d held-out rows, %.1f s", method, k, recall, len(test_rows),
              timings["search_s"])
+    params["truth_device"] = truth_device
     return KnnGraph(ids, rows, cos, method, recall, int(len(test_rows)), "cpu", params, timings)
 
 
