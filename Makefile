@@ -157,6 +157,7 @@ bench: $(STAMP)
 	$(PY) bench/filter_bench.py --json bench/results/filter_bench.json
 	$(PY) bench/text_tuning_bench.py --json bench/results/text_tuning_bench.json
 	$(PY) bench/read_vectors_bench.py
+	$(PY) bench/compare_decode_bench.py
 	$(PY) bench/gpu_throughput.py
 	$(PY) bench/faiss_wheel_bench.py --rescore-only
 

@@ -283,7 +283,7 @@ def make_run(root: Path, n: int) -> dict[str, Any]:
         pq.write_table(pa.table({
             "id": ids[s:e], "path": [f"samples/CAM_FRONT/x__{i}.jpg" for i in range(s, e)],
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[s:e].ravel()), 768),
-            "embedding_cls": pa.FixedSizeListArray.from_arrays(pa.array(y[s:e].ravel()), 768),
+            "embedding_trained": pa.FixedSizeListArray.from_arrays(pa.array(y[s:e].ravel()), 768),
             "sample_data_token": [f"{i:032x}" for i in range(s, e)]}), root / "embeddings.parquet" /
             f"part-{k:05d}.parquet")
     cats = list(CATEGORY_SHARE)

@@ -17,6 +17,8 @@ from .runfolder import Curation, Evaluation, IndexInfo, Manifest, Projection, Ru
 from .stopping import StopRequest
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .project import UmapParams
     from .status import StatusWriter
 
@@ -91,12 +93,14 @@ def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) ->
     return info
 
 
-def eval_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Evaluation:
-    """Scores against nuScenes' annotations (``job.eval``) in ``eval/``; recorded in ``manifest``."""
+def eval_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None, *,
+              labels: pa.Table | None = None) -> Evaluation:
+    """Scores against nuScenes' annotations (``job.eval``) in ``eval/``; recorded in ``manifest``. ``labels``: ground
+    truth made for the same rows elsewhere (``job compare`` shares one set across its variants)."""
     from .eval import evaluate_run
 
     t0 = time.perf_counter()
-    info = evaluate_run(layout, cfg, manifest=manifest)
+    info = evaluate_run(layout, cfg, manifest=manifest, labels=labels)
     if manifest is not None:
         manifest.eval = info
         manifest.outputs.eval = layout.rel(layout.eval_dir)

@@ -212,3 +212,24 @@ def check_where(where: str) -> str:
     if len(statements) != 1:
         raise UsageError(f"filter {where!r} must be one SQL condition (no ';' or extra statements)")
     return where.strip()
+
+
+def parse_key_values(text: str, keys: Sequence[str], option: str) -> dict[str, str]:
+    """``key=value,key=value`` (e.g. a ``job compare --variant``) → {key: value}: keys among ``keys``, each at most
+    once, values non-empty (a value may hold ``=`` and ``:``, not ``,``); one-line UsageError naming what is wrong."""
+    out: dict[str, str] = {}
+    for item in (p.strip() for p in str(text).split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key not in keys:
+            raise UsageError(f"{option} {text!r}: unknown key {key!r}; valid keys: {', '.join(keys)}")
+        if not sep or not value:
+            raise UsageError(f"{option} {text!r}: {key} needs a value ({key}=…)")
+        if key in out:
+            raise UsageError(f"{option} {text!r}: {key} given twice")
+        out[key] = value
+    if not out:
+        raise UsageError(f"{option} {text!r}: empty; write key=value pairs separated by commas, keys: {', '.join(keys)}")
+    return out

@@ -40,9 +40,15 @@ def test_the_ground_floor_imports_only_the_standard_library() -> None:
     import sys
 
     for module in GROUND_FLOOR - {"job"}:
-        body = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text()).body
-        imported = {a.name.split(".")[0] for n in body if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module.split(".")[0] for n in body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
-        relative = {n.module for n in body if isinstance(n, ast.ImportFrom) and n.level}
-        assert imported <= set(sys.stdlib_module_names) | {"__future__"}, (module, imported)
-        assert {f"job.{r}" for r in relative} <= GROUND_FLOOR, (module, relative)
+        path = REPO / module.replace(".", "/")
+        # a module, or every module of a package (job.config: its face and its sections)
+        for file in sorted(path.glob("*.py")) if path.is_dir() else [path.with_suffix(".py")]:
+            package = module.split(".") if path.is_dir() else module.split(".")[:-1]
+            body = ast.parse(file.read_text()).body
+            imported = {a.name.split(".")[0] for n in body if isinstance(n, ast.Import) for a in n.names}
+            imported |= {n.module.split(".")[0] for n in body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+            relative = {".".join(package[:len(package) - n.level + 1] + [n.module or ""]).rstrip(".")
+                        for n in body if isinstance(n, ast.ImportFrom) and n.level}
+            assert imported <= set(sys.stdlib_module_names) | {"__future__"}, (file, imported)
+            inside = {r for r in relative if any(r == g or r.startswith(g + ".") for g in GROUND_FLOOR - {"job"})}
+            assert relative == inside, (file, relative - inside)

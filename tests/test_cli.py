@@ -25,6 +25,7 @@ _WHERE = {  # each subcommand's required options, pointing at an output that mus
     "models": lambda src, out: [],
     "curate": lambda src, out: ["--run", out],
     "eval": lambda src, out: ["--run", out],
+    "compare": lambda src, out: ["--source", src, "--out", out, "--variant", "model=ViT-S-32,pretrained=none"],
 }
 
 

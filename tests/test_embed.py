@@ -147,7 +147,7 @@ def test_other_options_refuse_to_resume(image_dir: Path, tmp_path: Path, capsys)
     base = ["embed", *TEST_MODEL, "--image-dir", str(image_dir), "--out", str(out), "--no-progress"]
     assert main(base) == 0
     assert main(base + ["--pool", "cls"]) == 2
-    # --pool cls also drops the embedding_cls column (embedding is the CLS vector): both are named
+    # --pool cls also drops the embedding_trained column (embedding is the CLS vector): both are named
     assert "holds a run made with other options (pool, text_vectors)" in capsys.readouterr().err
     assert main(base + ["--pool", "cls", "--overwrite"]) == 0
     assert json.loads((out / "manifest.json").read_text())["model"]["pool"] == "cls"

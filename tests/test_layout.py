@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("serve", "viz"),
     ("steps",),
     ("pipeline",),
-    ("merge",),
+    ("merge", "compare"),
     ("cli",),
     ("__main__",),
 ]

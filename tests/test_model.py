@@ -116,12 +116,12 @@ def test_pooling_matches_manual_computation(pool: str) -> None:
 
 
 def test_mean_and_cls_from_one_forward_pass(small) -> None:
-    """``with_cls``: the mean-pooled image vector and the CLS vector, both as open_clip computes them, one tower pass."""
+    """``with_trained``: the mean-pooled image vector and the CLS vector, both as open_clip computes them, one tower pass."""
     batch = np.stack([decode_image(jpeg_bytes(640, 360, seed=s), 224, "pad")[0] for s in range(3)])
     passes: list[int] = []
     hook = small.model.visual.transformer.register_forward_hook(lambda *_: passes.append(1))
     try:
-        image, cls = ImageEncoder(small, with_cls=True).encode(batch)
+        image, cls = ImageEncoder(small, with_trained=True).encode(batch)
     finally:
         hook.remove()
     assert len(passes) == 1 and cls is not None
@@ -133,14 +133,14 @@ def test_mean_and_cls_from_one_forward_pass(small) -> None:
     np.testing.assert_allclose(image, ImageEncoder(small)(batch), atol=1e-6)  # the image vectors do not change
     assert np.allclose(np.linalg.norm(cls, axis=1), 1.0, atol=1e-5)
     cls_model = load_model(ModelConfig(**SMALL, pool="cls"))
-    only, same = ImageEncoder(cls_model, with_cls=True).encode(batch)  # --pool cls: embedding serves both
+    only, same = ImageEncoder(cls_model, with_trained=True).encode(batch)  # --pool cls: embedding serves both
     assert same is only and only.shape == (3, small.embed_dim)
-    assert small.text_column == "embedding_cls" and cls_model.text_column == "embedding"
+    assert small.text_column == "embedding_trained" and cls_model.text_column == "embedding"
     assert load_model(ModelConfig(**SMALL, text_vectors="none")).text_column is None
 
 
 def test_text_vectors_fidelity_end_to_end(image_dir, tmp_path) -> None:
-    """Same weights: ``embedding_cls`` of a --pool mean run equals ``embedding`` of a --pool cls run (cosine >= 0.9999)."""
+    """Same weights: ``embedding_trained`` of a --pool mean run equals ``embedding`` of a --pool cls run (cosine >= 0.9999)."""
     import pyarrow.parquet as pq
 
     from job.cli import main
@@ -152,10 +152,10 @@ def test_text_vectors_fidelity_end_to_end(image_dir, tmp_path) -> None:
     assert main(["embed", *common, "--text-vectors", "none", "--out", str(tmp_path / "plain.parquet")]) == 0
     mean = pq.read_table(tmp_path / "mean.parquet").sort_by("id")
     cls = pq.read_table(tmp_path / "cls.parquet").sort_by("id")
-    assert mean.schema.field("embedding_cls").type == mean.schema.field("embedding").type  # same dtype and size
-    assert "embedding_cls" not in cls.column_names
-    assert "embedding_cls" not in pq.read_table(tmp_path / "plain.parquet").column_names
-    a = np.stack(mean.column("embedding_cls").to_pylist())
+    assert mean.schema.field("embedding_trained").type == mean.schema.field("embedding").type  # same dtype and size
+    assert "embedding_trained" not in cls.column_names
+    assert "embedding_trained" not in pq.read_table(tmp_path / "plain.parquet").column_names
+    a = np.stack(mean.column("embedding_trained").to_pylist())
     b = np.stack(cls.column("embedding").to_pylist())
     assert mean.column("id").to_pylist() == cls.column("id").to_pylist() and len(a) == 12
     assert (a * b).sum(axis=1).min() >= 0.9999
@@ -231,5 +231,5 @@ def test_real_vit_l_14_architecture() -> None:
     batch = decode_image(jpeg_bytes(1600, 900, seed=1), 224, "pad")[0][None]
     vec = ImageEncoder(lm)(batch)
     assert vec.shape == (1, 768) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
-    image, cls = ImageEncoder(lm, with_cls=True).encode(batch)  # mean + CLS from one pass of the real tower
+    image, cls = ImageEncoder(lm, with_trained=True).encode(batch)  # mean + CLS from one pass of the real tower
     assert cls is not None and cls.shape == (1, 768) and np.allclose(image, vec, atol=1e-5)

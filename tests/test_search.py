@@ -49,7 +49,7 @@ def test_manifest_carries_the_index(run_dir: Path) -> None:
     assert manifest["index"]["n"] == N_IMAGES and manifest["index"]["type"] == "flat"
     assert manifest["index"]["recall@10"] == 1.0 and manifest["index"]["column"] == "embedding"
     text = manifest["text_index"]  # the text-query index: chosen, tuned and measured like the image index
-    assert text["column"] == "embedding_cls" and text["n"] == N_IMAGES and text["recall@10"] == 1.0
+    assert text["column"] == "embedding_trained" and text["n"] == N_IMAGES and text["recall@10"] == 1.0
     assert manifest["outputs"]["text_index"] == "index/text.faiss" and (run_dir / "index" / "text.json").exists()
 
 
@@ -65,39 +65,80 @@ def _exact_text_ranking(run_dir: Path, text: str, column: str) -> list[int]:
     return [t.column("id")[int(i)].as_py() for i in np.argsort(-(x @ q))]
 
 
-def test_text_queries_search_the_cls_vectors(run_dir: Path, tmp_path: Path) -> None:
-    """Text search ranks by the CLS vectors (embedding_cls), image and id search by the mean-pooled ones."""
+def test_text_queries_search_the_trained_outputs(run_dir: Path, tmp_path: Path) -> None:
+    """Text search ranks by the trained outputs (embedding_trained), image and id search by the mean-pooled ones."""
     s = Searcher.open(str(run_dir), device="cpu")
-    assert s.text_space().source.endswith("text.faiss") and s.text_space().column == "embedding_cls"
+    assert s.text_space().source.endswith("text.faiss") and s.text_space().column == "embedding_trained"
     text = "night, rain, intersection"
-    want = _exact_text_ranking(run_dir, text, "embedding_cls")
+    want = _exact_text_ranking(run_dir, text, "embedding_trained")
     assert [h["id"] for h in s.by_text(text, N_IMAGES)] == want
     assert want != _exact_text_ranking(run_dir, text, "embedding")  # the two spaces rank differently
-    # without text.faiss (e.g. an index built elsewhere): exact search over embedding_cls, same answer
+    # without text.faiss (e.g. an index built elsewhere): exact search over embedding_trained, same answer
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
     (other / "index" / "text.faiss").unlink()
     s2 = Searcher.open(str(other), device="cpu")
-    assert [h["id"] for h in s2.by_text(text, N_IMAGES)] == want and s2.text_space().column == "embedding_cls"
+    assert [h["id"] for h in s2.by_text(text, N_IMAGES)] == want and s2.text_space().column == "embedding_trained"
     # `job index --run` rebuilds both indexes and records both in the manifest
     assert main(["index", "--run", str(other), "--no-progress", "--log-level", "WARNING"]) == 0
     assert (other / "index" / "text.faiss").exists()
-    assert json.loads((other / "manifest.json").read_text())["text_index"]["column"] == "embedding_cls"
+    assert json.loads((other / "manifest.json").read_text())["text_index"]["column"] == "embedding_trained"
 
 
-def test_notebook_text_galleries_use_the_cls_vectors(run_dir: Path) -> None:
+def test_notebook_text_galleries_use_the_trained_outputs(run_dir: Path) -> None:
     from job import viz
 
     run = viz.load_run(str(run_dir))
     assert run.text_vectors is not None and run.text_vectors.shape == run.vectors.shape
-    assert "embedding_cls" not in run.meta.columns
+    assert "embedding_trained" not in run.meta.columns
     text = "night, rain, intersection"
-    want = _exact_text_ranking(run_dir, text, "embedding_cls")
+    want = _exact_text_ranking(run_dir, text, "embedding_trained")
     lm = viz.load_text_model(run, "cpu")
     for use_index in (False, True):
         table = viz.text_search(run, lm, [text], k=N_IMAGES, use_index=use_index)[text]
         assert table.id.tolist() == want, use_index
         assert table.attrs["search"] == ("faiss index" if use_index else "exact cosine")
+
+
+def _as_old_run(run_dir: Path, old: Path) -> None:
+    """``run_dir`` as a run made before the trained output's column was renamed: ``embedding_cls`` in every part, the
+    text index's description and the manifest naming it, the config's ``--text-vectors cls``, table layout 3."""
+    import pyarrow.parquet as pq
+
+    shutil.copytree(run_dir, old)
+    for part in (old / "embeddings.parquet").glob("*.parquet"):
+        t = pq.read_table(part)
+        pq.write_table(t.rename_columns(["embedding_cls" if c == "embedding_trained" else c for c in t.column_names]),
+                       part)
+    for doc in (old / "index" / "text.json", old / "manifest.json", old / "_run.json"):
+        text = doc.read_text().replace("embedding_trained", "embedding_cls")
+        text = text.replace('"text_vectors": "trained"', '"text_vectors": "cls"').replace('"table": 4', '"table": 3')
+        doc.write_text(text)
+
+
+def test_an_old_run_with_embedding_cls_still_searches_by_text(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """Runs made before SigLIP named the trained output ``embedding_cls``: search (index, exact, CLI), the notebook
+    helpers and ``job index --run`` read it the same way."""
+    text = "night, rain, intersection"
+    want = _exact_text_ranking(run_dir, text, "embedding_trained")
+    old = tmp_path / "old"
+    _as_old_run(run_dir, old)
+    assert '"text_vectors": "cls"' in (old / "manifest.json").read_text()
+    s = Searcher.open(str(old), device="cpu")
+    assert [h["id"] for h in s.by_text(text, N_IMAGES)] == want and s.text_space().column == "embedding_cls"
+    assert main(["search", "--run", str(old), "--text", text, "-k", "3", "--json", "--device", "cpu",
+                 "--log-level", "WARNING"]) == 0
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)["hits"]] == want[:3]
+    (old / "index" / "text.faiss").unlink()  # exact search over the old column
+    s2 = Searcher.open(str(old), device="cpu")
+    assert [h["id"] for h in s2.by_text(text, N_IMAGES)] == want and s2.text_space().column == "embedding_cls"
+    from job import viz
+
+    run = viz.load_run(str(old))
+    assert run.text_vectors is not None and "embedding_cls" not in run.meta.columns
+    assert main(["index", "--run", str(old), "--no-progress", "--log-level", "WARNING"]) == 0
+    assert json.loads((old / "manifest.json").read_text())["text_index"]["column"] == "embedding_cls"
+    assert [h["id"] for h in Searcher.open(str(old), device="cpu").by_text(text, N_IMAGES)] == want
 
 
 def test_a_run_without_text_vectors_falls_back_to_its_image_vectors(images: Path, tmp_path: Path,
@@ -114,7 +155,7 @@ def test_a_run_without_text_vectors_falls_back_to_its_image_vectors(images: Path
             hits = s.by_text("a road", 3)
     finally:
         logging.getLogger().removeHandler(caplog.handler)
-    assert len(hits) == 3 and s.text_space() is s.image and "no embedding_cls" in caplog.text
+    assert len(hits) == 3 and s.text_space() is s.image and "no trained-output column" in caplog.text
 
 
 def test_image_search_finds_the_same_image_first(run_dir: Path, images: Path) -> None:

@@ -87,7 +87,7 @@ def test_info_and_page(server: str, served_run: Path) -> None:
     status, info = get_json(f"{server}/api/info")
     n = len(_meta(served_run))
     assert status == 200 and info["images"] == n and info["has_map"] and info["thumbnails"] == "thumbnails.parquet"
-    assert info["text_space"]["column"] == "embedding_cls" and info["text_space"]["source"].endswith("text.faiss")
+    assert info["text_space"]["column"] == "embedding_trained" and info["text_space"]["source"].endswith("text.faiss")
     assert {"channel", "location", "night", "rain", "is_key_frame"} <= set(info["columns"])
     assert len(info["channels"]) == 6 and len(info["scenes"]) == 4
     status, ctype, body = get(f"{server}/")
@@ -99,7 +99,7 @@ def test_info_and_page(server: str, served_run: Path) -> None:
 
 def test_text_search_shape(server: str) -> None:
     status, doc = get_json(f"{server}/api/search?text=night%2C+rain&k=5")
-    assert status == 200 and doc["space"] == "text" and doc["column"] == "embedding_cls" and doc["where"] is None
+    assert status == 200 and doc["space"] == "text" and doc["column"] == "embedding_trained" and doc["where"] is None
     hits = doc["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert all(isinstance(h["id"], str) and h["thumb"] == f"/api/thumb/{h['id']}" for h in hits)

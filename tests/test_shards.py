@@ -52,7 +52,7 @@ def _rows(run: Path | str) -> dict[int, dict]:
 def _assert_same(merged: Path | str, whole: Path | str) -> None:
     a, b = _rows(merged), _rows(whole)
     assert a.keys() == b.keys() and len(a) == N_IMAGES
-    vectors = [k for k in next(iter(b.values())) if k.startswith("embedding")]  # embedding, embedding_cls
+    vectors = [k for k in next(iter(b.values())) if k.startswith("embedding")]  # embedding, embedding_trained
     for i, row in b.items():
         for k in vectors:
             np.testing.assert_allclose(a[i][k], row[k], atol=1e-6)

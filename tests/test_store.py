@@ -94,8 +94,8 @@ def test_read_vectors_streams_every_part_into_one_matrix(tmp_path: Path) -> None
     for i in range(8):
         w.add(f"p{i}.jpg", _vec(i), 16, 9, None, text_vector=_vec(100 + i))
     w.close()
-    table = read_table(layout.embeddings, ["id", "embedding", "embedding_cls"])
-    for column in ("embedding", "embedding_cls"):
+    table = read_table(layout.embeddings, ["id", "embedding", "embedding_trained"])
+    for column in ("embedding", "embedding_trained"):
         x, ids = read_vectors(layout.embeddings, column)
         order = np.argsort(ids)
         want = embedding_matrix(table, column)[np.argsort(table.column("id").to_numpy())]

@@ -25,6 +25,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
     from . import (
+        cmd_compare,
         cmd_curate,
         cmd_embed,
         cmd_eval,
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in (cmd_embed, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate, cmd_eval,
-                   cmd_publish, cmd_status):
+                   cmd_compare, cmd_publish, cmd_status):
         module.register(sub)
     return parser
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import (
     DEFAULT_SOURCE,
+    CompareConfig,
     CurateConfig,
     DecodeConfig,
     EvalConfig,
@@ -110,7 +111,7 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
             device=a.get("device", d.model.device) if command not in ("search", "serve") else d.model.device,
             precision=a.get("precision", d.model.precision), seed=a.get("seed", d.model.seed),
             compile=bool(a.get("compile", False)), cache_dir=a.get("cache_dir", None),
-            weights_cache=a.get("weights_cache", None)),
+            weights_cache=a.get("weights_cache", None), tokenizer=a.get("tokenizer", None)),
         decode=DecodeConfig(resize_mode=a.get("resize_mode", d.decode.resize_mode), workers=a.get("workers", None),
                             decoder=a.get("decoder", d.decode.decoder),
                             batch_size=a.get("batch_size", d.decode.batch_size)),
@@ -132,6 +133,7 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
                             lines=a.get("lines", d.status.lines), json=bool(a.get("json", False))),
         curate=_curate(a, command),
         eval=_eval(a, command),
+        compare=CompareConfig(variants=tuple(a.get("variant", None) or ())),
         log_level=a.get("log_level", d.log_level),
         progress=not a.get("no_progress", False),
     )

@@ -18,12 +18,14 @@ def _eval(cfg: JobConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> None:
-    """The eval options (``job eval``; ``job run`` and ``job merge`` take the ones that shape their eval step)."""
+def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False, in_compare: bool = False) -> None:
+    """The eval options (``job eval``; ``job run`` and ``job merge`` take the ones that shape their eval step, ``job
+    compare`` the ones that shape the scoring of every variant)."""
     e = EvalConfig()
     g = p.add_argument_group("evaluation" + (" (the eval step, when the source has nuScenes annotations)"
-                                             if in_run else ""))
-    if in_run:
+                                             if in_run else " (every variant, against the same labels)"
+                                             if in_compare else ""))
+    if in_run and not in_compare:
         g.add_argument("--no-eval", action="store_true",
                        help="skip the eval step (scores against nuScenes' annotations in eval/; job eval runs it later)")
     g.add_argument("--min-visibility", type=int, choices=VISIBILITY_LEVELS, default=e.min_visibility, metavar="LEVEL",
@@ -39,7 +41,7 @@ def add_eval_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> Non
                         "(default %(default)s)")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="an edited prompt table (TOML; start from job/eval/prompts.toml)")
-    if not in_run:
+    if not in_run and not in_compare:
         g.add_argument("--nuscenes-meta", default=None, metavar="URI",
                        help="where the annotation tables are (a v1.0-* folder, a dataroot or a meta .tgz), when not "
                             "where the run read its tables")

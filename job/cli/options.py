@@ -17,6 +17,7 @@ from ..config import (
     PRECISIONS,
     RESIZE_MODES,
     TEXT_VECTORS,
+    TOKENIZER_ENV,
     DecodeConfig,
     IndexConfig,
     OutputConfig,
@@ -96,22 +97,31 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model/--pretrained/--pool/--image-size/--device/--precision."""
-    g = p.add_argument_group("model")
+def _add_model_choice(g: argparse._ArgumentGroup) -> None:
+    """--model/--pretrained/--pool/--text-vectors/--image-size."""
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="open_clip architecture (ViT-L-14, ViT-B-32, …), an alias (vit_l_14) or hf-hub:org/repo "
-                        f"(default {DEFAULT_MODEL})")
+                   help="open_clip architecture (ViT-L-14, ViT-B-32, ViT-L-16-SigLIP2-256, …), an alias (vit_l_14) or "
+                        f"hf-hub:org/repo (default {DEFAULT_MODEL})")
     g.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="open_clip tag (laion2b_s32b_b82k, openai, …), 'openclip' (our default tag for the model), "
-                        "a checkpoint file, s3://…/checkpoint, hf-hub:…, or 'none' (seeded random init)")
+                   help="open_clip tag (laion2b_s32b_b82k, openai, webli, …), 'openclip' (our default tag for the "
+                        "model), a checkpoint file, s3://…/checkpoint, hf-hub:…, or 'none' (seeded random init)")
     g.add_argument("--pool", type=choice("pool", POOLS), default="mean",
-                   help="mean: mean over patch tokens (default); cls: the CLS token")
-    g.add_argument("--text-vectors", type=choice("--text-vectors", TEXT_VECTORS), default="cls",
-                   help="with --pool mean, also store the CLS output of the same forward pass (embedding_cls), the "
-                        "vector CLIP's text tower was trained against, for text queries (default cls; none: don't)")
+                   help="mean: mean over patch tokens (default); or the model's trained output: cls (CLIP ViTs: the "
+                        "CLS token), map (SigLIP: the attention-pool head)")
+    g.add_argument("--text-vectors", type=choice("--text-vectors", TEXT_VECTORS), default="trained",
+                   help="with --pool mean, also store the model's trained output of the same forward pass "
+                        "(embedding_trained: the vector its text tower was trained against) for text queries "
+                        "(default trained; none: don't)")
     g.add_argument("--image-size", type=positive_int, default=None,
                    help="model input size in pixels (default: the model's own, 224 for ViT-L-14)")
+
+
+def add_model_options(p: argparse.ArgumentParser, *, per_variant: bool = False) -> None:
+    """--model/--pretrained/--pool/--image-size/--device/--precision/… (``per_variant``: ``job compare``, whose
+    variants name the model, weights, pool and size, takes the others only)."""
+    g = p.add_argument_group("model")
+    if not per_variant:
+        _add_model_choice(g)
     g.add_argument("--device", type=choice("device", DEVICES), default="auto",
                    help="auto (CUDA if present), cpu, cuda; in job run also where Faiss builds the index (see job index)")
     g.add_argument("--precision", type=choice("precision", PRECISIONS), default="auto",
@@ -119,18 +129,22 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for --pretrained none and the UMAP sample (default 0)")
     g.add_argument("--compile", action="store_true", help="torch.compile the visual tower (CUDA; pays off on long runs)")
     g.add_argument("--cache-dir", default=None, help="where downloaded weights are kept")
+    g.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help=f"a folder with the model's Hugging Face tokenizer files (tokenizer.json, …) for machines "
+                        f"without the hub; SigLIP models need one there (default: ${TOKENIZER_ENV}, else the hub)")
     g.add_argument("--weights-cache", default=None, metavar="URI",
                    help="a shared cache for open_clip tag weights (e.g. s3://bucket/cache/weights): the first run "
                         "stores the checkpoint under URI/<model>/<tag>/, later runs load it from there")
 
 
-def add_decode_options(p: argparse.ArgumentParser) -> None:
-    """--resize-mode/--batch-size/--workers/--decode."""
+def add_decode_options(p: argparse.ArgumentParser, *, per_variant: bool = False) -> None:
+    """--resize-mode/--batch-size/--workers/--decode (``per_variant``: without --resize-mode, a variant's)."""
     d = DecodeConfig()
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--resize-mode", type=choice("resize mode", RESIZE_MODES), default=DEFAULT_RESIZE_MODE,
-                   help="pad: whole frame, letterboxed (default; keeps the full 16:9 field of view); "
-                        "crop: open_clip's centre crop (drops ~44%% of a 1600x900 frame's width); squash: stretch")
+    if not per_variant:
+        g.add_argument("--resize-mode", type=choice("resize mode", RESIZE_MODES), default=DEFAULT_RESIZE_MODE,
+                       help="pad: whole frame, letterboxed (default; keeps the full 16:9 field of view); "
+                            "crop: open_clip's centre crop (drops ~44%% of a 1600x900 frame's width); squash: stretch")
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                    help=f"images per model batch (default {d.batch_size})")
     g.add_argument("--workers", type=non_negative_int, default=None,

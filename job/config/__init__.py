@@ -1,5 +1,5 @@
 """Config: the one frozen object every stage reads, parsed once from the command line (``evaluation``: the eval
-step's section).
+step's section; ``compare``: ``job compare``'s variants; ``model``: the model's section, its choices and defaults).
 
 Every section checks itself when it is built (``__post_init__``), so an invalid one cannot exist: the CLI builds a
 ``JobConfig`` before anything is read or written, and a bad value stops the command there with one line (exit 2).
@@ -28,13 +28,22 @@ from ..values import (
     parse_size,
     split_list,
 )
+from .compare import VARIANT_KEYS, CompareConfig, Variant  # noqa: F401  (re-exported: job.config's face)
 from .evaluation import MIN_VISIBILITY, VISIBILITY_LEVELS, EvalConfig  # noqa: F401  (re-exported: job.config's face)
+from .model import (  # noqa: F401  (re-exported: job.config's face)
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_RESIZE_MODE,
+    DEVICES,
+    POOLS,
+    PRECISIONS,
+    RESIZE_MODES,
+    TEXT_VECTORS,
+    TOKENIZER_ENV,
+    TRAINED_POOLS,
+    ModelConfig,
+)
 
-POOLS: tuple[str, ...] = ("mean", "cls")
-TEXT_VECTORS: tuple[str, ...] = ("cls", "none")  # with --pool mean, also store the CLS output for text queries
-RESIZE_MODES: tuple[str, ...] = ("pad", "crop", "squash")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 DECODERS: tuple[str, ...] = ("auto", "cpu", "gpu")
 INDEX_TYPES: tuple[str, ...] = ("auto", "flat", "ivfpq", "hnsw")
 REFINE_CHOICES: tuple[str, ...] = ("SQ8", "SQfp16", "Flat", "none")
@@ -45,9 +54,6 @@ EVAL_QUERIES = 1_000  # held-out queries: half tune the search parameters, half 
 
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-DEFAULT_MODEL = "ViT-L-14"
-DEFAULT_PRETRAINED = "openclip"
-DEFAULT_RESIZE_MODE = "pad"
 DEFAULT_SOURCE = "s3://motional-nuscenes/public/v1.0/v1.0-mini.tgz"
 # --lease-timeout: a writer's lease without a heartbeat this long is stale (job.runfolder.lease); the instance script's
 # LEASE_TIMEOUT_S default is the same number (tests/test_cdk_lint.py)
@@ -66,30 +72,6 @@ def _canonical_params(text: str | None) -> str | None:
     if text is None:
         return None
     return ",".join(f"{k}={v}" for k, v in parse_search_params(text).items())
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which network and weights embed the images, and how its output is pooled."""
-
-    model: str = DEFAULT_MODEL
-    pretrained: str = DEFAULT_PRETRAINED
-    pool: str = "mean"
-    text_vectors: str = "cls"  # with pool mean: "cls" also stores the CLS-pooled vector (embedding_cls); "none" not
-    image_size: int | None = None  # None: the model's own input size
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    compile: bool = False
-    cache_dir: str | None = None
-    weights_cache: str | None = None  # e.g. s3://bucket/cache/weights: tag weights fetched once per account
-
-    def __post_init__(self) -> None:
-        check_choice("pool", self.pool, POOLS)
-        check_choice("--text-vectors", self.text_vectors, TEXT_VECTORS)
-        check_choice("device", self.device, DEVICES)
-        check_choice("precision", self.precision, PRECISIONS)
-        at_least("--image-size", self.image_size, 1)
 
 
 @dataclass(frozen=True)
@@ -318,6 +300,7 @@ class JobConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     log_level: str = "INFO"
     progress: bool = True
 
@@ -332,11 +315,13 @@ class JobConfig:
         """The options that change the vectors; a resumed run must match them exactly."""
         m, d, s = self.model, self.decode, self.source
         return {
-            "table": 3,  # the embeddings' columns (content_hash since 3): parts of another layout do not mix
+            # the embeddings' columns (content_hash since 3, embedding_cls renamed embedding_trained in 4): parts of
+            # another layout do not mix
+            "table": 4,
             "model": m.model,
             "pretrained": m.pretrained,
             "pool": m.pool,
-            "text_vectors": "cls" if m.pool == "mean" and m.text_vectors == "cls" else None,  # adds a column
+            "text_vectors": m.text_vectors if m.pool == "mean" else None,  # "trained" adds a column
             "image_size": m.image_size,
             "resize_mode": d.resize_mode,
             "sources": list(s.sources),

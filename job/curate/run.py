@@ -27,6 +27,7 @@ from .. import fsutil
 from ..config import CurateConfig
 from ..errors import DataError, UsageError
 from ..runfolder import (
+    VECTOR_COLUMNS,
     Curation,
     RunLayout,
     index_info_url,
@@ -62,7 +63,7 @@ def check_options(cfg: CurateConfig, columns: list[str]) -> list[str]:
     """The ``--balance`` columns, checked against the embeddings' columns (before a run embeds anything)."""
     from . import check_balance
 
-    return check_balance(cfg.balance, [c for c in columns if c not in ("embedding", "embedding_cls", "id")])
+    return check_balance(cfg.balance, [c for c in columns if c not in (*VECTOR_COLUMNS, "id")])
 
 
 def _load(layout: RunLayout, cfg: CurateConfig) -> RunVectors:

@@ -17,7 +17,7 @@ from ..config import JobConfig
 from ..decode import DecodePool, DecodeStage
 from ..errors import DataError, UsageError
 from ..runfolder import (
-    CLS_COLUMN,
+    TRAINED_COLUMN,
     Counts,
     Lease,
     Manifest,
@@ -236,7 +236,7 @@ def pick_decoder(cfg: JobConfig, lm: LoadedModel, first: list[ImageRecord], work
     return choose_decoder(cfg.decode.decoder, first, lm.image_size, cfg.decode.resize_mode, lm.device, workers)
 
 
-def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tuple[str, Callable[[], Any]]]:
+def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_trained: bool) -> list[tuple[str, Callable[[], Any]]]:
     """The encoders to try, fastest first: compiled (``--compile`` on CUDA), eager in the run's precision, and eager
     fp32 (the model loaded again in fp32) when the precision is lower (``fallback.FallbackEncoder``)."""
     from ..model.load import ImageEncoder, load_model
@@ -245,11 +245,11 @@ def encoder_tiers(cfg: JobConfig, lm: LoadedModel, *, with_cls: bool) -> list[tu
         .replace("float16", "fp16")
     tiers: list[tuple[str, Callable[[], Any]]] = []
     if cfg.model.compile and lm.device.type == "cuda":
-        tiers.append((f"compiled {precision}", lambda: ImageEncoder(lm, compile_model=True, with_cls=with_cls)))
-    tiers.append((f"eager {precision}", lambda: ImageEncoder(lm, with_cls=with_cls)))
+        tiers.append((f"compiled {precision}", lambda: ImageEncoder(lm, compile_model=True, with_trained=with_trained)))
+    tiers.append((f"eager {precision}", lambda: ImageEncoder(lm, with_trained=with_trained)))
     if precision != "fp32":
         tiers.append(("eager fp32", lambda: ImageEncoder(load_model(dataclasses.replace(cfg.model, precision="fp32")),
-                                                         with_cls=with_cls)))
+                                                         with_trained=with_trained)))
     return tiers
 
 
@@ -275,12 +275,12 @@ def build(cfg: JobConfig, preflight: Callable[[list[str]], None] | None = None) 
         lm = load_model(cfg.model)
         identity = {**cfg.embedding_identity(), "weights_sha256": lm.weights_sha256, "image_size": lm.image_size}
         state = prepare_run(layout, identity, overwrite=cfg.output.overwrite, attempt=lease.owner)
-        with_cls = lm.text_column == CLS_COLUMN
-        writer = PartWriter(layout, embedding_schema(lm.embed_dim, source.meta_fields, text_vectors=with_cls),
+        with_trained = lm.text_column == TRAINED_COLUMN
+        writer = PartWriter(layout, embedding_schema(lm.embed_dim, source.meta_fields, text_vectors=with_trained),
                             part_size=cfg.output.part_size, part_seconds=cfg.output.part_seconds,
                             start_part=state.next_part, attempt=lease.owner, thumbnails=cfg.project.thumbnails,
                             identity=identity, guard=lease.check)
-        encoder = FallbackEncoder(encoder_tiers(cfg, lm, with_cls=with_cls))
+        encoder = FallbackEncoder(encoder_tiers(cfg, lm, with_trained=with_trained))
     except BaseException:
         lease.release()
         raise

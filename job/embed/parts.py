@@ -15,7 +15,14 @@ import pyarrow as pa
 
 from .. import fsutil
 from ..runfolder import PartKey, RunLayout, part_url, path_id, table_bytes
-from ..runfolder.schema import CLS_COLUMN, FAILURES_SCHEMA, HASH_COLUMN, OWN_COLUMNS, THUMBNAILS_SCHEMA, VECTOR_COLUMNS
+from ..runfolder.schema import (
+    FAILURES_SCHEMA,
+    HASH_COLUMN,
+    OWN_COLUMNS,
+    THUMBNAILS_SCHEMA,
+    TRAINED_COLUMN,
+    VECTOR_COLUMNS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,7 @@ class PartWriter:
         self.next_part = start_part
         self._rows: dict[str, list[Any]] = {f.name: [] for f in schema}
         self._vectors: list[np.ndarray] = []
-        self._cls: list[np.ndarray] = []
+        self._trained: list[np.ndarray] = []
         self._failures: list[tuple[str, str]] = []
         self.thumbnails = thumbnails
         self._identity = dict(identity) if identity is not None else None
@@ -72,16 +79,16 @@ class PartWriter:
         text_vector: np.ndarray | None = None,
         content_hash: bytes | None = None,
     ) -> None:
-        """Buffer one embedded image (its thumbnail when the writer keeps them, its CLS vector when the schema has it)."""
+        """Buffer one embedded image (its thumbnail when the writer keeps them, its trained output when the schema has it)."""
         self._rows["id"].append(path_id(path))
         if self.thumbnails:
             self._thumbs.append((path_id(path), path, thumbnail))
         self._rows["path"].append(path)
         self._vectors.append(vector)
-        if CLS_COLUMN in self._rows:
+        if TRAINED_COLUMN in self._rows:
             if text_vector is None:
-                raise ValueError(f"the embeddings schema has {CLS_COLUMN}: every row needs its text_vector")
-            self._cls.append(text_vector)
+                raise ValueError(f"the embeddings schema has {TRAINED_COLUMN}: every row needs its text_vector")
+            self._trained.append(text_vector)
         self._rows["width"].append(width)
         self._rows["height"].append(height)
         if HASH_COLUMN in self._rows:
@@ -118,7 +125,7 @@ class PartWriter:
         columns = {}
         for f in self.schema:
             if f.name in VECTOR_COLUMNS:
-                rows = self._vectors if f.name == "embedding" else self._cls
+                rows = self._vectors if f.name == "embedding" else self._trained
                 vecs = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
                 columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim)
             else:
@@ -137,7 +144,7 @@ class PartWriter:
         self.next_part += 1
         self._rows = {f.name: [] for f in self.schema}
         self._vectors = []
-        self._cls = []
+        self._trained = []
         self._failures = []
         self._thumbs = []
         self._opened = time.monotonic()

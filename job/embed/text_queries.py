@@ -10,7 +10,7 @@ from ..config import JobConfig
 from ..errors import UsageError
 from ..index.plan import plan_index
 from ..model import prompts
-from ..runfolder import CLS_COLUMN, RunLayout, write_npy
+from ..runfolder import TRAINED_COLUMN, RunLayout, write_npy
 
 if TYPE_CHECKING:
     from ..model.load import LoadedModel
@@ -22,7 +22,7 @@ def encode_text_queries(cfg: JobConfig, lm: LoadedModel, layout: RunLayout, rows
     """At the end of embedding: the text tower's vectors of the driving prompts (``RunLayout.text_queries``), the
     queries that tune the text index, when that index will be approximate (for a shard: at the merged run's size);
     an exact one needs no tuning. Returns whether it wrote them."""
-    if lm.text_column != CLS_COLUMN:
+    if lm.text_column != TRAINED_COLUMN:
         return False
     try:
         n = rows * (cfg.source.shard[1] if cfg.source.shard else 1)

@@ -138,7 +138,11 @@ def evaluate_run(layout: RunLayout, cfg: JobConfig, *, manifest: Manifest | None
     prompts = load_prompts(ec.prompts)  # bad --prompts / --searchad stop here, before anything is written
     sa = load_searchad(ec.searchad) if ec.searchad else None
     timings: dict[str, float] = {}
-    label_info: dict[str, Any] = {"given": True}
+    # labels made elsewhere (job compare shares one set) keep the provenance load_labels stored in their metadata
+    given = json.loads((labels.schema.metadata or {}).get(_LABELS_META, b"{}")) if labels is not None else {}
+    label_info: dict[str, Any] = {**given, "given": True}
+    if labels is not None:  # kept in this run too, for its next job eval (metadata and all)
+        fsutil.atomic_write_bytes(layout.eval(LABELS), table_bytes(labels))
     if labels is None:
         try:
             labels, label_info = load_labels(layout, manifest, cfg)

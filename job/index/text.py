@@ -1,7 +1,9 @@
-"""The text-query index: ``OUTDIR/index/text.faiss`` over ``embedding_cls``, planned, tuned and measured like the image index.
+"""The text-query index: ``OUTDIR/index/text.faiss`` over the trained output (``embedding_trained``; ``embedding_cls`` in
+older runs), planned, tuned and measured like the image index.
 
-CLIP's contrastive loss aligned the text tower with the CLS output of the image tower; with ``--pool mean`` the
-run stores that vector too (``embedding_cls``, same forward pass), and text queries search this index. Text vectors
+The contrastive loss aligned the text tower with the image tower's trained output (CLIP's CLS token, SigLIP's
+attention pool); with ``--pool mean`` the run stores that vector too (same forward pass), and text queries search
+this index. Text vectors
 are not like the image vectors they search (the modality gap), so it is tuned on text: the vectors of the prompts in
 ``job/model/prompts.py`` (``index/text_queries.npy``).
 """
@@ -12,15 +14,15 @@ import logging
 import numpy as np
 
 from ..config import JobConfig
-from ..runfolder import CLS_COLUMN, TEXT_QUERIES_FILE, IndexInfo, RunLayout, open_dataset, read_npy
+from ..runfolder import TEXT_QUERIES_FILE, IndexInfo, RunLayout, open_dataset, read_npy, trained_column
 from .build import build_index_file
 
 log = logging.getLogger(__name__)
 
 
 def has_text_vectors(emb_url: str) -> bool:
-    """True when the embeddings hold the CLS vectors of a ``--pool mean`` run."""
-    return CLS_COLUMN in open_dataset(emb_url).schema.names
+    """True when the embeddings hold the trained outputs of a ``--pool mean`` run."""
+    return trained_column(open_dataset(emb_url).schema.names) is not None
 
 
 def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int | None = None) -> IndexInfo | None:
@@ -29,11 +31,12 @@ def build_run_text_index(cfg: JobConfig, layout: RunLayout, *, expected_dim: int
     Same index options as the image index (type, memory budget, target recall), so it is chosen the same way; it is
     tuned and measured with text queries (the prompts' vectors) where the embedding step wrote them.
     """
-    if not has_text_vectors(layout.embeddings):
-        log.info("no %s column (--pool cls, or --text-vectors none): text queries use the image index", CLS_COLUMN)
+    column = trained_column(open_dataset(layout.embeddings).schema.names)
+    if column is None:
+        log.info("no trained-output column (--pool cls/map, or --text-vectors none): text queries use the image index")
         return None
     return build_index_file(layout.embeddings, layout.text_index, cfg.index, cfg.index.overrides,
-                            progress=cfg.progress, expected_dim=expected_dim, column=CLS_COLUMN,
+                            progress=cfg.progress, expected_dim=expected_dim, column=column,
                             queries=text_queries(layout, expected_dim))
 
 

@@ -67,7 +67,7 @@ def load_vectors(emb_url: str, *, expected_dim: int | None = None,
     (``check_vectors``).
 
     ``expected_dim``: the dimension the run's model outputs, when the caller knows it (a mismatch is refused).
-    ``column``: which vector column (``embedding``, or ``embedding_cls`` for the text-query vectors).
+    ``column``: which vector column (``embedding``, or the trained output ``embedding_trained`` for the text-query vectors).
     """
     x, ids = read_vectors(emb_url, column)
     where = emb_url if column == "embedding" else f"{emb_url} ({column})"

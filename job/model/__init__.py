@@ -1,7 +1,9 @@
 """Model stage: which network and weights (``registry``: open_clip names, the seed's aliases, ``--pretrained``
-tags, ``hf-hub:``, local and ``s3://`` files), the driving prompts (``prompts``), and loading and running them
-(``load``: ``load_model``, pooling, ``ImageEncoder``, ``encode_text``, ``load_run_model``). ``load`` imports torch,
-so it is imported as ``job.model.load`` where a model runs; this face stays light.
+tags, ``hf-hub:``, local and ``s3://`` files), the driving prompts (``prompts``), how a tower pools (``pooling``: CLIP
+ViTs' CLS token or SigLIP's attention pool as the trained output, and what ``mean`` is for each), where the text
+tokenizer comes from (``tokenizer``: open_clip's, the hub's, or a local folder), and loading and running them
+(``load``: ``load_model``, ``ImageEncoder``, ``encode_text``, ``load_run_model``). ``load`` and ``pooling`` import
+torch, so they are imported by their full name where a model runs; this face stays light.
 
 May import: the ground floor and ``job.runfolder`` (a run's manifest says which model made its vectors).
 """

@@ -1,11 +1,13 @@
-"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.model.registry``), pooling,
-the batch encoders, and ``load_run_model`` for a finished run's own model.
+"""Model stage: create an OpenCLIP model with its weights (names and weights: ``job.model.registry``; pooling:
+``job.model.pooling``; tokenizers: ``job.model.tokenizer``), the batch encoders, and ``load_run_model`` for a finished
+run's own model.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -15,8 +17,9 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import DataError, UsageError
-from ..runfolder import CLS_COLUMN, Manifest
+from ..runfolder import IMAGE_COLUMN, TRAINED_COLUMN, Manifest
 from .device import pick_device
+from .pooling import check_pool, configured_pool, image_forward, mean_width, set_pool, trained_pool
 from .registry import (
     WeightsSpec,
     _fetch_url,
@@ -24,10 +27,10 @@ from .registry import (
     resolve_model_name,
     resolve_pretrained,
 )
+from .tokenizer import load_tokenizer, tokenizer_folder
 
 log = logging.getLogger(__name__)
 
-POOL_TYPES: dict[str, str] = {"mean": "avg", "cls": "tok"}
 
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over every tensor of the state dict (names, shapes, bytes), whatever the weights' origin."""
@@ -70,14 +73,16 @@ class LoadedModel:
     dtype: torch.dtype
     tokenizer: Any
     load_seconds: float
-    text_vectors: str = "cls"  # with pool mean: also return the CLS-pooled vector (ImageEncoder(with_cls=True))
+    text_vectors: str = "trained"  # with pool mean: also return the trained output (ImageEncoder(with_trained=True))
+    trained: str = "cls"  # the model's trained output: cls (CLIP ViTs) or map (SigLIP's attention pool)
+    tokenizer_source: str = "open_clip"
 
     @property
     def text_column(self) -> str | None:
-        """The embeddings column text queries search: the CLS vector (its own column with mean pooling)."""
-        if self.pool == "cls":
-            return "embedding"
-        return CLS_COLUMN if self.text_vectors == "cls" else None
+        """The embeddings column text queries search: the trained output (its own column with mean pooling)."""
+        if self.pool != "mean":
+            return IMAGE_COLUMN
+        return TRAINED_COLUMN if self.text_vectors == "trained" else None
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry for the model."""
@@ -94,6 +99,8 @@ class LoadedModel:
             "device": str(self.device),
             "precision": str(self.dtype).replace("torch.", ""),
             "load_seconds": round(self.load_seconds, 3),
+            "trained_pool": self.trained,
+            "tokenizer": self.tokenizer_source,
         }
 
 
@@ -125,10 +132,10 @@ def _create(name: str, weights: WeightsSpec, cfg: ModelConfig) -> torch.nn.Modul
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Create the model with its weights on the chosen device and precision, in eval mode.
+    """Create the model with its weights and tokenizer on the chosen device and precision, in eval mode.
 
-    Pooling is set on the visual tower (``pool_type`` ``avg`` for mean over patch tokens, ``tok``
-    for the CLS token); ``ln_post`` and ``proj`` apply in both cases.
+    ``--pool`` is ``mean`` or the model's trained pooling (``cls`` for CLIP ViTs, ``map`` for SigLIP), checked here
+    against the model's structure (``job.model.pooling``); the encoders compute it.
     """
     import open_clip
 
@@ -139,15 +146,23 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     check_choice("precision", cfg.precision, PRECISIONS)
     name = resolve_model_name(cfg.model)
     weights = resolve_pretrained(name, cfg.pretrained)
+    declared = configured_pool(name)
+    if declared is not None:
+        check_pool(cfg.pool, declared, name)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     t0 = time.perf_counter()
+    tokenizer, tokenizer_source = load_tokenizer(name, cfg.tokenizer, cache_dir=cfg.cache_dir)  # fails before the weights
     model = _create(name, weights, cfg)
     model.eval().requires_grad_(False)
     visual: Any = model.visual
-    if not hasattr(visual, "pool_type") or getattr(visual, "attn_pool", None) is not None:
-        raise UsageError(f"model {name} has no mean/cls pooling switch (attentional pooling); use a ViT CLIP model")
-    visual.pool_type = POOL_TYPES[cfg.pool]
+    trained = trained_pool(visual, name)
+    check_pool(cfg.pool, trained, name)
+    set_pool(model, cfg.pool, trained)
+    embed_dim = _output_dim(model)
+    if cfg.pool == "mean" and mean_width(visual, trained, embed_dim) != embed_dim:
+        raise UsageError(f"--pool mean: model {name}'s mean-pooled vectors are {mean_width(visual, trained, embed_dim)}"
+                         f"-d, its trained output {embed_dim}-d; valid choice for it: --pool {trained}")
     sha = weights_hash(model)
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp.get("size", visual.image_size)
@@ -155,9 +170,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = model.to(device)
     if dtype != torch.float32:
         model = model.to(dtype)
-    tokenizer = open_clip.get_tokenizer(name if not name.startswith("hf-hub:") else name)
-    text_projection: Any = model.text_projection
-    embed_dim = int(getattr(visual, "output_dim", 0) or text_projection.shape[-1])
     return LoadedModel(
         model=model,
         name=name,
@@ -174,7 +186,18 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer=tokenizer,
         load_seconds=time.perf_counter() - t0,
         text_vectors=cfg.text_vectors,
+        trained=trained,
+        tokenizer_source=tokenizer_source,
     )
+
+
+def _output_dim(model: Any) -> int:
+    """Width of the image tower's trained output (= the text tower's): CLIP's ``text_projection``, else (SigLIP's
+    ``CustomTextCLIP``) the text tower's ``output_dim``."""
+    projection = getattr(model, "text_projection", None)
+    if projection is not None:
+        return int(getattr(model.visual, "output_dim", 0) or projection.shape[-1])
+    return int(model.text.output_dim)
 
 
 def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
@@ -182,36 +205,18 @@ def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
     return r, g, b
 
 
-def mean_and_cls(visual: Any, x: torch.Tensor) -> torch.Tensor:
-    """(n, 2, dim): mean over patch tokens and the CLS token, each through ``ln_post`` and ``proj``, from ONE pass.
-
-    The same arithmetic as open_clip's ``VisionTransformer.forward`` with ``pool_type`` ``avg`` and ``tok``
-    (``_pool``: ``ln_post`` on every token, or on the pooled vector with ``final_ln_after_pool``), but the
-    transformer runs once and both poolings read its output.
-    """
-    tokens = visual.transformer(visual._embeds(x))
-    if getattr(visual, "final_ln_after_pool", False):
-        pooled = torch.stack([visual.ln_post(tokens[:, 1:].mean(dim=1)), visual.ln_post(tokens[:, 0])], dim=1)
-    else:
-        tokens = visual.ln_post(tokens)
-        pooled = torch.stack([tokens[:, 1:].mean(dim=1), tokens[:, 0]], dim=1)
-    return pooled @ visual.proj if visual.proj is not None else pooled
-
-
 class ImageEncoder:
     """uint8 NHWC batches in, L2-normalised float32 embeddings out; normalisation runs on the device.
 
-    ``with_cls`` (used when the model pools by mean and keeps text vectors): ``submit`` results are
-    (n, 2, dim), the mean-pooled image vector and the CLS vector of the same forward pass.
+    ``with_trained`` (used when the model pools by mean and keeps text vectors): ``submit`` results are
+    (n, 2, dim), the mean-pooled image vector and the trained output (CLS token / attention pool) of the same pass.
     """
 
-    def __init__(self, lm: LoadedModel, compile_model: bool = False, *, with_cls: bool = False) -> None:
+    def __init__(self, lm: LoadedModel, compile_model: bool = False, *, with_trained: bool = False) -> None:
         self.lm = lm
         dev = lm.device
-        self.with_cls = with_cls and lm.pool == "mean"
-        visual = lm.model.visual
-        fn: Callable[[torch.Tensor], torch.Tensor] = (
-            (lambda x: mean_and_cls(visual, x)) if self.with_cls else lm.model.encode_image)
+        self.with_trained = with_trained and lm.pool == "mean"
+        fn = image_forward(lm.model, lm.pool, lm.trained, with_trained=self.with_trained)
         self._encode = fn
         if compile_model:
             if dev.type != "cuda":
@@ -225,7 +230,7 @@ class ImageEncoder:
     @torch.inference_mode()
     def submit(self, batch: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
         """Start embedding a (n, H, W, 3) uint8 batch; the returned function waits for the (n, dim) result
-        ((n, 2, dim) with ``with_cls``: image vector, CLS vector).
+        ((n, 2, dim) with ``with_trained``: image vector, trained output).
 
         On CUDA the input goes through pinned memory and the result comes back with a non-blocking
         copy, so the caller can hand the GPU the next batch before it collects this one.
@@ -261,11 +266,11 @@ class ImageEncoder:
         return out[:, 0] if out.ndim == 3 else out
 
     def encode(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """(image vectors, text-aligned CLS vectors or None), both (n, dim), from one forward pass."""
+        """(image vectors, the trained outputs or None), both (n, dim), from one forward pass."""
         out = self.submit(batch)()
         if out.ndim == 3:
             return out[:, 0], out[:, 1]
-        return out, (out if self.lm.pool == "cls" else None)
+        return out, (out if self.lm.pool != "mean" else None)
 
 
 @torch.inference_mode()
@@ -276,17 +281,20 @@ def encode_text(lm: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
 
-def load_run_model(manifest: Manifest, *, device: str | None = None) -> LoadedModel:
+def load_run_model(manifest: Manifest, *, device: str | None = None, tokenizer: str | None = None) -> LoadedModel:
     """The model that made a run's vectors, on this machine, checked against the run's weights hash.
 
     Search and the notebook helpers both load a run's model through here. The device is ``device``
     (default: auto); fp16 runs load in the default precision off CUDA (same weights, same hash).
+    The tokenizer folder is this machine's (``tokenizer``, else ``$JOB_TOKENIZER_DIR``), else the one the run was
+    embedded with when it exists here, else the hub.
     A different hash (other weights under the same name) or output size is a DataError.
     """
     mc = manifest.model_config()
     dev = device or "auto"
     precision = mc.precision if (mc.precision != "fp16" or dev == "cuda") else "auto"
-    lm = load_model(dataclasses.replace(mc, device=dev, precision=precision, compile=False))
+    folder = tokenizer_folder(tokenizer) or (mc.tokenizer if mc.tokenizer and os.path.isdir(mc.tokenizer) else None)
+    lm = load_model(dataclasses.replace(mc, device=dev, precision=precision, compile=False, tokenizer=folder))
     want = manifest.model.weights_sha256
     if want and lm.weights_sha256 != want:
         raise DataError(f"the run was embedded with weights {want[:12]}…, but {mc.model} / {mc.pretrained} loads "

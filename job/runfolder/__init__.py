@@ -46,7 +46,17 @@ from .layout import (
     write_manifest,
 )
 from .lease import HEARTBEAT_S, Lease, LeaseHeld, LeaseInfo, LeaseLost
-from .schema import CLS_COLUMN, FAILURES_SCHEMA, HASH_COLUMN, THUMBNAILS_SCHEMA, VECTOR_COLUMNS, embedding_schema
+from .schema import (
+    FAILURES_SCHEMA,
+    HASH_COLUMN,
+    IMAGE_COLUMN,
+    LEGACY_TRAINED_COLUMNS,
+    THUMBNAILS_SCHEMA,
+    TRAINED_COLUMN,
+    VECTOR_COLUMNS,
+    embedding_schema,
+    trained_column,
+)
 from .tables import (
     PartKey,
     count_rows,
@@ -63,13 +73,13 @@ from .tables import (
 )
 
 __all__ = [
-    "BATCH_NOTES", "BOOTSTRAP_LOG", "CLS_COLUMN", "FAILURES_SCHEMA", "HASH_COLUMN", "HEARTBEAT_S", "INDEX_FILE",
-    "JSON_KEYS", "LAUNCH_NOTE", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR", "STATUS_FILE", "TEXT_INDEX_FILE",
-    "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "VECTOR_COLUMNS", "Counts", "Curation", "Evaluation", "IndexInfo",
-    "Lease",
-    "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest", "ModelInfo", "Outputs", "PartKey", "Projection", "RunLayout",
-    "RunRef", "Score", "StatusDoc", "Waiting", "count_rows", "embedding_matrix", "embedding_schema", "find_manifest",
-    "index_info_url", "list_parts", "manifest_from_json", "open_dataset", "open_run", "part_url", "path_id",
-    "read_index_info", "read_manifest", "read_npy", "read_table", "read_vectors", "table_bytes", "write_index_info",
-    "write_manifest", "write_npy", "write_table",
+    "BATCH_NOTES", "BOOTSTRAP_LOG", "FAILURES_SCHEMA", "HASH_COLUMN", "HEARTBEAT_S", "IMAGE_COLUMN", "INDEX_FILE",
+    "JSON_KEYS", "LAUNCH_NOTE", "LEGACY_TRAINED_COLUMNS", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR",
+    "STATUS_FILE", "TEXT_INDEX_FILE", "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "TRAINED_COLUMN", "VECTOR_COLUMNS",
+    "Counts", "Curation", "Evaluation", "IndexInfo", "Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest",
+    "ModelInfo", "Outputs", "PartKey", "Projection", "RunLayout", "RunRef", "Score", "StatusDoc", "Waiting",
+    "count_rows", "embedding_matrix", "embedding_schema", "find_manifest", "index_info_url", "list_parts",
+    "manifest_from_json", "open_dataset", "open_run", "part_url", "path_id", "read_index_info", "read_manifest",
+    "read_npy", "read_table", "read_vectors", "table_bytes", "trained_column", "write_index_info", "write_manifest",
+    "write_npy", "write_table",
 ]

@@ -100,6 +100,8 @@ class ModelInfo(Doc):
     compiled: bool = False
     fallbacks: list[str] = []  # fast paths that failed and what took over (job.embed.fallback)
     load_seconds: float = 0.0
+    trained_pool: str = "cls"  # the model's trained output: cls (CLIP ViTs) or map (SigLIP's attention pool)
+    tokenizer: str = "open_clip"  # where the text tokenizer came from: open_clip, hf-hub:REPO, dir:FOLDER
 
 
 class Counts(Doc):

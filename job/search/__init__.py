@@ -1,5 +1,5 @@
 """Search stage: a run's vectors queried by text, image or id (``searcher.Searcher``: image space ``embedding``,
-text space ``embedding_cls``), SQL filters over the metadata (``filters``: DuckDB, file access off), one hit shape
+text space the trained output ``embedding_trained``), SQL filters over the metadata (``filters``: DuckDB, file access off), one hit shape
 (``hits``) and the thumbnails of a run's images (``thumbs``). Reads a run only.
 
 May import: the ground floor, ``job.runfolder``, ``job.index``, ``job.model``, ``job.decode``.

@@ -5,8 +5,9 @@ run's embeddings, and answers queries by vector, id, text or image; text and ima
 run's own model (from ``manifest.json``) and refuse other weights.
 
 Two vector spaces: image and id queries search ``embedding`` (the pooled image vectors); text queries search
-the vectors CLIP's text tower was trained against, the CLS output (``embedding_cls`` of a ``--pool mean`` run,
-indexed in ``index/text.faiss``; ``embedding`` itself with ``--pool cls``). Every query takes an SQL
+the vectors the text tower was trained against, the model's trained output (CLIP's CLS token, SigLIP's attention
+pool: ``embedding_trained`` of a ``--pool mean`` run — ``embedding_cls`` in older runs —, indexed in
+``index/text.faiss``; ``embedding`` itself with ``--pool cls``/``map``). Every query takes an SQL
 ``where`` over the metadata columns (``job.search.filters``); the search is then restricted inside Faiss
 (``job.index.filtered``), so k hits come back whenever k rows match.
 """
@@ -23,7 +24,6 @@ from .. import fsutil
 from ..errors import DataError, NotFound, UsageError
 from ..index import RECALL_K, ids_digest, load_index, set_search_params
 from ..runfolder import (
-    CLS_COLUMN,
     VECTOR_COLUMNS,
     IndexInfo,
     Manifest,
@@ -33,6 +33,7 @@ from ..runfolder import (
     index_info_url,
     open_run,
     read_index_info,
+    trained_column,
 )
 from .hits import make_hits
 
@@ -122,7 +123,8 @@ class Searcher:
 
     # ------------------------------------------------------------------------------------- spaces
     def text_space(self) -> Space:
-        """Where text queries search: the text index, else an exact search over the CLS vectors, else the image index."""
+        """Where text queries search: the text index, else an exact search over the trained outputs, else the image
+        index."""
         if self._text is None:
             self._text = self._open_text_space()
         return self._text
@@ -134,23 +136,25 @@ class Searcher:
             idx = load_index(url)
             _check_match(idx, meta, self.table, url, self.emb_url)
             _apply_params(idx, self._search_params or meta.search_params)
-            return Space(idx, _current(idx), meta.column or CLS_COLUMN, url, meta)
-        names = _schema_names(self.emb_url)
-        if CLS_COLUMN in names:
+            column = meta.column or trained_column(_schema_names(self.emb_url)) or "embedding"
+            return Space(idx, _current(idx), column, url, meta)
+        stored = trained_column(_schema_names(self.emb_url))
+        if stored is not None:
+            column = stored
             from ..index import load_vectors
             from ..index._faiss import load_faiss
 
             faiss = load_faiss()
-            log.info("no text index beside the image index: text queries search %s exactly", CLS_COLUMN)
-            x, ids = load_vectors(self.emb_url, column=CLS_COLUMN)
+            log.info("no text index beside the image index: text queries search %s exactly", column)
+            x, ids = load_vectors(self.emb_url, column=column)
             flat = faiss.IndexIDMap(faiss.IndexFlatIP(x.shape[1]))
             flat.add_with_ids(x, ids)
-            return Space(flat, {}, CLS_COLUMN, f"exact search over {CLS_COLUMN}",
-                         IndexInfo(index="", column=CLS_COLUMN, factory="IDMap,Flat", n=len(ids), d=x.shape[1]))
-        if self.manifest is not None and self.manifest.model.pool != "cls":
-            log.warning("this run has no %s (made before it existed, or with --text-vectors none): text queries "
-                        "search the mean-pooled image vectors, which CLIP's text tower was not trained against",
-                        CLS_COLUMN)
+            return Space(flat, {}, column, f"exact search over {column}",
+                         IndexInfo(index="", column=column, factory="IDMap,Flat", n=len(ids), d=x.shape[1]))
+        if self.manifest is not None and self.manifest.model.pool == "mean":
+            log.warning("this run has no trained-output column (no embedding_trained: made before it existed, or "
+                        "with --text-vectors none): text queries search the mean-pooled image vectors, which the "
+                        "text tower was not trained against")
         return self.image
 
     # ------------------------------------------------------------------------------------- filters

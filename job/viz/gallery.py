@@ -95,10 +95,11 @@ def load_text_model(run: Run, device: str = "auto") -> Any:
 def text_search(
     run: Run, lm: Any, texts: Sequence[str], k: int = 8, *, use_index: bool = False
 ) -> dict[str, pd.DataFrame]:
-    """Top-k images for each text query, scored by cosine between the CLIP text embedding and the CLS vectors.
+    """Top-k images for each text query, scored by cosine between the text embedding and the trained outputs.
 
-    CLIP's contrastive training aligned the text tower with the image tower's CLS output, so with
-    ``--pool mean`` the run's ``embedding_cls`` column is searched, not the mean-pooled image vectors.
+    Contrastive training aligned the text tower with the image tower's trained output (CLIP's CLS token, SigLIP's
+    attention pool), so with ``--pool mean`` the run's ``embedding_trained`` column is searched, not the mean-pooled
+    image vectors.
     """
     from ..model.load import encode_text
 

@@ -12,7 +12,6 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..runfolder import (
-    CLS_COLUMN,
     VECTOR_COLUMNS,
     Manifest,
     RunLayout,
@@ -20,6 +19,7 @@ from ..runfolder import (
     open_run,
     read_manifest,
     read_table,
+    trained_column,
 )
 from ..values import CAMERA_CHANNELS
 
@@ -49,7 +49,7 @@ class Run:
     manifest: Manifest
     meta: pd.DataFrame  # one row per embedded image, in parquet order; no embedding column
     vectors: np.ndarray  # (n, dim) float32, unit length, aligned with ``meta``
-    # what text queries search: the CLS vectors (embedding_cls) of a --pool mean run; None: ``vectors`` serve both
+    # what text queries search: the trained outputs (embedding_trained) of a --pool mean run; None: ``vectors`` serve both
     text_vectors: np.ndarray | None = None
     _row_of_id: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -142,7 +142,8 @@ def load_run(uri: str) -> Run:
     t0 = time.perf_counter()
     table = read_table(layout.embeddings)
     vectors = embedding_matrix(table)
-    text_vectors = embedding_matrix(table, CLS_COLUMN) if CLS_COLUMN in table.column_names else None
+    text_column = trained_column(table.column_names)
+    text_vectors = embedding_matrix(table, text_column) if text_column else None
     meta = table.drop_columns([c for c in VECTOR_COLUMNS if c in table.column_names]).to_pandas()
     log.info("loaded %d rows from %s in %.1f s", len(meta), layout.embeddings, time.perf_counter() - t0)
     return Run(uri=uri, layout=layout, manifest=manifest, meta=_derive(meta), vectors=vectors,
