@@ -22,6 +22,7 @@ from .values import (
     parse_positive,
     parse_search_params,
     parse_shard,
+    parse_shares,
     parse_size,
     split_list,
 )
@@ -268,6 +269,7 @@ class ProjectConfig:
 
 
 CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # job.curate.graph.METHODS
+CURATE_MIN_K = 3  # job.curate.scores: uniqueness reads each image's 3 nearest neighbours, so the graph needs k >= 3
 
 
 @dataclass(frozen=True)
@@ -281,20 +283,34 @@ class CurateConfig:
     still_metres: float = 0.5  # job.curate.still.STILL_METRES: the ego moved less than this between two frames
     select: int | None = None  # a diverse subset of this many images
     balance: tuple[str, ...] = ()  # metadata columns whose values each get their share of the subset
+    shares: str | tuple[tuple[str, str, float], ...] = "proportional"  # or "equal", or given per value (parse_shares)
+    labelled: str | None = None  # images labelled already (tokens, paths or ids; a file, local or s3://)
+    min_gap_s: float | None = None  # picks of one scene and camera at least this many seconds apart
     export: str | None = None  # the subset as one sample_data_token (or path) a line, for labelling tools
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        at_least("--k", self.k, 1)
+        at_least("--k", self.k, CURATE_MIN_K)
         check_choice("k-NN method", self.method, CURATE_METHODS)
         object.__setattr__(self, "near_threshold", parse_near_threshold(self.near_threshold, "--near-threshold"))
+        shares = parse_shares(self.shares)
+        balance = split_list(self.balance)
+        if not isinstance(shares, str):  # the columns a share names are balanced too
+            balance += tuple(dict.fromkeys(c for c, _, _ in shares if c not in balance))
         _keep(self, still_metres=parse_positive(self.still_metres, "--still-metres", "distance in metres"),
-              balance=split_list(self.balance))
+              balance=balance, shares=shares,
+              min_gap_s=None if self.min_gap_s is None else parse_positive(self.min_gap_s, "--min-gap-s", "time in s"))
         at_least("--select", self.select, 1)
         check_choice("device", self.device, DEVICES)
-        if (self.balance or self.export) and self.select is None:
-            raise UsageError("--balance and --export shape the subset: give --select N too")
+        shaping = [o for o, v in (("--balance", self.balance), ("--shares", shares != "proportional"),
+                                  ("--labelled", self.labelled), ("--min-gap-s", self.min_gap_s),
+                                  ("--export", self.export)) if v]
+        if shaping and self.select is None:
+            raise UsageError(f"{' and '.join(shaping)} {'shape' if len(shaping) > 1 else 'shapes'} the subset: give "
+                             "--select N too")
+        if shares == "equal" and not balance:
+            raise UsageError("--shares equal needs --balance COLUMNS (the values that share the subset equally)")
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,48 @@ def parse_positive(value: str | float, option: str, unit: str = "") -> float:
     return v
 
 
+SHARE_MODES: tuple[str, ...] = ("proportional", "equal")
+Shares = str | tuple[tuple[str, str, float], ...]
+
+
+def parse_shares(value: str | Sequence[Sequence[object]] | None, option: str = "--shares") -> Shares:
+    """``--shares``: ``proportional``, ``equal``, or ``COLUMN=VALUE:SHARE,…`` (shares in [0, 1] summing to at most 1
+    per column) → the mode, or ``((column, value, share), …)``. Python callers may pass the tuples themselves."""
+    if value is None:
+        return "proportional"
+    if not isinstance(value, str):
+        items = [(str(c), str(v), s) for c, v, s in value]  # type: ignore[misc]
+    else:
+        text = value.strip()
+        if text.lower() in SHARE_MODES:
+            return text.lower()
+        items = []
+        for part in (p.strip() for p in text.split(",")):
+            column, eq, rest = part.partition("=")
+            val, colon, share = rest.rpartition(":")
+            if not part or not eq or not colon or not column.strip() or not val.strip():
+                raise UsageError(f"{option} {value!r} is not understood; use proportional, equal, or "
+                                 "COLUMN=VALUE:SHARE,… (e.g. location=boston-seaport:0.4,location=singapore-onenorth:0.2)")
+            items.append((column.strip(), val.strip(), share.strip()))
+    out: list[tuple[str, str, float]] = []
+    sums: dict[str, float] = {}
+    for column, val, share in items:
+        try:
+            f = float(share)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(f"{option} {column}={val}:{share}: the share is not a number; use a share in [0, 1]") from None
+        if not (0.0 <= f <= 1.0):
+            raise UsageError(f"{option} {column}={val}:{share}: the share is outside [0, 1]")
+        if any(c == column and v == val for c, v, _ in out):
+            raise UsageError(f"{option} names {column}={val} twice")
+        sums[column] = sums.get(column, 0.0) + f
+        out.append((column, val, f))
+    for column, total in sums.items():
+        if total > 1.0 + 1e-9:
+            raise UsageError(f"{option}: the shares of {column} sum to {total:g}, more than 1")
+    return tuple(out)
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -87,7 +87,8 @@ def test_curate_again_with_a_given_threshold_and_no_subset(curated: Path, tmp_pa
     (["--near-threshold", "often"], "'often' is not understood; use auto or a cosine in (0, 1]"),
     (["--select", "3", "--balance", "weather"], "balance column 'weather' unknown; valid choices:"),
     (["--still-metres", "-1"], "--still-metres -1.0 is out of range"),
-    (["--balance", "channel"], "--balance and --export shape the subset: give --select N too"),
+    (["--balance", "channel"], "--balance shapes the subset: give --select N too"),
+    (["--balance", "channel", "--export", "x.txt"], "--balance and --export shape the subset: give --select N too"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(curated: Path, tmp_path: Path, capsys, argv, message) -> None:
     run = tmp_path / "run"

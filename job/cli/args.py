@@ -81,7 +81,8 @@ def _curate(a: _Args, command: str) -> CurateConfig:
         enabled=command == "curate" or bool(a.get("curate", False)), k=a.get("curate_k", d.k),
         method=a.get("curate_method", d.method), near_threshold=a.get("near_threshold", d.near_threshold),
         still_metres=a.get("still_metres", d.still_metres), select=a.get("select", None),
-        balance=split_list(a.get("balance", None)), export=a.get("export", None),
+        balance=split_list(a.get("balance", None)), shares=a.get("shares", d.shares), labelled=a.get("labelled", None),
+        min_gap_s=a.get("min_gap_s", None), export=a.get("export", None),
         device=a.get("curate_device", d.device), seed=a.get("seed", d.seed))
 
 

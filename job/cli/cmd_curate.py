@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import CURATE_METHODS, DEVICES, CurateConfig, JobConfig
+from ..config import CURATE_METHODS, CURATE_MIN_K, DEVICES, CurateConfig, JobConfig
 from ..curate.run import summary_lines
 from ..runfolder import open_run
 from ..steps import curate_step, rerun_step
-from .options import add_common_options, choice, positive_int
+from .options import add_common_options, choice, int_at_least, number, positive_int
 
 
 def _curate(cfg: JobConfig, args: argparse.Namespace) -> int:
@@ -25,8 +25,9 @@ def add_curate_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> N
     if in_run:
         g.add_argument("--curate", action="store_true",
                        help="also find duplicates, rarity and (with --select) a diverse subset: curation/")
-    g.add_argument("--k", dest="curate_k", type=positive_int, default=c.k, metavar="K",
-                   help=f"neighbours per image in the k-NN graph (default {c.k})")
+    g.add_argument("--k", dest="curate_k", type=int_at_least(CURATE_MIN_K), default=c.k, metavar="K",
+                   help=f"neighbours per image in the k-NN graph, {CURATE_MIN_K} or more (uniqueness reads the "
+                        f"{CURATE_MIN_K} nearest; default {c.k})")
     g.add_argument("--knn-method", dest="curate_method", type=choice("k-NN method", CURATE_METHODS),
                    default=c.method, metavar="METHOD", help="exact, or from the run's index (index, ivf-lists); auto: exact when a timed "
                                           "pilot says it takes at most 2 min, else the index (default auto)")
@@ -39,7 +40,21 @@ def add_curate_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> N
     g.add_argument("--select", type=positive_int, default=None, metavar="N",
                    help="pick N images for labelling by greedy farthest-point (k-center) over the unique ones")
     g.add_argument("--balance", action="append", default=None, metavar="COLUMNS",
-                   help="with --select: each value of these columns (e.g. location,channel) gets its share")
+                   help="with --select: each combination of these columns' values (e.g. location,channel) is a "
+                        "stratum that gets its share of the picks (--shares)")
+    g.add_argument("--shares", default=None, metavar="proportional|equal|COL=VALUE:SHARE,…",
+                   help="with --select: each stratum's share of the picks: proportional to its images (default), "
+                        "equal, or given per value, e.g. location=boston-seaport:0.4 (values not named share the "
+                        "rest by their images; the columns named are balanced too). Each quota is within one pick "
+                        "of its share, and no stratum gets more picks than it has images")
+    g.add_argument("--labelled", default=None, metavar="FILE",
+                   help="with --select: images labelled already (local or s3://; one sample_data_token, path or id "
+                        "a line, or a .parquet with an id, sample_data_token or path column, e.g. an earlier "
+                        "selection.parquet). The selection continues from them: none of them, and none of their "
+                        "duplicates, is picked again, and the first pick is the image farthest from all of them")
+    g.add_argument("--min-gap-s", type=number, default=None, metavar="SECONDS",
+                   help="with --select: picks of one scene and camera (and labelled images) at least this many "
+                        "seconds apart (nuScenes columns scene_token, channel, timestamp)")
     g.add_argument("--export", default=None, metavar="FILE",
                    help="with --select: write the subset here, one sample_data_token (else path) a line")
     if not in_run:

@@ -15,14 +15,16 @@ from .knn import DEFAULT_K, EXACT_BUDGET_S, KnnGraph, exact_knn
 from .order import content_hash, hash_groups, keep_rank
 from .plot import threshold_histogram
 from .scores import UNIQUENESS_WEIGHTS, scores, uniqueness
-from .select import Selection, check_balance, quotas, select_diverse
+from .greedy import TimeGaps
+from .select import Selection, StratumCoverage, select_diverse
+from .strata import Strata, check_balance, quotas, weights
 from .still import STILL_METRES, check_still_metres, still_duplicates
 from .threshold import NearThreshold, auto_threshold, parse_threshold
 
 __all__ = [
     "DEFAULT_K", "EXACT_BUDGET_S", "KINDS", "METHODS", "STILL_METRES", "UNIQUENESS_WEIGHTS", "Duplicates", "KnnGraph",
-    "NearThreshold", "Selection", "auto_threshold", "check_balance", "check_still_metres", "content_hash",
+    "NearThreshold", "Selection", "Strata", "StratumCoverage", "TimeGaps", "auto_threshold", "check_balance", "check_still_metres", "content_hash",
     "STILL_COLUMNS", "exact_duplicates", "exact_knn", "find_duplicates", "graph_from_arrays", "hash_groups", "keep_rank", "knn_graph", "near_duplicates",
     "nearest_distinct_cosines", "parse_threshold", "quotas", "scores", "select_diverse", "still_duplicates",
-    "threshold_histogram", "uniqueness",
+    "threshold_histogram", "uniqueness", "weights",
 ]

@@ -10,7 +10,8 @@ Files (``RunLayout.curation``), each written atomically, the manifest last:
   near), ``cosine`` (to ``keep_id``); images not in it are unique;
 * ``scores.parquet``: ``id``, ``uniqueness`` (FiftyOne Brain's definition, 0–1, higher = rarer), ``nn_cosine``,
   ``kth_cosine``;
-* ``selection.parquet`` (``--select N``): ``rank``, ``id``, ``path``, ``sample_data_token``, ``coverage_cosine``;
+* ``selection.parquet`` (``--select N``, ``job.curate.subset``): ``rank``, ``id``, ``path``, ``sample_data_token``,
+  ``coverage_cosine``, ``stratum``;
 * ``nn_cosines.png``: the nearest-neighbour distances with the near threshold marked.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ from ..runfolder import (
     read_vectors,
     write_table,
 )
+from .subset import SUBSET_COLUMNS, SubsetPlan, check_subset_options
+from .subset import summary_lines as subset_lines
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +62,20 @@ class RunVectors:
 
 
 def check_options(cfg: CurateConfig, columns: list[str]) -> list[str]:
-    """The ``--balance`` columns, checked against the embeddings' columns (before a run embeds anything)."""
+    """The ``--balance`` columns, checked against the embeddings' columns (before a run embeds anything), and the
+    subset's other options (``subset.check_subset_options``)."""
     from . import check_balance
 
-    return check_balance(cfg.balance, [c for c in columns if c not in ("embedding", "embedding_cls", "id")])
+    balance = check_balance(cfg.balance, [c for c in columns if c not in ("embedding", "embedding_cls", "id")])
+    check_subset_options(cfg, columns)
+    return balance
 
 
 def _load(layout: RunLayout, cfg: CurateConfig) -> RunVectors:
     names = list(open_dataset(layout.embeddings).schema.names)
     balance = check_options(cfg, names)
     x, ids = read_vectors(layout.embeddings)  # UsageError for a run without vectors
-    wanted = ["path", "timestamp", "content_hash", TOKEN, *STILL_SOURCE.values(), *balance]
+    wanted = ["path", "timestamp", "content_hash", TOKEN, *STILL_SOURCE.values(), *SUBSET_COLUMNS, *balance]
     table = read_table(layout.embeddings, ["id", *dict.fromkeys(c for c in wanted if c in names)])
     at = np.argsort(table.column("id").to_numpy())
     order = at[np.searchsorted(table.column("id").to_numpy()[at], ids)]  # metadata rows in the vectors' order
@@ -135,6 +141,7 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
     n = len(run.ids)
     if cfg.select is not None and cfg.select > n:
         raise UsageError(f"--select {cfg.select} is out of range; use 1 to {n} (the run has {n} images)")
+    plan = SubsetPlan.prepare(cfg, run.ids, run.meta) if cfg.select is not None else None
     index = _index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
     device = cfg.device
@@ -144,6 +151,7 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         pick_device("cuda")
     graph = curate.knn_graph(run.x, run.ids, cfg.k, index=index, method=cfg.method, seed=cfg.seed, progress=progress,
                              device=device)
+    del index  # the run's index is not needed after the graph: its memory is free for the selection
     timings["graph_s"] = time.perf_counter() - t0 - timings["read_s"]
     t1 = time.perf_counter()
     rank = curate.keep_rank(run.ids, run.column("timestamp"), run.column("path"))
@@ -155,11 +163,11 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
     timings["duplicates_s"] = time.perf_counter() - t1
     scores = curate.scores(graph)
     selection = None
-    if cfg.select is not None:
+    if plan is not None:
         t2 = time.perf_counter()
-        balance = {c: run.meta[c] for c in cfg.balance}
-        selection = curate.select_diverse(run.x, run.ids, cfg.select, exclude=dups.mask(n), balance=balance or None,
-                                          seed=cfg.seed, progress=progress)
+        assert dups.threshold is not None
+        selection = plan.select(run.x, run.ids, dups.rows, dups.keep_rows, graph.rows, graph.cosines,
+                                dups.threshold.cosine, progress=progress)
         timings["select_s"] = time.perf_counter() - t2
     assert dups.threshold is not None
     _to_roots(dups, run.x)
@@ -170,10 +178,7 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         n=n, k=graph.k, graph=_plain(graph.summary()), threshold=_plain(dups.threshold.summary()),
         still_metres=cfg.still_metres if still is not None else None, duplicates=counts,
         unique=n - int(sum(counts.values())),
-        selection=None if selection is None else _plain({
-            "n": int(len(selection.ids)), "balance": list(cfg.balance), "quotas": selection.quotas,
-            "radius_cosine": round(float(selection.radius_cosine), 5), "export": cfg.export,
-            "candidates": selection.info.get("candidates"), "dims": selection.info.get("dims")}),
+        selection=None if selection is None or plan is None else _plain(plan.record(selection)),
         files=files, timings={k: round(v, 3) for k, v in timings.items()})
     log.info("%s", "\n".join(summary_lines(info)))
     return info
@@ -201,7 +206,8 @@ def _write(layout: RunLayout, run: RunVectors, graph: Any, dups: Any, scores: di
             "rank": pa.array(np.arange(len(rows)), pa.int64()), "id": pa.array(selection.ids, pa.int64()),
             "path": pa.array(paths[rows] if paths is not None else [None] * len(rows), pa.string()),
             TOKEN: pa.array(tokens[rows] if tokens is not None else [None] * len(rows), pa.string()),
-            "coverage_cosine": pa.array(selection.coverage_cosine, pa.float32())})
+            "coverage_cosine": pa.array(selection.coverage_cosine, pa.float32()),
+            "stratum": pa.array(selection.stratum, pa.string())})
     for name, table in tables.items():
         write_table(layout.curation(name), table)
     png = threshold_histogram(dups.info["nn_cosines"], dups.threshold,
@@ -236,10 +242,7 @@ def summary_lines(c: Curation) -> list[str]:
     if c.still_metres is None:
         lines.append("standing still: not looked for (the run has no ego pose: not nuScenes)")
     if c.selection:
-        s = c.selection
-        bal = f", balanced over {', '.join(s['balance'])}" if s["balance"] else ""
-        lines.append(f"subset: {s['n']:,} of {c.unique:,} unique images{bal}; every unique image has a pick at "
-                     f"cosine >= {s['radius_cosine']:.3f}" + (f"; exported to {s['export']}" if s.get("export") else ""))
+        lines.extend(subset_lines(c.selection, c.unique))
     return lines
 
 
