@@ -183,13 +183,13 @@ def parse_shares(value: str | Sequence[Sequence[object]] | None, option: str = "
     per column) → the mode, or ``((column, value, share), …)``. Python callers may pass the tuples themselves."""
     if value is None:
         return "proportional"
+    items: list[tuple[str, str, object]] = []
     if not isinstance(value, str):
-        items = [(str(c), str(v), s) for c, v, s in value]  # type: ignore[misc]
+        items = [(str(c), str(v), s) for c, v, s in value]
     else:
         text = value.strip()
         if text.lower() in SHARE_MODES:
             return text.lower()
-        items = []
         for part in (p.strip() for p in text.split(",")):
             column, eq, rest = part.partition("=")
             val, colon, share = rest.rpartition(":")
@@ -199,13 +199,13 @@ def parse_shares(value: str | Sequence[Sequence[object]] | None, option: str = "
             items.append((column.strip(), val.strip(), share.strip()))
     out: list[tuple[str, str, float]] = []
     sums: dict[str, float] = {}
-    for column, val, share in items:
+    for column, val, raw in items:
         try:
-            f = float(share)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise UsageError(f"{option} {column}={val}:{share}: the share is not a number; use a share in [0, 1]") from None
+            f = float(str(raw))  # text from the CLI, a number from Python
+        except ValueError:
+            raise UsageError(f"{option} {column}={val}:{raw}: the share is not a number; use a share in [0, 1]") from None
         if not (0.0 <= f <= 1.0):
-            raise UsageError(f"{option} {column}={val}:{share}: the share is outside [0, 1]")
+            raise UsageError(f"{option} {column}={val}:{raw}: the share is outside [0, 1]")
         if any(c == column and v == val for c, v, _ in out):
             raise UsageError(f"{option} names {column}={val} twice")
         sums[column] = sums.get(column, 0.0) + f

@@ -11,14 +11,14 @@ from __future__ import annotations
 from .duplicates import KINDS, Duplicates, exact_duplicates, near_duplicates, nearest_distinct_cosines
 from .find import STILL_COLUMNS, find_duplicates
 from .graph import METHODS, graph_from_arrays, knn_graph
+from .greedy import TimeGaps
 from .knn import DEFAULT_K, EXACT_BUDGET_S, KnnGraph, exact_knn
 from .order import content_hash, hash_groups, keep_rank
 from .plot import threshold_histogram
 from .scores import UNIQUENESS_WEIGHTS, scores, uniqueness
-from .greedy import TimeGaps
 from .select import Selection, StratumCoverage, select_diverse
-from .strata import Strata, check_balance, quotas, weights
 from .still import STILL_METRES, check_still_metres, still_duplicates
+from .strata import Strata, check_balance, quotas, weights
 from .threshold import NearThreshold, auto_threshold, parse_threshold
 
 __all__ = [

@@ -71,7 +71,7 @@ def weights(strata: Strata, counts: np.ndarray, shares: str | Sequence[tuple[str
         return np.zeros(len(counts))
     if shares == "equal":
         w = has.astype(np.float64)
-    elif shares == "proportional" or not shares:
+    elif isinstance(shares, str) or not shares:
         w = counts.copy()
     else:
         w = _given(strata, counts, shares)
@@ -152,8 +152,8 @@ def quotas(strata: np.ndarray, total: int, w: np.ndarray | None = None, *, min_o
         q[j] += 1
         rem[j] -= 1
     if min_one:
-        for j in np.nonzero((q == 0) & (counts > 0))[0]:
-            q[j] = 1
+        for zero in np.nonzero((q == 0) & (counts > 0))[0]:
+            q[zero] = 1
             donor = int(np.argmax(np.where(q > 1, q - t, -np.inf)))
             q[donor] -= 1
     return q
