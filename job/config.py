@@ -267,7 +267,10 @@ class ProjectConfig:
         check_choice("UMAP backend", self.backend, UMAP_BACKENDS)
 
 
-CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # job.curate.graph.METHODS
+# Curation's choices and defaults (job.curate reads them from here; the reasons are in the modules named)
+CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # how the k-NN graph is made (curate.graph)
+CURATE_K = 10  # neighbours per image in the k-NN graph
+STILL_METRES = 0.5  # standing still: the ego moved less than this between two frames (why: job.curate.still)
 
 
 @dataclass(frozen=True)
@@ -275,10 +278,10 @@ class CurateConfig:
     """``job curate`` and the curation step of ``job run --curate`` / ``job merge --curate``."""
 
     enabled: bool = False  # the step in job run / job merge; ``job curate`` runs it regardless
-    k: int = 10
+    k: int = CURATE_K
     method: str = "auto"  # how the k-NN graph is made (exact when affordable, else from the run's index)
     near_threshold: str | float = "auto"  # "auto" or a cosine in (0, 1]
-    still_metres: float = 0.5  # job.curate.still.STILL_METRES: the ego moved less than this between two frames
+    still_metres: float = STILL_METRES
     select: int | None = None  # a diverse subset of this many images
     balance: tuple[str, ...] = ()  # metadata columns whose values each get their share of the subset
     export: str | None = None  # the subset as one sample_data_token (or path) a line, for labelling tools

@@ -167,18 +167,80 @@ class Projection(Doc):
     peak_memory_mb: float = 0.0
 
 
+class GraphTrial(Doc):
+    """One search effort tried while tuning an approximate k-NN graph, and the recall it reached on the tuning rows."""
+
+    recall: float
+    probe_lists: int | None = None  # ivf-lists: lists compared per vector
+    search_params: str | None = None  # index: the index's search parameters (``efSearch=64``)
+
+
+class GraphInfo(Doc):
+    """How the k-NN graph of a curation was made (``job.curate.graph``) and how good it is."""
+
+    method: str  # exact | index | ivf-lists
+    k: int
+    n: int
+    recall: float  # recall@k against exact search (1.0 for exact)
+    recall_queries: int = 0  # rows it was measured on (0: exact)
+    device: str = "cpu"
+    probe_lists: int | None = None  # ivf-lists
+    nlist: int | None = None  # ivf-lists: the partition's lists
+    search_params: str | None = None  # index: the parameters the graph was searched with
+    target_met: bool = True
+    tuning: list[GraphTrial] = []
+    timings: dict[str, float] = {}
+
+
+class MixtureFit(Doc):
+    """The two-component fit of the log nearest-neighbour distances (``job.curate.threshold``)."""
+
+    loglik: float
+    weights: list[float]
+    means: list[float]
+    sigmas: list[float]
+    separation: float
+
+
+class ThresholdInfo(Doc):
+    """The near-duplicate threshold of a curation and why (``job.curate.threshold``)."""
+
+    cosine: float  # pairs at or above this cosine are near duplicates
+    rule: str  # one line a person can check
+    source: str  # auto | given
+    found_mode: bool = False
+    rows: int | None = None  # nearest-neighbour distances the rule read
+    median_nn_cosine: float | None = None
+    flagged_rows: int | None = None
+    bulk_tail_rows: float | None = None
+    mixture: MixtureFit | None = None
+
+
+class SelectionInfo(Doc):
+    """The diverse subset of a curation (``job.curate.select``)."""
+
+    n: int
+    balance: list[str] = []
+    quotas: dict[str, int] = {}  # picks per stratum (with balance)
+    radius_cosine: float | None = None  # every candidate has a pick at cosine >= this
+    export: str | None = None
+    candidates: int | None = None  # the images it was picked among (not duplicates)
+    dims: int | None = None  # dimensions of the greedy passes (a random projection above a budget)
+
+
 class Curation(Doc):
     """What ``job curate`` did (``curation/``): the k-NN graph, the near threshold and why, duplicates by kind, the
-    subset, timings."""
+    subset, timings. Entries written before these parts were typed (plain dicts with the same keys) read the same;
+    their graph's ``params`` (search effort) is not read back."""
 
     n: int
     k: int
-    graph: dict[str, Any]  # method, recall and how it was measured, device, parameters, timings
-    threshold: dict[str, Any]  # cosine, rule (one line), source (auto | given)
+    graph: GraphInfo
+    threshold: ThresholdInfo
     still_metres: float | None  # None: the run has no ego pose (not nuScenes): no `still` step
     duplicates: dict[str, int]  # per kind: exact, still, near
     unique: int  # images that repeat no other
-    selection: dict[str, Any] | None = None  # n, balance, quotas, coverage radius (cosine), export
+    selection: SelectionInfo | None = None
     files: dict[str, str] = {}  # name -> path relative to the run folder
     timings: dict[str, float] = {}
 
