@@ -268,7 +268,10 @@ class ProjectConfig:
         check_choice("UMAP backend", self.backend, UMAP_BACKENDS)
 
 
-CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # job.curate.graph.METHODS
+# Curation's choices and defaults (job.curate reads them from here; the reasons are in the modules named)
+CURATE_METHODS: tuple[str, ...] = ("auto", "exact", "index", "ivf-lists")  # how the k-NN graph is made (curate.graph)
+CURATE_K = 10  # neighbours per image in the k-NN graph
+STILL_METRES = 0.5  # standing still: the ego moved less than this between two frames (why: job.curate.still)
 CURATE_MIN_K = 3  # job.curate.scores: uniqueness reads each image's 3 nearest neighbours, so the graph needs k >= 3
 
 
@@ -277,10 +280,10 @@ class CurateConfig:
     """``job curate`` and the curation step of ``job run --curate`` / ``job merge --curate``."""
 
     enabled: bool = False  # the step in job run / job merge; ``job curate`` runs it regardless
-    k: int = 10
+    k: int = CURATE_K
     method: str = "auto"  # how the k-NN graph is made (exact when affordable, else from the run's index)
     near_threshold: str | float = "auto"  # "auto" or a cosine in (0, 1]
-    still_metres: float = 0.5  # job.curate.still.STILL_METRES: the ego moved less than this between two frames
+    still_metres: float = STILL_METRES
     select: int | None = None  # a diverse subset of this many images
     balance: tuple[str, ...] = ()  # metadata columns whose values each get their share of the subset
     shares: str | tuple[tuple[str, str, float], ...] = "proportional"  # or "equal", or given per value (parse_shares)

@@ -29,7 +29,7 @@ def preflight(cfg: JobConfig, columns: list[str]) -> None:
     (``job run`` before it embeds, ``job merge`` before it lays the shards out): a bad one exits 2 with nothing written
     rather than after hours of embedding."""
     if cfg.curate.enabled:
-        from .curate.run import check_options
+        from .curate.load import check_options
 
         check_options(cfg.curate, columns)
 

@@ -135,7 +135,7 @@ def test_manifest_keys_are_owned_by_one_module(image_dir: Path, tmp_path: Path) 
     and publish all keep working, because nothing else spells a key."""
     pkg = tmp_path / "pkg"
     shutil.copytree(REPO / "job", pkg / "job", ignore=shutil.ignore_patterns("__pycache__"))
-    docs = pkg / "job" / "documents.py"
+    docs = pkg / "job" / "runfolder" / "documents.py"
     text = docs.read_text()
     marker = "JSON_KEYS: dict[str, str] = {"
     assert text.count(marker) == 1

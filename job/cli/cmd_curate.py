@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import CURATE_METHODS, CURATE_MIN_K, DEVICES, CurateConfig, JobConfig
-from ..curate.run import summary_lines
+from ..curate import summary_lines
 from ..runfolder import open_run
 from ..steps import curate_step, rerun_step
 from .options import add_common_options, choice, int_at_least, number, positive_int

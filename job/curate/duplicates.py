@@ -22,7 +22,7 @@ from .threshold import NearThreshold
 
 log = logging.getLogger(__name__)
 
-KINDS = ("exact", "near", "still")
+KINDS = ("exact", "still", "near")  # the order the steps run in (find.find_duplicates)
 MAX_EXPAND_K = 1024  # deepest re-search of a saturated kept image
 EXPAND_FLOPS = 2e12  # exact re-search per round at most (~1-2 min on 2 CPU cores): 12k rows at 205k x 768, 1.9k at 1.4M
 
@@ -192,3 +192,32 @@ def near_duplicates(graph: KnnGraph, x: np.ndarray, threshold: NearThreshold, ra
     out = Duplicates(rows, keeps, np.full(len(rows), "near", object), cosines, threshold)
     out.info = {"expanded_rows": len(extra), "saturated_left": saturated_left}
     return out
+
+
+def duplicate_roots(ids: np.ndarray, keep_ids: np.ndarray, max_hops: int = 16) -> np.ndarray:
+    """For the rows of ``duplicates.parquet`` (``id``, ``keep_id``), each one's group root: its ``keep_id``, followed
+    while that image is itself a duplicate (an exact copy's original may be a frame of a standstill, whose first frame
+    may be a near duplicate: the steps run in that order). A group is every image with the same root, plus the root."""
+    ids, root = np.asarray(ids, np.int64), np.asarray(keep_ids, np.int64).copy()
+    if not len(ids):
+        return root
+    order = np.argsort(ids, kind="stable")
+    sorted_ids, sorted_keep = ids[order], root[order]
+    for _ in range(max_hops):
+        pos = np.clip(np.searchsorted(sorted_ids, root), 0, len(ids) - 1)
+        found = sorted_ids[pos] == root
+        if not found.any():
+            break
+        root = np.where(found, sorted_keep[pos], root)
+    return root
+
+
+def to_roots(dups: Duplicates, x: np.ndarray) -> None:
+    """Every duplicate's ``keep`` becomes the image kept for its whole group (an exact copy's original may itself be a
+    frame of a standstill, found first as kinds run exact → still → near), with the cosine to that image."""
+    if not len(dups):
+        return
+    roots = duplicate_roots(dups.rows, dups.keep_rows)
+    if (roots != dups.keep_rows).any():
+        dups.keep_rows = roots
+        dups.cosines = np.einsum("ij,ij->i", x[dups.rows], x[roots]).astype(np.float32)

@@ -16,10 +16,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..config import STILL_METRES
 from .duplicates import Duplicates, exact_duplicates, near_duplicates, nearest_distinct_cosines
 from .knn import KnnGraph
 from .order import hash_groups
-from .still import STILL_METRES, still_duplicates
+from .still import still_duplicates
 from .threshold import parse_threshold
 
 STILL_COLUMNS = ("scene", "channel", "timestamp", "ego_x", "ego_y")

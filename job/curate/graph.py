@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from ..config import CURATE_K, CURATE_METHODS
 from ..errors import UsageError
 from ..index import make_eval_set, recall_at, tune
 from ..index.exact import cuda_torch, drop_self
 from ..index.tune import EvalSet, current_search_params
 from .knn import (
-    DEFAULT_K,
     EXACT_BUDGET_S,
     PILOT_FLOPS,
     PROBE_LISTS,
@@ -29,8 +29,6 @@ from .knn import (
 )
 
 log = logging.getLogger(__name__)
-
-METHODS = ("auto", "exact", "index", "ivf-lists")
 
 
 def _split_sample(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +56,7 @@ def _pilot(x: np.ndarray, k: int, device: str) -> tuple[float, tuple[np.ndarray,
     return elapsed * n / size, done, size
 
 
-def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any = None, method: str = "auto",
+def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, index: Any = None, method: str = "auto",
               budget_s: float = EXACT_BUDGET_S, target_recall: float = 0.95, recall_sample: int = RECALL_SAMPLE,
               seed: int = 0, progress: bool = True, device: str = "auto") -> KnnGraph:
     """The k-NN graph of unit vectors ``x`` (n, d) float32 with ids ``ids``.
@@ -68,8 +66,8 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
     ``ivf-lists`` for an IVF index, ``index`` search for any other. ``target_recall``: approximate graphs search
     deeper until a half of the recall sample reaches it; the other half gives ``recall``.
     """
-    if method not in METHODS:
-        raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(METHODS)}")
+    if method not in CURATE_METHODS:
+        raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(CURATE_METHODS)}")
     n = len(x)
     if n < 2:
         raise UsageError(f"a k-NN graph needs at least 2 vectors, got {n}")

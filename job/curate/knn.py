@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from ..config import CURATE_K
 from ..index._faiss import load_faiss
 from ..index.exact import drop_self, exact_search, single_threaded_blas
 from ..index.tune import walk_index
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 10
 EXACT_BUDGET_S = 120.0  # exact search when it is measured to take at most this long (see docs/benchmarks.md)
 PILOT_FLOPS = 2e11  # the timed pilot batch: ~3 s of a 2-core CPU, a few ms of a GPU
 QUERY_BATCH = 8192
@@ -71,7 +71,7 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not enabled, leave=False)
 
 
-def exact_knn(x: np.ndarray, k: int = DEFAULT_K, *, batch: int = QUERY_BATCH, progress: bool = False,
+def exact_knn(x: np.ndarray, k: int = CURATE_K, *, batch: int = QUERY_BATCH, progress: bool = False,
               device: str = "auto", start: int = 0, done: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN graph of ``x`` (rows, cosines), self removed, queries in batches (memory: one batch's results).
@@ -106,7 +106,7 @@ def _ids_to_rows(labels: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray) 
     return np.where((labels >= 0) & (sorted_ids[pos] == labels), order[pos], -1)
 
 
-def index_knn(index: Any, x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, rows: np.ndarray | None = None,
+def index_knn(index: Any, x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, rows: np.ndarray | None = None,
               batch: int = QUERY_BATCH, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """k-NN of ``rows`` (default: all) by searching ``index`` (ids = ``ids``) for k+1, self removed."""
     rows = np.arange(len(x)) if rows is None else rows

@@ -6,7 +6,7 @@ kept frame's pose (planar distance, x/y in metres of the global frame) *and* its
 of the kept frame's vector. The first frame that fails either test starts a new anchor. Measuring from the kept
 frame, not from the previous one, keeps a slow creep (0.3 m a frame for 20 frames) from counting as standing still.
 
-Default ``STILL_METRES`` = 0.5, from what the poses can and cannot resolve: nuScenes localises by matching lidar
+Default ``STILL_METRES`` = 0.5 (``job.config``), from what the poses can and cannot resolve: nuScenes localises by matching lidar
 against its maps, to about 10 cm according to the dataset paper (not re-checked here), so a parked car's poses
 scatter by centimetres; a car moving at walking pace (1.4 m/s) is 0.7 m further after one keyframe interval (0.5 s)
 and crosses 0.5 m within 5 sweeps (~0.4 s at 12 Hz); anything faster leaves 0.5 m behind between two keyframes.
@@ -21,11 +21,10 @@ import math
 
 import numpy as np
 
+from ..config import STILL_METRES
 from ..values import parse_positive
 from .duplicates import Duplicates
 from .threshold import NearThreshold
-
-STILL_METRES = 0.5
 
 
 def check_still_metres(value: float) -> float:

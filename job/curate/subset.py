@@ -15,7 +15,6 @@ before any work (:meth:`SubsetPlan.prepare`), then the selection over the run's 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,47 +187,5 @@ class SubsetPlan:
                                    seed=self.cfg.seed, progress=progress)
         if self.labelled is not None:
             self.labelled_info["duplicates_avoided"] += selection.info.get("near_labelled_avoided", 0)
+            selection.info["labelled"] = dict(self.labelled_info)
         return selection
-
-    def record(self, s: Selection) -> dict[str, Any]:
-        """The manifest's ``selection`` entry."""
-        shares = self.cfg.shares if isinstance(self.cfg.shares, str) else [list(t) for t in self.cfg.shares]
-        return {"n": int(len(s.ids)), "asked": int(self.cfg.select or 0), "balance": list(self.cfg.balance),
-                "shares": shares, "quotas": s.quotas, "radius_cosine": _round(s.radius_cosine),
-                "radius_exact": bool(s.info.get("radius_exact")), "export": self.cfg.export,
-                "candidates": s.info.get("candidates"), "dims": s.info.get("dims"),
-                "labelled": self.labelled_info or None, "min_gap_s": self.cfg.min_gap_s, "shortfall": s.shortfall,
-                "strata": [{"stratum": c.stratum, "images": c.images, "labelled": c.labelled,
-                            "candidates": c.candidates, "target": c.target, "quota": c.quota, "picks": c.picks,
-                            "radius_cosine": _round(c.radius_cosine)} for c in s.strata],
-                "timings": {k: round(v, 3) for k, v in s.info.get("timings", {}).items()}}
-
-
-def _round(v: float) -> float | None:
-    return None if not math.isfinite(v) else round(float(v), 5)
-
-
-def summary_lines(sel: dict[str, Any], unique: int) -> list[str]:
-    """What ``job curate`` prints about the subset: picks, labelled before, shares, coverage per stratum."""
-    lab = sel.get("labelled") or {}
-    strata = sel.get("strata") or []
-    before = (f", continuing from {lab['matched']:,} labelled ({lab.get('duplicates_avoided', 0):,} of their duplicates "
-              "left out)") if lab else ""
-    bal = f", {sel.get('shares', 'proportional') if isinstance(sel.get('shares'), str) else 'given'} shares over " \
-          f"{', '.join(sel['balance'])}" if sel.get("balance") else ""
-    gap = f", picks of a scene and camera >= {sel['min_gap_s']:g} s apart" if sel.get("min_gap_s") else ""
-    radius = sel.get("radius_cosine")
-    lines = [f"subset: {sel['n']:,} of {unique:,} unique images{before}{bal}{gap}; every unique image has a "
-             f"{'labelled image or ' if lab else ''}pick at cosine >= "
-             f"{'n/a' if radius is None else format(radius, '.3f')}"
-             + (f"; exported to {sel['export']}" if sel.get("export") else "")]
-    if sel.get("shortfall"):
-        lines.append(f"  {sel['shortfall']:,} picks short: no image left {sel['min_gap_s']:g} s from the picks of its "
-                     "scene and camera")
-    if len(strata) > 1:
-        for c in strata:
-            r = c.get("radius_cosine")
-            lines.append(f"  {c['stratum']}: {c['picks']:,} picks (target {c['target']:g}), {c['images']:,} images"
-                         + (f", {c['labelled']:,} labelled" if lab else "")
-                         + ("" if r is None else f", covered at cosine >= {r:.3f}"))
-    return lines

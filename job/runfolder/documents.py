@@ -167,18 +167,121 @@ class Projection(Doc):
     peak_memory_mb: float = 0.0
 
 
+class GraphTrial(Doc):
+    """One search effort tried while tuning an approximate k-NN graph, and the recall it reached on the tuning rows."""
+
+    recall: float
+    probe_lists: int | None = None  # ivf-lists: lists compared per vector
+    search_params: str | None = None  # index: the index's search parameters (``efSearch=64``)
+
+
+class GraphInfo(Doc):
+    """How the k-NN graph of a curation was made (``job.curate.graph``) and how good it is."""
+
+    method: str  # exact | index | ivf-lists
+    k: int
+    n: int
+    recall: float  # recall@k against exact search (1.0 for exact)
+    recall_queries: int = 0  # rows it was measured on (0: exact)
+    device: str = "cpu"
+    probe_lists: int | None = None  # ivf-lists
+    nlist: int | None = None  # ivf-lists: the partition's lists
+    search_params: str | None = None  # index: the parameters the graph was searched with
+    target_met: bool = True
+    tuning: list[GraphTrial] = []
+    timings: dict[str, float] = {}
+
+
+class MixtureFit(Doc):
+    """The two-component fit of the log nearest-neighbour distances (``job.curate.threshold``)."""
+
+    loglik: float
+    weights: list[float]
+    means: list[float]
+    sigmas: list[float]
+    separation: float
+
+
+class ThresholdInfo(Doc):
+    """The near-duplicate threshold of a curation and why (``job.curate.threshold``)."""
+
+    cosine: float  # pairs at or above this cosine are near duplicates
+    rule: str  # one line a person can check
+    source: str  # auto | given
+    found_mode: bool = False
+    rows: int | None = None  # nearest-neighbour distances the rule read
+    median_nn_cosine: float | None = None
+    flagged_rows: int | None = None
+    bulk_tail_rows: float | None = None
+    mixture: MixtureFit | None = None
+
+
+class GivenShare(Doc):
+    """One value's share of a subset (``--shares COLUMN=VALUE:SHARE``)."""
+
+    column: str
+    value: str
+    share: float
+
+
+class LabelledInfo(Doc):
+    """The images labelled before a subset (``--labelled FILE``, ``job.curate.subset``)."""
+
+    file: str
+    entries: int  # lines (or rows) of the file
+    matched: int  # images of the run they name
+    unmatched: int = 0  # entries that name no image of the run (ignored)
+    duplicates_avoided: int = 0  # images not picked because they repeat a labelled one
+
+
+class StratumInfo(Doc):
+    """One stratum of a subset: its images, how many were labelled before, its target and quota (``curate.strata``),
+    its picks, and how well it is covered."""
+
+    stratum: str  # "location=boston-seaport, channel=CAM_FRONT" ("all" without --balance)
+    images: int  # unique images (and labelled ones) in it
+    labelled: int = 0
+    candidates: int = 0  # images it could pick from
+    target: float = 0.0  # its share of the picks, before rounding
+    quota: int = 0
+    picks: int = 0
+    radius_cosine: float | None = None  # every image of it has a labelled image or a pick at cosine >= this
+
+
+class SelectionInfo(Doc):
+    """The diverse subset of a curation (``job.curate.select``, ``job.curate.subset``)."""
+
+    n: int
+    balance: list[str] = []
+    quotas: dict[str, int] = {}  # picks per stratum (with balance)
+    radius_cosine: float | None = None  # every candidate has a pick (or a labelled image) at cosine >= this
+    export: str | None = None
+    candidates: int | None = None  # the images it was picked among (not duplicates, not labelled)
+    dims: int | None = None  # dimensions of the greedy passes (a random projection above a budget)
+    asked: int | None = None  # --select N (more than n when --min-gap-s left too few images)
+    shares: str = "proportional"  # proportional | equal | given
+    given_shares: list[GivenShare] = []
+    radius_exact: bool = True  # False: the radius is a bound (measured against the projection's nearest pick)
+    labelled: LabelledInfo | None = None
+    min_gap_s: float | None = None
+    shortfall: int = 0  # picks that no image was left for (--min-gap-s)
+    strata: list[StratumInfo] = []  # coverage per stratum
+    timings: dict[str, float] = {}
+
+
 class Curation(Doc):
     """What ``job curate`` did (``curation/``): the k-NN graph, the near threshold and why, duplicates by kind, the
-    subset, timings."""
+    subset, timings. Entries written before these parts were typed (plain dicts with the same keys) read the same;
+    their graph's ``params`` (search effort) is not read back."""
 
     n: int
     k: int
-    graph: dict[str, Any]  # method, recall and how it was measured, device, parameters, timings
-    threshold: dict[str, Any]  # cosine, rule (one line), source (auto | given)
+    graph: GraphInfo
+    threshold: ThresholdInfo
     still_metres: float | None  # None: the run has no ego pose (not nuScenes): no `still` step
     duplicates: dict[str, int]  # per kind: exact, still, near
     unique: int  # images that repeat no other
-    selection: dict[str, Any] | None = None  # n, balance, quotas, coverage radius (cosine), export
+    selection: SelectionInfo | None = None
     files: dict[str, str] = {}  # name -> path relative to the run folder
     timings: dict[str, float] = {}
 

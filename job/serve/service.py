@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
+from ..curate import CurationResults, curate_command, kind_counts
 from ..errors import UsageError
 from ..runfolder import read_table
 from ..search import Searcher, Thumbnails, compose_where, json_safe, make_hits
 from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
-from .curation import CurationView, kind_counts
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SearchService:
         self.thumbs = Thumbnails(self.layout, self.searcher.manifest)
         self._lock = threading.Lock()
         man = self.searcher.manifest
-        self.curation = CurationView(self.layout, man.curation if man is not None else None, run)
+        self.curation = CurationResults(self.layout, man.curation if man is not None else None, run)
         self._map = self._load_map()
         self.searcher.columns()  # DuckDB over the metadata, ready before the first request
         if preload_model and self.searcher.manifest is not None:
@@ -240,4 +240,4 @@ class SearchService:
                 "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
                 "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
                 "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,
-                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": self.curation.hint}
+                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": curate_command(self.run)}
