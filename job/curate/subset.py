@@ -122,6 +122,12 @@ class SubsetPlan:
         """The plan for ``cfg.select`` images among rows ``ids`` with metadata ``meta``; a UsageError for anything
         that cannot work on this run (before the graph is built)."""
         plan = cls(cfg, balance={c: meta[c] for c in cfg.balance})
+        if not isinstance(cfg.shares, str):  # a value named that the run does not have: a typo, said before the work
+            for column, value, _ in cfg.shares:
+                present = {str(v) for v in meta[column] if v is not None}
+                if value not in present:
+                    raise UsageError(f"--shares {column}={value}: no image of this run has that {column}; valid values: "
+                                     f"{', '.join(sorted(present)[:20])}")
         if cfg.labelled is not None:
             kind, entries = read_labelled(cfg.labelled)
             rows = match_labelled(kind, entries, ids, meta) if entries else np.zeros(0, np.int64)
