@@ -22,8 +22,8 @@ from .values import (
     parse_positive,
     parse_search_params,
     parse_shard,
-    parse_shares,
     parse_size,
+    parse_subset,
     split_list,
 )
 
@@ -297,23 +297,12 @@ class CurateConfig:
         at_least("--k", self.k, CURATE_MIN_K)
         check_choice("k-NN method", self.method, CURATE_METHODS)
         object.__setattr__(self, "near_threshold", parse_near_threshold(self.near_threshold, "--near-threshold"))
-        shares = parse_shares(self.shares)
-        balance = split_list(self.balance)
-        if not isinstance(shares, str):  # the columns a share names are balanced too
-            balance += tuple(dict.fromkeys(c for c, _, _ in shares if c not in balance))
+        balance, shares, min_gap_s = parse_subset(self.select, self.balance, self.shares, self.labelled,
+                                                  self.min_gap_s, self.export)
         _keep(self, still_metres=parse_positive(self.still_metres, "--still-metres", "distance in metres"),
-              balance=balance, shares=shares,
-              min_gap_s=None if self.min_gap_s is None else parse_positive(self.min_gap_s, "--min-gap-s", "time in s"))
+              balance=balance, shares=shares, min_gap_s=min_gap_s)
         at_least("--select", self.select, 1)
         check_choice("device", self.device, DEVICES)
-        shaping = [o for o, v in (("--balance", self.balance), ("--shares", shares != "proportional"),
-                                  ("--labelled", self.labelled), ("--min-gap-s", self.min_gap_s),
-                                  ("--export", self.export)) if v]
-        if shaping and self.select is None:
-            raise UsageError(f"{' and '.join(shaping)} {'shape' if len(shaping) > 1 else 'shapes'} the subset: give "
-                             "--select N too")
-        if shares == "equal" and not balance:
-            raise UsageError("--shares equal needs --balance COLUMNS (the values that share the subset equally)")
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,25 @@ def parse_shares(value: str | Sequence[Sequence[object]] | None, option: str = "
     return tuple(out)
 
 
+def parse_subset(select: int | None, balance: Sequence[str] | str | None, shares: object, labelled: str | None,
+                 min_gap_s: float | str | None, export: str | None) -> tuple[tuple[str, ...], Shares, float | None]:
+    """The options that shape ``job curate --select N`` (``job.config.CurateConfig``) → (the balance columns, with
+    those a given share names added; the shares; the gap), each checked, and none without ``--select``."""
+    parsed = parse_shares(shares)  # type: ignore[arg-type]
+    columns = split_list(balance)
+    if not isinstance(parsed, str):  # the columns a share names are balanced too
+        columns += tuple(dict.fromkeys(c for c, _, _ in parsed if c not in columns))
+    gap = None if min_gap_s is None else parse_positive(min_gap_s, "--min-gap-s", "time in s")
+    shaping = [o for o, v in (("--balance", columns), ("--shares", parsed != "proportional"), ("--labelled", labelled),
+                              ("--min-gap-s", gap), ("--export", export)) if v]
+    if shaping and select is None:
+        raise UsageError(f"{' and '.join(shaping)} {'shape' if len(shaping) > 1 else 'shapes'} the subset: give "
+                         "--select N too")
+    if parsed == "equal" and not columns:
+        raise UsageError("--shares equal needs --balance COLUMNS (the values that share the subset equally)")
+    return columns, parsed, gap
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -24,6 +24,7 @@ _WHERE = {  # each subcommand's required options, pointing at an output that mus
     "publish": lambda src, out: ["--run", out, "--to", out + "-copy"],
     "models": lambda src, out: [],
     "curate": lambda src, out: ["--run", out],
+    "import": lambda src, out: ["--from", src, "--out", out],
 }
 
 

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import (
         cmd_curate,
         cmd_embed,
+        cmd_import,
         cmd_index,
         cmd_merge,
         cmd_models,
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in (cmd_embed, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate,
+    for module in (cmd_embed, cmd_import, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate,
                    cmd_publish, cmd_status):
         module.register(sub)
     return parser

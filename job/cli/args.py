@@ -94,8 +94,9 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
     out = a.get("out", None) or a.get("run", None) or d.output.out
     cfg = JobConfig(
         model=ModelConfig(
-            model=a.get("model", d.model.model), pretrained=a.get("pretrained", d.model.pretrained),
-            pool=a.get("pool", d.model.pool), text_vectors=a.get("text_vectors", d.model.text_vectors),
+            model=a.get("model", "" if command == "import" else d.model.model),  # import: "" when unknown
+            pretrained=a.get("pretrained", d.model.pretrained),
+            pool=a.get("pool", "cls" if command == "import" else d.model.pool), text_vectors=a.get("text_vectors", d.model.text_vectors),
             image_size=a.get("image_size", None),
             device=a.get("device", d.model.device) if command not in ("search", "serve") else d.model.device,
             precision=a.get("precision", d.model.precision), seed=a.get("seed", d.model.seed),

@@ -12,7 +12,7 @@ from .options import add_common_options, choice, int_at_least, number, positive_
 
 def _curate(cfg: JobConfig, args: argparse.Namespace) -> int:
     ref = open_run(args.run)
-    info = rerun_step(ref, lambda m: curate_step(cfg, ref.layout, m))
+    info = rerun_step(ref, lambda m: curate_step(cfg, ref.layout, m, build_index=True))
     print("\n".join(summary_lines(info)))
     print(f"-> {ref.layout.curation_dir}/")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from ..config import CurateConfig
 from ..errors import UsageError
@@ -37,8 +38,11 @@ from .write import write_curation
 log = logging.getLogger(__name__)
 
 
-def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -> Curation:
-    """Curate one output of a run (see the module docstring); bad options end before anything is written."""
+def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True,
+               build_index: Callable[[], object] | None = None) -> Curation:
+    """Curate one output of a run (see the module docstring); bad options end before anything is written.
+    ``build_index``: called, once the options are checked, when the run has no index and the graph may need one
+    (``job curate`` on an imported run)."""
     t0 = time.perf_counter()
     run = load_run(layout, cfg)
     n = len(run.ids)
@@ -46,6 +50,11 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True) -
         raise UsageError(f"--select {cfg.select} is out of range; use 1 to {n} (the run has {n} images)")
     plan = SubsetPlan.prepare(cfg, run.ids, run.meta) if cfg.select is not None else None  # bad input: before work
     index = run_index(layout, run.ids, cfg.method)
+    if index is None and build_index is not None and cfg.method != "exact":
+        log.info("%s has no index: building it first (as job index does), for the k-NN graph and for search",
+                 layout.run_dir)
+        build_index()
+        index = run_index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
     if cfg.device == "cuda":  # CUDA means CUDA: without a usable GPU this is a one-line error, not a quiet CPU run
         from ..model.device import pick_device

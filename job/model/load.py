@@ -283,6 +283,9 @@ def load_run_model(manifest: Manifest, *, device: str | None = None) -> LoadedMo
     (default: auto); fp16 runs load in the default precision off CUDA (same weights, same hash).
     A different hash (other weights under the same name) or output size is a DataError.
     """
+    if not manifest.model.name:
+        raise UsageError("this run's vectors were imported (job import) without --model: text and image queries need "
+                         "the model that made them (import again with --model NAME --pretrained TAG); search by id works")
     mc = manifest.model_config()
     dev = device or "auto"
     precision = mc.precision if (mc.precision != "fp16" or dev == "cuda") else "auto"

@@ -24,10 +24,8 @@ from .documents import (
     Outputs,
     Projection,
     SelectionInfo,
-    StatusDoc,
     StratumInfo,
     ThresholdInfo,
-    Waiting,
 )
 from .layout import (
     BATCH_NOTES,
@@ -52,6 +50,7 @@ from .layout import (
 )
 from .lease import HEARTBEAT_S, Lease, LeaseHeld, LeaseInfo, LeaseLost
 from .schema import CLS_COLUMN, FAILURES_SCHEMA, HASH_COLUMN, THUMBNAILS_SCHEMA, VECTOR_COLUMNS, embedding_schema
+from .status_doc import StatusDoc, Waiting
 from .tables import (
     PartKey,
     count_rows,

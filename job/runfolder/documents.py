@@ -1,5 +1,6 @@
 """The typed documents a run folder stores: ``manifest.json`` (:class:`Manifest`), each index's ``.json``
-(:class:`IndexInfo`), the projection summary (:class:`Projection`) and ``_STATUS`` (:class:`StatusDoc`).
+(:class:`IndexInfo`), the projection summary (:class:`Projection`); ``_STATUS``'s (``StatusDoc``) are in
+:mod:`job.runfolder.status_doc`.
 
 They are msgspec structs: typed attributes for the code, JSON for the files. JSON key names that differ from the
 attribute live only in :data:`JSON_KEYS` (``_STATUS`` excepted: its keys are shared with the instance script); files are read and written only through :mod:`job.runfolder` (the
@@ -328,68 +329,3 @@ class Manifest(Doc):
     def to_json(self) -> bytes:
         """Indented, key-sorted JSON."""
         return encode(self)
-
-
-# ------------------------------------------------------------------------------------------------ _STATUS
-
-
-class PhaseMark(Typed):
-    """A phase and when it began."""
-
-    phase: str
-    at: str
-
-
-class Progress(Typed):
-    """Embedding progress: done of total (exact, or ``total_estimated`` for a stream), images/s, ETA."""
-
-    done: int = 0
-    total: int | None = None
-    failed: int = 0
-    images_per_s: float = 0.0
-    eta_s: int | None = None
-    at: str = ""
-    total_estimated: int | None = None
-
-
-class Previous(Typed):
-    """The outcome of the attempt before this one."""
-
-    status: str | None = None
-    reason: str | None = None
-    phase: str | None = None
-    updated_at: str | None = None
-
-
-class Waiting(Typed):
-    """A writer that found the output held by a live one and left (``status_rules`` rule 5)."""
-
-    at: str
-    host: str
-    reason: str
-
-
-class StatusDoc(Typed):
-    """``_STATUS``: what a run is doing now and why it stopped (``job.status``; the merge rules: ``job.status.rules``).
-
-    Its keys are a contract with the instance script (``cdk/scripts/user_data.sh`` via ``job/status/rules.py``), so
-    they are spelled as stored and never renamed."""
-
-    status: str
-    reason: str = ""
-    schema: int = 1
-    started_at: str = ""
-    attempt: str = ""
-    phase: str | None = None
-    phases: list[PhaseMark] = []
-    progress: Progress | None = None
-    previous: Previous | None = None
-    shard: list[int] | None = None
-    updated_at: str | None = None
-    waiting: Waiting | None = None
-    # written by the instance script (cdk/scripts/user_data.sh)
-    run_id: str | None = None
-    run_uri: str | None = None
-    instance_id: str | None = None
-    instance_type: str | None = None
-    market: str | None = None

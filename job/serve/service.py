@@ -64,7 +64,7 @@ class SearchService:
         self.curation = CurationResults(self.layout, man.curation if man is not None else None, run)
         self._map = self._load_map()
         self.searcher.columns()  # DuckDB over the metadata, ready before the first request
-        if preload_model and self.searcher.manifest is not None:
+        if preload_model and self.searcher.manifest is not None and self.searcher.manifest.model.name:
             self.searcher.model()
             self.searcher.text_space()
         log.info("opened %s in %.1f s: %d images, thumbnails from %s, map %s", run, time.perf_counter() - t0,
