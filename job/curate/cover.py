@@ -50,6 +50,7 @@ class FarthestFirst:
         self._cur = np.zeros(0, np.float32)
         self._cz, self._csq = np.zeros((0, z.shape[1]), np.float32), np.zeros(0, np.float32)
         self._tau = -np.inf
+        self._buf: np.ndarray | None = None  # the [z, 1] rows of a pass, reused
         self.passes = 0
         self.touched = 0  # point-centre distances computed (a plain greedy computes one per point per centre)
 
@@ -93,7 +94,9 @@ class FarthestFirst:
         first = self.count - len(pos)
         c = np.asarray(self._gather(pos), np.float32)
         base = np.hstack([c, (-0.5 * self.sq[pos])[:, None]]).astype(np.float32)
-        buf = np.ones((min(self.n, CHUNK), base.shape[1]), np.float32)
+        if self._buf is None:
+            self._buf = np.ones((min(self.n, CHUNK), base.shape[1]), np.float32)
+        buf = self._buf
         for s in range(0, self.n, CHUNK):
             e = min(self.n, s + CHUNK)
             q = buf[: e - s]

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..index.exact import single_threaded_blas
 from .cover import CHUNK, FarthestFirst
 from .greedy import Gaps, TimeGaps, groups_of, pick_loop
 from .strata import Strata, quotas, weights
@@ -123,10 +124,11 @@ def select_diverse(x: np.ndarray, ids: np.ndarray, count: int, *, exclude: np.nd
     cover = FarthestFirst(z, None if projected else pool, cand.copy())
     gaps = Gaps(gap, pool) if gap is not None else None
     gapped = np.zeros(len(pool), bool)
-    for p in np.nonzero(is_lab)[0]:  # warm start: the labelled images are centres
-        cover.add(int(p))
-        if gaps is not None:
-            gapped[gaps.near(int(p))] = True
+    with single_threaded_blas():  # per-pick products are small: BLAS's threads made them 6x slower on a busy machine
+        for p in np.nonzero(is_lab)[0]:  # warm start: the labelled images are centres
+            cover.add(int(p))
+            if gaps is not None:
+                gapped[gaps.near(int(p))] = True
     near_avoided = 0
     if near is not None and cover.count:
         at = np.nonzero(cand)[0]
@@ -144,7 +146,8 @@ def select_diverse(x: np.ndarray, ids: np.ndarray, count: int, *, exclude: np.nd
     target = np.concatenate([targets[0], np.zeros(len(strata) - len(targets[0]))])
     cover.eligible[:] = cand & ~gapped & (quota > 0)[strata.codes]
     cover.invalidate()
-    picks, shortfall = pick_loop(x, pool, cover, strata.codes, quota, cand, gapped, gaps, w, count, progress)
+    with single_threaded_blas():
+        picks, shortfall = pick_loop(x, pool, cover, strata.codes, quota, cand, gapped, gaps, w, count, progress)
     timings["greedy_s"] = time.perf_counter() - t0 - timings["project_s"]
     t1 = time.perf_counter()
     centre_rows = pool[cover.centre_pos[: cover.count]]
