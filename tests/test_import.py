@@ -99,6 +99,10 @@ def test_a_parquet_becomes_a_run_that_indexes_curates_searches_and_serves(tmp_pa
         status, _, body = get(f"{url}/api/search?text=car")
         assert status == 400 and b"without --model" in body
         assert get(f"{url}/api/duplicates?id={first}")[0] == 200
+        status, _, body = get(f"{url}/api/selection")  # the subset with its coverage per stratum
+        sel = json.loads(body)
+        assert status == 200 and sel["n"] == 12 and {s["stratum"] for s in sel["strata"]} == {
+            "location=boston", "location=singapore"} and sum(s["picks"] for s in sel["strata"]) == 12
 
 
 def test_clip_retrieval_output_with_nuscenes_metadata_and_its_model(nuscenes_dataroot, tmp_path: Path,

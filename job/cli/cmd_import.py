@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import POOLS, JobConfig
-from ..embed.importer import ImportOptions, import_vectors
-from ..embed.vector_files import FORMATS
+from ..embed import IMPORT_FORMATS, ImportOptions, import_vectors
 from ..errors import UsageError
 from .options import add_common_options, choice, number, positive_int
 
@@ -38,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", action="append", required=True, metavar="URI",
                    help="a parquet file or folder, or clip-retrieval's output folder (local or s3://)")
     p.add_argument("--out", required=True, help="the run folder to write (local or s3://)")
-    p.add_argument("--format", dest="import_format", type=choice("--format", FORMATS), default=d.format,
+    p.add_argument("--format", dest="import_format", type=choice("--format", IMPORT_FORMATS), default=d.format,
                    help="auto (clip-retrieval when the folder holds img_emb/, else parquet), parquet, clip-retrieval")
     p.add_argument("--path-column", default=d.path_column, help=f"parquet: the images' paths (default {d.path_column})")
     p.add_argument("--embedding-column", default=d.embedding_column,

@@ -60,6 +60,9 @@ def threshold_info(t: NearThreshold) -> ThresholdInfo:
                                             separation=float(fit["separation"])) if fit else None)
 
 
+STRATA_SHOWN = 24  # coverage lines printed per stratum at most (the least covered half of them above that)
+
+
 def _cos(v: float) -> float | None:
     return round(float(v), 5) if math.isfinite(v) else None
 
@@ -95,11 +98,15 @@ def selection_lines(s: SelectionInfo, unique: int) -> list[str]:
     if s.shortfall:
         lines.append(f"  {s.shortfall:,} picks short of {s.asked:,}: no image is left {s.min_gap_s:g} s from the "
                      "picks of its scene and camera")
-    if len(s.strata) > 1:
-        for c in s.strata:
-            lines.append(f"  {c.stratum}: {c.picks:,} picks (target {c.target:g}), {c.images:,} images"
-                         + (f", {c.labelled:,} labelled" if lab else "")
-                         + ("" if c.radius_cosine is None else f", covered at cosine >= {c.radius_cosine:.3f}"))
+    shown = s.strata if len(s.strata) <= STRATA_SHOWN else sorted(
+        s.strata, key=lambda c: 2.0 if c.radius_cosine is None else c.radius_cosine)[: STRATA_SHOWN // 2]
+    for c in shown if len(s.strata) > 1 else []:
+        lines.append(f"  {c.stratum}: {c.picks:,} pick{'s' if c.picks != 1 else ''} (target {c.target:g}), "
+                     f"{c.images:,} images" + (f", {c.labelled:,} labelled" if lab else "")
+                     + ("" if c.radius_cosine is None else f", covered at cosine >= {c.radius_cosine:.3f}"))
+    if len(shown) < len(s.strata):
+        lines.append(f"  … the {len(shown)} least covered of {len(s.strata):,} strata shown; all in the manifest "
+                     "(curation.selection.strata)")
     return lines
 
 

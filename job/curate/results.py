@@ -245,6 +245,9 @@ class CurationResults:
             out.update(unique=c.unique, threshold=c.threshold.cosine, rule=c.threshold.rule,
                        still_metres=c.still_metres, method=c.graph.method, k=c.k)
             if c.selection is not None:
-                out.update(radius_cosine=c.selection.radius_cosine, balance=list(c.selection.balance))
+                s = c.selection
+                out.update(radius_cosine=s.radius_cosine, balance=list(s.balance), shares=s.shares,
+                           labelled=s.labelled.matched if s.labelled else 0,
+                           strata=[st.to_dict() for st in s.strata])  # coverage per stratum
         self._info = out
         return out

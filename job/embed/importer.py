@@ -260,8 +260,7 @@ def _nuscenes(uri: str) -> Any:
     """nuScenes' tables from ``--nuscenes-meta`` (every camera, keyframes and sweeps)."""
     from ..errors import DataError
     from ..nuscenes import MetaIndex, TablesError
-    from ..sources import Selection
-    from ..sources.archive import NoTablesError, tables_from_location
+    from ..sources import NoTablesError, Selection, tables_from_location
 
     try:
         return MetaIndex(tables_from_location(uri, None, Selection(keyframes_only=False)))

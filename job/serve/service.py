@@ -226,7 +226,7 @@ class SearchService:
             card.update(rank=int(cur.sel_rank[j]), coverage_cosine=None if not np.isfinite(cov) else round(cov, 6))
         info = cur.info() or {}
         return {"n": len(cards), "radius_cosine": info.get("radius_cosine"), "balance": info.get("balance", []),
-                "picks": cards}
+                "labelled": info.get("labelled", 0), "strata": info.get("strata", []), "picks": cards}
 
     def info(self) -> dict[str, Any]:
         """What the page needs to draw its filters and header."""

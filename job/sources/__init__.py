@@ -9,7 +9,7 @@ May import: the ground floor, ``job.nuscenes`` (the metadata of each image) and 
 from __future__ import annotations
 
 from ..nuscenes import IMAGE_EXTENSIONS, is_image_name
-from .archive import Archive
+from .archive import Archive, NoTablesError, tables_from_location
 from .base import ImageRecord, Selection, Source
 from .local import LocalDir
 from .multi import MultiSource, open_source
@@ -21,9 +21,11 @@ __all__ = [
     "ImageRecord",
     "LocalDir",
     "MultiSource",
+    "NoTablesError",
     "S3Prefix",
     "Selection",
     "Source",
     "is_image_name",
     "open_source",
+    "tables_from_location",
 ]
