@@ -10,17 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import exit_code
 
 from job.cli import main
 
 QUIET = ["--no-progress", "--log-level", "WARNING"]
 
-
-def _code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 @pytest.fixture()
@@ -111,14 +106,14 @@ def test_bad_subset_options_exit_2_before_the_graph_and_write_nothing(run: Path,
     shutil.rmtree(run / "curation")
     before = (run / "manifest.json").read_text()
     argv = [a.replace("{other}", str(other)) for a in argv]
-    assert _code(["curate", "--run", str(run), *argv, *QUIET]) == 2
+    assert exit_code(["curate", "--run", str(run), *argv, *QUIET]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and message in err[0], err
     assert not (run / "curation").exists() and (run / "manifest.json").read_text() == before
 
 
 def test_k_below_3_fails_when_the_command_is_parsed(tmp_path: Path, capsys) -> None:
-    assert _code(["curate", "--run", str(tmp_path / "no-such-run"), "--k", "1", *QUIET]) == 2
+    assert exit_code(["curate", "--run", str(tmp_path / "no-such-run"), "--k", "1", *QUIET]) == 2
     err = capsys.readouterr().err
     assert "'1' must be 3 or more" in err and "no-such-run" not in err
     from job.config import CurateConfig

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TEST_MODEL
+from conftest import TEST_MODEL, exit_code
 from curate_data import clustered, plant
 
 from job.cli import main
@@ -20,12 +20,6 @@ from job.runfolder import path_id
 
 QUIET = ["--no-progress", "--log-level", "WARNING"]
 
-
-def _code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def _vectors(n: int = 240, d: int = 64, seed: int = 3) -> np.ndarray:
@@ -89,7 +83,7 @@ def test_a_parquet_becomes_a_run_that_indexes_curates_searches_and_serves(tmp_pa
     hits = json.loads(capsys.readouterr().out)
     hits = hits["hits"] if isinstance(hits, dict) else hits
     assert str(hits[0]["id"]) == str(first) and len(hits) == 3
-    assert _code(["search", "--run", str(run), "--text", "a car", *QUIET]) == 2
+    assert exit_code(["search", "--run", str(run), "--text", "a car", *QUIET]) == 2
     assert "imported (job import) without --model" in capsys.readouterr().err
     with running(SearchService(str(run))) as url:
         status, _, body = get(f"{url}/api/info")
@@ -205,7 +199,7 @@ def _bad(tmp: Path, case: str) -> list[str]:
 def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys, case: str, message: str) -> None:
     argv = _bad(tmp_path, case)
     out = tmp_path / "run"
-    assert _code(["import", *argv, "--out", str(out), *QUIET]) == 2
+    assert exit_code(["import", *argv, "--out", str(out), *QUIET]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
@@ -217,7 +211,7 @@ def test_an_import_does_not_overwrite_another_run_and_resumes_its_own(tmp_path: 
     shutil.copytree(curated_run, run)
     src = _parquet(tmp_path / "v.parquet", _vectors(40, 8), [f"/p/{i}.jpg" for i in range(40)])
     before = (run / "manifest.json").read_text()
-    assert _code(["import", "--from", str(src), "--out", str(run), *QUIET]) == 2
+    assert exit_code(["import", "--from", str(src), "--out", str(run), *QUIET]) == 2
     assert "holds a run made with other options" in capsys.readouterr().err
     assert (run / "manifest.json").read_text() == before
     fresh = tmp_path / "fresh"
