@@ -162,6 +162,35 @@ def parse_near_threshold(value: str | float, option: str = "near threshold") -> 
     return cos
 
 
+def parse_cosine(value: str | float, option: str) -> float:
+    """A cosine in (0, 1]."""
+    try:
+        cos = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r} is not a number; use a cosine in (0, 1]") from None
+    if not (0.0 < cos <= 1.0):
+        raise UsageError(f"{option} {value!r} is outside (0, 1]; use a cosine in (0, 1]")
+    return cos
+
+
+def parse_weights(value: str | Sequence[str | float], option: str) -> tuple[float, ...]:
+    """Positive weights, comma-separated or a sequence (``0.6,0.3,0.1``), at least one."""
+    items: list[str | float] = list(split_list(value)) if isinstance(value, str) else \
+        [v for v in value if not isinstance(v, str)] + list(split_list([v for v in value if isinstance(v, str)]))
+    out: list[float] = []
+    for v in items:
+        try:
+            w = float(v)
+        except (TypeError, ValueError):
+            raise UsageError(f"{option} {v!r} is not a number; use positive weights, e.g. 0.6,0.3,0.1") from None
+        if not (w > 0 and math.isfinite(w)):
+            raise UsageError(f"{option} {v!r} is out of range; use positive weights, e.g. 0.6,0.3,0.1")
+        out.append(w)
+    if not out:
+        raise UsageError(f"{option} is empty; give at least one weight, e.g. 0.6,0.3,0.1")
+    return tuple(out)
+
+
 def parse_positive(value: str | float, option: str, unit: str = "") -> float:
     """A finite number > 0 (``unit`` names what it measures, for the message)."""
     what = f"a {unit} > 0" if unit else "a number > 0"

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import exit_code
@@ -79,8 +78,8 @@ def test_min_gap_keeps_a_scene_and_camera_s_picks_apart(run: Path, capsys) -> No
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--k", "1"], "'1' must be 3 or more"),
-    (["--k", "2"], "'2' must be 3 or more"),
+    (["--k", "1"], "'1' must be 4 or more"),
+    (["--k", "3"], "'3' must be 4 or more"),
     (["--select", "5", "--shares", "bogus"], "--shares 'bogus' is not understood; use proportional, equal, or"),
     (["--select", "5", "--shares", "location=x:1.5"], "location=x:1.5: the share is outside [0, 1]"),
     (["--select", "5", "--shares", "location=a:0.7,location=b:0.6"], "the shares of location sum to 1.3"),
@@ -112,13 +111,16 @@ def test_bad_subset_options_exit_2_before_the_graph_and_write_nothing(run: Path,
     assert not (run / "curation").exists() and (run / "manifest.json").read_text() == before
 
 
-def test_k_below_3_fails_when_the_command_is_parsed(tmp_path: Path, capsys) -> None:
-    assert exit_code(["curate", "--run", str(tmp_path / "no-such-run"), "--k", "1", *QUIET]) == 2
-    err = capsys.readouterr().err
-    assert "'1' must be 3 or more" in err and "no-such-run" not in err
-    from job.config import CurateConfig
+def test_k_below_the_minimum_fails_when_the_command_is_parsed(tmp_path: Path, capsys) -> None:
+    from job.config import CURATE_MIN_K, CurateConfig
     from job.errors import UsageError
 
-    with pytest.raises(UsageError, match="--k 2 must be 3 or more"):
+    assert exit_code(["curate", "--run", str(tmp_path / "no-such-run"), "--k", "1", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert f"'1' must be {CURATE_MIN_K} or more" in err and "no-such-run" not in err  # before the run is looked at
+    assert exit_code(["run", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--curate", "--k", "1",
+                      *QUIET]) == 2
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UsageError, match=f"--k 2 must be {CURATE_MIN_K} or more"):
         CurateConfig(k=2)
-    assert np.all([CurateConfig(k=3).k == 3])
+    assert CurateConfig(k=CURATE_MIN_K).k == CURATE_MIN_K

@@ -9,7 +9,7 @@ import pytest
 from curate_data import clustered, plant
 
 from job.config import CurateConfig
-from job.curate import Strata, find_duplicates, keep_rank, knn_graph, quotas, select_diverse, weights
+from job.curate import Strata, find_duplicates, keep_rank, knn_graph, quotas, select_diverse, to_roots, weights
 from job.curate.cover import FarthestFirst
 from job.curate.greedy import TimeGaps
 from job.curate.subset import SubsetPlan, match_labelled
@@ -101,22 +101,24 @@ def test_labelled_images_and_their_duplicates_are_not_picked_and_coverage_is_no_
     n = len(x)
     ids = np.arange(n, dtype=np.int64) * 3 + 5
     graph = knn_graph(x, ids, 10, progress=False)
-    dups = find_duplicates(graph, x, keep_rank(ids), near_threshold=0.99)
+    dups = find_duplicates(graph, x, keep_rank(ids), near_threshold_value=0.99)
+    to_roots(dups, x)
+    keep = dups.roots()[0]
     rng = np.random.default_rng(0)
     labelled_rows = np.concatenate([rng.choice(1200, 60, replace=False), 1200 + rng.choice(100, 20, replace=False)])
     f = tmp_path / "labelled.txt"
     f.write_text("# round 1\n" + "\n".join(str(i) for i in ids[labelled_rows]) + "\n\nnot-an-image.jpg\n")
     cfg = CurateConfig(select=80, labelled=str(f))
     plan = SubsetPlan.prepare(cfg, ids, {"path": np.array([f"img/{i}.jpg" for i in range(n)], object)})
-    s = plan.select(x, ids, dups.rows, dups.keep_rows, graph.rows, graph.cosines, 0.99, progress=False)
+    s = plan.select(x, ids, dups.rows, keep, graph.rows, graph.cosines, 0.99, progress=False)
     assert s.info["labelled"] == {"file": str(f), "entries": 81, "matched": 80, "unmatched": 1,
                                   "duplicates_avoided": s.info["labelled"]["duplicates_avoided"]}
     picks = set(s.rows.tolist())
     assert not picks & set(labelled_rows.tolist())
     cos = x[s.rows] @ x[labelled_rows].T
     assert cos.max() < 0.99  # no pick repeats a labelled image (exact cosines, every pair)
-    copies_of_labelled = {int(r) for r, k in zip(dups.rows, dups.keep_rows) if k in labelled_rows or r in labelled_rows}
-    keep_of = dict(zip(dups.rows.tolist(), dups.keep_rows.tolist()))
+    copies_of_labelled = {int(r) for r, k in zip(dups.rows, keep) if k in labelled_rows or r in labelled_rows}
+    keep_of = dict(zip(dups.rows.tolist(), keep.tolist()))
     roots_of_labelled = {keep_of.get(int(r), int(r)) for r in labelled_rows} - set(labelled_rows.tolist())
     assert roots_of_labelled and not picks & (copies_of_labelled | roots_of_labelled)
     assert s.info["labelled"]["duplicates_avoided"] >= len(roots_of_labelled)

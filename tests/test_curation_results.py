@@ -42,7 +42,7 @@ def test_an_entry_written_before_the_record_was_typed_reads_into_the_typed_parts
     assert (c.graph.method, c.graph.recall, c.graph.recall_queries) == ("index", 0.977, 500)
     assert c.graph.timings == {"pilot_s": 4.0, "search_s": 61.9}
     assert (c.threshold.cosine, c.threshold.source, c.threshold.found_mode) == (0.965469, "auto", True)
-    assert c.threshold.mixture is not None and c.threshold.mixture.separation == 13.7
+    assert c.threshold.flank is None and c.uniqueness is None and c.graph.pair_recall is None  # not recorded then
     assert c.selection.balance == ["location"] and c.selection.radius_cosine == 0.93
     again = decode(json.dumps(c.to_dict()).encode(), Curation, "manifest.json", "curation entry")
     assert again == c
@@ -59,10 +59,22 @@ def _write(folder: Path, dups: dict, scores: dict, selection: dict | None = None
     return layout
 
 
+def test_a_duplicates_table_without_the_direct_link_reads_keep_id_there(tmp_path: Path) -> None:
+    """duplicates.parquet written before repeats_id existed: the reader gives keep_id as the direct link."""
+    dups = {"id": pa.array([9, 5], pa.int64()), "keep_id": pa.array([3, 3], pa.int64()), "kind": ["near", "still"],
+            "cosine": pa.array([0.97, 0.99], pa.float32())}
+    r = CurationResults(_write(tmp_path / "run", dups, {"id": pa.array([3, 5, 9], pa.int64()),
+                                                         "uniqueness": pa.array([1, 1, 1], pa.float32())}), None, "r")
+    g = r.group(3)
+    assert g.repeats_ids.tolist() == [3, 3] and g.repeats_cosines.tolist() == pytest.approx([0.99, 0.97])
+
+
 def test_groups_kinds_rarity_and_badges_from_the_tables(tmp_path: Path) -> None:
     # 3 <- 5 (still), 3 <- 9 (near), 3 <- 11 (exact); 2 <- 7 (near); ids 1 and 4 repeat nothing
     dups = {"id": pa.array([9, 5, 11, 7], pa.int64()), "keep_id": pa.array([3, 3, 3, 2], pa.int64()),
-            "kind": ["near", "still", "exact", "near"], "cosine": pa.array([0.97, 0.99, 1.0, 0.98], pa.float32())}
+            "kind": ["near", "still", "exact", "near"], "cosine": pa.array([0.97, 0.99, 0.99, 0.98], pa.float32()),
+            "repeats_id": pa.array([3, 3, 5, 2], pa.int64()),  # 11 is byte-identical to 5, which stood still at 3
+            "repeats_cosine": pa.array([0.97, 0.99, 1.0, 0.98], pa.float32())}
     ids = np.array([1, 2, 3, 4, 5, 7, 9, 11], np.int64)
     scores = {"id": ids, "uniqueness": pa.array([0.2, 0.9, 0.5, 1.0, 0.1, 0.1, 0.1, 0.1], pa.float32())}
     selection = {"rank": pa.array([0, 1], pa.int64()), "id": pa.array([4, 2], pa.int64()),
@@ -72,6 +84,7 @@ def test_groups_kinds_rarity_and_badges_from_the_tables(tmp_path: Path) -> None:
     g = r.group(9)
     assert (g.root, g.size, g.ids.tolist(), g.kinds.tolist()) == (3, 4, [5, 9, 11], ["still", "near", "exact"])
     assert r.group(3).ids.tolist() == [5, 9, 11] and r.group(1).size == 1
+    assert g.repeats_ids.tolist() == [3, 3, 5] and g.repeats_cosines.tolist() == pytest.approx([0.99, 0.97, 1.0])
     groups = r.groups()
     assert groups["root"].tolist() == [3, 2] and groups["size"].tolist() == [4, 2]
     assert [groups[k].tolist() for k in KINDS] == [[1, 0], [1, 0], [1, 1]]

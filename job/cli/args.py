@@ -80,7 +80,9 @@ def _curate(a: _Args, command: str) -> CurateConfig:
     return CurateConfig(
         enabled=command == "curate" or bool(a.get("curate", False)), k=a.get("curate_k", d.k),
         method=a.get("curate_method", d.method), near_threshold=a.get("near_threshold", d.near_threshold),
-        still_metres=a.get("still_metres", d.still_metres), select=a.get("select", None),
+        still_metres=a.get("still_metres", d.still_metres), still_cosine=a.get("still_cosine", d.still_cosine),
+        still_gap_s=a.get("still_gap_s", d.still_gap_s), uniqueness=a.get("uniqueness", d.uniqueness),
+        uniqueness_weights=a.get("uniqueness_weights", None) or d.uniqueness_weights, select=a.get("select", None),
         balance=split_list(a.get("balance", None)), shares=a.get("shares", d.shares), labelled=a.get("labelled", None),
         min_gap_s=a.get("min_gap_s", None), export=a.get("export", None),
         device=a.get("curate_device", d.device), seed=a.get("seed", d.seed))

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import CURATE_METHODS, CURATE_MIN_K, DEVICES, CurateConfig, JobConfig
+from ..config import (
+    CURATE_METHODS,
+    CURATE_MIN_K,
+    CURATE_PAIR_RECALL,
+    DEVICES,
+    UNIQUENESS_METHODS,
+    CurateConfig,
+    JobConfig,
+)
 from ..curate import summary_lines
 from ..runfolder import open_run
 from ..steps import curate_step, rerun_step
@@ -26,17 +34,33 @@ def add_curate_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> N
         g.add_argument("--curate", action="store_true",
                        help="also find duplicates, rarity and (with --select) a diverse subset: curation/")
     g.add_argument("--k", dest="curate_k", type=int_at_least(CURATE_MIN_K), default=c.k, metavar="K",
-                   help=f"neighbours per image in the k-NN graph, {CURATE_MIN_K} or more (uniqueness reads the "
-                        f"{CURATE_MIN_K} nearest; default {c.k})")
+                   help=f"neighbours per image in the k-NN graph (default {c.k}, at least {CURATE_MIN_K}: refused when "
+                        "the command is parsed)")
     g.add_argument("--knn-method", dest="curate_method", type=choice("k-NN method", CURATE_METHODS),
-                   default=c.method, metavar="METHOD", help="exact, or from the run's index (index, ivf-lists); auto: exact when a timed "
-                                          "pilot says it takes at most 2 min, else the index (default auto)")
+                   default=c.method, metavar="METHOD",
+                   help="exact; partition (a balanced partition, each image compared exactly with its nearest "
+                        "lists); index (the run's index); auto: exact when a timed pilot says it takes at most 2 min, "
+                        "else partition (default auto). Approximate graphs search deeper until they hold "
+                        f"{CURATE_PAIR_RECALL:.0%} of the pairs above the near threshold")
     g.add_argument("--near-threshold", default="auto", metavar="auto|COS",
-                   help="near duplicates: cosine at or above this; auto reads it off the run's own nearest-neighbour "
-                        "distances and says why (default auto)")
+                   help="near duplicates: cosine at or above this; auto reads it off the run's own k-NN graph "
+                        "(what lies below the bulk of neighbour distances) and says why (default auto)")
     g.add_argument("--still-metres", type=float, default=c.still_metres, metavar="M",
-                   help="standing still: consecutive frames of a camera whose ego pose moved less than this "
-                        f"(default {c.still_metres:g}) and whose vectors are near duplicates")
+                   help="standing still: frames of a camera whose ego pose stayed within this of the standstill's "
+                        f"first frame (default {c.still_metres:g})")
+    g.add_argument("--still-cosine", type=float, default=c.still_cosine, metavar="COS",
+                   help=f"standing still: and whose vector is within this cosine of that frame's (default "
+                        f"{c.still_cosine:g})")
+    g.add_argument("--still-gap-s", type=float, default=c.still_gap_s, metavar="S",
+                   help=f"standing still: and that follow the previous frame by at most this (default "
+                        f"{c.still_gap_s:g} s)")
+    g.add_argument("--uniqueness", dest="uniqueness", type=choice("uniqueness", UNIQUENESS_METHODS),
+                   default=c.uniqueness, metavar="HOW",
+                   help="kept: rarity among the kept images, a copy no longer hiding its original (default); "
+                        "fiftyone: today's fiftyone-brain on all images (centred vectors, the nearest skipped)")
+    g.add_argument("--uniqueness-weights", default=None, metavar="W1,W2,...",
+                   help="weights of the nearest neighbours' distances, nearest first (default "
+                        f"{','.join(f'{w:g}' for w in c.uniqueness_weights)}, FiftyOne's)")
     g.add_argument("--select", type=positive_int, default=None, metavar="N",
                    help="pick N images for labelling by greedy farthest-point (k-center) over the unique ones")
     g.add_argument("--balance", action="append", default=None, metavar="COLUMNS",

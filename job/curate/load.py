@@ -63,12 +63,13 @@ def load_run(layout: RunLayout, cfg: CurateConfig) -> RunVectors:
 
 
 def run_index(layout: RunLayout, ids: np.ndarray, method: str) -> Any:
-    """The run's image index when the graph may come from it (None: exact); refused when it is not these vectors'."""
-    if method == "exact" or not fsutil.exists(index_info_url(layout.index)):
-        if method in ("index", "ivf-lists"):
-            raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index "
-                             f"--run {layout.run_dir}")
+    """The run's image index for ``--knn-method index`` (None for the other methods, which do not need it); refused
+    when it is missing or is not these vectors'."""
+    if method != "index":
         return None
+    if not fsutil.exists(index_info_url(layout.index)):
+        raise UsageError(f"k-NN method 'index' needs the run's index; build it with: python -m job index "
+                         f"--run {layout.run_dir}")
     from ..index import ids_digest, load_index
 
     info = read_index_info(layout.index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import CurateConfig
+from ..config import CURATE_PAIR_RECALL, CurateConfig
 from ..runfolder import (
     Curation,
     GivenShare,
@@ -16,48 +16,44 @@ from ..runfolder import (
     StratumInfo,
     ThresholdInfo,
 )
-from ..runfolder.documents import MixtureFit
+from ..runfolder.documents import BulkFlankInfo, UniquenessInfo
 from .knn import KnnGraph
 from .select import Selection
 from .threshold import NearThreshold
 
 
-def _search_params(value: Any) -> str | None:
-    """Search parameters as one string (``efSearch=64``) whether given as a dict or a string."""
-    if not value:
-        return None
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _opt(value: Any, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 def graph_info(graph: KnnGraph) -> GraphInfo:
-    """The graph's part of the record: method, recall and how it was measured, search effort, timings."""
-    p = graph.params
-    trials = [GraphTrial(recall=float(t.get("recall", t.get("recall@10", 0.0))), probe_lists=t.get("probe_lists"),
-                         search_params=_search_params(t.get("params"))) for t in p.get("tuning", [])]
+    """The graph's part of the record: method, pair recall (the gate) and recall@k, search effort, timings."""
+    trials = [GraphTrial(effort=str(t.get("effort", "")), pair_recall=_opt(t.get("pair_recall")),
+                         pairs=int(t.get("pairs", 0)), threshold=_opt(t.get("threshold")), recall=_opt(t.get("recall")))
+              for t in graph.tuning]
+    met = graph.pair_recall is None or graph.pair_recall >= CURATE_PAIR_RECALL
     return GraphInfo(method=graph.method, k=graph.k, n=int(len(graph.ids)), recall=round(float(graph.recall), 4),
-                     recall_queries=int(graph.recall_queries), device=graph.device, probe_lists=p.get("probe_lists"),
-                     nlist=p.get("nlist"), search_params=_search_params(p.get("search_params")),
-                     target_met=bool(p.get("target_met", True)), tuning=trials,
-                     timings={k: round(float(v), 3) for k, v in graph.timings.items()})
+                     recall_queries=int(graph.recall_queries), device=graph.device,
+                     pair_recall=_opt(graph.pair_recall, 5), pair_threshold=_opt(graph.pair_threshold),
+                     pairs=int(graph.pairs), pair_rows=int(graph.pair_rows), target_met=bool(met), lists=graph.lists,
+                     largest_list=graph.largest_list, probe=graph.probe, search_params=graph.search_params,
+                     tuning=trials, timings={k: round(float(v), 3) for k, v in graph.timings.items()})
 
 
 def threshold_info(t: NearThreshold) -> ThresholdInfo:
     """The threshold's part of the record: the cosine, its rule in one line, and what the rule read."""
-    d = t.details
-    fit = d.get("mixture")
+    flank = None if t.flank is None else BulkFlankInfo(peak_distance=round(10 ** t.flank.peak, 6),
+                                                       sigma=round(t.flank.sigma, 4), edges=t.flank.edges)
     return ThresholdInfo(cosine=float(t.cosine), rule=t.rule, source=t.source, found_mode=bool(t.found_mode),
-                         rows=d.get("rows"), median_nn_cosine=_float(d.get("median_nn_cosine")),
-                         flagged_rows=d.get("flagged_rows"), bulk_tail_rows=_float(d.get("bulk_tail_rows")),
-                         mixture=MixtureFit(loglik=float(fit["loglik"]), weights=[float(v) for v in fit["weights"]],
-                                            means=[float(v) for v in fit["means"]],
-                                            sigmas=[float(v) for v in fit["sigmas"]],
-                                            separation=float(fit["separation"])) if fit else None)
+                         rows_below=int(t.rows_below), edges_below=int(t.edges_below),
+                         identical_pairs=int(t.identical_pairs), flank=flank)
+
+
+def uniqueness_info(info: dict[str, Any]) -> UniquenessInfo:
+    """The uniqueness part of the record (``scores.uniqueness_kept`` / ``uniqueness_fiftyone``'s info)."""
+    return UniquenessInfo(method=str(info["method"]), weights=[float(w) for w in info["weights"]],
+                          kept=info.get("kept"), researched=int(info.get("researched", 0)),
+                          short=int(info.get("short", 0)), commit=info.get("commit"), neighbours=info.get("neighbours"))
 
 
 STRATA_SHOWN = 24  # coverage lines printed per stratum at most (the least covered half of them above that)
@@ -111,16 +107,24 @@ def selection_lines(s: SelectionInfo, unique: int) -> list[str]:
 
 
 def summary_lines(c: Curation) -> list[str]:
-    """What ``job curate`` prints: images, duplicates by kind, the threshold and why, the subset and its coverage."""
+    """What ``job curate`` prints: images, duplicates by kind, the threshold and why, the graph, the subset."""
     d = c.duplicates
     g = c.graph
     lines = [f"images {c.n:,}: {c.n - c.unique:,} repeat another (exact {d.get('exact', 0):,}, "
              f"still {d.get('still', 0):,}, near {d.get('near', 0):,}), {c.unique:,} unique",
-             f"near threshold: cosine >= {c.threshold.cosine:.4f} ({c.threshold.rule})",
-             f"k-NN graph: {g.method}, k={c.k}, recall@{c.k} {g.recall:.3f}"
-             + (f" on {g.recall_queries} queries" if g.recall_queries else "")]
+             f"near threshold: cosine >= {c.threshold.cosine:.4f} ({c.threshold.rule})"]
+    graph = f"k-NN graph: {g.method}, k={c.k}"
+    if g.method != "exact" and g.pair_recall is not None:
+        graph += (f", pair recall {g.pair_recall:.4f} at the threshold ({g.pairs:,} pairs in {g.pair_rows:,} "
+                  f"sampled images{'' if g.target_met else ', BELOW the target'}), recall@{c.k} {g.recall:.3f}")
+        graph += f", {g.probe} lists a row of {g.lists:,}" if g.probe else ""
+    else:
+        graph += f", recall@{c.k} {g.recall:.3f}" + (f" on {g.recall_queries} queries" if g.recall_queries else "")
+    lines.append(graph)
     if c.still_metres is None:
         lines.append("standing still: not looked for (the run has no ego pose: not nuScenes)")
+    if c.uniqueness is not None and c.uniqueness.method == "fiftyone":
+        lines.append("uniqueness: fiftyone-brain's (centred vectors, all images)")
     if c.selection is not None:
         lines.extend(selection_lines(c.selection, c.unique))
     return lines

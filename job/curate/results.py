@@ -5,7 +5,8 @@ The search page (``job.serve``), the notebook's helpers (``job.viz``) and evalua
 
 Groups: ``duplicates.parquet`` has one row per image that repeats another, with the image kept for its whole group
 (``keep_id``, the group's **root**, which repeats nothing: the curation step follows the chains when it writes the
-file, ``duplicates.duplicate_roots``). A group is the root and every row with that ``keep_id``.
+file, ``duplicates.duplicate_roots``) and the image it directly repeats (``repeats_id``, with the cosine to it; files
+written before it was stored read ``keep_id`` there). A group is the root and every row with that ``keep_id``.
 
 A run that was never curated keeps working: ``available`` is False and :func:`not_curated` names the command that
 curates it.
@@ -52,6 +53,8 @@ class Group:
     keep_ids: np.ndarray  # the image each member is kept in favour of: the root
     kinds: np.ndarray  # exact | still | near
     cosines: np.ndarray  # each member's cosine to its keep_id
+    repeats_ids: np.ndarray  # the image each member directly repeats (a byte-identical copy's original, …)
+    repeats_cosines: np.ndarray  # and the cosine to it
 
     @property
     def size(self) -> int:
@@ -92,6 +95,7 @@ class CurationResults:
         self.dup_ids = self.keep_ids = self.score_ids = self.sel_ids = self.sel_rank = np.zeros(0, np.int64)
         self.kinds = np.zeros(0, object)
         self.cosines = self.uniqueness = self.sel_cos = np.zeros(0, np.float32)
+        self.repeats_ids, self.repeats_cosines = self.dup_ids, self.cosines
         self.rare_order = self._members = self._member_roots = self._roots = self._root_counts = self.dup_ids
         if not self.available:
             log.info("%s", not_curated(uri))
@@ -128,6 +132,11 @@ class CurationResults:
         self.kinds = np.asarray(kinds.dictionary.to_pylist() or [""], object)[
             kinds.indices.to_numpy(zero_copy_only=False).astype(np.int64)][order]
         self.cosines = d.column("cosine").to_numpy()[order].astype(np.float32)
+        if "repeats_id" in d.column_names:
+            self.repeats_ids = d.column("repeats_id").to_numpy()[order].astype(np.int64)
+            self.repeats_cosines = d.column("repeats_cosine").to_numpy()[order].astype(np.float32)
+        else:  # written before the direct link was stored: keep_id is all there is
+            self.repeats_ids, self.repeats_cosines = self.keep_ids, self.cosines
         by_root = np.lexsort((self.dup_ids, self.keep_ids))
         self._members = by_root  # rows grouped by root, ids ascending inside a group
         self._member_roots = self.keep_ids[by_root]
@@ -150,7 +159,8 @@ class CurationResults:
         lo = int(np.searchsorted(self._member_roots, root, side="left"))
         hi = int(np.searchsorted(self._member_roots, root, side="right"))
         rows = self._members[lo:hi]
-        return Group(root, self.dup_ids[rows], self.keep_ids[rows], self.kinds[rows], self.cosines[rows])
+        return Group(root, self.dup_ids[rows], self.keep_ids[rows], self.kinds[rows], self.cosines[rows],
+                     self.repeats_ids[rows], self.repeats_cosines[rows])
 
     def groups(self) -> dict[str, np.ndarray]:
         """Every group of two or more, largest first (then by root): ``root``, ``size`` (the root included) and
@@ -212,12 +222,14 @@ class CurationResults:
         from .plot import threshold_histogram
         from .threshold import NearThreshold
 
-        first = [c[0] if c else np.nan for c in self.table("neighbours").column("cosines").to_pylist()]
+        lists = self.table("neighbours").column("cosines").to_pylist()
+        first = [c[0] if c else np.nan for c in lists]
+        every = np.asarray([v for c in lists for v in c], np.float64)
         t = self.summary.threshold if self.summary is not None else None
         threshold = NearThreshold(t.cosine, t.rule, t.source) if t is not None else NearThreshold(1.0, "unknown", "")
         log.info("%s is missing: redrawn from the k-NN graph", url)
-        return threshold_histogram(np.asarray(first, np.float64), threshold,
-                                   title=f"{self.uri}: nearest-neighbour distances")
+        return threshold_histogram(np.asarray(first, np.float64), threshold, every,
+                                   title=f"{self.uri}: neighbour distances")
 
     # ------------------------------------------------------------------------------------------ summaries
     def text(self) -> str:

@@ -36,8 +36,9 @@ def neighbours_table(ids: np.ndarray, graph: KnnGraph) -> pa.Table:
 def duplicates_table(ids: np.ndarray, dups: Duplicates) -> pa.Table:
     """``duplicates.parquet``: one row per image that repeats another, sorted by (keep_id, id)."""
     cols = dups.with_ids(ids)
-    return pa.table({"id": pa.array(cols["id"], pa.int64()), "keep_id": pa.array(cols["keep_id"], pa.int64()),
-                     "kind": pa.array(cols["kind"], pa.string()), "cosine": pa.array(cols["cosine"], pa.float32())})
+    types = {"id": pa.int64(), "keep_id": pa.int64(), "kind": pa.string(), "cosine": pa.float32(),
+             "repeats_id": pa.int64(), "repeats_cosine": pa.float32()}
+    return pa.table({name: pa.array(cols[name], kind) for name, kind in types.items()})
 
 
 def selection_table(run: RunVectors, selection: Selection) -> pa.Table:
@@ -66,8 +67,8 @@ def write_curation(layout: RunLayout, run: RunVectors, graph: KnnGraph, dups: Du
     for url, table in tables.items():
         write_table(url, table)
     assert dups.threshold is not None
-    png = threshold_histogram(dups.info["nn_cosines"], dups.threshold,
-                              title=f"{layout.run_dir}: nearest-neighbour distances")
+    png = threshold_histogram(dups.info["nn_cosines"], dups.threshold, graph.cosines,
+                              title=f"{layout.run_dir}: neighbour distances")
     fsutil.atomic_write_bytes(files.histogram, png)
     if selection is None and fsutil.exists(files.selection):
         fs, path = fsutil.url_to_fs(files.selection)

@@ -169,52 +169,69 @@ class Projection(Doc):
 
 
 class GraphTrial(Doc):
-    """One search effort tried while tuning an approximate k-NN graph, and the recall it reached on the tuning rows."""
+    """One search effort an approximate k-NN graph was built at, and what it held."""
 
-    recall: float
-    probe_lists: int | None = None  # ivf-lists: lists compared per vector
-    search_params: str | None = None  # index: the index's search parameters (``efSearch=64``)
+    effort: str = ""  # partition: lists searched per row; index: its search parameters
+    pair_recall: float | None = None  # share of the sampled pairs at cosine >= threshold the graph held
+    pairs: int = 0
+    threshold: float | None = None  # the near threshold read off the graph at that effort
+    recall: float | None = None  # recall@k (measured at the effort kept)
 
 
 class GraphInfo(Doc):
     """How the k-NN graph of a curation was made (``job.curate.graph``) and how good it is."""
 
-    method: str  # exact | index | ivf-lists
+    method: str  # exact | partition | index
     k: int
     n: int
-    recall: float  # recall@k against exact search (1.0 for exact)
-    recall_queries: int = 0  # rows it was measured on (0: exact)
+    recall: float  # recall@k against exact search (1.0 for exact): information
+    recall_queries: int = 0  # uniformly drawn rows it was measured on (0: exact)
     device: str = "cpu"
-    probe_lists: int | None = None  # ivf-lists
-    nlist: int | None = None  # ivf-lists: the partition's lists
+    pair_recall: float | None = None  # the gate: share of the pairs at cosine >= pair_threshold the graph holds
+    pair_threshold: float | None = None
+    pairs: int = 0  # pairs exact search found among the sampled rows
+    pair_rows: int = 0  # rows sampled (uniform + those with a neighbour above the threshold)
+    target_met: bool = True  # pair recall reached the target
+    lists: int | None = None  # partition: its lists and the largest
+    largest_list: int | None = None
+    probe: int | None = None  # partition: lists searched per row
     search_params: str | None = None  # index: the parameters the graph was searched with
-    target_met: bool = True
     tuning: list[GraphTrial] = []
     timings: dict[str, float] = {}
 
 
-class MixtureFit(Doc):
-    """The two-component fit of the log nearest-neighbour distances (``job.curate.threshold``)."""
+class BulkFlankInfo(Doc):
+    """The bulk of the graph's edge distances as the ``auto`` rule read it (``job.curate.threshold``)."""
 
-    loglik: float
-    weights: list[float]
-    means: list[float]
-    sigmas: list[float]
-    separation: float
+    peak_distance: float  # 1 - cos at the bulk's densest point
+    sigma: float  # width of its left flank, decades of 1 - cos
+    edges: int  # graph edges read
 
 
 class ThresholdInfo(Doc):
-    """The near-duplicate threshold of a curation and why (``job.curate.threshold``)."""
+    """The near-duplicate threshold of a curation and why (``job.curate.threshold``). Entries written by the
+    two-Gaussian rule before it read the same (their fit details are not read back)."""
 
     cosine: float  # pairs at or above this cosine are near duplicates
     rule: str  # one line a person can check
     source: str  # auto | given
-    found_mode: bool = False
-    rows: int | None = None  # nearest-neighbour distances the rule read
-    median_nn_cosine: float | None = None
-    flagged_rows: int | None = None
-    bulk_tail_rows: float | None = None
-    mixture: MixtureFit | None = None
+    found_mode: bool = False  # auto: at least two images lie below the bulk's reach
+    rows_below: int = 0  # images with a graph neighbour at or above the threshold
+    edges_below: int = 0
+    identical_pairs: int = 0  # graph edges at 1 - cos < 1e-6 (duplicates whatever the rule)
+    flank: BulkFlankInfo | None = None
+
+
+class UniquenessInfo(Doc):
+    """How ``scores.parquet``'s uniqueness was computed (``job.curate.scores``)."""
+
+    method: str  # kept | fiftyone
+    weights: list[float]
+    kept: int | None = None  # kept: the images it was computed among
+    researched: int = 0  # kept: images searched again, deeper, for kept neighbours
+    short: int = 0  # kept: images still short of kept neighbours after the deepest search
+    commit: str | None = None  # fiftyone: the fiftyone-brain commit it follows
+    neighbours: str | None = None  # fiftyone: how the centred neighbours were found
 
 
 class GivenShare(Doc):
@@ -236,8 +253,7 @@ class LabelledInfo(Doc):
 
 
 class StratumInfo(Doc):
-    """One stratum of a subset: its images, how many were labelled before, its target and quota (``curate.strata``),
-    its picks, and how well it is covered."""
+    """One stratum of a subset: images, labelled, target and quota (``curate.strata``), picks, coverage."""
 
     stratum: str  # "location=boston-seaport, channel=CAM_FRONT" ("all" without --balance)
     images: int  # unique images (and labelled ones) in it
@@ -282,6 +298,9 @@ class Curation(Doc):
     still_metres: float | None  # None: the run has no ego pose (not nuScenes): no `still` step
     duplicates: dict[str, int]  # per kind: exact, still, near
     unique: int  # images that repeat no other
+    still_cosine: float | None = None  # the still rule's own cosine and time gap (None: no `still` step)
+    still_gap_s: float | None = None
+    uniqueness: UniquenessInfo | None = None
     selection: SelectionInfo | None = None
     files: dict[str, str] = {}  # name -> path relative to the run folder
     timings: dict[str, float] = {}

@@ -188,10 +188,11 @@ class SearchService:
             members = np.lexsort((g.ids, ts))
         members = members[: limit - 1]
         cards = self.cards_of(np.r_[g.root, g.ids[members]], np.r_[1.0, g.cosines[members]])
-        cards[0].update(role="kept", kind=None, cosine=None, keep_id=None)
+        cards[0].update(role="kept", kind=None, cosine=None, keep_id=None, repeats_id=None, repeats_cosine=None)
         for card, j in zip(cards[1:], members):
             card.update(role="repeats", kind=str(g.kinds[j]), cosine=round(float(g.cosines[j]), 6),
-                        keep_id=str(int(g.keep_ids[j])))
+                        keep_id=str(int(g.keep_ids[j])), repeats_id=str(int(g.repeats_ids[j])),
+                        repeats_cosine=round(float(g.repeats_cosines[j]), 6))
         info = self.curation.info() or {}
         return {"id": str(id_), "root": str(g.root), "size": g.size, "shown": len(cards),
                 "by_kind": kind_counts(g.kinds),
