@@ -70,9 +70,7 @@ def plain_greedy(z: np.ndarray, count: int, first: int) -> np.ndarray:
 def child(vec: str, count: int, variant: str) -> dict[str, Any]:
     from job.curate import TimeGaps, select_diverse
     from job.curate.select import EXACT_BUDGET, PROJECTED_DIMS, _project
-    from job.index.exact import cuda_torch
-
-    cuda_torch()  # torch loaded first (a curation step has it loaded already): not counted as the selection's memory
+    import torch  # noqa: F401  - loaded first (a curation step has it already): not counted as the selection's memory
 
     x = np.load(vec)
     n = len(x)
