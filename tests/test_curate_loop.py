@@ -124,3 +124,16 @@ def test_k_below_the_minimum_fails_when_the_command_is_parsed(tmp_path: Path, ca
     with pytest.raises(UsageError, match=f"--k 2 must be {CURATE_MIN_K} or more"):
         CurateConfig(k=2)
     assert CurateConfig(k=CURATE_MIN_K).k == CURATE_MIN_K
+
+
+def test_the_labelled_file_may_be_on_s3(run: Path, s3_bucket: str, tmp_path: Path) -> None:
+    import boto3
+
+    tokens = [r["sample_data_token"] for r in pq.read_table(run / "curation" / "selection.parquet").to_pylist()][:6]
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="labels/done.txt", Body="\n".join(tokens).encode())
+    assert main(["curate", "--run", str(run), "--select", "6", "--labelled", f"s3://{s3_bucket}/labels/done.txt",
+                 *QUIET]) == 0
+    picked = {r["sample_data_token"] for r in pq.read_table(run / "curation" / "selection.parquet").to_pylist()}
+    assert not picked & set(tokens)
+    c = json.loads((run / "manifest.json").read_text())["curation"]["selection"]
+    assert c["labelled"]["file"] == f"s3://{s3_bucket}/labels/done.txt" and c["labelled"]["matched"] == 6
