@@ -1,6 +1,8 @@
 # ViT-Embedding-DriveData: `make run` embeds nuScenes v1.0-mini, `make test` runs the test suite.
 # Both set up the virtual environment (.venv, exactly the packages of requirements.lock) and the CDK CLI
-# (node_modules) on first use. `make lock` refreshes the lock after editing pyproject.toml's dependency lists.
+# (node_modules) on first use. `make lock` refreshes the locks after editing pyproject.toml's dependency lists.
+# The cloud deploy (`make preflight`, `make deploy`, `make destroy`) needs only the small deploy environment
+# (.venv-deploy, exactly requirements-deploy.lock: `make deploy-setup`), which installs on macOS, Linux and WSL.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,6 +17,19 @@ LOCK_PYTHON := 3.11
 LOCK_ARGS   ?=
 UV_COMPILE  := $(PY) -m uv pip compile pyproject.toml --generate-hashes --python-version $(LOCK_PYTHON) \
                --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet
+# The deploy side's lock: pyproject.toml's `deploy` dependency group (the CDK, cdk-nag, boto3), resolved universally
+# (every OS and CPU uv knows, Python DEPLOY_PYTHON_MIN and newer) at requirements.lock's versions, hash-pinned. The
+# CDK app and the preflight import only the standard-library modules of job/ (tests/test_deploy_lock.py).
+DEPLOY_LOCK       := requirements-deploy.lock
+DEPLOY_PYTHON_MIN := 3.10
+DEPLOY_VENV       ?= .venv-deploy
+DEPLOY_PY         := $(DEPLOY_VENV)/bin/python
+DEPLOY_STAMP      := $(DEPLOY_VENV)/.installed
+# pip's downloads for the deploy venv, kept in the repository (git-ignored): a rebuild (a new lock, the CI test that
+# builds one from the lock alone) reads them from there.
+DEPLOY_PIP_CACHE  ?= $(CURDIR)/.cache/pip
+# What the preflight derives from the account for the deploy (-c max_vcpus=N for engine=batch): cdk deploy adds it.
+PREFLIGHT_CONTEXT := $(DEPLOY_VENV)/preflight.context
 # PEP 503 names (lower case, runs of -_. as one -): how pip freeze and the lock are compared.
 NORMALIZE   := sed -E 's/[-_.]+/-/g' | tr 'A-Z' 'a-z' | sort -u
 CHECKOV_VERSION := 3.3.30
@@ -36,9 +51,21 @@ PINNED_NODE := tools/node/node_modules/.installed
 export PATH := $(CURDIR)/tools/node/node_modules/.bin:$(PATH)
 endif
 
-.PHONY: setup run test test-fast lint lock preflight deploy destroy status checkov bench clean
+.PHONY: setup deploy-setup run test test-fast lint lock preflight deploy destroy status checkov bench clean
 
-setup: $(STAMP) node_modules/.installed
+setup: $(STAMP) $(DEPLOY_STAMP) node_modules/.installed
+
+# The deploy environment: a fresh venv with exactly requirements-deploy.lock (hash-checked, no resolution), rebuilt
+# whenever the lock changes. Any Python from DEPLOY_PYTHON_MIN on (macOS: python3 from Homebrew or python.org).
+deploy-setup: $(DEPLOY_STAMP) node_modules/.installed
+
+$(DEPLOY_STAMP): $(DEPLOY_LOCK)
+	@$(PYTHON) -c 'import sys; v = tuple(map(int, "$(DEPLOY_PYTHON_MIN)".split("."))); sys.exit(None if sys.version_info[:2] >= v else "the deploy needs Python $(DEPLOY_PYTHON_MIN) or newer, $(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.12 (macOS: brew install python@3.12)")'
+	rm -rf $(DEPLOY_VENV)
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	PIP_CACHE_DIR=$(DEPLOY_PIP_CACHE) $(DEPLOY_PY) -m pip install --quiet --require-hashes --no-deps -r $(DEPLOY_LOCK)
+	$(DEPLOY_PY) -m pip check
+	touch $@
 
 # Installs exactly the lock: hash-checked, no dependency resolution, and anything a previous lock had that this one
 # does not is removed. The project itself goes in editable, without dependencies and without build isolation (its
@@ -74,6 +101,8 @@ lock:
 	$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$$(sed -nE 's/^uv==([^ ]+).*/\1/p' $(LOCK))"
 	$(UV_COMPILE) --all-extras $(LOCK_ARGS) -o $(LOCK)
 	$(UV_COMPILE) --constraint $(LOCK) -o $(IMAGE_LOCK)
+	$(PY) -m uv pip compile --group deploy --universal --generate-hashes --python-version $(DEPLOY_PYTHON_MIN) \
+		--constraint $(LOCK) --custom-compile-command "make lock" --quiet -o $(DEPLOY_LOCK)
 
 run: $(STAMP)
 	$(PY) -m job run --out $(OUT) $(ARGS)
@@ -94,20 +123,20 @@ lint: $(STAMP)
 status: $(STAMP)
 	$(PY) -m job status $(RUN) $(ARGS)
 
-# Checks with your AWS credentials what a first deploy needs (types offered, GPU quota, AMI, bootstrap). Context as
-# for cdk: make preflight ARGS="-c market=spot -c region=us-east-1"
-preflight: $(STAMP)
-	$(PY) -m cdk.preflight $(ARGS)
+# Checks with your AWS credentials what a first deploy needs (types offered, GPU quota less what runs, AMI, bootstrap).
+# Context as for cdk: make preflight ARGS="-c market=spot -c region=us-east-1"
+preflight: $(DEPLOY_STAMP)
+	$(DEPLOY_PY) -m cdk.preflight $(ARGS)
 
-# A deploy that passes the preflight first (it refuses to replace a run the stack still runs, among others):
-# make deploy ARGS="-c dataset=mini"
-deploy: setup
-	$(PY) -m cdk.preflight $(ARGS)
-	npx cdk deploy $(ARGS)
+# A deploy that passes the preflight first (it refuses to replace a run the stack still runs, among others), with the
+# -c options the preflight derived from the account (PREFLIGHT_CONTEXT): make deploy ARGS="-c dataset=mini"
+deploy: deploy-setup
+	$(DEPLOY_PY) -m cdk.preflight --context-out $(PREFLIGHT_CONTEXT) $(ARGS)
+	npx cdk deploy $(ARGS) $$(cat $(PREFLIGHT_CONTEXT))
 
 # Prints what the destroy keeps and the one command that brings the run back, then destroys: make destroy [ARGS=...]
-destroy: setup
-	$(PY) -m cdk.teardown $(ARGS)
+destroy: deploy-setup
+	$(DEPLOY_PY) -m cdk.teardown $(ARGS)
 	npx cdk destroy $(ARGS)
 
 # checkov pins its own dependencies below ours (packaging, urllib3, networkx), so it lives in its own venv; the
@@ -127,6 +156,7 @@ bench: $(STAMP)
 	$(PY) bench/text_tuning_bench.py --json bench/results/text_tuning_bench.json
 	$(PY) bench/read_vectors_bench.py
 	$(PY) bench/gpu_throughput.py
+	$(PY) bench/faiss_wheel_bench.py --rescore-only
 
 clean:
-	rm -rf $(VENV) node_modules tools/node/node_modules cdk.out .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) node_modules tools/node/node_modules cdk.out .pytest_cache

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from index_bench import clustered, machine  # noqa: E402
+from index_bench import PeakRSS, clustered, machine  # noqa: E402
 
 from curate_data import every_copied, planted, with_blank, with_rare  # noqa: E402
 
@@ -84,15 +84,16 @@ def child_dups(n: int, variant: str, method: str) -> dict[str, Any]:
     n = len(x)
     ids = np.arange(n, dtype=np.int64)
     load = [os.getloadavg()[0]]
-    t0 = time.perf_counter()
-    g = knn_graph(x, ids, 10, method=method, progress=False,
-                  gate=lambda rows, cos: near_threshold(rows, cos, None).cosine)
-    graph_s = time.perf_counter() - t0
-    load.append(os.getloadavg()[0])
-    t1 = time.perf_counter()
-    d = find_duplicates(g, x, keep_rank(ids, np.arange(n)))  # sources first in time: they are kept
-    to_roots(d, x)
-    dup_s = time.perf_counter() - t1
+    with PeakRSS() as mem:  # the curation's own peak, not the data generator's
+        t0 = time.perf_counter()
+        g = knn_graph(x, ids, 10, method=method, progress=False,
+                      gate=lambda rows, cos: near_threshold(rows, cos, None).cosine)
+        graph_s = time.perf_counter() - t0
+        load.append(os.getloadavg()[0])
+        t1 = time.perf_counter()
+        d = find_duplicates(g, x, keep_rank(ids, np.arange(n)))  # sources first in time: they are kept
+        to_roots(d, x)
+        dup_s = time.perf_counter() - t1
     t = d.threshold
     assert t is not None
     root = np.arange(n)
@@ -111,7 +112,8 @@ def child_dups(n: int, variant: str, method: str) -> dict[str, Any]:
             "planted_found_share": round(float(found.mean()), 5), "flagged": int(len(d)),
             "flagged_below_threshold": int(np.sum(exact[near] < t.cosine)),
             "flagged_not_planted": int(np.sum(src[d.rows] < 0)), "counts": d.counts(),
-            "peak_rss_gib": round(peak_rss_gib(), 2), "load_average": [round(v, 2) for v in load]}
+            "vectors_gib": round(x.nbytes / 2**30, 2), "curation_peak_rss_gib": round(mem.peak / 2**30, 2),
+            "process_peak_rss_gib": round(peak_rss_gib(), 2), "load_average": [round(v, 2) for v in load]}
 
 
 def run_dups(sizes: list[int], variants: list[str], method: str, results: dict[str, Any]) -> None:

@@ -16,21 +16,25 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from . import constants as C
+from .config import RunConfig
+from .network import Network
 
 ROOT_DEVICE = "/dev/xvda"  # the ECS-optimized Amazon Linux 2023 AMIs
 
 
 def job_size(instance_types: Sequence[str]) -> tuple[int, int]:
     """``(vCPUs, memory MiB)`` a one-GPU job asks for so that it fits on one GPU of every allowed type."""
-    specs = [C.instance_spec(t) for t in instance_types]
-    vcpus = min(v // g for v, _, g in specs)
-    gib = min(m / g for _, m, g in specs)
-    return vcpus, math.floor(gib * 1024 * C.BATCH_MEMORY_FRACTION)
+    gib = min(m / g for _, m, g in (C.instance_spec(t) for t in instance_types))
+    return C.shard_vcpus(instance_types), math.floor(gib * 1024 * C.BATCH_MEMORY_FRACTION)
 
 
-def max_vcpus(instance_types: Sequence[str], shards: int) -> int:
-    """The compute environment's ceiling: every shard on its own GPU of the largest per-GPU share at once."""
-    return shards * max(v // g for v, _, g in (C.instance_spec(t) for t in instance_types))
+def max_vcpus(instance_types: Sequence[str], shards: int, cap: int | None = None) -> int:
+    """The compute environment's ceiling: every shard on its own GPU of the largest per-GPU share at once, or ``cap``
+    when that is lower (``-c max_vcpus``: what the account's G/VT quota leaves, which ``make deploy`` passes from the
+    preflight). Batch never asks EC2 for more than this: above the quota its launches would only fail, and the shards
+    that do not fit wait in the queue until a shard's instance is released."""
+    ceiling = C.batch_vcpu_ceiling(instance_types, shards)
+    return ceiling if cap is None else min(ceiling, cap)
 
 
 def retry_strategies() -> list[batch.RetryStrategy]:
@@ -77,22 +81,19 @@ class BatchCompute(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        vpc: ec2.IVpc,
-        subnets: ec2.SubnetSelection,
-        security_group: ec2.ISecurityGroup,
-        instance_types: Sequence[str],
-        market: str,
-        shards: int,
-        root_volume_gb: int,
+        config: RunConfig,
+        network: Network,
         image: ecs.ContainerImage,
         shard_command: Sequence[str],
         merge_command: Sequence[str],
         environment: Mapping[str, str],
         log_group: logs.ILogGroup,
-        log_stream_prefix: str,
-        max_run_minutes: int,
     ) -> None:
+        """``config`` gives the allowed types, the market, N (shards), the root volume, the time limit per attempt, the
+        vCPU cap and the run id (the log streams' prefix); the commands and the environment are the stack's."""
         super().__init__(scope, construct_id)
+        instance_types, market, shards = config.instance_types, config.market, config.shards
+        assert shards is not None
         # Encrypted gp3 root (the image's layers and the model cache live there), IMDSv2 only with hop limit 1:
         # containers (bridge network) cannot reach the instance role; they get their job role from the ECS agent.
         self.launch_template = ec2.LaunchTemplate(
@@ -106,7 +107,7 @@ class BatchCompute(Construct):
                 ec2.BlockDevice(
                     device_name=ROOT_DEVICE,
                     volume=ec2.BlockDeviceVolume.ebs(
-                        root_volume_gb, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True, delete_on_termination=True
+                        config.root_volume_gb, volume_type=ec2.EbsDeviceVolumeType.GP3, encrypted=True, delete_on_termination=True
                     ),
                 )
             ],
@@ -115,9 +116,9 @@ class BatchCompute(Construct):
         self.compute_environment = batch.ManagedEc2EcsComputeEnvironment(
             self,
             "Gpus",
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_groups=[security_group],
+            vpc=network.vpc,
+            vpc_subnets=network.subnets,
+            security_groups=[network.security_group],
             instance_types=[ec2.InstanceType(t) for t in instance_types],
             use_optimal_instance_classes=False,
             # The AL2023 GPU AMI ships NVIDIA driver 580 (the torch wheels' CUDA 13 needs >= 580; AL2's is older).
@@ -128,7 +129,7 @@ class BatchCompute(Construct):
             if spot
             else batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
             minv_cpus=0,  # nothing runs, nothing bills: Batch scales to zero once the jobs are done
-            maxv_cpus=max_vcpus(instance_types, shards),
+            maxv_cpus=max_vcpus(instance_types, shards, config.max_vcpus),
         )
         self.queue = batch.JobQueue(
             self,
@@ -139,9 +140,9 @@ class BatchCompute(Construct):
         )
 
         self._vcpus, self._memory_mib = job_size(instance_types)
-        self._logging = ecs.LogDriver.aws_logs(stream_prefix=log_stream_prefix, log_group=log_group)
+        self._logging = ecs.LogDriver.aws_logs(stream_prefix=config.run_id, log_group=log_group)
         self._image, self._environment = image, dict(environment)
-        self._timeout = Duration.minutes(max_run_minutes)  # per attempt (per child of the array)
+        self._timeout = Duration.minutes(config.max_run_minutes)  # per attempt (per child of the array)
         self.shard_role = self._job_role("ShardRole", "vit-embed shard: read sources, write its shard of the run, weights cache")
         self.merge_role = self._job_role("MergeRole", "vit-embed merge: read the shards, write the merged run")
         self.shard_container, self.shard_job = self._job("Shard", shard_command, self.shard_role, gpu=1)

@@ -9,17 +9,13 @@ FAILED event is left out (its children say why). ``job/status/view.py`` reads th
 """
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
 from aws_cdk import aws_batch as batch
-from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from . import constants as C
+from .reaction import Reaction, put_note
 
 JOB_STATE_CHANGE = "Batch Job State Change"
 
@@ -54,36 +50,9 @@ class BatchNotes(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.notes_arn = bucket.arn_for_objects(f"{run_prefix}{C.BATCH_NOTES_DIR}/*")
-        put = tasks.CallAwsService.jsonata(
-            self,
-            "WriteNote",
-            service="s3",
-            action="putObject",
-            parameters={
-                "Bucket": bucket.bucket_name,
-                "Key": note_key_jsonata(run_prefix),
-                "Body": NOTE_BODY_JSONATA,
-                "ContentType": "application/json",
-            },
-            iam_resources=[self.notes_arn],
-            iam_action="s3:PutObject",
-        )
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
-        self.state_machine = sfn.StateMachine(
-            self,
-            "StateMachine",
-            definition_body=sfn.DefinitionBody.from_chainable(put),
-            query_language=sfn.QueryLanguage.JSONATA,
-            comment="vit-embed: a Batch job of the run ended FAILED, record why next to the run",
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
-            tracing_enabled=True,
-        )
-        pattern = failed_pattern(queue.job_queue_arn)
-        self.rule = events.Rule(
-            self,
-            "JobFailed",
-            description="vit-embed: a job of the run's queue ended FAILED",
-            event_pattern=events.EventPattern(source=pattern["source"], detail_type=pattern["detail-type"],
-                                              detail=pattern["detail"]),
-            targets=[targets.SfnStateMachine(self.state_machine)],
-        )
+        put = put_note(self, bucket=bucket, key=note_key_jsonata(run_prefix), body=NOTE_BODY_JSONATA,
+                       resource_arn=self.notes_arn)
+        self.reaction = Reaction(self, "JobFailed", definition=put, event_pattern=failed_pattern(queue.job_queue_arn),
+                                 comment="vit-embed: a Batch job of the run ended FAILED, record why next to the run",
+                                 rule_description="vit-embed: a job of the run's queue ended FAILED", log_retention=log_retention)
+        self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule

@@ -3,7 +3,7 @@ engine's stack, then AWS Batch (cdk/batch.py) instead of the Auto Scaling group:
 merge after them, submitted on deploy; the grants, and how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Annotations, Aws, CfnResource, Stack, Tags
+from aws_cdk import Annotations, Aws, CfnResource
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -14,15 +14,7 @@ from .batch_notes import BatchNotes
 from .checkov import skip
 from .config import RunConfig
 from .outputs import batch_outputs
-from .stack import (
-    CROSS_REGION_WARNING,
-    NEW_RUN_WARNING,
-    EmbeddingRunStack,
-    add_shared,
-    cross_region_message,
-    new_run_message,
-    retention_days,
-)
+from .run_stack import RunStackBase
 from .submission import Submission
 
 # The Lambda that submits the jobs (cdk/submission.py): checkov's Lambda checks, justified.
@@ -46,8 +38,7 @@ def shard_spec(shards: int) -> str:
 def shard_command(cfg: RunConfig, run_uri: str, cache_uri: str) -> list[str]:
     """What each child runs after the image's ``python -m job``: its shard, written straight to S3."""
     assert cfg.shards is not None
-    return ["run", "--shard", shard_spec(cfg.shards), *cfg.job_args(), "--out", run_uri, "--weights-cache", cache_uri,
-            "--device", "cuda"]
+    return ["run", "--shard", shard_spec(cfg.shards), *cfg.job_args(), "--out", run_uri, "--weights-cache", cache_uri]
 
 
 def merge_command(cfg: RunConfig, run_uri: str) -> list[str]:
@@ -67,48 +58,28 @@ def archives_message(cfg: RunConfig) -> str | None:
             f"them. With shards <= {archives} each shard streams whole archives of its own.")
 
 
-class BatchRunStack(Stack):
+class BatchRunStack(RunStackBase):
     """One run as N AWS Batch shards and a merge; artifacts land in ``s3://<bucket>/runs/<run-id>/``."""
 
-    # The same AZs as the instance engine: the first max_azs of the region (Fn::GetAZs), or the pinned one.
-    availability_zones = EmbeddingRunStack.availability_zones
-
     def __init__(self, scope: Construct, construct_id: str, *, config: RunConfig, **kwargs) -> None:
-        self.config = config  # read by availability_zones, which the VPC calls during construction
-        super().__init__(scope, construct_id, **kwargs)
+        super().__init__(scope, construct_id, config=config, **kwargs)
         cfg = config
         assert cfg.shards is not None
-        Tags.of(self).add("project", C.PROJECT_TAG)
-        Tags.of(self).add("run-id", cfg.run_id)
-        if cfg.cross_region:
-            Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
-        if not cfg.run_id_pinned:
-            Annotations.of(self).add_warning_v2(NEW_RUN_WARNING, new_run_message(cfg))
         many = archives_message(cfg)
         if many:
             Annotations.of(self).add_warning_v2(MANY_ARCHIVES_WARNING, many)
-
-        self.network, self.storage, self.log_group, self.image = add_shared(self, cfg)
         bucket = self.storage.artifacts
-        self.run_uri = f"s3://{bucket.bucket_name}/{cfg.run_prefix}"
         cache_uri = f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}"
         self.compute = BatchCompute(
             self,
             "Batch",
-            vpc=self.network.vpc,
-            subnets=self.network.subnets,
-            security_group=self.network.security_group,
-            instance_types=cfg.instance_types,
-            market=cfg.market,
-            shards=cfg.shards,
-            root_volume_gb=cfg.root_volume_gb,
+            config=cfg,
+            network=self.network,
             image=self._container_image(),
             shard_command=shard_command(cfg, self.run_uri, cache_uri),
             merge_command=merge_command(cfg, self.run_uri),
             environment={"AWS_REGION": cfg.region, "AWS_DEFAULT_REGION": cfg.region},
             log_group=self.log_group,
-            log_stream_prefix=cfg.run_id,
-            max_run_minutes=cfg.max_run_minutes,
         )
         self.submission = Submission(
             self,
@@ -120,17 +91,17 @@ class BatchRunStack(Stack):
             job_name=f"{cfg.stack_name}-{cfg.run_id}".replace(".", "-")[:110],
             run_id=cfg.run_id,
             deployed_at=cfg.synth_time,
-            log_retention=retention_days(cfg.log_retention_days),
+            log_retention=self.log_retention,
         )
         # Why Batch ended a job FAILED (e.g. cancelled after waiting in RUNNABLE), where job status reads it.
         self.notes = BatchNotes(self, "Notes", queue=self.compute.queue, bucket=bucket, run_prefix=cfg.run_prefix,
-                                log_retention=retention_days(cfg.log_retention_days))
+                                log_retention=self.log_retention)
         # The rule must listen before the first job can fail.
         self.submission.node.add_dependency(self.notes)
         if self.network.internet_connectivity is not None:  # hosts pull the image and reach S3 from their first boot
             self.compute.compute_environment.node.add_dependency(self.network.internet_connectivity)
         self._grant(cfg)
-        batch_outputs(self, cfg)
+        batch_outputs(self, queue=self.compute.queue, submission=self.submission)
         handler = self.submission.function.node.default_child
         assert isinstance(handler, CfnResource)
         for check_id, comment in SUBMIT_FUNCTION_CHECKS.items():

@@ -8,6 +8,7 @@ synthesized templates (``make checkov`` installs it) and fails on any check that
 from __future__ import annotations
 
 from aws_cdk import CfnResource, Stack
+from aws_cdk import custom_resources as cr
 from constructs import IConstruct
 
 # check id -> the reason, per kind of resource it applies to (docs/cloud.md, "checkov").
@@ -23,14 +24,16 @@ ACCESS_LOG_BUCKET_LOGGING = (
     "AWS advises against because it loops). It is private, TLS-only, versioned and expires objects after 90 days.",
 )
 PROVIDER_LAMBDA = {
-    "CKV_AWS_115": "CDK's own custom-resource provider (it strips the VPC's default security group, or empties a "
-    "bucket on destroy): CloudFormation calls it once per deploy or destroy, so a reserved-concurrency limit guards "
-    "nothing.",
+    "CKV_AWS_115": "CDK's own custom-resource provider (it strips the VPC's default security group, empties a bucket "
+    "on destroy, or makes the deploy-time SDK calls: raise the run's group to one instance, read the AMI's root "
+    "device): CloudFormation calls it a few times per deploy or destroy, so a reserved-concurrency limit guards nothing.",
     "CKV_AWS_116": "CDK's own custom-resource provider: CloudFormation invokes it synchronously and receives its "
     "failure as a failed resource; a dead-letter queue would hold events nobody replays.",
-    "CKV_AWS_117": "CDK's own custom-resource provider: it calls only AWS APIs (EC2, S3), so it needs no VPC; putting "
-    "it in one would need a NAT gateway or interface endpoints for a function that runs seconds per deploy.",
+    "CKV_AWS_117": "CDK's own custom-resource provider: it calls only AWS APIs (EC2, S3, Auto Scaling), so it needs no "
+    "VPC; putting it in one would need a NAT gateway or interface endpoints for a function that runs seconds per deploy.",
 }
+# The Lambda behind every AwsCustomResource of a stack (one singleton function).
+SDK_CALL_FUNCTION = "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
 
 
 def skip(resource: CfnResource, check_id: str, comment: str) -> None:
@@ -49,7 +52,8 @@ def acknowledge_checkov(stack: Stack, *, access_log_bucket: IConstruct | None) -
     for res in _cfn_resources(stack):
         if res.cfn_resource_type == "AWS::Logs::LogGroup":
             skip(res, *LOG_GROUP_KMS)
-        elif res.cfn_resource_type == "AWS::Lambda::Function" and "CustomResourceProvider" in res.node.path:
+        elif res.cfn_resource_type == "AWS::Lambda::Function" and (
+                "CustomResourceProvider" in res.node.path or f"/{SDK_CALL_FUNCTION}/" in res.node.path):
             for check_id, comment in PROVIDER_LAMBDA.items():
                 skip(res, check_id, comment)
     if access_log_bucket is None:  # an existing artifacts bucket: this stack creates no log bucket

@@ -1,25 +1,34 @@
 """Compute: the GPU instance as an Auto Scaling group of at most one, over one subnet per AZ (AWS picks the AZ and
-falls back through the instance types), with the launch template (Deep Learning AMI, IMDSv2, encrypted gp3 root) and
-the user-data that runs the job once."""
+falls back through the instance types), created empty and raised to one instance right after (the deploy does not wait
+for a GPU), with the launch template (Deep Learning AMI and its own root device, IMDSv2, encrypted gp3 root) and the
+user-data that runs the job once."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from aws_cdk import Annotations, Aws, Duration
+from aws_cdk import Annotations, Aws, Duration, RemovalPolicy
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from . import constants as C
+from .config import RunConfig
+from .network import Network
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 RUN_SCRIPT = SCRIPTS_DIR / "user_data.sh"
 STATUS_RULES = Path(__file__).resolve().parents[1] / "job" / "status" / "rules.py"  # the script's _STATUS rules
+# How long CloudFormation waits for the custom resources' answers (the SDK calls take seconds; the default is an hour).
+CUSTOM_RESOURCE_TIMEOUT = Duration.minutes(5)
+ROOT_DEVICE_FIELD = "Images.0.RootDeviceName"
 
 
 def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
@@ -28,6 +37,12 @@ def _heredoc(path: str, lines: Sequence[str], tag: str) -> list[str]:
         if "\n" in line or line.strip() == tag:
             raise ValueError(f"cannot embed {line!r} in a heredoc")
     return [f"cat > {path} <<'{tag}'", *lines, tag, f"chmod 0644 {path}"]
+
+
+def start_call(group_name: str) -> dict[str, object]:
+    """The one Auto Scaling call that starts the run (``JobGroup.start``): SetDesiredCapacity to 1 on the new group.
+    Its parameters are boto3's too (the rehearsal makes the same call: tests/test_rehearsal_capacity.py)."""
+    return {"AutoScalingGroupName": group_name, "DesiredCapacity": 1, "HonorCooldown": False}
 
 
 def group_arn(group_name: str) -> str:
@@ -49,10 +64,18 @@ class JobGroup(Construct):
     Why an Auto Scaling group for one instance: a launch request pinned to one subnet fails when that AZ does not
     offer the type or has no capacity right now (``InsufficientInstanceCapacity``). The group spans one subnet per
     AZ and a list of instance types in order of preference (``MixedInstancesPolicy``), and AWS tries the other AZs
-    and types itself. The group's size is 1 to start the run; the instance sets min = max = desired = 0 when it
-    finishes (and a schedule outside it does the same at the deadline), so a finished instance is not replaced.
-    Min size 0 also means CloudFormation does not wait for capacity: the deploy finishes while AWS is still
-    looking for a GPU.
+    and types itself. The instance sets min = max = desired = 0 when it finishes (and a schedule outside it does the
+    same at the deadline), so a finished instance is not replaced.
+
+    Why the group is created with desired capacity 0 and raised to 1 by ``start``: CloudFormation marks a group
+    CREATE_COMPLETE only once its *desired* capacity is in service (the AWS::AutoScaling::AutoScalingGroup reference;
+    the minimum size plays no part). A group created at 1 makes the deploy wait for a GPU, and where none can launch
+    (a new account's G/VT quota of 0, no capacity for any type in any AZ) the deploy fails there and the whole stack
+    rolls back. ``start`` is a custom resource created after the group that sets its desired capacity to 1 once, on
+    Create only: the stack completes in minutes, a failed launch is Auto Scaling's to retry (and the launch notes',
+    ``launch_notes.py``, to report), and a later deploy of the same run never resets the size — neither this call
+    (no Update) nor the template (desired 0 unchanged: CDK's IgnoreUnmodifiedGroupSizeProperties). Its id holds the
+    run id, so a new run is a new resource, created (and run) again.
     """
 
     def __init__(
@@ -60,22 +83,19 @@ class JobGroup(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        vpc: ec2.IVpc,
-        subnets: ec2.SubnetSelection,
-        security_group: ec2.ISecurityGroup,
-        group_name: str,
-        instance_types: Sequence[str],
-        market: str,
-        root_volume_gb: int,
-        ami_ssm_parameter: str,
+        config: RunConfig,
+        network: Network,
         run_env: Mapping[str, str],
-        job_args: Sequence[str],
-        max_run_minutes: int,
         source_asset: s3_assets.Asset | None,
-        region: str,
+        log_retention: logs.RetentionDays,
     ) -> None:
+        """``config`` gives the run's group name, types, market, root volume, AMI parameter, job options, time limit,
+        region and run id; ``run_env`` the script's settings; ``source_asset`` the repository when the instance builds
+        the image."""
         super().__init__(scope, construct_id)
-        self.group_name = group_name
+        cfg = config
+        self.group_name = group_name = cfg.group_name
+        instance_types, market, region = cfg.instance_types, cfg.market, cfg.region
         self.role = iam.Role(
             self,
             "Role",
@@ -103,17 +123,20 @@ class JobGroup(Construct):
 
         self.user_data = self._user_data(
             run_env={**run_env, "ASG_NAME": group_name},
-            job_args=job_args,
-            max_run_minutes=max_run_minutes,
+            job_args=cfg.job_args(),
+            max_run_minutes=cfg.max_run_minutes,
             source_asset=source_asset,
             region=region,
         )
+        machine_image = ec2.MachineImage.from_ssm_parameter(cfg.ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX)
+        self.sdk_log_group = logs.LogGroup(self, "SdkCallLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
+        self.root_device = self._root_device(machine_image.get_image(self).image_id)
         self.launch_template = ec2.LaunchTemplate(
             self,
             "Template",
-            machine_image=ec2.MachineImage.from_ssm_parameter(ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX),
+            machine_image=machine_image,
             role=self.role,
-            security_group=security_group,
+            security_group=network.security_group,
             user_data=self.user_data,
             require_imdsv2=True,
             http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
@@ -124,9 +147,9 @@ class JobGroup(Construct):
             ebs_optimized=True,
             block_devices=[
                 ec2.BlockDevice(
-                    device_name=C.ROOT_DEVICE_NAME,
+                    device_name=self.root_device.get_response_field(ROOT_DEVICE_FIELD),  # the AMI's own root
                     volume=ec2.BlockDeviceVolume.ebs(
-                        root_volume_gb,
+                        cfg.root_volume_gb,
                         volume_type=ec2.EbsDeviceVolumeType.GP3,
                         encrypted=True,
                         delete_on_termination=True,
@@ -138,8 +161,8 @@ class JobGroup(Construct):
         self.group = autoscaling.AutoScalingGroup(
             self,
             "Group",
-            vpc=vpc,
-            vpc_subnets=subnets,
+            vpc=network.vpc,
+            vpc_subnets=network.subnets,
             auto_scaling_group_name=group_name,
             mixed_instances_policy=autoscaling.MixedInstancesPolicy(
                 launch_template=self.launch_template,
@@ -154,15 +177,66 @@ class JobGroup(Construct):
             ),
             min_capacity=0,
             max_capacity=1,
-            desired_capacity=1,
+            desired_capacity=0,  # raised to 1 by self.start (class docstring): the deploy does not wait for a GPU
             # Replacing an unhealthy instance restarts the run; the deadline bounds how long that can go on.
             health_checks=autoscaling.HealthChecks.ec2(grace_period=Duration.minutes(15)),
             group_metrics=[autoscaling.GroupMetrics(autoscaling.GroupMetric.IN_SERVICE_INSTANCES, autoscaling.GroupMetric.DESIRED_CAPACITY)],
             capacity_rebalance=False,
         )
-        # Each run is a new group (its name holds the run id): starting at size 1 on deploy is the point.
+        # Desired 0 in the template, unchanged from deploy to deploy: CloudFormation leaves the live size alone.
         Annotations.of(self.group).acknowledge_warning(
-            "@aws-cdk/aws-autoscaling:desiredCapacitySet", "one group per run: size 1 at deploy starts the run"
+            "@aws-cdk/aws-autoscaling:desiredCapacitySet", "desired 0 at creation, raised to 1 by a custom resource; "
+            "IgnoreUnmodifiedGroupSizeProperties keeps later deploys from resetting it"
+        )
+        self.start = self._start(group_name, cfg.run_id)
+        self.start.node.add_dependency(self.group)
+
+    def _start(self, group_name: str, run_id: str) -> cr.AwsCustomResource:
+        """The custom resource that sets the new group's desired capacity to 1 (Create only; class docstring)."""
+        run_key = hashlib.sha1(run_id.encode()).hexdigest()[:10]
+        return cr.AwsCustomResource(
+            self,
+            f"Start{run_key}",  # a new run id is a new resource (Create: the call runs), never an update of this one
+            resource_type="Custom::StartRun",
+            on_create=cr.AwsSdkCall(
+                service="AutoScaling",
+                action="setDesiredCapacity",
+                parameters=start_call(group_name),
+                physical_resource_id=cr.PhysicalResourceId.of(group_name),
+            ),
+            policy=cr.AwsCustomResourcePolicy.from_statements([
+                iam.PolicyStatement(sid="StartOwnGroup", actions=["autoscaling:SetDesiredCapacity"],
+                                    resources=[group_arn(group_name)]),
+            ]),
+            install_latest_aws_sdk=False,
+            log_group=self.sdk_log_group,
+            service_timeout=CUSTOM_RESOURCE_TIMEOUT,
+        )
+
+    def _root_device(self, image_id: str) -> cr.AwsCustomResource:
+        """The AMI's root device name (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on Amazon Linux), read at deploy time
+        (EC2 DescribeImages of the AMI the SSM parameter resolves to), so the gp3 root mapping resizes the AMI's own
+        root volume whatever ``ami_ssm_parameter`` names, instead of adding a second, unused volume."""
+        call = cr.AwsSdkCall(
+            service="EC2",
+            action="describeImages",
+            parameters={"ImageIds": [image_id]},
+            physical_resource_id=cr.PhysicalResourceId.from_response("Images.0.ImageId"),
+            output_paths=[ROOT_DEVICE_FIELD],
+        )
+        return cr.AwsCustomResource(
+            self,
+            "RootDevice",
+            resource_type="Custom::AmiRootDevice",
+            on_create=call,
+            on_update=call,  # a new AMI behind the parameter: read its root device again
+            policy=cr.AwsCustomResourcePolicy.from_statements([
+                # DescribeImages has no resource-level permissions (read-only).
+                iam.PolicyStatement(sid="ReadTheAmi", actions=["ec2:DescribeImages"], resources=["*"]),
+            ]),
+            install_latest_aws_sdk=False,
+            log_group=self.sdk_log_group,
+            service_timeout=CUSTOM_RESOURCE_TIMEOUT,
         )
 
     def _user_data(

@@ -1,6 +1,7 @@
 """Config: the cloud run's settings, read once from CDK context (cdk.json, ``-c key=value``) and validated."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -28,14 +29,14 @@ from .context_values import (  # the value parsers; ConfigError is re-exported f
     parse_bool,
     parse_camera_channels,
     parse_choice,
+    parse_float,
     parse_image,
     parse_instance_types,
     parse_list,
     parse_log_retention,
-    parse_number,
     parse_pattern,
     parse_source,
-    to_int,
+    parse_whole,
 )
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -83,10 +84,12 @@ class RunConfig:
     shards: int | None = None  # engine=batch only
     artifacts_bucket: str | None = None  # an existing bucket (resume after cdk destroy) instead of a new one
     replace_running: bool = False  # make preflight: a deploy may replace a run the stack still runs
-    run_id_pinned: bool = True  # False when run_id defaulted to <dataset>-<synth time>: every deploy is a new run
+    run_id_pinned: bool = True  # False when run_id defaulted to <dataset>-<hash of the run's options>
+    device: str = C.DEFAULT_DEVICE  # what both engines pass to the job as --device
+    max_vcpus: int | None = None  # engine=batch: the compute environment's cap (None: every shard at once)
     # The -c key=value pairs given beyond cdk.json's values (what a redeploy must repeat to be the same run).
     context: tuple[tuple[str, str], ...] = ()
-    # When the app was synthesized (UTC): the default run id counts from it.
+    # When the app was synthesized (UTC): every deploy of a Batch run asks its submission handler again (DeployedAt).
     synth_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
 
     @property
@@ -151,7 +154,8 @@ class RunConfig:
         return self.engine == C.ENGINE_BATCH
 
     def job_args(self) -> list[str]:
-        """The ``python -m job run`` options the stack fixes (the script adds --out, --publish, --device).
+        """The ``python -m job run`` options the stack fixes, ``--device`` included (the engines add --out and the
+        weights cache).
 
         The dataset's archives are read on the s3fs mount by the instance, and straight from S3 on Batch.
         """
@@ -170,6 +174,7 @@ class RunConfig:
             "--index-type", self.index_type,
             "--channels", ",".join(self.channels),
             "--log-level", self.log_level,
+            "--device", self.device,
         ]
         if self.include_sweeps:
             args.append("--include-sweeps")
@@ -182,7 +187,7 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "instance_types": lambda k, v: parse_instance_types({k: v}),
     "market": lambda k, v: parse_choice(k, v, C.MARKETS),
     "spot_fallback": lambda k, v: parse_choice(k, v, C.SPOT_FALLBACKS),
-    "max_run_hours": lambda k, v: parse_number(k, v, float, 0.1, C.MAX_MAX_RUN_HOURS),
+    "max_run_hours": lambda k, v: parse_float(k, v, 0.1, C.MAX_MAX_RUN_HOURS),
     "model": lambda k, v: parse_pattern(k, v, SAFE_TOKEN_RE, "ViT-L-14"),
     "pretrained": lambda k, v: parse_pattern(k, v, SAFE_TOKEN_RE, "openclip"),
     "pool": lambda k, v: parse_choice(k, v, C.POOLS),
@@ -193,23 +198,25 @@ _FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "log_level": lambda k, v: parse_choice(k, str(v).upper(), C.LOG_LEVELS),
     "image": parse_image,
     "nat_gateway": parse_bool,
-    "root_volume_gb": lambda k, v: parse_number(k, v, to_int, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
+    "root_volume_gb": lambda k, v: parse_whole(k, v, C.MIN_ROOT_VOLUME_GB, C.MAX_ROOT_VOLUME_GB),
     "ami_ssm_parameter": lambda k, v: parse_pattern(k, v, SSM_PARAM_RE, C.DEFAULT_AMI_SSM_PARAMETER),
     "retain_artifacts": parse_bool,
-    "artifact_retention_days": lambda k, v: parse_number(k, v, to_int, 0, 3650),
+    "artifact_retention_days": lambda k, v: parse_whole(k, v, 0, 3650),
     "log_retention_days": parse_log_retention,
     "stack_name": lambda k, v: parse_pattern(k, v, STACK_NAME_RE, C.STACK_NAME),
     "engine": lambda k, v: parse_choice(k, v, C.ENGINES),
-    "shards": lambda k, v: parse_number(k, v, to_int, 1, C.MAX_SHARDS),
+    "shards": lambda k, v: parse_whole(k, v, 1, C.MAX_SHARDS),
+    "max_vcpus": lambda k, v: parse_whole(k, v, 1, C.MAX_BATCH_VCPUS),
+    "device": lambda k, v: parse_choice(k, v, C.DEVICES),
     "artifacts_bucket": lambda k, v: parse_pattern(k, v, BUCKET_RE, "vitembeddrivedata-storageartifacts1a2b3c4d-0123456789ab"),
     "replace_running": parse_bool,
 }
 # Keys that name where and how this deploy happens, not what the run is: a redeploy need not repeat them.
-_NOT_THE_RUN = ("run_id", "artifacts_bucket", "replace_running", "retain_artifacts")
+_NOT_THE_RUN = ("run_id", "artifacts_bucket", "replace_running", "retain_artifacts", "max_vcpus")
 
 
-def _data_fields(raw: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
-    """dataset, sources, nuscenes_meta and the run id (which defaults to the dataset and the synth time)."""
+def _data_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """dataset, sources, nuscenes_meta and the run id when given (else the options name it: ``from_context``)."""
     dataset = parse_choice("dataset", raw.get("dataset", C.DEFAULT_DATASET), C.DATASETS)
     kw: dict[str, Any] = {"dataset": dataset}
     if "sources" in raw:
@@ -218,7 +225,8 @@ def _data_fields(raw: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
         if "sources" not in kw:
             raise ConfigError("context nuscenes_meta is only used with custom sources; set sources too, or drop it")
         kw["nuscenes_meta"] = parse_source("nuscenes_meta", str(raw["nuscenes_meta"]).strip())
-    kw["run_id"] = parse_pattern("run_id", raw["run_id"], RUN_ID_RE, "trainval-20250101-120000") if "run_id" in raw else default_run_id(dataset, now)
+    if "run_id" in raw:
+        kw["run_id"] = parse_pattern("run_id", raw["run_id"], RUN_ID_RE, "trainval-20250101-120000")
     return kw
 
 
@@ -244,7 +252,7 @@ def _network_fields(raw: dict[str, Any]) -> dict[str, Any]:
     if "max_azs" in raw:
         if "vpc_id" in raw or pinned:
             raise ConfigError("context max_azs shapes a new VPC; it cannot be combined with vpc_id or availability_zone(s)")
-        kw["max_azs"] = parse_number("max_azs", raw["max_azs"], to_int, 1, C.MAX_MAX_AZS)
+        kw["max_azs"] = parse_whole("max_azs", raw["max_azs"], 1, C.MAX_MAX_AZS)
     return kw
 
 
@@ -267,13 +275,15 @@ def from_context(get: Callable[[str], Any]) -> RunConfig:
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
     kw: dict[str, Any] = {"synth_time": now}
     kw.update({key: parse(key, raw[key]) for key, parse in _FIELDS.items() if key in raw})
-    kw.update(_data_fields(raw, now))
+    kw.update(_data_fields(raw))
     kw.update(_network_fields(raw))
     kw["run_id_pinned"] = "run_id" in raw
     kw["context"] = _given_context(raw)
     if "image" not in raw and kw.get("engine") == C.ENGINE_BATCH:
         kw["image"] = C.IMAGE_ASSET  # Batch pulls a registry image: cdk deploy builds and pushes it
-    cfg = RunConfig(**kw)
+    cfg = RunConfig(**{"run_id": "-", **kw})
+    if not cfg.run_id_pinned:
+        cfg = dataclasses.replace(cfg, run_id=default_run_id(cfg.dataset, dataclasses.asdict(cfg)))
     _check_combinations(cfg)
     return cfg
 
@@ -292,14 +302,19 @@ def _check_combinations(cfg: RunConfig) -> None:
 def _check_engine(cfg: RunConfig) -> None:
     """What engine=batch needs (shards, a registry image, S3 sources) and what only the instance engine takes."""
     if not cfg.batch:
-        if cfg.shards is not None:
-            raise ConfigError(f"context shards={cfg.shards} needs engine=batch; valid values with engine={cfg.engine}: none (one instance embeds everything)")
+        for key in ("shards", "max_vcpus"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"context {key}={getattr(cfg, key)} needs engine=batch; valid values with "
+                                  f"engine={cfg.engine}: none (one instance embeds everything)")
         return
     if cfg.shards is None:
         raise ConfigError(f"context engine=batch needs shards=N; valid values: 1 to {C.MAX_SHARDS} (e.g. -c shards=10: one trainval archive per shard)")
     if cfg.image == C.IMAGE_BUILD:
         raise ConfigError(f"context image={C.IMAGE_BUILD} cannot be used with engine=batch (Batch pulls a registry image, nothing builds it); "
                           f"valid values: {C.IMAGE_ASSET} (cdk deploy builds and pushes it), or an image URI")
+    if cfg.max_vcpus is not None and cfg.max_vcpus < C.shard_vcpus(cfg.instance_types):
+        raise ConfigError(f"context max_vcpus={cfg.max_vcpus} is less than one shard needs ({C.shard_vcpus(cfg.instance_types)} "
+                          f"vCPUs on {', '.join(cfg.instance_types)}); valid values: {C.shard_vcpus(cfg.instance_types)} or more")
     if cfg.spot_fallback != "none":
         raise ConfigError(f"context spot_fallback={cfg.spot_fallback} is for engine=instance; valid values with engine=batch: none "
                           "(Batch retries a reclaimed spot shard; use market=on-demand to avoid spot)")

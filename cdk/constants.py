@@ -1,6 +1,8 @@
 """Names, defaults and allowed values for the cloud run, in one place (read by config, constructs and tests)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 STACK_NAME = "VitEmbedDriveData"
 PROJECT_TAG = "vit-embedding-drivedata"
 
@@ -22,7 +24,6 @@ GPU_QUOTA_CODES: dict[str, str] = {
 
 # Deep Learning Base OSS AMI (NVIDIA driver, Docker, NVIDIA Container Toolkit), resolved at deploy time.
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
-ROOT_DEVICE_NAME = "/dev/sda1"  # Ubuntu AMIs
 DEFAULT_ROOT_VOLUME_GB = 200  # DLAMI (~75 GB) + job image (~15 GB) + model cache + headroom
 MIN_ROOT_VOLUME_GB = 100
 MAX_ROOT_VOLUME_GB = 2000
@@ -95,6 +96,10 @@ from job.config import (  # noqa: E402, F401  (re-exported)
 
 DEFAULT_POOL = POOLS[0]
 DEFAULT_INDEX_TYPE = INDEX_TYPES[0]
+# --device for the job on both engines: cuda, so that a GPU torch cannot use fails the run at once with the reason
+# (job --device cuda) instead of embedding on the CPU for hours; cpu only when asked for. Not auto, which falls back.
+DEVICES: tuple[str, ...] = ("cuda", "cpu")
+DEFAULT_DEVICE = "cuda"
 
 # --- storage and logs --------------------------------------------------------------------------------------------
 RUNS_PREFIX = "runs"
@@ -116,8 +121,11 @@ IMAGE_ASSET = "asset"  # cdk deploy builds docker/Dockerfile locally (DockerImag
 DOCKERFILE = "docker/Dockerfile"
 LOCK_FILE = "requirements.lock"  # every Python dependency, hash-pinned (make lock)
 IMAGE_LOCK_FILE = "docker/requirements.txt"  # the image's (runtime) subset of it, same pins (make lock)
-# Bootstrap stack the deploy needs (default qualifier) and the oldest version whose assets this app uses.
-BOOTSTRAP_STACK = "CDKToolkit"
+# What `cdk bootstrap` leaves (default qualifier): the SSM parameter holding the bootstrap version, which the CLI
+# itself checks before a deploy (whatever the bootstrap stack is called: --toolkit-stack-name may rename it), and the
+# oldest version whose assets this app uses.
+BOOTSTRAP_QUALIFIER = "hnb659fds"
+BOOTSTRAP_VERSION_PARAMETER = f"/cdk-bootstrap/{BOOTSTRAP_QUALIFIER}/version"
 MIN_BOOTSTRAP_VERSION = 6
 
 # --- on the instance ---------------------------------------------------------------------------------------------
@@ -138,6 +146,8 @@ NOTEBOOK = "notebooks/umap_visualize.ipynb"
 SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     ".git",
     ".venv",
+    ".venv-deploy",
+    ".cache",
     "venv",
     "node_modules",
     "cdk.out",
@@ -149,6 +159,7 @@ SOURCE_ASSET_EXCLUDES: tuple[str, ...] = (
     "package-lock.json",
     "Makefile",
     "requirements.lock",
+    "requirements-deploy.lock",
     ".gitignore",
     ".github",
     ".env",
@@ -203,6 +214,9 @@ BATCH_MISCONFIGURATION_WAIT_MINUTES = 10
 # Where the run records why Batch ended a job FAILED (cdk/batch_notes.py writes, job/status/view.py reads):
 # runs/<run-id>/_batch/shard-<I>.json and _batch/merge.json, each the job's id, status and statusReason.
 BATCH_NOTES_DIR = "_batch"
+# Where the run records its group's latest failed launch (cdk/launch_notes.py writes, job/status_view.py reads):
+# runs/<run-id>/_launch.json, {"at", "group", "message", "cause", "az"}; `job status` shows "waiting for capacity".
+LAUNCH_NOTE = "_launch.json"
 # /dev/shm for the job container (the instance engine runs it with --ipc=host): decode workers and torch use it.
 BATCH_SHM_GIB = 2
 
@@ -218,3 +232,16 @@ def instance_spec(instance_type: str) -> tuple[int, int, int]:
     family, size = instance_type.split(".", 1)
     vcpus = _SIZE_VCPUS[size]
     return vcpus, vcpus * _GIB_PER_VCPU[family], _GPUS.get(size, 1)
+
+
+def shard_vcpus(instance_types: Sequence[str]) -> int:
+    """The vCPUs one Batch shard asks for: one GPU's share of the smallest allowed type, so it fits on every type."""
+    return min(v // g for v, _, g in (instance_spec(t) for t in instance_types))
+
+
+def batch_vcpu_ceiling(instance_types: Sequence[str], shards: int) -> int:
+    """The most vCPUs N shards can hold at once: each on its own GPU of the largest per-GPU share of the types."""
+    return shards * max(v // g for v, _, g in (instance_spec(t) for t in instance_types))
+
+
+MAX_BATCH_VCPUS = MAX_SHARDS * _SIZE_VCPUS["48xlarge"]  # max_vcpus above every shard on the largest type is a typo

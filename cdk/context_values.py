@@ -1,13 +1,20 @@
 """Context value parsers: each checks one ``-c key=value`` and raises a one-line ConfigError naming the valid values.
 
-Split from ``config.py``, which composes them into the typed RunConfig and checks the keys that depend on each other.
+Choices, yes/no values, numbers and lists go through the job's own parsers (``job.values``, one grammar per value
+for the job and the stack alike; its UsageError becomes a ConfigError with the same one-line message, which names the
+key as ``context <key>``); the patterns, sources and lists of instance types and AZs are the stack's own. Split from
+``config.py``, which composes them into the typed RunConfig and checks the keys that depend on each other.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import math
+import hashlib
+import json
 import re
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
+
+from job.errors import UsageError
+from job.values import check_choice, in_range, parse_channels, parse_flag, parse_int, parse_number, split_list
 
 from . import constants as C
 
@@ -28,43 +35,57 @@ BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 SSM_PARAM_RE = re.compile(r"^/aws/service/[A-Za-z0-9._/-]+$")
 ECR_IMAGE_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-z0-9._/-]+)")
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+
+
+@contextmanager
+def as_config_error(valid: str = "") -> Iterator[None]:
+    """The job's UsageError (bad input, one line) as the stack's ConfigError, with ``valid`` (``"; valid: …"``) added
+    where the job's message does not name the valid values itself."""
+    try:
+        yield
+    except UsageError as exc:
+        raise ConfigError(f"{exc}{valid}") from None
 
 
 def parse_choice(key: str, value: Any, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    v = str(value).strip()
-    if v not in choices:
-        raise ConfigError(f"context {key}={value!r} is not valid; valid values: {', '.join(choices)}")
-    return v
+    """One of ``choices`` (``job.values.check_choice``)."""
+    with as_config_error():
+        return check_choice(f"context {key}", str(value).strip(), choices)
 
 
 def parse_bool(key: str, value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0 (``job.values.parse_flag``); JSON booleans from cdk.json as they are."""
     if isinstance(value, bool):
         return value
-    v = str(value).strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ConfigError(f"context {key}={value!r} is not a boolean; valid values: true, false")
+    with as_config_error():
+        flag = parse_flag(str(value), f"context {key}")
+    assert flag is not None  # empty values never reach the parsers (config.from_context drops them)
+    return flag
 
 
-def parse_number(key: str, value: Any, cast: Callable[[Any], float], lo: float, hi: float) -> Any:
-    try:
-        n = cast(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"context {key}={value!r} is not a number; valid values: {lo:g} to {hi:g}") from None
-    if isinstance(n, float) and not math.isfinite(n) or not lo <= n <= hi:
-        raise ConfigError(f"context {key}={value!r} is out of range; valid values: {lo:g} to {hi:g}")
-    return n
+def _in_range(key: str, value: Any, lo: float, hi: float, parse: Callable[[str, str], Any]) -> Any:
+    """``parse`` (a ``job.values`` number parser) of the value, then ``job.values.in_range``; one line either way."""
+    option = f"context {key}"
+    with as_config_error(f"; valid values: {lo:g} to {hi:g}"):
+        number = parse(str(value).strip(), option)
+    with as_config_error():
+        in_range(option, number, lo, hi)
+    return number
 
 
-def to_int(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(value)
-    return int(value)
+def parse_float(key: str, value: Any, lo: float, hi: float) -> float:
+    """A finite number in ``lo..hi`` (``job.values.parse_number``)."""
+    return float(_in_range(key, value, lo, hi, parse_number))
+
+
+def parse_whole(key: str, value: Any, lo: int, hi: int) -> int:
+    """An integer in ``lo..hi`` (``job.values.parse_int``): ``1.5`` and ``true`` are not integers."""
+    return int(_in_range(key, value, lo, hi, parse_int))
+
+
+def parse_list(value: Any) -> tuple[str, ...]:
+    """Comma-separated text, or a JSON list from cdk.json (``job.values.split_list``)."""
+    return split_list([str(v) for v in value] if isinstance(value, (list, tuple)) else str(value))
 
 
 def parse_pattern(key: str, value: Any, pattern: re.Pattern[str], example: str) -> str:
@@ -72,11 +93,6 @@ def parse_pattern(key: str, value: Any, pattern: re.Pattern[str], example: str) 
     if not pattern.match(v):
         raise ConfigError(f"context {key}={value!r} is not valid; expected something like {example}")
     return v
-
-
-def parse_list(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(s.strip() for s in items if str(s).strip())
 
 
 def parse_source(key: str, uri: str) -> str:
@@ -90,9 +106,16 @@ def parse_source(key: str, uri: str) -> str:
     )
 
 
-def default_run_id(dataset: str, now: Any = None) -> str:
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return f"{dataset}-{now:%Y%m%d-%H%M%S}"
+# The keys that change what a run computes (its vectors, index and run folder layout): a deploy that gives no run_id
+# is named by them, so the same options are the same run (a redeploy resumes or leaves it) and other options another.
+RUN_DEFINING_KEYS: tuple[str, ...] = ("dataset", "sources", "nuscenes_meta", "model", "pretrained", "pool", "resize_mode",
+                                      "index_type", "channels", "include_sweeps", "device", "engine", "shards")
+
+
+def default_run_id(dataset: str, options: dict[str, Any]) -> str:
+    """``<dataset>-<8 hex digits>``: a hash of the run-defining ``options`` (parsed values), stable across deploys."""
+    text = json.dumps({k: options.get(k) for k in RUN_DEFINING_KEYS}, sort_keys=True, default=list)
+    return f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def parse_instance_types(raw: dict[str, Any]) -> tuple[str, ...]:
@@ -114,13 +137,8 @@ def parse_image(key: str, value: Any) -> str:
 
 def parse_camera_channels(key: str, value: Any) -> tuple[str, ...]:
     """The job's own channel parser (``job.values.parse_channels``), its error as a ConfigError."""
-    from job.errors import UsageError
-    from job.values import parse_channels
-
-    try:
+    with as_config_error():
         chans = parse_channels(parse_list(value), f"context {key}")
-    except UsageError as exc:
-        raise ConfigError(str(exc)) from None
     if not chans:
         raise ConfigError(f"context {key} is empty; valid values: {', '.join(C.CAMERA_CHANNELS)}")
     return tuple(dict.fromkeys(chans))
@@ -136,7 +154,7 @@ def parse_azs(key: str, value: Any) -> tuple[str, ...]:
 
 
 def parse_log_retention(key: str, value: Any) -> int:
-    days = parse_number(key, value, to_int, 1, 3653)
+    days = parse_whole(key, value, 1, 3653)
     return int(parse_choice(key, str(days), map(str, C.LOG_RETENTION_DAYS)))
 
 
@@ -160,7 +178,9 @@ CONTEXT_KEYS: dict[str, str] = {
     "log_level": "job log level",
     "image": "build (the instance builds docker/Dockerfile; the default of engine=instance), asset (cdk deploy builds it with "
     "local Docker; the default of engine=batch), or an image URI",
-    "run_id": "name of the run prefix runs/<run_id>/ (default: <dataset>-<UTC timestamp at synth>)",
+    "run_id": "name of the run prefix runs/<run_id>/ (default: <dataset>-<hash of the run's options>: the same options "
+    "are the same run)",
+    "device": "cuda (the default: the job fails at once, with the reason, when torch sees no usable GPU) or cpu",
     "vpc_id": "use this existing VPC instead of creating one (needs subnet_id)",
     "subnet_id": "subnets of vpc_id for the instance, comma-separated (one per AZ); they must route to the internet",
     "max_azs": "number of AZs (one subnet each) the new VPC spans and the instance may launch in",
@@ -179,6 +199,8 @@ CONTEXT_KEYS: dict[str, str] = {
     "replace_running": "make preflight: allow a deploy that replaces a run the stack is still running (true/false)",
     "engine": "instance (one GPU instance, the default) or batch (AWS Batch: an array job of N shards, then the merge)",
     "shards": "with engine=batch: N, the number of shards (array children, one GPU each), 1 to 100",
+    "max_vcpus": "with engine=batch: cap on the compute environment's vCPUs (default: every shard at once; make deploy "
+    "passes what the G/VT quota leaves, from make preflight)",
 }
 
 

@@ -7,16 +7,16 @@ state machine that creates a one-time EventBridge Scheduler schedule at the even
 computes the time) in this stack's schedule group. The schedule calls ``UpdateAutoScalingGroup`` (min = max =
 desired = 0) itself, then deletes itself. Only the run's first launch arms it: a replacement instance (spot reclaim,
 failed health check) finds the schedule there (ConflictException) and leaves it, so the total stays bounded whatever
-the loop. Deleting the stack deletes the schedule group and with it a schedule still pending.
+the loop. Once armed, it deletes the group's other schedules: those of earlier runs of this stack, whose groups a
+new-run deploy deleted (left alone, each would call a group that is gone, retried for a day). Deleting the stack
+deletes the schedule group and with it a schedule still pending.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 
-from aws_cdk import Aws, RemovalPolicy
-from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
+from aws_cdk import Aws
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
@@ -25,6 +25,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from .compute import group_arn
+from .reaction import Reaction
 
 # EventBridge Scheduler's universal target: it calls the AWS API action itself (no Lambda in between).
 UPDATE_GROUP_ACTION = "aws-sdk:autoscaling:updateAutoScalingGroup"
@@ -40,10 +41,20 @@ def at_jsonata(minutes: int) -> str:
     return f"{{% 'at(' & $fromMillis($toMillis($states.input.time) + {minutes * 60_000}, '{AT_PICTURE}') & ')' %}}"
 
 
+def older_schedules_jsonata(name: str) -> str:
+    """From a ListSchedules result, the names of the group's schedules other than ``name`` (always a list)."""
+    return f"{{% [$states.result.Schedules[Name != '{name}'].Name] %}}"
+
+
 def schedule_name(run_id: str) -> str:
     """The run's schedule (Scheduler names: at most 64 of ``[0-9a-zA-Z-_.]``); one per run id in the stack's group."""
     name = f"deadline-{run_id}"
     return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+
+
+def launched_pattern(group_name: str) -> dict:
+    """The rule's event pattern: the named group launched an instance."""
+    return {"source": ["aws.autoscaling"], "detail-type": [LAUNCH_SUCCESSFUL], "detail": {"AutoScalingGroupName": [group_name]}}
 
 
 class Deadline(Construct):
@@ -107,25 +118,34 @@ class Deadline(Construct):
         )
         # A later launch of the same run (a replacement) finds the first launch's schedule: the clock is not reset.
         arm.add_catch(sfn.Succeed(self, "AlreadyArmed"), errors=["Scheduler.ConflictException"])
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
-        self.state_machine = sfn.StateMachine(
+        schedules = f"arn:{Aws.PARTITION}:scheduler:{Aws.REGION}:{Aws.ACCOUNT_ID}:schedule/{group}/*"
+        listed = tasks.CallAwsService.jsonata(
             self,
-            "StateMachine",
-            definition_body=sfn.DefinitionBody.from_chainable(arm),
-            query_language=sfn.QueryLanguage.JSONATA,
-            comment="vit-embed: the run's instance launched, arm the deadline that sets its group to 0",
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
-            tracing_enabled=True,
+            "ListDeadlines",
+            service="scheduler",
+            action="listSchedules",
+            parameters={"GroupName": group, "MaxResults": 100},
+            iam_resources=["*"],  # ListSchedules has no resource-level permissions
+            iam_action="scheduler:ListSchedules",
+            outputs={"older": older_schedules_jsonata(self.schedule_name)},
         )
-        self.rule = events.Rule(
+        delete = tasks.CallAwsService.jsonata(
             self,
-            "LaunchSuccessful",
-            description=f"vit-embed: {group_name} launched an instance, start its deadline",
-            event_pattern=events.EventPattern(
-                source=["aws.autoscaling"], detail_type=[LAUNCH_SUCCESSFUL], detail={"AutoScalingGroupName": [group_name]}
-            ),
-            targets=[targets.SfnStateMachine(self.state_machine)],
+            "DeleteOlder",
+            service="scheduler",
+            action="deleteSchedule",
+            parameters={"Name": "{% $states.input %}", "GroupName": group},
+            iam_resources=[schedules],
+            iam_action="scheduler:DeleteSchedule",
         )
+        delete.add_catch(sfn.Succeed(self, "AlreadyGone"), errors=["Scheduler.ResourceNotFoundException"])
+        older = sfn.Map.jsonata(self, "RemoveOlderDeadlines", items=sfn.ProvideItems.jsonata("{% $states.input.older %}"))
+        older.item_processor(delete)
+        self.reaction = Reaction(self, "LaunchSuccessful", definition=arm.next(listed).next(older),
+                                 comment="vit-embed: the run's instance launched, arm the deadline that sets its group to 0",
+                                 event_pattern=launched_pattern(group_name), log_retention=log_retention,
+                                 rule_description=f"vit-embed: {group_name} launched an instance, start its deadline")
+        self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule
 
     def show_command(self, region: str) -> str:
         """The CLI call that prints when the armed deadline fires (nothing is armed before the first launch)."""

@@ -10,20 +10,17 @@ group tries another AZ itself. The switch is one way: the rest of the run stays 
 """
 from __future__ import annotations
 
-from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import Aws
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from . import constants as C
 from .compute import group_arn
-
-LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
+from .launch_notes import LAUNCH_UNSUCCESSFUL
+from .reaction import Reaction
 
 
 def capacity_pattern(group_name: str) -> dict:
@@ -54,7 +51,7 @@ class SpotFallback(Construct):
         super().__init__(scope, construct_id)
         template_arn = (f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:launch-template/"
                         f"{launch_template.launch_template_id}")
-        switch = tasks.CallAwsService(
+        switch = tasks.CallAwsService.jsonata(
             self,
             "SwitchToOnDemand",
             service="autoscaling",
@@ -96,22 +93,7 @@ class SpotFallback(Construct):
                 ),
             ],
         )
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
-        self.state_machine = sfn.StateMachine(
-            self,
-            "StateMachine",
-            definition_body=sfn.DefinitionBody.from_chainable(switch),
-            comment="vit-embed: spot could not launch (no capacity or quota), switch the run's group to on-demand",
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
-            tracing_enabled=True,
-        )
-        pattern = capacity_pattern(group_name)
-        self.rule = events.Rule(
-            self,
-            "LaunchUnsuccessful",
-            description=f"vit-embed: {group_name} could not launch spot capacity",
-            event_pattern=events.EventPattern(
-                source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
-            ),
-            targets=[targets.SfnStateMachine(self.state_machine)],
-        )
+        self.reaction = Reaction(self, "LaunchUnsuccessful", definition=switch, event_pattern=capacity_pattern(group_name),
+                                 comment="vit-embed: spot could not launch (no capacity or quota), switch the run's group to on-demand",
+                                 rule_description=f"vit-embed: {group_name} could not launch spot capacity", log_retention=log_retention)
+        self.state_machine, self.rule = self.reaction.state_machine, self.reaction.rule

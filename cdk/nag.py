@@ -5,6 +5,7 @@ from aws_cdk import Acknowledgment, CfnElement, Token, Validations
 
 from . import constants as C
 from .batch_stack import BatchRunStack
+from .checkov import SDK_CALL_FUNCTION
 from .stack import EmbeddingRunStack
 
 _GROUP_ARN = "Resource::arn:<AWS::Partition>:autoscaling:<AWS::Region>:<AWS::AccountId>:autoScalingGroup:*:autoScalingGroupName/{name}"
@@ -77,7 +78,32 @@ def acknowledge_findings(stack: EmbeddingRunStack) -> None:
             "are scoped to the one repository the job image lives in.",
         )
     _ack(stack.deadline.role.node.find_child("DefaultPolicy"), group_rule, group_reason)
-    _ack(stack.deadline.state_machine.role.node.find_child("DefaultPolicy"), "AwsSolutions-IAM5[Resource::*]", _SFN_GRANTS)
+    deadline_policy = stack.deadline.state_machine.role.node.find_child("DefaultPolicy")
+    _ack(deadline_policy, "AwsSolutions-IAM5[Resource::*]", _SFN_GRANTS + " Likewise scheduler:ListSchedules, "
+         "which lists the stack's own schedule group only (its GroupName argument) to find the older runs' deadlines.")
+    schedule_group = stack.get_logical_id(stack.deadline.schedule_group)
+    _ack(
+        deadline_policy,
+        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:scheduler:<AWS::Region>:<AWS::AccountId>:schedule/<{schedule_group}>/*]",
+        "scheduler:DeleteSchedule within this stack's own schedule group: once the run's deadline is armed, the "
+        "deadlines of the stack's earlier runs (named after run ids not known at deploy time) are removed.",
+    )
+    _ack(stack.launch_notes.state_machine.role.node.find_child("DefaultPolicy"), "AwsSolutions-IAM5[Resource::*]", _SFN_GRANTS)
+    _ack(stack.job.start.node.find_child("CustomResourcePolicy"), group_rule,
+         group_reason.replace("the action is only UpdateAutoScalingGroup", "the action is only SetDesiredCapacity"))
+    _ack(
+        stack.job.root_device.node.find_child("CustomResourcePolicy"),
+        "AwsSolutions-IAM5[Resource::*]",
+        "ec2:DescribeImages has no resource-level permissions; it is read-only, and the deploy calls it once for the one "
+        "AMI the ami_ssm_parameter resolves to, to read that AMI's root device name for the launch template.",
+    )
+    _ack(
+        stack.node.find_child(SDK_CALL_FUNCTION).node.find_child("ServiceRole"),
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+        "CDK's AwsCustomResource provider (one Lambda for the stack's deploy-time SDK calls: raise the new group to "
+        "one instance, read the AMI's root device): AWS's basic execution policy lets it write its own logs, nothing "
+        "more; the calls themselves have their own scoped policies.",
+    )
     _ack(
         stack.job.group,
         "AwsSolutions-EC26",

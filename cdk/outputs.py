@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput
+from aws_cdk import aws_batch as batch
 
 from . import constants as C
+from .compute import JobGroup
 from .config import RunConfig
-
-if TYPE_CHECKING:  # the stacks import this module
-    from .batch_stack import BatchRunStack
-    from .stack import EmbeddingRunStack
+from .deadline import Deadline
+from .run_stack import RunStackBase
+from .submission import Submission
 
 
 def redeploy_command(cfg: RunConfig, bucket: str) -> str:
@@ -21,50 +21,62 @@ def redeploy_command(cfg: RunConfig, bucket: str) -> str:
     return f"npx cdk deploy -c run_id={cfg.run_id} -c artifacts_bucket={bucket}" + (f" {options}" if options else "")
 
 
-def _shared(stack: Stack, cfg: RunConfig, bucket: str, run_uri: str, access_logs: str | None) -> None:
-    CfnOutput(stack, "ArtifactsBucket", value=bucket, description="bucket holding runs/<run-id>/ (kept by cdk destroy)")
+def _shared(stack: RunStackBase) -> None:
+    """What both engines print: the bucket(s), whether cdk destroy keeps them, the run, how to bring it back."""
+    cfg = stack.config
+    bucket = stack.storage.artifacts.bucket_name
+    access_logs = stack.storage.access_logs.bucket_name if stack.storage.access_logs is not None else None
+    artifacts_kept = cfg.retain_artifacts or stack.storage.imported  # an existing bucket is never this stack's to delete
+    on_destroy = "kept by cdk destroy" if artifacts_kept else "deleted by cdk destroy (retain_artifacts=false)"
+    CfnOutput(stack, "ArtifactsBucket", value=bucket, description=f"bucket holding runs/<run-id>/ ({on_destroy})")
+    kept = ["ArtifactsBucket"] if artifacts_kept else []
     if access_logs is not None:
         CfnOutput(stack, "AccessLogBucket", value=access_logs,
                   description="server access logs of the artifacts bucket (kept by cdk destroy)")
-    CfnOutput(stack, "RunPrefix", value=run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
-    CfnOutput(
-        stack, "RedeployCommand", value=redeploy_command(cfg, bucket),
-        description="after cdk destroy, this one command brings the run back: a new stack on the kept bucket resumes it",
-    )
-    CfnOutput(stack, "NotebookCommand", value=f"RUN_URI={run_uri} jupyter lab {C.NOTEBOOK}",
+        kept.append("AccessLogBucket")
+    # What `make destroy` (cdk/teardown.py) says it keeps: the outputs naming the buckets a destroy leaves behind.
+    CfnOutput(stack, "KeptByDestroy", value=",".join(kept) or "-",
+              description="the outputs naming the buckets cdk destroy keeps (with their policies)")
+    CfnOutput(stack, "RunPrefix", value=stack.run_uri, description="this run's artifacts (same layout as a local OUTDIR)")
+    if artifacts_kept:
+        CfnOutput(
+            stack, "RedeployCommand", value=redeploy_command(cfg, bucket),
+            description="after cdk destroy, this one command brings the run back: a new stack on the kept bucket resumes it",
+        )
+    CfnOutput(stack, "NotebookCommand", value=f"RUN_URI={stack.run_uri} jupyter lab {C.NOTEBOOK}",
               description="open the UMAP notebook against this run")
 
 
-def instance_outputs(stack: EmbeddingRunStack, cfg: RunConfig) -> None:
+def instance_outputs(stack: RunStackBase, *, group: JobGroup, deadline: Deadline) -> None:
     """engine=instance: the group, its instance, the deadline, the logs, and how to resume."""
-    bucket = stack.storage.artifacts.bucket_name
-    access_logs = stack.storage.access_logs.bucket_name if stack.storage.access_logs is not None else None
-    run_uri = f"s3://{bucket}/{cfg.run_prefix}"
-    group = stack.log_group.log_group_name
+    cfg = stack.config
+    run_uri = stack.run_uri
+    logs = stack.log_group.log_group_name
     region = cfg.region
     find_instance = (
         f"aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names {cfg.group_name} --region {region} "
         "--query 'AutoScalingGroups[0].Instances[].[InstanceId,InstanceType,AvailabilityZone,LifecycleState]' --output text"
     )
-    _shared(stack, cfg, bucket, run_uri, access_logs)
-    CfnOutput(stack, "LogGroup", value=group,
+    _shared(stack)
+    CfnOutput(stack, "LogGroup", value=logs,
               description="CloudWatch Logs group: streams <run-id>/<instance-id>/bootstrap (the instance script) and /job")
-    CfnOutput(stack, "AutoScalingGroup", value=stack.job.group.auto_scaling_group_name,
+    CfnOutput(stack, "AutoScalingGroup", value=group.group.auto_scaling_group_name,
               description="the run's group of at most one instance (AWS picks the AZ and type; 0 when the run is over)")
     CfnOutput(
-        stack, "DeadlineCommand", value=stack.deadline.show_command(region),
+        stack, "DeadlineCommand", value=deadline.show_command(region),
         description=f"when the schedule outside the instance sets the group to 0: armed at the first launch, "
                     f"max_run_hours + {C.DEADLINE_MARGIN_MINUTES} min later (UTC)",
     )
     CfnOutput(stack, "InstanceCommand", value=find_instance, description="the instance the group launched: id, type, AZ, state")
     CfnOutput(stack, "StatusCommand", value=f"AWS_REGION={region} python -m job status {run_uri} --watch",
-              description="phase, images done/total, images/s, ETA; at the end succeeded / failed / interrupted and why")
+              description="phase, images done/total, images/s, ETA; waiting for capacity (AWS's reason); at the end "
+                          "succeeded / failed / interrupted and why")
     CfnOutput(stack, "FollowLogsCommand",
-              value=f"aws logs tail {group} --log-stream-name-prefix {cfg.run_id}/ --follow --region {region}",
+              value=f"aws logs tail {logs} --log-stream-name-prefix {cfg.run_id}/ --follow --region {region}",
               description="follow the instance script's log (within minutes of boot) and the job's")
     CfnOutput(
         stack, "ResumeCommand",
-        value=f"{stack.deadline.disarm_command(region)} 2>/dev/null; aws autoscaling update-auto-scaling-group "
+        value=f"{deadline.disarm_command(region)} 2>/dev/null; aws autoscaling update-auto-scaling-group "
               f"--auto-scaling-group-name {cfg.group_name} --min-size 0 --max-size 1 --desired-capacity 1 --region {region}",
         description="start a new instance for this run (its launch arms a fresh deadline): it resumes from the run prefix",
     )
@@ -75,16 +87,15 @@ def instance_outputs(stack: EmbeddingRunStack, cfg: RunConfig) -> None:
     )
 
 
-def batch_outputs(stack: BatchRunStack, cfg: RunConfig) -> None:
+def batch_outputs(stack: RunStackBase, *, queue: batch.IJobQueue, submission: Submission) -> None:
     """engine=batch: the queue, the jobs, the logs."""
-    bucket = stack.storage.artifacts.bucket_name
-    access_logs = stack.storage.access_logs.bucket_name if stack.storage.access_logs is not None else None
+    cfg = stack.config
     region = cfg.region
-    group = stack.log_group.log_group_name
-    shards_id, merge_id = stack.submission.shards_job_id, stack.submission.merge_job_id
-    _shared(stack, cfg, bucket, stack.run_uri, access_logs)
-    CfnOutput(stack, "LogGroup", value=group, description="CloudWatch Logs group with the containers' logs")
-    CfnOutput(stack, "JobQueue", value=stack.compute.queue.job_queue_name, description="the run's AWS Batch job queue")
+    logs = stack.log_group.log_group_name
+    shards_id, merge_id = submission.shards_job_id, submission.merge_job_id
+    _shared(stack)
+    CfnOutput(stack, "LogGroup", value=logs, description="CloudWatch Logs group with the containers' logs")
+    CfnOutput(stack, "JobQueue", value=queue.job_queue_name, description="the run's AWS Batch job queue")
     CfnOutput(stack, "ShardsJobId", value=shards_id, description=f"the array job of {cfg.shards} shard(s)")
     CfnOutput(stack, "MergeJobId", value=merge_id, description="the merge job (starts once every shard succeeded)")
     CfnOutput(stack, "StatusCommand", value=f"python -m job status {stack.run_uri} --watch",
@@ -96,5 +107,5 @@ def batch_outputs(stack: BatchRunStack, cfg: RunConfig) -> None:
         description="what Batch says: job states, array children per state, why a job failed",
     )
     CfnOutput(stack, "FollowLogsCommand",
-              value=f"aws logs tail {group} --follow --log-stream-name-prefix {cfg.run_id}/ --region {region}",
+              value=f"aws logs tail {logs} --follow --log-stream-name-prefix {cfg.run_id}/ --region {region}",
               description="follow the containers' logs (one stream per attempt of each child and of the merge)")

@@ -4,10 +4,13 @@
 
 One line per check (OK / WARN / FAIL), exit status 1 when any check fails. Uses your AWS credentials (the same
 profile/region the CDK CLI would use) and only read calls: STS GetCallerIdentity, EC2 DescribeAvailabilityZones /
-DescribeInstanceTypeOfferings / DescribeInstanceTypes, Service Quotas GetServiceQuota, SSM GetParameter, EC2
-DescribeImages, CloudFormation DescribeStacks, Auto Scaling DescribeAutoScalingGroups, Batch ListJobs, S3
-GetBucketLocation / ListObjectsV2. The configuration is the app's own (cdk.json + ``-c``), validated the
-same way as at synth.
+DescribeSubnets / DescribeInstanceTypeOfferings / DescribeInstanceTypes / DescribeInstances, Service Quotas
+GetServiceQuota, SSM GetParameter, EC2 DescribeImages, CloudFormation DescribeStacks, Auto Scaling
+DescribeAutoScalingGroups, Batch ListJobs, S3 GetBucketLocation / ListObjectsV2 / HeadObject. The configuration is the
+app's own (cdk.json + ``-c``), validated the same way as at synth.
+
+``--context-out FILE`` writes the ``-c key=value`` options the deploy should add from what the account says (today:
+``max_vcpus``, the G/VT vCPUs the quota leaves, for engine=batch); ``make deploy`` passes them to ``cdk deploy``.
 """
 from __future__ import annotations
 
@@ -20,9 +23,19 @@ from typing import Any, Callable, Sequence
 from . import constants as C
 from .config import ConfigError, RunConfig, cdk_json_context, from_context
 from .preflight_base import FAIL, OK, WARN, Check, error_code, error_text
-from .preflight_state import artifacts_bucket, running_run
+from .preflight_state import artifacts_bucket, running_run, stack_group_prefix, vcpus_in_use
 
-__all__ = ["FAIL", "OK", "WARN", "Check", "Preflight", "main"]
+__all__ = ["FAIL", "OK", "WARN", "Check", "Preflight", "getazs", "main"]
+
+
+def getazs(zones: list[dict[str, Any]], subnets: list[dict[str, Any]]) -> list[str]:
+    """The AZs ``Fn::GetAZs`` gives the stack, by CloudFormation's rule: the region's available AZs (zone type
+    availability-zone) in alphabetical order, only those with a default subnet unless none has one. The stack takes
+    the first ``max_azs`` (``RunStackBase.availability_zones``); so does this check."""
+    azs = sorted(z["ZoneName"] for z in zones
+                 if z.get("State", "available") == "available" and z.get("ZoneType", "availability-zone") == "availability-zone")
+    with_default = {s["AvailabilityZone"] for s in subnets if s.get("DefaultForAz")}
+    return [az for az in azs if az in with_default] if with_default & set(azs) else azs
 
 class Preflight:
     """The checks, each a method returning one :class:`Check`; ``client`` makes boto3 clients (stubbed in tests)."""
@@ -32,6 +45,7 @@ class Preflight:
         self.client = client
         self.account: str | None = None
         self.stack_azs: list[str] = []
+        self.context_out: dict[str, str] = {}  # -c options the deploy should add (main's --context-out)
 
     # -- identity and region ------------------------------------------------------------------------------------------
     def credentials(self) -> Check:
@@ -55,7 +69,8 @@ class Preflight:
         ec2 = self.client("ec2")
         try:
             zones = ec2.describe_availability_zones(Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}])
-            region_azs = sorted(z["ZoneName"] for z in zones["AvailabilityZones"] if z.get("State", "available") == "available")
+            defaults = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+            region_azs = getazs(zones["AvailabilityZones"], defaults)
             pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
                 LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": list(cfg.instance_types)}]
             )
@@ -65,7 +80,7 @@ class Preflight:
                     offered.setdefault(o["InstanceType"], set()).add(o["Location"])
         except Exception as exc:
             return Check(FAIL, "instance types", f"could not list offerings in {cfg.region}: {error_text(exc)}")
-        # The stack's subnets: the pinned AZ, or the first max_azs of Fn::GetAZs (available AZs in name order).
+        # The stack's subnets: the pinned AZ, or the first max_azs of Fn::GetAZs (getazs: CloudFormation's rule).
         self.stack_azs = list(cfg.availability_zones) if cfg.availability_zones else region_azs[: cfg.max_azs]
         where = "; ".join(f"{t}: {', '.join(sorted(azs)) or 'nowhere'}" for t, azs in offered.items() if t in cfg.instance_types)
         usable = {t: azs & set(self.stack_azs) for t, azs in offered.items() if t in cfg.instance_types}
@@ -100,27 +115,45 @@ class Preflight:
         return float(sq.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
 
     def quota(self) -> Check:
+        """The G/VT vCPU quota of the market(s) the run may use, less what running G/VT instances already hold (the
+        stack's own group's instance aside: this deploy reuses or replaces it)."""
         cfg = self.cfg
         markets = [cfg.market] + (["on-demand"] if cfg.market == "spot" and cfg.spot_fallback == "on-demand" else [])
         try:
             vcpus = self._vcpus()
             quotas = {m: self._quota(m) for m in markets}
+            used = vcpus_in_use(self.client, stack_group_prefix(cfg))
         except Exception as exc:
             return Check(FAIL, "GPU quota", f"could not read the G and VT vCPU quota: {error_text(exc)}")
+        free = {m: q - used.get(m, 0) for m, q in quotas.items()}
         need_min, need_max = min(vcpus.values()), max(vcpus.values())
-        have = ", ".join(f"{m} {q:g} vCPUs ({C.GPU_QUOTA_CODES[m]})" for m, q in quotas.items())
+        have = ", ".join(f"{m} {q:g} vCPUs ({C.GPU_QUOTA_CODES[m]})" + (f", {used[m]:g} in use" if used.get(m) else "")
+                         for m, q in quotas.items())
         sizes = ", ".join(f"{t} {vcpus[t]}" for t in cfg.instance_types if t in vcpus)
-        if all(q < need_min for q in quotas.values()):
-            return Check(FAIL, "GPU quota", f"{have} < {need_min} needed ({sizes}); request an increase in Service Quotas > EC2")
-        if quotas[cfg.market] < need_min:
+        if all(f < need_min for f in free.values()):
+            return Check(FAIL, "GPU quota", f"{have} < {need_min} needed ({sizes}); request an increase in Service "
+                                            "Quotas > EC2, or stop the G/VT instances that hold it")
+        if free[cfg.market] < need_min:
             return Check(WARN, "GPU quota", f"{have}: spot cannot launch, the run will fall back to on-demand ({sizes})")
-        shards = cfg.shards if cfg.batch and cfg.shards else 1
-        if quotas[cfg.market] < need_min * shards:  # engine=batch: N machines at once
-            at_once = int(quotas[cfg.market] // need_min)
-            return Check(WARN, "GPU quota", f"{have}: {at_once} of {shards} shards at once ({sizes}); Batch queues the rest")
-        if any(q < need_max for q in quotas.values()):
+        if cfg.batch:
+            return self._batch_quota(free[cfg.market], have, sizes)
+        if any(f < need_max for f in free.values()):
             return Check(WARN, "GPU quota", f"{have}: enough for {need_min} but not for every fallback type ({sizes})")
         return Check(OK, "GPU quota", f"{have} covers {sizes}")
+
+    def _batch_quota(self, free: float, have: str, sizes: str) -> Check:
+        """engine=batch: N machines at once; the compute environment is capped at what the quota leaves."""
+        cfg = self.cfg
+        assert cfg.shards is not None
+        share, cap = C.shard_vcpus(cfg.instance_types), int(free)
+        capped = ""
+        if cfg.max_vcpus is None and cap < C.batch_vcpu_ceiling(cfg.instance_types, cfg.shards):
+            self.context_out["max_vcpus"] = str(cap)  # make deploy passes it: Batch never asks EC2 beyond the quota
+            capped = f"; the compute environment capped at -c max_vcpus={cap}"
+        if free < share * cfg.shards:
+            return Check(WARN, "GPU quota", f"{have}: {int(free // share)} of {cfg.shards} shards at once ({sizes}); "
+                                            f"Batch queues the rest{capped}")
+        return Check(OK, "GPU quota", f"{have} covers {cfg.shards} shard(s) at once ({sizes}){capped}")
 
     # -- the AMI and the bootstrap stack ------------------------------------------------------------------------------
     def ami(self) -> Check:
@@ -138,25 +171,23 @@ class Preflight:
         arch = images[0].get("Architecture", "x86_64")
         if arch != "x86_64":
             return Check(FAIL, "AMI", f"{param} -> {image_id} is {arch}; the g5/g6/g6e types are x86_64")
-        return Check(OK, "AMI", f"{param} -> {image_id} ({images[0].get('Name', 'unnamed')})")
+        # The deploy reads the root device name itself (cdk/compute.py) and sizes that volume; shown for the record.
+        return Check(OK, "AMI", f"{param} -> {image_id} ({images[0].get('Name', 'unnamed')}, root device "
+                                f"{images[0].get('RootDeviceName', '?')})")
 
     def bootstrap(self) -> Check:
+        """The bootstrap version, read where the CDK CLI reads it: the SSM parameter ``cdk bootstrap`` writes (the
+        stack holding it may have any name)."""
+        name, where = C.BOOTSTRAP_VERSION_PARAMETER, f"aws://{self.account or '<ACCOUNT>'}/{self.cfg.region}"
         try:
-            stacks = self.client("cloudformation").describe_stacks(StackName=C.BOOTSTRAP_STACK)["Stacks"]
+            version = int(self.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
         except Exception as exc:
-            where = f"aws://{self.account or '<ACCOUNT>'}/{self.cfg.region}"
-            if "does not exist" in error_text(exc):
-                return Check(FAIL, "bootstrap", f"no {C.BOOTSTRAP_STACK} stack in {self.cfg.region}: run npx cdk bootstrap {where}")
-            return Check(FAIL, "bootstrap", f"could not read the {C.BOOTSTRAP_STACK} stack: {error_text(exc)}")
-        stack = stacks[0]
-        status = stack["StackStatus"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        version = int(outputs.get("BootstrapVersion", "0") or 0)
-        if not status.endswith("_COMPLETE") or "ROLLBACK" in status or "DELETE" in status:
-            return Check(FAIL, "bootstrap", f"{C.BOOTSTRAP_STACK} is {status}; fix or re-run npx cdk bootstrap")
+            if error_code(exc) == "ParameterNotFound":
+                return Check(FAIL, "bootstrap", f"{self.cfg.region} is not bootstrapped ({name} not found): run npx cdk bootstrap {where}")
+            return Check(FAIL, "bootstrap", f"could not read {name}: {error_text(exc)}")
         if version < C.MIN_BOOTSTRAP_VERSION:
-            return Check(FAIL, "bootstrap", f"{C.BOOTSTRAP_STACK} version {version} < {C.MIN_BOOTSTRAP_VERSION}: re-run npx cdk bootstrap")
-        return Check(OK, "bootstrap", f"{C.BOOTSTRAP_STACK} version {version} ({status})")
+            return Check(FAIL, "bootstrap", f"bootstrap version {version} < {C.MIN_BOOTSTRAP_VERSION} ({name}): re-run npx cdk bootstrap {where}")
+        return Check(OK, "bootstrap", f"version {version} ({name})")
 
     def docker(self) -> Check | None:
         """Only for image=asset: the CDK CLI builds the image where `cdk deploy` runs."""
@@ -193,11 +224,15 @@ def parse_context(pairs: Sequence[str]) -> dict[str, str]:
     return ctx
 
 
-def config_from_cli(prog: str, description: str, argv: Sequence[str] | None) -> RunConfig:
-    """The RunConfig a ``python -m cdk.…`` command is given with ``-c key=value`` (as for cdk); ConfigError if bad."""
+def cli_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options of a ``python -m cdk.…`` command: ``-c key=value`` (as for cdk)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="context, as for cdk")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_from_cli(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the parsed ``-c key=value`` options give (cdk.json's context under them); ConfigError if bad."""
     return from_context({**cdk_json_context(), **parse_context(args.context)}.get)
 
 
@@ -209,17 +244,26 @@ def boto3_clients(region: str) -> Callable[[str], Any]:
 
 
 def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None = None) -> int:
+    parser = cli_parser("python -m cdk.preflight", __doc__.split("\n\n")[0])
+    parser.add_argument("--context-out", metavar="FILE", help="write the -c options the deploy should add (make deploy)")
+    args = parser.parse_args(argv)
     try:
-        cfg = config_from_cli("python -m cdk.preflight", __doc__.split("\n\n")[0], argv)
+        cfg = config_from_cli(args)
     except ConfigError as exc:
         print(f"cdk context error: {exc}", file=sys.stderr)
         return 2
     print(f"preflight: {cfg.stack_name} in {cfg.region}, {cfg.market} {', '.join(cfg.instance_types)}")
-    results = Preflight(cfg, client or boto3_clients(cfg.region)).run()
+    check = Preflight(cfg, client or boto3_clients(cfg.region))
+    results = check.run()
     for r in results:
         print(r.line())
     failed = [r for r in results if r.status == FAIL]
     print(f"{len(failed)} failed, {sum(r.status == WARN for r in results)} warnings")
+    if args.context_out:
+        with open(args.context_out, "w", encoding="utf-8") as f:
+            f.write("".join(f"-c {k}={v}\n" for k, v in check.context_out.items()))
+        for k, v in check.context_out.items():
+            print(f"the deploy adds -c {k}={v}")
     return 1 if failed else 0
 
 

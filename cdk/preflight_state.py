@@ -1,5 +1,6 @@
 """Preflight checks of what the account holds now: a run the stack is still running (a deploy of another run id
-would stop it), and the existing bucket ``artifacts_bucket`` names (a run resumed after ``cdk destroy``)."""
+would stop it), a run that is already complete, the existing bucket ``artifacts_bucket`` names (a run resumed after
+``cdk destroy``), and the G/VT vCPUs that running instances hold against the quota."""
 from __future__ import annotations
 
 import re
@@ -11,6 +12,54 @@ from .preflight_base import FAIL, OK, WARN, Check, error_text
 RUNNING = "running run"
 UNFINISHED_JOBS = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 _RUN_IN_PREFIX = re.compile(r"/runs/([^/]+)/$")
+# The G and VT instance families (one vCPU quota per market): g4dn, g5, g5g, g6, g6e, gr6, vt1, ...
+_GVT_TYPE = re.compile(r"^(g|gr|vt)\d")
+
+
+def stack_group_prefix(cfg: RunConfig) -> str:
+    """What the stack's groups are called (``<stack>-<run id>``, RunConfig.group_name), whatever the run."""
+    return f"{cfg.stack_name}-"
+
+
+def vcpus_in_use(client: Callable[[str], Any], own_groups: str) -> dict[str, float]:
+    """vCPUs that pending or running G/VT instances hold, per market (``on-demand``, ``spot``), those launched by this
+    stack's own groups (names starting with ``own_groups``) aside: a deploy reuses or replaces them."""
+    ec2 = client("ec2")
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    held: list[tuple[str, str, int | None]] = []
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for i in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+                if not _GVT_TYPE.match(i["InstanceType"]) or tags.get("aws:autoscaling:groupName", "").startswith(own_groups):
+                    continue
+                cpu = i.get("CpuOptions") or {}
+                count = cpu["CoreCount"] * cpu["ThreadsPerCore"] if cpu.get("CoreCount") and cpu.get("ThreadsPerCore") else None
+                held.append((i["InstanceType"], "spot" if i.get("InstanceLifecycle") == "spot" else "on-demand", count))
+    missing = sorted({t for t, _, n in held if n is None})
+    defaults = {}
+    if missing:
+        types = ec2.describe_instance_types(InstanceTypes=missing)["InstanceTypes"]
+        defaults = {t["InstanceType"]: int(t["VCpuInfo"]["DefaultVCpus"]) for t in types}
+    used: dict[str, float] = {}
+    for itype, market, count in held:
+        used[market] = used.get(market, 0) + (count if count is not None else defaults.get(itype, 0))
+    return used
+
+
+def _complete(outputs: dict[str, str], cfg: RunConfig, client: Callable[[str], Any]) -> bool:
+    """Whether the deployed run's prefix holds its manifest (the run is complete)."""
+    bucket = outputs.get("ArtifactsBucket")
+    if not bucket:
+        return False
+    try:
+        client("s3").head_object(Bucket=bucket, Key=f"{cfg.run_prefix}manifest.json")
+    except Exception as exc:
+        if "404" in error_text(exc) or "Not Found" in error_text(exc) or "NoSuchKey" in error_text(exc):
+            return False
+        raise
+    return True
 
 
 def _stack_outputs(cfg: RunConfig, client: Callable[[str], Any]) -> dict[str, str] | None:
@@ -57,6 +106,9 @@ def running_run(cfg: RunConfig, client: Callable[[str], Any]) -> Check:
             return Check(WARN, RUNNING, f"stack {cfg.stack_name} has no RunPrefix output: cannot tell which run it holds")
         deployed = match.group(1)
         if deployed == cfg.run_id:
+            if _complete(outputs, cfg, client):
+                return Check(WARN, RUNNING, f"run {deployed} is complete ({outputs['RunPrefix']}manifest.json): this deploy "
+                                            "starts nothing; for a new run pass -c run_id=<new id>")
             return Check(OK, RUNNING, f"stack {cfg.stack_name} holds run {deployed}: this deploy updates the same run")
         busy = _busy(outputs, client)
     except Exception as exc:

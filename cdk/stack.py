@@ -1,10 +1,9 @@
-"""Stack: composes network, storage, the job image, the job's Auto Scaling group, its deadline and (for spot) its
-on-demand fallback, does the grants, warns about cross-region reads, and prints how to follow the run."""
+"""Stack (``engine=instance``): the shared parts (``run_stack.py``), then the job's Auto Scaling group, its deadline,
+its launch notes and (for spot) its on-demand fallback; the grants, and how to follow the run."""
 from __future__ import annotations
 
-from aws_cdk import Annotations, Aws, Fn, RemovalPolicy, Stack, Tags
+from aws_cdk import Aws
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from . import constants as C
@@ -12,73 +11,17 @@ from .compute import JobGroup
 from .config import RunConfig
 from .deadline import Deadline
 from .fallback import SpotFallback
-from .image import JobImage
-from .network import Network
+from .launch_notes import LaunchNotes
 from .outputs import instance_outputs
-from .storage import Storage
-
-CROSS_REGION_WARNING = "vit-embed:cross-region"
-NEW_RUN_WARNING = "vit-embed:new-run"
+from .run_stack import RunStackBase
 
 
-def new_run_message(cfg: RunConfig) -> str:
-    """The synth warning when run_id was not given: this deploy is a new run, which replaces a running one."""
-    return (
-        f"run_id not set: this deploy starts a new run ({cfg.run_id}). If the stack {cfg.stack_name} is still running "
-        "an earlier run, the deploy replaces it (its instance or Batch jobs are stopped; what S3 holds stays). "
-        "Check first with make preflight (it refuses unless -c replace_running=true); resume a run with -c run_id=<its id>."
-    )
-
-
-
-def add_shared(scope: Construct, cfg: RunConfig) -> tuple[Network, Storage, logs.LogGroup, JobImage]:
-    """What both engines' stacks hold: the network, the artifacts bucket, the job log group and the job image."""
-    network = Network(scope, "Network", vpc_id=cfg.vpc_id, subnet_ids=cfg.subnet_ids,
-                      availability_zones=cfg.availability_zones, max_azs=cfg.max_azs, nat_gateway=cfg.nat_gateway)
-    storage = Storage(scope, "Storage", retain=cfg.retain_artifacts,
-                      artifact_retention_days=cfg.artifact_retention_days, existing=cfg.artifacts_bucket)
-    log_group = logs.LogGroup(scope, "JobLogs", log_group_name=f"{C.LOG_GROUP_PREFIX}/{cfg.stack_name}",
-                              retention=retention_days(cfg.log_retention_days), removal_policy=RemovalPolicy.DESTROY)
-    image = JobImage(scope, "Image", image=cfg.image, ecr_repository=cfg.ecr_repository)
-    return network, storage, log_group, image
-
-
-def retention_days(days: int) -> logs.RetentionDays:
-    """``RetentionDays`` member for a day count config already validated against LOG_RETENTION_DAYS."""
-    names = [m for m in logs.RetentionDays if m is not logs.RetentionDays.INFINITE]
-    return dict(zip(C.LOG_RETENTION_DAYS, names))[days]
-
-
-def cross_region_message(cfg: RunConfig) -> str:
-    """The synth warning for a stack outside the nuScenes bucket's region (one line, with the volume read)."""
-    volume = f"~{C.DATASET_READ_GB[cfg.dataset]:g} GB" if not cfg.sources else "the configured sources"
-    nat = (
-        f"; through the NAT gateway that is ~${C.DATASET_READ_GB[cfg.dataset] * C.NAT_USD_PER_GB:.1f} of NAT processing"
-        if cfg.nat_gateway and not cfg.sources
-        else ""
-    )
-    return (
-        f"region {cfg.region} is not the nuScenes bucket's region ({C.NUSCENES_REGION}): the run streams {volume} "
-        f"across regions (no S3 gateway endpoint applies, slower than in-region){nat}. "
-        f"Deploy with -c region={C.NUSCENES_REGION} to read in-region."
-    )
-
-
-class EmbeddingRunStack(Stack):
+class EmbeddingRunStack(RunStackBase):
     """One run of ``python -m job run`` on one GPU instance; artifacts land in ``s3://<bucket>/runs/<run-id>/``."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: RunConfig, **kwargs) -> None:
-        self.config = config  # read by availability_zones, which the VPC calls during construction
-        super().__init__(scope, construct_id, **kwargs)
+        super().__init__(scope, construct_id, config=config, **kwargs)
         cfg = config
-        Tags.of(self).add("project", C.PROJECT_TAG)
-        Tags.of(self).add("run-id", cfg.run_id)
-        if cfg.cross_region:
-            Annotations.of(self).add_warning_v2(CROSS_REGION_WARNING, cross_region_message(cfg))
-        if not cfg.run_id_pinned:
-            Annotations.of(self).add_warning_v2(NEW_RUN_WARNING, new_run_message(cfg))
-
-        self.network, self.storage, self.log_group, self.image = add_shared(self, cfg)
         bucket = self.storage.artifacts
 
         run_env = {
@@ -100,51 +43,27 @@ class EmbeddingRunStack(Stack):
             # Tag weights stored once per account and read by every later run (job --weights-cache).
             "WEIGHTS_CACHE": f"s3://{bucket.bucket_name}/{C.WEIGHTS_CACHE_PREFIX}",
         }
-        self.job = JobGroup(
-            self,
-            "Job",
-            vpc=self.network.vpc,
-            subnets=self.network.subnets,
-            security_group=self.network.security_group,
-            group_name=cfg.group_name,
-            instance_types=cfg.instance_types,
-            market=cfg.market,
-            root_volume_gb=cfg.root_volume_gb,
-            ami_ssm_parameter=cfg.ami_ssm_parameter,
-            run_env=run_env,
-            job_args=cfg.job_args(),
-            max_run_minutes=cfg.max_run_minutes,
-            source_asset=self.image.source_asset,
-            region=cfg.region,
-        )
+        self.job = JobGroup(self, "Job", config=cfg, network=self.network, run_env=run_env,
+                            source_asset=self.image.source_asset, log_retention=self.log_retention)
         if self.network.internet_connectivity is not None:  # its first boot needs the routes (apt, S3, the logs)
             self.job.group.node.add_dependency(self.network.internet_connectivity)
         self.deadline = Deadline(self, "Deadline", group_name=cfg.group_name, run_id=cfg.run_id,
-                                 minutes=cfg.deadline_minutes, log_retention=retention_days(cfg.log_retention_days))
-        # The rule must be listening before the group's first launch (whose event starts the clock).
-        self.job.group.node.add_dependency(self.deadline)
+                                 minutes=cfg.deadline_minutes, log_retention=self.log_retention)
+        self.launch_notes = LaunchNotes(self, "LaunchNotes", group_name=cfg.group_name, bucket=bucket,
+                                        run_prefix=cfg.run_prefix, log_retention=self.log_retention)
         self.fallback: SpotFallback | None = None
         if cfg.market == "spot" and cfg.spot_fallback == "on-demand":
             self.fallback = SpotFallback(
                 self, "SpotFallback", group_name=cfg.group_name, launch_template=self.job.launch_template,
-                instance_role=self.job.role, log_retention=retention_days(cfg.log_retention_days),
+                instance_role=self.job.role, log_retention=self.log_retention,
             )
-            # The rule must be listening before the group's first launch attempt.
-            self.job.group.node.add_dependency(self.fallback)
+        # Every rule that reacts to the group's launches listens before the group is raised to its first instance
+        # (the deadline's clock starts at the launch event; the fallback and the notes act on failed launches).
+        for listener in (self.deadline, self.launch_notes, self.fallback):
+            if listener is not None:
+                self.job.start.node.add_dependency(listener)
         self._grant(cfg)
-        instance_outputs(self, cfg)
-
-    @property
-    def availability_zones(self) -> list[str]:
-        """The AZs the new VPC spans: the pinned ones, or the first ``max_azs`` of the region (``Fn::GetAZs``).
-
-        CDK gives an account-agnostic stack only two AZs; every region that offers g6e has at least three, and more
-        subnets means more places the group can find capacity. Synth stays offline: no lookup, just ``Fn::Select``.
-        """
-        cfg = self.config
-        if cfg.availability_zones:
-            return list(cfg.availability_zones)
-        return [Fn.select(i, Fn.get_azs()) for i in range(cfg.max_azs)]
+        instance_outputs(self, group=self.job, deadline=self.deadline)
 
     # -- IAM: least privilege for the instance role ------------------------------------------------------------------
     def _grant(self, cfg: RunConfig) -> None:

@@ -21,6 +21,10 @@ class Storage(Construct):
     logs late (minutes to hours after the request), so logs of the artifacts bucket's own emptying keep landing in it
     after any auto-delete has emptied it, and its deletion then fails the destroy with BucketNotEmpty (aws-cdk
     #16332, #21776). Its lifecycle rule expires what it holds (90 days).
+
+    A kept bucket keeps its bucket policy too (the TLS-only rule; on the access-log bucket, the grant that lets the
+    logging service deliver): CDK creates the policy as a resource of its own, deleted by default even when the
+    bucket is retained, which would leave a kept bucket reachable over plain HTTP and stop its access logging.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Storage(Construct):
             removal_policy=RemovalPolicy.RETAIN,  # never auto-deleted: late log deliveries (class docstring)
             **common,
         )
+        _policy_goes_with(self.access_logs, RemovalPolicy.RETAIN)
         runs_rule = s3.LifecycleRule(
             id="age-out-runs",
             prefix=f"{C.RUNS_PREFIX}/",
@@ -90,3 +95,10 @@ class Storage(Construct):
             auto_delete_objects=not retain,
             **common,
         )
+        _policy_goes_with(self.artifacts, removal)
+
+
+def _policy_goes_with(bucket: s3.Bucket, removal: RemovalPolicy) -> None:
+    """The bucket's policy (TLS-only, log delivery) is removed or kept exactly like the bucket (class docstring)."""
+    assert bucket.policy is not None  # enforce_ssl=True always creates one
+    bucket.policy.apply_removal_policy(removal)

@@ -15,6 +15,10 @@ from constructs import Construct
 
 HANDLER_DIR = Path(__file__).resolve().parent / "functions" / "submit_run"
 RESOURCE_TYPE = "Custom::BatchRun"
+HANDLER_TIMEOUT = Duration.minutes(2)
+# How long CloudFormation waits for the handler's answer (ServiceTimeout; without it an hour): the handler's own
+# timeout and a margin. A handler that died without answering fails the deploy after this, not after an hour.
+SERVICE_TIMEOUT = Duration.minutes(5)
 
 
 class Submission(Construct):
@@ -68,7 +72,7 @@ class Submission(Construct):
             handler="index.lambda_handler",
             code=lambda_.Code.from_asset(str(HANDLER_DIR), exclude=["__pycache__", "*.pyc"]),
             role=self.role,
-            timeout=Duration.minutes(2),
+            timeout=HANDLER_TIMEOUT,
             log_group=self.log_group,
             description="vit-embed: submit a run's Batch jobs at most once per run id (Custom::BatchRun)",
         )
@@ -78,6 +82,7 @@ class Submission(Construct):
             f"Run{run_key}",  # a new run id is a new resource, never an update of this one
             service_token=self.function.function_arn,
             resource_type=RESOURCE_TYPE,
+            service_timeout=SERVICE_TIMEOUT,
             properties={
                 "JobName": job_name,
                 "JobQueue": queue.job_queue_arn,

@@ -12,17 +12,29 @@ import sys
 from typing import Any, Callable, Sequence
 
 from .config import ConfigError
-from .preflight import boto3_clients, config_from_cli
+from .preflight import boto3_clients, cli_parser, config_from_cli
 from .preflight_base import error_text
+
+_BUCKETS = {"ArtifactsBucket": "the runs, their logs, the weights cache",
+            "AccessLogBucket": "the artifacts bucket's access logs; they expire in 90 days"}
 
 
 def notes(outputs: dict[str, str]) -> list[str]:
-    """What the destroy keeps and how to resume, from the stack's outputs."""
+    """What the destroy keeps, what it deletes, and how to resume, from the stack's outputs.
+
+    ``KeptByDestroy`` names the outputs of the buckets the stack retains (cdk/outputs.py); a stack deployed before it
+    existed kept both buckets unless deployed with retain_artifacts=false, which is then said as such."""
     lines = []
-    if "ArtifactsBucket" in outputs:
-        lines.append(f"kept: s3://{outputs['ArtifactsBucket']}/ (the runs, their logs, the weights cache)")
-    if "AccessLogBucket" in outputs:
-        lines.append(f"kept: s3://{outputs['AccessLogBucket']}/ (the artifacts bucket's access logs; they expire in 90 days)")
+    kept = outputs.get("KeptByDestroy")
+    for key, what in _BUCKETS.items():
+        if key not in outputs:
+            continue
+        if kept is None:
+            lines.append(f"kept unless deployed with retain_artifacts=false: s3://{outputs[key]}/ ({what})")
+        elif key in kept.split(","):
+            lines.append(f"kept: s3://{outputs[key]}/ ({what})")
+        else:
+            lines.append(f"deleted with the stack (retain_artifacts=false): s3://{outputs[key]}/ ({what})")
     if "RunPrefix" in outputs:
         lines.append(f"run:  {outputs['RunPrefix']} (python -m job status {outputs['RunPrefix']})")
     if "RedeployCommand" in outputs:
@@ -31,8 +43,9 @@ def notes(outputs: dict[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, client: Callable[[str], Any] | None = None) -> int:
+    args = cli_parser("python -m cdk.teardown", __doc__.split("\n\n")[0]).parse_args(argv)
     try:
-        cfg = config_from_cli("python -m cdk.teardown", __doc__.split("\n\n")[0], argv)
+        cfg = config_from_cli(args)
     except ConfigError as exc:
         print(f"cdk context error: {exc}", file=sys.stderr)
         return 2

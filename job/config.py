@@ -186,9 +186,11 @@ class IndexConfig:
     overrides: IndexOverrides = field(default_factory=IndexOverrides)
     embeddings: str | None = None  # ``job index --embeddings``
     index_out: str | None = None  # ``job index --index-out``
+    device: str = "auto"  # Faiss on the GPU: auto (when faiss.get_num_gpus() > 0), cpu (never), cuda (required)
 
     def __post_init__(self) -> None:
         check_choice("index type", self.index_type, INDEX_TYPES)
+        check_choice("device", self.device, DEVICES)
         in_range("--target-recall", self.target_recall, 0.0, 1.0, low_open=True)
         object.__setattr__(self, "max_memory", parse_size(self.max_memory))  # "4G" from Python callers too
 

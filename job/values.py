@@ -149,43 +149,34 @@ def parse_number(value: str, option: str) -> float:
     return x
 
 
+def _cosine(value: str | float, option: str, use: str) -> float:
+    """A cosine in (0, 1]; ``use`` says what to give instead, for the message."""
+    try:
+        cos = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r} is not understood; use {use}") from None
+    if not (0.0 < cos <= 1.0):
+        raise UsageError(f"{option} {value!r} is outside (0, 1]; use {use}")
+    return cos
+
+
 def parse_near_threshold(value: str | float, option: str = "near threshold") -> str | float:
     """``auto`` or a cosine in (0, 1] (the near-duplicate threshold of ``job curate``)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
-    try:
-        cos = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{option} {value!r} is not understood; use auto or a cosine in (0, 1]") from None
-    if not (0.0 < cos <= 1.0):
-        raise UsageError(f"{option} {value!r} is outside (0, 1]; use auto or a cosine in (0, 1]")
-    return cos
+    return _cosine(value, option, "auto or a cosine in (0, 1]")
 
 
 def parse_cosine(value: str | float, option: str) -> float:
     """A cosine in (0, 1]."""
-    try:
-        cos = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{option} {value!r} is not a number; use a cosine in (0, 1]") from None
-    if not (0.0 < cos <= 1.0):
-        raise UsageError(f"{option} {value!r} is outside (0, 1]; use a cosine in (0, 1]")
-    return cos
+    return _cosine(value, option, "a cosine in (0, 1]")
 
 
 def parse_weights(value: str | Sequence[str | float], option: str) -> tuple[float, ...]:
     """Positive weights, comma-separated or a sequence (``0.6,0.3,0.1``), at least one."""
     items: list[str | float] = list(split_list(value)) if isinstance(value, str) else \
         [v for v in value if not isinstance(v, str)] + list(split_list([v for v in value if isinstance(v, str)]))
-    out: list[float] = []
-    for v in items:
-        try:
-            w = float(v)
-        except (TypeError, ValueError):
-            raise UsageError(f"{option} {v!r} is not a number; use positive weights, e.g. 0.6,0.3,0.1") from None
-        if not (w > 0 and math.isfinite(w)):
-            raise UsageError(f"{option} {v!r} is out of range; use positive weights, e.g. 0.6,0.3,0.1")
-        out.append(w)
+    out = [parse_positive(v, option, "weight") for v in items]
     if not out:
         raise UsageError(f"{option} is empty; give at least one weight, e.g. 0.6,0.3,0.1")
     return tuple(out)

@@ -165,3 +165,45 @@ def test_note_key_and_body_from_a_failed_job():
     body = json.loads(jsonata(NOTE_BODY_JSONATA, child))
     assert body == {"jobId": "Stack-trainval-1-shards-id", "jobName": "Stack-trainval-1-shards", "status": "FAILED",
                     "statusReason": child["detail"]["statusReason"], "at": "2026-11-25T20:00:00Z"}
+
+
+# --- issue 29: every failed launch is noted next to the run; old deadlines go -------------------------------------
+
+
+def test_launch_notes_fire_on_every_failed_launch_of_the_group_only(bus):
+    from cdk.launch_notes import unsuccessful_pattern
+
+    samples = {name: _asg_event(LAUNCH_UNSUCCESSFUL, GROUP, message) for name, (message, _) in LAUNCH_FAILURES.items()}
+    samples["quota 0 on a new account"] = _asg_event(
+        LAUNCH_UNSUCCESSFUL, GROUP, "You have requested more vCPU capacity than your current vCPU limit of 0 allows for "
+        "the instance bucket that the specified instance type belongs to. Launching EC2 instance failed.")
+    samples["another group"] = _asg_event(LAUNCH_UNSUCCESSFUL, "other-group", LAUNCH_FAILURES["spot capacity"][0])
+    samples["a successful launch"] = _asg_event(LAUNCH_SUCCESSFUL, GROUP, "")
+    assert matches(bus, unsuccessful_pattern(GROUP), samples) == set(LAUNCH_FAILURES) | {"quota 0 on a new account"}
+
+
+def test_launch_note_body_from_a_failed_launch():
+    from cdk.launch_notes import NOTE_BODY_JSONATA
+
+    message = LAUNCH_FAILURES["AZ without the type"][0]
+    event = {**_asg_event(LAUNCH_UNSUCCESSFUL, GROUP, message), "time": "2026-11-25T19:02:09Z"}
+    event["detail"]["Cause"] = "At 2026-11-25T19:02:05Z an instance was started in response to a difference ..."
+    assert json.loads(jsonata(NOTE_BODY_JSONATA, event)) == {
+        "at": "2026-11-25T19:02:09Z", "group": GROUP, "message": message, "cause": event["detail"]["Cause"],
+        "az": "ap-northeast-1a"}
+    del event["detail"]["Cause"], event["detail"]["Details"]  # what the event may leave out is left out
+    assert json.loads(jsonata(NOTE_BODY_JSONATA, event)) == {"at": "2026-11-25T19:02:09Z", "group": GROUP,
+                                                             "message": message}
+
+
+@pytest.mark.parametrize(("listed", "older"), [
+    (["deadline-run-b"], []),                                         # only the run's own: nothing to delete
+    (["deadline-run-a", "deadline-run-b"], ["deadline-run-a"]),       # one earlier run: a list of one, not a string
+    (["deadline-run-a", "deadline-run-b", "deadline-x"], ["deadline-run-a", "deadline-x"]),
+    ([], []),                                                         # none at all
+])
+def test_the_deadline_lists_the_older_schedules_to_delete(listed, older):
+    from cdk.deadline import older_schedules_jsonata
+
+    expression = older_schedules_jsonata("deadline-run-b").replace("$states.result", "$states.input")
+    assert jsonata(expression, {"Schedules": [{"Name": n, "State": "ENABLED"} for n in listed]}) == older

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,11 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from test_cdk_stack import _CREDENTIAL_VARS, _FAKE_ENV, Synth, _checkov  # noqa: E402
+from test_cdk_stack import Synth, _fake_aws_env, assert_linters_clean  # noqa: E402, F401 (the module's offline AWS environment)
 
 from cdk import constants as C  # noqa: E402
 from cdk.config import ConfigError, from_context  # noqa: E402
-from cdk.stack import NEW_RUN_WARNING  # noqa: E402
+from cdk.run_stack import NEW_RUN_WARNING  # noqa: E402
 
 pytestmark = pytest.mark.cdk
 
@@ -31,17 +30,6 @@ NAT_SPOT = {"run_id": "nat-spot", "nat_gateway": "true", "market": "spot", "spot
 KEPT = {"run_id": "kept-run", "artifacts_bucket": "vitembed-kept-0123456789", "max_run_hours": "2", "pool": "cls"}
 # Batch with the image left to its default and no run id (a new run).
 BATCH = {"engine": "batch", "shards": "3"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fake_aws_env():
-    mp = pytest.MonkeyPatch()
-    for k, v in _FAKE_ENV.items():
-        mp.setenv(k, v)
-    for k in _CREDENTIAL_VARS:
-        mp.delenv(k, raising=False)
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +95,16 @@ def test_an_existing_bucket_is_written_not_created(kept):
 
 
 def test_the_redeploy_command_repeats_the_run(kept, nat_spot):
+    from cdk.outputs import redeploy_command
+
     # The run id, the kept bucket and every option given beyond cdk.json (not where or how it was deployed).
     assert kept.json["Outputs"]["RedeployCommand"]["Value"] == (
         f"npx cdk deploy -c run_id=kept-run -c artifacts_bucket={KEPT['artifacts_bucket']} -c max_run_hours=2 -c pool=cls")
-    value = json.dumps(nat_spot.json["Outputs"]["RedeployCommand"]["Value"])
-    assert "-c run_id=nat-spot -c artifacts_bucket=" in value and "retain_artifacts" not in value
+    value = redeploy_command(nat_spot.config, "kept-bucket")
+    assert "-c run_id=nat-spot -c artifacts_bucket=kept-bucket" in value and "retain_artifacts" not in value
     assert "-c market=spot -c spot_fallback=on-demand" in value and "-c nat_gateway=true" in value
+    # ... but retain_artifacts=false deletes the bucket with the stack: no command promises to bring the run back.
+    assert "RedeployCommand" not in nat_spot.json["Outputs"]
 
 
 @pytest.mark.parametrize(("context", "needle"), [
@@ -121,7 +113,7 @@ def test_the_redeploy_command_repeats_the_run(kept, nat_spot):
     ({"availability_zones": "ap-northeast-1a,us-east-1b"}, "'us-east-1b' is not in region ap-northeast-1"),
     ({"availability_zone": "ap-northeast-1a,ap-northeast-1c"}, "availability_zone takes one AZ"),
     ({"availability_zones": ",".join(f"ap-northeast-1{c}" for c in "abcdefg")}, "valid values: 1 to 6 AZs"),
-    ({"replace_running": "maybe"}, "valid values: true, false"),
+    ({"replace_running": "maybe"}, "context replace_running='maybe' is not a yes/no value; valid: 1, true"),
 ])
 def test_new_context_keys_fail_with_one_line(context, needle):
     with pytest.raises(ConfigError) as err:
@@ -165,7 +157,7 @@ def test_deadline_is_armed_by_the_launch_not_fixed_at_synth(nat_spot):
     rule = nat_spot.json["Resources"][rule_id]["Properties"]
     assert rule["EventPattern"] == {"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance Launch Successful"],
                                     "detail": {"AutoScalingGroupName": [cfg.group_name]}}
-    assert rule_id in nat_spot.json["Resources"][_id(nat_spot, "AWS::AutoScaling::AutoScalingGroup")]["DependsOn"]
+    assert rule_id in nat_spot.json["Resources"][_id(nat_spot, "Custom::StartRun")]["DependsOn"]  # before the first launch
     definition = _definition(nat_spot, "Deadline")
     assert definition["QueryLanguage"] == "JSONata"
     arm = definition["States"]["ArmDeadline"]
@@ -265,19 +257,4 @@ def test_batch_defaults_to_an_image_cdk_deploy_builds(batch):
 
 @pytest.mark.parametrize("which", ["nat_spot", "kept", "batch"])
 def test_linters_clean(which, request):
-    s: Synth = request.getfixturevalue(which)
-    report = json.loads((s.outdir / "validation-report.json").read_text())
-    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
-    assert nag["conclusion"] == "success" and nag["violations"] == []
-    assert all(len(ack["reason"]) >= 60 for ack in nag["suppressedViolations"])
-    pytest.importorskip("cfnlint")
-    from cfnlint.api import ManualArgs, lint_file
-
-    template = next(s.outdir.glob("*.template.json"))
-    assert [f"{m.rule.id} {m.message}" for m in lint_file(template, ManualArgs(regions=[s.config.region]))
-            if m.rule.id.startswith("E")] == []
-    proc = subprocess.run([_checkov(), "-f", str(template), "--framework", "cloudformation", "--skip-download", "-o", "json"],
-                          capture_output=True, text=True, timeout=300)
-    checks = json.loads(proc.stdout)
-    assert checks["summary"]["parsing_errors"] == 0
-    assert [f"{c['check_id']} {c['resource']}" for c in checks["results"]["failed_checks"]] == []
+    assert_linters_clean(request.getfixturevalue(which))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,36 @@ class Synth:
         return found[0]
 
 
+def assert_linters_clean(s: Synth) -> None:
+    """cdk-nag (at synth: no unacknowledged finding, every reason a sentence), cfn-lint (no error) and checkov (every
+    check passed or skipped with its reason) on one synthesized variant."""
+    report = json.loads((s.outdir / "validation-report.json").read_text())
+    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
+    assert nag["conclusion"] == "success" and nag["violations"] == []
+    assert all(len(ack["reason"]) >= 60 for ack in nag["suppressedViolations"])
+    pytest.importorskip("cfnlint")
+    from cfnlint.api import ManualArgs, lint_file
+
+    template = next(s.outdir.glob("*.template.json"))
+    assert [f"{m.rule.id} {m.message}" for m in lint_file(template, ManualArgs(regions=[s.config.region]))
+            if m.rule.id.startswith("E")] == []
+    proc = subprocess.run([_checkov(), "-f", str(template), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+                          capture_output=True, text=True, timeout=300)
+    checks = json.loads(proc.stdout)
+    assert checks["summary"]["parsing_errors"] == 0
+    assert [f"{c['check_id']} {c['resource']}" for c in checks["results"]["failed_checks"]] == []
+
+
+def synth_fixture(overrides: dict, name: str):
+    """A module-scoped fixture that synthesizes the app once with ``overrides`` (a test module's variant)."""
+
+    @pytest.fixture(scope="module")
+    def synthesized(tmp_path_factory) -> Synth:
+        return Synth(overrides, tmp_path_factory.mktemp(name))
+
+    return synthesized
+
+
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Synth:
     return Synth({"run_id": "default-run"}, tmp_path_factory.mktemp("cdk-default"))
@@ -180,10 +211,22 @@ def test_cdk_json_keys_are_known():
     assert not unknown, f"cdk.json sets keys the app never reads: {unknown}"
 
 
-def test_default_run_id_is_dataset_and_timestamp():
+def test_default_run_id_is_stable_for_the_same_options():
+    """Without run_id, a plain deploy is named by the dataset and the options that change what the run computes: the
+    same options are the same run (a second deploy resumes it, not a new GPU run), other options another."""
     cfg = from_context({"dataset": "mini"}.get)
-    assert cfg.run_id.startswith("mini-") and len(cfg.run_id) == len("mini-20250101-120000")
-    assert cfg.run_id == f"mini-{cfg.synth_time:%Y%m%d-%H%M%S}"
+    assert re.fullmatch(r"mini-[0-9a-f]{8}", cfg.run_id) and not cfg.run_id_pinned
+    again = from_context({**cdk_json_context(), "dataset": "mini"}.get)  # what the CLI passes: cdk.json's values too
+    assert again.run_id == cfg.run_id
+    assert from_context({"dataset": "mini", "channels": "cam_front"}.get).run_id == \
+        from_context({"dataset": "mini", "channels": "CAM_FRONT"}.get).run_id  # the parsed value names it
+    for other in ({"pool": "cls"}, {"channels": "CAM_FRONT"}, {"include_sweeps": "true"}, {"device": "cpu"},
+                  {"model": "ViT-B-32"}, {"dataset": "trainval"}):
+        assert from_context({"dataset": "mini", **other}.get).run_id != cfg.run_id, other
+    for where in ({"region": "us-east-1"}, {"market": "spot"}, {"max_run_hours": "2"}, {"availability_zone": "ap-northeast-1c"},
+                  {"retain_artifacts": "false"}, {"root_volume_gb": "300"}):
+        assert from_context({"dataset": "mini", **where}.get).run_id == cfg.run_id, where
+    assert from_context({"dataset": "mini", "run_id": "mine"}.get).run_id == "mine"
 
 
 def test_deadline_is_max_run_plus_margin_after_the_launch():
@@ -194,31 +237,34 @@ def test_deadline_is_max_run_plus_margin_after_the_launch():
 @pytest.mark.parametrize(
     ("context", "needle"),
     [
-        ({"instance_types": "p4d.24xlarge"}, "valid values: g5.xlarge, g5.2xlarge"),
+        ({"instance_types": "p4d.24xlarge"}, "unknown context instance_types 'p4d.24xlarge'; valid choices: g5.xlarge, g5.2xlarge"),
         ({"instance_types": "g6e.xlarge,g6e.medium"}, "g6e.xlarge"),
         ({"instance_types": ","}, "instance_types is empty"),
         ({"instance_types": ",".join(C.VALID_INSTANCE_TYPES[:11])}, "valid values: 1 to 10 types"),
         ({"instance_type": "g6e.xlarge"}, "instance_type is no longer used: use instance_types"),
         ({"shutdown_behavior": "stop"}, "shutdown_behavior is no longer used"),
-        ({"max_run_hours": "-1"}, "valid values: 0.1 to 168"),
-        ({"max_run_hours": "soon"}, "is not a number"),
-        ({"max_run_hours": "nan"}, "out of range"),
-        ({"dataset": "test"}, "valid values: trainval, mini"),
-        ({"market": "reserved"}, "valid values: on-demand, spot"),
-        ({"spot_fallback": "reserved"}, "valid values: none, on-demand"),
+        ({"max_run_hours": "-1"}, "context max_run_hours -1.0 must be in 0.1..168"),
+        ({"max_run_hours": "soon"}, "context max_run_hours 'soon' is not a number; valid values: 0.1 to 168"),
+        ({"max_run_hours": "nan"}, "context max_run_hours 'nan' is not a finite number; valid values: 0.1 to 168"),
+        ({"dataset": "test"}, "unknown context dataset 'test'; valid choices: trainval, mini"),
+        ({"market": "reserved"}, "unknown context market 'reserved'; valid choices: on-demand, spot"),
+        ({"spot_fallback": "reserved"}, "valid choices: none, on-demand"),
         ({"spot_fallback": "on-demand"}, "needs market=spot"),
-        ({"pool": "max"}, "valid values: mean, cls"),
-        ({"resize_mode": "stretch"}, "valid values: pad, crop, squash"),
-        ({"index_type": "lsh"}, "valid values: auto, flat, ivfpq, hnsw"),
+        ({"pool": "max"}, "valid choices: mean, cls"),
+        ({"resize_mode": "stretch"}, "valid choices: pad, crop, squash"),
+        ({"index_type": "lsh"}, "valid choices: auto, flat, ivfpq, hnsw"),
         ({"channels": "CAM_FRONT,LIDAR_TOP"}, "'LIDAR_TOP' is not a camera; valid choices: CAM_FRONT, CAM_FRONT_LEFT"),
-        ({"include_sweeps": "maybe"}, "valid values: true, false"),
-        ({"root_volume_gb": "20"}, "valid values: 100 to 2000"),
-        ({"log_retention_days": "10"}, "valid values: 1, 3, 5, 7, 14"),
+        ({"include_sweeps": "maybe"}, "context include_sweeps='maybe' is not a yes/no value; valid: 1, true, yes, on, 0, false"),
+        ({"root_volume_gb": "20"}, "context root_volume_gb 20 must be in 100..2000"),
+        ({"root_volume_gb": "150.5"}, "context root_volume_gb='150.5' is not an integer; valid values: 100 to 2000"),
+        ({"device": "tpu"}, "unknown context device 'tpu'; valid choices: cuda, cpu"),
+        ({"max_vcpus": "64"}, "context max_vcpus=64 needs engine=batch"),
+        ({"log_retention_days": "10"}, "unknown context log_retention_days '10'; valid choices: 1, 3, 5, 7, 14"),
         ({"region": "tokyo"}, "expected something like ap-northeast-1"),
         ({"vpc_id": "vpc-0123456789abcdef0"}, "vpc_id and subnet_id go together"),
         ({"vpc_id": "vpc-0123456789abcdef0", "subnet_id": "subnet-0123456789abcdef0,subnet-x"}, "subnet_id"),
         ({"availability_zone": "us-east-1a"}, "not in region ap-northeast-1"),
-        ({"max_azs": "7"}, "valid values: 1 to 6"),
+        ({"max_azs": "7"}, "context max_azs 7 must be in 1..6"),
         ({"max_azs": "2", "availability_zone": "ap-northeast-1a"}, "max_azs shapes a new VPC"),
         ({"image": "Not An Image"}, "expected something like build, asset or"),
         ({"sources": "/home/me/nuscenes"}, "not reachable from the instance"),
@@ -243,24 +289,24 @@ def test_bad_context_fails_synth_with_one_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("cdk context error:")]
     assert len(errors) == 1, proc.stderr
-    assert "instance_types='t3.micro'" in errors[0] and "g6e.xlarge" in errors[0]
+    assert "unknown context instance_types 't3.micro'; valid choices:" in errors[0] and "g6e.xlarge" in errors[0]
     assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("context", [{}, {k: v for k, v in CUSTOM.items() if k != "image"}])
 def test_job_cli_accepts_the_stack_arguments(context):
-    """The arguments user-data hands to ``python -m job run`` parse with the job's own CLI."""
-    try:
-        from job.cli import build_parser, config_from_args
-    except ImportError as exc:  # the job's dependencies (torch, ...) are not installed here
-        pytest.skip(f"job CLI not importable: {exc}")
+    """The arguments user-data hands to ``python -m job run`` parse with the job's own CLI (an ImportError fails: the
+    test venv holds the job's whole lock)."""
+    from job.cli import build_parser, config_from_args
+
     cfg = from_context({"run_id": "cli-check", **context}.get)
-    args = build_parser().parse_args(["run", *cfg.job_args(), "--out", "/data/out", "--publish", f"s3://b/{cfg.run_prefix}", "--device", "cuda"])
+    args = build_parser().parse_args(["run", *cfg.job_args(), "--out", "/data/out", "--publish", f"s3://b/{cfg.run_prefix}"])
     job_cfg = config_from_args(args)
     assert job_cfg.output.publish == f"s3://b/{cfg.run_prefix}"
     assert job_cfg.source.channels == cfg.channels
     assert job_cfg.source.keyframes_only is not cfg.include_sweeps
     assert job_cfg.model.pool == cfg.pool and job_cfg.decode.resize_mode == cfg.resize_mode
+    assert job_cfg.model.device == cfg.device == "cuda"  # the stack's own --device: CUDA, or a clear failure
 
 
 def test_cdk_package_does_not_import_the_job_cli():
@@ -405,8 +451,10 @@ def test_launch_template_defaults(default):
     assert data["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2}
     assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
     assert data["Monitoring"] == {"Enabled": True} and data["EbsOptimized"] is True
-    assert data["BlockDeviceMappings"] == [
-        {"DeviceName": "/dev/sda1", "Ebs": {"VolumeType": "gp3", "Encrypted": True, "VolumeSize": 200, "DeleteOnTermination": True}}
+    (root_device,) = [k for k, r in default.json["Resources"].items() if r["Type"] == "Custom::AmiRootDevice"]
+    assert data["BlockDeviceMappings"] == [  # the AMI's own root device, read at deploy (tests/test_cdk_audit3.py)
+        {"DeviceName": {"Fn::GetAtt": [root_device, "Images.0.RootDeviceName"]},
+         "Ebs": {"VolumeType": "gp3", "Encrypted": True, "VolumeSize": 200, "DeleteOnTermination": True}}
     ]
     assert "KeyName" not in data  # no SSH key: Session Manager only
     assert "InstanceType" not in data and "InstanceMarketOptions" not in data  # the group's policy decides both
@@ -426,7 +474,8 @@ def test_ami_from_public_ssm_parameter(default):
 
 def test_group_is_at_most_one_instance_with_fallback_types(default):
     g = default.group()
-    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == ("0", "1", "1")
+    # Created empty, raised to one instance by a custom resource (tests/test_cdk_audit3.py): the deploy never waits.
+    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == ("0", "1", "0")
     assert g["AutoScalingGroupName"] == "VitEmbedDriveData-default-run"
     policy = g["MixedInstancesPolicy"]
     assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == ["g6e.xlarge", "g6e.2xlarge"]
@@ -467,16 +516,20 @@ def test_instance_releases_only_its_own_group(default):
 
 
 def test_no_fallback_machinery_unless_asked(default, asset):
-    for s in (default, asset):  # the deadline's rule and state machine only
-        (rule,) = s.resources("AWS::Events::Rule")
-        assert rule["Properties"]["EventPattern"]["detail-type"] == ["EC2 Instance Launch Successful"]
-        s.template.resource_count_is("AWS::StepFunctions::StateMachine", 1)
+    for s in (default, asset):  # the deadline's and the launch notes' rules and state machines only
+        launched, failed = sorted((r["Properties"]["EventPattern"] for r in s.resources("AWS::Events::Rule")),
+                                  key=lambda p: p["detail-type"][0])
+        assert launched["detail-type"] == ["EC2 Instance Launch Successful"]
+        assert failed["detail-type"] == ["EC2 Instance Launch Unsuccessful"] and "StatusMessage" not in failed["detail"]
+        s.template.resource_count_is("AWS::StepFunctions::StateMachine", 2)
+        assert "SwitchToOnDemand" not in _json_str(s.resources("AWS::StepFunctions::StateMachine"))
 
 
 def test_spot_fallback_switches_the_group_to_on_demand(custom):
     cfg = custom.config
     (rule,) = [r["Properties"] for r in custom.resources("AWS::Events::Rule")
-               if r["Properties"]["EventPattern"]["detail-type"] == ["EC2 Instance Launch Unsuccessful"]]
+               if r["Properties"]["EventPattern"]["detail-type"] == ["EC2 Instance Launch Unsuccessful"]
+               and "StatusMessage" in r["Properties"]["EventPattern"]["detail"]]  # the launch notes' rule takes all
     assert rule["EventPattern"] == {  # what it matches, event by event: tests/test_cdk_events.py
         "source": ["aws.autoscaling"],
         "detail-type": ["EC2 Instance Launch Unsuccessful"],
@@ -488,9 +541,9 @@ def test_spot_fallback_switches_the_group_to_on_demand(custom):
     parts = sm["DefinitionString"]["Fn::Join"][1]
     definition = json.loads("".join(p if isinstance(p, str) else "aws" for p in parts))
     (state,) = definition["States"].values()
-    assert state["Type"] == "Task" and state["End"] is True
+    assert state["Type"] == "Task" and state["End"] is True and definition["QueryLanguage"] == "JSONata"
     assert state["Resource"].endswith(":states:::aws-sdk:autoscaling:updateAutoScalingGroup")
-    assert state["Parameters"] == {
+    assert state["Arguments"] == {
         "AutoScalingGroupName": cfg.group_name,
         "MixedInstancesPolicy": {
             "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 100, "OnDemandAllocationStrategy": "prioritized"}
@@ -502,10 +555,10 @@ def test_spot_fallback_switches_the_group_to_on_demand(custom):
     scaling = [s for s in stmts if "autoscaling" in _json_str(s["Action"])]
     assert len(scaling) == 1 and scaling[0]["Action"] == "autoscaling:UpdateAutoScalingGroup"
     assert _group_arn_ok(scaling[0]["Resource"], cfg.group_name)
-    # The rule listens before the group's first launch.
-    group_id = next(k for k, r in custom.json["Resources"].items() if r["Type"] == "AWS::AutoScaling::AutoScalingGroup")
+    # The rule listens before the group's first launch: before the custom resource that raises it to one instance.
+    start_id = next(k for k, r in custom.json["Resources"].items() if r["Type"] == "Custom::StartRun")
     rule_id = next(k for k, r in custom.json["Resources"].items() if r["Type"] == "AWS::Events::Rule" and "SpotFallback" in k)
-    assert rule_id in custom.json["Resources"][group_id].get("DependsOn", [])
+    assert rule_id in custom.json["Resources"][start_id].get("DependsOn", [])
 
 
 # --- IAM ----------------------------------------------------------------------------------------------------------
@@ -526,10 +579,12 @@ def test_role_writes_only_its_run_prefix(default):
     cache = default.statement("SharedWeightsCache")
     assert sorted(cache["Action"]) == ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"]
     assert cache["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, f"/{C.WEIGHTS_CACHE_PREFIX}/*"]]}
-    # No other statement touches the artifacts bucket.
+    # No other statement touches the artifacts bucket, but the launch notes' put of the run's _launch.json.
     mine = ("WriteOwnRunPrefix", "ListArtifacts", "SharedWeightsCache")
     others = [s for s in default.policy_statements() if s.get("Sid") not in mine]
-    assert bucket_id not in _json_str(others)
+    (note,) = [s for s in others if bucket_id in _json_str(s)]
+    assert note["Action"] == "s3:PutObject"
+    assert note["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket_id, "Arn"]}, f"/runs/default-run/{C.LAUNCH_NOTE}"]]}
 
 
 def test_role_reads_source_buckets_only(default, custom):
@@ -547,8 +602,9 @@ def test_role_logs_scoped_to_its_group(default):
 
 
 # APIs without resource-level permissions: Step Functions' log delivery and X-Ray (CDK's grants for the deadline's
-# state machine, which logs and traces like every state machine here).
-NO_RESOURCE_LEVEL = ("logs:", "xray:")
+# state machine, which logs and traces like every state machine here), the deadline's listing of its own schedule
+# group, and the deploy-time read of the AMI's root device.
+NO_RESOURCE_LEVEL = ("logs:", "xray:", "scheduler:ListSchedules", "ec2:DescribeImages")
 
 
 def test_no_wildcard_resources_without_ecr(default, custom, asset):

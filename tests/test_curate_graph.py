@@ -1,14 +1,18 @@
-"""The k-NN graph: exact (Faiss and torch paths), through a balanced partition and from the run's index, each
-approximate graph searched deeper until it holds the pairs above the near threshold (pair recall, measured on a
-stratified sample against exact search)."""
+"""The k-NN graph: exact (CPU, and the GPU path through fake GPU classes), through a balanced partition and from the
+run's index, each approximate graph searched deeper until it holds the pairs above the near threshold (pair recall,
+measured on a stratified sample against exact search); the pilot's estimate counts the GPU's one-time setup once."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 from curate_data import clustered, planted
+from fake_gpu_faiss import install
 
 from job.curate import balanced_partition, exact_knn, knn_graph, partition_knn
-from job.index.exact import exact_search
+from job.curate import graph as graph_mod
+from job.curate.record import graph_info
 from job.errors import UsageError
 
 
@@ -31,12 +35,49 @@ def test_exact_graph_equals_brute_force_and_drops_self_even_among_identical_vect
     assert set(rows[10][:3]) == {11, 12, 13}
 
 
-def test_torch_path_equals_faiss():
-    x = clustered(300, seed=4)
-    r1, c1 = exact_search(x[:50], x, 6, device="cpu")
-    r2, c2 = exact_search(x[:50], x, 6, device="torch")
-    np.testing.assert_allclose(c1, c2, atol=1e-5)
-    assert (r1 == r2).mean() > 0.98
+def test_exact_graph_on_the_gpu_uploads_once_and_its_pilot_counts_the_setup_once(monkeypatch: pytest.MonkeyPatch):
+    n = 2000
+    x = clustered(n, seed=6)
+    want_rows, want_cos = exact_knn(x, 5, device="cpu")
+    rec = install(monkeypatch, upload_delay_s=0.4)  # a slow upload: one-time cost the estimate must not scale
+    monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 100 * n * x.shape[1])  # a 100-row pilot: 1/20 of the rows
+    monkeypatch.setattr(graph_mod, "GPU_PILOT_ROWS", 64)
+    g = knn_graph(x, np.arange(n), 5, progress=False)
+    assert g.method == "exact" and g.device == "gpu:0" and graph_info(g).device == "gpu:0"
+    assert rec.count("flat_ip") == 1 and rec.count("upload") == 1  # the base went up once for pilot and graph
+    searches = [c[1] for c in rec.calls if c[0] == "search"]
+    assert searches[1] == 100 and sum(searches[1:]) == n  # warm-up, pilot, then the rest (pilot rows reused)
+    t = g.timings
+    assert t["exact_setup_s"] >= 0.4
+    per_query_part = t["exact_estimate_s"] - t["exact_setup_s"]
+    assert 0 < per_query_part <= t["pilot_s"] * n / 100 + 1e-6  # only the pilot's search time is scaled
+    assert t["exact_estimate_s"] < t["exact_setup_s"] * n / 100 / 2  # scaling the upload too would say >= 8 s
+    assert (g.rows == want_rows).mean() > 0.999
+    np.testing.assert_allclose(g.cosines, want_cos, atol=2e-6)  # fp16 base, exact cosines
+
+
+def test_graph_gpu_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="job")  # an earlier CLI test in this worker may have set another level
+    x = clustered(1200, seed=7)
+    want_rows, want_cos = exact_knn(x, 4, device="cpu")
+    install(monkeypatch, fail={"search": 3})  # warm-up, pilot, then the graph's first GPU call fails
+    monkeypatch.setattr(graph_mod, "GPU_PILOT_ROWS", 100)
+    monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 0)
+    g = knn_graph(x, np.arange(1200), 4, progress=False)
+    assert g.method == "exact" and g.device == "cpu"
+    (note,) = g.fallbacks
+    assert "failed on the GPU" in note
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"exact search: {note} (the rest of this job runs on the CPU too)"]
+    assert (g.rows == want_rows).all()
+    np.testing.assert_allclose(g.cosines, want_cos, atol=1e-6)
+
+
+def test_graph_on_cpu_device_never_touches_the_gpu(monkeypatch: pytest.MonkeyPatch):
+    rec = install(monkeypatch)
+    g = knn_graph(clustered(300), np.arange(300), 3, progress=False, device="cpu")
+    assert g.device == "cpu" and rec.calls == []
 
 
 def test_auto_is_exact_for_small_sets():
@@ -128,6 +169,7 @@ def test_graph_from_the_runs_index_holds_the_pairs_with_exact_cosines(factory):
     index = _index(x, ids, factory)
     g = knn_graph(x, ids, 10, index=index, method="index", progress=False)
     assert g.method == "index" and g.search_params and g.pair_recall is not None and g.pair_recall >= 0.99
+    assert g.truth_device == "cpu"
     ok = g.rows >= 0
     np.testing.assert_allclose(g.cosines[ok], np.einsum("ij,ij->i", x[np.where(ok)[0]], x[g.rows[ok]]), atol=1e-5)
     assert (np.diff(np.where(ok, g.cosines, -np.inf), axis=1) <= 1e-6).all()  # re-sorted by the exact cosine
@@ -147,3 +189,14 @@ def test_bad_input_is_a_usage_error():
     index.add_with_ids(x[:10], np.arange(10))
     with pytest.raises(UsageError, match="holds 10 vectors but 50 were given; rebuild it with: python -m job index"):
         knn_graph(x, np.arange(50), index=index, method="index")
+
+
+def test_approximate_graph_takes_its_recall_truth_from_the_gpu_and_frees_it(monkeypatch: pytest.MonkeyPatch):
+    x, _ = _planted_cliplike(3000)
+    ids = np.arange(len(x), dtype=np.int64)
+    cpu = knn_graph(x, ids, 10, method="partition", list_size=128, progress=False, device="cpu")
+    rec = install(monkeypatch)
+    g = knn_graph(x, ids, 10, method="partition", list_size=128, progress=False)
+    assert g.method == "partition" and g.device == "cpu" and g.truth_device == "gpu:0"
+    assert rec.count("upload") == 1 and rec.names()[-1] == "free"  # one upload: the recall sample's truth
+    assert g.pair_recall == cpu.pair_recall and (g.rows == cpu.rows).all()

@@ -61,6 +61,19 @@ def test_auto_finds_a_planted_mode_and_says_why(n, share):
     assert f"auto: {m:,} images have a neighbour closer than the bulk reaches" in t.rule and "cosine >=" in t.rule
 
 
+def test_a_sparse_spread_of_near_copies_is_cut_with_a_dense_cluster_of_re_encodes():
+    """Re-encodes pile up at 1-cos ~3e-4 while near copies spread thinly over 0.001-0.04: the density between them
+    dips, but the cut is the gap next to the bulk, so the near copies are flagged with the re-encodes."""
+    rng = np.random.default_rng(9)
+    n = 5000
+    z = _graph_z(rng, lambda r, m: r.normal(-0.9, 0.03, m), n)  # CLIP-like bulk at 1-cos ~0.13
+    z[:50, 0] = rng.normal(-3.5, 0.1, 50)  # re-encodes
+    z[50:100, 0] = rng.uniform(-3.0, -1.4, 50)  # near copies, log-uniform: a few per tenth of a decade
+    t = auto_threshold(_cos(z))
+    flagged = (_cos(z) >= t.cosine).any(axis=1)
+    assert t.found_mode and flagged[:100].all() and not flagged[100:].any(), t.rule
+
+
 def test_identical_vectors_are_duplicates_whatever_the_rule():
     z = _graph_z(np.random.default_rng(3), SHAPES["gumbel_min"])
     c = _cos(z)

@@ -134,10 +134,41 @@ def test_teardown_says_what_is_kept_and_how_to_resume(capsys):
     assert "does not exist" in capsys.readouterr().out  # nothing deployed: one line, nothing to keep
     redeploy = "npx cdk deploy -c run_id=old-run -c artifacts_bucket=kept-bucket -c pool=cls"
     deployed({"ArtifactsBucket": "kept-bucket", "AccessLogBucket": "log-bucket", "RunPrefix": "s3://kept-bucket/runs/old-run/",
-              "RedeployCommand": redeploy})
+              "KeptByDestroy": "ArtifactsBucket,AccessLogBucket", "RedeployCommand": redeploy})
     assert main([], client=clients) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"teardown: {C.STACK_NAME} in {REGION}"
     assert "kept: s3://kept-bucket/ (the runs, their logs, the weights cache)" in out
+    assert "kept: s3://log-bucket/ (the artifacts bucket's access logs; they expire in 90 days)" in out
     assert out[-1] == f"to resume this run after the destroy, run: {redeploy}"
     assert main(["-c", "instance_types=t3.micro"], client=clients) == 2
+
+
+def test_teardown_says_the_artifacts_go_with_retain_artifacts_false(capsys):
+    """retain_artifacts=false: the stack deletes the artifacts bucket (the access-log bucket stays): no "kept" line and
+    no resume command for it. A stack deployed before KeptByDestroy existed is answered with the condition."""
+    from cdk.teardown import main, notes
+
+    deployed({"ArtifactsBucket": "gone-bucket", "AccessLogBucket": "log-bucket", "RunPrefix": "s3://gone-bucket/runs/r/",
+              "KeptByDestroy": "AccessLogBucket"})
+    assert main([], client=Clients()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "deleted with the stack (retain_artifacts=false): s3://gone-bucket/ (the runs, their logs, the weights cache)" in out
+    assert "kept: s3://log-bucket/ (the artifacts bucket's access logs; they expire in 90 days)" in out
+    assert not [line for line in out if "kept: s3://gone-bucket" in line or "to resume" in line]
+    older = notes({"ArtifactsBucket": "b", "RunPrefix": "s3://b/runs/r/"})
+    assert older[0] == "kept unless deployed with retain_artifacts=false: s3://b/ (the runs, their logs, the weights cache)"
+
+
+def test_redeploying_a_complete_run_is_said_to_start_nothing():
+    """The default run id names the options, so a plain redeploy after a finished run is the same run: the preflight
+    says it starts nothing and how to start another."""
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="done-bucket", CreateBucketConfiguration={"LocationConstraint": REGION})
+    deployed({"RunPrefix": "s3://done-bucket/runs/done-run/", "ArtifactsBucket": "done-bucket",
+              "AutoScalingGroup": group("VitEmbedDriveData-done-run", 0)})
+    cfg = from_context({"run_id": "done-run"}.get)
+    assert running_run(cfg, Clients()).status == OK  # not finished yet: the deploy updates (resumes) it
+    s3.put_object(Bucket="done-bucket", Key="runs/done-run/manifest.json", Body=b"{}")
+    r = running_run(cfg, Clients())
+    assert r.status == WARN and "run done-run is complete" in r.detail and "-c run_id=<new id>" in r.detail

@@ -20,7 +20,13 @@ import pytest
 
 from conftest import SLOW_MODEL
 from nuscenes_fixture import make_nuscenes_fixture, pack_mini_archive
-from rehearsal.checks import assert_ended, assert_read_through_s3fs, make_account, stack_args
+from rehearsal.checks import (  # noqa: F401 (account_fixture, no_instance_outlives_its_test: the module's fixtures)
+    account_fixture,
+    assert_ended,
+    assert_read_through_s3fs,
+    no_instance_outlives_its_test,
+    stack_args,
+)
 from rehearsal.harness import Account, Instance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,25 +49,14 @@ def container_command(instance: Instance) -> list[str]:
     return argv[argv.index(f"vit-embed:{instance.run_id}") + 1:]
 
 
-@pytest.fixture(autouse=True)
-def _no_instance_outlives_its_test():
-    yield
-    Instance.cleanup_all()
-
-
-@pytest.fixture(scope="module")
-def account(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
-    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
-
-
 @pytest.fixture(scope="module")
 def reference(account: Account, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     """An uninterrupted local run of the command the success case's container runs (same options, CPU)."""
     from job.cli import main
 
     out = tmp_path_factory.mktemp("reference") / "run"
-    command = ["run", *stack_args(account, root=account.local), *SMALL, "--out", str(out), "--weights-cache",
-               f"s3://{account.bucket}/cache/weights", "--device", "cpu", "--no-progress"]
+    command = ["run", *stack_args(account, root=account.local, device="cpu"), *SMALL, "--out", str(out),
+               "--weights-cache", f"s3://{account.bucket}/cache/weights", "--no-progress"]
     assert main(command) == 0
     return command, out
 
@@ -107,6 +102,7 @@ def test_success_equals_a_local_run_and_walks_every_phase(account: Account, requ
     assert times == sorted(times) and doc["started_at"] <= times[0]
     assert doc["progress"]["done"] == IMAGES and doc["progress"]["failed"] == 0
     assert (doc["run_id"], doc["instance_id"], doc["instance_type"]) == ("ok", inst.instance_id, "g6e.xlarge")
+    assert doc["data_source"] == f"s3fs mount of s3://{account.nuscenes_bucket} at {account.mount}"  # the first choice
 
     # The container: an init, a grace period, the GPU, the log driver; the run folder of record is S3.
     (run_line,) = [c for c in inst.docker_runs() if " --name vit-embed " in c]
@@ -116,7 +112,9 @@ def test_success_equals_a_local_run_and_walks_every_phase(account: Account, requ
     ran = container_command(inst)
     assert ran[ran.index("--out") + 1] == inst.run_uri and "--publish" not in ran
     assert ran[ran.index("--weights-cache") + 1] == f"s3://{account.bucket}/cache/weights"
-    # ... and it is the command of the local reference run, but for where it reads and writes and the GPU stand-in.
+    # ... and it is the command of the local reference run, but for where it reads and writes and the GPU stand-in:
+    # the stack's --device cuda (the job's own args; the script adds no --device) runs on the CPU here.
+    assert ran[ran.index("--device") + 1] == "cuda" and ran.count("--device") == 1
     swap = {inst.run_uri: "OUT", str(command[command.index("--out") + 1]): "OUT", "cuda": "cpu"}
     same = [swap.get(a, a).replace(str(account.mount), "DATA").replace(str(account.local), "DATA") for a in ran]
     assert same == [swap.get(a, a).replace(str(account.local), "DATA") for a in command]
@@ -191,6 +189,26 @@ def test_no_gpu_fails_before_the_job_and_keep_instance_skips_the_power_off(accou
     # KEEP_INSTANCE (debugging): neither the group nor the power-off; the logs are copied all the same.
     assert account.capacity(inst.group) == (0, 1, 1) and not any(c.startswith("shutdown") for c in inst.calls())
     assert account.keys(inst.run_prefix + "_logs/")
+
+
+def test_a_gpu_torch_cannot_use_fails_the_job_at_once_with_the_reason(account: Account, tmp_path: Path) -> None:
+    """nvidia-smi sees the GPU, torch does not (here: this machine's torch, no CUDA device, exactly as on an instance
+    whose driver is too old for the wheel's CUDA): the job, run with the stack's --device cuda, fails before it reads
+    a source or loads a model, and _STATUS says why; the group is released, nothing retries for hours on the CPU."""
+    inst = Instance(account, tmp_path / "i1", "nocuda", stack_args(account), account.group("g-nocuda"),
+                    env={"REHEARSAL_TORCH_NO_GPU": "1"}).start()
+    assert inst.wait() == 1, inst.console_text()
+    doc = inst.status()
+    assert doc["status"] == "failed" and doc["phase"] == "weights", doc
+    assert doc["reason"].startswith("--device cuda: torch ") and "sees no CUDA device" in doc["reason"], doc["reason"]
+    assert "valid choices here: auto, cpu" in doc["reason"]
+    assert inst.logged_at("the job exited with code") - inst.logged_at("phase weights") <= 60  # seconds, not hours
+    assert "--device cuda" in container_command_text(inst) and not _parts(account, inst)
+    assert_ended(inst, released=True)
+
+
+def container_command_text(instance: Instance) -> str:
+    return " ".join(container_command(instance))
 
 
 def test_missing_source_fails_before_the_build(account: Account, tmp_path: Path) -> None:

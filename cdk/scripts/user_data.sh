@@ -6,10 +6,11 @@
 #
 # Phases, each recorded with its time in s3://<bucket>/runs/<run-id>/_STATUS (job/status.py's schema), together with
 # this script's log (_bootstrap.log, also streamed live to CloudWatch Logs):
-#   check-gpu (docker, the log stream, nvidia-smi) -> scratch (instance store) -> mount (s3fs, nuScenes read-only)
-#   -> image (build or pull) -> weights (the container starts: sources opened, weights loaded from the account's cache)
-#   -> the job's own phases: embed (progress at least twice a minute), index, project -> publish (manifest checked,
-#   logs copied to the run prefix).
+#   check-gpu (docker, the log stream, nvidia-smi) -> scratch (instance store) -> mount (s3fs, nuScenes read-only; when
+#   s3fs cannot be installed or mounted, the job reads the bucket straight from S3 and _STATUS says so: data_source)
+#   -> image (build or pull) -> weights (the container starts: sources opened, weights loaded from the account's cache;
+#   with --device cuda the job fails here at once when torch sees no usable GPU) -> the job's own phases: embed
+#   (progress at least twice a minute), index, project -> publish (manifest checked, logs copied to the run prefix).
 # The job writes every committed shard straight to the run prefix, so an instance started for the same run id (the
 # group's replacement after a spot reclaim, or a re-run) resumes from what S3 holds.
 #
@@ -61,6 +62,11 @@ STATUS_RULES=${STATUS_RULES:-$WORK_DIR/status_rules.py} # job/status_rules.py, s
 APT_ATTEMPTS=${APT_ATTEMPTS:-6}             # tries of update + install ...
 APT_RETRY_S=${APT_RETRY_S:-15}              # ... this far apart at first, doubling (15 s to 4 min: ~8 min in all)
 APT_DAILY_WAIT_S=${APT_DAILY_WAIT_S:-600}   # wait at most this long for apt-daily(-upgrade) to finish first
+# apt reads only Ubuntu's own archive (s3fs is there): the AMI's other sources (NVIDIA's, Docker's, ...) are left out,
+# so one of them failing cannot fail the update. Ubuntu 22.04 lists its archive in sources.list, 24.04 in ubuntu.sources.
+APT_SOURCE_LIST=${APT_SOURCE_LIST:-/etc/apt/sources.list}
+APT_UBUNTU_SOURCES=${APT_UBUNTU_SOURCES:-/etc/apt/sources.list.d/ubuntu.sources}
+S3FS_ATTEMPTS=${S3FS_ATTEMPTS:-3} # tries of the mount itself (s3fs installed); then the job reads S3 directly
 # s3fs reads the public bucket at its regional endpoint; it stages each open object in a temporary file under its
 # tmpdir (the instance store, see mount_nuscenes) and keeps this much of that disk free.
 NUSCENES_S3_URL=${NUSCENES_S3_URL:-https://s3.${NUSCENES_REGION}.amazonaws.com}
@@ -85,6 +91,8 @@ LOG_STREAMING=false
 WITH_LOGS=false
 WAITING_ONLY=false
 WATCHERS=()
+DATA_SOURCE= # how the job reaches the dataset (mount_nuscenes): recorded in _STATUS as data_source
+MOUNT_ERROR=
 
 install -d -m 0755 "$(dirname "$LOG_FILE")" "$WORK_DIR"
 exec > >(tee -a "$LOG_FILE") 2>&1
@@ -118,7 +126,7 @@ write_status() { # write_status running|succeeded|failed|interrupted REASON [PHA
 		aws s3 cp "${RUN_URI}_STATUS" "$stored" --region "$REGION" --only-show-errors >/dev/null 2>&1 || : >"$stored"
 	fi
 	if env "STARTED_AT=$STARTED_AT" "ATTEMPT=$ATTEMPT" "RUN_ID=$RUN_ID" "RUN_URI=$RUN_URI" "INSTANCE_ID=$INSTANCE_ID" \
-		"INSTANCE_TYPE=$INSTANCE_TYPE" "MARKET=$MARKET" \
+		"INSTANCE_TYPE=$INSTANCE_TYPE" "MARKET=$MARKET" "DATA_SOURCE=$DATA_SOURCE" \
 		python3 "$STATUS_RULES" "$STATE_DIR/status.json" "$stored" "$1" "$2" "${3:-}" "${4:-}"; then
 		cp "$STATE_DIR/status.json" "$up/_STATUS"
 		cp "$LOG_FILE" "$up/_bootstrap.log"
@@ -398,9 +406,16 @@ setup_scratch() { # SCRATCH: the instance store (NVMe) where the type has one, e
 	log "scratch: ${SCRATCH} ($(df -h --output=avail "$SCRATCH" | tail -1 | tr -d ' ') free)"
 }
 
-wait_for_apt_daily() { # Ubuntu's apt-daily(-upgrade) run on a first boot and hold apt's locks: let them finish
+apt_daily_busy() { # Ubuntu's apt-daily(-upgrade) run on a first boot and hold apt's locks. They are oneshot units:
+	# "activating" while they run, "inactive" (or "failed") once done; never "active", which is all `is-active` tests.
+	local states
+	states=$(systemctl is-active apt-daily.service apt-daily-upgrade.service 2>/dev/null || true)
+	grep -qxE 'activating|deactivating|reloading' <<<"$states"
+}
+
+wait_for_apt_daily() { # let apt-daily(-upgrade) finish before the first apt-get (at most APT_DAILY_WAIT_S)
 	local waited=0
-	while systemctl is-active --quiet apt-daily.service apt-daily-upgrade.service; do
+	while apt_daily_busy; do
 		if [ "$waited" -ge "$APT_DAILY_WAIT_S" ]; then
 			log "apt-daily still runs after ${waited}s: trying apt anyway"
 			return 0
@@ -409,17 +424,22 @@ wait_for_apt_daily() { # Ubuntu's apt-daily(-upgrade) run on a first boot and ho
 		sleep 2
 		waited=$((waited + 2))
 	done
+	[ "$waited" -eq 0 ] || log "apt-daily is done after ${waited}s"
 }
 
-apt_try() { # apt_try OUT PKG...: one apt-get update + install, its output in OUT
-	local out=$1
+apt_try() { # apt_try OUT PKG...: one apt-get update + install from Ubuntu's archive only, its output in OUT
+	local out=$1 parts=$STATE_DIR/apt-sources.d list=/dev/null
 	shift
-	apt-get -o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 update -q >"$out" 2>&1 &&
-		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 \
-			install -y -q "$@" >"$out" 2>&1
+	install -d -m 0755 "$parts"
+	[ ! -e "$APT_UBUNTU_SOURCES" ] || cp "$APT_UBUNTU_SOURCES" "$parts/"
+	[ ! -e "$APT_SOURCE_LIST" ] || list=$APT_SOURCE_LIST
+	local only=(-o "Dir::Etc::sourcelist=${list}" -o "Dir::Etc::sourceparts=${parts}" -o APT::Get::List-Cleanup=0
+		-o DPkg::Lock::Timeout=120 -o Acquire::Retries=3)
+	apt-get "${only[@]}" update -q >"$out" 2>&1 &&
+		DEBIAN_FRONTEND=noninteractive apt-get "${only[@]}" install -y -q --no-install-recommends "$@" >"$out" 2>&1
 }
 
-apt_install() { # apt_install PKG...: retried with backoff; fails the run with apt's first error when it never works
+apt_install() { # apt_install PKG...: retried with backoff; returns 1 with apt's first error in MOUNT_ERROR
 	local attempt=1 pause=$APT_RETRY_S out why started
 	out=$(mktemp -p "$STATE_DIR")
 	started=$(date +%s)
@@ -428,7 +448,9 @@ apt_install() { # apt_install PKG...: retried with backoff; fails the run with a
 		why=$(grep -m1 -E '^(E|Err):' "$out" || true) # apt's first error is the cause (the lists lock, say)
 		[ -n "$why" ] || why=$(tail -1 "$out")
 		if [ "$attempt" -ge "$APT_ATTEMPTS" ]; then
-			fail "could not install $* with apt-get after ${attempt} attempts in $(($(date +%s) - started))s: ${why}"
+			MOUNT_ERROR="could not install $* with apt-get after ${attempt} attempts in $(($(date +%s) - started))s: ${why}"
+			log "$MOUNT_ERROR"
+			return 1
 		fi
 		log "apt-get failed (attempt ${attempt}/${APT_ATTEMPTS}): ${why}; retrying in ${pause}s"
 		sleep "$pause"
@@ -443,21 +465,51 @@ s3fs_installed() {
 	[ "$(dpkg-query -W -f='${Status}' s3fs 2>/dev/null)" = "install ok installed" ]
 }
 
-mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (its regional endpoint)
-	phase mount
-	s3fs_installed || apt_install s3fs
+s3fs_mount() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT; returns 1 with the reason in MOUNT_ERROR
+	s3fs_installed || apt_install s3fs || return 1
 	mkdir -p "$NUSCENES_MOUNT"
 	# s3fs stages every object it reads in a temporary file (its tmpdir, /tmp by default; use_cache or not): up to
 	# four archives at once for the job, ~17 GB of keyframes or ~124 GB of *_blobs. On the instance store, not the
 	# root volume (gp3 at 125 MB/s baseline, shared with the image and the logs).
-	local tmp=$SCRATCH/s3fs extra=()
+	local tmp=$SCRATCH/s3fs extra=() attempt err=$STATE_DIR/s3fs.err
 	install -d -m 0700 "$tmp"
 	[ -z "$S3FS_EXTRA_OPTIONS" ] || extra=(-o "$S3FS_EXTRA_OPTIONS")
-	s3fs "$NUSCENES_BUCKET" "$NUSCENES_MOUNT" \
-		-o ro -o public_bucket=1 -o allow_other -o umask=0022 \
-		-o "url=${NUSCENES_S3_URL}" -o "endpoint=${NUSCENES_REGION}" \
-		-o "tmpdir=${tmp}" -o "ensure_diskfree=${S3FS_DISKFREE_MB}" "${extra[@]}"
-	mountpoint -q "$NUSCENES_MOUNT" || fail "s3fs did not mount s3://${NUSCENES_BUCKET} at ${NUSCENES_MOUNT}"
+	for ((attempt = 1; attempt <= S3FS_ATTEMPTS; attempt++)); do
+		if s3fs "$NUSCENES_BUCKET" "$NUSCENES_MOUNT" \
+			-o ro -o public_bucket=1 -o allow_other -o umask=0022 \
+			-o "url=${NUSCENES_S3_URL}" -o "endpoint=${NUSCENES_REGION}" \
+			-o "tmpdir=${tmp}" -o "ensure_diskfree=${S3FS_DISKFREE_MB}" "${extra[@]}" 2>"$err" &&
+			mountpoint -q "$NUSCENES_MOUNT"; then
+			log "mounted s3://${NUSCENES_BUCKET} read-only at ${NUSCENES_MOUNT} (s3fs stages its reads in ${tmp})"
+			return 0
+		fi
+		log "s3fs could not mount s3://${NUSCENES_BUCKET} (attempt ${attempt}/${S3FS_ATTEMPTS}): $(tr '\n' ' ' <"$err")"
+		sleep "$attempt"
+	done
+	MOUNT_ERROR="s3fs did not mount s3://${NUSCENES_BUCKET} at ${NUSCENES_MOUNT} after ${S3FS_ATTEMPTS} attempts: $(tr '\n' ' ' <"$err")"
+	return 1
+}
+
+read_s3_directly() { # the job reads the bucket straight from S3 (the job's own reader): mount paths become s3:// URIs
+	local direct=$STATE_DIR/job.args arg
+	while IFS= read -r arg; do
+		[[ "$arg" != "$NUSCENES_MOUNT"/* ]] || arg="s3://${NUSCENES_BUCKET}/${arg#"$NUSCENES_MOUNT"/}"
+		printf '%s\n' "$arg"
+	done <"$JOB_ARGS_FILE" >"$direct"
+	JOB_ARGS_FILE=$direct
+	DATA_SOURCE="S3 directly (s3://${NUSCENES_BUCKET}); the s3fs mount failed: ${MOUNT_ERROR}"
+	log "the job reads s3://${NUSCENES_BUCKET} directly: ${MOUNT_ERROR}"
+}
+
+mount_nuscenes() { # the s3fs mount first (the brief's choice); S3 directly when s3fs cannot be installed or mounted
+	phase mount
+	if ! s3fs_mount; then
+		read_s3_directly
+		write_status running "" # _STATUS says which way the data comes
+		return 0
+	fi
+	DATA_SOURCE="s3fs mount of s3://${NUSCENES_BUCKET} at ${NUSCENES_MOUNT}"
+	write_status running ""
 	local arg prev=
 	while IFS= read -r arg; do # every plain path the job will read must be there
 		if [[ "$prev" =~ ^--(source|nuscenes-meta)$ && "$arg" == "$NUSCENES_MOUNT"/* && "$arg" != *[*?[]* ]]; then
@@ -465,7 +517,6 @@ mount_nuscenes() { # the public nuScenes bucket, read-only, at NUSCENES_MOUNT (i
 		fi
 		prev=$arg
 	done <"$JOB_ARGS_FILE"
-	log "mounted s3://${NUSCENES_BUCKET} read-only at ${NUSCENES_MOUNT} (s3fs stages its reads in ${tmp})"
 }
 
 prepare_image() {
@@ -510,7 +561,7 @@ run_job() { # python -m job run, writing straight to the run prefix; stopped gra
 		-e "AWS_REGION=${REGION}" -e "AWS_DEFAULT_REGION=${REGION}" \
 		-v "${NUSCENES_MOUNT}:${NUSCENES_MOUNT}:ro" \
 		-v "${SCRATCH}/cache:/data/cache" \
-		"$JOB_IMAGE" run "${job_args[@]}" --out "$RUN_URI" "${extra[@]}" --device cuda --no-progress \
+		"$JOB_IMAGE" run "${job_args[@]}" --out "$RUN_URI" "${extra[@]}" --no-progress \
 		>"$JOB_LOG" 2>&1 &
 	JOB_PID=$!
 	stop_at_deadline "$(($(date +%s) + remaining))" &

@@ -54,7 +54,7 @@ def _index(a: _Args) -> IndexConfig:
                        max_memory=a.get("max_memory", None), target_recall=a.get("target_recall", d.target_recall),
                        enabled=not a.get("no_index", False), overrides=overrides,
                        embeddings=a.get("embeddings", None) if own else None,
-                       index_out=a.get("index_out", None))
+                       index_out=a.get("index_out", None), device=a.get("device", d.device))
 
 
 def _search(a: _Args, command: str) -> SearchConfig:

@@ -112,7 +112,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "vector CLIP's text tower was trained against, for text queries (default cls; none: don't)")
     g.add_argument("--image-size", type=positive_int, default=None,
                    help="model input size in pixels (default: the model's own, 224 for ViT-L-14)")
-    g.add_argument("--device", type=choice("device", DEVICES), default="auto", help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--device", type=choice("device", DEVICES), default="auto",
+                   help="auto (CUDA if present), cpu, cuda; in job run also where Faiss builds the index (see job index)")
     g.add_argument("--precision", type=choice("precision", PRECISIONS), default="auto",
                    help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
     g.add_argument("--seed", type=int, default=0, help="seed for --pretrained none and the UMAP sample (default 0)")
@@ -192,6 +193,10 @@ def add_index_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> No
                    help="memory budget for auto, e.g. 4G, 512M, 1.5GiB (default: half the memory available now)")
     g.add_argument("--target-recall", type=number, default=ix.target_recall,
                    help=f"tune nprobe/efSearch to reach this recall@10 (default {ix.target_recall})")
+    if not in_run:  # in job run, --device (the model's) places Faiss too
+        g.add_argument("--device", type=choice("device", DEVICES), default=ix.device,
+                       help="where Faiss trains and fills IVF indexes and runs the exact search for recall: auto (the "
+                            "GPU when Faiss sees one), cpu, cuda (a GPU required); HNSW and flat build on the CPU")
 
 
 def add_projection_options(p: argparse.ArgumentParser) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 from ..config import CURATE_K, CURATE_METHODS, CURATE_PAIR_RECALL
 from ..errors import UsageError
 from ..index import make_eval_set, tune
-from ..index.exact import cuda_torch, drop_self, exact_search
+from ..index.exact import ExactSearcher, drop_self
 from ..index.tune import current_search_params, format_params, search_space, set_search_params
-from .knn import EXACT_BUDGET_S, PILOT_FLOPS, KnnGraph, exact_knn, index_knn
+from .knn import EXACT_BUDGET_S, GPU_PILOT_ROWS, PILOT_FLOPS, KnnGraph, exact_knn, index_knn
 from .partition import balanced_partition, partition_knn
 from .recall import RecallSample
 from .threshold import auto_threshold
@@ -44,18 +44,23 @@ def _default_gate(rows: np.ndarray, cos: np.ndarray) -> float:
     return auto_threshold(cos).cosine
 
 
-def _pilot(x: np.ndarray, k: int, device: str) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
-    """Time the exact search of a first batch (~``PILOT_FLOPS`` of work); returns (estimated seconds for all rows,
-    the batch's graph rows, its size). The batch is not wasted: an exact graph starts after it."""
+def _pilot(searcher: ExactSearcher, k: int) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
+    """Time the exact search of a first batch (~``PILOT_FLOPS`` of work, at least ``GPU_PILOT_ROWS`` on the GPU);
+    returns (estimated seconds for all rows, the batch's graph rows, its size). Only the per-query time is scaled to
+    all rows; the searcher's one-time setup (GPU upload, warm-up) is added once. The batch is not wasted: an exact
+    graph starts after it."""
+    x = searcher.x
     n, d = x.shape
     size = int(min(n, max(64, PILOT_FLOPS // max(1, n * d))))
+    if searcher.on_gpu:
+        size = min(n, max(size, GPU_PILOT_ROWS))
     t0 = time.perf_counter()
-    rows, sims = exact_search(x[:size], x, min(k + 1, n), device=device)
+    rows, sims = searcher.search(x[:size], min(k + 1, n))
     r, c = drop_self(rows, sims, np.arange(size), k)
     elapsed = time.perf_counter() - t0
     done = (np.full((size, k), -1, np.int64), np.full((size, k), np.nan, np.float32))
     done[0][:, : r.shape[1]], done[1][:, : r.shape[1]] = r, c
-    return elapsed * n / size, done, size
+    return searcher.setup_s + elapsed * n / size, done, size
 
 
 def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, index: Any = None, method: str = "auto",
@@ -66,7 +71,9 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, index: Any =
 
     ``method='auto'``: exact when a timed pilot batch extrapolates to at most ``budget_s`` seconds, else
     ``partition`` (the run's index is not needed). ``index``: the run's Faiss index over the same ids (for
-    ``method='index'``). ``gate``: the near threshold read off a graph (default: ``threshold.auto_threshold``)."""
+    ``method='index'``). ``gate``: the near threshold read off a graph (default: ``threshold.auto_threshold``).
+    ``device`` (auto | cpu | cuda) places the exact search (the pilot, an exact graph, the recall sample's truth):
+    one :class:`~job.index.exact.ExactSearcher` for the whole graph, so the GPU upload is paid once."""
     if method not in CURATE_METHODS:
         raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(CURATE_METHODS)}")
     n = len(x)
@@ -76,56 +83,64 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, index: Any =
         raise UsageError(f"k = {k} is out of range; use 1 to {n - 1}")
     if len(ids) != n:
         raise UsageError(f"{len(ids)} ids for {n} vectors")
-    k = min(k, n - 1)
-    timings: dict[str, float] = {}
-    dev = "cuda" if (device in ("auto", "cuda") and cuda_torch() is not None) else "cpu"
     if method == "index" and index is None:
         raise UsageError("k-NN method 'index' needs the run's index; build it with: python -m job index")
     if method == "index" and int(index.ntotal) != n:
         raise UsageError(f"the index holds {index.ntotal} vectors but {n} were given; rebuild it with: "
                          "python -m job index")
+    k = min(k, n - 1)
+    with ExactSearcher(x, device=device, step="exact") as searcher:
+        graph = _graph(searcher, ids, k, index, method, gate or _default_gate, target_pair_recall, budget_s,
+                       list_size, seed, progress)
+    graph.fallbacks = list(searcher.placement.fallbacks)
+    log.info("k-NN graph: %s, pair recall %.4f at cosine >= %.4f (%d pairs in %d sampled rows), recall@%d %.4f, "
+             "%.1f s", graph.method, graph.pair_recall or math.nan, graph.pair_threshold or math.nan, graph.pairs,
+             graph.pair_rows, k, graph.recall, graph.timings.get("graph_s", graph.timings.get("search_s", 0.0)))
+    return graph
+
+
+def _graph(searcher: ExactSearcher, ids: np.ndarray, k: int, index: Any, method: str, gate: Gate, target: float,
+           budget_s: float, list_size: int, seed: int, progress: bool) -> KnnGraph:
+    x, n = searcher.x, len(searcher.x)
+    timings: dict[str, float] = {"exact_setup_s": searcher.setup_s}
     pilot = None
     if method == "auto":
         t0 = time.perf_counter()
-        est, done, size = _pilot(x, k, device)
+        est, done, size = _pilot(searcher, k)
         timings["pilot_s"] = time.perf_counter() - t0
         pilot = (done, size)
         method = "exact" if est <= budget_s else "partition"
         log.info("k-NN graph: exact search of all %d vectors estimated at %.0f s on %s (budget %.0f s) -> %s",
-                 n, est, dev, budget_s, method)
+                 n, est, searcher.device, budget_s, method)
         timings["exact_estimate_s"] = est
     t0 = time.perf_counter()
     if method == "exact":
         start, done_rc = (pilot[1], pilot[0]) if pilot else (0, None)
-        rows, cos = exact_knn(x, k, progress=progress, device=device, start=start, done=done_rc)
+        rows, cos = exact_knn(x, k, progress=progress, start=start, done=done_rc, searcher=searcher)
         timings["search_s"] = time.perf_counter() - t0
-        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, dev, pair_recall=1.0, timings=timings)
+        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, searcher.device, pair_recall=1.0, timings=timings)
     graph = KnnGraph(ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), method, device="cpu",
                      timings=timings)
     if method == "partition":
         part = balanced_partition(x, list_size, max_probe=MAX_PROBE, seed=seed)
         timings["partition_s"] = time.perf_counter() - t0
-        sizes = part.sizes()
-        graph.lists, graph.largest_list = part.nlist, int(sizes.max())
+        graph.lists, graph.largest_list = part.nlist, int(part.sizes().max())
         probes = list(range(START_PROBE, min(MAX_PROBE, part.nlist) + 1)) or [part.nlist]
 
         def search(effort: int, prev: tuple[np.ndarray, np.ndarray] | None, last: int) -> tuple[np.ndarray, np.ndarray]:
             graph.probe = effort
             return partition_knn(part, x, k, effort, start=last, done=prev, progress=progress)
 
-        _until_pairs_held(graph, x, k, probes, search, gate or _default_gate, target_pair_recall, seed, device)
+        _until_pairs_held(graph, searcher, k, probes, search, gate, target, seed)
     else:
-        _index_graph(graph, index, x, ids, k, gate or _default_gate, target_pair_recall, seed, device, progress)
+        _index_graph(graph, searcher, index, ids, k, gate, target, seed, progress)
     timings["graph_s"] = time.perf_counter() - t0
-    log.info("k-NN graph: %s, pair recall %.4f at cosine >= %.4f (%d pairs in %d sampled rows), recall@%d %.4f, "
-             "%.1f s", graph.method, graph.pair_recall or math.nan, graph.pair_threshold or math.nan, graph.pairs,
-             graph.pair_rows, k, graph.recall, timings["graph_s"])
     return graph
 
 
-def _until_pairs_held(graph: KnnGraph, x: np.ndarray, k: int, efforts: list[Any],
+def _until_pairs_held(graph: KnnGraph, searcher: ExactSearcher, k: int, efforts: list[Any],
                       search: Callable[[Any, tuple[np.ndarray, np.ndarray] | None, Any], tuple[np.ndarray, np.ndarray]],
-                      gate: Gate, target: float, seed: int, device: str) -> None:
+                      gate: Gate, target: float, seed: int) -> None:
     """Search at each effort in turn (``search(effort, previous result, previous effort)``) until the graph's pair
     recall at its own threshold reaches ``target``; fills ``graph``."""
     prev: tuple[np.ndarray, np.ndarray] | None = None
@@ -140,9 +155,10 @@ def _until_pairs_held(graph: KnnGraph, x: np.ndarray, k: int, efforts: list[Any]
         t1 = time.perf_counter()
         threshold = gate(rows, cos)
         if sample is None:
-            sample = RecallSample.draw(x, cos, threshold, k, uniform=RECALL_UNIFORM, extra=RECALL_EXTRA, seed=seed,
-                                       device=device)
-            graph.pair_rows = len(sample.rows)
+            sample = RecallSample.draw(searcher, cos, threshold, k, uniform=RECALL_UNIFORM, extra=RECALL_EXTRA,
+                                       seed=seed)
+            graph.pair_rows, graph.truth_device = len(sample.rows), searcher.device
+            searcher.close()  # the approximate search needs no exact search: free a GPU copy now
         pair_recall, pairs = sample.pair_recall(rows, threshold)
         graph.timings["recall_s"] = graph.timings.get("recall_s", 0.0) + time.perf_counter() - t1
         graph.tuning.append({"effort": effort, "pair_recall": round(pair_recall, 5), "pairs": pairs,
@@ -161,15 +177,17 @@ def _until_pairs_held(graph: KnnGraph, x: np.ndarray, k: int, efforts: list[Any]
     graph.tuning[-1]["recall"] = graph.recall
 
 
-def _index_graph(graph: KnnGraph, index: Any, x: np.ndarray, ids: np.ndarray, k: int, gate: Gate, target: float,
-                 seed: int, device: str, progress: bool) -> None:
+def _index_graph(graph: KnnGraph, searcher: ExactSearcher, index: Any, ids: np.ndarray, k: int, gate: Gate,
+                 target: float, seed: int, progress: bool) -> None:
     """``method='index'``: the run's index, first tuned to recall@k ``INDEX_TUNE_RECALL`` on 500 rows, then its
-    coverage parameter (efSearch / nprobe) raised step by step until pair recall reaches ``target``."""
+    coverage parameter (efSearch / nprobe) raised step by step, then more candidates re-scored, until pair recall
+    reaches ``target``."""
+    x = searcher.x
     t0 = time.perf_counter()
     rows = np.sort(np.random.default_rng(seed + 1).choice(len(x), min(500, len(x)), replace=False))
     chosen: dict[str, int] = {}
     if current_search_params(index):
-        chosen, _, _ = tune(index, make_eval_set(x, ids, rows, k), INDEX_TUNE_RECALL)
+        chosen, _, _ = tune(index, make_eval_set(x, ids, rows, k, searcher=searcher), INDEX_TUNE_RECALL)
     graph.timings["tune_s"] = time.perf_counter() - t0
     space = [(name, values) for name, values in search_space(index) if name != "k_factor"]
     efforts: list[tuple[dict[str, int], int]] = [(dict(chosen), 1)]
@@ -185,7 +203,7 @@ def _index_graph(graph: KnnGraph, index: Any, x: np.ndarray, ids: np.ndarray, k:
         graph.search_params = _effort(effort)
         return index_knn(index, x, ids, k, fetch=fetch, progress=progress)
 
-    _until_pairs_held(graph, x, k, efforts, search, gate, target, seed, device)
+    _until_pairs_held(graph, searcher, k, efforts, search, gate, target, seed)
     for t in graph.tuning:
         t["effort"] = _effort(t["effort"])
 

@@ -2,8 +2,9 @@
 
 Vectors are unit length, so inner product is cosine. Three ways to build the graph (``graph.knn_graph`` picks one):
 
-* ``exact``: Faiss flat inner-product search of every vector against all (on CUDA through torch when present),
-  queries in batches. Affordable when a pilot batch, timed on this machine, extrapolates to at most ``budget_s``.
+* ``exact``: Faiss flat inner-product search of every vector against all (on the GPU when present and allowed: the
+  base uploaded once, queries in tiles; :class:`job.index.exact.ExactSearcher`). Affordable when a pilot batch,
+  timed on this machine, extrapolates to at most ``budget_s`` for the whole set.
 * ``partition``: a balanced partition of the vectors, each row compared exactly with the members of its nearest
   lists (``partition``); the CPU's way at 205k-1.4M.
 * ``index``: the run's own Faiss index searched with its search parameters (``index_knn``), the cosines re-scored
@@ -21,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from ..config import CURATE_K
-from ..index.exact import drop_self, exact_search
+from ..index.exact import GPU_QUERY_TILE, ExactSearcher, drop_self
 
 log = logging.getLogger(__name__)
 
 EXACT_BUDGET_S = 120.0  # exact search when it is measured to take at most this long (see docs/benchmarks.md)
 PILOT_FLOPS = 2e11  # the timed pilot batch: ~3 s of a 2-core CPU, a few ms of a GPU
+GPU_PILOT_ROWS = 4096  # at least this many pilot rows on the GPU: fewer time kernel launches, not the search
 QUERY_BATCH = 8192
 RESCORE_BATCH = 65_536
 
@@ -53,6 +55,8 @@ class KnnGraph:
     search_params: str | None = None  # index: the parameters it was searched with
     tuning: list[dict[str, Any]] = field(default_factory=list)  # efforts tried: probe/params, recall, pair_recall
     timings: dict[str, float] = field(default_factory=dict)
+    truth_device: str | None = None  # where the exact search of the recall sample ran
+    fallbacks: list[str] = field(default_factory=list)  # GPU steps that failed and ran on the CPU
 
     @property
     def k(self) -> int:
@@ -71,10 +75,16 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 def exact_knn(x: np.ndarray, k: int = CURATE_K, *, batch: int = QUERY_BATCH, progress: bool = False,
               device: str = "auto", start: int = 0, done: tuple[np.ndarray, np.ndarray] | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:
+              searcher: ExactSearcher | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN graph of ``x`` (rows, cosines), self removed, queries in batches (memory: one batch's results).
 
-    ``start``/``done``: rows ``[0, start)`` already computed (the timed pilot batch) and their results."""
+    ``start``/``done``: rows ``[0, start)`` already computed (the timed pilot batch) and their results;
+    ``searcher``: an :class:`ExactSearcher` over ``x`` to reuse (else one of its own, placed by ``device``)."""
+    if searcher is None:
+        with ExactSearcher(x, device=device) as own:
+            return exact_knn(x, k, batch=batch, progress=progress, start=start, done=done, searcher=own)
+    if searcher.on_gpu:
+        batch = max(batch, 4 * GPU_QUERY_TILE)  # several GPU tiles a call: re-scoring one overlaps the next search
     n = len(x)
     kk = min(k + 1, n)
     out_rows = np.full((n, k), -1, np.int64)
@@ -84,7 +94,7 @@ def exact_knn(x: np.ndarray, k: int = CURATE_K, *, batch: int = QUERY_BATCH, pro
     with _progress(n - start, "exact k-NN graph", progress) as bar:
         for s in range(start, n, batch):
             e = min(n, s + batch)
-            rows, sims = exact_search(x[s:e], x, kk, device=device)
+            rows, sims = searcher.search(x[s:e], kk)
             r, c = drop_self(rows, sims, np.arange(s, e), k)
             out_rows[s:e, : r.shape[1]], out_cos[s:e, : r.shape[1]] = r, c
             bar.update(e - s)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..index.exact import drop_self, exact_search
+from ..index.exact import ExactSearcher, drop_self
 
 
 @dataclass
@@ -31,10 +31,11 @@ class RecallSample:
     uniform: np.ndarray  # (m,) bool: drawn uniformly (recall@k is measured on these)
 
     @classmethod
-    def draw(cls, x: np.ndarray, graph_cos: np.ndarray, threshold: float, k: int, *, uniform: int, extra: int,
-             seed: int = 0, device: str = "auto") -> RecallSample:
+    def draw(cls, searcher: ExactSearcher, graph_cos: np.ndarray, threshold: float, k: int, *, uniform: int,
+             extra: int, seed: int = 0) -> RecallSample:
         """``uniform`` random rows and up to ``extra`` more among the rows with a graph edge at or above
-        ``threshold``; their exact neighbours from one exact search."""
+        ``threshold``; their exact neighbours from one search of ``searcher`` (over all the rows)."""
+        x = searcher.x
         n = len(x)
         rng = np.random.default_rng(seed)
         u = np.sort(rng.choice(n, min(uniform, n), replace=False))
@@ -48,7 +49,7 @@ class RecallSample:
         if len(pool):  # a strong row could be drawn either way
             p[in_strong] = p_u + (1 - p_u) * len(a) / len(pool)
         kk = min(k + 1, n)
-        found, sims = exact_search(x[rows], x, kk, device=device)
+        found, sims = searcher.search(x[rows], kk)
         truth_rows, truth_cos = drop_self(found, sims, rows, k)
         return cls(rows, truth_rows, truth_cos, 1.0 / p, np.r_[np.ones(len(u), bool), np.zeros(len(a), bool)])
 

@@ -37,7 +37,7 @@ def graph_info(graph: KnnGraph) -> GraphInfo:
                      pair_recall=_opt(graph.pair_recall, 5), pair_threshold=_opt(graph.pair_threshold),
                      pairs=int(graph.pairs), pair_rows=int(graph.pair_rows), target_met=bool(met), lists=graph.lists,
                      largest_list=graph.largest_list, probe=graph.probe, search_params=graph.search_params,
-                     tuning=trials, timings={k: round(float(v), 3) for k, v in graph.timings.items()})
+                     truth_device=graph.truth_device, fallbacks=list(graph.fallbacks), tuning=trials, timings={k: round(float(v), 3) for k, v in graph.timings.items()})
 
 
 def threshold_info(t: NearThreshold) -> ThresholdInfo:

@@ -39,6 +39,7 @@ BULK_MARGIN = 4.0  # the threshold stays at least this many flank widths below t
 MIN_SIGMA = 0.01  # decades: a flank narrower than the histogram's resolution is read as this
 BULK_WINDOW = (-1.0, 0.5)  # decades around the median farthest edge where the bulk's peak is looked for
 VALLEY = 0.5  # a left mode: the density between it and the bulk falls below this share of the mode's own peak
+EMPTY = 0.01  # edges per bin (smoothed) below which a bin is empty: a gap between copies and the bulk
 
 
 @dataclass(frozen=True)
@@ -120,20 +121,28 @@ def _flank_threshold(flank: BulkFlank) -> float:
 
 
 def _valley(centres: np.ndarray, f: np.ndarray, below: float) -> float | None:
-    """The ``z`` of the valley that separates a left mode from the bulk, or None: the lowest smoothed density
-    between the densest point left of ``below`` and ``below`` itself, when it is under ``VALLEY`` times that point's
-    density (a bulk whose left tail just thins out has its densest such point at ``below`` and no valley). A flat
-    floor (a gap with no edges at all) gives its middle."""
+    """Where to cut a left mode off the bulk, or None when there is no mode apart from it.
+
+    A mode apart: the densest point left of ``below`` (the bulk's reach) is followed, before the reach, by density
+    under ``VALLEY`` times its own (a bulk whose left tail just thins out has its densest such point at the reach and
+    no valley). The cut: the middle of the empty stretch (under ``EMPTY`` edges a bin) nearest the reach — the gap
+    between the copies and the bulk, so a sparse spread of near copies right of a dense cluster of re-encodes is
+    flagged with it; the reach itself when no bin between the mode and the reach is empty."""
     left = np.nonzero(centres < below)[0]
     if len(left) < 2:
         return None
     top = int(left[np.argmax(f[left])])
     span = np.arange(top, int(left[-1]) + 1)
-    low = float(f[span].min())
-    if not f[top] > 0 or low >= VALLEY * float(f[top]):
+    if not f[top] > 0 or float(f[span].min()) >= VALLEY * float(f[top]):
         return None
-    floor = span[f[span] <= low + 1e-12 * max(1.0, float(f[top]))]
-    return float(0.5 * (centres[floor[0]] + centres[floor[-1]]))
+    empty = np.nonzero(f[span] * BIN < EMPTY)[0]
+    if not len(empty):
+        return below
+    last = int(empty[-1])
+    first = last
+    while first > 0 and f[span[first - 1]] * BIN < EMPTY:
+        first -= 1
+    return float(0.5 * (centres[span[first]] + min(float(centres[span[last]]), below)))
 
 
 def auto_threshold(cosines: np.ndarray, ignore: np.ndarray | None = None) -> NearThreshold:
@@ -168,7 +177,7 @@ def auto_threshold(cosines: np.ndarray, ignore: np.ndarray | None = None) -> Nea
     rows, edges = int(below.any(axis=1).sum()), int(below.sum())
     if valley is not None and rows >= 2:
         return NearThreshold(cos, f"auto: {rows:,} images have a neighbour closer than the bulk reaches, a mode "
-                             f"apart from it (a valley at 1-cos ~ {10 ** valley:.2g}) — {where}: threshold cosine >= "
+                             f"apart from it (cut at 1-cos ~ {10 ** t:.2g}) — {where}: threshold cosine >= "
                              f"{cos:.6f}", "auto", True, flank, rows, edges, identical)
     below = valid & (c >= floor_cos)
     return NearThreshold(floor_cos, f"auto: no duplicate mode — {where}, and the {beyond:,} edges beyond that are a "

@@ -65,7 +65,7 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("vit-embedding-drivedata", "torch", "torchvision", "open-clip-torch", "numpy", "pillow", "pyarrow",
-                "fsspec", "s3fs", "faiss-cpu", "faiss-gpu-cu12", "umap-learn"):
+                "fsspec", "s3fs", "faiss-gpu", "faiss-cpu", "umap-learn"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

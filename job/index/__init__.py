@@ -2,7 +2,9 @@
 
 ``plan`` (which index, which parameters: no Faiss needed), ``build`` (create, train, add, save, load), ``tune``
 (recall on held-out queries, search parameters), ``exact`` (the one exact search), ``vectors``, ``text`` (the
-text-query index over ``embedding_cls``), ``filtered`` (top-k among a filter's ids inside Faiss).
+text-query index over ``embedding_cls``), ``filtered`` (top-k among a filter's ids inside Faiss), ``_gpu`` (where
+Faiss runs: the GPU when present and ``--device`` allows, one-warning fallback), ``ivf_gpu`` (IVF training and adding
+on the GPU, saved as a CPU index).
 
 May import: the ground floor and ``job.runfolder``.
 """

@@ -23,7 +23,9 @@ from ..errors import UsageError
 from ..runfolder import IndexInfo, RunLayout, write_index_info
 from ..values import parse_search_params
 from ._faiss import load_faiss
+from ._gpu import Placement
 from .exact import single_threaded_blas
+from .ivf_gpu import build_on_gpu, gpu_unsupported
 from .plan import HNSW_EF_CONSTRUCTION, IndexPlan, default_nlist, default_train_size, fmt_bytes, plan_index
 from .tune import (
     EvalSet,
@@ -54,14 +56,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not enabled, leave=False)
-
-
-def _gpu_count() -> int:
-    faiss = load_faiss()
-    try:
-        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
-    except RuntimeError:  # pragma: no cover
-        return 0
 
 
 def _supports_ids(index: Any) -> bool:
@@ -95,11 +89,10 @@ def _create(plan: IndexPlan, d: int) -> Any:
     return index
 
 
-def _train(index: Any, x: np.ndarray, plan: IndexPlan, seed: int, train_rows: np.ndarray | None) -> tuple[int, str]:
-    """Train on a sample (k-means assignment on the GPUs when there are any); returns (sample size, device)."""
+def _train_sample(index: Any, x: np.ndarray, plan: IndexPlan, seed: int, train_rows: np.ndarray | None) -> np.ndarray:
+    """The training sample, with the IVF's k-means parameters set for it."""
     faiss = load_faiss()
-    n, d = x.shape
-    device = "cpu"
+    n = len(x)
     if train_rows is None:
         rng = np.random.default_rng(seed)
         size = min(n, plan.train_size or default_train_size(n, default_nlist(n)))
@@ -110,44 +103,58 @@ def _train(index: Any, x: np.ndarray, plan: IndexPlan, seed: int, train_rows: np
         ivf.cp.max_points_per_centroid = max(256, math.ceil(len(xt) / max(1, ivf.nlist)))
         ivf.cp.seed = seed
         ivf.cp.niter = KMEANS_ITERATIONS
-    gpus = _gpu_count()
-    gpu_kmeans = None
-    if gpus and ivf is not None:
-        # The k-means of the coarse quantizer is the expensive part: run its assignment on the GPUs.
-        gpu_kmeans = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(d))
-        ivf.clustering_index = gpu_kmeans
-        device = f"gpu x{gpus} (k-means)"
-    log.info("training %s on %d vectors (%s)", plan.factory, len(xt), device)
-    with single_threaded_blas():
-        index.train(xt)
-    if gpu_kmeans is not None:
-        ivf.clustering_index = None
-        del gpu_kmeans
-    return len(xt), device
+    return xt
 
 
-def build_index(x: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, progress: bool = True,
-                seed: int = 0, train_rows: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
-    """Create, train (on a sample) and fill the index; returns it with timings and the device used."""
-    n, d = x.shape
-    index = _create(plan, d)
-    timings: dict[str, float] = {}
-    device = "cpu"
-    trained_on = 0
+def _fill(index: Any, x: np.ndarray, ids: np.ndarray, progress: bool, timings: dict[str, float],
+          xt: np.ndarray | None, plan: IndexPlan, where: str) -> None:
+    """Train (when ``xt`` is given) and add every vector in batches, timing both."""
     t0 = time.perf_counter()
-    if not index.is_trained:
-        trained_on, device = _train(index, x, plan, seed, train_rows)
+    if xt is not None:
+        log.info("training %s on %d vectors (%s)", plan.factory, len(xt), where)
+        with single_threaded_blas():
+            index.train(xt)
     timings["train_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    with _progress(n, "adding to index", progress) as bar:
+    n = len(x)
+    with _progress(n, f"adding to index ({where})", progress) as bar:
         for s in range(0, n, ADD_BATCH):
             e = min(n, s + ADD_BATCH)
             index.add_with_ids(np.ascontiguousarray(x[s:e]), np.ascontiguousarray(ids[s:e], dtype=np.int64))
             bar.update(e - s)
     timings["add_s"] = time.perf_counter() - t1
+
+
+def build_index(x: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, progress: bool = True,
+                seed: int = 0, train_rows: np.ndarray | None = None,
+                placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
+    """Create, train (on a sample) and fill the index; returns it with timings and where it was built.
+
+    With a GPU that ``placement`` allows (default: ``auto``) an IVF index trains and fills on the GPU and comes back
+    as a CPU index (:mod:`job.index.ivf_gpu`); a GPU failure rebuilds it on the CPU with one warning."""
+    placement = placement if placement is not None else Placement("auto", what="index")
+    n, d = x.shape
+    index = _create(plan, d)
+    timings: dict[str, float] = {}
+    xt = None if index.is_trained else _train_sample(index, x, plan, seed, train_rows)
+    why_cpu = gpu_unsupported(index) if placement.gpu else None
+    if placement.gpu and why_cpu is None:
+        try:
+            index = build_on_gpu(index, lambda ix: _fill(ix, x, ids, progress, timings, xt, plan, "GPU"))
+            on_gpu = True
+        except Exception as exc:  # noqa: BLE001 - the CPU builds it again from scratch
+            placement.failed("train+add", exc)
+            index, on_gpu = _create(plan, d), False
+            xt = None if index.is_trained else _train_sample(index, x, plan, seed, train_rows)
+    else:
+        on_gpu = False
+    if not on_gpu:
+        _fill(index, x, ids, progress, timings, xt, plan, "CPU")
+    for step in ("train", "add") if xt is not None else ("add",):
+        placement.ran(step, on_gpu, why_cpu)
     if index.ntotal != n:
         raise RuntimeError(f"index holds {index.ntotal} vectors after adding {n}")
-    return index, {"timings": timings, "device": device, "train_size": trained_on}
+    return index, {"timings": timings, "device": placement.summary(), "train_size": 0 if xt is None else len(xt)}
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -204,9 +211,10 @@ def build_index_file(emb_url: str, index_url: str, icfg: IndexConfig, ov: IndexO
     emb_url = _embeddings_url(emb_url)
     x, ids = load_vectors(emb_url, expected_dim=expected_dim, column=column)
     ov = icfg.overrides if ov is None else ov
-    evaluation = queries_eval_set(x, ids, queries[0], ov.seed) if queries is not None else None
+    placement = Placement(icfg.device, what="index")
+    evaluation = queries_eval_set(x, ids, queries[0], ov.seed, placement=placement) if queries is not None else None
     return build_from_arrays(x, ids, index_url, icfg, ov, progress=progress, emb_url=emb_url, t_start=t_start,
-                             column=column, evaluation=evaluation,
+                             column=column, evaluation=evaluation, placement=placement,
                              recall_method=None if queries is None else f"{queries[1]} as queries, {QUERY_METHOD}")
 
 
@@ -240,10 +248,16 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
                       ov: IndexOverrides | None = None, *, progress: bool = True, emb_url: str | None = None,
                       t_start: float | None = None,
                       evaluation: tuple[np.ndarray, np.ndarray, EvalSet] | None = None,
-                      column: str = "embedding", recall_method: str | None = None) -> IndexInfo:
-    """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``."""
+                      column: str = "embedding", recall_method: str | None = None,
+                      placement: Placement | None = None) -> IndexInfo:
+    """Plan, build, tune and measure an index over checked vectors; write it and its ``.json``.
+
+    Where each step runs follows ``icfg.device`` (or ``placement``, the build's own, when given): the exact search
+    for recall truth and IVF training and adding on the GPU when allowed and present; tuning and measuring on the
+    CPU, on the index as it is saved and searched. ``IndexInfo.devices`` records each step's device."""
     faiss = load_faiss()
     ov = icfg.overrides if ov is None else ov
+    placement = placement if placement is not None else Placement(icfg.device, what="index")
     t_start = time.perf_counter() if t_start is None else t_start
     n, d = x.shape
     plan = plan_index(n, d, icfg, ov)
@@ -251,7 +265,7 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
     fixed = parse_search_params(ov.search_params)
 
     # Held-out queries: never in the training sample; half tune, half measure.
-    q_rows, rest, ev_all = evaluation or held_out(x, ids, ov.queries, ov.seed)
+    q_rows, rest, ev_all = evaluation or held_out(x, ids, ov.queries, ov.seed, placement=placement)
     nq = len(q_rows)
     if plan.train_size > n - nq >= plan.train_size // 2:
         # train on what the held-out queries leave (and size the PQ codebooks for that sample)
@@ -259,11 +273,13 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
     if n - nq < plan.train_size // 2:
         rest = np.concatenate([rest, q_rows])  # tiny sets: the queries have to help train
     train_rows = np.sort(rest[: plan.train_size]) if plan.train_size else None
-    index, info_ = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows)
+    index, info_ = build_index(x, ids, plan, progress=progress, seed=ov.seed, train_rows=train_rows,
+                               placement=placement)
 
     t_tune = time.perf_counter()
     params, trials, target_met, ev_test, measured = _tune_and_measure(index, ev_all, icfg, fixed)
     timings = {**info_["timings"], "tune_s": time.perf_counter() - t_tune}
+    placement.ran("tune", False, "the saved CPU index is tuned and measured as it will be searched")
 
     size = save_index(index, index_url)
     info = IndexInfo(
@@ -272,7 +288,8 @@ def build_from_arrays(x: np.ndarray, ids: np.ndarray, index_url: str, icfg: Inde
         search_params=format_params(params), reason=plan.reason, n=int(n), d=int(d), ids_sha256=ids_digest(ids),
         size_bytes=int(size), estimated_memory_bytes=int(plan.estimated_bytes),
         build_seconds=round(time.perf_counter() - t_start, 3), timings={k: round(v, 3) for k, v in timings.items()},
-        device=info_["device"], threads=int(faiss.omp_get_max_threads()),
+        device=placement.summary(), devices=dict(placement.steps), device_notes=dict(placement.notes),
+        fallbacks=list(placement.fallbacks), threads=int(faiss.omp_get_max_threads()),
         recall_at_1=_nan_none(round(measured["recall@1"], 4)), recall_at_10=_nan_none(round(measured["recall@10"], 4)),
         recall_queries=len(ev_test.xq),
         recall_method=recall_method or f"held-out in-index vectors as queries (not in the training sample), own id "

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import UsageError
 from ..values import parse_search_params
 from ._faiss import load_faiss
-from .exact import drop_self, exact_search
+from ._gpu import Placement
+from .exact import ExactSearcher, drop_self, exact_search
 
 RECALL_K = 10
 
@@ -120,31 +121,39 @@ class EvalSet:
     truth: np.ndarray  # (nq, k) ids
 
 
-def make_eval_set(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> EvalSet:
+def make_eval_set(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int, *,
+                  searcher: ExactSearcher | None = None, placement: Placement | None = None) -> EvalSet:
+    """Queries ``x[rows]`` with their exact top-``k`` ids (self removed), from ``searcher`` (an
+    :class:`~job.index.exact.ExactSearcher` over ``x``, reused) or a search of its own placed by ``placement``."""
     xq = x[rows]
     k_eff = min(k, len(x) - 1)
-    nn, sims = exact_search(xq, x, k_eff + 1, device="cpu")
+    if searcher is not None:
+        nn, sims = searcher.search(xq, k_eff + 1)
+    else:
+        nn, sims = exact_search(xq, x, k_eff + 1, placement=placement or Placement("cpu"), step="truth")
     nn, _ = drop_self(nn, sims, rows, k_eff)
     truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
     return EvalSet(xq, ids[rows], truth)
 
 
-def held_out(x: np.ndarray, ids: np.ndarray, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, EvalSet]:
-    """(query rows, the other rows shuffled, exact neighbours of the queries) for tuning and measuring."""
+def held_out(x: np.ndarray, ids: np.ndarray, queries: int, seed: int = 0, *,
+             placement: Placement | None = None) -> tuple[np.ndarray, np.ndarray, EvalSet]:
+    """(query rows, the other rows shuffled, exact neighbours of the queries) for tuning and measuring; the exact
+    search runs where ``placement`` allows (default: the CPU)."""
     n = len(x)
     perm = np.random.default_rng(seed).permutation(n)
     nq = min(queries, n)
     q_rows = perm[:nq]  # random order: the first half tunes, the second half measures
-    return q_rows, perm[nq:], make_eval_set(x, ids, q_rows, RECALL_K)
+    return q_rows, perm[nq:], make_eval_set(x, ids, q_rows, RECALL_K, placement=placement)
 
 
-def queries_eval_set(x: np.ndarray, ids: np.ndarray, queries: np.ndarray,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, EvalSet]:
+def queries_eval_set(x: np.ndarray, ids: np.ndarray, queries: np.ndarray, seed: int = 0, *,
+                     placement: Placement | None = None) -> tuple[np.ndarray, np.ndarray, EvalSet]:
     """Like :func:`held_out` for queries from outside the index (text prompts' vectors): no row is held out, every
     row (shuffled) may train, and the queries' exact neighbours are the truth."""
     rng = np.random.default_rng(seed)
     xq = np.ascontiguousarray(queries[rng.permutation(len(queries))], dtype=np.float32)
-    nn, _ = exact_search(xq, x, min(RECALL_K, len(x)), device="cpu")
+    nn, _ = exact_search(xq, x, min(RECALL_K, len(x)), placement=placement or Placement("cpu"), step="truth")
     truth = np.where(nn >= 0, ids[np.clip(nn, 0, None)], -1)
     return np.empty(0, np.int64), rng.permutation(len(x)), EvalSet(xq, np.full(len(xq), -1, np.int64), truth)
 

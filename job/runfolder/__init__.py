@@ -31,6 +31,7 @@ from .layout import (
     BATCH_NOTES,
     BOOTSTRAP_LOG,
     INDEX_FILE,
+    LAUNCH_NOTE,
     SHARDS_DIR,
     STATUS_FILE,
     TEXT_INDEX_FILE,
@@ -68,8 +69,9 @@ from .tables import (
 
 __all__ = [
     "BATCH_NOTES", "BOOTSTRAP_LOG", "CLS_COLUMN", "FAILURES_SCHEMA", "HASH_COLUMN", "HEARTBEAT_S", "INDEX_FILE",
-    "JSON_KEYS", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR", "STATUS_FILE", "TEXT_INDEX_FILE",
-    "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "VECTOR_COLUMNS", "Counts", "Curation", "CurationFiles", "GraphInfo", "GraphTrial", "IndexInfo", "Lease",
+    "JSON_KEYS", "LAUNCH_NOTE", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR", "STATUS_FILE", "TEXT_INDEX_FILE",
+    "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "VECTOR_COLUMNS", "Counts", "Curation", "CurationFiles", "GraphInfo",
+    "GraphTrial", "IndexInfo", "Lease",
     "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest", "ModelInfo", "Outputs", "PartKey", "Projection", "RunLayout",
     "RunRef", "SelectionInfo", "StatusDoc", "GivenShare", "LabelledInfo", "StratumInfo", "ThresholdInfo", "Waiting", "count_rows", "embedding_matrix", "embedding_schema", "find_manifest",
     "index_info_url", "list_parts", "manifest_from_json", "open_dataset", "open_run", "part_url", "path_id",

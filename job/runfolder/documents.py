@@ -135,7 +135,10 @@ class IndexInfo(Doc):
     estimated_memory_bytes: int = 0
     build_seconds: float = 0.0
     timings: dict[str, float] = {}
-    device: str = "cpu"
+    device: str = "cpu"  # each device with its steps: "gpu:0 (truth, train, add); cpu (tune)" (job.index._gpu)
+    devices: dict[str, str] = {}  # step (truth, train, add, tune) -> gpu:0 | cpu
+    device_notes: dict[str, str] = {}  # step -> why it ran on the CPU although a GPU was allowed
+    fallbacks: list[str] = []  # GPU steps that failed and were redone on the CPU
     threads: int = 1
     recall_at_1: float | None = None
     recall_at_10: float | None = None
@@ -196,6 +199,8 @@ class GraphInfo(Doc):
     largest_list: int | None = None
     probe: int | None = None  # partition: lists searched per row
     search_params: str | None = None  # index: the parameters the graph was searched with
+    truth_device: str | None = None  # where the exact search of the recall sample ran
+    fallbacks: list[str] = []  # GPU steps that failed and were redone on the CPU
     tuning: list[GraphTrial] = []
     timings: dict[str, float] = {}
 

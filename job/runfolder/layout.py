@@ -50,6 +50,9 @@ BOOTSTRAP_LOG = "_bootstrap.log"  # the instance script's log (cdk/scripts/user_
 # OUTDIR/_batch/shard-<I>.json and merge.json, each {"jobId", "jobName", "status", "statusReason", "at"}. A job that
 # Batch cancelled while it waited in RUNNABLE never ran, so it has no _STATUS of its own: this is its only word.
 BATCH_NOTES = "_batch"
+# The run's group's latest failed launch, recorded outside the job (cdk/launch_notes.py; cdk.constants agrees):
+# OUTDIR/_launch.json, {"at", "group", "message", "cause", "az"}: no instance could start to write _STATUS.
+LAUNCH_NOTE = "_launch.json"
 PARQUET = ".parquet"
 
 
@@ -191,6 +194,11 @@ class RunLayout:
     @property
     def bootstrap_log(self) -> str:
         return fsutil.join(self.run_dir, BOOTSTRAP_LOG)
+
+    @property
+    def launch_note(self) -> str:
+        """``OUTDIR/_launch.json``: why the instance engine's group could not launch (``job.status.view``)."""
+        return fsutil.join(self.run_dir, LAUNCH_NOTE)
 
     @property
     def batch_notes_dir(self) -> str:

@@ -67,3 +67,4 @@ class StatusDoc(Typed):
     instance_id: str | None = None
     instance_type: str | None = None
     market: str | None = None
+    data_source: str | None = None  # how the instance reached the dataset: the s3fs mount, or S3 directly and why

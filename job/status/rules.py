@@ -25,8 +25,9 @@ Command lines (the instance script)::
 The first: MINE is this attempt's local copy (created when missing, rewritten in place); STORED the copy S3 holds now
 (empty or missing: none). STATUS is running|succeeded|failed|interrupted, PHASE may be empty, FORCE is ``force`` or
 empty. The environment gives STARTED_AT and ATTEMPT (this attempt) and RUN_ID, RUN_URI, INSTANCE_ID, INSTANCE_TYPE,
-MARKET. ``note`` adds rule 5's ``waiting`` note to STORED in place. ``lease`` reads a copy of the run's ``_LEASE``
-(``job.runfolder.lease``'s format) and prints who holds it when it is live (its heartbeat younger than TIMEOUT_S), nothing when
+MARKET, DATA_SOURCE (how the dataset is read: the s3fs mount, or S3 directly and why). ``note`` adds rule 5's
+``waiting`` note to STORED in place. ``lease`` reads a copy of the run's ``_LEASE`` (``job.runfolder.lease``'s format)
+and prints who holds it when it is live (its heartbeat younger than TIMEOUT_S), nothing when
 it is stale or unreadable: the instance script waits while another writer works on the run.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ SCHEMA = 1
 STATES = ("running", "succeeded", "failed", "interrupted")
 TERMINAL = frozenset(STATES[1:])
 PREVIOUS_KEYS = ("status", "reason", "phase", "updated_at")
-INSTANCE_KEYS = ("RUN_ID", "RUN_URI", "INSTANCE_ID", "INSTANCE_TYPE", "MARKET")
+INSTANCE_KEYS = ("RUN_ID", "RUN_URI", "INSTANCE_ID", "INSTANCE_TYPE", "MARKET", "DATA_SOURCE")
 
 Doc = dict  # a _STATUS document as JSON gives it
 

@@ -29,7 +29,7 @@ def format_status(doc: dict[str, Any], log_tail: list[str]) -> str:
     host = ", ".join(str(doc[k]) for k in ("instance_type", "market") if doc.get(k))
     for label, value in (("run", doc.get("run_id")), ("uri", doc.get("run_uri")),
                          ("host", f"{doc['instance_id']}" + (f" ({host})" if host else "") if doc.get("instance_id")
-                          else None), ("started", doc.get("started_at"))):
+                          else None), ("data", doc.get("data_source")), ("started", doc.get("started_at"))):
         if value:
             out.append(f"{label:<8}{value}")
     p = doc.get("progress")
@@ -80,16 +80,51 @@ def _batch_notes(run_dir: str) -> dict[str, dict[str, Any]]:
         texts = {f.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]: fs.cat_file(f) for f in files}
     except Exception as exc:  # botocore/aiohttp errors: the bucket or the network is unreachable
         raise DataError(f"cannot read {url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    notes: dict[str, dict[str, Any]] = {}
-    for name, text in texts.items():
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            log.warning("ignoring %s/%s.json: not JSON", url, name)
-            continue
-        if isinstance(doc, dict):
-            notes[name] = doc
-    return notes
+    parsed = {name: _json_object(f"{url}/{name}.json", text) for name, text in texts.items()}
+    return {name: doc for name, doc in parsed.items() if doc is not None}
+
+
+def _json_object(url: str, text: bytes) -> dict[str, Any] | None:
+    """A note's JSON object, or None (logged) when it is not one."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        log.warning("ignoring %s: not JSON", url)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _launch_note(run_dir: str) -> dict[str, Any] | None:
+    """The group's latest failed launch (``_launch.json``, written outside the job), or None."""
+    url = RunLayout(run_dir.rstrip("/")).launch_note
+    if not fsutil.exists(url):
+        return None
+    try:
+        note = fsutil.read_json(url)
+    except ValueError:  # a torn or foreign file: the run's own _STATUS still says what it knows
+        log.warning("ignoring %s: not JSON", url)
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def waiting_for_capacity(doc: dict[str, Any] | None, note: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run as ``waiting``, when its group's latest failed launch (``_launch.json``, ``RunLayout.launch_note``) is newer
+    than anything its instances wrote and the run has not succeeded: no instance runs, and AWS says why (no capacity
+    for any allowed type, the G/VT quota, an AZ without the type). None when the note does not apply."""
+    if not note or not note.get("at"):
+        return None
+    if doc is not None and (doc.get("status") == "succeeded" or str(doc.get("updated_at") or "") >= str(note["at"])):
+        return None
+    where = f" in {note['az']}" if note.get("az") else ""
+    waiting: dict[str, Any] = {
+        "status": "waiting", "phase": "launch", "updated_at": note["at"], "launch": note,
+        "reason": f"waiting for capacity: the group's last launch{where} failed at {note['at']}: "
+                  f"{note.get('message') or note.get('cause') or 'no reason given'}",
+    }
+    if doc is not None:
+        waiting["previous"] = {k: doc.get(k) for k in ("status", "reason", "phase", "updated_at")}
+        waiting.update({k: doc[k] for k in ("run_id", "run_uri", "started_at") if doc.get(k)})
+    return waiting
 
 
 def _batch_reason(note: dict[str, Any]) -> str:
@@ -108,10 +143,14 @@ def read_run_status(run_dir: str) -> dict[str, Any]:
     indices = _shard_indices(run_dir)
     notes = _batch_notes(run_dir) if indices or merge is None else {}
     if not indices and not notes:
-        if missing is not None:
+        doc = merge.to_dict() if merge is not None else None
+        waiting = waiting_for_capacity(doc, _launch_note(run_dir))
+        if waiting is not None:
+            return waiting
+        if doc is None:
+            assert missing is not None
             raise missing
-        assert merge is not None
-        return merge.to_dict()
+        return doc
     root = RunLayout(run_dir.rstrip("/"))
     docs: dict[int, StatusDoc | None] = {}
     for i in indices:

@@ -11,6 +11,19 @@ from .fuse import probe, s3fs_unavailable
 from .harness import VENV_BIN, Account, Instance
 
 
+@pytest.fixture(autouse=True)
+def no_instance_outlives_its_test():
+    """A rehearsal test module's guard (import it there): nothing of an instance outlives its test."""
+    yield
+    Instance.cleanup_all()
+
+
+@pytest.fixture(scope="module", name="account")
+def account_fixture(s3_server: str, tmp_path_factory: pytest.TempPathFactory, nuscenes_dataroot) -> Account:
+    """A rehearsal test module's account (import it there), its stand-in bucket holding the mini archive."""
+    return make_account(s3_server, tmp_path_factory.mktemp("account"), nuscenes_dataroot)
+
+
 def make_account(endpoint: str, root: Path, nuscenes_dataroot) -> Account:
     """The rehearsal's account with the mini archive in its stand-in nuScenes bucket; skips where it cannot run."""
     from nuscenes_fixture import pack_mini_archive

@@ -136,11 +136,16 @@ class Account:
         self.client("s3").upload_file(str(self.archive(name)), self.nuscenes_bucket, f"public/v1.0/{name}",
                                       ExtraArgs={"ACL": "public-read"})
 
-    def group(self, name: str) -> str:
-        """A fresh group of at most one, at size 1, as the stack creates it (cdk/compute.py)."""
-        self.client("autoscaling").create_auto_scaling_group(
-            AutoScalingGroupName=name, LaunchConfigurationName=self.launch_config, MinSize=0, MaxSize=1,
-            DesiredCapacity=1, AvailabilityZones=[f"{REGION}a"])
+    def group(self, name: str, *, start: bool = True) -> str:
+        """A fresh group of at most one as the stack makes it (cdk/compute.py): created empty, then raised to one
+        instance by the custom resource's call (``start=False``: not yet)."""
+        from cdk.compute import start_call
+
+        asg = self.client("autoscaling")
+        asg.create_auto_scaling_group(AutoScalingGroupName=name, LaunchConfigurationName=self.launch_config, MinSize=0,
+                                      MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{REGION}a"])
+        if start:
+            asg.set_desired_capacity(**start_call(name))
         return name
 
     def capacity(self, name: str) -> tuple[int, int, int]:
