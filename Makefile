@@ -73,10 +73,12 @@ $(DEPLOY_STAMP): $(DEPLOY_LOCK)
 $(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(None if v == "$(LOCK_PYTHON)" else "$(LOCK) is resolved for Python $(LOCK_PYTHON), $(PYTHON) is " + v + ": run make with PYTHON=python$(LOCK_PYTHON)")'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	@# What an earlier lock installed and this one does not goes first: a package replaced by another that owns the
+	@# same files (faiss-cpu -> faiss-gpu: both install faiss/) would otherwise take the new one's files with it.
 	$(PY) -m pip freeze --exclude-editable | sed -E 's/[ =@].*//' | $(NORMALIZE) > $(VENV)/.have
 	sed -nE 's/^([A-Za-z0-9][A-Za-z0-9._-]*)==.*/\1/p' $(LOCK) | $(NORMALIZE) > $(VENV)/.want
 	comm -23 $(VENV)/.have $(VENV)/.want | xargs -r $(PY) -m pip uninstall --quiet --yes
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# nuscenes-devkit (dev extra: tests/test_nuscenes_ego.py) declares numpy<2 and map/CLI extras it does not need to
 	@# read tables; the lock overrides them on purpose (pyproject.toml [tool.uv]). Every other conflict fails setup.

@@ -205,3 +205,13 @@ def test_job_needs_nothing_outside_the_image_lock(image_lock):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage:" in proc.stdout
+
+
+def test_setup_removes_what_the_lock_dropped_before_installing() -> None:
+    """A package replaced by another that owns the same files (faiss-cpu → faiss-gpu: both install ``faiss/``) is
+    uninstalled first; uninstalled after, it took the new one's files with it (``import faiss`` then lacked
+    ``get_num_gpus``: seen here on the switch to faiss-gpu)."""
+    recipe = Path(REPO / "Makefile").read_text().split("$(STAMP): $(LOCK) pyproject.toml", 1)[1].split("\n\n", 1)[0]
+    uninstall = recipe.index("pip uninstall")
+    install = recipe.index("pip install --quiet --require-hashes --no-deps -r $(LOCK)")
+    assert uninstall < install
