@@ -137,3 +137,14 @@ def test_the_labelled_file_may_be_on_s3(run: Path, s3_bucket: str, tmp_path: Pat
     assert not picked & set(tokens)
     c = json.loads((run / "manifest.json").read_text())["curation"]["selection"]
     assert c["labelled"]["file"] == f"s3://{s3_bucket}/labels/done.txt" and c["labelled"]["matched"] == 6
+
+
+def test_given_shares_on_the_run(run: Path) -> None:
+    assert main(["curate", "--run", str(run), "--select", "12", "--shares", "location=boston-seaport:0.5",
+                 *QUIET]) == 0
+    c = json.loads((run / "manifest.json").read_text())["curation"]["selection"]
+    assert c["shares"] == "given" and c["given_shares"] == {"location": {"boston-seaport": 0.5}}
+    assert c["balance"] == ["location"]  # the column a share names is balanced
+    meta = _meta(run)
+    locs = [meta[r["id"]]["location"] for r in pq.read_table(run / "curation" / "selection.parquet").to_pylist()]
+    assert abs(locs.count("boston-seaport") - 6) <= 1 and len(locs) == 12

@@ -8,7 +8,6 @@ from typing import Any
 from ..config import CURATE_PAIR_RECALL, CurateConfig
 from ..runfolder import (
     Curation,
-    GivenShare,
     GraphInfo,
     GraphTrial,
     LabelledInfo,
@@ -66,7 +65,9 @@ def _cos(v: float) -> float | None:
 def selection_info(selection: Selection, cfg: CurateConfig) -> SelectionInfo:
     """The subset's part of the record: picks, shares and quotas, the images labelled before, coverage per stratum."""
     s, info = selection, selection.info
-    given = [] if isinstance(cfg.shares, str) else [GivenShare(column=c, value=v, share=f) for c, v, f in cfg.shares]
+    given: dict[str, dict[str, float]] = {}
+    for column, value, share in () if isinstance(cfg.shares, str) else cfg.shares:
+        given.setdefault(column, {})[value] = share
     lab = info.get("labelled")
     return SelectionInfo(
         n=int(len(s.ids)), balance=list(cfg.balance), quotas=dict(s.quotas), radius_cosine=_cos(s.radius_cosine),

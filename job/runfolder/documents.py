@@ -239,14 +239,6 @@ class UniquenessInfo(Doc):
     neighbours: str | None = None  # fiftyone: how the centred neighbours were found
 
 
-class GivenShare(Doc):
-    """One value's share of a subset (``--shares COLUMN=VALUE:SHARE``)."""
-
-    column: str
-    value: str
-    share: float
-
-
 class LabelledInfo(Doc):
     """The images labelled before a subset (``--labelled FILE``, ``job.curate.subset``)."""
 
@@ -282,7 +274,7 @@ class SelectionInfo(Doc):
     dims: int | None = None  # dimensions of the greedy passes (a random projection above a budget)
     asked: int | None = None  # --select N (more than n when --min-gap-s left too few images)
     shares: str = "proportional"  # proportional | equal | given
-    given_shares: list[GivenShare] = []
+    given_shares: dict[str, dict[str, float]] = {}  # --shares COLUMN=VALUE:SHARE: column -> value -> share
     radius_exact: bool = True  # False: the radius is a bound (measured against the projection's nearest pick)
     labelled: LabelledInfo | None = None
     min_gap_s: float | None = None
