@@ -1,11 +1,23 @@
-"""Curation benchmark: k-NN graph from the run's index, near duplicates vs exact truth, diverse selection, FiftyOne.
+"""Curation benchmark: duplicates through the approximate path at scale (planted copies, adversarial variants),
+FiftyOne Brain run as FiftyOne runs it, diverse selection.
 
-    python bench/curate_bench.py --parts knn --sizes 204894,1400000      # k-NN graph (index built first, not timed)
-    python bench/curate_bench.py --parts near,select                     # the rest (~30 min on 2 cores)
+    python bench/curate_bench.py --parts dups --sizes 204894,1400000       # ~1 h on 2 loaded cores
+    python bench/curate_bench.py --parts peers --peer-sizes 20000,50000
+    python bench/curate_bench.py --parts select
 
-Vectors: ``index_bench.clustered`` (CLIP-like, 768-d, unit length). Each measured step runs in a child process
-(``--child``) that loads what it needs and reports its own time and peak RSS (``ru_maxrss``), so one method's
-memory never hides another's. Results are merged into ``--json`` (default bench/results/curate_bench.json).
+``dups``: for each size and variant — ``planted`` (2 % copies: half re-encodes at cosine 0.999-0.99995 to their
+source, half near copies at 0.96-0.999, in groups of 1-6 and one of 40), the same plus 0.5 % ``rare`` images, plus
+300 near-``blank`` frames, and ``every`` image copied — the k-NN graph is built through the approximate path
+(``--knn-method partition``, what ``auto`` picks on this CPU above ~25k vectors), gated on pair recall, then the
+duplicates found as ``job curate`` finds them. Reported: the graph's time, pair recall and recall@10, the planted
+pairs found (a copy flagged, in its source's group), the flagged pairs whose exact cosine is below the threshold
+(must be 0), the threshold and its rule.
+
+``peers``: FiftyOne Brain as it runs (``child_fiftyone``), at its default threshold and at ours.
+
+Vectors: ``index_bench.clustered`` (CLIP-like, 768-d, unit length) with the variants of ``tests/curate_data.py``.
+Each measured step runs in a child process (``--child``) that reports its own time, peak RSS (``ru_maxrss``) and the
+machine's load average. Results are merged into ``--json`` (default bench/results/curate_bench.json).
 """
 from __future__ import annotations
 
@@ -25,22 +37,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from index_bench import clustered, machine  # noqa: E402
+from index_bench import PeakRSS, clustered, machine  # noqa: E402
+
+from curate_data import every_copied, planted, with_blank, with_rare  # noqa: E402
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results" / "curate_bench.json"
+VARIANTS = ("planted", "rare", "blank", "every")
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def ids_for(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.int64) * 7919 + 12345  # not 0..n-1, like the embeddings' path hashes
-
-
-def child(args: list[str], timeout: float = 3600) -> dict[str, Any]:
+def child(args: list[str], timeout: float = 7200) -> dict[str, Any]:
     """Run ``curate_bench.py --child ...`` and return the JSON it prints last."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
     log.info("child: %s", " ".join(args))
@@ -49,144 +61,169 @@ def child(args: list[str], timeout: float = 3600) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ----------------------------------------------------------------------------------------------- k-NN graph
+def dataset(n: int, variant: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """About ``n`` vectors of ``variant`` (module docstring) and each row's planted source (-1: none)."""
+    if variant == "every":
+        return every_copied(clustered(n // 2, seed=seed))
+    x, src = planted(clustered(n - int(n * 0.02), seed=seed))
+    if variant == "rare":
+        return with_rare(x, src)
+    if variant == "blank":
+        return with_blank(x, src)
+    return x, src
 
 
-def prepare_knn(n: int, work: Path) -> dict[str, Any]:
-    """Vectors (saved as .npy) and the run's index as ``job index`` builds it (auto type); not timed."""
-    from job.config import IndexConfig, IndexOverrides
-    from job.index import build_from_arrays
-
-    vec = work / f"x-{n}.npy"
-    idx = work / f"index-{n}.faiss"
-    if not vec.exists():
-        np.save(vec, clustered(n))
-    info: dict[str, Any] = {}
-    if not idx.exists():
-        x = np.load(vec)
-        meta = build_from_arrays(x, ids_for(n), str(idx), IndexConfig("auto"), IndexOverrides(), progress=False)
-        info = {k: v for k, v in meta.to_dict().items() if k in ("factory", "search_params", "recall@10",
-                                                                   "build_seconds")}
-        del x
-    return {"vectors": str(vec), "index": str(idx), "index_info": info}
+# ----------------------------------------------------------------------------------------------- duplicates
 
 
-def child_knn(vec: str, index_path: str, method: str) -> dict[str, Any]:
-    from job.curate import knn_graph
-    from job.index import load_index
+def child_dups(n: int, variant: str, method: str) -> dict[str, Any]:
+    """The graph through ``method`` and the duplicates of ``dataset(n, variant)``, checked against what was planted."""
+    from job.curate import find_duplicates, keep_rank, knn_graph, near_threshold, to_roots
 
-    x = np.load(vec)
-    ids = ids_for(len(x))
-    index = load_index(index_path) if method != "exact" else None
-    t0 = time.perf_counter()
-    g = knn_graph(x, ids, 10, index=index, method=method, progress=False)
-    seconds = time.perf_counter() - t0
-    return {"n": len(x), "seconds": round(seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2), **g.summary(),
-            "load_average": os.getloadavg()}
+    x, src = dataset(n, variant)
+    n = len(x)
+    ids = np.arange(n, dtype=np.int64)
+    load = [os.getloadavg()[0]]
+    with PeakRSS() as mem:  # the curation's own peak, not the data generator's
+        t0 = time.perf_counter()
+        g = knn_graph(x, ids, 10, method=method, progress=False,
+                      gate=lambda rows, cos: near_threshold(rows, cos, None).cosine)
+        graph_s = time.perf_counter() - t0
+        load.append(os.getloadavg()[0])
+        t1 = time.perf_counter()
+        d = find_duplicates(g, x, keep_rank(ids, np.arange(n)))  # sources first in time: they are kept
+        to_roots(d, x)
+        dup_s = time.perf_counter() - t1
+    t = d.threshold
+    assert t is not None
+    root = np.arange(n)
+    keep, _ = d.roots()
+    root[d.rows] = keep
+    copies = np.nonzero(src >= 0)[0]
+    found = np.isin(copies, d.rows) & (root[copies] == root[src[copies]])
+    exact = np.einsum("ij,ij->i", x[d.rows], x[d.links])
+    near = d.kinds == "near"
+    return {"n": n, "variant": variant, "method": g.method, "graph_s": round(graph_s, 1),
+            "duplicates_s": round(dup_s, 1), "pair_recall": g.pair_recall, "pairs_sampled": g.pairs,
+            "rows_sampled": g.pair_rows, "recall_at_10": g.recall, "probe": g.probe, "lists": g.lists,
+            "largest_list": g.largest_list, "tuning": g.tuning, "graph_timings": g.timings,
+            "threshold": t.cosine, "found_mode": t.found_mode, "rule": t.rule,
+            "planted": int(len(copies)), "planted_found": int(found.sum()),
+            "planted_found_share": round(float(found.mean()), 5), "flagged": int(len(d)),
+            "flagged_below_threshold": int(np.sum(exact[near] < t.cosine)),
+            "flagged_not_planted": int(np.sum(src[d.rows] < 0)), "counts": d.counts(),
+            "vectors_gib": round(x.nbytes / 2**30, 2), "curation_peak_rss_gib": round(mem.peak / 2**30, 2),
+            "process_peak_rss_gib": round(peak_rss_gib(), 2), "load_average": [round(v, 2) for v in load]}
 
 
-# ----------------------------------------------------------------------------------------------- near duplicates
+def run_dups(sizes: list[int], variants: list[str], method: str, results: dict[str, Any]) -> None:
+    rows = results.setdefault("dups", [])
+    for n in sizes:
+        for variant in variants:
+            r = child(["dups", str(n), variant, method])
+            rows[:] = [x for x in rows if (x.get("n"), x.get("variant")) != (r["n"], variant)] + [r]
+            save(results)
+            print(f"n={r['n']:,} {variant}: graph {r['graph_s']} s (pair recall {r['pair_recall']}, recall@10 "
+                  f"{r['recall_at_10']}, probe {r['probe']}), planted found {r['planted_found_share']}, flagged "
+                  f"below the threshold {r['flagged_below_threshold']}, load {r['load_average']}", flush=True)
 
 
-def planted(n: int, share: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n vectors: clustered ones plus ``share`` re-encode-like copies (cosine ~0.999 to their source, in groups of
-    1-6 copies, one group of 40 to go past k); returns (vectors, source row of each copy or -1)."""
-    m = int(n * share)
-    x = clustered(n - m, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    sizes = rng.integers(1, 7, m)
-    sizes[0] = 40
-    src = np.repeat(rng.choice(n - m, len(sizes), replace=False), sizes)[:m]
-    noise = rng.uniform(0.02, 0.05, (m, 1)).astype(np.float32)
-    y = x[src] + noise * rng.standard_normal((m, x.shape[1])).astype(np.float32) / np.sqrt(x.shape[1])
-    y /= np.linalg.norm(y, axis=1, keepdims=True)
-    return np.concatenate([x, y]), np.r_[np.full(n - m, -1), src]
+# ----------------------------------------------------------------------------------------------- FiftyOne
 
 
 def child_ours(n: int, out: str) -> dict[str, Any]:
-    """Our duplicates + uniqueness on the planted set (exact graph: no index at this size)."""
-    from job.curate import find_duplicates, keep_rank, knn_graph, uniqueness
+    """Ours on ``dataset(n, 'planted')``: graph (auto), duplicates, both uniqueness scores."""
+    from job.curate import find_duplicates, keep_rank, knn_graph, to_roots, uniqueness_fiftyone, uniqueness_kept
 
-    x, _ = planted(n)
-    ids = np.arange(n, dtype=np.int64)
+    x, _ = dataset(n, "planted")
+    ids = np.arange(len(x), dtype=np.int64)
     t0 = time.perf_counter()
     g = knn_graph(x, ids, 10, progress=False)
     t1 = time.perf_counter()
-    d = find_duplicates(g, x, keep_rank(ids))
-    u = uniqueness(g)
+    d = find_duplicates(g, x, keep_rank(ids, np.arange(len(x))))
+    to_roots(d, x)
+    u, _ = uniqueness_kept(g, x, d, extra=d.info.get("extra"))
     seconds = time.perf_counter() - t0
+    u_fo, _ = uniqueness_fiftyone(x, g)
     np.save(out, np.sort(d.rows))
     np.save(out.replace(".npy", "-u.npy"), u)
-    return {"n": n, "seconds": round(seconds, 1), "graph_s": round(t1 - t0, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
-            "threshold": d.threshold.cosine if d.threshold else None, "rule": d.threshold.rule if d.threshold else "",
-            "duplicates": len(d), "graph": g.method}
+    np.save(out.replace(".npy", "-ufo.npy"), u_fo)
+    assert d.threshold is not None
+    return {"n": len(x), "seconds": round(seconds, 1), "graph_s": round(t1 - t0, 1), "graph": g.method,
+            "peak_rss_gib": round(peak_rss_gib(), 2), "threshold": d.threshold.cosine, "rule": d.threshold.rule,
+            "duplicates": len(d), "load_average": os.getloadavg()[0]}
 
 
-def child_fiftyone(n: int, threshold: float, out: str, center: str) -> dict[str, Any]:
-    """FiftyOne Brain's published algorithms on the same vectors (fiftyone/brain/internal/core/sklearn.py above
-    15,000 samples): scikit-learn brute-force NearestNeighbors (euclidean on unit vectors, its cosine route), the
-    4-neighbour uniqueness with ``dists[:, 1:]`` and weights 0.6/0.3/0.1, ``radius_neighbors`` at
-    ``sqrt(2 * thresh)`` and the keep-first loop of ``_remove_duplicates_thresh``. ``center='yes'`` subtracts the
-    mean first, as FiftyOne does; 'no' keeps the vectors as they are, so the threshold means what ours means."""
+def child_fiftyone(n: int, threshold: float, out: str) -> dict[str, Any]:
+    """FiftyOne Brain's published algorithms as FiftyOne runs them (voxel51/fiftyone-brain at
+    ``job.curate.FIFTYONE_COMMIT``), re-run on the same vectors: ``compute_near_duplicates`` builds the sklearn
+    similarity backend (metric cosine), which **centres** the embeddings (``embeddings -= mean``), and
+    ``find_duplicates(thresh)`` walks ``_remove_duplicates_thresh``: ``radius_neighbors`` at the threshold — above
+    15,000 samples on re-normalised centred vectors with Euclidean radius ``sqrt(2 * thresh)``, below it the full
+    matrix of cosine distances — then keep-first in index order. ``compute_uniqueness`` on the same index."""
+    import sklearn.metrics as skm
     import sklearn.neighbors as skn
+    import sklearn.preprocessing as skp
 
-    x, _ = planted(n)
+    x, _ = dataset(n, "planted")
+    n = len(x)
     t0 = time.perf_counter()
-    e = x - x.mean(axis=0, keepdims=True) if center == "yes" else x
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    nn = skn.NearestNeighbors(metric="euclidean").fit(e)
-    dists, _ = nn.kneighbors(n_neighbors=4)
-    u = np.mean(dists[:, 1:] * [0.6, 0.3, 0.1], axis=1)
-    u /= u.max()
-    inds = nn.radius_neighbors(radius=np.sqrt(2.0 * float(threshold)), return_distance=False)
+    e = x - x.mean(axis=0, keepdims=True)
+    if n <= 15000:
+        dists = skm.pairwise_distances(e, metric="cosine")
+        np.fill_diagonal(dists, np.nan)
+        inds = [np.nonzero(row <= threshold)[0] for row in dists]
+        k4 = np.sort(np.nan_to_num(dists, nan=np.inf), axis=1)[:, :4]
+    else:
+        nn = skn.NearestNeighbors(metric="euclidean").fit(skp.normalize(e, axis=1))
+        inds = nn.radius_neighbors(radius=np.sqrt(2.0 * threshold), return_distance=False)
+        k4, _ = nn.kneighbors(n_neighbors=4)
     keep = set(range(n))
     for ind in range(n):
         if ind in keep:
             keep -= {i for i in inds[ind] if i > ind}
+    u = np.mean(k4[:, 1:] * [0.6, 0.3, 0.1], axis=1)
+    u /= u.max()
     seconds = time.perf_counter() - t0
     dup = np.array(sorted(set(range(n)) - keep), np.int64)
     np.save(out, dup)
-    return {"n": n, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2), "duplicates": len(dup),
-            "center": center}
+    np.save(out.replace(".npy", "-u.npy"), u)
+    return {"n": n, "threshold_distance": threshold, "seconds": round(seconds, 1),
+            "peak_rss_gib": round(peak_rss_gib(), 2), "duplicates": len(dup), "load_average": os.getloadavg()[0]}
 
 
-def exact_truth(x: np.ndarray, t: float) -> np.ndarray:
-    """Rows a greedy keep-first walk over *all* pairs at cosine >= t flags (blocked exact pairwise comparison)."""
-    n = len(x)
-    nbrs: list[np.ndarray] = []
-    for s in range(0, n, 2048):
-        sims = x[s:s + 2048] @ x.T
-        nbrs += [np.nonzero(row >= t)[0] for row in sims]
-    claimed = np.zeros(n, bool)
-    for r in range(n):
-        if not claimed[r]:
-            nb = nbrs[r][nbrs[r] != r]
-            claimed[nb[~claimed[nb]]] = True
-    return np.nonzero(claimed)[0]
+def run_peers(sizes: list[int], work: Path, results: dict[str, Any]) -> None:
+    from scipy.stats import spearmanr
 
+    from job.curate import FIFTYONE_COMMIT
 
-def run_near(sizes: list[int], work: Path, results: dict[str, Any]) -> None:
-    rows = results.setdefault("near", [])
+    rows = results.setdefault("peers", [])
     for n in sizes:
         ours = child(["ours", str(n), str(work / f"ours-{n}.npy")])
         mine = np.load(work / f"ours-{n}.npy")
-        row: dict[str, Any] = {"n": n, "ours": ours}
-        if n <= 20_000:
-            x, src = planted(n)
-            truth = exact_truth(x, ours["threshold"])
-            tp = len(np.intersect1d(mine, truth))
-            row["vs_exact_pairwise"] = {"truth": len(truth), "found": len(mine), "precision": tp / max(1, len(mine)),
-                                        "recall": tp / max(1, len(truth)),
-                                        "planted_found": int(np.isin(np.nonzero(src >= 0)[0], mine).sum()),
-                                        "planted": int((src >= 0).sum())}
-        fo = child(["fiftyone", str(n), str(1 - ours["threshold"]), str(work / f"fo-{n}.npy"), "no"], timeout=7200)
-        theirs = np.load(work / f"fo-{n}.npy")
-        fo["same_duplicates"] = bool(np.array_equal(theirs, mine))
-        fo["symmetric_difference"] = int(len(np.setxor1d(theirs, mine)))
-        row["fiftyone"] = fo
-        row["time_ratio"] = round(fo["seconds"] / max(ours["seconds"], 1e-9), 2)
-        row["memory_ratio"] = round(fo["peak_rss_gib"] / max(ours["peak_rss_gib"], 1e-9), 2)
-        rows[:] = [r for r in rows if r.get("n") != n] + [row]
+        _, src = dataset(n, "planted")
+        planted_rows = np.nonzero(src >= 0)[0]
+        row: dict[str, Any] = {"n": ours["n"], "fiftyone_commit": FIFTYONE_COMMIT, "planted": int(len(planted_rows)),
+                               "ours": {**ours, "planted_found": int(np.isin(planted_rows, mine).sum()),
+                                        "not_planted": int(len(np.setdiff1d(mine, planted_rows)))}}
+        for name, thresh in (("fiftyone_default", 0.2), ("fiftyone_at_ours", 1 - ours["threshold"])):
+            fo = child(["fiftyone", str(n), str(thresh), str(work / f"fo-{n}.npy")], timeout=7200)
+            theirs = np.load(work / f"fo-{n}.npy")
+            fo.update(planted_found=int(np.isin(planted_rows, theirs).sum()),
+                      not_planted=int(len(np.setdiff1d(theirs, planted_rows))),
+                      symmetric_difference_with_ours=int(len(np.setxor1d(theirs, mine))),
+                      time_ratio_to_ours=round(fo["seconds"] / max(ours["seconds"], 1e-9), 2))
+            row[name] = fo
+        u_fo_ref = np.load(work / f"fo-{n}-u.npy")
+        u_fo, u_kept = np.load(work / f"ours-{n}-ufo.npy"), np.load(work / f"ours-{n}-u.npy")
+        top = max(1, len(u_fo_ref) // 100)
+        ref_top = set(np.argsort(-u_fo_ref)[:top])
+        row["uniqueness"] = {
+            "fiftyone_mode_spearman": round(float(spearmanr(u_fo, u_fo_ref).statistic), 5),
+            "fiftyone_mode_top1pct_overlap": round(len(set(np.argsort(-u_fo)[:top]) & ref_top) / top, 4),
+            "kept_spearman": round(float(spearmanr(u_kept, u_fo_ref).statistic), 5),
+            "kept_top1pct_overlap": round(len(set(np.argsort(-u_kept)[:top]) & ref_top) / top, 4)}
+        rows[:] = [r for r in rows if r.get("n") != row["n"]] + [row]
         save(results)
         print(json.dumps(row, default=str), flush=True)
 
@@ -240,18 +277,6 @@ def run_select(results: dict[str, Any], big: int = 204_894, count: int = 10_000)
 # ----------------------------------------------------------------------------------------------- main
 
 
-def run_knn(sizes: list[int], work: Path, results: dict[str, Any]) -> None:
-    rows = results.setdefault("knn", [])
-    for n in sizes:
-        prep = prepare_knn(n, work)
-        r = child(["knn", prep["vectors"], prep["index"], "auto"])
-        r["index_built"] = prep["index_info"]
-        rows[:] = [row for row in rows if row.get("n") != n] + [r]
-        save(results)
-        print(f"k-NN graph n={n:,}: {r['method']} {r['seconds']} s, recall@10 {r['recall']}, "
-              f"peak RSS {r['peak_rss_gib']} GiB ({r['params']})", flush=True)
-
-
 def save(results: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
@@ -263,16 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if argv and argv[0] == "--child":
         what, rest = argv[1], argv[2:]
-        out = {"knn": lambda: child_knn(*rest), "ours": lambda: child_ours(int(rest[0]), rest[1]),
-               "fiftyone": lambda: child_fiftyone(int(rest[0]), float(rest[1]), rest[2], rest[3]),
+        out = {"dups": lambda: child_dups(int(rest[0]), rest[1], rest[2]),
+               "ours": lambda: child_ours(int(rest[0]), rest[1]),
+               "fiftyone": lambda: child_fiftyone(int(rest[0]), float(rest[1]), rest[2]),
                "select": lambda: child_select(int(rest[0]), int(rest[1]), rest[2])}[what]()
         print(json.dumps(out, default=str))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="knn,near,select")
-    p.add_argument("--sizes", default="204894,1400000", help="k-NN graph sizes")
-    p.add_argument("--near-sizes", default="20000,50000", help="near duplicates / FiftyOne sizes")
-    p.add_argument("--workdir", default=None, help="vectors and indexes (default: a temp dir)")
+    p.add_argument("--parts", default="dups,peers,select")
+    p.add_argument("--sizes", default="204894,1400000", help="duplicate sizes")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--method", default="partition", help="the k-NN method of the dups part")
+    p.add_argument("--peer-sizes", default="20000,50000", help="FiftyOne comparison sizes")
+    p.add_argument("--workdir", default=None, help="scratch files (default: a temp dir)")
     p.add_argument("--json", default=None, help="results file (merged: parts not run are kept)")
     args = p.parse_args(argv)
     RESULTS = Path(args.json) if args.json else RESULTS
@@ -281,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
-        if "knn" in parts:
-            run_knn([int(s) for s in args.sizes.split(",")], work, results)
-        if "near" in parts:
-            run_near([int(s) for s in args.near_sizes.split(",")], work, results)
+        if "dups" in parts:
+            run_dups([int(s) for s in args.sizes.split(",")], args.variants.split(","), args.method, results)
+        if "peers" in parts:
+            run_peers([int(s) for s in args.peer_sizes.split(",")], work, results)
         if "select" in parts:
             run_select(results)
     save(results)

@@ -31,7 +31,7 @@ def preflight(cfg: JobConfig, columns: list[str]) -> None:
     (``job run`` before it embeds, ``job merge`` before it lays the shards out): a bad one exits 2 with nothing written
     rather than after hours of embedding."""
     if cfg.curate.enabled:
-        from .curate.run import check_options
+        from .curate.load import check_options
 
         check_options(cfg.curate, columns)
 
@@ -80,12 +80,16 @@ def project_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None,
     return projection
 
 
-def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None) -> Curation:
-    """Duplicates, rarity and a diverse subset (``job.curate.run``) in ``curation/``; recorded in ``manifest``."""
+def curate_step(cfg: JobConfig, layout: RunLayout, manifest: Manifest | None, *,
+                build_index: bool = False) -> Curation:
+    """Duplicates, rarity and a diverse subset (``job.curate.run``) in ``curation/``; recorded in ``manifest``.
+    ``build_index``: a run without an index gets one first (``index_step``, recorded too), unless the graph is
+    exact (``job curate --run`` on an imported run; ``job run --no-index --curate`` keeps its choice)."""
     from .curate.run import curate_run
 
     t0 = time.perf_counter()
-    info = curate_run(layout, cfg.curate, progress=cfg.progress)
+    info = curate_run(layout, cfg.curate, progress=cfg.progress,
+                      build_index=(lambda: index_step(cfg, layout, manifest)) if build_index else None)
     if manifest is not None:
         manifest.curation = info
         manifest.outputs.curation = layout.rel(layout.curation_dir)

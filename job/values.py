@@ -149,17 +149,37 @@ def parse_number(value: str, option: str) -> float:
     return x
 
 
+def _cosine(value: str | float, option: str, use: str) -> float:
+    """A cosine in (0, 1]; ``use`` says what to give instead, for the message."""
+    try:
+        cos = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r} is not understood; use {use}") from None
+    if not (0.0 < cos <= 1.0):
+        raise UsageError(f"{option} {value!r} is outside (0, 1]; use {use}")
+    return cos
+
+
 def parse_near_threshold(value: str | float, option: str = "near threshold") -> str | float:
     """``auto`` or a cosine in (0, 1] (the near-duplicate threshold of ``job curate``)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
-    try:
-        cos = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{option} {value!r} is not understood; use auto or a cosine in (0, 1]") from None
-    if not (0.0 < cos <= 1.0):
-        raise UsageError(f"{option} {value!r} is outside (0, 1]; use auto or a cosine in (0, 1]")
-    return cos
+    return _cosine(value, option, "auto or a cosine in (0, 1]")
+
+
+def parse_cosine(value: str | float, option: str) -> float:
+    """A cosine in (0, 1]."""
+    return _cosine(value, option, "a cosine in (0, 1]")
+
+
+def parse_weights(value: str | Sequence[str | float], option: str) -> tuple[float, ...]:
+    """Positive weights, comma-separated or a sequence (``0.6,0.3,0.1``), at least one."""
+    items: list[str | float] = list(split_list(value)) if isinstance(value, str) else \
+        [v for v in value if not isinstance(v, str)] + list(split_list([v for v in value if isinstance(v, str)]))
+    out = [parse_positive(v, option, "weight") for v in items]
+    if not out:
+        raise UsageError(f"{option} is empty; give at least one weight, e.g. 0.6,0.3,0.1")
+    return tuple(out)
 
 
 def parse_positive(value: str | float, option: str, unit: str = "") -> float:
@@ -172,6 +192,67 @@ def parse_positive(value: str | float, option: str, unit: str = "") -> float:
     if not (v > 0 and math.isfinite(v)):
         raise UsageError(f"{option} {value!r} is out of range; use {what}")
     return v
+
+
+SHARE_MODES: tuple[str, ...] = ("proportional", "equal")
+Shares = str | tuple[tuple[str, str, float], ...]
+
+
+def parse_shares(value: str | Sequence[Sequence[object]] | None, option: str = "--shares") -> Shares:
+    """``--shares``: ``proportional``, ``equal``, or ``COLUMN=VALUE:SHARE,…`` (shares in [0, 1] summing to at most 1
+    per column) → the mode, or ``((column, value, share), …)``. Python callers may pass the tuples themselves."""
+    if value is None:
+        return "proportional"
+    items: list[tuple[str, str, object]] = []
+    if not isinstance(value, str):
+        items = [(str(c), str(v), s) for c, v, s in value]
+    else:
+        text = value.strip()
+        if text.lower() in SHARE_MODES:
+            return text.lower()
+        for part in (p.strip() for p in text.split(",")):
+            column, eq, rest = part.partition("=")
+            val, colon, share = rest.rpartition(":")
+            if not part or not eq or not colon or not column.strip() or not val.strip():
+                raise UsageError(f"{option} {value!r} is not understood; use proportional, equal, or "
+                                 "COLUMN=VALUE:SHARE,… (e.g. location=boston-seaport:0.4,location=singapore-onenorth:0.2)")
+            items.append((column.strip(), val.strip(), share.strip()))
+    out: list[tuple[str, str, float]] = []
+    sums: dict[str, float] = {}
+    for column, val, raw in items:
+        try:
+            f = float(str(raw))  # text from the CLI, a number from Python
+        except ValueError:
+            raise UsageError(f"{option} {column}={val}:{raw}: the share is not a number; use a share in [0, 1]") from None
+        if not (0.0 <= f <= 1.0):
+            raise UsageError(f"{option} {column}={val}:{raw}: the share is outside [0, 1]")
+        if any(c == column and v == val for c, v, _ in out):
+            raise UsageError(f"{option} names {column}={val} twice")
+        sums[column] = sums.get(column, 0.0) + f
+        out.append((column, val, f))
+    for column, total in sums.items():
+        if total > 1.0 + 1e-9:
+            raise UsageError(f"{option}: the shares of {column} sum to {total:g}, more than 1")
+    return tuple(out)
+
+
+def parse_subset(select: int | None, balance: Sequence[str] | str | None, shares: object, labelled: str | None,
+                 min_gap_s: float | str | None, export: str | None) -> tuple[tuple[str, ...], Shares, float | None]:
+    """The options that shape ``job curate --select N`` (``job.config.CurateConfig``) → (the balance columns, with
+    those a given share names added; the shares; the gap), each checked, and none without ``--select``."""
+    parsed = parse_shares(shares)  # type: ignore[arg-type]
+    columns = split_list(balance)
+    if not isinstance(parsed, str):  # the columns a share names are balanced too
+        columns += tuple(dict.fromkeys(c for c, _, _ in parsed if c not in columns))
+    gap = None if min_gap_s is None else parse_positive(min_gap_s, "--min-gap-s", "time in s")
+    shaping = [o for o, v in (("--balance", columns), ("--shares", parsed != "proportional"), ("--labelled", labelled),
+                              ("--min-gap-s", gap), ("--export", export)) if v]
+    if shaping and select is None:
+        raise UsageError(f"{' and '.join(shaping)} {'shape' if len(shaping) > 1 else 'shapes'} the subset: give "
+                         "--select N too")
+    if parsed == "equal" and not columns:
+        raise UsageError("--shares equal needs --balance COLUMNS (the values that share the subset equally)")
+    return columns, parsed, gap
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

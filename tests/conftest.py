@@ -29,6 +29,16 @@ TEST_MODEL = ["--model", "ViT-S-32", "--pretrained", "none"]
 SLOW_MODEL = ["--model", "ViT-B-32", "--pretrained", "none"]
 
 
+def exit_code(argv: list[str]) -> int:
+    """``python -m job ARGV``'s exit code, whether argparse (SystemExit) or the command decided it."""
+    from job.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,6 +26,7 @@ _WHERE = {  # each subcommand's required options, pointing at an output that mus
     "curate": lambda src, out: ["--run", out],
     "eval": lambda src, out: ["--run", out],
     "compare": lambda src, out: ["--source", src, "--out", out, "--variant", "model=ViT-S-32,pretrained=none"],
+    "import": lambda src, out: ["--from", src, "--out", out],
 }
 
 

@@ -1,4 +1,5 @@
-"""Duplicates: the auto threshold on synthetic distributions, exact groups, greedy keep-first near groups, still."""
+"""Duplicates: exact groups, greedy keep-first near groups, standing still (its own rule), and the direct link each
+line keeps (the threshold itself: tests/test_curate_threshold.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,6 @@ import pytest
 from curate_data import clustered, plant
 
 from job.curate import (
-    auto_threshold,
     content_hash,
     exact_duplicates,
     find_duplicates,
@@ -16,48 +16,9 @@ from job.curate import (
     near_duplicates,
     parse_threshold,
     still_duplicates,
+    to_roots,
 )
 from job.errors import UsageError
-
-
-def _cos(z: np.ndarray) -> np.ndarray:
-    return 1 - 10.0 ** z
-
-
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("shape", ["normal", "gumbel_min", "gumbel_max", "student5", "wide"])
-def test_auto_flags_nothing_without_a_duplicate_mode(shape, seed):
-    rng = np.random.default_rng(seed)
-    n = 3000
-    z = {"normal": rng.normal(-1.2, 0.15, n), "gumbel_min": -1.2 - rng.gumbel(0, 0.12, n),
-         "gumbel_max": -1.2 + rng.gumbel(0, 0.12, n), "student5": -1.2 + 0.1 * rng.standard_t(5, n),
-         "wide": rng.normal(-1.5, 0.5, n)}[shape]
-    t = auto_threshold(_cos(z))
-    assert not t.found_mode and int(np.sum(_cos(z) >= t.cosine)) == 0
-    assert "nothing is flagged" in t.rule and 0 < t.cosine <= 1
-
-
-@pytest.mark.parametrize(("n", "share"), [(200, 0.02), (3000, 0.01), (3000, 0.3), (20000, 0.05)])
-def test_auto_finds_a_planted_mode_and_says_why(n, share):
-    rng = np.random.default_rng(7)
-    z = rng.normal(-1.2, 0.15, n)  # distinct neighbours at 1-cos ~ 0.06
-    m = max(2, int(n * share))
-    z[:m] = rng.normal(-3.0, 0.25, m)  # duplicates ~ 60x closer
-    t = auto_threshold(_cos(z))
-    flagged = _cos(z) >= t.cosine
-    assert t.found_mode and flagged[:m].all() and not flagged[m:].any()
-    assert f"({m} rows)" in t.rule and "cosine >=" in t.rule
-
-
-def test_too_few_rows_flag_nothing():
-    t = auto_threshold(_cos(np.r_[np.full(3, -4.0), np.full(20, -1.2)]))
-    assert not t.found_mode and "too few" in t.rule
-
-
-@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2", "nan", "high", 0.0])
-def test_threshold_outside_the_range_is_a_usage_error(bad):
-    with pytest.raises(UsageError, match=r"near threshold .* (outside \(0, 1\]|not understood); use auto or a cosine"):
-        parse_threshold(bad)
 
 
 def test_content_hash_and_exact_groups_keep_the_earliest():
@@ -71,8 +32,8 @@ def test_content_hash_and_exact_groups_keep_the_earliest():
     rank = keep_rank(np.arange(6), ts, paths)
     d = exact_duplicates(groups, rank)
     # group a: rows 0 (t=50), 2 (t=20, z.jpg), 4 (t=20, a.jpg) -> row 4 kept (earliest, then path); group b: row 5 kept
-    assert dict(zip(d.rows.tolist(), d.keep_rows.tolist(), strict=True)) == {0: 4, 2: 4, 1: 5}
-    assert set(d.kinds) == {"exact"} and (d.cosines == 1).all()
+    assert dict(zip(d.rows.tolist(), d.links.tolist(), strict=True)) == {0: 4, 2: 4, 1: 5}
+    assert set(d.kinds) == {"exact"} and (d.link_cosines == 1).all()
 
 
 def test_keep_rank_puts_missing_timestamps_last():
@@ -99,11 +60,33 @@ def test_near_groups_are_greedy_keep_first_and_complete():
     d = find_duplicates(g, xa, rank)
     assert d.threshold is not None and d.threshold.found_mode
     assert sorted(d.rows.tolist()) == list(range(2000, n_all))  # every copy, nothing else
-    assert (d.keep_rows == src[d.rows - 2000]).all()  # kept: the original, the earliest
-    assert (np.einsum("ij,ij->i", xa[d.rows], xa[d.keep_rows]) >= d.threshold.cosine - 1e-6).all()
+    assert (d.links == src[d.rows - 2000]).all()  # kept: the original, the earliest
+    assert (np.einsum("ij,ij->i", xa[d.rows], xa[d.links]) >= d.threshold.cosine - 1e-6).all()
     assert d.info["near"]["expanded_rows"] >= 1
     cols = d.with_ids(ids)
-    assert list(cols) == ["id", "keep_id", "kind", "cosine"] and set(cols["kind"]) == {"near"}
+    assert list(cols) == ["id", "keep_id", "kind", "cosine", "repeats_id", "repeats_cosine"]
+    assert set(cols["kind"]) == {"near"} and (cols["keep_id"] == cols["repeats_id"]).all()
+
+
+def test_each_line_keeps_the_image_it_directly_repeats_while_keep_id_is_the_root():
+    """An exact copy of a frame that stood still: its keep_id is the standstill's first frame (the group's root),
+    but it directly repeats the frame it is byte-identical to, with cosine 1 (to_roots keeps the direct link)."""
+    x = clustered(8, seed=21)
+    x[1] = x[0]  # frame 1 stood still at frame 0 (same view)
+    x[2] = x[1]  # row 2: the same bytes as frame 1
+    hashes = [b"a" * 16, b"b" * 16, b"b" * 16, *[bytes([i]) * 16 for i in range(5)]]
+    still = {"scene": np.array(["s"] * 8, object), "channel": np.array(["CAM_FRONT"] * 8, object),
+             "timestamp": np.r_[0.0, 500_000.0, 900_000.0, np.arange(5) * 1e7 + 1e8],
+             "ego_x": np.r_[0.0, 0.1, 0.1, np.arange(5) * 100.0 + 500], "ego_y": np.zeros(8)}
+    g = knn_graph(x, np.arange(8), 4, progress=False)
+    d = find_duplicates(g, x, keep_rank(np.arange(8), still["timestamp"]), hashes=hashes, still=still,
+                        near_threshold_value=0.999)
+    to_roots(d, x)
+    line = {int(r): (str(k), int(link), int(root)) for r, k, link, root in zip(d.rows, d.kinds, d.links, d.keep_rows)}
+    assert line[2] == ("exact", 1, 0) and line[1] == ("still", 0, 0)
+    cols = d.with_ids(np.arange(8) + 100)
+    at = list(cols["id"]).index(102)
+    assert cols["keep_id"][at] == 100 and cols["repeats_id"][at] == 101 and cols["repeats_cosine"][at] == 1.0
 
 
 def test_chains_do_not_merge_distinct_images():
@@ -119,22 +102,30 @@ def test_chains_do_not_merge_distinct_images():
     t = parse_threshold((c_ab + c_ac) / 2)  # A~B and B~C pass, A~C does not
     g = knn_graph(x, np.arange(len(x)), 5, progress=False)
     d = near_duplicates(g, x, t, keep_rank(np.arange(len(x)), np.arange(len(x))))
-    assert dict(zip(d.rows.tolist(), d.keep_rows.tolist(), strict=True)) == {1: 0}
+    assert dict(zip(d.rows.tolist(), d.links.tolist(), strict=True)) == {1: 0}
 
 
-def test_still_needs_both_an_unmoved_pose_and_close_vectors():
+def _still(x, pose_x, **kw):
+    n = len(x)
+    return still_duplicates(x, scene=np.array(["s"] * n, object), channel=np.array(["CAM_FRONT"] * n, object),
+                            ego_y=np.zeros(n), ego_x=pose_x, **{"timestamp": np.arange(n) * 500_000, **kw})
+
+
+def test_still_is_its_own_rule_pose_time_gap_and_cosine():
     rng = np.random.default_rng(1)
     x = clustered(12, seed=2)
-    x[1:6] = plant(x, np.zeros(5, int), 0.01)  # frames 0-5 look alike
-    x[7:12] = plant(x, np.full(5, 6), 0.01)  # frames 6-11 look alike
-    t = parse_threshold(0.99)
+    x[1:6] = plant(x, np.zeros(5, int), 0.3)  # frames 0-5: the same view, traffic passing (cosine ~0.95)
+    x[7:12] = plant(x, np.full(5, 6), 0.3)
+    assert 0.9 < float(np.min(x[1:6] @ x[0])) < 0.99  # below any near threshold, above the still cosine
     pose_x = np.r_[np.full(6, 10.0) + rng.normal(0, 0.02, 6), 10.0 + np.arange(6) * 2.0]  # parked, then driving
-    d = still_duplicates(x, t, scene=np.array(["s"] * 12, object), channel=np.array(["CAM_FRONT"] * 12, object),
-                         timestamp=np.arange(12) * 500_000, ego_x=pose_x, ego_y=np.zeros(12))
-    assert d.rows.tolist() == [1, 2, 3, 4, 5] and (d.keep_rows == 0).all() and set(d.kinds) == {"still"}
-    creep = still_duplicates(x, t, scene=np.array(["s"] * 12, object), channel=np.array(["CAM_FRONT"] * 12, object),
-                             timestamp=np.arange(12) * 500_000, ego_x=np.arange(12) * 0.3, ego_y=np.zeros(12))
+    d = _still(x, pose_x)
+    assert d.rows.tolist() == [1, 2, 3, 4, 5] and (d.links == 0).all() and set(d.kinds) == {"still"}
+    assert d.info["still_cosine"] == 0.9 and d.info["still_gap_s"] == 1.5
+    creep = _still(x, np.arange(12) * 0.3)
     assert creep.rows.tolist() == [1, 3, 5, 7, 9, 11]  # 0.3 m a frame: only every other frame is within 0.5 m
+    strict = _still(x, pose_x, still_cosine=0.999)  # the view must not change at all: nothing stands still
+    assert strict.rows.tolist() == []
+    gap = _still(x, pose_x, timestamp=np.r_[np.arange(3) * 500_000, 10_000_000 + np.arange(9) * 500_000])
+    assert gap.rows.tolist() == [1, 2, 4, 5]  # frames 3-5 follow a 9 s gap: a new standstill starts at 3
     with pytest.raises(UsageError, match="still metres -1 is out of range; use a distance in metres > 0"):
-        still_duplicates(x, t, scene=np.array(["s"] * 12, object), channel=np.array(["c"] * 12, object),
-                         timestamp=np.arange(12), ego_x=pose_x, ego_y=np.zeros(12), still_metres=-1)
+        _still(x, pose_x, still_metres=-1)

@@ -1,16 +1,18 @@
-"""The k-NN graph: exact (CPU, and the GPU path through fake GPU classes), from an HNSW index and from an IVF index's
-lists, recall measured; the pilot's estimate counts the GPU's one-time setup once."""
+"""The k-NN graph: exact (CPU, and the GPU path through fake GPU classes), through a balanced partition and from the
+run's index, each approximate graph searched deeper until it holds the pairs above the near threshold (pair recall,
+measured on a stratified sample against exact search); the pilot's estimate counts the GPU's one-time setup once."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
-from curate_data import clustered
+from curate_data import clustered, planted
 from fake_gpu_faiss import install
 
-from job.curate import exact_knn, knn_graph
+from job.curate import balanced_partition, exact_knn, knn_graph, partition_knn
 from job.curate import graph as graph_mod
+from job.curate.record import graph_info
 from job.errors import UsageError
 
 
@@ -41,7 +43,7 @@ def test_exact_graph_on_the_gpu_uploads_once_and_its_pilot_counts_the_setup_once
     monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 100 * n * x.shape[1])  # a 100-row pilot: 1/20 of the rows
     monkeypatch.setattr(graph_mod, "GPU_PILOT_ROWS", 64)
     g = knn_graph(x, np.arange(n), 5, progress=False)
-    assert g.method == "exact" and g.device == "gpu:0" and g.summary()["device"] == "gpu:0"
+    assert g.method == "exact" and g.device == "gpu:0" and graph_info(g).device == "gpu:0"
     assert rec.count("flat_ip") == 1 and rec.count("upload") == 1  # the base went up once for pilot and graph
     searches = [c[1] for c in rec.calls if c[0] == "search"]
     assert searches[1] == 100 and sum(searches[1:]) == n  # warm-up, pilot, then the rest (pilot rows reused)
@@ -64,7 +66,7 @@ def test_graph_gpu_failure_falls_back_with_one_warning(monkeypatch: pytest.Monke
     monkeypatch.setattr(graph_mod, "PILOT_FLOPS", 0)
     g = knn_graph(x, np.arange(1200), 4, progress=False)
     assert g.method == "exact" and g.device == "cpu"
-    (note,) = g.params["fallbacks"]
+    (note,) = g.fallbacks
     assert "failed on the GPU" in note
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"exact search: {note} (the rest of this job runs on the CPU too)"]
@@ -78,12 +80,76 @@ def test_graph_on_cpu_device_never_touches_the_gpu(monkeypatch: pytest.MonkeyPat
     assert g.device == "cpu" and rec.calls == []
 
 
-def test_auto_is_exact_without_an_index_and_for_small_sets():
+def test_auto_is_exact_for_small_sets():
     x = clustered(400)
     g = knn_graph(x, np.arange(400) * 7 + 1, 4, progress=False)
-    assert g.method == "exact" and g.recall == 1.0 and g.rows.shape == (400, 4)
+    assert g.method == "exact" and g.recall == 1.0 and g.pair_recall == 1.0 and g.rows.shape == (400, 4)
     assert "exact_estimate_s" in g.timings
     assert (g.neighbour_ids() == g.rows * 7 + 1).all()
+
+
+def _planted_cliplike(n: int = 6000, seed: int = 12):
+    return planted(clustered(n, d=128, clusters=40, spread=0.5, seed=seed), share=0.03, big_group=15)
+
+
+def test_the_partition_is_balanced_even_over_uneven_clusters():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([clustered(9000, d=32, clusters=3, spread=0.2, seed=1), clustered(300, d=32, seed=2)])
+    x = x[rng.permutation(len(x))]
+    part = balanced_partition(x, 256, seed=0)
+    sizes = part.sizes()
+    assert sizes.sum() == len(x) and sorted(part.order.tolist()) == list(range(len(x)))
+    assert sizes.max() <= 3 * 256 and part.nlist >= len(x) // 512
+    assert (part.near[:, 0] == np.arange(part.nlist)).all()  # each list's nearest list is itself
+    lists = part.list_of_rows()
+    assert all((lists[part.members(lst)] == lst).all() for lst in range(part.nlist))
+    same = np.repeat(clustered(1, d=32, seed=3), 1200, axis=0)  # identical vectors: k-means cannot split them
+    tied = balanced_partition(same, 256, seed=0)
+    assert tied.sizes().max() <= 2 * 256 and tied.sizes().sum() == 1200
+
+
+def test_partition_search_is_exact_within_its_lists_and_deepens_by_adding_lists():
+    x, _ = _planted_cliplike(3000)
+    part = balanced_partition(x, 128, seed=0)
+    rows1, cos1 = partition_knn(part, x, 10, 1)
+    lists = part.list_of_rows()
+    assert ((rows1 < 0) | (lists[np.clip(rows1, 0, None)] == lists[:, None])).all()  # probe 1: its own list only
+    rows3, cos3 = partition_knn(part, x, 10, 3)
+    deeper = partition_knn(part, x, 10, 3, start=1, done=(rows1, cos1))
+    np.testing.assert_array_equal(deeper[0], rows3)
+    ok = rows3 >= 0
+    np.testing.assert_allclose(cos3[ok], np.einsum("ij,ij->i", x[np.nonzero(ok)[0]], x[rows3[ok]]), atol=1e-5)
+    truth, _ = _brute(x, 10)
+    recall = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r, truth, strict=True)]) for r in (rows1, rows3)]
+    assert recall[1] > recall[0] and not (rows3 == np.arange(len(x))[:, None]).any()
+    only = np.array([5, 17, 2999])
+    np.testing.assert_array_equal(partition_knn(part, x, 10, 3, only=only)[0], rows3[only])
+
+
+def test_the_partition_graph_holds_the_pairs_above_the_threshold():
+    x, src = _planted_cliplike()
+    n = len(x)
+    g = knn_graph(x, np.arange(n), 10, method="partition", list_size=128, progress=False)
+    assert g.method == "partition" and g.lists and g.largest_list and g.probe
+    assert g.pair_recall is not None and g.pair_recall >= 0.99 and g.pairs > 50 and g.pair_rows >= 500
+    assert 0.94 < (g.pair_threshold or 0) < 0.97 and g.tuning[-1]["pair_recall"] == round(g.pair_recall, 5)
+    copies = np.nonzero(src >= 0)[0]
+    held = (g.rows[copies] == src[copies][:, None]).any(axis=1) | (g.rows[src[copies]] == copies[:, None]).any(axis=1)
+    truth, _ = _brute(x, 10)
+    in_top = (truth[copies] == src[copies][:, None]).any(axis=1)  # pairs a 10-graph can hold at all
+    assert held[in_top].mean() >= 0.99  # the measured pair recall is the real one
+    true_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.rows, truth, strict=True)])
+    assert abs(g.recall - true_recall) < 0.03
+
+
+def test_a_graph_that_falls_short_is_searched_deeper_until_it_holds_the_pairs():
+    x, _ = _planted_cliplike()
+    g = knn_graph(x, np.arange(len(x)), 10, method="partition", list_size=64, target_pair_recall=0.999,
+                  progress=False)
+    efforts = [t["effort"] for t in g.tuning]
+    assert efforts == sorted(efforts) and efforts[0] == 2
+    assert all(t["pair_recall"] < 0.999 for t in g.tuning[:-1]) and g.probe == efforts[-1]
+    assert g.pair_recall is not None and (g.pair_recall >= 0.999 or g.probe == 16)
 
 
 def _index(x: np.ndarray, ids: np.ndarray, factory: str):
@@ -96,20 +162,17 @@ def _index(x: np.ndarray, ids: np.ndarray, factory: str):
     return index
 
 
-@pytest.mark.parametrize(("factory", "method"), [("IDMap,HNSW16,Flat", "index"), ("IVF32,Flat", "ivf-lists"),
-                                                 ("IDMap,IVF32,Flat", "ivf-lists")])
-def test_graph_from_an_index_records_its_measured_recall(factory, method):
-    x = clustered(4000, seed=5)
-    ids = np.arange(4000, dtype=np.int64) * 3 + 5
+@pytest.mark.parametrize("factory", ["IDMap,HNSW16,Flat", "IDMap,IVF32,PQ16x4"])
+def test_graph_from_the_runs_index_holds_the_pairs_with_exact_cosines(factory):
+    x, _ = _planted_cliplike(4000)
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 5
     index = _index(x, ids, factory)
-    g = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False)
-    assert g.method == method and g.params["truth_device"] == "cpu"
-    truth, _ = _brute(x, 10)
-    true_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.rows, truth, strict=True)])
-    assert g.recall >= 0.95 and abs(g.recall - true_recall) < 0.03  # the recorded recall is the real one
-    assert g.recall_queries == 200
+    g = knn_graph(x, ids, 10, index=index, method="index", progress=False)
+    assert g.method == "index" and g.search_params and g.pair_recall is not None and g.pair_recall >= 0.99
+    assert g.truth_device == "cpu"
     ok = g.rows >= 0
-    np.testing.assert_allclose(g.cosines[ok], np.einsum("ij,ij->i", x[np.where(ok)[0]], x[g.rows[ok]]), atol=1e-4)
+    np.testing.assert_allclose(g.cosines[ok], np.einsum("ij,ij->i", x[np.where(ok)[0]], x[g.rows[ok]]), atol=1e-5)
+    assert (np.diff(np.where(ok, g.cosines, -np.inf), axis=1) <= 1e-6).all()  # re-sorted by the exact cosine
 
 
 def test_bad_input_is_a_usage_error():
@@ -125,16 +188,15 @@ def test_bad_input_is_a_usage_error():
     index = faiss.IndexIDMap(faiss.IndexFlatIP(64))
     index.add_with_ids(x[:10], np.arange(10))
     with pytest.raises(UsageError, match="holds 10 vectors but 50 were given; rebuild it with: python -m job index"):
-        knn_graph(x, np.arange(50), index=index)
+        knn_graph(x, np.arange(50), index=index, method="index")
 
 
 def test_approximate_graph_takes_its_recall_truth_from_the_gpu_and_frees_it(monkeypatch: pytest.MonkeyPatch):
-    x = clustered(3000, seed=8)
-    ids = np.arange(3000, dtype=np.int64)
-    index = _index(x, ids, "IVF32,Flat")
-    cpu = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False, device="cpu")
+    x, _ = _planted_cliplike(3000)
+    ids = np.arange(len(x), dtype=np.int64)
+    cpu = knn_graph(x, ids, 10, method="partition", list_size=128, progress=False, device="cpu")
     rec = install(monkeypatch)
-    g = knn_graph(x, ids, 10, index=index, budget_s=0.0, recall_sample=400, progress=False)
-    assert g.method == "ivf-lists" and g.device == "cpu" and g.params["truth_device"] == "gpu:0"
-    assert rec.count("upload") == 1 and rec.names()[-1] == "free"  # one upload: pilot and both truth halves
-    assert g.recall == cpu.recall and (g.rows == cpu.rows).all()
+    g = knn_graph(x, ids, 10, method="partition", list_size=128, progress=False)
+    assert g.method == "partition" and g.device == "cpu" and g.truth_device == "gpu:0"
+    assert rec.count("upload") == 1 and rec.names()[-1] == "free"  # one upload: the recall sample's truth
+    assert g.pair_recall == cpu.pair_recall and (g.rows == cpu.rows).all()

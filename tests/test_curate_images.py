@@ -59,7 +59,7 @@ def curated(nuscenes_dataroot):
 
 
 def _by_row(d):
-    return {int(r): (int(k), str(kind)) for r, k, kind in zip(d.rows, d.keep_rows, d.kinds, strict=True)}
+    return {int(r): (int(k), str(kind)) for r, k, kind in zip(d.rows, d.links, d.kinds, strict=True)}
 
 
 def test_byte_identical_copies_are_exact_and_reencoded_copies_near(curated):
@@ -86,7 +86,7 @@ def test_the_stationary_sequence_is_still_and_the_moving_one_not(curated):
 def test_no_two_distinct_images_are_flagged(curated):
     info, meta, d = curated["info"], curated["meta"], curated["dups"]
     repeated = {info.stationary_scene, info.moving_repeated_scene}
-    for r, k in zip(d.rows, d.keep_rows, strict=True):
+    for r, k in zip(d.rows, d.links, strict=True):
         if r in curated["copies"]:
             continue
         assert meta[r]["scene_token"] in repeated and meta[k]["scene_token"] == meta[r]["scene_token"]

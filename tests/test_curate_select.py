@@ -1,20 +1,11 @@
-"""Diverse selection (greedy k-center, balance quotas), FiftyOne uniqueness, the threshold histogram."""
+"""Diverse selection (greedy k-center, balance quotas)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from curate_data import clustered
 
-from job.curate import (
-    check_balance,
-    knn_graph,
-    parse_threshold,
-    quotas,
-    scores,
-    select_diverse,
-    threshold_histogram,
-    uniqueness,
-)
+from job.curate import check_balance, quotas, select_diverse
 from job.errors import UsageError
 
 
@@ -93,25 +84,3 @@ def test_bad_selection_input_is_a_usage_error():
         check_balance(["location", "weather"], ["location", "channel"])
     with pytest.raises(UsageError, match="select 2 is fewer than the 3 balance groups"):
         select_diverse(x, np.arange(30), 2, balance={"c": np.arange(30) % 3})
-
-
-def test_uniqueness_is_fiftyones_formula():
-    x = clustered(500, seed=6)
-    g = knn_graph(x, np.arange(500), 10, progress=False)
-    # FiftyOne Brain: distances to the 3 nearest neighbours, np.mean(d * [0.6, 0.3, 0.1]), divided by the maximum
-    d = np.linalg.norm(x[:, None, :].astype(np.float64) - x[None, :, :], axis=2)
-    np.fill_diagonal(d, np.inf)
-    d3 = np.sort(d, axis=1)[:, :3]
-    ref = np.mean(d3 * [0.6, 0.3, 0.1], axis=1)
-    ref /= ref.max()
-    np.testing.assert_allclose(uniqueness(g), ref, atol=2e-4)
-    cols = scores(g)
-    assert set(cols) == {"id", "uniqueness", "nn_cosine", "kth_cosine"} and (cols["kth_cosine"] <= cols["nn_cosine"]).all()
-    assert uniqueness(knn_graph(x[:3], np.arange(3), 2, progress=False)).tolist() == [1.0, 1.0, 1.0]
-
-
-def test_threshold_histogram_is_a_png(tmp_path):
-    nn = 1 - 10 ** np.random.default_rng(0).normal(-1.2, 0.2, 500)
-    png = threshold_histogram(nn, parse_threshold(0.995))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    (tmp_path / "h.png").write_bytes(png)

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from job.cli import main
+from job.runfolder import read_vectors
 from job.config import CurateConfig
-from job.curate import STILL_METRES
+from job.curate import FIFTYONE_COMMIT, STILL_METRES
 
 QUIET = ["--no-progress", "--log-level", "WARNING"]
 
@@ -44,14 +45,23 @@ def test_a_curated_run_holds_every_file_and_says_what_it_did(curated: Path, nusc
     assert set(c["files"]) == {"neighbours.parquet", "duplicates.parquet", "scores.parquet", "selection.parquet",
                                "nn_cosines.png"}
     assert c["graph"]["method"] == "exact" and c["graph"]["recall"] == 1.0 and c["k"] == 10
+    assert c["graph"]["pair_recall"] == 1.0
     assert c["threshold"]["source"] == "auto" and c["threshold"]["rule"] and 0 < c["threshold"]["cosine"] <= 1
+    assert c["threshold"]["found_mode"] and c["threshold"]["rows_below"] > 0 and c["threshold"]["flank"]["edges"]
     assert c["still_metres"] == STILL_METRES == CurateConfig().still_metres
+    assert c["still_cosine"] == CurateConfig().still_cosine and c["still_gap_s"] == CurateConfig().still_gap_s
+    assert c["uniqueness"]["method"] == "kept" and c["uniqueness"]["weights"] == [0.6, 0.3, 0.1]
     neighbours = _rows(curated, "neighbours.parquet")
     assert len(neighbours) == n and all(len(r["neighbours"]) == 10 == len(r["cosines"]) for r in neighbours)
     assert all(r["cosines"] == sorted(r["cosines"], reverse=True) for r in neighbours)
     dups = _rows(curated, "duplicates.parquet")
     assert c["unique"] == n - len(dups) and sum(c["duplicates"].values()) == len(dups)
     assert not {d["keep_id"] for d in dups} & {d["id"] for d in dups}  # keep_id: the image kept for the whole group
+    vec = dict(zip(*read_vectors(str(curated / "embeddings.parquet"))[::-1]))
+    for d in dups:  # the direct link: near within the threshold, still within the still rule's cosine
+        cos = float(vec[d["id"]] @ vec[d["repeats_id"]])
+        assert cos == pytest.approx(d["repeats_cosine"], abs=1e-5)
+        assert cos >= (c["threshold"]["cosine"] if d["kind"] == "near" else c["still_cosine"]) - 1e-6
     # the scene whose ego pose never changes repeats itself: standing still, kept image the earliest of its camera
     emb = {r["id"]: r for r in pq.read_table(curated / "embeddings.parquet",
                                              columns=["id", "scene_token", "channel", "timestamp"]).to_pylist()}
@@ -80,6 +90,21 @@ def test_curate_again_with_a_given_threshold_and_no_subset(curated: Path, tmp_pa
     assert not (run / "curation" / "selection.parquet").exists()  # the earlier subset is not this curation's
 
 
+def test_curate_through_the_partition_with_fiftyones_uniqueness(curated: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(curated, run)
+    before = {d["id"] for d in _rows(curated, "duplicates.parquet")}
+    assert main(["curate", "--run", str(run), "--knn-method", "partition", "--uniqueness", "fiftyone", *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert "k-NN graph: partition, k=10, pair recall" in out and "uniqueness: fiftyone-brain's" in out
+    c = json.loads((run / "manifest.json").read_text())["curation"]
+    g = c["graph"]
+    assert g["method"] == "partition" and g["pair_recall"] >= 0.99 and g["target_met"] and g["lists"] >= 1
+    assert g["tuning"] and g["pair_threshold"] == pytest.approx(c["threshold"]["cosine"])
+    assert c["uniqueness"]["method"] == "fiftyone" and c["uniqueness"]["commit"] == FIFTYONE_COMMIT
+    assert {d["id"] for d in _rows(run, "duplicates.parquet")} == before  # the same duplicates as the exact graph
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--select", "0"], "must be a positive integer"),
     (["--select", "100000"], "--select 100000 is out of range; use 1 to"),
@@ -87,7 +112,13 @@ def test_curate_again_with_a_given_threshold_and_no_subset(curated: Path, tmp_pa
     (["--near-threshold", "often"], "'often' is not understood; use auto or a cosine in (0, 1]"),
     (["--select", "3", "--balance", "weather"], "balance column 'weather' unknown; valid choices:"),
     (["--still-metres", "-1"], "--still-metres -1.0 is out of range"),
-    (["--balance", "channel"], "--balance and --export shape the subset: give --select N too"),
+    (["--k", "1"], "'1' must be 4 or more"),
+    (["--still-cosine", "2"], "--still-cosine 2.0 is outside (0, 1]"),
+    (["--uniqueness", "lightly"], "unknown uniqueness 'lightly'"),
+    (["--uniqueness-weights", "0.5,x"], "--uniqueness-weights 'x' is not a number"),
+    (["--uniqueness", "fiftyone", "--k", "4", "--uniqueness-weights", "1,1,1,1"], "reads 5 neighbours; --k 4"),
+    (["--balance", "channel"], "--balance shapes the subset: give --select N too"),
+    (["--balance", "channel", "--export", "x.txt"], "--balance and --export shape the subset: give --select N too"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(curated: Path, tmp_path: Path, capsys, argv, message) -> None:
     run = tmp_path / "run"

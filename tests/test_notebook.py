@@ -186,7 +186,7 @@ def test_curation_helpers_without_a_notebook(job_run: Path, tmp_path: Path) -> N
     members = viz.group_members(run, cur, int(groups["root"].iat[0]))
     assert members["kind"].iat[0] == "kept" and len(members) == groups["size"].iat[0]
     assert list(members["timestamp"].iloc[1:]) == sorted(members["timestamp"].iloc[1:])
-    assert (members["cosine"].iloc[1:] >= run.manifest.curation.threshold["cosine"] - 1e-6).all()
+    assert (members["cosine"].iloc[1:] >= run.manifest.curation.threshold.cosine - 1e-6).all()
     rare = viz.rarest(run, cur, k=5)
     assert list(rare["score"]) == sorted(rare["score"], reverse=True) and rare["score"].iat[0] == pytest.approx(1.0)
     cov = viz.coverage(run, cur, "location")

@@ -274,10 +274,10 @@ def test_a_run_without_curation_keeps_working(served_run: Path, tmp_path: Path) 
 
 
 def test_group_roots_follow_chains() -> None:
-    """An exact copy of a frame that itself stood still belongs to the standstill's group (job.curate.run)."""
+    """An exact copy of a frame that itself stood still belongs to the standstill's group (job.curate.duplicates)."""
     import numpy as np
 
-    from job.curate.run import duplicate_roots
+    from job.curate import duplicate_roots
 
     ids = np.array([5, 7, 9, 11], np.int64)  # 5 -> 7 (exact), 7 -> 3 (still), 9 -> 3 (still), 11 -> 2 (near)
     keep = np.array([7, 3, 3, 2], np.int64)

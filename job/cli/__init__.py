@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_curate,
         cmd_embed,
         cmd_eval,
+        cmd_import,
         cmd_index,
         cmd_merge,
         cmd_models,
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in (cmd_embed, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate, cmd_eval,
-                   cmd_compare, cmd_publish, cmd_status):
+    for module in (cmd_embed, cmd_import, cmd_merge, cmd_models, cmd_index, cmd_search, cmd_serve, cmd_project, cmd_curate,
+                   cmd_eval, cmd_compare, cmd_publish, cmd_status):
         module.register(sub)
     return parser
 

@@ -82,8 +82,11 @@ def _curate(a: _Args, command: str) -> CurateConfig:
     return CurateConfig(
         enabled=command == "curate" or bool(a.get("curate", False)), k=a.get("curate_k", d.k),
         method=a.get("curate_method", d.method), near_threshold=a.get("near_threshold", d.near_threshold),
-        still_metres=a.get("still_metres", d.still_metres), select=a.get("select", None),
-        balance=split_list(a.get("balance", None)), export=a.get("export", None),
+        still_metres=a.get("still_metres", d.still_metres), still_cosine=a.get("still_cosine", d.still_cosine),
+        still_gap_s=a.get("still_gap_s", d.still_gap_s), uniqueness=a.get("uniqueness", d.uniqueness),
+        uniqueness_weights=a.get("uniqueness_weights", None) or d.uniqueness_weights, select=a.get("select", None),
+        balance=split_list(a.get("balance", None)), shares=a.get("shares", d.shares), labelled=a.get("labelled", None),
+        min_gap_s=a.get("min_gap_s", None), export=a.get("export", None),
         device=a.get("curate_device", d.device), seed=a.get("seed", d.seed))
 
 
@@ -105,8 +108,9 @@ def config_from_args(ns: argparse.Namespace) -> JobConfig:
     out = a.get("out", None) or a.get("run", None) or d.output.out
     cfg = JobConfig(
         model=ModelConfig(
-            model=a.get("model", d.model.model), pretrained=a.get("pretrained", d.model.pretrained),
-            pool=a.get("pool", d.model.pool), text_vectors=a.get("text_vectors", d.model.text_vectors),
+            model=a.get("model", "" if command == "import" else d.model.model),  # import: "" when unknown
+            pretrained=a.get("pretrained", d.model.pretrained),
+            pool=a.get("pool", "cls" if command == "import" else d.model.pool), text_vectors=a.get("text_vectors", d.model.text_vectors),
             image_size=a.get("image_size", None),
             device=a.get("device", d.model.device) if command not in ("search", "serve") else d.model.device,
             precision=a.get("precision", d.model.precision), seed=a.get("seed", d.model.seed),

@@ -2,8 +2,10 @@
 
 Grouping is **greedy keep-first** (FiftyOne Brain's rule), walked in keep order (``order.keep_rank``): the first
 image not yet claimed is kept, and claims every unclaimed image whose cosine to *it* is at or above the threshold.
-So every reported duplicate is within the threshold of its own ``keep_id`` — connected components would chain
-distinct images through intermediate ones (A~B, B~C, A far from C) and are not used. Candidates come from the k-NN
+So every near duplicate is within the threshold of the image it directly repeats (``links``) — connected components
+would chain distinct images through intermediate ones (A~B, B~C, A far from C) and are not used. The graph's cosines
+are exact (every graph method computes or re-scores them from the vectors), so no pair below the threshold is
+flagged. Candidates come from the k-NN
 graph in both directions (i lists j, or j lists i). A kept image whose k-th neighbour is still within the threshold
 may have more duplicates than k: its neighbourhood is searched again, exactly and deeper (``expand``), and the walk
 repeated, until no kept image is saturated or ``MAX_EXPAND_K`` is reached.
@@ -22,21 +24,26 @@ from .threshold import NearThreshold
 
 log = logging.getLogger(__name__)
 
-KINDS = ("exact", "near", "still")
+KINDS = ("exact", "still", "near")  # the order the steps run in (find.find_duplicates)
 MAX_EXPAND_K = 1024  # deepest re-search of a saturated kept image
 EXPAND_FLOPS = 2e12  # exact re-search per round at most (~1-2 min on 2 CPU cores): 12k rows at 205k x 768, 1.9k at 1.4M
 
 
 @dataclass
 class Duplicates:
-    """One line per image that repeats another: row, kept row, kind, cosine to the kept image."""
+    """One line per image that repeats another: its row, the row it directly repeats (``links``: byte-identical for
+    ``exact``, within the near threshold for ``near``, the standstill's first frame for ``still``), the kind, and the
+    cosine to that row. ``keep_rows`` / ``keep_cosines``: the image kept for the whole group (the root, ``to_roots``)
+    and the cosine to it; the direct link until the roots are resolved."""
 
     rows: np.ndarray  # int64
-    keep_rows: np.ndarray  # int64
+    links: np.ndarray  # int64
     kinds: np.ndarray  # str (object)
-    cosines: np.ndarray  # float32
+    link_cosines: np.ndarray  # float32
     threshold: NearThreshold | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    keep_rows: np.ndarray | None = None
+    keep_cosines: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Duplicates:
@@ -54,19 +61,28 @@ class Duplicates:
     def counts(self) -> dict[str, int]:
         return {k: int(np.sum(self.kinds == k)) for k in KINDS}
 
+    def roots(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kept row, cosine to it) per line: the group's root once resolved, else the direct link."""
+        if self.keep_rows is None or self.keep_cosines is None:
+            return self.links, self.link_cosines
+        return self.keep_rows, self.keep_cosines
+
     def with_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The ``duplicates.parquet`` columns: ``id``, ``keep_id``, ``kind``, ``cosine``, sorted by (keep_id, id)."""
-        order = np.lexsort((ids[self.rows], ids[self.keep_rows]))
-        return {"id": ids[self.rows][order], "keep_id": ids[self.keep_rows][order],
-                "kind": self.kinds[order], "cosine": self.cosines[order]}
+        """The ``duplicates.parquet`` columns: ``id``, ``keep_id`` (the group's root), ``kind``, ``cosine`` (to
+        ``keep_id``), ``repeats_id`` (the image it directly repeats), ``repeats_cosine``; sorted by (keep_id, id)."""
+        keep, keep_cos = self.roots()
+        order = np.lexsort((ids[self.rows], ids[keep]))
+        return {"id": ids[self.rows][order], "keep_id": ids[keep][order], "kind": self.kinds[order],
+                "cosine": keep_cos[order], "repeats_id": ids[self.links][order],
+                "repeats_cosine": self.link_cosines[order]}
 
     @staticmethod
     def concat(parts: list[Duplicates]) -> Duplicates:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Duplicates.empty()
-        return Duplicates(np.concatenate([p.rows for p in parts]), np.concatenate([p.keep_rows for p in parts]),
-                          np.concatenate([p.kinds for p in parts]), np.concatenate([p.cosines for p in parts]))
+        return Duplicates(np.concatenate([p.rows for p in parts]), np.concatenate([p.links for p in parts]),
+                          np.concatenate([p.kinds for p in parts]), np.concatenate([p.link_cosines for p in parts]))
 
 
 def _cos(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -190,5 +206,35 @@ def near_duplicates(graph: KnnGraph, x: np.ndarray, threshold: NearThreshold, ra
         log.warning("near duplicates: %d kept images still have more neighbours within the threshold than the "
                     "deepest search (%d); their groups may be split", saturated_left, MAX_EXPAND_K)
     out = Duplicates(rows, keeps, np.full(len(rows), "near", object), cosines, threshold)
-    out.info = {"expanded_rows": len(extra), "saturated_left": saturated_left}
+    out.info = {"expanded_rows": len(extra), "saturated_left": saturated_left, "extra": extra}
     return out
+
+
+def duplicate_roots(ids: np.ndarray, keep_ids: np.ndarray, max_hops: int = 16) -> np.ndarray:
+    """For the rows of ``duplicates.parquet`` (``id``, ``keep_id``), each one's group root: its ``keep_id``, followed
+    while that image is itself a duplicate (an exact copy's original may be a frame of a standstill, whose first frame
+    may be a near duplicate: the steps run in that order). A group is every image with the same root, plus the root."""
+    ids, root = np.asarray(ids, np.int64), np.asarray(keep_ids, np.int64).copy()
+    if not len(ids):
+        return root
+    order = np.argsort(ids, kind="stable")
+    sorted_ids, sorted_keep = ids[order], root[order]
+    for _ in range(max_hops):
+        pos = np.clip(np.searchsorted(sorted_ids, root), 0, len(ids) - 1)
+        found = sorted_ids[pos] == root
+        if not found.any():
+            break
+        root = np.where(found, sorted_keep[pos], root)
+    return root
+
+
+def to_roots(dups: Duplicates, x: np.ndarray) -> None:
+    """Resolve each line's kept image for its whole group (``keep_rows``): its direct link, followed while that image
+    is itself a duplicate (an exact copy's original may be a frame of a standstill, found first as kinds run exact →
+    still → near), with the cosine to it. The direct links stay as they are."""
+    roots = duplicate_roots(dups.rows, dups.links)
+    moved = roots != dups.links
+    cos = dups.link_cosines.copy()
+    if moved.any():
+        cos[moved] = np.einsum("ij,ij->i", x[dups.rows[moved]], x[roots[moved]])
+    dups.keep_rows, dups.keep_cosines = roots, cos

@@ -1,47 +1,47 @@
 """``knn_graph``: choose how to build the k-NN graph (exact when a timed pilot says it is affordable), build it, and
-measure its recall against exact search on a sample."""
+for an approximate graph raise its search effort until it holds the pairs duplicate finding needs.
+
+The gate is **pair recall** (``recall``): the share of the pairs at or above the near threshold that the graph holds,
+on a stratified sample checked by exact search. The threshold is read off the graph itself (``gate``: the curation
+step passes its own rule, byte-identical copies left out); after each search the threshold is read again, pair
+recall measured, and the search deepened (``partition``: one more list a row; ``index``: the next search parameter)
+until pair recall reaches ``target_pair_recall`` or the deepest effort is spent (the shortfall is then recorded and
+logged). recall@k is measured on the sample's uniform rows, as information.
+"""
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ..config import CURATE_K, CURATE_METHODS, CURATE_PAIR_RECALL
 from ..errors import UsageError
-from ..index import make_eval_set, recall_at, tune
+from ..index import make_eval_set, tune
 from ..index.exact import ExactSearcher, drop_self
-from ..index.tune import EvalSet, current_search_params
-from .knn import (
-    DEFAULT_K,
-    EXACT_BUDGET_S,
-    GPU_PILOT_ROWS,
-    PILOT_FLOPS,
-    PROBE_LISTS,
-    RECALL_SAMPLE,
-    IvfLists,
-    KnnGraph,
-    exact_knn,
-    index_knn,
-    ivf_lists_knn,
-    ivf_of,
-)
+from ..index.tune import current_search_params, format_params, search_space, set_search_params
+from .knn import EXACT_BUDGET_S, GPU_PILOT_ROWS, PILOT_FLOPS, KnnGraph, exact_knn, index_knn
+from .partition import balanced_partition, partition_knn
+from .recall import RecallSample
+from .threshold import auto_threshold
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "exact", "index", "ivf-lists")
+LIST_SIZE = 512  # partition: rows per list (cost per row and list searched: LIST_SIZE · d multiply-adds)
+START_PROBE = 2  # partition: lists a row searches at first (its own and the nearest other)
+MAX_PROBE = 16
+RECALL_UNIFORM = 500  # rows drawn uniformly for the recall sample
+RECALL_EXTRA = 500  # rows drawn among those with a graph edge at or above the threshold
+INDEX_TUNE_RECALL = 0.95  # index: the recall@k the first search parameters are tuned to (on 500 rows)
+INDEX_FETCH = (1, 2, 4, 8)  # index: candidates asked per neighbour kept, at the deepest search parameters
+
+Gate = Callable[[np.ndarray, np.ndarray], float]  # (graph rows, cosines) -> the near threshold's cosine
 
 
-def _split_sample(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.random.default_rng(seed).permutation(n)[: min(size, n)]
-    half = max(1, len(rows) // 2)
-    return np.sort(rows[:half]), np.sort(rows[half:]) if len(rows) > 1 else np.sort(rows[:half])
-
-
-def _recall(found_rows: np.ndarray, ids: np.ndarray, ev: EvalSet, k: int) -> float:
-    found = np.where(found_rows >= 0, ids[np.clip(found_rows, 0, None)], -1)
-    return float(recall_at(found, ev.truth, k))
+def _default_gate(rows: np.ndarray, cos: np.ndarray) -> float:
+    return auto_threshold(cos).cosine
 
 
 def _pilot(searcher: ExactSearcher, k: int) -> tuple[float, tuple[np.ndarray, np.ndarray], int]:
@@ -63,20 +63,19 @@ def _pilot(searcher: ExactSearcher, k: int) -> tuple[float, tuple[np.ndarray, np
     return searcher.setup_s + elapsed * n / size, done, size
 
 
-def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any = None, method: str = "auto",
-              budget_s: float = EXACT_BUDGET_S, target_recall: float = 0.95, recall_sample: int = RECALL_SAMPLE,
-              seed: int = 0, progress: bool = True, device: str = "auto") -> KnnGraph:
+def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = CURATE_K, *, index: Any = None, method: str = "auto",
+              gate: Gate | None = None, target_pair_recall: float = CURATE_PAIR_RECALL,
+              budget_s: float = EXACT_BUDGET_S, list_size: int = LIST_SIZE, seed: int = 0, progress: bool = True,
+              device: str = "auto") -> KnnGraph:
     """The k-NN graph of unit vectors ``x`` (n, d) float32 with ids ``ids``.
 
-    ``method='auto'``: exact when ``index`` is None or when a timed pilot batch extrapolates to at most
-    ``budget_s`` seconds; otherwise from ``index`` (the run's Faiss index over the same ids, loaded by the caller):
-    ``ivf-lists`` for an IVF index, ``index`` search for any other. ``target_recall``: approximate graphs search
-    deeper until a half of the recall sample reaches it; the other half gives ``recall``. ``device`` (auto | cpu |
-    cuda) places the exact search (the pilot, an exact graph, the recall truth): one
-    :class:`~job.index.exact.ExactSearcher` for the whole graph, so the GPU upload is paid once.
-    """
-    if method not in METHODS:
-        raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(METHODS)}")
+    ``method='auto'``: exact when a timed pilot batch extrapolates to at most ``budget_s`` seconds, else
+    ``partition`` (the run's index is not needed). ``index``: the run's Faiss index over the same ids (for
+    ``method='index'``). ``gate``: the near threshold read off a graph (default: ``threshold.auto_threshold``).
+    ``device`` (auto | cpu | cuda) places the exact search (the pilot, an exact graph, the recall sample's truth):
+    one :class:`~job.index.exact.ExactSearcher` for the whole graph, so the GPU upload is paid once."""
+    if method not in CURATE_METHODS:
+        raise UsageError(f"k-NN method {method!r} unknown; valid choices: {', '.join(CURATE_METHODS)}")
     n = len(x)
     if n < 2:
         raise UsageError(f"a k-NN graph needs at least 2 vectors, got {n}")
@@ -84,88 +83,134 @@ def knn_graph(x: np.ndarray, ids: np.ndarray, k: int = DEFAULT_K, *, index: Any 
         raise UsageError(f"k = {k} is out of range; use 1 to {n - 1}")
     if len(ids) != n:
         raise UsageError(f"{len(ids)} ids for {n} vectors")
-    k = min(k, n - 1)
-    if method in ("index", "ivf-lists") and index is None:
-        raise UsageError(f"k-NN method {method!r} needs the run's index; build it with: python -m job index")
-    if index is not None and int(index.ntotal) != n:
+    if method == "index" and index is None:
+        raise UsageError("k-NN method 'index' needs the run's index; build it with: python -m job index")
+    if method == "index" and int(index.ntotal) != n:
         raise UsageError(f"the index holds {index.ntotal} vectors but {n} were given; rebuild it with: "
                          "python -m job index")
+    k = min(k, n - 1)
     with ExactSearcher(x, device=device, step="exact") as searcher:
-        graph = _graph(searcher, ids, k, index, method, budget_s, target_recall, recall_sample, seed, progress)
-    if searcher.placement.fallbacks:
-        graph.params["fallbacks"] = list(searcher.placement.fallbacks)
+        graph = _graph(searcher, ids, k, index, method, gate or _default_gate, target_pair_recall, budget_s,
+                       list_size, seed, progress)
+    graph.fallbacks = list(searcher.placement.fallbacks)
+    log.info("k-NN graph: %s, pair recall %.4f at cosine >= %.4f (%d pairs in %d sampled rows), recall@%d %.4f, "
+             "%.1f s", graph.method, graph.pair_recall or math.nan, graph.pair_threshold or math.nan, graph.pairs,
+             graph.pair_rows, k, graph.recall, graph.timings.get("graph_s", graph.timings.get("search_s", 0.0)))
     return graph
 
 
-def _graph(searcher: ExactSearcher, ids: np.ndarray, k: int, index: Any, method: str, budget_s: float,
-           target_recall: float, recall_sample: int, seed: int, progress: bool) -> KnnGraph:
+def _graph(searcher: ExactSearcher, ids: np.ndarray, k: int, index: Any, method: str, gate: Gate, target: float,
+           budget_s: float, list_size: int, seed: int, progress: bool) -> KnnGraph:
     x, n = searcher.x, len(searcher.x)
     timings: dict[str, float] = {"exact_setup_s": searcher.setup_s}
-    dev = searcher.device
     pilot = None
     if method == "auto":
         t0 = time.perf_counter()
         est, done, size = _pilot(searcher, k)
         timings["pilot_s"] = time.perf_counter() - t0
         pilot = (done, size)
-        affordable = est <= budget_s
+        method = "exact" if est <= budget_s else "partition"
         log.info("k-NN graph: exact search of all %d vectors estimated at %.0f s on %s (budget %.0f s) -> %s",
-                 n, est, dev, budget_s, "exact" if affordable or index is None else "index")
-        method = "exact" if affordable or index is None else ("ivf-lists" if ivf_of(index) is not None else "index")
+                 n, est, searcher.device, budget_s, method)
         timings["exact_estimate_s"] = est
     t0 = time.perf_counter()
     if method == "exact":
         start, done_rc = (pilot[1], pilot[0]) if pilot else (0, None)
         rows, cos = exact_knn(x, k, progress=progress, start=start, done=done_rc, searcher=searcher)
         timings["search_s"] = time.perf_counter() - t0
-        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, searcher.device, {}, timings)
-    tune_rows, test_rows = _split_sample(n, recall_sample, seed)
-    ev_tune = make_eval_set(x, ids, tune_rows, k, searcher=searcher)
-    ev_test = make_eval_set(x, ids, test_rows, k, searcher=searcher)
-    truth_device = searcher.device
-    searcher.close()  # the approximate graph needs no exact search: free the GPU copy now
-    timings["truth_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    if method == "ivf-lists":
-        ivf = ivf_of(index)
-        if ivf is None:
-            raise UsageError("k-NN method 'ivf-lists' needs an IVF index; this one is not (use 'index')")
-        parts = IvfLists.of(index, ids, max(PROBE_LISTS))
-        probe, trials = _tune_probe(parts, x, ids, k, ev_tune, tune_rows, target_recall)
-        timings["tune_s"] = time.perf_counter() - t1
-        recall = _recall(ivf_lists_knn(parts, x, k, probe, only=test_rows)[0], ids, ev_test, k)
-        t2 = time.perf_counter()
-        rows, cos = ivf_lists_knn(parts, x, k, probe, progress=progress)
-        params: dict[str, Any] = {"probe_lists": probe, "nlist": int(ivf.nlist), "tuning": trials}
+        return KnnGraph(ids, rows, cos, "exact", 1.0, 0, searcher.device, pair_recall=1.0, timings=timings)
+    graph = KnnGraph(ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), method, device="cpu",
+                     timings=timings)
+    if method == "partition":
+        part = balanced_partition(x, list_size, max_probe=MAX_PROBE, seed=seed)
+        timings["partition_s"] = time.perf_counter() - t0
+        graph.lists, graph.largest_list = part.nlist, int(part.sizes().max())
+        probes = list(range(START_PROBE, min(MAX_PROBE, part.nlist) + 1)) or [part.nlist]
+
+        def search(effort: int, prev: tuple[np.ndarray, np.ndarray] | None, last: int) -> tuple[np.ndarray, np.ndarray]:
+            graph.probe = effort
+            return partition_knn(part, x, k, effort, start=last, done=prev, progress=progress)
+
+        _until_pairs_held(graph, searcher, k, probes, search, gate, target, seed)
     else:
-        before = current_search_params(index)
-        chosen, trials, met = tune(index, ev_tune, target_recall) if before else ({}, [], True)
-        timings["tune_s"] = time.perf_counter() - t1
-        recall = _recall(index_knn(index, x, ids, k, rows=test_rows)[0], ids, ev_test, k)
-        t2 = time.perf_counter()
-        rows, cos = index_knn(index, x, ids, k, progress=progress)
-        params = {"search_params": chosen, "index_search_params": before, "target_met": bool(met)}
-    timings["search_s"] = time.perf_counter() - t2
-    if recall < target_recall:
-        log.warning("k-NN graph: recall@%d %.3f below the target %.3f (measured on %d rows)", k, recall,
-                    target_recall, len(test_rows))
-    log.info("k-NN graph: %s, recall@%d %.4f on %d held-out rows, %.1f s", method, k, recall, len(test_rows),
-             timings["search_s"])
-    params["truth_device"] = truth_device
-    return KnnGraph(ids, rows, cos, method, recall, int(len(test_rows)), "cpu", params, timings)
+        _index_graph(graph, searcher, index, ids, k, gate, target, seed, progress)
+    timings["graph_s"] = time.perf_counter() - t0
+    return graph
 
 
-def _tune_probe(parts: IvfLists, x: np.ndarray, ids: np.ndarray, k: int, ev: EvalSet, rows: np.ndarray,
-                target: float) -> tuple[int, list[dict[str, float]]]:
-    """Fewest lists per vector reaching ``target`` recall on the tuning rows (the most tried otherwise)."""
-    trials = []
-    nlist = len(parts.members)
-    for probe in sorted({min(p, nlist) for p in PROBE_LISTS}):
-        r = _recall(ivf_lists_knn(parts, x, k, probe, only=rows)[0], ids, ev, k)
-        trials.append({"probe_lists": probe, "recall": round(r, 4)})
-        if r >= target or probe >= nlist:
-            return probe, trials
-    return trials[-1]["probe_lists"], trials  # type: ignore[return-value]
+def _until_pairs_held(graph: KnnGraph, searcher: ExactSearcher, k: int, efforts: list[Any],
+                      search: Callable[[Any, tuple[np.ndarray, np.ndarray] | None, Any], tuple[np.ndarray, np.ndarray]],
+                      gate: Gate, target: float, seed: int) -> None:
+    """Search at each effort in turn (``search(effort, previous result, previous effort)``) until the graph's pair
+    recall at its own threshold reaches ``target``; fills ``graph``."""
+    prev: tuple[np.ndarray, np.ndarray] | None = None
+    last: Any = 0
+    sample: RecallSample | None = None
+    for effort in efforts:
+        t0 = time.perf_counter()
+        prev = search(effort, prev, last)
+        last = effort
+        graph.timings["search_s"] = graph.timings.get("search_s", 0.0) + time.perf_counter() - t0
+        rows, cos = prev
+        t1 = time.perf_counter()
+        threshold = gate(rows, cos)
+        if sample is None:
+            sample = RecallSample.draw(searcher, cos, threshold, k, uniform=RECALL_UNIFORM, extra=RECALL_EXTRA,
+                                       seed=seed)
+            graph.pair_rows, graph.truth_device = len(sample.rows), searcher.device
+            searcher.close()  # the approximate search needs no exact search: free a GPU copy now
+        pair_recall, pairs = sample.pair_recall(rows, threshold)
+        graph.timings["recall_s"] = graph.timings.get("recall_s", 0.0) + time.perf_counter() - t1
+        graph.tuning.append({"effort": effort, "pair_recall": round(pair_recall, 5), "pairs": pairs,
+                             "threshold": round(threshold, 6)})
+        graph.rows, graph.cosines = rows, cos
+        graph.pair_recall, graph.pair_threshold, graph.pairs = pair_recall, threshold, pairs
+        if pair_recall >= target:
+            break
+        log.info("k-NN graph: pair recall %.4f below %.2f at %s; searching deeper", pair_recall, target, effort)
+    else:
+        log.warning("k-NN graph: pair recall %.4f stays below the target %.2f at the deepest search (%s)",
+                    graph.pair_recall or math.nan, target, last)
+    assert sample is not None
+    graph.recall = round(sample.recall_at_k(graph.rows), 4)
+    graph.recall_queries = int(sample.uniform.sum())
+    graph.tuning[-1]["recall"] = graph.recall
+
+
+def _index_graph(graph: KnnGraph, searcher: ExactSearcher, index: Any, ids: np.ndarray, k: int, gate: Gate,
+                 target: float, seed: int, progress: bool) -> None:
+    """``method='index'``: the run's index, first tuned to recall@k ``INDEX_TUNE_RECALL`` on 500 rows, then its
+    coverage parameter (efSearch / nprobe) raised step by step, then more candidates re-scored, until pair recall
+    reaches ``target``."""
+    x = searcher.x
+    t0 = time.perf_counter()
+    rows = np.sort(np.random.default_rng(seed + 1).choice(len(x), min(500, len(x)), replace=False))
+    chosen: dict[str, int] = {}
+    if current_search_params(index):
+        chosen, _, _ = tune(index, make_eval_set(x, ids, rows, k, searcher=searcher), INDEX_TUNE_RECALL)
+    graph.timings["tune_s"] = time.perf_counter() - t0
+    space = [(name, values) for name, values in search_space(index) if name != "k_factor"]
+    efforts: list[tuple[dict[str, int], int]] = [(dict(chosen), 1)]
+    if space:
+        name, values = space[0]
+        efforts += [({**chosen, name: v}, 1) for v in values if v > chosen.get(name, values[0])]
+    efforts += [(efforts[-1][0], f) for f in INDEX_FETCH[1:]]  # then more candidates, re-scored exactly
+
+    def search(effort: tuple[dict[str, int], int], prev: Any, last: Any) -> tuple[np.ndarray, np.ndarray]:
+        params, fetch = effort
+        if params:
+            set_search_params(index, params)
+        graph.search_params = _effort(effort)
+        return index_knn(index, x, ids, k, fetch=fetch, progress=progress)
+
+    _until_pairs_held(graph, searcher, k, efforts, search, gate, target, seed)
+    for t in graph.tuning:
+        t["effort"] = _effort(t["effort"])
+
+
+def _effort(effort: tuple[dict[str, int], int]) -> str:
+    params, fetch = effort
+    return ",".join(filter(None, [format_params(params) if params else "", f"fetch={fetch}k" if fetch > 1 else ""]))
 
 
 def graph_from_arrays(ids: np.ndarray, rows: np.ndarray, cosines: np.ndarray, method: str = "given",

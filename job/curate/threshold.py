@@ -1,38 +1,60 @@
-"""The near-duplicate threshold: given (a cosine in (0, 1]) or ``auto``, read off the run's own nearest-neighbour cosines.
+"""The near-duplicate threshold: given (a cosine in (0, 1]) or ``auto``, read off the run's own k-NN graph.
 
-``auto`` works on the log of the cosine distance to the nearest neighbour, ``z = log10(1 - cos)``: near duplicates
-(re-encodes, resizes, frames of a car that stands still) are typically orders of magnitude closer than an image's
-nearest *distinct* neighbour, whatever the model — a trained CLIP puts distinct neighbours at distance ~0.05-0.2 and
-re-encodes at ~0.001, a random-weight model puts everything 100x closer, but the ratio stays. A two-component
-Gaussian mixture is fitted to ``z`` (EM, several deterministic starts). The lower component is taken for a duplicate
-mode only when it is cleanly separated from the bulk (the upper component, whatever its share: a run full of
-standstills may hold more duplicates than distinct frames): Ashman's D >= ``MIN_SEPARATION`` (D > 2 is the usual
-mark of a bimodal mixture) and at least ``MIN_DUPLICATE_ROWS`` rows in it. The
-threshold is then where the two components are equally likely, but never within ``BULK_MARGIN`` standard deviations
-of the bulk's mean, and the rows below it must be at least ``EXCESS`` times what the bulk's own Gaussian tail
-puts there (a long tail of distinct images is not a mode). Without such a mode — or with fewer than ``MIN_ROWS``
-images — nothing is flagged: the threshold is set at half the closest pair's distance (only identical vectors).
+``auto`` looks at every edge of the graph (each image's k nearest neighbours, byte-identical copies left out) on a
+log scale, ``z = log10(1 - cos)``. Distinct images sit in one bulk; copies — re-encodes, resizes, frames of a car
+that stands still — sit orders of magnitude closer, or at least closer than the bulk reaches. The rule models only
+what it can trust, the bulk's **left flank**:
+
+* the bulk is located from each image's *farthest* graph edge (its k-th neighbour is a distinct image unless the
+  image has k copies or more), and its peak is the densest point near there;
+* the flank's width ``sigma`` is read where the density falls to ``e^-2`` of the peak on the left (two standard
+  deviations of a Gaussian; the half-width at ``e^-1/2`` is taken if wider);
+* the threshold ``t`` is where that Gaussian flank, with the bulk's own height, would put fewer than
+  ``TAIL_EDGES`` (0.01) edges below, and at least ``BULK_MARGIN`` flank widths below the peak.
+
+Every edge below ``t`` is closer than the bulk of distinct images can explain: a near duplicate. Nothing else is
+fitted, so the cases that pulled a two-Gaussian fit apart do not move ``t``: a tail of rare images or of rows whose
+neighbours an approximate search lost lies on the right; a second tight cluster (near-blank frames) is a bump on the
+left that is flagged with the copies; a run where every image has a copy still has a bulk of edges (an image's other
+k - 1 neighbours). Pairs at ``1 - cos < MIN_DISTANCE`` (1e-6: identical vectors) are duplicates whatever the data.
+When no image lies below ``t`` the rule says so, with the pairs it found above the floor — never a bare zero. Below
+``MIN_ROWS`` images there is no distribution to read: only identical vectors are flagged.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UsageError
 from ..values import parse_near_threshold
 
-MIN_DISTANCE = 1e-7  # float32 cosines of identical vectors come out within ~1e-7 of 1
-MIN_SEPARATION = 3.0  # Ashman's D between the duplicate and bulk components
-MIN_ROWS = 50  # fewer nearest-neighbour distances than this are no distribution to fit
-MIN_DUPLICATE_ROWS = 2  # a duplicate pair puts two rows at the same tiny distance
-BULK_MARGIN = 4.0  # the threshold stays this many standard deviations below the bulk's mean (log distance)
-MIN_SIGMA = 0.02  # decades: keeps EM off a zero-width component (identical distances)
-EM_ITERATIONS = 300
-HIST_BINS = 4000
-EXCESS = 4.0  # the mode must hold this many times the rows the bulk's Gaussian tail puts below the threshold
+MIN_DISTANCE = 1e-6  # 1 - cos below this is the same vector (float32 cosines of identical vectors land within 1e-7)
+MIN_ROWS = 50  # fewer images than this are no distribution to read
+BIN = 0.01  # decades per histogram bin
+SMOOTH = 3.0  # bins: the Gaussian kernel smoothing the histogram
+TAIL_EDGES = 0.01  # the bulk's Gaussian flank may put this many edges below the threshold
+BULK_MARGIN = 4.0  # the threshold stays at least this many flank widths below the bulk's peak
+MIN_SIGMA = 0.01  # decades: a flank narrower than the histogram's resolution is read as this
+BULK_WINDOW = (-1.0, 0.5)  # decades around the median farthest edge where the bulk's peak is looked for
+VALLEY = 0.5  # a left mode: the density between it and the bulk falls below this share of the mode's own peak
+EMPTY = 0.01  # edges per bin (smoothed) below which a bin is empty: a gap between copies and the bulk
+
+
+@dataclass(frozen=True)
+class BulkFlank:
+    """The bulk of the graph's edge distances, as the rule read it (decades of ``1 - cos``)."""
+
+    peak: float  # log10(1 - cos) at the bulk's densest point
+    sigma: float  # width of its left flank
+    height: float  # edges per decade at the peak
+    edges: int  # edges read
+
+    def expected_below(self, z: float) -> float:
+        """Edges the bulk's Gaussian flank puts below ``z``."""
+        return self.height * self.sigma * math.sqrt(2 * math.pi) * 0.5 * math.erfc((self.peak - z) /
+                                                                                 (self.sigma * math.sqrt(2)))
 
 
 @dataclass(frozen=True)
@@ -43,151 +65,135 @@ class NearThreshold:
     rule: str  # one line a person can check
     source: str  # "auto" | "given"
     found_mode: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {"cosine": self.cosine, "rule": self.rule, "source": self.source, "found_mode": self.found_mode,
-                **self.details}
+    flank: BulkFlank | None = None
+    rows_below: int = 0  # images with a neighbour at or above the threshold (auto)
+    edges_below: int = 0
+    identical_pairs: int = 0  # graph edges at 1 - cos < MIN_DISTANCE
 
 
 def log_distance(cosines: np.ndarray) -> np.ndarray:
-    """``log10(1 - cos)`` clipped to [log10(MIN_DISTANCE), log10(2)] (NaNs dropped)."""
+    """``log10(1 - cos)`` of the finite cosines, clipped to [log10(1e-7), log10(2)]."""
     c = np.asarray(cosines, np.float64)
     c = c[np.isfinite(c)]
-    return np.log10(np.clip(1.0 - c, MIN_DISTANCE, 2.0))
+    return np.log10(np.clip(1.0 - c, 1e-7, 2.0))
 
 
-def _em(z: np.ndarray, cnt: np.ndarray, split: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Two-Gaussian EM on values ``z`` with counts ``cnt`` (histogram bins), started from a split point;
-    returns (log-likelihood, weights, means, sigmas), components ordered by mean."""
-    lo = z <= split
-    total = float(cnt.sum())
-    if cnt[lo].sum() < 1 or cnt[~lo].sum() < 1:
-        return -math.inf, np.zeros(2), np.zeros(2), np.ones(2)
-
-    def moments(m: np.ndarray) -> tuple[float, float]:
-        mean = float(np.average(z[m], weights=cnt[m]))
-        return mean, float(np.sqrt(np.average((z[m] - mean) ** 2, weights=cnt[m])))
-
-    (m0, s0), (m1, s1) = moments(lo), moments(~lo)
-    w = np.array([cnt[lo].sum(), cnt[~lo].sum()]) / total
-    mu = np.array([m0, m1])
-    sd = np.maximum(np.array([s0, s1]), MIN_SIGMA)
-    ll_old = -math.inf
-    ll = -math.inf
-    for _ in range(EM_ITERATIONS):
-        logp = (np.log(np.maximum(w, 1e-300))[None, :] - np.log(sd)[None, :] - 0.5 * math.log(2 * math.pi)
-                - 0.5 * ((z[:, None] - mu[None, :]) / sd[None, :]) ** 2)
-        top = logp.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
-        ll = float((cnt * lse).sum())
-        resp = np.exp(logp - lse[:, None]) * cnt[:, None]
-        nk = resp.sum(axis=0)
-        if (nk < 1e-9).any():
-            return -math.inf, w, mu, sd
-        w = nk / total
-        mu = (resp * z[:, None]).sum(axis=0) / nk
-        sd = np.maximum(np.sqrt((resp * (z[:, None] - mu[None, :]) ** 2).sum(axis=0) / nk), MIN_SIGMA)
-        if ll - ll_old < 1e-9 * abs(ll):
-            break
-        ll_old = ll
-    order = np.argsort(mu)
-    return ll, w[order], mu[order], sd[order]
+def _smoothed(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres and the smoothed histogram of ``z`` (edges per decade)."""
+    lo, hi = float(z.min()) - 5 * SMOOTH * BIN, float(z.max()) + 5 * SMOOTH * BIN
+    edges = np.arange(lo, hi + BIN, BIN)
+    counts, _ = np.histogram(z, bins=edges)
+    half = int(4 * SMOOTH)
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / SMOOTH) ** 2)
+    density = np.convolve(counts, kernel / kernel.sum(), mode="same") / BIN
+    return 0.5 * (edges[1:] + edges[:-1]), density
 
 
-def _equal_posterior(w: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> float:
-    """The z between the two means where both weighted densities are equal (bisection; the lower mean if none)."""
-    def diff(t: float) -> float:
-        a = math.log(w[0]) - math.log(sd[0]) - 0.5 * ((t - mu[0]) / sd[0]) ** 2
-        b = math.log(w[1]) - math.log(sd[1]) - 0.5 * ((t - mu[1]) / sd[1]) ** 2
-        return a - b
+def bulk_flank(z: np.ndarray, farthest: np.ndarray) -> BulkFlank:
+    """The bulk's peak and left-flank width from the edges' log distances ``z`` and each row's farthest edge."""
+    centres, f = _smoothed(z)
+    m = float(np.median(farthest))
+    window = (centres >= m + BULK_WINDOW[0]) & (centres <= m + BULK_WINDOW[1])
+    at = int(np.argmax(np.where(window, f, -1.0)))
+    peak, height = float(centres[at]), float(f[at])
 
-    lo, hi = float(mu[0]), float(mu[1])
-    if diff(lo) <= 0:
-        return lo
-    for _ in range(100):
+    def fall(level: float) -> float:
+        left = np.nonzero(f[: at + 1] < level * height)[0]
+        return float(centres[left[-1]]) if len(left) else float(centres[0])
+
+    sigma = max(MIN_SIGMA, peak - fall(math.exp(-0.5)), 0.5 * (peak - fall(math.exp(-2.0))))
+    return BulkFlank(peak, sigma, height, int(len(z)))
+
+
+def _flank_threshold(flank: BulkFlank) -> float:
+    """The ``z`` below which the flank puts ``TAIL_EDGES`` edges, at most ``peak - BULK_MARGIN · sigma``."""
+    mass = flank.height * flank.sigma * math.sqrt(2 * math.pi)
+    share = min(0.5, TAIL_EDGES / max(mass, 1e-300))
+    # inverse of the normal CDF by bisection (no scipy on the job's path)
+    lo, hi = -40.0, 0.0
+    for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if diff(mid) > 0:
-            lo = mid
-        else:
+        if 0.5 * math.erfc(-mid / math.sqrt(2)) > share:
             hi = mid
-    return 0.5 * (lo + hi)
+        else:
+            lo = mid
+    return flank.peak + min(lo, -BULK_MARGIN) * flank.sigma
 
 
-def fit_mixture(z: np.ndarray) -> dict[str, Any]:
-    """The best two-component fit of ``z`` over deterministic starts (quantile splits and the widest gap in the
-    lower half). Fitted on a histogram of ``HIST_BINS`` bins (a bin is ~0.003 decades wide for typical spreads), so
-    1.4M rows cost what 4,000 do; a bin holding two rows is still its own point."""
-    zs = np.sort(z)
-    if len(zs) > HIST_BINS:
-        cnt, edges = np.histogram(zs, bins=HIST_BINS)
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        keep = cnt > 0
-        vals, cnt = centres[keep], cnt[keep].astype(np.float64)
-    else:
-        vals, cnt = zs, np.ones(len(zs))
-    starts = [float(np.quantile(zs, q)) for q in (0.005, 0.02, 0.1, 0.3, 0.5)]
-    half = zs[: max(2, len(zs) // 2)]
-    if len(half) > 1:
-        gap = int(np.argmax(np.diff(half)))
-        starts.append(float(half[gap]))
-    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
-    for s in starts:
-        fit = _em(vals, cnt, s)
-        if best is None or fit[0] > best[0]:
-            best = fit
-    assert best is not None
-    ll, w, mu, sd = best
-    sep = math.sqrt(2) * abs(mu[1] - mu[0]) / math.sqrt(sd[0] ** 2 + sd[1] ** 2) if math.isfinite(ll) else 0.0
-    return {"loglik": ll, "weights": w.tolist(), "means": mu.tolist(), "sigmas": sd.tolist(), "separation": sep}
+def _valley(centres: np.ndarray, f: np.ndarray, below: float) -> float | None:
+    """Where to cut a left mode off the bulk, or None when there is no mode apart from it.
+
+    A mode apart: the densest point left of ``below`` (the bulk's reach) is followed, before the reach, by density
+    under ``VALLEY`` times its own (a bulk whose left tail just thins out has its densest such point at the reach and
+    no valley). The cut: the middle of the empty stretch (under ``EMPTY`` edges a bin) nearest the reach — the gap
+    between the copies and the bulk, so a sparse spread of near copies right of a dense cluster of re-encodes is
+    flagged with it; the reach itself when no bin between the mode and the reach is empty."""
+    left = np.nonzero(centres < below)[0]
+    if len(left) < 2:
+        return None
+    top = int(left[np.argmax(f[left])])
+    span = np.arange(top, int(left[-1]) + 1)
+    if not f[top] > 0 or float(f[span].min()) >= VALLEY * float(f[top]):
+        return None
+    empty = np.nonzero(f[span] * BIN < EMPTY)[0]
+    if not len(empty):
+        return below
+    last = int(empty[-1])
+    first = last
+    while first > 0 and f[span[first - 1]] * BIN < EMPTY:
+        first -= 1
+    return float(0.5 * (centres[span[first]] + min(float(centres[span[last]]), below)))
 
 
-def auto_threshold(nn_cosines: np.ndarray) -> NearThreshold:
-    """The ``auto`` threshold from each image's cosine to its nearest (non byte-identical) neighbour."""
-    z = log_distance(nn_cosines)
-    n = len(z)
-    if n == 0:
-        return NearThreshold(1.0, "auto: no nearest-neighbour cosines, nothing is flagged", "auto")
-    closest = float(np.min(z))
-    c = np.asarray(nn_cosines, np.float64)
-    none_rule_cos = float(min(1.0, 1.0 - max(0.0, 1.0 - float(np.nanmax(c))) / 2))  # half the closest distance
-    details: dict[str, Any] = {"rows": n, "median_nn_cosine": round(float(1 - 10 ** np.median(z)), 6)}
+def auto_threshold(cosines: np.ndarray, ignore: np.ndarray | None = None) -> NearThreshold:
+    """The ``auto`` threshold from the graph's (n, k) cosines (NaN where there is no neighbour); ``ignore``: a mask
+    of the same shape for edges between byte-identical copies (found by their hash, not by this rule)."""
+    c = np.asarray(cosines, np.float64)
+    if c.ndim == 1:
+        c = c[:, None]
+    valid = np.isfinite(c) if ignore is None else np.isfinite(c) & ~np.asarray(ignore, bool).reshape(c.shape)
+    n = int(valid.any(axis=1).sum())
+    floor_cos = 1.0 - MIN_DISTANCE
+    identical = int(np.sum(c[valid] >= floor_cos))
     if n < MIN_ROWS:
-        return NearThreshold(none_rule_cos, f"auto: {n} images are too few to read a distribution from (at least "
-                             f"{MIN_ROWS}); nothing is flagged near (pass a cosine to choose one)", "auto", False,
-                             details)
-    if float(np.ptp(z)) > 0:
-        fit = fit_mixture(z)
-        details["mixture"] = {k: ([round(v, 4) for v in val] if isinstance(val, list) else round(val, 4))
-                              for k, val in fit.items()}
-        w, mu, sd = np.array(fit["weights"]), np.array(fit["means"]), np.array(fit["sigmas"])
-        lo_rows = int(np.sum(z <= _equal_posterior(w, mu, sd))) if fit["separation"] > 0 else 0
-        t = min(_equal_posterior(w, mu, sd), float(mu[1] - BULK_MARGIN * sd[1]))
-        flagged = int(np.sum(z <= t))
-        expected = n * 0.5 * math.erfc((mu[1] - t) / (sd[1] * math.sqrt(2)))  # the bulk's own tail below t
-        details.update(flagged_rows=flagged, bulk_tail_rows=round(expected, 3))
-        if (fit["separation"] >= MIN_SEPARATION and lo_rows >= MIN_DUPLICATE_ROWS
-                and flagged >= max(MIN_DUPLICATE_ROWS, EXCESS * expected + 3 * math.sqrt(expected))):
-            cos = 1.0 - 10 ** t
-            return NearThreshold(
-                round(cos, 8),
-                f"auto: the nearest-neighbour distances have a duplicate mode at 1-cos ~ {10 ** mu[0]:.2g} "
-                f"({flagged} rows), {fit['separation']:.1f} standard deviations (Ashman's D) from the bulk at "
-                f"~ {10 ** mu[1]:.2g}; threshold where the two are equally likely: cosine >= {cos:.6f}",
-                "auto", True, details)
-    return NearThreshold(
-        none_rule_cos,
-        f"auto: no separate duplicate mode in the nearest-neighbour distances (median 1-cos "
-        f"{10 ** float(np.median(z)):.2g}, closest {10 ** closest:.2g}): nothing is flagged near "
-        "(pass a cosine to choose one; see the histogram)", "auto", False, details)
+        return NearThreshold(floor_cos, f"auto: {n} images are too few to read a distribution from (at least "
+                             f"{MIN_ROWS}); only identical vectors (1-cos < {MIN_DISTANCE:g}) are flagged: "
+                             f"{identical} pairs (pass a cosine to choose one)", "auto", identical_pairs=identical)
+    z = np.log10(np.clip(1.0 - c, 1e-7, 2.0))
+    has = valid.any(axis=1)
+    last = valid.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
+    zv = z[valid]
+    flank = bulk_flank(zv, z[np.nonzero(has)[0], last[has]])
+    reach = max(_flank_threshold(flank), math.log10(MIN_DISTANCE))
+    centres, f = _smoothed(zv)
+    valley = _valley(centres, f, reach)
+    t = reach if valley is None else max(min(reach, valley), math.log10(MIN_DISTANCE))
+    cos = round(1.0 - 10 ** t, 8)
+    beyond = int(np.sum(zv <= reach))
+    where = (f"the bulk of neighbour distances peaks at 1-cos ~ {10 ** flank.peak:.2g} with a left flank "
+             f"{flank.sigma:.3f} decades wide ({flank.edges:,} graph edges); as a Gaussian it would put fewer than "
+             f"{TAIL_EDGES:g} edges below 1-cos {10 ** reach:.2g}")
+    below = valid & (c >= cos)
+    rows, edges = int(below.any(axis=1).sum()), int(below.sum())
+    if valley is not None and rows >= 2:
+        return NearThreshold(cos, f"auto: {rows:,} images have a neighbour closer than the bulk reaches, a mode "
+                             f"apart from it (cut at 1-cos ~ {10 ** t:.2g}) — {where}: threshold cosine >= "
+                             f"{cos:.6f}", "auto", True, flank, rows, edges, identical)
+    below = valid & (c >= floor_cos)
+    return NearThreshold(floor_cos, f"auto: no duplicate mode — {where}, and the {beyond:,} edges beyond that are a "
+                         f"tail thinning out, not a mode apart from the bulk: only identical vectors (1-cos < "
+                         f"{MIN_DISTANCE:g}, {identical} pairs) are flagged; cosine >= {1 - 10 ** reach:.6f} would "
+                         f"flag {beyond:,} pairs (pass --near-threshold to choose; see the histogram)", "auto",
+                         False, flank, int(below.any(axis=1).sum()), int(below.sum()), identical)
 
 
-def parse_threshold(value: str | float, nn_cosines: np.ndarray | None = None) -> NearThreshold:
-    """``'auto'`` (needs ``nn_cosines``) or a cosine in (0, 1] (``values.parse_near_threshold``)."""
+def parse_threshold(value: str | float, cosines: np.ndarray | None = None,
+                    ignore: np.ndarray | None = None) -> NearThreshold:
+    """``'auto'`` (needs the graph's ``cosines``) or a cosine in (0, 1] (``values.parse_near_threshold``)."""
     parsed = parse_near_threshold(value)
     if parsed == "auto":
-        if nn_cosines is None:
-            raise UsageError("near threshold 'auto' needs the nearest-neighbour cosines")
-        return auto_threshold(nn_cosines)
+        if cosines is None:
+            raise UsageError("near threshold 'auto' needs the k-NN graph's cosines")
+        return auto_threshold(cosines, ignore)
     cos = float(parsed)
     return NearThreshold(cos, f"given: cosine >= {cos:g}", "given")

@@ -18,12 +18,9 @@ from scipy.stats import hypergeom
 from .. import fsutil
 from ..runfolder import RunLayout, read_table
 
-SELECTION = "selection.parquet"  # job.curate.run's file in curation/
-
-
 def selection_ids(layout: RunLayout) -> np.ndarray | None:
     """The ids of the run's curated subset, or None when the run has none."""
-    url = layout.curation(SELECTION)
+    url = layout.curation.selection
     if not fsutil.exists(url):
         return None
     return read_table(url, ["id"]).column("id").to_numpy()

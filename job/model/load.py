@@ -290,6 +290,9 @@ def load_run_model(manifest: Manifest, *, device: str | None = None, tokenizer: 
     embedded with when it exists here, else the hub.
     A different hash (other weights under the same name) or output size is a DataError.
     """
+    if not manifest.model.name:
+        raise UsageError("this run's vectors were imported (job import) without --model: text and image queries need "
+                         "the model that made them (import again with --model NAME --pretrained TAG); search by id works")
     mc = manifest.model_config()
     dev = device or "auto"
     precision = mc.precision if (mc.precision != "fp16" or dev == "cuda") else "auto"

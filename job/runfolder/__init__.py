@@ -8,22 +8,7 @@ May import: ``job.errors``, ``job.values``, ``job.config``, ``job.fsutil`` (the 
 """
 from __future__ import annotations
 
-from .documents import (
-    JSON_KEYS,
-    READABLE_VERSIONS,
-    SCHEMA_VERSION,
-    Counts,
-    Curation,
-    Evaluation,
-    IndexInfo,
-    Manifest,
-    ModelInfo,
-    Outputs,
-    Projection,
-    Score,
-    StatusDoc,
-    Waiting,
-)
+from .documents import JSON_KEYS, READABLE_VERSIONS, SCHEMA_VERSION, Counts, IndexInfo, ModelInfo, Outputs, Projection
 from .layout import (
     BATCH_NOTES,
     BOOTSTRAP_LOG,
@@ -33,6 +18,7 @@ from .layout import (
     STATUS_FILE,
     TEXT_INDEX_FILE,
     TEXT_QUERIES_FILE,
+    CurationFiles,
     RunLayout,
     RunRef,
     find_manifest,
@@ -46,6 +32,18 @@ from .layout import (
     write_manifest,
 )
 from .lease import HEARTBEAT_S, Lease, LeaseHeld, LeaseInfo, LeaseLost
+from .manifest import Manifest
+from .records import (
+    Curation,
+    Evaluation,
+    GraphInfo,
+    GraphTrial,
+    LabelledInfo,
+    Score,
+    SelectionInfo,
+    StratumInfo,
+    ThresholdInfo,
+)
 from .schema import (
     FAILURES_SCHEMA,
     HASH_COLUMN,
@@ -57,6 +55,7 @@ from .schema import (
     embedding_schema,
     trained_column,
 )
+from .status_doc import StatusDoc, Waiting
 from .tables import (
     PartKey,
     count_rows,
@@ -76,8 +75,9 @@ __all__ = [
     "BATCH_NOTES", "BOOTSTRAP_LOG", "FAILURES_SCHEMA", "HASH_COLUMN", "HEARTBEAT_S", "IMAGE_COLUMN", "INDEX_FILE",
     "JSON_KEYS", "LAUNCH_NOTE", "LEGACY_TRAINED_COLUMNS", "READABLE_VERSIONS", "SCHEMA_VERSION", "SHARDS_DIR",
     "STATUS_FILE", "TEXT_INDEX_FILE", "TEXT_QUERIES_FILE", "THUMBNAILS_SCHEMA", "TRAINED_COLUMN", "VECTOR_COLUMNS",
-    "Counts", "Curation", "Evaluation", "IndexInfo", "Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest",
-    "ModelInfo", "Outputs", "PartKey", "Projection", "RunLayout", "RunRef", "Score", "StatusDoc", "Waiting",
+    "Counts", "Curation", "CurationFiles", "Evaluation", "GraphInfo", "GraphTrial", "IndexInfo", "LabelledInfo",
+    "Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "Manifest", "ModelInfo", "Outputs", "PartKey", "Projection",
+    "RunLayout", "RunRef", "Score", "SelectionInfo", "StatusDoc", "StratumInfo", "ThresholdInfo", "Waiting",
     "count_rows", "embedding_matrix", "embedding_schema", "find_manifest", "index_info_url", "list_parts",
     "manifest_from_json", "open_dataset", "open_run", "part_url", "path_id", "read_index_info", "read_manifest",
     "read_npy", "read_table", "read_vectors", "table_bytes", "trained_column", "write_index_info", "write_manifest",

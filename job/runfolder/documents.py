@@ -1,5 +1,7 @@
-"""The typed documents a run folder stores: ``manifest.json`` (:class:`Manifest`), each index's ``.json``
-(:class:`IndexInfo`), the projection summary (:class:`Projection`), the evaluation (:class:`Evaluation`) and ``_STATUS`` (:class:`StatusDoc`).
+"""The typed documents a run folder stores, their base and their key names: each index's ``.json``
+(:class:`IndexInfo`), the projection summary (:class:`Projection`), the manifest's sections (:class:`Outputs`,
+:class:`ModelInfo`, :class:`Counts`). ``manifest.json`` itself is :mod:`job.runfolder.manifest`'s, the curation and
+evaluation records :mod:`job.runfolder.records`', ``_STATUS``'s (``StatusDoc``) :mod:`job.runfolder.status_doc`'s.
 
 They are msgspec structs: typed attributes for the code, JSON for the files. JSON key names that differ from the
 attribute live only in :data:`JSON_KEYS` (``_STATUS`` excepted: its keys are shared with the instance script); files are read and written only through :mod:`job.runfolder` (the
@@ -13,7 +15,6 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..config import ModelConfig
 from ..errors import DataError
 
 # 3: parts named after the attempt that wrote them (part-NNNNN-ATTEMPT), the content_hash column, typed index
@@ -171,164 +172,3 @@ class Projection(Doc):
     path: str = ""
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
-
-
-class Curation(Doc):
-    """What ``job curate`` did (``curation/``): the k-NN graph, the near threshold and why, duplicates by kind, the
-    subset, timings."""
-
-    n: int
-    k: int
-    graph: dict[str, Any]  # method, recall and how it was measured, device, parameters, timings
-    threshold: dict[str, Any]  # cosine, rule (one line), source (auto | given)
-    still_metres: float | None  # None: the run has no ego pose (not nuScenes): no `still` step
-    duplicates: dict[str, int]  # per kind: exact, still, near
-    unique: int  # images that repeat no other
-    selection: dict[str, Any] | None = None  # n, balance, quotas, coverage radius (cosine), export
-    files: dict[str, str] = {}  # name -> path relative to the run folder
-    timings: dict[str, float] = {}
-
-
-class Score(Doc):
-    """One task over one vector column, averaged over its queries (``job.eval``): MAP@100, R-Precision and P@5 with
-    SearchAD's semantics (``job.eval.metrics``), and what a random ranking scores on the same queries."""
-
-    task: str  # text | image | scene | ego (text queries of scene words / ego motion) | searchad-text | searchad-image
-    column: str  # the embeddings column the queries searched
-    queries: int
-    map_at_100: float
-    r_precision: float
-    p_at_5: float
-    chance_map_at_100: float = 0.0
-    chance_r_precision: float = 0.0
-    chance_p_at_5: float = 0.0
-
-
-class Evaluation(Doc):
-    """``eval/eval.json`` and the manifest's ``eval``: how well the run's vectors retrieve what nuScenes' own
-    annotations say an image shows (``job eval``, the eval step of ``job run`` / ``job merge``)."""
-
-    images: int  # images scored: the run's keyframe camera images found in the annotation tables
-    rows: int  # the run's rows
-    labels: dict[str, Any]  # version, tables read from, min_visibility, images with a box, images per category
-    scores: list[Score]
-    settings: dict[str, Any] = {}  # min_positives, image_queries, seed, the prompt table (where from, sha256)
-    selection: dict[str, Any] | None = None  # a curated run's subset: rare categories captured vs random subsets
-    searchad: dict[str, Any] | None = None  # ``job eval --searchad``: SearchAD's protocol on its nuScenes part
-    files: dict[str, str] = {}  # name -> path relative to the run folder
-    timings: dict[str, float] = {}
-
-    def score(self, task: str, column: str) -> Score | None:
-        """The averaged score of ``task`` over ``column``, if it was asked."""
-        return next((s for s in self.scores if s.task == task and s.column == column), None)
-
-
-class Manifest(Doc):
-    """``manifest.json``: written last, and only when every image is accounted for, so its presence means the output
-    is complete (``status`` is "succeeded"; how an attempt failed or stopped is ``_STATUS``'s to say)."""
-
-    status: str
-    started: str
-    finished: str
-    host: str
-    run_dir: str
-    outputs: Outputs
-    config: dict[str, Any]
-    model: ModelInfo
-    counts: Counts
-    source: dict[str, Any] = {}
-    failure_reasons: dict[str, int] = {}
-    timings: dict[str, float] = {}
-    images_per_s: float = 0.0
-    decoder: dict[str, Any] = {}
-    versions: dict[str, str] = {}
-    index: IndexInfo | None = None
-    text_index: IndexInfo | None = None
-    projection: Projection | None = None
-    curation: Curation | None = None
-    eval: Evaluation | None = None
-    published: dict[str, Any] | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def model_config(self) -> ModelConfig:
-        """The ModelConfig that made the vectors (to load the same model again)."""
-        fields = set(ModelConfig.__dataclass_fields__)
-        return ModelConfig(**{k: v for k, v in (self.config.get("model") or {}).items() if k in fields})
-
-    @property
-    def resize_mode(self) -> str:
-        return str((self.config.get("decode") or {}).get("resize_mode", "pad"))
-
-    @property
-    def sources(self) -> list[str]:
-        return list((self.config.get("source") or {}).get("sources") or [])
-
-    def to_json(self) -> bytes:
-        """Indented, key-sorted JSON."""
-        return encode(self)
-
-
-# ------------------------------------------------------------------------------------------------ _STATUS
-
-
-class PhaseMark(Typed):
-    """A phase and when it began."""
-
-    phase: str
-    at: str
-
-
-class Progress(Typed):
-    """Embedding progress: done of total (exact, or ``total_estimated`` for a stream), images/s, ETA."""
-
-    done: int = 0
-    total: int | None = None
-    failed: int = 0
-    images_per_s: float = 0.0
-    eta_s: int | None = None
-    at: str = ""
-    total_estimated: int | None = None
-
-
-class Previous(Typed):
-    """The outcome of the attempt before this one."""
-
-    status: str | None = None
-    reason: str | None = None
-    phase: str | None = None
-    updated_at: str | None = None
-
-
-class Waiting(Typed):
-    """A writer that found the output held by a live one and left (``status_rules`` rule 5)."""
-
-    at: str
-    host: str
-    reason: str
-
-
-class StatusDoc(Typed):
-    """``_STATUS``: what a run is doing now and why it stopped (``job.status``; the merge rules: ``job.status.rules``).
-
-    Its keys are a contract with the instance script (``cdk/scripts/user_data.sh`` via ``job/status/rules.py``), so
-    they are spelled as stored and never renamed."""
-
-    status: str
-    reason: str = ""
-    schema: int = 1
-    started_at: str = ""
-    attempt: str = ""
-    phase: str | None = None
-    phases: list[PhaseMark] = []
-    progress: Progress | None = None
-    previous: Previous | None = None
-    shard: list[int] | None = None
-    updated_at: str | None = None
-    waiting: Waiting | None = None
-    # written by the instance script (cdk/scripts/user_data.sh)
-    run_id: str | None = None
-    run_uri: str | None = None
-    instance_id: str | None = None
-    instance_type: str | None = None
-    market: str | None = None
-    data_source: str | None = None  # how the instance reached the dataset: the s3fs mount, or S3 directly and why

@@ -30,13 +30,8 @@ import msgspec
 
 from .. import fsutil
 from ..errors import DataError, UsageError
-from .documents import (
-    READABLE_VERSIONS,
-    IndexInfo,
-    Manifest,
-    decode,
-    encode,
-)
+from .documents import READABLE_VERSIONS, IndexInfo, decode, encode
+from .manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +50,30 @@ BATCH_NOTES = "_batch"
 # OUTDIR/_launch.json, {"at", "group", "message", "cause", "az"}: no instance could start to write _STATUS.
 LAUNCH_NOTE = "_launch.json"
 PARQUET = ".parquet"
+
+
+@dataclass(frozen=True)
+class CurationFiles:
+    """Where each file of a curation (``curation/``) lives: the only names a curation has."""
+
+    dir: str
+    neighbours: str  # id, neighbours (ids, nearest first), cosines: the k-NN graph
+    duplicates: str  # one row per image that repeats another
+    scores: str  # id, uniqueness, nn_cosine, kth_cosine
+    selection: str  # the diverse subset (--select N)
+    histogram: str  # nn_cosines.png: the nearest-neighbour distances with the near threshold marked
+
+    @classmethod
+    def under(cls, folder: str) -> CurationFiles:
+        return cls(folder, *(fsutil.join(folder, name) for name in CURATION_NAMES))
+
+    def tables(self) -> dict[str, str]:
+        """The parquet tables, name -> URL."""
+        return {"neighbours": self.neighbours, "duplicates": self.duplicates, "scores": self.scores,
+                "selection": self.selection}
+
+
+CURATION_NAMES = ("neighbours.parquet", "duplicates.parquet", "scores.parquet", "selection.parquet", "nn_cosines.png")
 
 
 def path_id(path: str) -> int:
@@ -154,10 +173,10 @@ class RunLayout:
         """``curation/``: what ``job curate`` found (``job.curate.run``)."""
         return self._side("curation", "curation")
 
-    def curation(self, name: str) -> str:
-        """A file of the curation: ``neighbours.parquet``, ``duplicates.parquet``, ``scores.parquet``,
-        ``selection.parquet``, ``nn_cosines.png``."""
-        return fsutil.join(self.curation_dir, name)
+    @property
+    def curation(self) -> CurationFiles:
+        """The files of ``curation/``, by name (``job.curate`` writes them, ``job.curate.results`` reads them)."""
+        return CurationFiles.under(self.curation_dir)
 
     @property
     def eval_dir(self) -> str:

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from .. import fsutil
+from ..curate import CurationResults, curate_command, kind_counts
 from ..errors import UsageError
 from ..runfolder import read_table
 from ..search import Searcher, Thumbnails, compose_where, json_safe, make_hits
 from ..values import CAMERA_CHANNELS, parse_channels, parse_flag, parse_int, split_list
-from .curation import CurationView, kind_counts
 from .quality import QualityView
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ class SearchService:
         self.thumbs = Thumbnails(self.layout, self.searcher.manifest)
         self._lock = threading.Lock()
         man = self.searcher.manifest
-        self.curation = CurationView(self.layout, man.curation if man is not None else None, run)
+        self.curation = CurationResults(self.layout, man.curation if man is not None else None, run)
         self.quality = QualityView(self.layout, run)
         self._map = self._load_map()
         self.searcher.columns()  # DuckDB over the metadata, ready before the first request
-        if preload_model and self.searcher.manifest is not None:
+        if preload_model and self.searcher.manifest is not None and self.searcher.manifest.model.name:
             self.searcher.model()
             self.searcher.text_space()
         log.info("opened %s in %.1f s: %d images, thumbnails from %s, map %s", run, time.perf_counter() - t0,
@@ -190,10 +190,11 @@ class SearchService:
             members = np.lexsort((g.ids, ts))
         members = members[: limit - 1]
         cards = self.cards_of(np.r_[g.root, g.ids[members]], np.r_[1.0, g.cosines[members]])
-        cards[0].update(role="kept", kind=None, cosine=None, keep_id=None)
+        cards[0].update(role="kept", kind=None, cosine=None, keep_id=None, repeats_id=None, repeats_cosine=None)
         for card, j in zip(cards[1:], members):
             card.update(role="repeats", kind=str(g.kinds[j]), cosine=round(float(g.cosines[j]), 6),
-                        keep_id=str(int(g.keep_ids[j])))
+                        keep_id=str(int(g.keep_ids[j])), repeats_id=str(int(g.repeats_ids[j])),
+                        repeats_cosine=round(float(g.repeats_cosines[j]), 6))
         info = self.curation.info() or {}
         return {"id": str(id_), "root": str(g.root), "size": g.size, "shown": len(cards),
                 "by_kind": kind_counts(g.kinds),
@@ -228,7 +229,7 @@ class SearchService:
             card.update(rank=int(cur.sel_rank[j]), coverage_cosine=None if not np.isfinite(cov) else round(cov, 6))
         info = cur.info() or {}
         return {"n": len(cards), "radius_cosine": info.get("radius_cosine"), "balance": info.get("balance", []),
-                "picks": cards}
+                "labelled": info.get("labelled", 0), "strata": info.get("strata", []), "picks": cards}
 
     def info(self) -> dict[str, Any]:
         """What the page needs to draw its filters and header."""
@@ -242,5 +243,5 @@ class SearchService:
                 "text_space": {"column": text.column, "source": text.source}, "columns": mf.columns,
                 "channels": mf.distinct("channel"), "locations": mf.distinct("location"),
                 "scenes": mf.distinct("scene_name", limit=2000), "has_map": self._map is not None,
-                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": self.curation.hint,
+                "thumbnails": self.thumbs.kind, "curation": self.curation.info(), "curate_hint": curate_command(self.run),
                 "quality": self.quality.available, "quality_hint": self.quality.hint}

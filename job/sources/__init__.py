@@ -9,7 +9,7 @@ May import: the ground floor, ``job.nuscenes`` (the metadata of each image) and 
 from __future__ import annotations
 
 from ..nuscenes import IMAGE_EXTENSIONS, is_image_name
-from .archive import Archive, NoTablesError, fill_from_location
+from .archive import Archive, NoTablesError, fill_from_location, tables_from_location
 from .base import ImageRecord, Selection, Source
 from .local import LocalDir
 from .multi import MultiSource, open_source
@@ -28,4 +28,5 @@ __all__ = [
     "fill_from_location",
     "is_image_name",
     "open_source",
+    "tables_from_location",
 ]

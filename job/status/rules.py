@@ -2,7 +2,7 @@
 the instance script (``cdk/scripts/user_data.sh`` runs this file with the instance's ``python3``; it is shipped
 beside the script as a CDK asset). Standard library only: the instance has no project environment.
 
-The document is a JSON object (typed on the job's side as ``job.runfolder.documents.StatusDoc``). The rules:
+The document is a JSON object (typed on the job's side as ``job.runfolder.status_doc.StatusDoc``). The rules:
 
 1. **One attempt** is one ``(started_at, attempt)`` pair. A writer continues the document of its own attempt and
    never rewrites another attempt's.

@@ -1,6 +1,6 @@
 """Live status of a run: the ``_STATUS`` document in the run folder (``RunLayout.status``), its writer and reader.
 
-``_STATUS`` (JSON, local or ``s3://``; typed as :class:`~job.runfolder.documents.StatusDoc`) says what a run is doing now:
+``_STATUS`` (JSON, local or ``s3://``; typed as :class:`~job.runfolder.status_doc.StatusDoc`) says what a run is doing now:
 ``status`` (running, succeeded, failed, interrupted), ``reason`` (why it stopped), the current ``phase`` and the time
 every phase began, and during embedding ``progress`` (done / total / failed, images/s, ETA; ``total_estimated`` while
 a ``.tgz`` stream's total is unknown), refreshed at least twice a minute. The instance script writes the phases
@@ -21,7 +21,8 @@ from typing import Any
 from .. import fsutil
 from ..errors import DataError, UsageError
 from ..runfolder import STATUS_FILE, RunLayout
-from ..runfolder.documents import StatusDoc, decode
+from ..runfolder.documents import decode
+from ..runfolder.status_doc import StatusDoc
 from . import rules as status_rules
 
 log = logging.getLogger(__name__)

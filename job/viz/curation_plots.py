@@ -34,7 +34,7 @@ def groups_figure(run: Run, cur: RunCuration, *, groups: int = 4, per_group: int
     n = max(1, len(table))
     per_group = max(2, min(per_group, int(table["size"].max()) if len(table) else 2))
     fig = Figure(figsize=(2.75 * per_group, 2.05 * n + 0.8), dpi=100, layout="constrained")
-    total = len(cur.duplicates["root"].unique())
+    total = int(cur.duplicates["keep_id"].nunique())
     fig.suptitle(f"The {len(table)} largest of {total:,} duplicate groups\n(the image kept first, then those that "
                  "repeat it, in time order)" if len(table) else "No duplicate groups in this run", fontsize=12)
     axes = fig.subplots(n, per_group, squeeze=False)
@@ -72,7 +72,8 @@ def selection_map(df: pd.DataFrame, cur: RunCuration, *, column: str = "location
     from matplotlib.lines import Line2D
 
     picks = selected_points(df, cur)
-    radius = (cur.summary.selection or {}).get("radius_cosine") if cur.summary is not None else None
+    sel = cur.summary.selection if cur.summary is not None else None
+    radius = sel.radius_cosine if sel is not None else None
     title = (f"The diverse subset: {len(picks):,} picks of {len(df):,} images on the map"
              + (f"\n(every unique image is within cosine {radius:.3f} of a pick)" if radius else ""))
     fig = scatter_map(df, column, title=title)
