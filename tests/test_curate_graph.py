@@ -143,13 +143,21 @@ def test_the_partition_graph_holds_the_pairs_above_the_threshold():
 
 
 def test_a_graph_that_falls_short_is_searched_deeper_until_it_holds_the_pairs():
-    x, _ = _planted_cliplike()
-    g = knn_graph(x, np.arange(len(x)), 10, method="partition", list_size=64, target_pair_recall=0.999,
-                  progress=False)
+    """Small lists cut pairs apart (here with a gate at cosine 0.85: ordinary close neighbours count as pairs); each
+    further partition (another seed, other boundaries) is searched and merged until the sample's pair recall reaches
+    the target."""
+    x, src = _planted_cliplike()
+    g = knn_graph(x, np.arange(len(x)), 10, method="partition", list_size=32, target_pair_recall=0.99,
+                  gate=lambda rows, cos: 0.85, progress=False)
     efforts = [t["effort"] for t in g.tuning]
-    assert efforts == sorted(efforts) and efforts[0] == 2
-    assert all(t["pair_recall"] < 0.999 for t in g.tuning[:-1]) and g.probe == efforts[-1]
-    assert g.pair_recall is not None and (g.pair_recall >= 0.999 or g.probe == 16)
+    assert efforts == list(range(1, len(efforts) + 1)) and len(efforts) >= 2
+    assert all(t["pair_recall"] < 0.99 for t in g.tuning[:-1]) and g.partitions == efforts[-1] and g.probe == 2
+    assert g.pair_recall is not None and (g.pair_recall >= 0.99 or g.partitions == 8)
+    assert g.tuning[-1]["pair_recall"] > g.tuning[0]["pair_recall"]
+    ok = g.rows >= 0
+    assert not (g.rows == np.arange(len(x))[:, None]).any()
+    assert all(len(set(r[r >= 0])) == int((r >= 0).sum()) for r in g.rows)  # merged: no neighbour twice
+    np.testing.assert_allclose(g.cosines[ok], np.einsum("ij,ij->i", x[np.nonzero(ok)[0]], x[g.rows[ok]]), atol=1e-5)
 
 
 def _index(x: np.ndarray, ids: np.ndarray, factory: str):
@@ -200,3 +208,13 @@ def test_approximate_graph_takes_its_recall_truth_from_the_gpu_and_frees_it(monk
     assert g.method == "partition" and g.device == "cpu" and g.truth_device == "gpu:0"
     assert rec.count("upload") == 1 and rec.names()[-1] == "free"  # one upload: the recall sample's truth
     assert g.pair_recall == cpu.pair_recall and (g.rows == cpu.rows).all()
+
+
+def test_drop_self_never_keeps_the_query_when_fewer_than_k_others_were_found():
+    from job.index.exact import drop_self
+
+    rows, sims = np.array([[7, 3, 5]]), np.array([[1.0, 0.9, 0.8]], np.float32)
+    r, c = drop_self(rows, sims, np.array([7]), 3)  # three found, self among them: two others
+    assert r.tolist() == [[3, 5, -1]] and np.isnan(c[0, 2])
+    r, _ = drop_self(rows, sims, np.array([9]), 2)
+    assert r.tolist() == [[7, 3]]

@@ -4,7 +4,8 @@ for an approximate graph raise its search effort until it holds the pairs duplic
 The gate is **pair recall** (``recall``): the share of the pairs at or above the near threshold that the graph holds,
 on a stratified sample checked by exact search. The threshold is read off the graph itself (``gate``: the curation
 step passes its own rule, byte-identical copies left out); after each search the threshold is read again, pair
-recall measured, and the search deepened (``partition``: one more list a row; ``index``: the next search parameter)
+recall measured, and the search deepened (``partition``: one more independent partition, its results merged — a pair
+that one partition's boundary cut apart is found in another; ``index``: the next search parameter)
 until pair recall reaches ``target_pair_recall`` or the deepest effort is spent (the shortfall is then recorded and
 logged). recall@k is measured on the sample's uniform rows, as information.
 """
@@ -22,7 +23,7 @@ from ..errors import UsageError
 from ..index import make_eval_set, tune
 from ..index.exact import ExactSearcher, drop_self
 from ..index.tune import current_search_params, format_params, search_space, set_search_params
-from .knn import EXACT_BUDGET_S, GPU_PILOT_ROWS, PILOT_FLOPS, KnnGraph, exact_knn, index_knn
+from .knn import EXACT_BUDGET_S, GPU_PILOT_ROWS, PILOT_FLOPS, KnnGraph, exact_knn, index_knn, nearest_unique
 from .partition import balanced_partition, partition_knn
 from .recall import RecallSample
 from .threshold import auto_threshold
@@ -30,8 +31,9 @@ from .threshold import auto_threshold
 log = logging.getLogger(__name__)
 
 LIST_SIZE = 512  # partition: rows per list (cost per row and list searched: LIST_SIZE · d multiply-adds)
-START_PROBE = 2  # partition: lists a row searches at first (its own and the nearest other)
-MAX_PROBE = 16
+PROBE = 2  # partition: lists a row searches in each partition (its own and the nearest other)
+PROBE_POOL = 32  # partition: the lists a row's nearest are chosen among
+MAX_PARTITIONS = 8  # partition: independent partitions (other seeds, other boundaries) at most, their results merged
 RECALL_UNIFORM = 500  # rows drawn uniformly for the recall sample
 RECALL_EXTRA = 500  # rows drawn among those with a graph edge at or above the threshold
 INDEX_TUNE_RECALL = 0.95  # index: the recall@k the first search parameters are tuned to (on 500 rows)
@@ -122,16 +124,22 @@ def _graph(searcher: ExactSearcher, ids: np.ndarray, k: int, index: Any, method:
     graph = KnnGraph(ids, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), method, device="cpu",
                      timings=timings)
     if method == "partition":
-        part = balanced_partition(x, list_size, max_probe=MAX_PROBE, seed=seed)
-        timings["partition_s"] = time.perf_counter() - t0
-        graph.lists, graph.largest_list = part.nlist, int(part.sizes().max())
-        probes = list(range(START_PROBE, min(MAX_PROBE, part.nlist) + 1)) or [part.nlist]
+        parts: list[tuple[int, int]] = []
 
         def search(effort: int, prev: tuple[np.ndarray, np.ndarray] | None, last: int) -> tuple[np.ndarray, np.ndarray]:
-            graph.probe = effort
-            return partition_knn(part, x, k, effort, start=last, done=prev, progress=progress)
+            for p in range(last, effort):  # one more partition, its own seed: other boundaries
+                t1 = time.perf_counter()
+                part = balanced_partition(x, list_size, max_probe=PROBE_POOL, seed=seed + p)
+                timings["partition_s"] = timings.get("partition_s", 0.0) + time.perf_counter() - t1
+                parts.append((part.nlist, int(part.sizes().max())))
+                found = partition_knn(part, x, k, min(PROBE, part.nlist), progress=progress)
+                prev = found if prev is None else nearest_unique(np.c_[prev[0], found[0]], np.c_[prev[1], found[1]], k)
+            graph.partitions, graph.probe = effort, PROBE
+            graph.lists, graph.largest_list = parts[0][0], max(size for _, size in parts)
+            assert prev is not None
+            return prev
 
-        _until_pairs_held(graph, searcher, k, probes, search, gate, target, seed)
+        _until_pairs_held(graph, searcher, k, list(range(1, MAX_PARTITIONS + 1)), search, gate, target, seed)
     else:
         _index_graph(graph, searcher, index, ids, k, gate, target, seed, progress)
     timings["graph_s"] = time.perf_counter() - t0

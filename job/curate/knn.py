@@ -51,7 +51,8 @@ class KnnGraph:
     pair_rows: int = 0  # rows of the sample
     lists: int | None = None  # partition: lists, the largest
     largest_list: int | None = None
-    probe: int | None = None  # partition: lists searched per row
+    partitions: int | None = None  # partition: independent partitions searched, their results merged
+    probe: int | None = None  # partition: lists searched per row in each
     search_params: str | None = None  # index: the parameters it was searched with
     tuning: list[dict[str, Any]] = field(default_factory=list)  # efforts tried: probe/params, recall, pair_recall
     timings: dict[str, float] = field(default_factory=dict)
@@ -99,6 +100,20 @@ def exact_knn(x: np.ndarray, k: int = CURATE_K, *, batch: int = QUERY_BATCH, pro
             out_rows[s:e, : r.shape[1]], out_cos[s:e, : r.shape[1]] = r, c
             bar.update(e - s)
     return out_rows, out_cos
+
+
+def nearest_unique(rows: np.ndarray, cos: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's candidates (rows, cosines; -1 = none) nearest first, a candidate found twice kept once, the first
+    ``k`` columns (all without ``k``)."""
+    order = np.argsort(-np.where(rows >= 0, cos, -np.inf), axis=1, kind="stable")
+    r, c = np.take_along_axis(rows, order, axis=1), np.take_along_axis(cos, order, axis=1)
+    for j in range(1, r.shape[1]):
+        seen = (r[:, :j] == r[:, j:j + 1]).any(axis=1)
+        r[seen, j] = -1
+    order = np.argsort(r < 0, axis=1, kind="stable")[:, :k]
+    r, c = np.take_along_axis(r, order, axis=1), np.take_along_axis(c, order, axis=1)
+    c[r < 0] = np.nan
+    return r, c
 
 
 def exact_cosines(x: np.ndarray, queries: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

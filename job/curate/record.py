@@ -35,8 +35,10 @@ def graph_info(graph: KnnGraph) -> GraphInfo:
                      recall_queries=int(graph.recall_queries), device=graph.device,
                      pair_recall=_opt(graph.pair_recall, 5), pair_threshold=_opt(graph.pair_threshold),
                      pairs=int(graph.pairs), pair_rows=int(graph.pair_rows), target_met=bool(met), lists=graph.lists,
-                     largest_list=graph.largest_list, probe=graph.probe, search_params=graph.search_params,
-                     truth_device=graph.truth_device, fallbacks=list(graph.fallbacks), tuning=trials, timings={k: round(float(v), 3) for k, v in graph.timings.items()})
+                     largest_list=graph.largest_list, partitions=graph.partitions, probe=graph.probe,
+                     search_params=graph.search_params, truth_device=graph.truth_device,
+                     fallbacks=list(graph.fallbacks), tuning=trials,
+                     timings={k: round(float(v), 3) for k, v in graph.timings.items()})
 
 
 def threshold_info(t: NearThreshold) -> ThresholdInfo:
@@ -118,7 +120,8 @@ def summary_lines(c: Curation) -> list[str]:
     if g.method != "exact" and g.pair_recall is not None:
         graph += (f", pair recall {g.pair_recall:.4f} at the threshold ({g.pairs:,} pairs in {g.pair_rows:,} "
                   f"sampled images{'' if g.target_met else ', BELOW the target'}), recall@{c.k} {g.recall:.3f}")
-        graph += f", {g.probe} lists a row of {g.lists:,}" if g.probe else ""
+        graph += f", {g.partitions} partition{'s' if g.partitions != 1 else ''} of ~{g.lists:,} lists" \
+            if g.partitions else ""
     else:
         graph += f", recall@{c.k} {g.recall:.3f}" + (f" on {g.recall_queries} queries" if g.recall_queries else "")
     lines.append(graph)

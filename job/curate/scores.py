@@ -31,7 +31,7 @@ import numpy as np
 from ..config import UNIQUENESS_WEIGHTS
 from ..index.exact import drop_self, exact_search
 from .duplicates import Duplicates
-from .knn import KnnGraph
+from .knn import KnnGraph, nearest_unique
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,6 @@ def weighted_score(dists: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- among the kept
 
 
-def _dedupe(r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's candidates (rows, cosines; -1 = none) nearest first, a repeated row kept once."""
-    order = np.argsort(-np.where(r >= 0, c, -np.inf), axis=1, kind="stable")
-    r, c = np.take_along_axis(r, order, axis=1), np.take_along_axis(c, order, axis=1)
-    for j in range(1, r.shape[1]):
-        seen = (r[:, :j] == r[:, j:j + 1]).any(axis=1)
-        r[seen, j] = -1
-    order = np.argsort(r < 0, axis=1, kind="stable")
-    return np.take_along_axis(r, order, axis=1), np.take_along_axis(c, order, axis=1)
-
-
 def _to_kept(x: np.ndarray, queries: np.ndarray, nbr: np.ndarray, cos: np.ndarray,
              root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Neighbours mapped to their group's kept image, the query's own group dropped, cosines to the kept image."""
@@ -78,7 +67,7 @@ def _to_kept(x: np.ndarray, queries: np.ndarray, nbr: np.ndarray, cos: np.ndarra
     if moved.any():
         q = np.broadcast_to(queries[:, None], r.shape)[moved]
         c[moved] = np.einsum("ij,ij->i", x[q], x[r[moved]])
-    return _dedupe(r, c)
+    return nearest_unique(r, c)
 
 
 def _width(nbr: np.ndarray, cos: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +101,7 @@ def uniqueness_kept(graph: KnnGraph, x: np.ndarray, dups: Duplicates,
             if row in at and (nbr[at[row], :w] < 0).any():
                 i = at[row]
                 er, ec = _to_kept(x, np.array([row]), e_nbr[None, :], e_cos[None, :], root)
-                merged_r, merged_c = _dedupe(np.c_[nbr[i:i + 1], er], np.c_[cos[i:i + 1], ec])
+                merged_r, merged_c = nearest_unique(np.c_[nbr[i:i + 1], er], np.c_[cos[i:i + 1], ec])
                 nbr[i], cos[i] = merged_r[0, : nbr.shape[1]], merged_c[0, : nbr.shape[1]]
     nbr, cos = _width(nbr, cos, w)
     short = np.nonzero((nbr < 0).any(axis=1))[0]

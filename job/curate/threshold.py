@@ -9,16 +9,19 @@ what it can trust, the bulk's **left flank**:
   image has k copies or more), and its peak is the densest point near there;
 * the flank's width ``sigma`` is read where the density falls to ``e^-2`` of the peak on the left (two standard
   deviations of a Gaussian; the half-width at ``e^-1/2`` is taken if wider);
-* the threshold ``t`` is where that Gaussian flank, with the bulk's own height, would put fewer than
-  ``TAIL_EDGES`` (0.01) edges below, and at least ``BULK_MARGIN`` flank widths below the peak.
+* the bulk's **reach** is ``REACH_SIGMAS`` (4.75) flank widths below its peak: where a Gaussian flank puts one edge in
+  a million;
+* the edges below the reach must form a **mode apart** from the bulk (``_valley``): a bulk whose left tail merely
+  thins out (heavier than a Gaussian) has none, and then only identical vectors are flagged;
+* the threshold is cut in the empty gap between that mode and the reach (its middle), or at the reach when no bin
+  between them is empty.
 
-Every edge below ``t`` is closer than the bulk of distinct images can explain: a near duplicate. Nothing else is
-fitted, so the cases that pulled a two-Gaussian fit apart do not move ``t``: a tail of rare images or of rows whose
-neighbours an approximate search lost lies on the right; a second tight cluster (near-blank frames) is a bump on the
-left that is flagged with the copies; a run where every image has a copy still has a bulk of edges (an image's other
-k - 1 neighbours). Pairs at ``1 - cos < MIN_DISTANCE`` (1e-6: identical vectors) are duplicates whatever the data.
-When no image lies below ``t`` the rule says so, with the pairs it found above the floor — never a bare zero. Below
-``MIN_ROWS`` images there is no distribution to read: only identical vectors are flagged.
+Nothing else is fitted, so the cases that pulled a two-Gaussian fit apart do not move it: a tail of rare images or of
+rows whose neighbours an approximate search lost lies on the right; a second tight cluster (near-blank frames) is a
+bump on the left that is flagged with the copies; a run where every image has a copy still has a bulk of edges (an
+image's other k - 1 neighbours). Pairs at ``1 - cos < MIN_DISTANCE`` (1e-6: identical vectors) are duplicates
+whatever the data. Without a mode the rule says how many edges lie beyond the reach and what cosine would flag them —
+never a bare zero. Below ``MIN_ROWS`` images there is no distribution to read: only identical vectors are flagged.
 """
 from __future__ import annotations
 
@@ -34,8 +37,7 @@ MIN_DISTANCE = 1e-6  # 1 - cos below this is the same vector (float32 cosines of
 MIN_ROWS = 50  # fewer images than this are no distribution to read
 BIN = 0.01  # decades per histogram bin
 SMOOTH = 3.0  # bins: the Gaussian kernel smoothing the histogram
-TAIL_EDGES = 0.01  # the bulk's Gaussian flank may put this many edges below the threshold
-BULK_MARGIN = 4.0  # the threshold stays at least this many flank widths below the bulk's peak
+REACH_SIGMAS = 4.75  # the bulk's reach: this many flank widths below its peak (a Gaussian's one in a million)
 MIN_SIGMA = 0.01  # decades: a flank narrower than the histogram's resolution is read as this
 BULK_WINDOW = (-1.0, 0.5)  # decades around the median farthest edge where the bulk's peak is looked for
 VALLEY = 0.5  # a left mode: the density between it and the bulk falls below this share of the mode's own peak
@@ -50,11 +52,6 @@ class BulkFlank:
     sigma: float  # width of its left flank
     height: float  # edges per decade at the peak
     edges: int  # edges read
-
-    def expected_below(self, z: float) -> float:
-        """Edges the bulk's Gaussian flank puts below ``z``."""
-        return self.height * self.sigma * math.sqrt(2 * math.pi) * 0.5 * math.erfc((self.peak - z) /
-                                                                                 (self.sigma * math.sqrt(2)))
 
 
 @dataclass(frozen=True)
@@ -105,19 +102,9 @@ def bulk_flank(z: np.ndarray, farthest: np.ndarray) -> BulkFlank:
     return BulkFlank(peak, sigma, height, int(len(z)))
 
 
-def _flank_threshold(flank: BulkFlank) -> float:
-    """The ``z`` below which the flank puts ``TAIL_EDGES`` edges, at most ``peak - BULK_MARGIN · sigma``."""
-    mass = flank.height * flank.sigma * math.sqrt(2 * math.pi)
-    share = min(0.5, TAIL_EDGES / max(mass, 1e-300))
-    # inverse of the normal CDF by bisection (no scipy on the job's path)
-    lo, hi = -40.0, 0.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) > share:
-            hi = mid
-        else:
-            lo = mid
-    return flank.peak + min(lo, -BULK_MARGIN) * flank.sigma
+def _reach(flank: BulkFlank) -> float:
+    """The ``z`` the bulk reaches: ``REACH_SIGMAS`` flank widths below its peak."""
+    return flank.peak - REACH_SIGMAS * flank.sigma
 
 
 def _valley(centres: np.ndarray, f: np.ndarray, below: float) -> float | None:
@@ -164,15 +151,15 @@ def auto_threshold(cosines: np.ndarray, ignore: np.ndarray | None = None) -> Nea
     last = valid.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
     zv = z[valid]
     flank = bulk_flank(zv, z[np.nonzero(has)[0], last[has]])
-    reach = max(_flank_threshold(flank), math.log10(MIN_DISTANCE))
+    reach = max(_reach(flank), math.log10(MIN_DISTANCE))
     centres, f = _smoothed(zv)
     valley = _valley(centres, f, reach)
     t = reach if valley is None else max(min(reach, valley), math.log10(MIN_DISTANCE))
     cos = round(1.0 - 10 ** t, 8)
     beyond = int(np.sum(zv <= reach))
     where = (f"the bulk of neighbour distances peaks at 1-cos ~ {10 ** flank.peak:.2g} with a left flank "
-             f"{flank.sigma:.3f} decades wide ({flank.edges:,} graph edges); as a Gaussian it would put fewer than "
-             f"{TAIL_EDGES:g} edges below 1-cos {10 ** reach:.2g}")
+             f"{flank.sigma:.3f} decades wide ({flank.edges:,} graph edges) and reaches 1-cos {10 ** reach:.2g} "
+             f"({REACH_SIGMAS:g} widths)")
     below = valid & (c >= cos)
     rows, edges = int(below.any(axis=1).sum()), int(below.sum())
     if valley is not None and rows >= 2:

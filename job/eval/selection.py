@@ -18,6 +18,7 @@ from scipy.stats import hypergeom
 from .. import fsutil
 from ..runfolder import RunLayout, read_table
 
+
 def selection_ids(layout: RunLayout) -> np.ndarray | None:
     """The ids of the run's curated subset, or None when the run has none."""
     url = layout.curation.selection

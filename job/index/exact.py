@@ -184,5 +184,6 @@ def drop_self(rows: np.ndarray, sims: np.ndarray, self_rows: np.ndarray, k: int)
     order = np.argsort(is_self, axis=1, kind="stable")  # self (if present) moves last, others keep their order
     rows = np.take_along_axis(rows, order, axis=1)[:, :k]
     sims = np.take_along_axis(sims, order, axis=1)[:, :k].astype(np.float32)
+    rows = np.where(rows == self_rows[:, None], -1, rows)  # fewer than k others: self must not stay in the last place
     sims[rows < 0] = np.nan
     return rows, sims

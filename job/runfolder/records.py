@@ -34,7 +34,8 @@ class GraphInfo(Doc):
     target_met: bool = True  # pair recall reached the target
     lists: int | None = None  # partition: its lists and the largest
     largest_list: int | None = None
-    probe: int | None = None  # partition: lists searched per row
+    partitions: int | None = None  # partition: independent partitions searched, their results merged
+    probe: int | None = None  # partition: lists searched per row in each
     search_params: str | None = None  # index: the parameters the graph was searched with
     truth_device: str | None = None  # where the exact search of the recall sample ran
     fallbacks: list[str] = []  # GPU steps that failed and were redone on the CPU
