@@ -77,6 +77,9 @@ def test_a_parquet_becomes_a_run_that_indexes_curates_searches_and_serves(tmp_pa
     assert (run / "index" / "index.json").exists()
     m = json.loads((run / "manifest.json").read_text())
     assert m["index"]["n"] == 240 and m["curation"]["duplicates"]["near"] >= 19 and m["curation"]["selection"]["n"] == 12
+    built = (run / "index" / "index.faiss").stat().st_mtime_ns
+    assert main(["curate", "--run", str(run), "--select", "12", "--balance", "location", *QUIET]) == 0
+    assert (run / "index" / "index.faiss").stat().st_mtime_ns == built  # a run that has its index keeps it
     capsys.readouterr()
     first = path_id("night/img_0000.jpg")
     assert main(["search", "--run", str(run), "--id", str(first), "-k", "3", "--json", "--log-level", "WARNING"]) == 0

@@ -41,7 +41,7 @@ def add_curate_options(p: argparse.ArgumentParser, *, in_run: bool = False) -> N
                    help="exact; partition (a balanced partition, each image compared exactly with its nearest "
                         "lists); index (the run's index); auto: exact when a timed pilot says it takes at most 2 min, "
                         "else partition (default auto). Approximate graphs search deeper until they hold "
-                        f"{CURATE_PAIR_RECALL:.0%} of the pairs above the near threshold")
+                        f"{CURATE_PAIR_RECALL:.0%}% of the pairs above the near threshold")
     g.add_argument("--near-threshold", default="auto", metavar="auto|COS",
                    help="near duplicates: cosine at or above this; auto reads it off the run's own k-NN graph "
                         "(what lies below the bulk of neighbour distances) and says why (default auto)")

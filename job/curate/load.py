@@ -70,12 +70,17 @@ def load_run(layout: RunLayout, cfg: CurateConfig) -> RunVectors:
     return RunVectors(x, ids, meta)
 
 
+def has_index(layout: RunLayout) -> bool:
+    """Whether the run has its image index (``job index``'s ``index/``)."""
+    return fsutil.exists(index_info_url(layout.index))
+
+
 def run_index(layout: RunLayout, ids: np.ndarray, method: str) -> Any:
     """The run's image index for ``--knn-method index`` (None for the other methods, which do not need it); refused
     when it is missing or is not these vectors'."""
     if method != "index":
         return None
-    if not fsutil.exists(index_info_url(layout.index)):
+    if not has_index(layout):
         raise UsageError(f"k-NN method 'index' needs the run's index; build it with: python -m job index "
                          f"--run {layout.run_dir}")
     from ..index import ids_digest, load_index

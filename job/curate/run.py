@@ -32,7 +32,7 @@ from .duplicates import Duplicates, to_roots
 from .find import find_duplicates, near_threshold
 from .graph import knn_graph
 from .knn import KnnGraph
-from .load import RunVectors, load_run, run_index
+from .load import RunVectors, has_index, load_run, run_index
 from .order import hash_groups, keep_rank
 from .record import graph_info, selection_info, summary_lines, threshold_info, uniqueness_info
 from .scores import scores as score_table
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True,
                build_index: Callable[[], object] | None = None) -> Curation:
     """Curate one output of a run (see the module docstring); bad options end before anything is written.
-    ``build_index``: called, once the options are checked, when the run has no index and the graph may need one
-    (``job curate`` on an imported run)."""
+    ``build_index``: called, once the options are checked, when the run has no index and the graph is not exact
+    (``job curate`` on an imported run); a run that has one keeps it."""
     t0 = time.perf_counter()
     run = load_run(layout, cfg)
     n = len(run.ids)
@@ -57,12 +57,11 @@ def curate_run(layout: RunLayout, cfg: CurateConfig, *, progress: bool = True,
     if cfg.k >= n:
         raise UsageError(f"--k {cfg.k} is out of range for a run of {n} images; use {n - 1} or fewer")
     plan = SubsetPlan.prepare(cfg, run.ids, run.meta) if cfg.select is not None else None  # bad input: before work
-    index = run_index(layout, run.ids, cfg.method)
-    if index is None and build_index is not None and cfg.method != "exact":
-        log.info("%s has no index: building it first (as job index does), for the k-NN graph and for search",
+    if build_index is not None and cfg.method != "exact" and not has_index(layout):
+        log.info("%s has no index: building it first (as job index does), for search and the k-NN graph",
                  layout.run_dir)
         build_index()
-        index = run_index(layout, run.ids, cfg.method)
+    index = run_index(layout, run.ids, cfg.method)
     timings = {"read_s": time.perf_counter() - t0}
     if cfg.device == "cuda":  # CUDA means CUDA: without a usable GPU this is a one-line error, not a quiet CPU run
         from ..model.device import pick_device
