@@ -207,7 +207,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_help_on_every_command(capsys) -> None:
-    for cmd in ("run", "embed", "index", "search", "project", "publish", "models"):
+    for cmd in ("run", "embed", "index", "search", "project", "publish", "models", "merge", "curate", "eval", "compare",
+                "import", "serve", "status"):
         with pytest.raises(SystemExit) as exc_info:
             main([cmd, "--help"])
         assert exc_info.value.code == 0
