@@ -192,15 +192,20 @@ def test_exact_search_upload_failure_falls_back(monkeypatch: pytest.MonkeyPatch,
     assert len(warnings_of(caplog)) == 1
 
 
-def test_real_faiss_gpu_classes_without_a_device_fall_back(monkeypatch: pytest.MonkeyPatch,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    """No fakes but the GPU count: the locked faiss-gpu's own GpuIndexFlatIP raises here (no device 0)."""
+@pytest.fixture
+def pretend_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fakes but the GPU count: the locked faiss-gpu's own GPU classes, on a machine without a GPU."""
     if faiss.get_num_gpus():
         pytest.skip("a GPU is present")
     import job.index._gpu as gpu_module
 
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(gpu_module, "_resources", None)
+
+
+def test_real_faiss_gpu_classes_without_a_device_fall_back(pretend_one_gpu: None,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The locked faiss-gpu's own GpuIndexFlatIP raises here (no device 0)."""
     x = clustered(200)
     rows, sims = exact_search(x[:10], x, 3)
     assert (rows[:, 0] == np.arange(10)).all()
@@ -291,14 +296,8 @@ def test_gpu_build_failure_rebuilds_on_the_cpu_with_one_warning(monkeypatch: pyt
     gc.collect()
 
 
-def test_real_faiss_gpu_clone_without_a_device_falls_back(monkeypatch: pytest.MonkeyPatch,
+def test_real_faiss_gpu_clone_without_a_device_falls_back(pretend_one_gpu: None,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    if faiss.get_num_gpus():
-        pytest.skip("a GPU is present")
-    import job.index._gpu as gpu_module
-
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(gpu_module, "_resources", None)
     x = clustered(IVF_N)
     plan = plan_index(len(x), D, IndexConfig("ivfpq"))
     placement = Placement("auto")

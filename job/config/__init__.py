@@ -180,7 +180,7 @@ class IndexConfig:
         check_choice("index type", self.index_type, INDEX_TYPES)
         check_choice("device", self.device, DEVICES)
         in_range("--target-recall", self.target_recall, 0.0, 1.0, low_open=True)
-        object.__setattr__(self, "max_memory", parse_size(self.max_memory))  # "4G" from Python callers too
+        _keep(self, max_memory=parse_size(self.max_memory))  # "4G" from Python callers too
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..values import check_choice, parse_int, parse_key_values
+from ._keep import keep as _keep
 from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_RESIZE_MODE, POOLS, RESIZE_MODES
 
 # ``job compare --variant``: one embedding setup per variant, written key=value,key=value (job.values.parse_key_values)
@@ -32,7 +33,7 @@ class Variant:
         check_choice("pool", self.pool, POOLS)
         check_choice("resize mode", self.resize, RESIZE_MODES)
         if self.size is not None:
-            object.__setattr__(self, "size", parse_int(str(self.size), "size", 16, 4096))  # kept parsed
+            _keep(self, size=parse_int(str(self.size), "size", 16, 4096))
         if self.name is not None and not _NAME_RE.match(self.name):
             raise UsageError(f"variant name {self.name!r}: letters, digits, '.', '_' and '-' only (a folder name, "
                              "at most 80 characters)")
@@ -75,4 +76,4 @@ class CompareConfig:
         if twice:
             raise UsageError(f"--variant: two variants would share the run folder {twice[0]!r}; give one of them "
                              "name=… or make them differ")
-        object.__setattr__(self, "variants", variants)  # kept parsed
+        _keep(self, variants=variants)

@@ -53,7 +53,7 @@ class CurateConfig:
     def __post_init__(self) -> None:
         at_least("--k", self.k, CURATE_MIN_K)
         check_choice("k-NN method", self.method, CURATE_METHODS)
-        object.__setattr__(self, "near_threshold", parse_near_threshold(self.near_threshold, "--near-threshold"))
+        _keep(self, near_threshold=parse_near_threshold(self.near_threshold, "--near-threshold"))
         balance, shares, min_gap_s = parse_subset(self.select, self.balance, self.shares, self.labelled,
                                                   self.min_gap_s, self.export)
         _keep(self, still_metres=parse_positive(self.still_metres, "--still-metres", "distance in metres"),

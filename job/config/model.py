@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..values import at_least, check_choice
+from ._keep import keep as _keep
 
 # --pool: "mean" over the patch tokens, or the model's trained output — "cls" (CLIP ViTs: the CLS token) or "map"
 # (SigLIP: the attention-pool head); which of cls/map a model has, and what mean is for each, is job.model.pooling's
@@ -45,7 +46,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_choice("pool", self.pool, POOLS)
-        object.__setattr__(self, "text_vectors", _OLD_TEXT_VECTORS.get(self.text_vectors, self.text_vectors))
+        _keep(self, text_vectors=_OLD_TEXT_VECTORS.get(self.text_vectors, self.text_vectors))
         check_choice("--text-vectors", self.text_vectors, TEXT_VECTORS)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
