@@ -17,6 +17,11 @@ from .metrics import MAP_K, P_K, ap_at_k, chance_ap_at_k, chance_precision, prec
 QUERY_BLOCK = 64  # queries scored at once: 64 x 205k float32 = 52 MB
 
 
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """``x`` (one vector or rows of vectors) scaled to unit length, a zero vector left at zero: the queries' form."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
 @dataclass
 class Queries:
     """A batch of queries of one task: names, vectors, the relevant group of each, the scene each leaves out."""

@@ -40,7 +40,7 @@ from ..runfolder import (
 from ..runfolder.documents import encode
 from .labels import derive_labels, run_rows
 from .queries import load_prompts
-from .rank import Queries, score_queries
+from .rank import Queries, score_queries, unit
 from .report import label_record, per_query_rows, per_query_table, summarize
 from .searchad import evaluate_column, load_searchad, scored_labels, text_vectors
 from .searchad import record as searchad_record
@@ -113,9 +113,7 @@ def _unit_rows(x: np.ndarray, vid: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if missing:
         raise UsageError(f"{missing} of the {len(ids)} labelled images are not rows of this run: the labels were made "
                          "for other rows (derive them for this run: python -m job eval --run RUN)")
-    out = x[order[at]]
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
+    return unit(x[order[at]])
 
 
 def evaluate_run(layout: RunLayout, cfg: JobConfig, *, manifest: Manifest | None = None,

@@ -33,6 +33,7 @@ from .. import fsutil
 from ..errors import DataError, UsageError
 from ..nuscenes import dataroot_relative
 from .metrics import average_precision
+from .rank import unit
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,7 @@ def text_vectors(labels: Sequence[str], encode: Callable[[Sequence[str]], np.nda
     enc = dict(zip(flat, np.asarray(encode(flat), np.float32)))
     out = {}
     for lb, ts in texts.items():
-        v = np.mean([enc[t] for t in ts], axis=0)
-        out[lb] = v / max(float(np.linalg.norm(v)), 1e-12)
+        out[lb] = unit(np.mean([enc[t] for t in ts], axis=0))
     return out
 
 
@@ -186,7 +186,7 @@ def evaluate_column(sa: SearchAD, ranked: Sequence[str], x: np.ndarray, column: 
         sup = [p for p in sa.support.get(lb, []) if p in row_of]
         if sup:
             q = x[[row_of[p] for p in sup]].mean(axis=0)
-            tasks.append(("searchad-image", q / max(float(np.linalg.norm(q)), 1e-12), set(sup)))
+            tasks.append(("searchad-image", unit(q), set(sup)))
         for task, q, leave_out in tasks:
             res = score_label(x @ q, ranked, sa.relevant[lb], sa.ignored.get(lb, set()), leave_out)
             per.append({"task": task, "column": column, "label": lb, **res})

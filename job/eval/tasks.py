@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .queries import PromptTable, sample_query_rows
-from .rank import Queries
+from .rank import Queries, unit
 
 TEXT_TASKS = ("text", "scene", "ego")  # text queries: categories, scene words, ego motion
 IMAGE_TASK = "image"
@@ -106,8 +106,7 @@ def text_queries(truth: Truth, prompts: PromptTable,
         if not plan:
             continue
         group_of = {"text": "category", "scene": "scene", "ego": "ego"}[task]
-        qv = np.stack([np.mean([vecs[p] for p in ps], axis=0) for _, ps in plan]).astype(np.float32)
-        qv /= np.maximum(np.linalg.norm(qv, axis=1, keepdims=True), 1e-12)
+        qv = unit(np.stack([np.mean([vecs[p] for p in ps], axis=0) for _, ps in plan]).astype(np.float32))
         out[task] = Queries(task=task, names=[name for name, _ in plan], vectors=qv,
                             groups=np.array([truth.index(group_of, name) for name, _ in plan], np.int64),
                             prompts=[" | ".join(ps) for _, ps in plan])
